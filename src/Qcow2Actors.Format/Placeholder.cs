@@ -1,0 +1,1 @@
+namespace Qcow2Actors.Format;
