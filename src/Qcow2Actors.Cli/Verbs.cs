@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace Qcow2Actors.Cli;
+
+/// <summary>Every verb of q2a; each lives in Commands/ and is listed here once.</summary>
+internal static class Verbs
+{
+    public static IEnumerable<Command> All()
+    {
+        yield break;
+    }
+}
