@@ -25,7 +25,7 @@ internal static class CliRunner
 
     private static string Describe(Exception ex)
     {
-        while (ex is AggregateException { InnerException: not null } agg) ex = agg.InnerException;
+        while (ex is AggregateException { InnerException: { } inner }) ex = inner;
         var message = ex.Message.ReplaceLineEndings(" ");
         return ex switch
         {
