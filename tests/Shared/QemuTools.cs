@@ -74,6 +74,17 @@ public static class QemuTools
     public static Result QemuImg(params string[] args) => Run("qemu-img", args);
 
     public static Result QemuIo(params string[] args) => Run("qemu-io", args);
+
+    /// <summary>
+    /// Runs our own CLI out of process (q2a.dll is copied next to the test assembly by the
+    /// project reference), so exit codes and stderr are exactly what a user sees.
+    /// </summary>
+    public static Result Q2a(params string[] args)
+    {
+        var dll = System.IO.Path.Combine(AppContext.BaseDirectory, "q2a.dll");
+        if (!File.Exists(dll)) throw new FileNotFoundException("q2a.dll is not beside the tests; reference Qcow2Actors.Cli", dll);
+        return Run("dotnet", new[] { dll }.Concat(args), timeoutSeconds: 300);
+    }
 }
 
 /// <summary>A fact that needs qemu-img and qemu-io; skips with the reason when they are absent outside CI.</summary>
