@@ -208,6 +208,17 @@ public class Qcow2HeaderTests
     }
 
     [Fact]
+    public void Write_refuses_v3_only_fields_in_a_v2_header()
+    {
+        var h = Qcow2Header.CreateNew(1 << 20, version: 2);
+        h.IncompatibleFeatures = IncompatibleFeatures.Dirty;
+        Assert.Throws<InvalidOperationException>(() => h.Write(new byte[72]));
+        h.IncompatibleFeatures = 0;
+        h.RefcountOrder = 3;
+        Assert.Throws<InvalidOperationException>(() => h.Write(new byte[72]));
+    }
+
+    [Fact]
     public void Write_refuses_a_header_length_that_drops_kept_bytes()
     {
         var h = Qcow2Header.CreateNew(1 << 20);
