@@ -102,6 +102,21 @@ public sealed class FileJournalTests : JournalBehaviourTests
     }
 
     [Fact]
+    public async Task Releasing_a_persistence_id_closes_its_file_and_a_later_use_reopens_it()
+    {
+        var system = NewSystem();
+        var actor = await Start(system, "released");
+        await Persist(actor, "1");
+        var journal = Akka.Persistence.Persistence.Instance.Apply(system).JournalFor(PluginId);
+        var reply = await journal.Ask<FileJournal.Released>(new FileJournal.Release("released"), Timeout);
+        Assert.Equal("released", reply.PersistenceId);
+        // With the handle closed the file can be replaced; the next write rescans it.
+        Assert.Equal(["1", "2"], (await Persist(actor, "2")).Events);
+        await Stop(actor);
+        Assert.Equal(["1", "2"], (await Recovered("released", system)).Events);
+    }
+
+    [Fact]
     public void A_torn_last_record_is_dropped_at_every_length_and_earlier_records_survive()
     {
         var path = Dir.File("torn.journal");
