@@ -70,24 +70,24 @@ internal sealed class RawNbdClient : IAsyncDisposable
         Stream = new NetworkStream(socket, ownsSocket: true);
     }
 
-    public static async Task<RawNbdClient> ConnectAsync(EndPoint endPoint, bool handshake = true)
+    public static async Task<RawNbdClient> ConnectAsync(EndPoint endPoint, bool handshake = true, uint clientFlags = 3)
     {
         var socket = endPoint is UnixDomainSocketEndPoint
             ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
             : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(endPoint);
         var client = new RawNbdClient(socket);
-        if (handshake) await client.HandshakeAsync();
+        if (handshake) await client.HandshakeAsync(clientFlags);
         return client;
     }
 
-    public async Task HandshakeAsync()
+    public async Task HandshakeAsync(uint clientFlags = 3)
     {
         var hello = await ReadAsync(18);
         Assert.Equal(0x4e42444d41474943UL, BinaryPrimitives.ReadUInt64BigEndian(hello));
         Assert.Equal(0x49484156454F5054UL, BinaryPrimitives.ReadUInt64BigEndian(hello.AsSpan(8)));
         HandshakeFlags = BinaryPrimitives.ReadUInt16BigEndian(hello.AsSpan(16));
-        await WriteAsync(U32(3)); // fixed newstyle + no zeroes
+        await WriteAsync(U32(clientFlags)); // 3 = fixed newstyle + no zeroes
     }
 
     public async Task SendOptionAsync(uint option, byte[] data)

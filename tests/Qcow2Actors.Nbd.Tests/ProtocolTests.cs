@@ -70,6 +70,58 @@ public sealed class ProtocolTests
     }
 
     [Fact]
+    public async Task Export_name_without_no_zeroes_gets_the_124_reserved_bytes()
+    {
+        await using var server = await TestServers.StartTcpAsync(new MemoryExport("x", 4096));
+        await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!, clientFlags: 1);
+        await c.SendOptionAsync(RawNbdClient.OptExportName, []);
+        var reply = await c.ReadAsync(134);
+        Assert.Equal(4096UL, BinaryPrimitives.ReadUInt64BigEndian(reply));
+        Assert.All(reply[10..], b => Assert.Equal(0, b));
+        await c.SendRequestAsync(0, RawNbdClient.CmdFlush, 5, 0, 0);
+        Assert.Equal((0u, 5UL), ((await c.ReadSimpleReplyAsync()).Error, 5UL));
+    }
+
+    [Fact]
+    public async Task Unknown_client_flags_end_the_handshake()
+    {
+        await using var server = await TestServers.StartTcpAsync(new MemoryExport("x", 4096));
+        await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!, clientFlags: 0x80);
+        Assert.True(await c.WaitForCloseAsync());
+    }
+
+    [Fact]
+    public async Task In_flight_requests_per_connection_are_bounded()
+    {
+        var gate = new TaskCompletionSource();
+        var running = 0;
+        var peak = 0;
+        var export = new ScriptedExport(new MemoryExport("b", MiB))
+        {
+            BeforeRead = async _ =>
+            {
+                var now = Interlocked.Increment(ref running);
+                int seen;
+                while ((seen = Volatile.Read(ref peak)) < now && Interlocked.CompareExchange(ref peak, now, seen) != seen) { }
+                await gate.Task;
+                Interlocked.Decrement(ref running);
+            },
+        };
+        var options = NbdServerOptions.Tcp([export], port: 0) with { MaxInFlightRequests = 3 };
+        await using var server = new NbdServer(options);
+        await server.StartAsync();
+        await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await c.GoAsync("b");
+        for (ulong i = 0; i < 10; i++) await c.SendRequestAsync(0, RawNbdClient.CmdRead, i, i * 512, 512);
+        await Task.Delay(300);
+        Assert.Equal(3, Volatile.Read(ref peak));
+        gate.SetResult();
+        var handles = new HashSet<ulong>();
+        for (var i = 0; i < 10; i++) handles.Add((await c.ReadSimpleReplyAsync(512)).Handle);
+        Assert.Equal(10, handles.Count);
+    }
+
+    [Fact]
     public async Task Simple_replies_carry_data_and_errors_without_ending_the_connection()
     {
         var export = new MemoryExport("d", MiB);
