@@ -113,7 +113,9 @@ public sealed class ProtocolTests
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("b");
         for (ulong i = 0; i < 10; i++) await c.SendRequestAsync(0, RawNbdClient.CmdRead, i, i * 512, 512);
-        await Task.Delay(300);
+        var deadline = Environment.TickCount64 + 5000;
+        while (Volatile.Read(ref peak) < 3 && Environment.TickCount64 < deadline) await Task.Delay(10);
+        await Task.Delay(200); // room for a fourth to start, were the bound broken
         Assert.Equal(3, Volatile.Read(ref peak));
         gate.SetResult();
         var handles = new HashSet<ulong>();
@@ -403,12 +405,13 @@ public sealed class ProtocolTests
     public async Task Graceful_stop_finishes_in_flight_requests_then_closes()
     {
         var gate = new TaskCompletionSource();
-        var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => gate.Task };
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => { started.TrySetResult(); return gate.Task; } };
         var server = await TestServers.StartTcpAsync(export);
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("g");
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 77, 0, 512);
-        await Task.Delay(100); // let the server pick the request up
+        await started.Task.WaitAsync(TimeSpan.FromSeconds(10)); // the request is in flight
 
         var stop = server.StopAsync();
         await Task.Delay(100);
