@@ -1,0 +1,116 @@
+using Qcow2Actors.Engine.Device;
+
+namespace Qcow2Actors.Nbd.Exports;
+
+/// <summary>
+/// Serves a plain file byte for byte, through the engine's <see cref="IBlockDevice"/> (so
+/// flush is a real fdatasync). Allocation is not tracked: block status reports everything as
+/// data, which the protocol allows, and FAST_ZERO always declines.
+/// </summary>
+public sealed class RawFileExport : INbdExport, IDisposable
+{
+    private static readonly byte[] Zeroes = new byte[1024 * 1024];
+    private readonly IBlockDevice _device;
+    private volatile string? _flushFailure;
+
+    /// <summary>Serves <paramref name="device"/> under <paramref name="name"/>; the export owns and disposes the device.</summary>
+    public RawFileExport(string name, IBlockDevice device, string? description = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        Name = name;
+        Description = description;
+        _device = device;
+        Size = device.Length;
+        IsReadOnly = device.IsReadOnly;
+    }
+
+    /// <summary>Opens the file at <paramref name="path"/> (read-only when <paramref name="readOnly"/>) and serves it.</summary>
+    public static RawFileExport Open(string path, string name, bool readOnly = false) =>
+        new(name, FileBlockDevice.Open(path, writable: !readOnly));
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <inheritdoc/>
+    public string? Description { get; }
+
+    /// <inheritdoc/>
+    public long Size { get; }
+
+    /// <inheritdoc/>
+    public bool IsReadOnly { get; }
+
+    /// <inheritdoc/>
+    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var done = 0;
+        while (done < buffer.Length)
+        {
+            var n = await _device.ReadAsync(buffer[done..], offset + done, cancellationToken);
+            if (n == 0)
+            {
+                // Someone truncated the file under us: what is gone reads as zeroes, as past-EOF would.
+                buffer.Span[done..].Clear();
+                return;
+            }
+            done += n;
+        }
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    {
+        ThrowIfFlushFailed();
+        await _device.WriteAsync(data, offset, cancellationToken);
+        if (fua) await FlushAsync(cancellationToken);
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
+    {
+        // Without hole punching, zeroing costs as much as writing: decline, as FAST_ZERO asks.
+        if (fastZero) throw new NbdException(NbdError.NotSupported, "zeroing a raw file is not faster than writing");
+        ThrowIfFlushFailed();
+        long done = 0;
+        while (done < length)
+        {
+            var take = (int)Math.Min(Zeroes.Length, length - done);
+            await _device.WriteAsync(Zeroes.AsMemory(0, take), offset + done, cancellationToken);
+            done += take;
+        }
+        if (fua) await FlushAsync(cancellationToken);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Trim is a hint; a plain file keeps its bytes.</remarks>
+    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+    /// <inheritdoc/>
+    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        ThrowIfFlushFailed();
+        try
+        {
+            // fdatasync blocks; keep it off the connection's reader and the I/O threads.
+            await Task.Run(_device.Flush, cancellationToken);
+        }
+        catch (IOException ex)
+        {
+            // A failed fsync is final (the kernel may have dropped the dirty pages): refuse from now on.
+            _flushFailure = ex.Message;
+            throw new NbdException(NbdError.IoError, $"flush failed: {ex.Message}", ex);
+        }
+    }
+
+    /// <inheritdoc/>
+    public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
+        ValueTask.FromResult<IReadOnlyList<NbdExtent>>([new NbdExtent(length, NbdExtentFlags.None)]);
+
+    private void ThrowIfFlushFailed()
+    {
+        if (_flushFailure is { } reason) throw new NbdException(NbdError.IoError, $"an earlier flush failed ({reason}); the export no longer accepts writes");
+    }
+
+    /// <summary>Closes the file.</summary>
+    public void Dispose() => _device.Dispose();
+}

@@ -1,0 +1,73 @@
+namespace Qcow2Actors.Nbd;
+
+/// <summary>
+/// What the NBD server serves: a byte range with block-device semantics. The server
+/// validates bounds, flags and read-only access before calling in, so an implementation
+/// sees only in-range requests. Calls arrive concurrently, from many connections at once.
+/// </summary>
+/// <remarks>
+/// The server advertises <c>NBD_FLAG_CAN_MULTI_CONN</c>, so <see cref="FlushAsync"/> and
+/// FUA must make durable every write any connection has completed, not only the caller's.
+/// To choose the errno a client sees, throw <see cref="NbdException"/>; other exceptions
+/// map to EIO (or ENOSPC, EPERM, EINVAL where the exception type says so).
+/// </remarks>
+public interface INbdExport
+{
+    /// <summary>The name clients select the export by (NBD_OPT_GO / NBD_OPT_EXPORT_NAME).</summary>
+    string Name { get; }
+
+    /// <summary>Optional human-readable text sent with NBD_OPT_LIST and NBD_INFO_DESCRIPTION.</summary>
+    string? Description => null;
+
+    /// <summary>Size in bytes; fixed while the export is served.</summary>
+    long Size { get; }
+
+    /// <summary>True to advertise NBD_FLAG_READ_ONLY; the server then answers writes with EPERM itself.</summary>
+    bool IsReadOnly { get; }
+
+    /// <summary>Fills <paramref name="buffer"/> with the bytes at <paramref name="offset"/> (never past <see cref="Size"/>).</summary>
+    ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken);
+
+    /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>; with <paramref name="fua"/> it is durable before the task completes.</summary>
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Makes the range read as zeroes. <paramref name="mayUnmap"/> is false when the client sent
+    /// NO_HOLE (the range must stay provisioned). With <paramref name="fastZero"/>, throw
+    /// <see cref="NbdException"/> with <see cref="NbdError.NotSupported"/> at once, without
+    /// changing anything, unless zeroing is cheaper than writing the zeroes.
+    /// </summary>
+    ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken);
+
+    /// <summary>A hint that the range is no longer needed; afterwards its contents are unspecified until rewritten.</summary>
+    ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken);
+
+    /// <summary>Makes every completed write, from every connection, durable.</summary>
+    ValueTask FlushAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The <c>base:allocation</c> state of the range starting at <paramref name="offset"/>, as
+    /// consecutive extents from <paramref name="offset"/>. The list may cover less than
+    /// <paramref name="length"/> (at least one extent) or run past it; the server trims it.
+    /// </summary>
+    ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken);
+}
+
+/// <summary><c>base:allocation</c> state bits of an extent (NBD_STATE_*).</summary>
+[Flags]
+public enum NbdExtentFlags : uint
+{
+    /// <summary>Allocated, contents unknown: always a safe answer.</summary>
+    None = 0,
+
+    /// <summary>NBD_STATE_HOLE: not allocated in the backing store; writing here may need space.</summary>
+    Hole = 1,
+
+    /// <summary>NBD_STATE_ZERO: reads as zeroes.</summary>
+    Zero = 2,
+}
+
+/// <summary>One run of bytes sharing a <c>base:allocation</c> state.</summary>
+/// <param name="Length">Bytes in the run; positive.</param>
+/// <param name="Flags">The run's state.</param>
+public readonly record struct NbdExtent(long Length, NbdExtentFlags Flags);

@@ -1,0 +1,203 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Qcow2Actors.Nbd.Protocol;
+
+namespace Qcow2Actors.Nbd;
+
+/// <summary>
+/// An NBD server (fixed newstyle, no TLS) serving one or more <see cref="INbdExport"/>s over TCP
+/// or a Unix domain socket. Each connection is independent: a protocol violation or a failing
+/// export request ends at most that connection, never the server or other clients.
+/// </summary>
+/// <remarks>
+/// Lifecycle: <see cref="StartAsync"/> binds and starts accepting; <see cref="StopAsync"/> stops
+/// accepting, lets requests already read complete and reply, then closes every connection. The
+/// exports belong to the caller, who flushes and closes them after the stop.
+/// </remarks>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly Dictionary<string, INbdExport> _byName = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<NbdConnection, Task> _connections = new();
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly ILogger _log;
+    private Socket? _listener;
+    private Task? _acceptLoop;
+    private int _state; // 0 new, 1 started, 2 stopped
+
+    /// <summary>Creates a server; nothing is bound until <see cref="StartAsync"/>.</summary>
+    /// <exception cref="ArgumentException">No exports, duplicate names, or a name longer than the protocol allows.</exception>
+    public NbdServer(NbdServerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Exports.Count == 0) throw new ArgumentException("at least one export is required", nameof(options));
+        if (options.MaxBlockSize < 512) throw new ArgumentException("MaxBlockSize must be at least 512", nameof(options));
+        foreach (var export in options.Exports)
+        {
+            if (Encoding.UTF8.GetByteCount(export.Name) > NbdProtocol.MaxStringLength)
+                throw new ArgumentException($"export name longer than {NbdProtocol.MaxStringLength} bytes", nameof(options));
+            if (export.Size < 0) throw new ArgumentException($"export '{export.Name}' has a negative size", nameof(options));
+            if (!_byName.TryAdd(export.Name, export))
+                throw new ArgumentException($"two exports are named '{export.Name}'", nameof(options));
+        }
+        Options = options;
+        _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
+    }
+
+    /// <summary>The options the server was created with.</summary>
+    public NbdServerOptions Options { get; }
+
+    /// <summary>The exports in configuration order; the first is the default export.</summary>
+    public IReadOnlyList<INbdExport> Exports => Options.Exports;
+
+    /// <summary>The endpoint actually bound (with the real port when 0 was asked for); null before start.</summary>
+    public EndPoint? LocalEndPoint { get; private set; }
+
+    /// <summary>Connections currently open (handshaking or transmitting).</summary>
+    public int ConnectionCount => _connections.Count;
+
+    /// <summary>
+    /// The URI a client (qemu, libnbd) connects with, e.g. <c>nbd://127.0.0.1:10809/name</c> or
+    /// <c>nbd+unix:///name?socket=/run/x.sock</c>. The export defaults to the first one.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The server has not been started.</exception>
+    public string GetUri(string? exportName = null)
+    {
+        var name = Uri.EscapeDataString(exportName ?? Exports[0].Name);
+        return LocalEndPoint switch
+        {
+            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"nbd://[{ip.Address}]:{ip.Port}/{name}",
+            IPEndPoint ip => $"nbd://{ip.Address}:{ip.Port}/{name}",
+            UnixDomainSocketEndPoint unix => $"nbd+unix:///{name}?socket={unix}",
+            _ => throw new InvalidOperationException("the server is not listening"),
+        };
+    }
+
+    /// <summary>Binds the endpoint and starts accepting clients.</summary>
+    /// <exception cref="InvalidOperationException">Already started or stopped.</exception>
+    /// <exception cref="SocketException">The endpoint cannot be bound.</exception>
+    public Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        if (Interlocked.CompareExchange(ref _state, 1, 0) != 0) throw new InvalidOperationException("the server was already started");
+        cancellationToken.ThrowIfCancellationRequested();
+        var endPoint = Options.EndPoint;
+        var unix = endPoint is UnixDomainSocketEndPoint;
+        var listener = unix
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            if (unix) RemoveStaleUnixSocket(endPoint.ToString()!);
+            listener.Bind(endPoint);
+            listener.Listen(128);
+        }
+        catch
+        {
+            listener.Dispose();
+            _state = 0;
+            throw;
+        }
+        _listener = listener;
+        LocalEndPoint = listener.LocalEndPoint ?? endPoint;
+        _log.LogInformation("NBD server listening on {EndPoint} with {Count} export(s)", LocalEndPoint, Exports.Count);
+        _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// A socket file left by a crashed server would make bind fail; one nobody answers on is
+    /// stale and safe to remove, while a live one means another server owns the path.
+    /// </summary>
+    private static void RemoveStaleUnixSocket(string path)
+    {
+        if (!File.Exists(path)) return;
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException)
+        {
+            File.Delete(path);
+        }
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        var listener = _listener!;
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await listener.AcceptAsync(_stopping.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+            catch (ObjectDisposedException)
+            {
+                break;
+            }
+            catch (SocketException ex)
+            {
+                // Accept can fail for one client (e.g. it reset before we got to it); keep serving the rest.
+                _log.LogWarning(ex, "NBD accept failed");
+                continue;
+            }
+            if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
+            var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
+            var run = Task.Run(connection.RunAsync, CancellationToken.None);
+            _connections[connection] = run;
+            _ = run.ContinueWith(_ => _connections.TryRemove(connection, out Task? _), CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+    }
+
+    internal INbdExport? FindExport(string name) =>
+        name.Length == 0 ? Exports[0] : _byName.GetValueOrDefault(name);
+
+    /// <summary>
+    /// Stops accepting, stops reading new requests, waits for the requests already read to
+    /// reply, then closes every connection. If <paramref name="cancellationToken"/> fires first,
+    /// the remaining connections are cut off without waiting.
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        var previous = Interlocked.Exchange(ref _state, 2);
+        if (previous == 2) return;
+        await _stopping.CancelAsync();
+        _listener?.Dispose();
+        if (_acceptLoop is not null) await _acceptLoop;
+        if (LocalEndPoint is UnixDomainSocketEndPoint unix)
+        {
+            try { File.Delete(unix.ToString()!); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+
+        var all = Task.WhenAll(_connections.Values);
+        try
+        {
+            await all.WaitAsync(cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            await _abort.CancelAsync();
+            foreach (var connection in _connections.Keys) connection.Abort();
+            await all;
+        }
+        _log.LogInformation("NBD server on {EndPoint} stopped", LocalEndPoint);
+    }
+
+    /// <summary>Same as <see cref="StopAsync"/> without a deadline.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        _stopping.Dispose();
+        _abort.Dispose();
+    }
+}
