@@ -1,1 +1,0 @@
-namespace Qcow2Actors.Format;
