@@ -10,6 +10,8 @@ internal sealed class ImageView
 {
     private readonly ulong[] _l1;
 
+    /// <param name="geometry">Cluster and L2 layout.</param>
+    /// <param name="virtualSize">Guest size in bytes.</param>
     /// <param name="l1">Raw L1 entries; ownership passes to the view, which never changes them.</param>
     public ImageView(ImageGeometry geometry, long virtualSize, ulong[] l1)
     {
