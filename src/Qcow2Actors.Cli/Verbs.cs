@@ -7,6 +7,8 @@ internal static class Verbs
 {
     public static IEnumerable<Command> All()
     {
-        yield break;
+        yield return Commands.MapCommand.Create();
+        yield return Commands.ConvertCommand.Create();
+        yield return Commands.CompareCommand.Create();
     }
 }

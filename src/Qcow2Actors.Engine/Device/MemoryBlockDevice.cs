@@ -1,0 +1,137 @@
+namespace Qcow2Actors.Engine.Device;
+
+/// <summary>
+/// An in-memory <see cref="IBlockDevice"/> for tests: a growable byte array behind a lock.
+/// <see cref="Flush"/> is a no-op that only counts calls, since memory has no volatile cache
+/// to drain; crash and tear simulation belongs in chaos/'s recording device, not here.
+/// </summary>
+public sealed class MemoryBlockDevice : IBlockDevice
+{
+    private readonly Lock _gate = new();
+    private byte[] _data;
+    private long _length;
+    private int _flushes;
+    private bool _disposed;
+
+    /// <summary>Creates an empty writable device.</summary>
+    public MemoryBlockDevice(string name = "memory") : this(Array.Empty<byte>(), name, readOnly: false)
+    {
+    }
+
+    /// <summary>Creates a device holding a copy of <paramref name="content"/>.</summary>
+    public MemoryBlockDevice(ReadOnlySpan<byte> content, string name = "memory", bool readOnly = false)
+    {
+        _data = content.ToArray();
+        _length = content.Length;
+        Name = name;
+        IsReadOnly = readOnly;
+    }
+
+    /// <inheritdoc />
+    public string Name { get; }
+
+    /// <inheritdoc />
+    public bool IsReadOnly { get; }
+
+    /// <summary>How many times <see cref="Flush"/> succeeded; lets tests assert group commits.</summary>
+    public int FlushCount => Volatile.Read(ref _flushes);
+
+    /// <inheritdoc />
+    public long Length
+    {
+        get { lock (_gate) return _length; }
+    }
+
+    /// <summary>A copy of the current content.</summary>
+    public byte[] ToArray()
+    {
+        lock (_gate) return _data.AsSpan(0, checked((int)_length)).ToArray();
+    }
+
+    /// <inheritdoc />
+    public int Read(Span<byte> buffer, long offset)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        lock (_gate)
+        {
+            ThrowIfDisposed();
+            if (offset >= _length) return 0;
+            var n = (int)Math.Min(buffer.Length, _length - offset);
+            _data.AsSpan((int)offset, n).CopyTo(buffer);
+            return n;
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Read(buffer.Span, offset));
+    }
+
+    /// <inheritdoc />
+    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        lock (_gate)
+        {
+            ThrowIfDisposed();
+            ThrowIfReadOnly();
+            var end = checked(offset + buffer.Length);
+            EnsureCapacity(end);
+            buffer.CopyTo(_data.AsSpan((int)offset));
+            if (end > _length) _length = end;
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        Write(buffer.Span, offset);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public void Flush()
+    {
+        lock (_gate) ThrowIfDisposed();
+        Interlocked.Increment(ref _flushes);
+    }
+
+    /// <inheritdoc />
+    public void SetLength(long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        lock (_gate)
+        {
+            ThrowIfDisposed();
+            ThrowIfReadOnly();
+            EnsureCapacity(length);
+            // Bytes past a shrink must read back as zeros if the device grows again, as a file's would.
+            if (length < _length) _data.AsSpan((int)length, (int)(_length - length)).Clear();
+            _length = length;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        lock (_gate) _disposed = true;
+    }
+
+    private void EnsureCapacity(long needed)
+    {
+        if (needed <= _data.Length) return;
+        if (needed > Array.MaxLength) throw new IOException($"{Name}: {needed} bytes exceed what a memory device can hold");
+        var size = Math.Max(needed, Math.Min((long)Array.MaxLength, Math.Max(4096L, (long)_data.Length * 2)));
+        Array.Resize(ref _data, (int)size);
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    private void ThrowIfReadOnly()
+    {
+        if (IsReadOnly) throw new IOException($"{Name} is read-only");
+    }
+}
