@@ -45,14 +45,17 @@ internal static class ConvertCommand
             throw new NotSupportedException($"output format '{outFormat}' is not supported (only raw)");
         await using var src = await Qcow2Image.OpenAsync(sourcePath,
             new Qcow2OpenOptions { Format = format, Snapshot = SnapshotSelector(snapshot) }, ct).ConfigureAwait(false);
-        long size = src.VirtualSize;
+        // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
+        // match it, zeros past the snapshot's own end, cut at the active size.
+        long size = snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;
+        long contentEnd = Math.Min(size, src.VirtualSize);
         using var dst = File.OpenHandle(targetPath, FileMode.Create, FileAccess.ReadWrite, FileShare.Read);
         RandomAccess.SetLength(dst, size);
 
         var meter = progress ? new ProgressMeter(size) : null;
         meter?.Print(0);
         var buffer = new byte[ChunkSize];
-        await foreach (var extent in src.GetMapAsync(0, size, ct).ConfigureAwait(false))
+        await foreach (var extent in src.GetMapAsync(0, contentEnd, ct).ConfigureAwait(false))
         {
             if (!extent.Zero)
             {

@@ -41,29 +41,30 @@ internal static class GuestMapper
     /// </summary>
     public static GuestExtent MapRun(ImageGeometry g, L2View? l2, long guestOffset, long maxLength)
     {
-        long coverageEnd = (guestOffset | ((1L << g.L2CoverageBits) - 1)) + 1;
-        long limit = guestOffset + Math.Min(maxLength, coverageEnd - guestOffset);
+        // Lengths to the next boundary, never the boundary itself: the last L2 table below 2^63
+        // ends exactly at 2^63, which does not fit in a long.
+        long coverageLeft = (1L << g.L2CoverageBits) - (guestOffset & ((1L << g.L2CoverageBits) - 1));
+        long limit = guestOffset + Math.Min(maxLength, coverageLeft);
         if (l2 is null) return new GuestExtent(guestOffset, limit - guestOffset, ExtentKind.Unallocated);
 
         var first = Classify(g, l2, guestOffset);
         if (first.Kind == ExtentKind.Compressed)
         {
-            long clusterEnd = (guestOffset | (g.ClusterSize - 1)) + 1;
-            return first with { Offset = guestOffset, Length = Math.Min(clusterEnd, limit) - guestOffset };
+            long clusterLeft = g.ClusterSize - (guestOffset & (g.ClusterSize - 1));
+            return first with { Offset = guestOffset, Length = Math.Min(clusterLeft, limit - guestOffset) };
         }
 
         long unit = g.SubclusterSize;
-        long pos = (guestOffset | (unit - 1)) + 1; // next unit boundary
-        long host = first.HostOffset >= 0 ? first.HostOffset + (pos - guestOffset) : -1;
+        long pos = guestOffset + Math.Min(unit - (guestOffset & (unit - 1)), limit - guestOffset);
         while (pos < limit)
         {
             var next = Classify(g, l2, pos);
             if (next.Kind != first.Kind) break;
-            if (host >= 0 ? next.HostOffset != host : next.HostOffset >= 0) break;
-            pos += unit;
-            if (host >= 0) host += unit;
+            long expectedHost = first.HostOffset >= 0 ? first.HostOffset + (pos - guestOffset) : -1;
+            if (next.HostOffset != expectedHost) break;
+            pos += Math.Min(unit, limit - pos);
         }
-        return first with { Offset = guestOffset, Length = Math.Min(pos, limit) - guestOffset };
+        return first with { Offset = guestOffset, Length = pos - guestOffset };
     }
 
     /// <summary>
