@@ -7,6 +7,7 @@ internal static class Verbs
 {
     public static IEnumerable<Command> All()
     {
-        yield break;
+        yield return Commands.InfoCommand.Create();
+        yield return Commands.CheckCommand.Create();
     }
 }
