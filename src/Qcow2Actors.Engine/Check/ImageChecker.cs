@@ -96,7 +96,7 @@ public static class ImageChecker
             if (meta.SnapshotCount > ImageMetadata.MaxSnapshots)
             {
                 Result.CheckErrors++;
-                Error("qemu-img: ERROR snapshot table too large");
+                Error("q2a: ERROR snapshot table too large");
                 Error($"You can force-remove all {meta.SnapshotCount - ImageMetadata.MaxSnapshots} overhanging snapshots with qemu-img check -r all");
                 throw new AbortCheck("File too large");
             }
@@ -104,7 +104,7 @@ public static class ImageChecker
             if (meta.SnapshotsOffset > long.MaxValue || (meta.SnapshotsOffset & (ulong)(_cs - 1)) != 0 || bytes > long.MaxValue - meta.SnapshotsOffset)
             {
                 Result.CheckErrors++;
-                Error("qemu-img: ERROR snapshot table offset invalid");
+                Error("q2a: ERROR snapshot table offset invalid");
                 throw new AbortCheck("Invalid argument");
             }
             try
@@ -114,7 +114,7 @@ public static class ImageChecker
             catch (Qcow2FormatException e)
             {
                 Result.CheckErrors++;
-                Error($"qemu-img: ERROR failed to read the snapshot table: {e.Problem}");
+                Error($"q2a: ERROR failed to read the snapshot table: {e.Problem}");
                 throw new AbortCheck("File too large");
             }
             if (meta.Version >= 3)
