@@ -10,5 +10,7 @@ internal static class Verbs
         yield return Commands.MapCommand.Create();
         yield return Commands.ConvertCommand.Create();
         yield return Commands.CompareCommand.Create();
+        yield return Commands.InfoCommand.Create();
+        yield return Commands.CheckCommand.Create();
     }
 }
