@@ -3,7 +3,7 @@ namespace Qcow2Actors.Engine;
 /// <summary>How <see cref="Qcow2Image.OpenAsync"/> opens an image.</summary>
 public sealed class Qcow2OpenOptions
 {
-    /// <summary>Open without write access. Only read-only opens exist until the write engine lands.</summary>
+    /// <summary>Open without write access. Read-write opens run the image on the actor engine (see <see cref="ImageHost"/>).</summary>
     public bool ReadOnly { get; init; } = true;
 
     /// <summary>Read this internal snapshot (matched by id first, then by name) instead of the active image.</summary>
@@ -14,6 +14,12 @@ public sealed class Qcow2OpenOptions
 
     /// <summary>Parsed L2 tables kept per image; each costs about one cluster of memory.</summary>
     public int L2CacheSize { get; init; } = Read.L2Cache.DefaultCapacity;
+
+    /// <summary>
+    /// Open an image whose journal-pending bit is set even though its journal is missing,
+    /// rebuilding refcounts from the tables on disk (changes since the last checkpoint are lost).
+    /// </summary>
+    public bool RebuildWithoutJournal { get; init; }
 
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;

@@ -43,7 +43,7 @@ internal static class ImageOpener
                 throw new NotSupportedException($"Unknown image format '{format}' for '{displayName}' (q2a reads qcow2 and raw)");
         }
 
-        var file = FileBlockDevice.Open(path, writable: false);
+        var file = FileBlockDevice.Open(path, writable: depth == 0 && !options.ReadOnly);
         try
         {
             return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
@@ -126,7 +126,7 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                dataFile = FileBlockDevice.Open(CombinePath(path, block.DataFile), writable: false);
+                dataFile = FileBlockDevice.Open(CombinePath(path, block.DataFile), writable: depth == 0 && !options.ReadOnly);
             }
             if (block.BackingFileName is { } backingName)
             {
