@@ -138,7 +138,7 @@ internal static class ImageOpener
                 backing = opened.Layer;
             }
             var view = new ImageView(geometry, size, l1);
-            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(options.L2CacheSize),
+            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(L2CacheCapacity(options, cs)),
                 CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName);
             return new OpenedLayer(layer, block, snapshots, chosen);
         }
@@ -149,6 +149,9 @@ internal static class ImageOpener
             throw;
         }
     }
+
+    private static int L2CacheCapacity(Qcow2OpenOptions options, long clusterSize) =>
+        (int)Math.Clamp(Math.Min(options.L2CacheSize, options.L2CacheBytes / clusterSize), 4, int.MaxValue);
 
     /// <summary>qcow2 when the file starts with the qcow2 magic, raw otherwise (as qemu-img probes).</summary>
     public static string Probe(string path)
