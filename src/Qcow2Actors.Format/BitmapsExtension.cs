@@ -41,7 +41,7 @@ public sealed record BitmapsExtension(int NbBitmaps, long DirectorySize, long Di
         ulong size = BinaryPrimitives.ReadUInt64BigEndian(data[DirectorySizeOffset..]);
         if (size > MaxDirectorySize)
             throw new Qcow2FormatException("bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} exceeds QEMU's limit of {MaxDirectorySize}");
-        if (size < (ulong)nb * 24)
+        if (size < (ulong)nb * BitmapDirectoryEntry.FixedSize)
             throw new Qcow2FormatException("bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} bytes cannot hold {nb} bitmap directory entries");
         ulong offset = BinaryPrimitives.ReadUInt64BigEndian(data[DirectoryOffsetOffset..]);
         if ((offset & ((1UL << clusterBits) - 1)) != 0 || offset > long.MaxValue - MaxDirectorySize)

@@ -408,6 +408,9 @@ public sealed class Qcow2Header
     {
         int length = Version == 2 ? V2HeaderLength : HeaderLength;
         if (Version is not (2 or 3)) throw new InvalidOperationException($"version {Version} cannot be written");
+        if (Version == 2 && (IncompatibleFeatures != 0 || CompatibleFeatures != 0 || AutoclearFeatures != 0
+                || RefcountOrder != 4 || CompressionType != CompressionType.Zlib))
+            throw new InvalidOperationException("a version 2 header cannot store feature bits, a refcount order other than 4 or a compression type");
         if (Version == 3 && (length < V3MinHeaderLength || length % 8 != 0))
             throw new InvalidOperationException($"header_length {length} is not a valid version 3 header length");
         if (Version == 3 && length <= CompressionTypeOffset && CompressionType != CompressionType.Zlib)

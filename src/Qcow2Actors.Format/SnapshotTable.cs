@@ -1,0 +1,71 @@
+namespace Qcow2Actors.Format;
+
+/// <summary>
+/// The snapshot table (FORMAT.md §8): <c>nb_snapshots</c> variable-size entries, each starting at
+/// an 8-byte aligned offset from <c>snapshots_offset</c>.
+/// </summary>
+public static class SnapshotTable
+{
+    /// <summary>QEMU's limit on the table size in bytes.</summary>
+    public const long MaxTableSize = 64L * 1024 * 1024;
+
+    /// <summary>
+    /// Decodes <paramref name="count"/> entries, enforcing QEMU's limits (extra data ≤ 1024 bytes,
+    /// table ≤ 64 MiB, v3 extra data ≥ 16 bytes) and that every entry lies inside <paramref name="table"/>.
+    /// </summary>
+    /// <param name="table">Bytes from <c>snapshots_offset</c> (at least the table size).</param>
+    /// <param name="count">nb_snapshots.</param>
+    /// <param name="version">Image version.</param>
+    /// <param name="baseOffset">File offset of the table (snapshots_offset) for error messages.</param>
+    /// <exception cref="Qcow2FormatException">An entry is malformed or the table is too big.</exception>
+    public static List<SnapshotEntry> Read(ReadOnlySpan<byte> table, int count, int version, long baseOffset = 0)
+    {
+        if ((uint)count > Qcow2Header.MaxSnapshots)
+            throw new Qcow2FormatException("nb_snapshots", Qcow2Header.NbSnapshotsOffset, $"{count} snapshots exceed QEMU's limit of {Qcow2Header.MaxSnapshots}");
+        var list = new List<SnapshotEntry>(count);
+        long off = 0;
+        for (int i = 0; i < count; i++)
+        {
+            off = Align8(off);
+            if (off > table.Length)
+                throw new Qcow2FormatException("snapshot table", baseOffset + off, $"entry {i} starts past the {table.Length} bytes given");
+            int used = SnapshotEntry.Read(table[(int)off..], version, baseOffset + off, out var entry);
+            off += used;
+            if (off > MaxTableSize)
+                throw new Qcow2FormatException("snapshot table", baseOffset + off - used, $"entry {i} ends at {off} bytes, beyond QEMU's table limit of {MaxTableSize}");
+            list.Add(entry);
+        }
+        return list;
+    }
+
+    /// <summary>Bytes the table occupies when written (the last entry is not padded, as QEMU counts it).</summary>
+    /// <param name="entries">The entries.</param>
+    public static long ComputeSize(IEnumerable<SnapshotEntry> entries)
+    {
+        long off = 0;
+        foreach (var e in entries) off = Align8(off) + e.EncodedSize;
+        return off;
+    }
+
+    /// <summary>Encodes the table; padding between entries is zero.</summary>
+    /// <param name="entries">The entries in table order.</param>
+    /// <param name="destination">At least <see cref="ComputeSize"/> bytes.</param>
+    /// <returns>Bytes written.</returns>
+    /// <exception cref="InvalidOperationException">The table would exceed 64 MiB or an entry cannot be encoded.</exception>
+    public static int Write(IReadOnlyList<SnapshotEntry> entries, Span<byte> destination)
+    {
+        long size = ComputeSize(entries);
+        if (size > MaxTableSize) throw new InvalidOperationException($"snapshot table of {size} bytes exceeds QEMU's limit of {MaxTableSize}");
+        if (destination.Length < size) throw new ArgumentException($"the snapshot table needs {size} bytes", nameof(destination));
+        int off = 0;
+        foreach (var e in entries)
+        {
+            int aligned = (int)Align8(off);
+            destination[off..aligned].Clear();
+            off = aligned + e.Write(destination[aligned..]);
+        }
+        return off;
+    }
+
+    private static long Align8(long v) => (v + 7) & ~7L;
+}
