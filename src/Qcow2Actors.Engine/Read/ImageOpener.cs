@@ -90,7 +90,7 @@ internal static class ImageOpener
         if (h.NbSnapshots > 0) CheckInFile(displayName, "snapshots_offset", h.SnapshotsOffset, 40, fileLength);
 
         var snapshots = h.NbSnapshots > 0
-            ? await SnapshotDirectory.ReadAsync(file, h.SnapshotsOffset, h.NbSnapshots, cancellationToken).ConfigureAwait(false)
+            ? await SnapshotDirectory.ReadAsync(file, h.SnapshotsOffset, h.NbSnapshots, h.Version, cancellationToken).ConfigureAwait(false)
             : new List<SnapshotRef>();
 
         var geometry = new ImageGeometry(h.ClusterBits, h.HasExtendedL2, h.HasExternalDataFile, h.Version);
