@@ -43,7 +43,8 @@ internal static class ImageOpener
                 throw new NotSupportedException($"Unknown image format '{format}' for '{displayName}' (q2a reads qcow2 and raw)");
         }
 
-        var file = FileBlockDevice.Open(path, writable: false);
+        // Reads and opens are retried on transient I/O errors (never writes or flushes: DESIGN.md).
+        var file = ResilientBlockDevice.OpenFile(path, writable: false);
         try
         {
             return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
@@ -55,7 +56,7 @@ internal static class ImageOpener
         }
     }
 
-    private static async Task<OpenedLayer> OpenQcow2Async(FileBlockDevice file, string path, string displayName, string? snapshot,
+    private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string path, string displayName, string? snapshot,
         Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
     {
         long fileLength = file.Length;
@@ -116,7 +117,7 @@ internal static class ImageOpener
         var l1 = new ulong[l1Size];
         for (int i = 0; i < l1.Length; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(l1Bytes.AsSpan(i * 8));
 
-        FileBlockDevice? dataFile = null;
+        IBlockDevice? dataFile = null;
         string? dataFileName = null;
         IImageLayer? backing = null;
         try
@@ -126,7 +127,7 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                dataFile = FileBlockDevice.Open(CombinePath(path, block.DataFile), writable: false);
+                dataFile = ResilientBlockDevice.OpenFile(CombinePath(path, block.DataFile), writable: false);
             }
             if (block.BackingFileName is { } backingName)
             {
