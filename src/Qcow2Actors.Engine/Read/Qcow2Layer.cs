@@ -50,6 +50,12 @@ internal sealed class Qcow2Layer : IImageLayer
     /// <summary>Where the writer publishes changed L2 tables.</summary>
     public L2Cache L2Tables { get; }
 
+    /// <summary>
+    /// Writer side: drops the remembered decompressed cluster. Call it whenever compressed bytes
+    /// are freed, because the memo is keyed by host offset and a new compressed cluster may land there.
+    /// </summary>
+    public void ForgetDecompressed() => Volatile.Write(ref _lastDecompressed, null);
+
     /// <summary>The image file.</summary>
     public IBlockDevice File => _file;
 
