@@ -160,6 +160,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             }
             if (shared.Count > 0) await Adjust([.. shared], +1).ConfigureAwait(false);
             release.Add(oldOffset >> _g.ClusterBits);
+            // Readers must not find the old table by its offset once the cluster is reused.
+            _ctx.Layer.L2Tables.Invalidate(oldOffset);
             _tableShared = false;
         }
         _dirty = true;
@@ -587,6 +589,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             _ctx.Refcounts.Tell(new AllocateCompressedBytes(written, tcs));
             long at = await tcs.Task.ConfigureAwait(false);
             await _ctx.Device.WriteAsync(output.AsMemory(0, written), at).ConfigureAwait(false);
+            // The read side remembers the last decompressed cluster by host offset, which this may reuse.
+            _ctx.Layer.ForgetDecompressed();
             int index = _g.L2Index(offset);
             release.AddRange(HostClusters(Entry(index)));
             SetEntry(index, L2Entry.Compressed(at, written, _g.ClusterBits), records);
