@@ -73,16 +73,17 @@ public sealed class ImageHost : IAsyncDisposable
         return await OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false }, cancellationToken).ConfigureAwait(false);
     }
 
-    internal void ReleaseJournal(string persistenceId)
+    /// <summary>
+    /// After a clean close: closes the image's journal file and removes it, so a closed image
+    /// is a plain qcow2 with nothing beside it (its journal holds nothing at that point).
+    /// </summary>
+    internal async Task ReleaseJournalAsync(string persistenceId)
     {
-        try
-        {
-            Akka.Persistence.Persistence.Instance.Apply(System).JournalFor(Settings.JournalPluginId).Tell(new FileJournal.Release(persistenceId));
-        }
-        catch (Exception ex) when (ex is ArgumentException or ConfigurationException)
-        {
-            // A plugin other than the file journal keeps no per-image file.
-        }
+        if (Settings.JournalPluginId != FileJournal.PluginId) return;
+        var journal = Akka.Persistence.Persistence.Instance.Apply(System).JournalFor(Settings.JournalPluginId);
+        await journal.Ask<FileJournal.Released>(new FileJournal.Release(persistenceId), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        var file = FileJournalPaths.Get(System).Resolve(persistenceId, System.Settings.Config.GetString("akka.persistence.journal.qcow2-file.dir", ""));
+        File.Delete(file);
     }
 
     /// <summary>Stops the actor system. Close images first (their DisposeAsync) so they end clean.</summary>

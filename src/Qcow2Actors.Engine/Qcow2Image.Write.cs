@@ -181,13 +181,7 @@ public sealed partial class Qcow2Image
         if (_imageActor is null || _ctx is null) return;
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor.Tell(new CloseRequest(done));
-        try
-        {
-            await done.Task.ConfigureAwait(false);
-        }
-        finally
-        {
-            _host?.ReleaseJournal(Path.GetFullPath(_ctx.Path));
-        }
+        await done.Task.ConfigureAwait(false);
+        if (_host is not null) await _host.ReleaseJournalAsync(Path.GetFullPath(_ctx.Path)).ConfigureAwait(false);
     }
 }

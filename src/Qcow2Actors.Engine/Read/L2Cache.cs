@@ -136,7 +136,8 @@ internal sealed class L2Cache
 
     private void EvictIfNeeded()
     {
-        if (_slots.Count <= Capacity) return;
+        // Pinned (dirty) tables cannot go; only look when enough of the rest could.
+        if (_slots.Count - _pinned.Count <= Capacity) return;
         if (!Monitor.TryEnter(_evictLock)) return; // someone else is already trimming
         try
         {

@@ -14,6 +14,8 @@ internal sealed record OpenedImage(ImageContext Context, OpenedLayer Layer, IAct
 /// stash), never blocking a constructor. In Ready it routes mutations to one L2 table
 /// actor per L1 entry, bounds how many live, and runs checkpoints.
 /// </summary>
+// No ConfigureAwait(false) here: code after an await in a ReceiveAsync handler calls
+// Become/Context, which exist only on the actor's own context.
 internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 {
     private sealed record Recovered(ImageHeaderBlock Block, bool HadJournal);
@@ -111,6 +113,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             // The tables are in place and durable; what a crash can still have left is leaked
             // clusters (allocations whose records did not make it), which the rebuild below removes.
             h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
+            if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
             WriteHeader(device, block);
             device.Flush();
         }
@@ -127,7 +130,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         // The journal's effect is in place and durable: delete it.
         var truncated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _replay!.Tell(new TruncateJournal(truncated));
-        await truncated.Task.ConfigureAwait(false);
+        await truncated.Task;
         return new Recovered(block, journal.Batches.Count > 0);
     }
 
@@ -140,7 +143,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)
     {
-        var opened = await ImageOpener.OpenAsync(_path, _options, default).ConfigureAwait(false);
+        var opened = await ImageOpener.OpenAsync(_path, _options, default);
         var layer = (Qcow2Layer)opened.Layer;
         var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
             Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings);
@@ -169,7 +172,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             try
             {
-                await CheckpointAsync(closing: false).ConfigureAwait(false);
+                await CheckpointAsync(closing: false);
                 m.Done?.TrySetResult();
             }
             catch (Exception ex)
@@ -182,7 +185,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             try
             {
-                if (_ctx!.ReadOnlyReason is null) await CheckpointAsync(closing: true).ConfigureAwait(false);
+                if (_ctx!.ReadOnlyReason is null) await CheckpointAsync(closing: true);
                 m.Done.TrySetResult();
             }
             catch (Exception ex)
@@ -225,6 +228,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         }
         _lastUse[m.L1Index] = ++_tick;
         child.Tell(m.Message);
+        // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
+        if (!_checkpointQueued && _ctx!.Layer.L2Tables.PinnedCount > _settings.L2CacheSize)
+        {
+            _checkpointQueued = true;
+            Self.Tell(new CheckpointRequest(null));
+        }
     }
 
     private void PassivateOldest()
@@ -237,27 +246,30 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
+    private bool _checkpointQueued;
+
     private async Task CheckpointAsync(bool closing)
     {
+        _checkpointQueued = false;
         var ctx = _ctx!;
         var tables = _tables.Values.ToList();
-        await Task.WhenAll(tables.Select(t => Send(t, d => new PauseMutations(d)))).ConfigureAwait(false);
+        await Task.WhenAll(tables.Select(t => Send(t, d => new PauseMutations(d))));
         try
         {
             // Barrier: every release the tables sent before pausing has reached the refcount actor.
             var barrier = new TaskCompletionSource<ulong[]>(TaskCreationOptions.RunContinuationsAsynchronously);
             ctx.Refcounts.Tell(new GetRefcounts([], barrier));
-            await barrier.Task.ConfigureAwait(false);
+            await barrier.Task;
             if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing) return;
-            await Send(ctx.Journal, d => new FlushRequest(d)).ConfigureAwait(false);
-            await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d)))).ConfigureAwait(false);
+            await Send(ctx.Journal, d => new FlushRequest(d));
+            await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d))));
             var table = new TaskCompletionSource<(long Offset, int Clusters)>(TaskCreationOptions.RunContinuationsAsynchronously);
             ctx.Refcounts.Tell(new WriteBackRefcounts(table));
-            var (offset, clusters) = await table.Task.ConfigureAwait(false);
+            var (offset, clusters) = await table.Task;
             RecordApplier.WriteL1(ctx.Device, ctx.Header, ctx.Layer.Views.Current.L1);
             ctx.UpdateHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
             ctx.Device.Flush();
-            await Send(ctx.Journal, d => new TruncateJournal(d)).ConfigureAwait(false);
+            await Send(ctx.Journal, d => new TruncateJournal(d));
             if (ctx.BitsOnDisk)
             {
                 ctx.MarkClean();

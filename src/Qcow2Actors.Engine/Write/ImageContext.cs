@@ -71,6 +71,7 @@ internal sealed class ImageContext
         lock (_headerLock)
         {
             if (BitsOnDisk) return false;
+            V2Promotion.Promote(HeaderBlock);
             Header.IncompatibleFeatures |= Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending;
             WriteHeaderLocked();
             BitsOnDisk = true;
@@ -84,6 +85,7 @@ internal sealed class ImageContext
         lock (_headerLock)
         {
             Header.IncompatibleFeatures &= ~(Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending);
+            V2Promotion.Restore(HeaderBlock);
             WriteHeaderLocked();
             BitsOnDisk = false;
         }

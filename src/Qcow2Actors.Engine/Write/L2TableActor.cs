@@ -14,6 +14,8 @@ namespace Qcow2Actors.Engine.Write;
 /// are released, so a crash between the two leaves a leak (repaired on recovery), never a
 /// cluster that is referenced with a refcount of zero.
 /// </summary>
+// No ConfigureAwait(false) in this actor: continuations of ReceiveAsync handlers must
+// resume on the actor's context (Akka suspends the mailbox until the handler completes).
 internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 {
     private readonly ImageContext _ctx;
@@ -82,7 +84,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         try
         {
             _ctx.ThrowIfReadOnly();
-            await body().ConfigureAwait(false);
+            await body();
             done.TrySetResult();
         }
         catch (Exception ex)
@@ -133,16 +135,16 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         _tableOffset = entry.L2Offset;
         if (_tableOffset == 0) return;
         _tableShared = !entry.IsCopied;
-        var view = await _ctx.Layer.GetL2Async(_ctx.Layer.Views.Current, (long)_l1Index << _g.L2CoverageBits, default).ConfigureAwait(false);
+        var view = await _ctx.Layer.GetL2Async(_ctx.Layer.Views.Current, (long)_l1Index << _g.L2CoverageBits, default);
         _words = view!.CopyWords();
     }
 
     /// <summary>Makes sure this actor owns a writable table: allocates a new one or copies a shared one.</summary>
     private async Task<bool> EnsureWritableTableAsync(List<MetadataRecord> records, List<long> release)
     {
-        await LoadAsync().ConfigureAwait(false);
+        await LoadAsync();
         if (_words is not null && !_tableShared) return false;
-        var alloc = await Allocate(1).ConfigureAwait(false);
+        var alloc = await Allocate(1);
         long oldOffset = _tableOffset;
         var words = _words is null ? new ulong[_g.ExtendedL2 ? 2 * _entries : _entries] : (ulong[])_words.Clone();
         _tableOffset = alloc.Offset;
@@ -158,7 +160,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                 shared.AddRange(HostClusters(e));
                 if (e.Word0 != 0 || e.Bitmap != 0) SetEntry(i, e.WithCopied(false), records);
             }
-            if (shared.Count > 0) await Adjust([.. shared], +1).ConfigureAwait(false);
+            if (shared.Count > 0) await Adjust([.. shared], +1);
             release.Add(oldOffset >> _g.ClusterBits);
             // Readers must not find the old table by its offset once the cluster is reused.
             _ctx.Layer.L2Tables.Invalidate(oldOffset);
@@ -248,7 +250,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private async Task WriteAsync(long offset, ReadOnlyMemory<byte> data)
     {
-        await LoadAsync().ConfigureAwait(false);
+        await LoadAsync();
         var records = new List<MetadataRecord>();
         var release = new List<long>();
         bool newTable = false;
@@ -266,17 +268,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             if (_g.ExternalDataFile)
             {
                 // Host offset = guest offset: write through, and map the cluster once.
-                await _ctx.DataDevice!.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), pos).ConfigureAwait(false);
+                await _ctx.DataDevice!.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), pos);
                 if (_g.ExtendedL2 ? (e.AllocBits != uint.MaxValue || !e.IsCopied) : (kind != L2EntryKind.Normal || !e.IsCopied))
                 {
-                    newTable |= await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+                    newTable |= await EnsureWritableTableAsync(records, release);
                     var entry = _g.ExtendedL2
                         ? L2Entry.Extended(clusterStart, true, e.AllocBits | SubclusterMask(pos, chunkEnd), e.ZeroBits & ~SubclusterMask(pos, chunkEnd))
                         : L2Entry.Standard(clusterStart, true);
                     if (!_g.ExtendedL2 && kind != L2EntryKind.Normal && chunkEnd - pos < cs)
                     {
                         // The rest of the cluster must keep reading as it did (zeros or backing).
-                        await FillDataFileAsync(clusterStart, pos, chunkEnd, e).ConfigureAwait(false);
+                        await FillDataFileAsync(clusterStart, pos, chunkEnd, e);
                     }
                     SetEntry(index, entry, records);
                 }
@@ -288,13 +290,13 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             {
                 if (!_g.ExtendedL2 || (e.AllocBits & SubclusterMask(pos, chunkEnd)) == SubclusterMask(pos, chunkEnd))
                 {
-                    await _ctx.Device.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e.HostOffset + (pos - clusterStart)).ConfigureAwait(false);
+                    await _ctx.Device.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e.HostOffset + (pos - clusterStart));
                     pos = chunkEnd;
                     continue;
                 }
                 // Extended: the cluster is ours; write only the touched subclusters and mark them allocated.
-                await WriteSubclustersAsync(e.HostOffset, clusterStart, pos, chunkEnd, data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e, fresh: false).ConfigureAwait(false);
-                newTable |= await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+                await WriteSubclustersAsync(e.HostOffset, clusterStart, pos, chunkEnd, data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e, fresh: false);
+                newTable |= await EnsureWritableTableAsync(records, release);
                 uint touched = SubclusterMask(pos, chunkEnd);
                 SetEntry(index, L2Entry.Extended(e.HostOffset, true, e.AllocBits | touched, e.ZeroBits & ~touched), records);
                 pos = chunkEnd;
@@ -306,8 +308,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                 // A preallocated zero cluster we own: reuse it, zero-filling around the data.
                 var buf = new byte[cs];
                 data.Span.Slice((int)(pos - offset), (int)(chunkEnd - pos)).CopyTo(buf.AsSpan((int)(pos - clusterStart)));
-                await _ctx.Device.WriteAsync(buf, e.HostOffset).ConfigureAwait(false);
-                newTable |= await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+                await _ctx.Device.WriteAsync(buf, e.HostOffset);
+                newTable |= await EnsureWritableTableAsync(records, release);
                 SetEntry(index, L2Entry.Standard(e.HostOffset, true), records);
                 pos = chunkEnd;
                 continue;
@@ -320,9 +322,9 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             long runStartCluster = clusterStart;
             long runEndCluster = (runEnd + cs - 1) & ~(cs - 1);
             int count = (int)((runEndCluster - runStartCluster) / cs);
-            newTable |= await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
-            var alloc = await Allocate(count).ConfigureAwait(false);
-            await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos))).ConfigureAwait(false);
+            newTable |= await EnsureWritableTableAsync(records, release);
+            var alloc = await Allocate(count);
+            await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
             for (int k = 0; k < count; k++)
             {
                 long guest = runStartCluster + k * cs;
@@ -378,7 +380,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         bool tailPartial = dataEnd != runStart + runBytes;
         if (!headPartial && !tailPartial)
         {
-            await _ctx.Device.WriteAsync(data, alloc.Offset).ConfigureAwait(false);
+            await _ctx.Device.WriteAsync(data, alloc.Offset);
             return;
         }
         // For extended L2 entries that were unallocated, only the touched subclusters are written.
@@ -393,9 +395,9 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             {
                 var part = new byte[t - s];
                 if (s != dataStart || t != dataEnd)
-                    await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default).ConfigureAwait(false);
+                    await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default);
                 data.Span.CopyTo(part.AsSpan((int)(dataStart - s)));
-                await _ctx.Device.WriteAsync(part, alloc.Offset + (s - runStart)).ConfigureAwait(false);
+                await _ctx.Device.WriteAsync(part, alloc.Offset + (s - runStart));
                 return;
             }
         }
@@ -404,7 +406,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         if (alloc.Fresh && headZero && tailZero)
         {
             // Fresh clusters read as zeros already: write only the data.
-            await _ctx.Device.WriteAsync(data, alloc.Offset + (dataStart - runStart)).ConfigureAwait(false);
+            await _ctx.Device.WriteAsync(data, alloc.Offset + (dataStart - runStart));
             return;
         }
         var buffer = ArrayPool<byte>.Shared.Rent((int)runBytes);
@@ -415,16 +417,16 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             if (headPartial)
             {
                 if (headZero) mem.Span[..(int)cs].Clear();
-                else await _ctx.Layer.ReadAsync(view, runStart, mem[..(int)cs], default).ConfigureAwait(false);
+                else await _ctx.Layer.ReadAsync(view, runStart, mem[..(int)cs], default);
             }
             if (tailPartial && (count > 1 || !headPartial))
             {
                 var tail = mem[(int)(runBytes - cs)..];
                 if (tailZero) tail.Span.Clear();
-                else await _ctx.Layer.ReadAsync(view, runStart + runBytes - cs, tail, default).ConfigureAwait(false);
+                else await _ctx.Layer.ReadAsync(view, runStart + runBytes - cs, tail, default);
             }
             data.Span.CopyTo(mem.Span[(int)(dataStart - runStart)..]);
-            await _ctx.Device.WriteAsync(mem, alloc.Offset).ConfigureAwait(false);
+            await _ctx.Device.WriteAsync(mem, alloc.Offset);
         }
         finally
         {
@@ -439,9 +441,9 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         long s = pos & ~(sc - 1), t = (chunkEnd + sc - 1) & ~(sc - 1);
         var part = new byte[t - s];
         if (s != pos || t != chunkEnd)
-            await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default).ConfigureAwait(false);
+            await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default);
         data.Span.CopyTo(part.AsSpan((int)(pos - s)));
-        await _ctx.Device.WriteAsync(part, host + (s - clusterStart)).ConfigureAwait(false);
+        await _ctx.Device.WriteAsync(part, host + (s - clusterStart));
     }
 
     private async Task FillDataFileAsync(long clusterStart, long pos, long chunkEnd, L2Entry e)
@@ -449,17 +451,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         long cs = _g.ClusterSize;
         var buf = new byte[cs];
         if (!ReadsZeroWithoutData(e, clusterStart))
-            await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, clusterStart, buf, default).ConfigureAwait(false);
-        if (pos > clusterStart) await _ctx.DataDevice!.WriteAsync(buf.AsMemory(0, (int)(pos - clusterStart)), clusterStart).ConfigureAwait(false);
+            await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, clusterStart, buf, default);
+        if (pos > clusterStart) await _ctx.DataDevice!.WriteAsync(buf.AsMemory(0, (int)(pos - clusterStart)), clusterStart);
         long tail = clusterStart + cs - chunkEnd;
-        if (tail > 0) await _ctx.DataDevice!.WriteAsync(buf.AsMemory((int)(chunkEnd - clusterStart), (int)tail), chunkEnd).ConfigureAwait(false);
+        if (tail > 0) await _ctx.DataDevice!.WriteAsync(buf.AsMemory((int)(chunkEnd - clusterStart), (int)tail), chunkEnd);
     }
 
     // ---------------------------------------------------------------- zeroes, discard, compressed
 
     private async Task ZeroAsync(long offset, long length, bool unmap)
     {
-        await LoadAsync().ConfigureAwait(false);
+        await LoadAsync();
         long cs = _g.ClusterSize;
         long end = offset + length;
         long pos = offset;
@@ -470,8 +472,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             bool whole = pos == clusterStart && chunkEnd == clusterStart + cs;
             long unit = _g.ExtendedL2 ? _g.SubclusterSize : cs;
             bool byMetadata = !_g.ExternalDataFile && (whole || (_g.ExtendedL2 && ((pos | chunkEnd) & (unit - 1)) == 0));
-            if (!byMetadata || !await ZeroByMetadataAsync(clusterStart, pos, chunkEnd, unmap).ConfigureAwait(false))
-                await WriteZeroDataAsync(pos, chunkEnd).ConfigureAwait(false);
+            if (!byMetadata || !await ZeroByMetadataAsync(clusterStart, pos, chunkEnd, unmap))
+                await WriteZeroDataAsync(pos, chunkEnd);
             pos = chunkEnd;
         }
     }
@@ -479,7 +481,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private async Task WriteZeroDataAsync(long from, long to)
     {
         var zeros = new byte[to - from];
-        await WriteAsync(from, zeros).ConfigureAwait(false);
+        await WriteAsync(from, zeros);
     }
 
     /// <summary>Zeroes a whole cluster (or whole subclusters) in metadata; false when the format cannot express it.</summary>
@@ -537,7 +539,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             if (next.HostOffset == 0) release.AddRange(HostClusters(e));
         }
         if (next == e) return true;
-        bool newTable = await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+        bool newTable = await EnsureWritableTableAsync(records, release);
         SetEntry(index, next, records);
         Commit(newTable, records, release);
         return true;
@@ -545,8 +547,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private async Task DiscardAsync(long offset, long length)
     {
-        await LoadAsync().ConfigureAwait(false);
-        if (_words is null || _g.ExternalDataFile) return;
+        await LoadAsync();
+        if (_g.ExternalDataFile || (_words is null && !BackingHasData((long)_l1Index << _g.L2CoverageBits))) return;
         long cs = _g.ClusterSize;
         var records = new List<MetadataRecord>();
         var release = new List<long>();
@@ -556,12 +558,13 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         {
             int index = _g.L2Index(c);
             var e = Entry(index);
-            if (e.Word0 == 0 && e.Bitmap == 0) continue;
+            // As QEMU: a discarded cluster reads as zeros in v3 even where it was unallocated
+            // over a backing file (v2 cannot say so, and shows the backing file again).
             L2Entry next = BackingHasData(c)
                 ? (_g.ExtendedL2 ? L2Entry.Extended(0, false, 0, uint.MaxValue) : _g.Version >= 3 ? L2Entry.Zero() : default)
                 : default;
             if (next == e) continue;
-            newTable |= await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+            newTable |= await EnsureWritableTableAsync(records, release);
             release.AddRange(HostClusters(e));
             SetEntry(index, next, records);
         }
@@ -578,17 +581,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         {
             if (!_ctx.Codec.TryCompress(cluster.Span, output.AsSpan(0, (int)cs), out int written))
             {
-                await WriteAsync(offset, cluster).ConfigureAwait(false);
+                await WriteAsync(offset, cluster);
                 return;
             }
-            await LoadAsync().ConfigureAwait(false);
+            await LoadAsync();
             var records = new List<MetadataRecord>();
             var release = new List<long>();
-            bool newTable = await EnsureWritableTableAsync(records, release).ConfigureAwait(false);
+            bool newTable = await EnsureWritableTableAsync(records, release);
             var tcs = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
             _ctx.Refcounts.Tell(new AllocateCompressedBytes(written, tcs));
-            long at = await tcs.Task.ConfigureAwait(false);
-            await _ctx.Device.WriteAsync(output.AsMemory(0, written), at).ConfigureAwait(false);
+            long at = await tcs.Task;
+            await _ctx.Device.WriteAsync(output.AsMemory(0, written), at);
             // The read side remembers the last decompressed cluster by host offset, which this may reuse.
             _ctx.Layer.ForgetDecompressed();
             int index = _g.L2Index(offset);

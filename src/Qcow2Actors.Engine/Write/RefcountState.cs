@@ -152,7 +152,12 @@ internal sealed class RefcountState
         }
     }
 
-    private bool IsFree(long c) => c != 0 && Get(c) == 0 && !_quarantine.Contains(c);
+    private bool IsFree(long c) => c != 0 && !IsReserved(c) && Get(c) == 0 && !_quarantine.Contains(c);
+
+    // Clusters of a refcount table being moved: in use before their own refcounts exist.
+    private long _reservedStart, _reservedEnd;
+
+    private bool IsReserved(long c) => c >= _reservedStart && c < _reservedEnd;
 
     private void EnsureBlock(long ti, List<MetadataRecord> records)
     {
@@ -162,7 +167,7 @@ internal sealed class RefcountState
         // that is not quarantined, inside its own range, and so describes itself.
         long first = ti * _entriesPerBlock;
         long at = Math.Max(first, 1);
-        while (_quarantine.Contains(at)) at++;
+        while (_quarantine.Contains(at) || IsReserved(at)) at++;
         var offset = at << _clusterBits;
         _table[ti] = RefcountTableEntry.Create(offset).Raw;
         _blocks[ti] = new byte[ClusterSize];
@@ -198,7 +203,16 @@ internal sealed class RefcountState
         records.Add(new SetHeaderField(HeaderField.RefcountTableOffset, (ulong)newOffset));
         records.Add(new SetHeaderField(HeaderField.RefcountTableClusters, (ulong)clusters));
         long firstCluster = newOffset >> _clusterBits;
-        for (long c = firstCluster; c < firstCluster + clusters; c++) Set(c, 1, records);
+        _reservedStart = firstCluster;
+        _reservedEnd = firstCluster + clusters;
+        try
+        {
+            for (long c = firstCluster; c < firstCluster + clusters; c++) Set(c, 1, records);
+        }
+        finally
+        {
+            _reservedStart = _reservedEnd = 0;
+        }
         for (long c = oldOffset >> _clusterBits; c < (oldOffset >> _clusterBits) + oldClusters; c++) Adjust(c, -1, records);
     }
 
