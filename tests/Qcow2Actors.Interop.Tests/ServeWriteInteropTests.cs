@@ -175,7 +175,7 @@ public sealed class ServeWriteInteropTests : IDisposable
         var source = _dir.File("source.raw");
         await File.WriteAllBytesAsync(source, TestBytes(96 * (int)MiB, 5));
         using var server = await ServeProcess.StartAsync(1, "--port", "0", "--create", "96M", img);
-        using var copy = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nbdcopy", [source, server.Uri])
+        using var copy = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nbdcopy", new[] { source, server.Uri })
             { RedirectStandardError = true, RedirectStandardOutput = true })!;
         await Task.Delay(700);
         Assert.Equal(0, server.Stop());
