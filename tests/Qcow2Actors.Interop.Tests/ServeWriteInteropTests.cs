@@ -190,8 +190,8 @@ public sealed class ServeWriteInteropTests : IDisposable
         using var server = await ServeProcess.StartAsync(1, "--port", "0", "--create", "8M", img);
         var uri = new Uri(server.Uri);
 
-        var writer = Task.Run(() => QemuTools.QemuIo("-f", "raw", server.Uri,
-            [.. Enumerable.Range(0, 64).SelectMany(i => new[] { "-c", $"write -P {i + 1} {i * 128}k 128k" }), "-c", "flush"]));
+        string[] io = ["-f", "raw", server.Uri, .. Enumerable.Range(0, 64).SelectMany(i => new[] { "-c", $"write -P {i + 1} {i * 128}k 128k" }), "-c", "flush"];
+        var writer = Task.Run(() => QemuTools.QemuIo(io));
         for (int i = 0; i < 20; i++)
         {
             using var garbage = new TcpClient();

@@ -1,9 +1,11 @@
+using System.Buffers.Binary;
 using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Format;
 using Qcow2Actors.Nbd;
 using Qcow2Actors.Nbd.Exports;
 
@@ -52,13 +54,15 @@ internal static class ServeCommand
     /// </summary>
     public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop)
     {
-        var exports = new List<Qcow2Export>();
+        // One actor system for every image; a failure in one image's actors stops that image only.
+        var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
+        var exports = new List<INbdExport>();
         NbdServer? server = null;
         int exit = 0;
         try
         {
             foreach (var spec in settings.Exports)
-                exports.Add(await OpenAsync(spec).ConfigureAwait(false));
+                exports.Add(await OpenAsync(host, spec).ConfigureAwait(false));
 
             server = new NbdServer(new NbdServerOptions { Exports = exports, EndPoint = settings.EndPoint });
             await server.StartAsync().ConfigureAwait(false);
@@ -77,38 +81,53 @@ internal static class ServeCommand
                 await server.StopAsync(grace.Token).ConfigureAwait(false);
                 await server.DisposeAsync().ConfigureAwait(false);
             }
-            foreach (var export in exports)
+            for (int i = 0; i < exports.Count; i++)
             {
+                var export = exports[i];
                 try
                 {
                     if (!export.IsReadOnly) await export.FlushAsync(CancellationToken.None).ConfigureAwait(false);
-                    await export.DisposeAsync().ConfigureAwait(false);
+                    // A clean close: checkpoint, journal truncated, header bits cleared.
+                    if (export is IAsyncDisposable async) await async.DisposeAsync().ConfigureAwait(false);
+                    else (export as IDisposable)?.Dispose();
                 }
                 catch (Exception ex) when (ex is not OutOfMemoryException)
                 {
                     // Close the others anyway; the journal makes the next open recover this one.
-                    await stderr.WriteLineAsync($"q2a: closing '{export.Image.Info.FileName}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
+                    await stderr.WriteLineAsync($"q2a: closing '{settings.Exports[i].Path}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
                     exit = 1;
                 }
             }
+            await host.DisposeAsync().ConfigureAwait(false);
         }
         return exit;
     }
 
-    private static async Task<Qcow2Export> OpenAsync(ExportSpec spec)
+    private static async Task<INbdExport> OpenAsync(ImageHost host, ExportSpec spec)
     {
         if (spec.CreateSize is { } size && !File.Exists(spec.Path))
         {
             if (spec.Format is null or "qcow2") ImageCreator.Create(spec.Path, new Qcow2CreateOptions { Size = size });
-            else if (spec.Format == "raw")
+            else
             {
-                using var raw = File.OpenHandle(spec.Path, FileMode.CreateNew, FileAccess.Write);
-                RandomAccess.SetLength(raw, size);
+                using var created = File.OpenHandle(spec.Path, FileMode.CreateNew, FileAccess.Write);
+                RandomAccess.SetLength(created, size);
             }
-            else throw new NotSupportedException($"cannot create an image of format '{spec.Format}'");
         }
+        // The write engine drives qcow2; a raw image is served as the plain file it is.
+        if (!spec.ReadOnly && IsRaw(spec))
+            return RawFileExport.Open(spec.Path, spec.Name);
         return await Qcow2Export.OpenAsync(spec.Path, spec.Name,
-            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format }).ConfigureAwait(false);
+            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format }, host).ConfigureAwait(false);
+    }
+
+    private static bool IsRaw(ExportSpec spec)
+    {
+        if (spec.Format is not null) return spec.Format == "raw";
+        if (!File.Exists(spec.Path)) return false; // let the open say it is missing
+        Span<byte> magic = stackalloc byte[4];
+        using var file = File.OpenHandle(spec.Path);
+        return RandomAccess.Read(file, magic, 0) < 4 || BinaryPrimitives.ReadUInt32BigEndian(magic) != Qcow2Header.Magic;
     }
 
     /// <summary>

@@ -32,13 +32,17 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 /// </summary>
 internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint EndPoint)
 {
+    /// <summary>The whole configuration file, if any: engine settings (qcow2actors, akka) may sit beside q2a.serve.</summary>
+    public Config? FileConfig { get; init; }
+
     /// <summary>How long a stopping server waits for requests in flight before cutting clients off.</summary>
     public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
         bool readOnly, string? create, string? format, string? configFile)
     {
-        var file = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile)).GetConfig("q2a.serve");
+        var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
+        var file = whole?.GetConfig("q2a.serve");
         bind ??= NonEmpty(file?.GetString("bind", null));
         socket ??= NonEmpty(file?.GetString("socket", null));
         if (port is null && file?.HasPath("port") == true) port = file.GetInt("port");
@@ -80,7 +84,7 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
             ? new UnixDomainSocketEndPoint(System.IO.Path.GetFullPath(socket))
             : new IPEndPoint(ResolveBind(bind), port ?? NbdServerOptions.DefaultPort);
         if (port is < 0 or > 65535) throw new ArgumentException($"port {port} is out of range");
-        return new ServeSettings(exports, endPoint);
+        return new ServeSettings(exports, endPoint) { FileConfig = whole };
     }
 
     private static string? NonEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;

@@ -43,11 +43,17 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         _zeroGranularity = FastZeroGranularity(image);
     }
 
-    /// <summary>Opens the image at <paramref name="path"/> and serves it; the export owns the image.</summary>
-    public static async Task<Qcow2Export> OpenAsync(string path, string name, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Opens the image at <paramref name="path"/> (read-write ones in <paramref name="host"/>, or
+    /// the shared host when null) and serves it; the export owns the image.
+    /// </summary>
+    public static async Task<Qcow2Export> OpenAsync(string path, string name, Qcow2OpenOptions? options = null,
+        ImageHost? host = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2OpenOptions();
-        var image = await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
+        var image = host is null
+            ? await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false)
+            : await host.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
         return new Qcow2Export(image, name, options.ReadOnly, ownsImage: true);
     }
 
@@ -64,10 +70,8 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     public long Size { get; }
 
     /// <inheritdoc/>
-    public bool IsReadOnly => _readOnly || ImageIsReadOnly;
-
-    // The read-only engine has no writes yet: every image it opens is read-only.
-    private static bool ImageIsReadOnly => true;
+    /// <remarks>Read when a client connects; an image that turns read-only later (a failed fsync) answers writes with EPERM.</remarks>
+    public bool IsReadOnly => _readOnly || _image.IsReadOnly;
 
     /// <inheritdoc/>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
@@ -75,8 +79,7 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         // Hot path: no state machine when the image answers synchronously (cached, mapped reads).
         try
         {
-            var read = _image.ReadAsync(offset, buffer, cancellationToken);
-            return read.IsCompletedSuccessfully ? ValueTask.CompletedTask : Await(read);
+            return Guard(_image.ReadAsync(offset, buffer, cancellationToken));
         }
         catch (Exception ex) when (Translate(ex) is { } mapped)
         {
@@ -85,25 +88,71 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     }
 
     /// <inheritdoc/>
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
-        ValueTask.FromException(ReadOnlyError());
-
-    /// <inheritdoc/>
-    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
-        if (fastZero && !CanZeroFast(offset, length))
-            return ValueTask.FromException(new NbdException(NbdError.NotSupported,
-                $"zeroing {offset}+{length} would write data: only whole {_zeroGranularity}-byte clusters of a v3 image zero by metadata"));
-        return ValueTask.FromException(ReadOnlyError());
+        if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);
+        try
+        {
+            return Guard(_image.WriteAsync(offset, data, fua, cancellationToken));
+        }
+        catch (Exception ex) when (Translate(ex) is { } mapped)
+        {
+            return ValueTask.FromException(mapped);
+        }
     }
 
     /// <inheritdoc/>
-    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) =>
-        ValueTask.FromException(ReadOnlyError());
+    /// <remarks>
+    /// The engine zeroes whole clusters (subclusters with extended L2) in metadata and writes
+    /// zeroes into the partial ones at the edges; so FAST_ZERO is honoured only for ranges of
+    /// whole clusters of a v3 image. <paramref name="mayUnmap"/> lets the engine free the clusters.
+    /// </remarks>
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
+    {
+        if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);
+        if (fastZero && !CanZeroFast(offset, length))
+            return ValueTask.FromException(new NbdException(NbdError.NotSupported, _zeroGranularity == 0
+                ? "this image cannot zero without writing data (v2 image, external data file or raw)"
+                : $"zeroing {offset}+{length} would write data: only whole {_zeroGranularity}-byte clusters zero by metadata"));
+        try
+        {
+            return Guard(_image.WriteZeroesAsync(offset, length, unmap: mayUnmap, fua: fua, cancellationToken));
+        }
+        catch (Exception ex) when (Translate(ex) is { } mapped)
+        {
+            return ValueTask.FromException(mapped);
+        }
+    }
 
     /// <inheritdoc/>
-    /// <remarks>A read-only image has nothing to make durable.</remarks>
-    public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    /// <remarks>Whole clusters in the range are discarded; the engine leaves partial clusters as they are.</remarks>
+    public async ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
+    {
+        if (WriteRefusal() is { } refused) throw refused;
+        try
+        {
+            await _image.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            if (fua) await _image.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (Translate(ex) is { } mapped)
+        {
+            throw mapped;
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The image's flush is global: data, then the journal batch, for every connection's writes.</remarks>
+    public ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            return Guard(_image.FlushAsync(cancellationToken));
+        }
+        catch (Exception ex) when (Translate(ex) is { } mapped)
+        {
+            return ValueTask.FromException(mapped);
+        }
+    }
 
     /// <inheritdoc/>
     public async ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
@@ -172,8 +221,17 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         return info.BackingFile is { } backing ? $"{text}, backing {backing}" : text;
     }
 
-    private NbdException ReadOnlyError() =>
-        new(NbdError.NotPermitted, $"export '{Name}' is read-only");
+    private NbdException? WriteRefusal()
+    {
+        if (_readOnly) return new NbdException(NbdError.NotPermitted, $"export '{Name}' is read-only");
+        if (_image.IsReadOnly)
+            return new NbdException(NbdError.NotPermitted, _image.ReadOnlyReason is { } reason
+                ? $"'{Name}' turned read-only: {reason}"
+                : $"'{Name}' is open read-only");
+        return null;
+    }
+
+    private static ValueTask Guard(ValueTask task) => task.IsCompletedSuccessfully ? ValueTask.CompletedTask : Await(task);
 
     private static async ValueTask Await(ValueTask task)
     {
