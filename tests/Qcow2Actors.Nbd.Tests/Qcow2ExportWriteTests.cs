@@ -150,4 +150,25 @@ public sealed class Qcow2ExportWriteTests : IAsyncLifetime
         Assert.Equal(NbdError.NotPermitted, ex.Error);
         await ro.FlushAsync(default); // nothing to make durable, but not an error
     }
+
+    /// <summary>
+    /// 512-byte clusters: one refcount table cluster covers 64 blocks of 256 clusters (8 MiB), so
+    /// scattered small writes make the engine grow the refcount table while L2 tables and data
+    /// clusters are being allocated around it.
+    /// </summary>
+    [NbdFact(Skip = "engine bug: qemu-img check finds refcount=0 clusters and leaks after the refcount table grows (reported to the coordinator); unskip with the fix")]
+    public async Task Scattered_small_cluster_writes_across_refcount_table_growth_stay_consistent()
+    {
+        var (export, path) = await CreateAsync(64 * MiB, clusterSize: 512);
+        var rng = new Random(7);
+        var block = new byte[512];
+        for (int i = 0; i < 20000; i++)
+        {
+            rng.NextBytes(block);
+            await export.WriteAsync(rng.NextInt64(0, 64 * MiB / 512) * 512, block, fua: false, default);
+        }
+        await export.FlushAsync(default);
+        await export.DisposeAsync();
+        AssertClean(path);
+    }
 }
