@@ -1,0 +1,159 @@
+using System.Buffers.Binary;
+using System.CommandLine;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Format;
+using Qcow2Actors.Nbd;
+using Qcow2Actors.Nbd.Exports;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>
+/// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
+/// [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each image as an NBD export
+/// named after its file, prints one <c>Serving URI</c> line per export, and runs until SIGINT
+/// or SIGTERM, which stop the server, flush and close every image cleanly and exit 0.
+/// </summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var bind = new Option<string?>("--bind") { Description = $"address to listen on (default {IPAddress.Loopback})" };
+        var port = new Option<int?>("--port", "-p") { Description = $"TCP port (default {NbdServerOptions.DefaultPort}; 0 picks a free one)" };
+        var socket = new Option<string?>("--socket", "-k") { Description = "listen on this Unix domain socket instead of TCP" };
+        var exportName = new Option<string?>("--export-name", "-x") { Description = "export name (only with one image; default: the file name)" };
+        var readOnly = new Option<bool>("--read-only", "-r") { Description = "open the images read-only and export them read-only" };
+        var create = new Option<string?>("--create") { Description = "create missing images with this virtual size (qcow2 defaults; e.g. 10G)" };
+        var format = new Option<string?>("-f", "--format") { Description = "image format (qcow2 or raw); probed when absent" };
+        var config = new Option<string?>("--config") { Description = "HOCON file with q2a.serve settings and exports" };
+        var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
+        var command = new Command("serve", "Serve images over NBD until SIGINT or SIGTERM")
+            { bind, port, socket, exportName, readOnly, create, format, config, images };
+
+        // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
+        // short grace period after SIGTERM before it returns 143, cutting off the clean close.
+        // This verb handles the signals itself and exits 0 once every image is closed.
+        command.SetAction(parse => CliRunner.RunAsync(async () =>
+        {
+            var settings = ServeSettings.From(
+                parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
+                parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
+                parse.GetValue(config));
+            using var signals = new ShutdownSignals();
+            return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
+        }).GetAwaiter().GetResult());
+        return command;
+    }
+
+    /// <summary>
+    /// Opens (creating where asked) every image, serves them until <paramref name="stop"/> completes,
+    /// then stops the server, flushes and closes the images. Returns the exit code.
+    /// </summary>
+    public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop)
+    {
+        // One actor system for every image; a failure in one image's actors stops that image only.
+        var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
+        var exports = new List<INbdExport>();
+        NbdServer? server = null;
+        int exit = 0;
+        try
+        {
+            foreach (var spec in settings.Exports)
+                exports.Add(await OpenAsync(host, spec).ConfigureAwait(false));
+
+            server = new NbdServer(new NbdServerOptions { Exports = exports, EndPoint = settings.EndPoint });
+            await server.StartAsync().ConfigureAwait(false);
+            foreach (var export in exports)
+                await stdout.WriteLineAsync($"Serving {server.GetUri(export.Name)}").ConfigureAwait(false);
+            await stdout.FlushAsync().ConfigureAwait(false);
+
+            await stop.ConfigureAwait(false);
+        }
+        finally
+        {
+            if (server is not null)
+            {
+                // Let requests already read finish; a client that will not let go is cut off.
+                using var grace = new CancellationTokenSource(settings.StopTimeout);
+                await server.StopAsync(grace.Token).ConfigureAwait(false);
+                await server.DisposeAsync().ConfigureAwait(false);
+            }
+            for (int i = 0; i < exports.Count; i++)
+            {
+                var export = exports[i];
+                try
+                {
+                    if (!export.IsReadOnly) await export.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+                    // A clean close: checkpoint, journal truncated, header bits cleared.
+                    if (export is IAsyncDisposable async) await async.DisposeAsync().ConfigureAwait(false);
+                    else (export as IDisposable)?.Dispose();
+                }
+                catch (Exception ex) when (ex is not OutOfMemoryException)
+                {
+                    // Close the others anyway; the journal makes the next open recover this one.
+                    await stderr.WriteLineAsync($"q2a: closing '{settings.Exports[i].Path}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
+                    exit = 1;
+                }
+            }
+            await host.DisposeAsync().ConfigureAwait(false);
+        }
+        return exit;
+    }
+
+    private static async Task<INbdExport> OpenAsync(ImageHost host, ExportSpec spec)
+    {
+        if (spec.CreateSize is { } size && !File.Exists(spec.Path))
+        {
+            if (spec.Format is null or "qcow2") ImageCreator.Create(spec.Path, new Qcow2CreateOptions { Size = size });
+            else
+            {
+                using var created = File.OpenHandle(spec.Path, FileMode.CreateNew, FileAccess.Write);
+                RandomAccess.SetLength(created, size);
+            }
+        }
+        // The write engine drives qcow2; a raw image is served as the plain file it is.
+        if (!spec.ReadOnly && IsRaw(spec))
+            return RawFileExport.Open(spec.Path, spec.Name);
+        return await Qcow2Export.OpenAsync(spec.Path, spec.Name,
+            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format }, host).ConfigureAwait(false);
+    }
+
+    private static bool IsRaw(ExportSpec spec)
+    {
+        if (spec.Format is not null) return spec.Format == "raw";
+        if (!File.Exists(spec.Path)) return false; // let the open say it is missing
+        Span<byte> magic = stackalloc byte[4];
+        using var file = File.OpenHandle(spec.Path);
+        return RandomAccess.Read(file, magic, 0) < 4 || BinaryPrimitives.ReadUInt32BigEndian(magic) != Qcow2Header.Magic;
+    }
+
+    /// <summary>
+    /// The first SIGINT or SIGTERM completes <see cref="Stopping"/> and keeps the process alive
+    /// for the clean close; a second one terminates the process at once, as usual.
+    /// </summary>
+    private sealed class ShutdownSignals : IDisposable
+    {
+        private readonly TaskCompletionSource _stopping = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly PosixSignalRegistration _sigint;
+        private readonly PosixSignalRegistration _sigterm;
+
+        public ShutdownSignals()
+        {
+            _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle);
+            _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle);
+        }
+
+        public Task Stopping => _stopping.Task;
+
+        private void Handle(PosixSignalContext context) => context.Cancel = _stopping.TrySetResult();
+
+        public void Dispose()
+        {
+            _sigint.Dispose();
+            _sigterm.Dispose();
+        }
+    }
+}

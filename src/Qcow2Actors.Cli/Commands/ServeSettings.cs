@@ -1,0 +1,132 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using Akka.Configuration;
+using Qcow2Actors.Nbd;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>One image to serve: where it is, what clients call it, and how to open it.</summary>
+/// <param name="Path">The image file.</param>
+/// <param name="Name">The export name.</param>
+/// <param name="ReadOnly">Open and export read-only.</param>
+/// <param name="Format">"qcow2", "raw", or null to probe.</param>
+/// <param name="CreateSize">Create the image with this virtual size when the file is missing.</param>
+internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize);
+
+/// <summary>
+/// What <c>q2a serve</c> serves and where, from the command line and optionally a HOCON file:
+/// <code>
+/// q2a.serve {
+///   bind = "127.0.0.1"          # or socket = "/run/q2a.sock"
+///   port = 10809
+///   read-only = false           # default for every export
+///   exports {
+///     disk { path = "disk.qcow2", create = 10G }
+///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
+///   }
+/// }
+/// </code>
+/// Options given on the command line win over the file; images named on the command line are
+/// served after the file's exports.
+/// </summary>
+internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint EndPoint)
+{
+    /// <summary>The whole configuration file, if any: engine settings (qcow2actors, akka) may sit beside q2a.serve.</summary>
+    public Config? FileConfig { get; init; }
+
+    /// <summary>How long a stopping server waits for requests in flight before cutting clients off.</summary>
+    public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
+        bool readOnly, string? create, string? format, string? configFile)
+    {
+        var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
+        var file = whole?.GetConfig("q2a.serve");
+        bind ??= NonEmpty(file?.GetString("bind", null));
+        socket ??= NonEmpty(file?.GetString("socket", null));
+        if (port is null && file?.HasPath("port") == true) port = file.GetInt("port");
+        bool defaultReadOnly = readOnly || (file?.GetBoolean("read-only", false) ?? false);
+        if (socket is not null && (bind is not null || port is not null))
+            throw new ArgumentException("--socket cannot be combined with --bind or --port");
+        if (exportName is not null && images.Length != 1)
+            throw new ArgumentException("--export-name needs exactly one image");
+        if (exportName is { Length: 0 }) throw new ArgumentException("--export-name must not be empty");
+        long? createSize = create is null ? null : ParseSize(create);
+
+        var exports = new List<ExportSpec>();
+        if (file?.HasPath("exports") == true)
+        {
+            var section = file.GetConfig("exports");
+            foreach (var entry in section.AsEnumerable())
+            {
+                var e = section.GetConfig(entry.Key);
+                var path = NonEmpty(e.GetString("path", null))
+                    ?? throw new ArgumentException($"export '{entry.Key}' in {configFile} has no path");
+                if (configFile is not null && !System.IO.Path.IsPathRooted(path))
+                    path = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(configFile))!, path);
+                var size = NonEmpty(e.GetString("create", null));
+                exports.Add(new ExportSpec(path, NonEmpty(e.GetString("name", null)) ?? entry.Key,
+                    readOnly || e.GetBoolean("read-only", defaultReadOnly),
+                    format ?? NonEmpty(e.GetString("format", null)),
+                    size is null ? createSize : ParseSize(size)));
+            }
+        }
+        foreach (var image in images)
+            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize));
+        if (exports.Count == 0) throw new ArgumentException("no image to serve: name one or more, or give --config with exports");
+        if (exports.Select(e => e.Name).GroupBy(n => n, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } duplicate)
+            throw new ArgumentException($"two exports are named '{duplicate.Key}'; serve them from one directory per name or use --config");
+        if (format is not null and not ("qcow2" or "raw"))
+            throw new ArgumentException($"unknown format '{format}' (qcow2 or raw)");
+
+        EndPoint endPoint = socket is not null
+            ? new UnixDomainSocketEndPoint(System.IO.Path.GetFullPath(socket))
+            : new IPEndPoint(ResolveBind(bind), port ?? NbdServerOptions.DefaultPort);
+        if (port is < 0 or > 65535) throw new ArgumentException($"port {port} is out of range");
+        return new ServeSettings(exports, endPoint) { FileConfig = whole };
+    }
+
+    private static string? NonEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
+
+    private static IPAddress ResolveBind(string? bind)
+    {
+        if (bind is null) return IPAddress.Loopback;
+        if (IPAddress.TryParse(bind.Trim('[', ']'), out var address)) return address;
+        var addresses = Dns.GetHostAddresses(bind);
+        return addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork)
+            ?? addresses.FirstOrDefault()
+            ?? throw new ArgumentException($"cannot resolve '{bind}'");
+    }
+
+    /// <summary>
+    /// A size as qemu-img takes it: a number of bytes, optionally with a fraction and one of the
+    /// binary suffixes B, K, M, G, T, P, E (case-insensitive; "k" = 1024).
+    /// </summary>
+    public static long ParseSize(string text)
+    {
+        var s = text.Trim();
+        int split = s.Length;
+        while (split > 0 && char.IsLetter(s[split - 1])) split--;
+        var suffix = s[split..].ToUpperInvariant();
+        if (suffix.Length == 2 && suffix[1] == 'B' || suffix.Length == 3 && suffix.EndsWith("IB", StringComparison.Ordinal))
+            suffix = suffix[..1]; // "GB", "GiB": qemu-img only takes "G", but nobody means anything else
+        int shift = suffix switch
+        {
+            "" or "B" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            "P" => 50,
+            "E" => 60,
+            _ => throw new ArgumentException($"invalid size '{text}': unknown suffix '{s[split..]}'"),
+        };
+        if (!decimal.TryParse(s[..split], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var number))
+            throw new ArgumentException($"invalid size '{text}'");
+        var bytes = number * (decimal)Math.Pow(2, shift);
+        if (bytes <= 0 || bytes > long.MaxValue || bytes != decimal.Truncate(bytes))
+            throw new ArgumentException($"invalid size '{text}': must be a positive whole number of bytes");
+        return (long)bytes;
+    }
+}
