@@ -7,6 +7,10 @@ internal static class Verbs
 {
     public static IEnumerable<Command> All()
     {
-        yield break;
+        yield return Commands.MapCommand.Create();
+        yield return Commands.ConvertCommand.Create();
+        yield return Commands.CompareCommand.Create();
+        yield return Commands.InfoCommand.Create();
+        yield return Commands.CheckCommand.Create();
     }
 }

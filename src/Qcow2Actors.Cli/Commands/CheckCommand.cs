@@ -1,0 +1,87 @@
+using System.CommandLine;
+using System.Globalization;
+using Qcow2Actors.Engine.Check;
+using Qcow2Actors.Engine.Info;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>
+/// <c>q2a check [-f qcow2] [--output human|json] IMG</c>: qemu-img check's messages, JSON keys
+/// and exit codes (0 clean, 1 check failed, 2 corruptions, 3 leaks only).
+/// </summary>
+internal static class CheckCommand
+{
+    public static Command Create()
+    {
+        var format = new Option<string>("-f", "--format") { Description = "image format (only qcow2)" };
+        var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
+        var file = new Argument<string>("filename") { Description = "the image" };
+        var command = new Command("check", "check the image's metadata for consistency (read-only)");
+        command.Options.Add(format);
+        command.Options.Add(output);
+        command.Arguments.Add(file);
+        command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
+        {
+            var path = parse.GetValue(file)!;
+            Formats.RequireQcow2(parse.GetValue(format));
+            var json = Formats.IsJson(parse.GetValue(output));
+            CheckResult result;
+            try
+            {
+                result = ImageChecker.CheckFile(path);
+            }
+            catch (Exception e) when (e is not FileNotFoundException)
+            {
+                throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
+            }
+            foreach (var line in result.Messages) Console.Error.WriteLine(line);
+            if (result.AbortReason is null)
+                Console.Out.Write(json ? Json(result).ToJson() + "\n" : Human(result));
+            if (result.ExitCode == 1)
+                Console.Error.WriteLine(result.AbortReason is null ? "q2a: Check failed" : $"q2a: Check failed: {result.AbortReason}");
+            return result.ExitCode;
+        }));
+        return command;
+    }
+
+    private static QemuJsonObject Json(CheckResult r)
+    {
+        // qemu-img leaves out every count that is 0, except check-errors.
+        var o = new QemuJsonObject();
+        if (r.ImageEndOffset != 0) o.Add("image-end-offset", r.ImageEndOffset);
+        if (r.TotalClusters != 0) o.Add("total-clusters", r.TotalClusters);
+        o.Add("check-errors", r.CheckErrors);
+        if (r.Corruptions != 0) o.Add("corruptions", r.Corruptions);
+        if (r.Leaks != 0) o.Add("leaks", r.Leaks);
+        if (r.AllocatedClusters != 0) o.Add("allocated-clusters", r.AllocatedClusters);
+        if (r.FragmentedClusters != 0) o.Add("fragmented-clusters", r.FragmentedClusters);
+        if (r.CompressedClusters != 0) o.Add("compressed-clusters", r.CompressedClusters);
+        return o.Add("filename", r.Filename).Add("format", "qcow2");
+    }
+
+    private static string Human(CheckResult r)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var s = "";
+        if (r.Corruptions == 0 && r.Leaks == 0 && r.CheckErrors == 0)
+        {
+            s += "No errors were found on the image.\n";
+        }
+        else
+        {
+            if (r.Corruptions != 0)
+                s += string.Create(inv, $"\n{r.Corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n");
+            if (r.Leaks != 0)
+                s += string.Create(inv, $"\n{r.Leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n");
+            if (r.CheckErrors != 0)
+                s += string.Create(inv, $"\n{r.CheckErrors} internal errors have occurred during the check.\n");
+        }
+        if (r.TotalClusters != 0 && r.AllocatedClusters != 0)
+        {
+            s += string.Create(inv, $"{r.AllocatedClusters}/{r.TotalClusters} = {r.AllocatedClusters * 100.0 / r.TotalClusters:F2}% allocated, "
+                + $"{r.FragmentedClusters * 100.0 / r.AllocatedClusters:F2}% fragmented, {r.CompressedClusters * 100.0 / r.AllocatedClusters:F2}% compressed clusters\n");
+        }
+        if (r.ImageEndOffset != 0) s += string.Create(inv, $"Image end offset: {r.ImageEndOffset}\n");
+        return s;
+    }
+}

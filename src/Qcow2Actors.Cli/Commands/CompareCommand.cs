@@ -1,0 +1,100 @@
+using System.CommandLine;
+using Qcow2Actors.Engine;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>
+/// <c>q2a compare [-f FMT] [-F FMT] [-q] A B</c>: qemu-img compare's messages and exit codes —
+/// 0 "Images are identical.", 1 "Content mismatch at offset N!" (N the first differing byte
+/// rounded down to its 512-byte sector), 2 on any error. Images of different sizes are equal
+/// when the longer one's extra part reads as zeros.
+/// </summary>
+internal static class CompareCommand
+{
+    private const int ChunkSize = 1024 * 1024;
+    private const int Sector = 512;
+
+    public static Command Create()
+    {
+        var formatA = new Option<string?>("-f") { Description = "format of the first image; probed when absent" };
+        var formatB = new Option<string?>("-F") { Description = "format of the second image; probed when absent" };
+        var quiet = new Option<bool>("-q") { Description = "print nothing, only set the exit code" };
+        var a = new Argument<string>("filename1");
+        var b = new Argument<string>("filename2");
+        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, a, b };
+        command.SetAction(async (parse, ct) =>
+        {
+            try
+            {
+                return await RunAsync(parse.GetValue(a)!, parse.GetValue(b)!, parse.GetValue(formatA), parse.GetValue(formatB),
+                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // Errors are exit 2 for compare (1 means "different"); CliRunner prints the one line.
+                await CliRunner.RunAsync(() => Task.FromException<int>(ex)).ConfigureAwait(false);
+                return 2;
+            }
+        });
+        return command;
+    }
+
+    public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct)
+    {
+        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA }, ct).ConfigureAwait(false);
+        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB }, ct).ConfigureAwait(false);
+        long common = Math.Min(imgA.VirtualSize, imgB.VirtualSize);
+        var bufA = new byte[ChunkSize];
+        var bufB = new byte[ChunkSize];
+
+        await using (var mapA = imgA.GetMapAsync(0, common, ct).GetAsyncEnumerator(ct))
+        await using (var mapB = imgB.GetMapAsync(0, common, ct).GetAsyncEnumerator(ct))
+        {
+            ImageExtent? ea = null, eb = null;
+            long pos = 0;
+            while (pos < common)
+            {
+                if (ea is null || ea.End <= pos) { await mapA.MoveNextAsync().ConfigureAwait(false); ea = mapA.Current; }
+                if (eb is null || eb.End <= pos) { await mapB.MoveNextAsync().ConfigureAwait(false); eb = mapB.Current; }
+                long end = Math.Min(ea.End, eb.End);
+                if (!(ea.Zero && eb.Zero))
+                {
+                    for (long p = pos; p < end; p += ChunkSize)
+                    {
+                        int n = (int)Math.Min(ChunkSize, end - p);
+                        await imgA.ReadAsync(p, bufA.AsMemory(0, n), ct).ConfigureAwait(false);
+                        await imgB.ReadAsync(p, bufB.AsMemory(0, n), ct).ConfigureAwait(false);
+                        int diff = bufA.AsSpan(0, n).CommonPrefixLength(bufB.AsSpan(0, n));
+                        if (diff < n) return await MismatchAsync(stdout, p + diff).ConfigureAwait(false);
+                    }
+                }
+                pos = end;
+            }
+        }
+
+        if (imgA.VirtualSize != imgB.VirtualSize)
+        {
+            await stdout.WriteLineAsync("Warning: Image size mismatch!").ConfigureAwait(false);
+            var over = imgA.VirtualSize > imgB.VirtualSize ? imgA : imgB;
+            await foreach (var e in over.GetMapAsync(common, over.VirtualSize - common, ct).ConfigureAwait(false))
+            {
+                if (e.Zero) continue;
+                for (long p = e.Start; p < e.End; p += ChunkSize)
+                {
+                    int n = (int)Math.Min(ChunkSize, e.End - p);
+                    await over.ReadAsync(p, bufA.AsMemory(0, n), ct).ConfigureAwait(false);
+                    int nonZero = bufA.AsSpan(0, n).IndexOfAnyExcept((byte)0);
+                    if (nonZero >= 0) return await MismatchAsync(stdout, p + nonZero).ConfigureAwait(false);
+                }
+            }
+        }
+        await stdout.WriteLineAsync("Images are identical.").ConfigureAwait(false);
+        return 0;
+    }
+
+    private static async Task<int> MismatchAsync(TextWriter stdout, long offset)
+    {
+        await stdout.WriteLineAsync($"Content mismatch at offset {offset / Sector * Sector}!").ConfigureAwait(false);
+        return 1;
+    }
+}

@@ -1,0 +1,123 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using Qcow2Actors.Engine.Info;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary><c>q2a info [-f qcow2] [--output human|json] [--backing-chain] IMG</c>, printing what qemu-img info prints.</summary>
+internal static class InfoCommand
+{
+    public static Command Create()
+    {
+        var format = new Option<string>("-f", "--format") { Description = "image format (only qcow2)" };
+        var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
+        var chain = new Option<bool>("--backing-chain") { Description = "also show every backing file" };
+        var file = new Argument<string>("filename") { Description = "the image" };
+        var command = new Command("info", "show the image's header, snapshots and format-specific information");
+        command.Options.Add(format);
+        command.Options.Add(output);
+        command.Options.Add(chain);
+        command.Arguments.Add(file);
+        command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
+        {
+            var path = parse.GetValue(file)!;
+            Formats.RequireQcow2(parse.GetValue(format));
+            var json = Formats.IsJson(parse.GetValue(output));
+            IReadOnlyList<ImageInfo> infos;
+            try
+            {
+                infos = ImageInfo.ReadChain(path, parse.GetValue(chain));
+            }
+            catch (Exception e) when (e is not FileNotFoundException)
+            {
+                throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
+            }
+            if (json)
+            {
+                var text = parse.GetValue(chain)
+                    ? Formats.JsonList(infos.Select(i => i.ToQemuJson()))
+                    : infos[0].ToQemuJson().ToJson();
+                Console.Out.Write(text + "\n");
+            }
+            else
+            {
+                Console.Out.Write(string.Join("\n", infos.Select(Human)));
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>The layout of qemu-img 7.2's bdrv_image_info_dump.</summary>
+    private static string Human(ImageInfo i)
+    {
+        var sb = new StringBuilder();
+        sb.Append(CultureInfo.InvariantCulture, $"image: {i.Filename}\nfile format: qcow2\nvirtual size: {Formats.SizeToString(i.VirtualSize)} ({i.VirtualSize} bytes)\n");
+        sb.Append(CultureInfo.InvariantCulture, $"disk size: {Formats.SizeToString(i.ActualSize)}\ncluster_size: {i.ClusterSize}\n");
+        if (i.DirtyFlag) sb.Append("cleanly shut down: no\n");
+        if (i.BackingFilename is not null)
+        {
+            sb.Append("backing file: ").Append(i.BackingFilename);
+            if (i.FullBackingFilename != i.BackingFilename) sb.Append(" (actual path: ").Append(i.FullBackingFilename).Append(')');
+            sb.Append('\n');
+            if (i.BackingFormat is not null) sb.Append("backing file format: ").Append(i.BackingFormat).Append('\n');
+        }
+        if (i.Snapshots.Count > 0)
+        {
+            sb.Append("Snapshot list:\n");
+            sb.Append(CultureInfo.InvariantCulture, $"{"ID",-10}{"TAG",-17}{"VM SIZE",8}{"DATE",20}{"VM CLOCK",13}{"ICOUNT",11}\n");
+            foreach (var s in i.Snapshots)
+            {
+                var date = DateTimeOffset.FromUnixTimeSeconds(s.DateSeconds).ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+                var secs = s.VmClockNanoseconds / 1_000_000_000;
+                var clock = string.Create(CultureInfo.InvariantCulture, $"{secs / 3600:00}:{secs / 60 % 60:00}:{secs % 60:00}.{s.VmClockNanoseconds / 1_000_000 % 1000:000}");
+                var icount = s.Icount == -1 ? "" : s.Icount.ToString(CultureInfo.InvariantCulture);
+                sb.Append(CultureInfo.InvariantCulture, $"{s.Id,-9} {s.Name,-16} {Formats.SizeToString((long)s.VmStateSize),8}{date,20}{clock,13}{icount,11}\n");
+            }
+        }
+        sb.Append("Format specific information:\n").Append(i.FormatSpecific().ToHuman(1));
+        return sb.ToString();
+    }
+}
+
+/// <summary>Option handling and number formatting shared by the qemu-img style verbs.</summary>
+internal static class Formats
+{
+    public static void RequireQcow2(string? format)
+    {
+        if (format is not null && format != "qcow2")
+            throw new NotSupportedException($"Unknown or unsupported image format '{format}': q2a handles only qcow2");
+    }
+
+    public static bool IsJson(string? output) => output switch
+    {
+        null or "human" => false,
+        "json" => true,
+        _ => throw new ArgumentException($"--output must be 'human' or 'json', not '{output}'"),
+    };
+
+    public static string JsonList(IEnumerable<QemuJsonObject> items)
+    {
+        var parts = items.Select(i => "    " + i.ToJson().Replace("\n", "\n    ", StringComparison.Ordinal));
+        return "[\n" + string.Join(",\n", parts) + "\n]";
+    }
+
+    /// <summary>QEMU's size_to_str: three significant digits, binary units, switching up at 1000.</summary>
+    public static string SizeToString(long value)
+    {
+        string[] suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+        var scaled = value / (1000.0 / 1024.0);
+        var exponent = scaled == 0 ? 0 : (int)Math.Floor(Math.Log2(scaled)) + 1;
+        var i = Math.Max(0, (exponent - 1) / 10);
+        var shown = value / (double)(1L << (i * 10));
+        return $"{G3(shown)} {suffixes[i]}B";
+    }
+
+    // C's "%0.3g": three significant digits, trailing zeros dropped.
+    private static string G3(double v)
+    {
+        var s = v.ToString("G3", CultureInfo.InvariantCulture);
+        return s.Contains('E', StringComparison.Ordinal) ? v.ToString("0", CultureInfo.InvariantCulture) : s;
+    }
+}

@@ -1,0 +1,145 @@
+using System.Runtime.CompilerServices;
+using Qcow2Actors.Engine.Read;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine;
+
+/// <summary>
+/// An open disk image (qcow2 with its backing chain, or raw). Reads never block one another
+/// and take no locks: each request maps through the image's current immutable view.
+/// Write methods come with the write engine, which publishes its changes into the same
+/// view and L2 cache the reads use.
+/// </summary>
+public sealed class Qcow2Image : IAsyncDisposable
+{
+    private readonly IImageLayer _top;
+    private readonly Qcow2Layer? _qcow2;
+    private int _disposed;
+
+    private Qcow2Image(OpenedLayer opened)
+    {
+        _top = opened.Layer;
+        _qcow2 = opened.Layer as Qcow2Layer;
+        Header = opened.HeaderBlock?.Header;
+        Info = new Qcow2ImageInfo(
+            opened.Layer.FileName,
+            opened.Layer.Format,
+            opened.Layer.Size,
+            Header?.ClusterSize,
+            opened.HeaderBlock?.BackingFileName,
+            opened.HeaderBlock?.BackingFormat,
+            opened.HeaderBlock?.DataFile,
+            [.. opened.Snapshots.Select(s => new Qcow2SnapshotInfo(s.Id, s.Name, s.DiskSize))],
+            opened.Snapshot?.Name);
+    }
+
+    /// <summary>
+    /// Opens <paramref name="path"/> and its whole backing chain read-only. The header, table
+    /// bounds and backing chain are validated here; a damaged table entry fails only the reads that reach it.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a valid qcow2 image, or a backing chain that loops or is too deep.</exception>
+    /// <exception cref="NotSupportedException">Encryption, an unknown incompatible feature (named), or an unknown format.</exception>
+    /// <exception cref="Qcow2ImageCorruptException">A table lies outside the file.</exception>
+    public static async Task<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new Qcow2OpenOptions();
+        if (!options.ReadOnly)
+            throw new NotSupportedException("read-write opens need the write engine; open with ReadOnly = true");
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
+        var opened = await ImageOpener.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
+        return new Qcow2Image(opened);
+    }
+
+    /// <summary>Guest size in bytes (a snapshot's own size when reading a snapshot).</summary>
+    public long VirtualSize => _top.Size;
+
+    /// <summary>The decoded qcow2 header; null for a raw image.</summary>
+    public Qcow2Header? Header { get; }
+
+    /// <summary>What the image is and what it refers to.</summary>
+    public Qcow2ImageInfo Info { get; }
+
+    /// <summary>
+    /// Fills <paramref name="buffer"/> with guest bytes from <paramref name="offset"/>: stored data,
+    /// zeros, the backing chain's content (zeros past a shorter backing file) or decompressed clusters.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is not inside the virtual disk.</exception>
+    /// <exception cref="Qcow2ImageCorruptException">A table entry on the way is damaged.</exception>
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        CheckRange(offset, buffer.Length);
+        return buffer.Length == 0 ? ValueTask.CompletedTask : _top.ReadAsync(offset, buffer, cancellationToken);
+    }
+
+    /// <summary>
+    /// Block status of [<paramref name="offset"/>, <paramref name="offset"/> + <paramref name="length"/>) as
+    /// qemu-img map reports it: maximal runs, merged when depth, flags and file agree and host
+    /// offsets continue each other.
+    /// </summary>
+    public async IAsyncEnumerable<ImageExtent> GetMapAsync(long offset, long length, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        CheckRange(offset, length);
+        long end = offset + length;
+        ImageExtent? current = null;
+        for (long pos = offset; pos < end;)
+        {
+            var next = await BlockStatusAsync(pos, end - pos, cancellationToken).ConfigureAwait(false);
+            pos += next.Length;
+            if (current is not null && Mergeable(current, next))
+            {
+                current = current with { Length = current.Length + next.Length };
+                continue;
+            }
+            if (current is not null) yield return current;
+            current = next;
+        }
+        if (current is not null) yield return current;
+    }
+
+    private async ValueTask<ImageExtent> BlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var layer = _top;
+        int depth = 0;
+        LayerStatus status;
+        while (true)
+        {
+            status = await layer.GetStatusAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            length = status.Length;
+            if (status.Data || status.Zero || layer.Backing is null) break;
+            layer = layer.Backing;
+            length = Math.Min(length, layer.Size - offset);
+            depth++;
+        }
+        return new ImageExtent(offset, length, depth, status.Allocated, status.Zero, status.Data,
+            status.HasHostOffset ? status.HostOffset : null, status.File);
+    }
+
+    // qemu-img map's entry_mergeable.
+    private static bool Mergeable(ImageExtent a, ImageExtent b) =>
+        a.Zero == b.Zero && a.Data == b.Data && a.Depth == b.Depth && a.Present == b.Present
+        && string.Equals(a.FileName, b.FileName, StringComparison.Ordinal)
+        && a.Offset.HasValue == b.Offset.HasValue
+        && (!a.Offset.HasValue || a.Offset.Value + a.Length == b.Offset);
+
+    private void CheckRange(long offset, long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (offset > VirtualSize || length > VirtualSize - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset),
+                $"range {offset}+{length} is outside the {VirtualSize}-byte disk of '{Info.FileName}'");
+    }
+
+    /// <summary>The read side, for the write engine and the NBD server within this assembly's friends.</summary>
+    internal Qcow2Layer? ReadSide => _qcow2;
+
+    /// <summary>Closes the image and its backing chain.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        await _top.DisposeAsync().ConfigureAwait(false);
+    }
+}

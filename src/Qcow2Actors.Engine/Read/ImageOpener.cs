@@ -1,0 +1,196 @@
+using System.Buffers.Binary;
+using Qcow2Actors.Engine.Compression;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Read;
+
+/// <summary>What opening one layer found out, for <see cref="Qcow2Image.Info"/>.</summary>
+internal sealed record OpenedLayer(IImageLayer Layer, ImageHeaderBlock? HeaderBlock, IReadOnlyList<SnapshotRef> Snapshots, SnapshotRef? Snapshot);
+
+/// <summary>
+/// Opens an image and its backing chain read-only, validating everything a read will trust
+/// before it allocates anything sized by the file (FORMAT.md §2 opener rules plus in-file bounds).
+/// </summary>
+internal static class ImageOpener
+{
+    private const uint QcowMagic = 0x514649FB;
+
+    public static async Task<OpenedLayer> OpenAsync(string path, Qcow2OpenOptions options, CancellationToken cancellationToken)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        return await OpenLayerAsync(path, path, options.Format, options.Snapshot, options, seen, 0, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static async Task<OpenedLayer> OpenLayerAsync(string path, string displayName, string? format, string? snapshot,
+        Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+    {
+        if (depth > options.MaxBackingDepth)
+            throw new InvalidDataException($"backing chain of '{displayName}' is deeper than {options.MaxBackingDepth} images");
+        string full = CanonicalPath(path);
+        if (!seen.Add(full))
+            throw new InvalidDataException($"backing chain loops: '{displayName}' is its own backing file");
+
+        format ??= Probe(path);
+        switch (format)
+        {
+            case "raw":
+                if (snapshot is not null) throw new InvalidOperationException($"'{displayName}' is a raw image: it has no snapshots");
+                return new OpenedLayer(RawLayer.Open(path, displayName), null, [], null);
+            case "qcow2":
+                break;
+            default:
+                throw new NotSupportedException($"Unknown image format '{format}' for '{displayName}' (q2a reads qcow2 and raw)");
+        }
+
+        var file = FileBlockDevice.Open(path, writable: false);
+        try
+        {
+            return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task<OpenedLayer> OpenQcow2Async(FileBlockDevice file, string path, string displayName, string? snapshot,
+        Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+    {
+        long fileLength = file.Length;
+        var first = new byte[Math.Min(4096, fileLength)];
+        await file.ReadAsync(first, 0, cancellationToken).ConfigureAwait(false);
+        if (first.Length < 24) throw Invalid(displayName, new Qcow2FormatException("header", 0, $"file is only {fileLength} bytes"));
+        uint bits = BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(20));
+        byte[] cluster0 = first;
+        if (bits is >= 9 and <= 21 && (1L << (int)bits) > first.Length && fileLength > first.Length)
+        {
+            cluster0 = new byte[Math.Min(1L << (int)bits, fileLength)];
+            await file.ReadAsync(cluster0, 0, cancellationToken).ConfigureAwait(false);
+        }
+
+        ImageHeaderBlock block;
+        try
+        {
+            // Our journal-pending bit means the tables on disk are stale: the write engine must replay first.
+            block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQemu);
+        }
+        catch (Qcow2FormatException ex)
+        {
+            throw Invalid(displayName, ex);
+        }
+        var h = block.Header;
+        if (h.CryptMethod != CryptMethod.None)
+            throw new NotSupportedException($"'{displayName}' is encrypted ({h.CryptMethod}); encrypted images are not supported");
+
+        long cs = h.ClusterSize;
+        CheckInFile(displayName, "l1_table_offset", h.L1TableOffset, (long)h.L1Size * 8, fileLength);
+        CheckInFile(displayName, "refcount_table_offset", h.RefcountTableOffset, (long)h.RefcountTableClusters * cs, fileLength);
+        if (h.NbSnapshots > 0) CheckInFile(displayName, "snapshots_offset", h.SnapshotsOffset, 40, fileLength);
+
+        var snapshots = h.NbSnapshots > 0
+            ? await SnapshotDirectory.ReadAsync(file, h.SnapshotsOffset, h.NbSnapshots, cancellationToken).ConfigureAwait(false)
+            : new List<SnapshotRef>();
+
+        var geometry = new ImageGeometry(h.ClusterBits, h.HasExtendedL2, h.HasExternalDataFile, h.Version);
+        long size = h.Size;
+        long l1Offset = h.L1TableOffset;
+        int l1Size = h.L1Size;
+        SnapshotRef? chosen = null;
+        if (snapshot is not null)
+        {
+            chosen = snapshots.Find(s => s.Id == snapshot) ?? snapshots.Find(s => s.Name == snapshot)
+                ?? throw new InvalidOperationException($"Failed to load snapshot: Can't find snapshot '{snapshot}' in '{displayName}'");
+            if ((chosen.L1TableOffset & (cs - 1)) != 0)
+                throw new Qcow2ImageCorruptException($"snapshot '{chosen.Name}' L1 table offset 0x{chosen.L1TableOffset:X} is not cluster aligned");
+            CheckInFile(displayName, $"snapshot '{chosen.Name}' L1 table", chosen.L1TableOffset, (long)chosen.L1Size * 8, fileLength);
+            l1Offset = chosen.L1TableOffset;
+            l1Size = chosen.L1Size;
+            size = chosen.DiskSize ?? h.Size;
+        }
+
+        var l1Bytes = new byte[(long)l1Size * 8];
+        if (l1Size > 0 && await file.ReadAsync(l1Bytes, l1Offset, cancellationToken).ConfigureAwait(false) < l1Bytes.Length)
+            throw new Qcow2ImageCorruptException($"L1 table at 0x{l1Offset:X} lies past the end of '{displayName}'");
+        var l1 = new ulong[l1Size];
+        for (int i = 0; i < l1.Length; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(l1Bytes.AsSpan(i * 8));
+
+        FileBlockDevice? dataFile = null;
+        string? dataFileName = null;
+        IImageLayer? backing = null;
+        try
+        {
+            if (h.HasExternalDataFile)
+            {
+                if (block.DataFile is null)
+                    throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
+                dataFileName = CombinePath(displayName, block.DataFile);
+                dataFile = FileBlockDevice.Open(CombinePath(path, block.DataFile), writable: false);
+            }
+            if (block.BackingFileName is { } backingName)
+            {
+                string backingPath = CombinePath(path, backingName);
+                if (!File.Exists(backingPath))
+                    throw new FileNotFoundException($"Could not open backing file '{backingPath}': No such file or directory", backingPath);
+                var opened = await OpenLayerAsync(backingPath, CombinePath(displayName, backingName), block.BackingFormat, null,
+                    options, seen, depth + 1, cancellationToken).ConfigureAwait(false);
+                backing = opened.Layer;
+            }
+            var view = new ImageView(geometry, size, l1);
+            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(options.L2CacheSize),
+                CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName);
+            return new OpenedLayer(layer, block, snapshots, chosen);
+        }
+        catch
+        {
+            dataFile?.Dispose();
+            if (backing is not null) await backing.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>qcow2 when the file starts with the qcow2 magic, raw otherwise (as qemu-img probes).</summary>
+    public static string Probe(string path)
+    {
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        Span<byte> magic = stackalloc byte[4];
+        int n = RandomAccess.Read(handle, magic, 0);
+        return n == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == QcowMagic ? "qcow2" : "raw";
+    }
+
+    /// <summary>
+    /// QEMU's path_combine: an absolute <paramref name="name"/> stays as it is; a relative one is
+    /// taken relative to the directory of <paramref name="basePath"/>.
+    /// </summary>
+    public static string CombinePath(string basePath, string name)
+    {
+        if (name.StartsWith('/')) return name;
+        int slash = basePath.LastIndexOf('/');
+        return slash < 0 ? name : basePath[..(slash + 1)] + name;
+    }
+
+    private static string CanonicalPath(string path)
+    {
+        var full = Path.GetFullPath(path);
+        try
+        {
+            var target = File.ResolveLinkTarget(full, returnFinalTarget: true);
+            return target?.FullName ?? full;
+        }
+        catch (IOException)
+        {
+            return full;
+        }
+    }
+
+    private static void CheckInFile(string name, string field, long offset, long length, long fileLength)
+    {
+        if (offset < 0 || length < 0 || offset > fileLength || length > fileLength - offset)
+            throw new Qcow2ImageCorruptException(
+                $"'{name}': {field} 0x{offset:X} (+{length} bytes) lies outside the file ({fileLength} bytes)");
+    }
+
+    private static InvalidDataException Invalid(string name, Qcow2FormatException ex) =>
+        new($"'{name}' is not a valid qcow2 image: {ex.Message}", ex);
+}

@@ -1,0 +1,40 @@
+using Akka.Configuration;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>The engine's HOCON settings (<c>qcow2actors.engine</c> and <c>qcow2actors.journal</c>).</summary>
+public sealed record EngineSettings
+{
+    /// <summary>Parsed L2 tables kept for lookups per image (the read cache; dirty tables are always kept).</summary>
+    public int L2CacheSize { get; init; } = 1024;
+    /// <summary>Live L2 table actors per image; past this, idle clean ones are passivated.</summary>
+    public int MaxLiveTableActors { get; init; } = 256;
+    /// <summary>A clean L2 table actor with no work for this long stops.</summary>
+    public TimeSpan TableIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Checkpoint once this many records wait in the journal.</summary>
+    public int CheckpointRecords { get; init; } = 65536;
+    /// <summary>Checkpoint when journal records have waited this long (zero: never on time).</summary>
+    public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Akka.Persistence journal plugin id.</summary>
+    public string JournalPluginId { get; init; } = "akka.persistence.journal.qcow2-file";
+    /// <summary>Akka.Persistence snapshot plugin id (the engine takes no snapshots).</summary>
+    public string SnapshotPluginId { get; init; } = "akka.persistence.no-snapshot-store";
+
+    /// <summary>Reads the settings from a configuration that includes the reference config.</summary>
+    public static EngineSettings From(Config config)
+    {
+        var e = config.GetConfig("qcow2actors.engine");
+        var j = config.GetConfig("qcow2actors.journal");
+        var d = new EngineSettings();
+        return new EngineSettings
+        {
+            L2CacheSize = e?.GetInt("l2-cache-size", d.L2CacheSize) ?? d.L2CacheSize,
+            MaxLiveTableActors = e?.GetInt("max-live-table-actors", d.MaxLiveTableActors) ?? d.MaxLiveTableActors,
+            TableIdleTimeout = e?.GetTimeSpan("table-idle-timeout", d.TableIdleTimeout) ?? d.TableIdleTimeout,
+            CheckpointRecords = e?.GetInt("checkpoint-records", d.CheckpointRecords) ?? d.CheckpointRecords,
+            CheckpointInterval = e?.GetTimeSpan("checkpoint-interval", d.CheckpointInterval) ?? d.CheckpointInterval,
+            JournalPluginId = j?.GetString("plugin-id", d.JournalPluginId) ?? d.JournalPluginId,
+            SnapshotPluginId = j?.GetString("snapshot-plugin-id", d.SnapshotPluginId) ?? d.SnapshotPluginId,
+        };
+    }
+}

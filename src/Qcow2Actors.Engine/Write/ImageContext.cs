@@ -1,0 +1,76 @@
+using Akka.Actor;
+using Qcow2Actors.Engine.Compression;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Read;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// What the actors of one open image share: the devices, the read side they publish into,
+/// and the image's fault state. The header block is owned by the ImageActor; the active
+/// L1 entries are each owned by one L2TableActor and published here under a lock.
+/// </summary>
+internal sealed class ImageContext
+{
+    private readonly object _l1Lock = new();
+    private volatile string? _readOnlyReason;
+
+    public ImageContext(string path, IBlockDevice device, IBlockDevice? dataDevice, ImageHeaderBlock headerBlock,
+        Qcow2Layer layer, ICompressionCodec codec, EngineSettings settings)
+    {
+        Path = path;
+        Device = device;
+        DataDevice = dataDevice;
+        HeaderBlock = headerBlock;
+        Layer = layer;
+        Codec = codec;
+        Settings = settings;
+        Geometry = layer.Views.Current.Geometry;
+    }
+
+    public string Path { get; }
+    public IBlockDevice Device { get; }
+    public IBlockDevice? DataDevice { get; }
+    public ImageHeaderBlock HeaderBlock { get; }
+    public Qcow2Header Header => HeaderBlock.Header;
+    public Qcow2Layer Layer { get; }
+    public ImageGeometry Geometry { get; }
+    public ICompressionCodec Codec { get; }
+    public EngineSettings Settings { get; }
+    public IImageLayer? Backing => Layer.Backing;
+    public long ClusterSize => Geometry.ClusterSize;
+
+    public IActorRef Refcounts { get; set; } = ActorRefs.Nobody;
+    public IActorRef Journal { get; set; } = ActorRefs.Nobody;
+
+    /// <summary>Set when the image may no longer be written (failed fsync, corruption found); says why.</summary>
+    public string? ReadOnlyReason => _readOnlyReason;
+
+    /// <summary>Turns the image read-only for good; the first reason wins.</summary>
+    public void Fail(string reason) => Interlocked.CompareExchange(ref _readOnlyReason, reason, null);
+
+    /// <summary>Throws if writes are no longer allowed.</summary>
+    public void ThrowIfReadOnly()
+    {
+        if (_readOnlyReason is { } reason) throw new IOException($"'{Path}' is read-only: {reason}");
+    }
+
+    public ulong L1Entry(int index) => Layer.Views.Current.L1Entry(index);
+
+    /// <summary>Publishes a new active L1 entry to the lock-free read side.</summary>
+    public void PublishL1Entry(int index, ulong value)
+    {
+        lock (_l1Lock)
+        {
+            var view = Layer.Views.Current;
+            if (view.L1Entry(index) != value) Layer.Views.Publish(view.WithL1Entry(index, value));
+        }
+    }
+
+    /// <summary>Replaces the whole view (resize, snapshot apply): callers hold every table actor paused.</summary>
+    public void PublishView(ImageView view)
+    {
+        lock (_l1Lock) Layer.Views.Publish(view);
+    }
+}

@@ -1,0 +1,113 @@
+using Akka.Actor;
+using Qcow2Actors.Engine.Metadata;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// Owns the refcounts of one image: allocates runs of clusters, packs compressed data,
+/// raises and lowers counts, and grows its own table. Every change goes to the journal
+/// as absolute records; a cluster whose count drops to 0 stays quarantined until the
+/// journal says the record that freed it is durable, so a crash can never resurrect an
+/// old mapping onto data that was written into a reused cluster.
+/// </summary>
+internal sealed class RefcountActor : ReceiveActor
+{
+    private readonly ImageContext _ctx;
+    private readonly RefcountState _state;
+    // Compressed clusters are packed at byte granularity into the tail of the last cluster
+    // allocated for compressed data, as QEMU does; each use adds one reference.
+    private long _compressedCursor;
+
+    public RefcountActor(ImageContext ctx, RefcountState state)
+    {
+        _ctx = ctx;
+        _state = state;
+        Receive<AllocateClusters>(m => Run(m.Reply, records => new Allocation(_state.Allocate(m.Count, records, out var fresh), fresh)));
+        Receive<AllocateCompressedBytes>(m => Run(m.Reply, records => AllocateBytes(m.Length, records)));
+        Receive<AdjustRefcounts>(Adjust);
+        Receive<GetRefcounts>(m => m.Reply.TrySetResult([.. m.Clusters.Select(_state.Get)]));
+        Receive<ReleaseQuarantine>(m => _state.Release(m.Clusters));
+        Receive<WriteBackRefcounts>(m =>
+        {
+            try
+            {
+                _state.WriteBack();
+                m.Reply.TrySetResult((_state.TableOffset, _state.TableClusters));
+            }
+            catch (Exception ex)
+            {
+                m.Reply.TrySetException(ex);
+            }
+        });
+    }
+
+    private void Run<T>(TaskCompletionSource<T> reply, Func<List<MetadataRecord>, T> body)
+    {
+        var records = new List<MetadataRecord>();
+        try
+        {
+            var result = body(records);
+            Publish(records, null);
+            reply.TrySetResult(result);
+        }
+        catch (Exception ex)
+        {
+            Publish(records, null);
+            reply.TrySetException(ex);
+        }
+    }
+
+    private void Adjust(AdjustRefcounts m)
+    {
+        var records = new List<MetadataRecord>();
+        var freed = new List<long>();
+        var result = new ulong[m.Clusters.Length];
+        try
+        {
+            for (int i = 0; i < m.Clusters.Length; i++)
+            {
+                result[i] = _state.Adjust(m.Clusters[i], m.Delta, records);
+                if (result[i] == 0) freed.Add(m.Clusters[i]);
+                if (result[i] == 0 && m.Clusters[i] == (_compressedCursor >> (int)Math.Log2(_state.ClusterSize)))
+                    _compressedCursor = 0; // never pack into a cluster that was freed
+            }
+            Publish(records, freed.Count == 0 ? null : [.. freed]);
+            m.Reply?.TrySetResult(result);
+        }
+        catch (Exception ex)
+        {
+            Publish(records, freed.Count == 0 ? null : [.. freed]);
+            _ctx.Fail(ex.Message);
+            m.Reply?.TrySetException(ex);
+        }
+    }
+
+    private long AllocateBytes(int length, List<MetadataRecord> records)
+    {
+        long cs = _state.ClusterSize;
+        if (_compressedCursor != 0 && (_compressedCursor & (cs - 1)) != 0)
+        {
+            long free = cs - (_compressedCursor & (cs - 1));
+            if (length <= free)
+            {
+                long at = _compressedCursor;
+                _state.Adjust(at / cs, +1, records);
+                _compressedCursor = at + length;
+                return at;
+            }
+        }
+        int clusters = (int)((length + cs - 1) / cs);
+        long start = _state.Allocate(clusters, records, out _);
+        _compressedCursor = start + length;
+        return start;
+    }
+
+    private void Publish(List<MetadataRecord> records, long[]? freed)
+    {
+        if (records.Count > 0 || freed is not null) _ctx.Journal.Tell(new AppendRecords(records, freed));
+    }
+
+    /// <summary>Props for the refcount actor of an image.</summary>
+    public static Props Props(ImageContext ctx, RefcountState state) =>
+        Akka.Actor.Props.Create(() => new RefcountActor(ctx, state));
+}

@@ -1,0 +1,285 @@
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Metadata;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// The refcount table and blocks of one image, in memory, at any width (1..64 bits).
+/// Owned by exactly one caller at a time (the RefcountActor while the image is open, the
+/// replayer during recovery), so it has no locks. Every change appends the absolute
+/// records that reproduce it; tables reach the disk only through <see cref="WriteBack"/>.
+/// </summary>
+internal sealed class RefcountState
+{
+    private readonly IBlockDevice _device;
+    private readonly int _clusterBits;
+    private readonly int _order;
+    private readonly long _entriesPerBlock;
+    private readonly ulong _max;
+    private readonly Dictionary<long, byte[]> _blocks = new();
+    private readonly HashSet<long> _dirtyBlocks = new();
+    private readonly HashSet<long> _quarantine = new();
+    private ulong[] _table;
+    private bool _tableDirty;
+    private long _freeHint;
+
+    public RefcountState(IBlockDevice device, Qcow2Header header)
+    {
+        _device = device;
+        _clusterBits = header.ClusterBits;
+        _order = header.RefcountOrder;
+        _entriesPerBlock = RefcountBlock.EntriesPerBlock(_clusterBits, _order);
+        _max = RefcountBlock.MaxValue(_order);
+        TableOffset = header.RefcountTableOffset;
+        TableClusters = header.RefcountTableClusters;
+        var bytes = new byte[(long)TableClusters << _clusterBits];
+        if (device.Read(bytes, TableOffset) < bytes.Length)
+            throw new Qcow2ImageCorruptException($"refcount table at 0x{TableOffset:X} lies past the end of {device.Name}");
+        _table = new ulong[bytes.Length / 8];
+        for (int i = 0; i < _table.Length; i++)
+        {
+            var e = RefcountTableEntry.Read(bytes, i);
+            if (e.Validate(_clusterBits) is { } problem)
+                throw new Qcow2ImageCorruptException($"refcount table entry {i}: {problem}");
+            _table[i] = e.Raw;
+        }
+        AllocatedEnd = AlignUp(device.Length);
+    }
+
+    public long ClusterSize => 1L << _clusterBits;
+
+    public long TableOffset { get; private set; }
+
+    public int TableClusters { get; private set; }
+
+    /// <summary>End of everything ever allocated or present in the file: clusters at or past it are fresh (read as zeros).</summary>
+    public long AllocatedEnd { get; private set; }
+
+    public bool IsDirty => _tableDirty || _dirtyBlocks.Count > 0;
+
+    public int QuarantineCount => _quarantine.Count;
+
+    public ulong MaxRefcount => _max;
+
+    public ulong Get(long cluster)
+    {
+        long ti = cluster / _entriesPerBlock;
+        if (ti >= _table.Length || _table[ti] == 0) return 0;
+        return RefcountBlock.Get(LoadBlock(ti), cluster % _entriesPerBlock, _order);
+    }
+
+    /// <summary>Sets a refcount, creating refcount blocks (and growing the table) as needed.</summary>
+    public void Set(long cluster, ulong value, List<MetadataRecord> records)
+    {
+        if (value > _max)
+            throw new Qcow2ImageCorruptException($"refcount of cluster {cluster} would overflow its {1 << _order}-bit width");
+        long ti = cluster / _entriesPerBlock;
+        if (ti >= _table.Length || _table[ti] == 0)
+        {
+            if (value == 0) return;
+            EnsureBlock(ti, records);
+            if (Get(cluster) == value) return; // the new block landed on this very cluster
+        }
+        var block = LoadBlock(ti);
+        RefcountBlock.Set(block, cluster % _entriesPerBlock, _order, value);
+        _dirtyBlocks.Add(ti);
+        records.Add(new SetRefcount(cluster, value));
+        if (value == 0 && cluster < _freeHint) _freeHint = cluster;
+    }
+
+    /// <summary>Adds <paramref name="delta"/>; a count reaching 0 is quarantined until <see cref="Release"/>.</summary>
+    public ulong Adjust(long cluster, int delta, List<MetadataRecord> records)
+    {
+        ulong current = Get(cluster);
+        if (delta < 0 && current < (ulong)-delta)
+            throw new Qcow2ImageCorruptException($"refcount of cluster {cluster} would drop below zero");
+        ulong next = delta >= 0 ? current + (ulong)delta : current - (ulong)-delta;
+        Set(cluster, next, records);
+        if (next == 0) _quarantine.Add(cluster);
+        return next;
+    }
+
+    /// <summary>Makes quarantined clusters allocatable again (the records that freed them are durable).</summary>
+    public void Release(IEnumerable<long> clusters)
+    {
+        foreach (var c in clusters)
+        {
+            if (_quarantine.Remove(c) && c < _freeHint) _freeHint = c;
+        }
+    }
+
+    /// <summary>Every cluster currently held back.</summary>
+    public long[] QuarantinedClusters() => [.. _quarantine];
+
+    /// <summary>
+    /// Allocates <paramref name="count"/> contiguous clusters at refcount 1. Fresh clusters
+    /// (past everything the file ever held) are known to read as zeros.
+    /// </summary>
+    public long Allocate(int count, List<MetadataRecord> records, out bool fresh)
+    {
+        long start = FindFreeRun(count, records);
+        for (long c = start; c < start + count; c++) Set(c, 1, records);
+        long startByte = start << _clusterBits;
+        fresh = startByte >= AllocatedEnd;
+        AllocatedEnd = Math.Max(AllocatedEnd, (start + count) << _clusterBits);
+        if (start == _freeHint) _freeHint = start + count;
+        return startByte;
+    }
+
+    private long FindFreeRun(int count, List<MetadataRecord> records)
+    {
+        long run = 0, start = _freeHint;
+        for (long c = _freeHint; ; c++)
+        {
+            if (IsFree(c))
+            {
+                long ti = c / _entriesPerBlock;
+                if (ti >= _table.Length || _table[ti] == 0)
+                {
+                    // No block covers c yet: the new block takes c itself and so describes itself.
+                    EnsureBlock(ti, records);
+                    if (!IsFree(c)) { run = 0; continue; }
+                }
+                if (run == 0) start = c;
+                if (++run == count) return start;
+            }
+            else
+            {
+                run = 0;
+                if (c == _freeHint) _freeHint = c + 1;
+            }
+        }
+    }
+
+    private bool IsFree(long c) => c != 0 && Get(c) == 0 && !_quarantine.Contains(c);
+
+    private void EnsureBlock(long ti, List<MetadataRecord> records)
+    {
+        if (ti >= _table.Length) GrowTable(ti + 1, records);
+        if (_table[ti] != 0) return;
+        // With no block, every cluster of the range has refcount 0: the block takes the first one
+        // that is not quarantined, inside its own range, and so describes itself.
+        long first = ti * _entriesPerBlock;
+        long at = Math.Max(first, 1);
+        while (_quarantine.Contains(at)) at++;
+        var offset = at << _clusterBits;
+        _table[ti] = RefcountTableEntry.Create(offset).Raw;
+        _blocks[ti] = new byte[ClusterSize];
+        _tableDirty = true;
+        _dirtyBlocks.Add(ti);
+        records.Add(new NewTable(TableKind.RefcountBlock, offset, ClusterSize));
+        records.Add(new SetRefcountTableEntry((int)ti, _table[ti]));
+        AllocatedEnd = Math.Max(AllocatedEnd, offset + ClusterSize);
+        Set(at, 1, records);
+    }
+
+    private void GrowTable(long minEntries, List<MetadataRecord> records)
+    {
+        long entries = Math.Max(minEntries + 1, _table.Length * 2L);
+        long bytes = AlignUp(entries * 8);
+        if (bytes > Qcow2Header.MaxRefcountTableBytes)
+            throw new IOException($"refcount table would exceed QEMU's limit of {Qcow2Header.MaxRefcountTableBytes} bytes: the image is full");
+        int clusters = (int)(bytes >> _clusterBits);
+        // Place the new table past everything allocated so far: those clusters cannot be in use.
+        long newOffset = AllocatedEnd;
+        var oldOffset = TableOffset;
+        var oldClusters = TableClusters;
+        var table = new ulong[bytes / 8];
+        _table.CopyTo(table, 0);
+        _table = table;
+        TableOffset = newOffset;
+        TableClusters = clusters;
+        AllocatedEnd = newOffset + bytes;
+        _tableDirty = true;
+        records.Add(new NewTable(TableKind.RefcountTable, newOffset, bytes));
+        for (int i = 0; i < _table.Length; i++)
+            if (_table[i] != 0) records.Add(new SetRefcountTableEntry(i, _table[i]));
+        records.Add(new SetHeaderField(HeaderField.RefcountTableOffset, (ulong)newOffset));
+        records.Add(new SetHeaderField(HeaderField.RefcountTableClusters, (ulong)clusters));
+        long firstCluster = newOffset >> _clusterBits;
+        for (long c = firstCluster; c < firstCluster + clusters; c++) Set(c, 1, records);
+        for (long c = oldOffset >> _clusterBits; c < (oldOffset >> _clusterBits) + oldClusters; c++) Adjust(c, -1, records);
+    }
+
+    private byte[] LoadBlock(long ti)
+    {
+        if (_blocks.TryGetValue(ti, out var block)) return block;
+        long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
+        block = new byte[ClusterSize];
+        if (_device.Read(block, offset) < block.Length)
+            throw new Qcow2ImageCorruptException($"refcount block {ti} at 0x{offset:X} lies past the end of {_device.Name}");
+        _blocks[ti] = block;
+        return block;
+    }
+
+    // ---- replay: apply absolute records without allocating anything ----
+
+    public void ApplyNewTable(NewTable record)
+    {
+        if (record.Kind == TableKind.RefcountBlock)
+        {
+            for (int i = 0; i < _table.Length; i++)
+            {
+                if ((long)(_table[i] & RefcountTableEntry.OffsetMask) == record.Offset) { _blocks[i] = new byte[ClusterSize]; _dirtyBlocks.Add(i); }
+            }
+            _pendingNewBlocks.Add(record.Offset);
+        }
+        else if (record.Kind == TableKind.RefcountTable)
+        {
+            _table = new ulong[record.Length / 8];
+            TableOffset = record.Offset;
+            TableClusters = (int)(record.Length >> _clusterBits);
+            _tableDirty = true;
+        }
+        AllocatedEnd = Math.Max(AllocatedEnd, record.Offset + record.Length);
+    }
+
+    private readonly HashSet<long> _pendingNewBlocks = new();
+
+    public void ApplyTableEntry(SetRefcountTableEntry record)
+    {
+        if (record.Index >= _table.Length)
+            throw new InvalidDataException($"journal sets refcount table entry {record.Index} beyond the table ({_table.Length} entries)");
+        _table[record.Index] = record.Value;
+        _tableDirty = true;
+        long offset = (long)(record.Value & RefcountTableEntry.OffsetMask);
+        if (_pendingNewBlocks.Remove(offset)) { _blocks[record.Index] = new byte[ClusterSize]; _dirtyBlocks.Add(record.Index); }
+        else _blocks.Remove(record.Index);
+    }
+
+    public void ApplyRefcount(SetRefcount record)
+    {
+        long ti = record.Cluster / _entriesPerBlock;
+        if (ti >= _table.Length || _table[ti] == 0)
+            throw new InvalidDataException($"journal sets the refcount of cluster {record.Cluster}, which no refcount block covers");
+        RefcountBlock.Set(LoadBlock(ti), record.Cluster % _entriesPerBlock, _order, record.Value);
+        _dirtyBlocks.Add(ti);
+        AllocatedEnd = Math.Max(AllocatedEnd, (record.Cluster + 1) << _clusterBits);
+    }
+
+    /// <summary>Writes dirty blocks and the table in place (no flush). Returns true when anything was written.</summary>
+    public bool WriteBack()
+    {
+        bool any = false;
+        foreach (var ti in _dirtyBlocks.Order())
+        {
+            long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
+            if (offset == 0) continue;
+            _device.Write(_blocks[ti], offset);
+            any = true;
+        }
+        _dirtyBlocks.Clear();
+        if (_tableDirty)
+        {
+            var bytes = new byte[(long)TableClusters << _clusterBits];
+            for (int i = 0; i < _table.Length; i++) new RefcountTableEntry(_table[i]).Write(bytes, i);
+            _device.Write(bytes, TableOffset);
+            _tableDirty = false;
+            any = true;
+        }
+        return any;
+    }
+
+    private long AlignUp(long v) => (v + ClusterSize - 1) & ~(ClusterSize - 1);
+}

@@ -1,0 +1,97 @@
+using System.Buffers.Binary;
+using Qcow2Actors.Engine.Check;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Tests.Check;
+
+public sealed class ImageCheckerTests
+{
+    private sealed class MemoryDevice(byte[] data) : IBlockDevice
+    {
+        public long Length => data.Length;
+        public bool IsReadOnly => true;
+        public string Name => "memory";
+        public int Read(Span<byte> buffer, long offset)
+        {
+            var n = (int)Math.Clamp(data.Length - offset, 0, buffer.Length);
+            data.AsSpan((int)offset, n).CopyTo(buffer);
+            return n;
+        }
+        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => new(Read(buffer.Span, offset));
+        public void Write(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => throw new NotSupportedException();
+        public void Flush() { }
+        public void SetLength(long length) => throw new NotSupportedException();
+        public void Dispose() { }
+    }
+
+    private const int Cluster = 65536;
+
+    /// <summary>A minimal v3 image: header, refcount table, refcount block, L1 (one entry), L2, one data cluster.</summary>
+    private static byte[] SmallImage()
+    {
+        var img = new byte[6 * Cluster];
+        var h = img.AsSpan();
+        BinaryPrimitives.WriteUInt32BigEndian(h, 0x514649FB);
+        BinaryPrimitives.WriteUInt32BigEndian(h[4..], 3);
+        BinaryPrimitives.WriteUInt32BigEndian(h[20..], 16);
+        BinaryPrimitives.WriteUInt64BigEndian(h[24..], 1 << 20);
+        BinaryPrimitives.WriteUInt32BigEndian(h[36..], 1);
+        BinaryPrimitives.WriteUInt64BigEndian(h[40..], 3 * Cluster);
+        BinaryPrimitives.WriteUInt64BigEndian(h[48..], 1 * Cluster);
+        BinaryPrimitives.WriteUInt32BigEndian(h[56..], 1);
+        BinaryPrimitives.WriteUInt32BigEndian(h[96..], 4);
+        BinaryPrimitives.WriteUInt32BigEndian(h[100..], 104);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Cluster..], 2 * Cluster);
+        for (var c = 0; c < 6; c++) BinaryPrimitives.WriteUInt16BigEndian(h[(2 * Cluster + 2 * c)..], 1);
+        BinaryPrimitives.WriteUInt64BigEndian(h[(3 * Cluster)..], (1UL << 63) | (4 * Cluster));
+        BinaryPrimitives.WriteUInt64BigEndian(h[(4 * Cluster)..], (1UL << 63) | (5 * Cluster));
+        return img;
+    }
+
+    [Fact]
+    public void A_consistent_image_has_no_findings_and_one_reference_per_used_cluster()
+    {
+        var result = ImageChecker.Check(new MemoryDevice(SmallImage()), "small");
+        Assert.Equal(0, result.ExitCode);
+        Assert.Empty(result.Messages);
+        Assert.Equal(1, result.AllocatedClusters);
+        Assert.Equal(16, result.TotalClusters);
+        Assert.Equal(6 * Cluster, result.ImageEndOffset);
+        Assert.All(Enumerable.Range(0, 6), c => Assert.Equal(1u, result.References![c]));
+    }
+
+    [Fact]
+    public void A_data_cluster_referenced_twice_is_a_corruption_kept_as_a_mismatch_for_repair()
+    {
+        var img = SmallImage();
+        BinaryPrimitives.WriteUInt64BigEndian(img.AsSpan(4 * Cluster + 8), (1UL << 63) | (5 * Cluster));
+        var result = ImageChecker.Check(new MemoryDevice(img), "small");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Equal(1, result.Corruptions);
+        var mismatch = Assert.Single(result.Mismatches);
+        Assert.Equal(new RefcountMismatch(5, 1, 2), mismatch);
+        Assert.False(mismatch.IsLeak);
+    }
+
+    [Fact]
+    public void Hostile_table_sizes_inside_qemu_limits_are_read_only_as_far_as_the_file_goes()
+    {
+        // A snapshot claiming a 32 MiB L1 far past the end of the file: counted as out of file, not allocated.
+        var img = SmallImage();
+        BinaryPrimitives.WriteUInt32BigEndian(img.AsSpan(36), 4 * 1024 * 1024);
+        var result = ImageChecker.Check(new MemoryDevice(img), "small");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(result.Messages, m => m.Contains("exceeding the end of the file", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_header_no_opener_accepts_throws_a_format_exception_naming_the_field()
+    {
+        var img = SmallImage();
+        BinaryPrimitives.WriteUInt32BigEndian(img.AsSpan(96), 7);
+        var e = Assert.Throws<Qcow2FormatException>(() => ImageChecker.Check(new MemoryDevice(img), "small"));
+        Assert.Equal("refcount_order", e.Field);
+    }
+}
