@@ -12,5 +12,6 @@ internal static class Verbs
         yield return Commands.CompareCommand.Create();
         yield return Commands.InfoCommand.Create();
         yield return Commands.CheckCommand.Create();
+        yield return Commands.CreateCommand.Create();
     }
 }
