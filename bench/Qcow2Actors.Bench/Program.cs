@@ -1,1 +1,3 @@
-System.Console.WriteLine("bench");
+using BenchmarkDotNet.Running;
+
+BenchmarkSwitcher.FromAssembly(typeof(Qcow2Actors.Bench.ReadBenchmarks).Assembly).Run(args);

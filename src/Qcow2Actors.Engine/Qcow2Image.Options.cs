@@ -3,7 +3,7 @@ namespace Qcow2Actors.Engine;
 /// <summary>How <see cref="Qcow2Image.OpenAsync"/> opens an image.</summary>
 public sealed class Qcow2OpenOptions
 {
-    /// <summary>Open without write access. Only read-only opens exist until the write engine lands.</summary>
+    /// <summary>Open without write access. Read-write opens run the image on the actor engine (see <see cref="ImageHost"/>).</summary>
     public bool ReadOnly { get; init; } = true;
 
     /// <summary>Read this internal snapshot (matched by id first, then by name) instead of the active image.</summary>
@@ -12,8 +12,20 @@ public sealed class Qcow2OpenOptions
     /// <summary>"qcow2", "raw", or null to probe by the qcow2 magic (anything else is raw, as qemu-img does).</summary>
     public string? Format { get; init; }
 
-    /// <summary>Parsed L2 tables kept per image; each costs about one cluster of memory.</summary>
+    /// <summary>Most parsed L2 tables kept per image (each costs about one cluster of memory).</summary>
     public int L2CacheSize { get; init; } = Read.L2Cache.DefaultCapacity;
+
+    /// <summary>
+    /// Open an image whose journal-pending bit is set even though its journal is missing,
+    /// rebuilding refcounts from the tables on disk (changes since the last checkpoint are lost).
+    /// </summary>
+    public bool RebuildWithoutJournal { get; init; }
+
+    /// <summary>
+    /// Memory budget of the L2 cache per image, which caps <see cref="L2CacheSize"/> for large
+    /// clusters: 64 MiB holds 1024 tables of 64 KiB clusters but only 32 of 2 MiB clusters.
+    /// </summary>
+    public long L2CacheBytes { get; init; } = 64L * 1024 * 1024;
 
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;

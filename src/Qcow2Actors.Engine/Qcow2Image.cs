@@ -10,7 +10,7 @@ namespace Qcow2Actors.Engine;
 /// Write methods come with the write engine, which publishes its changes into the same
 /// view and L2 cache the reads use.
 /// </summary>
-public sealed class Qcow2Image : IAsyncDisposable
+public sealed partial class Qcow2Image : IAsyncDisposable
 {
     private readonly IImageLayer _top;
     private readonly Qcow2Layer? _qcow2;
@@ -44,7 +44,7 @@ public sealed class Qcow2Image : IAsyncDisposable
     {
         options ??= new Qcow2OpenOptions();
         if (!options.ReadOnly)
-            throw new NotSupportedException("read-write opens need the write engine; open with ReadOnly = true");
+            return await ImageHost.Shared.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
         if (!File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         var opened = await ImageOpener.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
@@ -140,6 +140,13 @@ public sealed class Qcow2Image : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        await _top.DisposeAsync().ConfigureAwait(false);
+        try
+        {
+            await CloseWriterAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            await _top.DisposeAsync().ConfigureAwait(false);
+        }
     }
 }

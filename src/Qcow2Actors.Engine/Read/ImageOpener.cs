@@ -43,7 +43,8 @@ internal static class ImageOpener
                 throw new NotSupportedException($"Unknown image format '{format}' for '{displayName}' (q2a reads qcow2 and raw)");
         }
 
-        var file = FileBlockDevice.Open(path, writable: false);
+        // Reads and opens are retried on transient I/O errors (never writes or flushes: DESIGN.md).
+        var file = ResilientBlockDevice.OpenFile(path, writable: depth == 0 && !options.ReadOnly);
         try
         {
             return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
@@ -55,7 +56,7 @@ internal static class ImageOpener
         }
     }
 
-    private static async Task<OpenedLayer> OpenQcow2Async(FileBlockDevice file, string path, string displayName, string? snapshot,
+    private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string path, string displayName, string? snapshot,
         Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
     {
         long fileLength = file.Length;
@@ -90,7 +91,7 @@ internal static class ImageOpener
         if (h.NbSnapshots > 0) CheckInFile(displayName, "snapshots_offset", h.SnapshotsOffset, 40, fileLength);
 
         var snapshots = h.NbSnapshots > 0
-            ? await SnapshotDirectory.ReadAsync(file, h.SnapshotsOffset, h.NbSnapshots, cancellationToken).ConfigureAwait(false)
+            ? await SnapshotDirectory.ReadAsync(file, h.SnapshotsOffset, h.NbSnapshots, h.Version, cancellationToken).ConfigureAwait(false)
             : new List<SnapshotRef>();
 
         var geometry = new ImageGeometry(h.ClusterBits, h.HasExtendedL2, h.HasExternalDataFile, h.Version);
@@ -116,7 +117,7 @@ internal static class ImageOpener
         var l1 = new ulong[l1Size];
         for (int i = 0; i < l1.Length; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(l1Bytes.AsSpan(i * 8));
 
-        FileBlockDevice? dataFile = null;
+        IBlockDevice? dataFile = null;
         string? dataFileName = null;
         IImageLayer? backing = null;
         try
@@ -126,7 +127,7 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                dataFile = FileBlockDevice.Open(CombinePath(path, block.DataFile), writable: false);
+                dataFile = ResilientBlockDevice.OpenFile(CombinePath(path, block.DataFile), writable: depth == 0 && !options.ReadOnly);
             }
             if (block.BackingFileName is { } backingName)
             {
@@ -138,7 +139,7 @@ internal static class ImageOpener
                 backing = opened.Layer;
             }
             var view = new ImageView(geometry, size, l1);
-            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(options.L2CacheSize),
+            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(L2CacheCapacity(options, cs)),
                 CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName);
             return new OpenedLayer(layer, block, snapshots, chosen);
         }
@@ -149,6 +150,9 @@ internal static class ImageOpener
             throw;
         }
     }
+
+    private static int L2CacheCapacity(Qcow2OpenOptions options, long clusterSize) =>
+        (int)Math.Clamp(Math.Min(options.L2CacheSize, options.L2CacheBytes / clusterSize), 4, int.MaxValue);
 
     /// <summary>qcow2 when the file starts with the qcow2 magic, raw otherwise (as qemu-img probes).</summary>
     public static string Probe(string path)

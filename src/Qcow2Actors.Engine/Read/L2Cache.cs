@@ -24,6 +24,9 @@ internal sealed class L2Cache
 
     private readonly ConcurrentDictionary<long, Slot> _slots = new();
     private readonly ConcurrentDictionary<long, Task<L2View>> _loading = new();
+    // Tables the writer changed and has not yet written in place: their only copy is here,
+    // so eviction must never drop them (a reader would load the stale table from disk).
+    private readonly ConcurrentDictionary<long, byte> _pinned = new();
     private readonly object _evictLock = new();
     private long _clock;
     // Bumped by every Publish/Invalidate: a disk load that started before a change must not
@@ -109,6 +112,15 @@ internal sealed class L2Cache
     }
 
     /// <summary>Writer side: forgets a table (its cluster was freed or rewritten outside the cache).</summary>
+    /// <summary>Keeps the table at <paramref name="hostOffset"/> in the cache until <see cref="Unpin"/>.</summary>
+    public void Pin(long hostOffset) => _pinned[hostOffset] = 0;
+
+    /// <summary>The table is on disk again: it may be evicted.</summary>
+    public void Unpin(long hostOffset) => _pinned.TryRemove(hostOffset, out _);
+
+    /// <summary>Number of pinned (dirty) tables.</summary>
+    public int PinnedCount => _pinned.Count;
+
     public void Invalidate(long hostOffset)
     {
         Interlocked.Increment(ref _generation);
@@ -134,8 +146,11 @@ internal sealed class L2Cache
             int drop = excess + Capacity / 8;
             var victims = _slots.ToArray();
             Array.Sort(victims, static (a, b) => a.Value.LastUse.CompareTo(b.Value.LastUse));
-            for (int i = 0; i < drop && i < victims.Length; i++)
-                _slots.TryRemove(victims[i]);
+            for (int i = 0, dropped = 0; dropped < drop && i < victims.Length; i++)
+            {
+                if (_pinned.ContainsKey(victims[i].Key)) continue;
+                if (_slots.TryRemove(victims[i])) dropped++;
+            }
         }
         finally
         {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using Qcow2Actors.Engine.Compression;
 using Qcow2Actors.Engine.Device;
 
@@ -48,6 +49,12 @@ internal sealed class Qcow2Layer : IImageLayer
 
     /// <summary>Where the writer publishes changed L2 tables.</summary>
     public L2Cache L2Tables { get; }
+
+    /// <summary>
+    /// Writer side: drops the remembered decompressed cluster. Call it whenever compressed bytes
+    /// are freed, because the memo is keyed by host offset and a new compressed cluster may land there.
+    /// </summary>
+    public void ForgetDecompressed() => Volatile.Write(ref _lastDecompressed, null);
 
     /// <summary>The image file.</summary>
     public IBlockDevice File => _file;
@@ -108,6 +115,8 @@ internal sealed class Qcow2Layer : IImageLayer
         ReadAsync(Views.Current, offset, buffer, cancellationToken);
 
     /// <summary>Reads through <paramref name="view"/> (the active one, or a snapshot's).</summary>
+    // Pooled builders: the state machines of the per-request path are reused, not allocated.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(ImageView view, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         long end = offset + buffer.Length;
@@ -138,12 +147,44 @@ internal sealed class Qcow2Layer : IImageLayer
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadDataAsync(GuestExtent run, Memory<byte> slice, CancellationToken cancellationToken)
     {
         var device = _dataFile ?? _file;
-        int n = await device.ReadAsync(slice, run.HostOffset, cancellationToken).ConfigureAwait(false);
+        int n = await ReadFastThenRetryAsync(device, slice, run.HostOffset, cancellationToken).ConfigureAwait(false);
         // A file may end inside its last cluster (QEMU does not write zero tails): those bytes are zeros.
         if (n < slice.Length) slice.Span[n..].Clear();
+    }
+
+    // The retry pipeline costs about a microsecond per call, as much as a cached 4 KiB read
+    // itself: the first attempt goes straight to the file, and only a failure enters the pipeline.
+    private static ValueTask<int> ReadFastThenRetryAsync(IBlockDevice device, Memory<byte> buffer, long offset, CancellationToken cancellationToken)
+    {
+        if (device is not ResilientBlockDevice resilient)
+            return device.ReadAsync(buffer, offset, cancellationToken);
+        ValueTask<int> first;
+        try
+        {
+            first = resilient.Inner.ReadAsync(buffer, offset, cancellationToken);
+        }
+        catch (IOException ex) when (ResilientBlockDevice.IsTransient(ex))
+        {
+            return resilient.ReadAsync(buffer, offset, cancellationToken);
+        }
+        return first.IsCompletedSuccessfully ? first : AwaitThenRetryAsync(first, resilient, buffer, offset, cancellationToken);
+    }
+
+    private static async ValueTask<int> AwaitThenRetryAsync(ValueTask<int> first, ResilientBlockDevice resilient, Memory<byte> buffer,
+        long offset, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await first.ConfigureAwait(false);
+        }
+        catch (IOException ex) when (ResilientBlockDevice.IsTransient(ex))
+        {
+            return await resilient.ReadAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private async ValueTask ReadBackingAsync(long offset, Memory<byte> slice, CancellationToken cancellationToken)

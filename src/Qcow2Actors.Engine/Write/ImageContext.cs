@@ -56,6 +56,56 @@ internal sealed class ImageContext
         if (_readOnlyReason is { } reason) throw new IOException($"'{Path}' is read-only: {reason}");
     }
 
+    private readonly object _headerLock = new();
+
+    /// <summary>True while the header on disk carries the dirty and journal-pending bits.</summary>
+    public bool BitsOnDisk { get; private set; }
+
+    /// <summary>
+    /// Sets the dirty and journal-pending bits in the header on disk (not flushed: the
+    /// journal's flush that follows makes them durable before the first batch). Returns
+    /// true when it wrote.
+    /// </summary>
+    public bool MarkDirty()
+    {
+        lock (_headerLock)
+        {
+            if (BitsOnDisk) return false;
+            Header.IncompatibleFeatures |= Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending;
+            WriteHeaderLocked();
+            BitsOnDisk = true;
+            return true;
+        }
+    }
+
+    /// <summary>Clears both bits on disk (after a checkpoint emptied the journal); the caller flushes.</summary>
+    public void MarkClean()
+    {
+        lock (_headerLock)
+        {
+            Header.IncompatibleFeatures &= ~(Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending);
+            WriteHeaderLocked();
+            BitsOnDisk = false;
+        }
+    }
+
+    /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>
+    public void UpdateHeader(Action<Qcow2Header> change)
+    {
+        lock (_headerLock)
+        {
+            change(Header);
+            WriteHeaderLocked();
+        }
+    }
+
+    private void WriteHeaderLocked()
+    {
+        var cluster = new byte[Header.ClusterSize];
+        HeaderBlock.Write(cluster);
+        Device.Write(cluster.AsSpan(0, HeaderBlock.EncodedLength), 0);
+    }
+
     public ulong L1Entry(int index) => Layer.Views.Current.L1Entry(index);
 
     /// <summary>Publishes a new active L1 entry to the lock-free read side.</summary>

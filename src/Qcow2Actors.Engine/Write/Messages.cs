@@ -69,3 +69,9 @@ internal sealed record CloseRequest(TaskCompletionSource Done);
 
 /// <summary>Route an operation to the L2 table actor for <paramref name="L1Index"/>, creating it if needed.</summary>
 internal sealed record RouteToTable(int L1Index, object Message);
+
+/// <summary>Passivation: stop if the table is clean (its state is on disk), else answer <see cref="StayAlive"/>.</summary>
+internal sealed record StopIfClean(int L1Index, Akka.Actor.IActorRef Parent);
+
+/// <summary>The table actor was dirty and keeps running; held messages may go to it.</summary>
+internal sealed record StayAlive(int L1Index);

@@ -1,0 +1,110 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Journal;
+using Qcow2Actors.Engine.Write;
+
+namespace Qcow2Actors.Engine;
+
+/// <summary>
+/// Holds many open images in one actor system. Each image runs in its own actor subtree
+/// under a supervisor that stops a failing image instead of restarting it, so a corrupt
+/// or failing image never takes another down. Configured by HOCON: the engine's reference
+/// config (embedded) under whatever the caller passes.
+/// </summary>
+public sealed class ImageHost : IAsyncDisposable
+{
+    private static readonly Lazy<ImageHost> SharedHost = new(() => Create());
+    private readonly IActorRef _supervisor;
+    private int _disposed;
+
+    private ImageHost(ActorSystem system, EngineSettings settings)
+    {
+        System = system;
+        Settings = settings;
+        _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), "images");
+    }
+
+    /// <summary>The engine's reference configuration (hocon/reference.conf, embedded).</summary>
+    public static Config ReferenceConfig => FileJournal.ReferenceConfig;
+
+    /// <summary>A process-wide host, created on first use; what <see cref="Qcow2Image.OpenAsync"/> uses for read-write opens.</summary>
+    public static ImageHost Shared => SharedHost.Value;
+
+    /// <summary>The actor system the images run in.</summary>
+    public ActorSystem System { get; }
+
+    /// <summary>Engine settings read from the configuration.</summary>
+    public EngineSettings Settings { get; }
+
+    /// <summary>Creates a host; <paramref name="config"/> (HOCON) overrides the reference configuration.</summary>
+    public static ImageHost Create(Config? config = null, string name = "qcow2actors")
+    {
+        var full = (config ?? Config.Empty).WithFallback(ReferenceConfig);
+        var system = ActorSystem.Create(name, full);
+        return new ImageHost(system, EngineSettings.From(full));
+    }
+
+    /// <summary>Creates a host from a HOCON string.</summary>
+    public static ImageHost Create(string hocon, string name = "qcow2actors") => Create(ConfigurationFactory.ParseString(hocon), name);
+
+    /// <summary>
+    /// Opens an image. Read-only opens use the lock-free read path alone; read-write opens
+    /// replay the image's journal if it has one, repair refcounts of an image QEMU left
+    /// dirty, and start the image's actors.
+    /// </summary>
+    public async Task<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        options ??= new Qcow2OpenOptions { ReadOnly = false };
+        if (options.ReadOnly) return await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
+        var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened)));
+        var image = await opened.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return new Qcow2Image(image, this);
+    }
+
+    /// <summary>Creates a new qcow2 image (as <c>qemu-img create</c>) and opens it read-write.</summary>
+    public async Task<Qcow2Image> CreateAsync(string path, Qcow2CreateOptions options, CancellationToken cancellationToken = default)
+    {
+        ImageCreator.Create(path, options);
+        return await OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false }, cancellationToken).ConfigureAwait(false);
+    }
+
+    internal void ReleaseJournal(string persistenceId)
+    {
+        try
+        {
+            Akka.Persistence.Persistence.Instance.Apply(System).JournalFor(Settings.JournalPluginId).Tell(new FileJournal.Release(persistenceId));
+        }
+        catch (Exception ex) when (ex is ArgumentException or ConfigurationException)
+        {
+            // A plugin other than the file journal keeps no per-image file.
+        }
+    }
+
+    /// <summary>Stops the actor system. Close images first (their DisposeAsync) so they end clean.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        await System.Terminate().ConfigureAwait(false);
+    }
+
+    /// <summary>Parent of every image actor: a failure stops that image only.</summary>
+    private sealed class ImageSupervisor : ReceiveActor
+    {
+        public sealed record Start(Props Props);
+
+        private long _next;
+
+        public ImageSupervisor()
+        {
+            Receive<Start>(m => Context.ActorOf(m.Props, $"image-{++_next}"));
+        }
+
+        protected override SupervisorStrategy SupervisorStrategy() =>
+            new OneForOneStrategy(_ => Directive.Stop);
+    }
+}

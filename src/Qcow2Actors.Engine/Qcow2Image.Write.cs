@@ -1,0 +1,193 @@
+using Akka.Actor;
+using Qcow2Actors.Engine.Read;
+using Qcow2Actors.Engine.Write;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine;
+
+// The write side of Qcow2Image: the data path goes straight to the device when a cluster
+// is already ours (refcount 1, not compressed, not zero), after a lock-free lookup in the
+// published views; everything that changes metadata crosses to the image's actors with
+// Tell + TaskCompletionSource.
+public sealed partial class Qcow2Image
+{
+    private readonly ImageContext? _ctx;
+    private readonly IActorRef? _imageActor;
+    private readonly ImageHost? _host;
+
+    internal Qcow2Image(OpenedImage opened, ImageHost host) : this(opened.Layer)
+    {
+        _ctx = opened.Context;
+        _imageActor = opened.Image;
+        _host = host;
+    }
+
+    /// <summary>True when the image was opened without write access, or has turned read-only after a failure.</summary>
+    public bool IsReadOnly => _ctx is null || _ctx.ReadOnlyReason is not null;
+
+    /// <summary>Why a read-write image turned read-only (a failed fsync, corruption found), or null.</summary>
+    public string? ReadOnlyReason => _ctx?.ReadOnlyReason;
+
+    /// <summary>
+    /// Writes <paramref name="data"/> at <paramref name="offset"/>. Volatile until a flush, as on
+    /// a disk; with <paramref name="fua"/> the write and everything before it are durable on return.
+    /// </summary>
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
+    {
+        var ctx = Writer();
+        CheckRange(offset, data.Length);
+        if (data.Length > 0)
+        {
+            var g = ctx.Geometry;
+            long end = offset + data.Length;
+            List<Task>? pending = null;
+            long pos = offset;
+            while (pos < end)
+            {
+                long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
+                // Fast path: clusters we own are overwritten in place with no actor hop.
+                long fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                if (fastEnd < tableEnd)
+                {
+                    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done)));
+                    (pending ??= new List<Task>()).Add(done.Task);
+                }
+                pos = tableEnd;
+            }
+            if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
+        }
+        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes the owned prefix of [pos, pos + data.Length) directly to the device; returns
+    /// where the first cluster that needs a metadata change starts (or the end).
+    /// </summary>
+    private async ValueTask<long> WriteOwnedAsync(ImageContext ctx, long pos, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        var g = ctx.Geometry;
+        var view = ctx.Layer.Views.Current;
+        var l1 = new L1Entry(view.L1Entry(g.L1Index(pos)));
+        if (l1.L2Offset == 0 || !l1.IsCopied || g.ExternalDataFile) return pos;
+        if (!ctx.Layer.L2Tables.TryGet(l1.L2Offset, out var l2)) return pos;
+        long cs = g.ClusterSize;
+        long end = pos + data.Length;
+        long start = pos;
+        long runHost = -1, runStart = pos, cur = pos;
+        while (cur < end)
+        {
+            long clusterStart = cur & ~(cs - 1);
+            long chunkEnd = Math.Min(end, clusterStart + cs);
+            int index = g.L2Index(cur);
+            var e = new L2Entry(l2.Entry(index), l2.Bitmap(index));
+            bool owned = !e.IsCompressed && e.IsCopied && e.HostOffset != 0 && (g.ExtendedL2
+                ? (e.AllocBits & Mask(g, cur, chunkEnd)) == Mask(g, cur, chunkEnd)
+                : !e.ZeroFlag);
+            if (!owned) break;
+            long host = e.HostOffset + (cur - clusterStart);
+            if (runHost >= 0 && host != runHost + (cur - runStart))
+            {
+                await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
+                runHost = -1;
+            }
+            if (runHost < 0) { runHost = host; runStart = cur; }
+            cur = chunkEnd;
+        }
+        if (runHost >= 0)
+            await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
+        return cur;
+    }
+
+    private static uint Mask(ImageGeometry g, long from, long to)
+    {
+        long cs = g.ClusterSize;
+        int first = (int)((from & (cs - 1)) >> g.SubclusterBits);
+        int last = (int)(((to - 1) & (cs - 1)) >> g.SubclusterBits);
+        return (uint)(((1UL << (last + 1)) - 1) & ~((1UL << first) - 1));
+    }
+
+    /// <summary>
+    /// Makes [offset, offset + length) read as zeros. Whole clusters (or subclusters) are zeroed
+    /// in metadata; with <paramref name="unmap"/> their space may be freed, without it it stays allocated.
+    /// </summary>
+    public ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, bool fua = false, CancellationToken cancellationToken = default) =>
+        PerTableAsync(offset, length, (o, l, done) => new ZeroOp(o, l, unmap, done), fua, cancellationToken);
+
+    /// <summary>Discards whole clusters in the range: their space is freed; reads then follow the spec (backing file, or zeros).</summary>
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default) =>
+        PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, cancellationToken);
+
+    /// <summary>Writes one whole, aligned guest cluster compressed (as <c>qemu-img convert -c</c>); stored normally if it does not shrink.</summary>
+    public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, CancellationToken cancellationToken = default)
+    {
+        var ctx = Writer();
+        CheckRange(offset, cluster.Length);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _imageActor!.Tell(new RouteToTable((int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done)));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Cluster size in bytes (the unit of <see cref="WriteCompressedAsync"/>).</summary>
+    public int ClusterSize => (int)(Header?.ClusterSize ?? 512);
+
+    /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
+    public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        var ctx = _ctx;
+        if (ctx is null) return; // read-only: nothing to make durable
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        ctx.Journal.Tell(new FlushRequest(done));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
+    public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
+    {
+        Writer();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _imageActor!.Tell(new CheckpointRequest(done));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, CancellationToken cancellationToken)
+    {
+        var ctx = Writer();
+        CheckRange(offset, length);
+        var g = ctx.Geometry;
+        var tasks = new List<Task>();
+        for (long pos = offset, end = offset + length; pos < end;)
+        {
+            long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _imageActor!.Tell(new RouteToTable((int)g.L1Index(pos), make(pos, tableEnd - pos, done)));
+            tasks.Add(done.Task);
+            pos = tableEnd;
+        }
+        await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private ImageContext Writer()
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (_ctx is null) throw new InvalidOperationException($"'{Info.FileName}' is open read-only");
+        _ctx.ThrowIfReadOnly();
+        return _ctx;
+    }
+
+    private async ValueTask CloseWriterAsync()
+    {
+        if (_imageActor is null || _ctx is null) return;
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _imageActor.Tell(new CloseRequest(done));
+        try
+        {
+            await done.Task.ConfigureAwait(false);
+        }
+        finally
+        {
+            _host?.ReleaseJournal(Path.GetFullPath(_ctx.Path));
+        }
+    }
+}

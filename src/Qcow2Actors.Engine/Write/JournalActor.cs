@@ -1,0 +1,151 @@
+using Akka.Actor;
+using Akka.Persistence;
+using Qcow2Actors.Engine.Metadata;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// The image's write-ahead journal, an Akka.Persistence actor. Records accumulate in
+/// memory; a flush makes the data durable (fdatasync), makes sure the header's dirty and
+/// journal-pending bits are durable, then persists everything gathered as ONE message
+/// (a group commit per flush, never one event per guest write) and only then
+/// acknowledges. Flushes that arrive together share one batch.
+/// </summary>
+internal sealed class JournalActor : ReceivePersistentActor
+{
+    private sealed record DoFlush;
+
+    private readonly ImageContext _ctx;
+    private readonly Func<bool> _markDirty;
+    private List<MetadataRecord> _pending = new();
+    private List<long> _pendingFreed = new();
+    private List<TaskCompletionSource> _waiters = new();
+    private readonly List<JournalBatch>? _recovered = new();
+    private bool _flushScheduled;
+    private long _recordsSinceCheckpoint;
+    private bool _checkpointRequested;
+    private TaskCompletionSource? _truncating;
+
+    public JournalActor(ImageContext ctx, string persistenceId, Func<bool> markDirty)
+    {
+        _ctx = ctx;
+        _markDirty = markDirty;
+        PersistenceId = persistenceId;
+        JournalPluginId = ctx.Settings.JournalPluginId;
+        SnapshotPluginId = ctx.Settings.SnapshotPluginId;
+
+        Recover<JournalBatch>(b => _recovered!.Add(b));
+        Recover<RecoveryCompleted>(_ => Context.Parent.Tell(new JournalRecovered(_recovered!.ToArray())));
+
+        Command<AppendRecords>(m =>
+        {
+            _pending.AddRange(m.Records);
+            if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
+            _recordsSinceCheckpoint += m.Records.Count;
+            if (!_checkpointRequested && _recordsSinceCheckpoint >= _ctx.Settings.CheckpointRecords)
+            {
+                _checkpointRequested = true;
+                Context.Parent.Tell(new CheckpointRequest(null));
+            }
+        });
+        Command<FlushRequest>(m =>
+        {
+            _waiters.Add(m.Done);
+            if (!_flushScheduled)
+            {
+                _flushScheduled = true;
+                Self.Tell(new DoFlush());
+            }
+        });
+        Command<DoFlush>(_ => Flush());
+        Command<TruncateJournal>(m =>
+        {
+            _recordsSinceCheckpoint = _pending.Count;
+            _checkpointRequested = false;
+            if (LastSequenceNr == 0) { m.Done.TrySetResult(); return; }
+            _truncating = m.Done;
+            DeleteMessages(LastSequenceNr);
+        });
+        Command<DeleteMessagesSuccess>(_ => { _truncating?.TrySetResult(); _truncating = null; });
+        Command<DeleteMessagesFailure>(f =>
+        {
+            _truncating?.TrySetException(new IOException($"journal truncation failed: {f.Cause.Message}", f.Cause));
+            _truncating = null;
+        });
+    }
+
+    public override string PersistenceId { get; }
+
+    /// <summary>Records not yet persisted (for tests and the close path).</summary>
+    public int PendingCount => _pending.Count;
+
+    private void Flush()
+    {
+        _flushScheduled = false;
+        var waiters = _waiters;
+        _waiters = new List<TaskCompletionSource>();
+        try
+        {
+            _ctx.ThrowIfReadOnly();
+            // The bits go to disk with the same fdatasync as the data, before the first batch.
+            if (_pending.Count > 0) _markDirty();
+            _ctx.DataDevice?.Flush();
+            _ctx.Device.Flush();
+        }
+        catch (Exception ex)
+        {
+            // A failed fsync is final: the kernel may have dropped the dirty pages already.
+            _ctx.Fail($"flush failed: {ex.Message}");
+            var error = new IOException($"'{_ctx.Path}': flush failed, the image is now read-only: {ex.Message}", ex);
+            foreach (var w in waiters) w.TrySetException(error);
+            return;
+        }
+        if (_pending.Count == 0)
+        {
+            foreach (var w in waiters) w.TrySetResult();
+            return;
+        }
+        var batch = new JournalBatch(_pending);
+        var freed = _pendingFreed;
+        _pending = new List<MetadataRecord>();
+        _pendingFreed = new List<long>();
+        Persist(batch, _ =>
+        {
+            foreach (var w in waiters) w.TrySetResult();
+            if (freed.Count > 0) _ctx.Refcounts.Tell(new ReleaseQuarantine([.. freed]));
+        });
+        _inFlight = waiters;
+    }
+
+    private List<TaskCompletionSource>? _inFlight;
+
+    protected override void OnPersistFailure(Exception cause, object @event, long sequenceNr)
+    {
+        FailInFlight($"journal write failed: {cause.Message}", cause);
+        base.OnPersistFailure(cause, @event, sequenceNr);
+    }
+
+    protected override void OnPersistRejected(Exception cause, object @event, long sequenceNr)
+    {
+        FailInFlight($"journal write rejected: {cause.Message}", cause);
+        base.OnPersistRejected(cause, @event, sequenceNr);
+    }
+
+    protected override void OnRecoveryFailure(Exception reason, object? message = null)
+    {
+        Context.Parent.Tell(new Status.Failure(new IOException($"'{_ctx.Path}': journal replay failed: {reason.Message}", reason)));
+        base.OnRecoveryFailure(reason, message);
+    }
+
+    private void FailInFlight(string reason, Exception cause)
+    {
+        _ctx.Fail(reason);
+        var error = new IOException($"'{_ctx.Path}': {reason}; the image is now read-only", cause);
+        foreach (var w in _inFlight ?? []) w.TrySetException(error);
+        foreach (var w in _waiters) w.TrySetException(error);
+        _waiters.Clear();
+    }
+
+    public static Props Props(ImageContext ctx, string persistenceId, Func<bool> markDirty) =>
+        Akka.Actor.Props.Create(() => new JournalActor(ctx, persistenceId, markDirty));
+}

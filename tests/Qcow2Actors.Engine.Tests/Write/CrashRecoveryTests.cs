@@ -1,0 +1,51 @@
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Engine.Tests.Write;
+
+public sealed class CrashRecoveryTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [QemuFact]
+    public async Task Flushed_writes_survive_an_abandoned_image_and_qemu_refuses_it_by_our_feature_name_until_recovered()
+    {
+        var path = _dir.File("crash.qcow2");
+        var model = new byte[16 << 20];
+        var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
+        var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 65536 });
+        var rng = new Random(3);
+        for (int i = 0; i < 100; i++)
+        {
+            int len = rng.Next(1, 300_000);
+            long off = rng.NextInt64(0, model.Length - len);
+            var data = new byte[len];
+            rng.NextBytes(data);
+            await image.WriteAsync(off, data);
+            data.CopyTo(model, off);
+        }
+        await image.FlushAsync();
+        // Crash: the actor system goes away with no close and no checkpoint.
+        await host.DisposeAsync();
+
+        var info = QemuTools.QemuImg("info", path);
+        Assert.NotEqual(0, info.ExitCode);
+        Assert.Contains("qcow2actors journal pending", info.StdErr);
+
+        await using (var host2 = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
+        {
+            await using var reopened = await host2.OpenAsync(path);
+            var back = new byte[model.Length];
+            await reopened.ReadAsync(0, back);
+            Assert.Equal(model, back);
+        }
+        var check = QemuTools.QemuImg("check", path);
+        Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
+        var raw = _dir.File("model.raw");
+        await File.WriteAllBytesAsync(raw, model);
+        var cmp = QemuTools.QemuImg("compare", "-F", "raw", path, raw);
+        Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
+    }
+}

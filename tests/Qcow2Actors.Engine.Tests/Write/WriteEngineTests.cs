@@ -1,0 +1,83 @@
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Engine.Tests.Write;
+
+public sealed class WriteEngineTests : IAsyncLifetime
+{
+    private readonly TempDir _dir = new();
+    private ImageHost _host = null!;
+
+    public Task InitializeAsync()
+    {
+        _host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _host.DisposeAsync();
+        _dir.Dispose();
+    }
+
+    private static void AssertCheckClean(string path)
+    {
+        var check = QemuTools.QemuImg("check", path);
+        Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
+    }
+
+    private static void AssertSameContent(string image, byte[] model, string dir)
+    {
+        var raw = Path.Combine(dir, "model.raw");
+        File.WriteAllBytes(raw, model);
+        var cmp = QemuTools.QemuImg("compare", "-f", "qcow2", "-F", "raw", image, raw);
+        Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
+    }
+
+    [QemuFact]
+    public async Task Writes_survive_a_clean_close_and_qemu_reads_them()
+    {
+        var path = _dir.File("w.qcow2");
+        var model = new byte[8 << 20];
+        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length }))
+        {
+            var rng = new Random(1);
+            for (int i = 0; i < 200; i++)
+            {
+                int len = rng.Next(1, 200_000);
+                long off = rng.NextInt64(0, model.Length - len);
+                var data = new byte[len];
+                rng.NextBytes(data);
+                await image.WriteAsync(off, data);
+                data.CopyTo(model, off);
+                if (i % 50 == 0) await image.FlushAsync();
+            }
+            var back = new byte[model.Length];
+            await image.ReadAsync(0, back);
+            Assert.Equal(model, back);
+        }
+        AssertCheckClean(path);
+        AssertSameContent(path, model, _dir.Path);
+    }
+
+    [QemuFact]
+    public async Task Zeroes_and_discards_read_back_as_zeros_and_leave_no_leaks()
+    {
+        var path = _dir.File("z.qcow2");
+        var model = new byte[4 << 20];
+        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 }))
+        {
+            new Random(2).NextBytes(model);
+            await image.WriteAsync(0, model);
+            await image.WriteZeroesAsync(4096, 3 * 4096, unmap: true);
+            await image.WriteZeroesAsync(100_000, 50_000);
+            await image.DiscardAsync(1 << 20, 1 << 20);
+            Array.Clear(model, 4096, 3 * 4096);
+            Array.Clear(model, 100_000, 50_000);
+            Array.Clear(model, 1 << 20, 1 << 20);
+            await image.FlushAsync();
+        }
+        AssertCheckClean(path);
+        AssertSameContent(path, model, _dir.Path);
+    }
+}
