@@ -43,6 +43,13 @@ internal sealed class MemoryIoTarget(int length, bool readOnly = false) : IIoTar
         return ValueTask.CompletedTask;
     }
 
+    public ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        Record($"compressed {offset} {data.Length}", offset, data.Length);
+        data.Span.CopyTo(Data.AsSpan((int)offset));
+        return ValueTask.CompletedTask;
+    }
+
     public ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         Record("flush", 0, 0);

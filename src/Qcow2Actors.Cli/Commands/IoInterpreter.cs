@@ -303,8 +303,8 @@ internal sealed class IoInterpreter
         try
         {
             if (vmstate) throw new NotSupportedException("q2a has no VM state area");
-            if (compressed) throw new NotSupportedException("compressed writes are not supported by q2a io");
             if (zero) await _target.WriteZeroesAsync(offset, count, unmap, fua, ct).ConfigureAwait(false);
+            else if (compressed) await _target.WriteCompressedAsync(offset, buffer, ct).ConfigureAwait(false);
             else await _target.WriteAsync(offset, buffer, fua, ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
@@ -518,6 +518,7 @@ internal sealed class IoInterpreter
         FileNotFoundException or DirectoryNotFoundException => "No such file or directory",
         UnauthorizedAccessException => "Permission denied",
         NotSupportedException => "Operation not supported",
+        ArgumentException => "Invalid argument",
         IOException io when io.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase) => "No space left on device",
         _ => "Input/output error",
     };

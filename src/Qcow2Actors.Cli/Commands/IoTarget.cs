@@ -27,6 +27,9 @@ internal interface IIoTarget : IAsyncDisposable
     /// <summary>Tells the image a range is no longer needed (it may read as zeros or as before).</summary>
     ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken);
 
+    /// <summary>Writes whole clusters compressed; the range must start and end on cluster boundaries (or the disk's end).</summary>
+    ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken);
+
     /// <summary>Makes every completed write durable.</summary>
     ValueTask FlushAsync(CancellationToken cancellationToken);
 }
@@ -59,22 +62,36 @@ internal sealed class Qcow2IoTarget : IIoTarget
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         _image.ReadAsync(offset, buffer, cancellationToken);
 
-    // The write half binds to the write engine's Qcow2Image methods once they exist on main;
-    // until then a read-write open already fails in Qcow2Image.OpenAsync, so these are unreachable.
     /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
-        throw new NotSupportedException("writes need the write engine");
+        _image.WriteAsync(offset, data, fua, cancellationToken);
 
     /// <inheritdoc/>
     public ValueTask WriteZeroesAsync(long offset, long length, bool unmap, bool fua, CancellationToken cancellationToken) =>
-        throw new NotSupportedException("writes need the write engine");
+        _image.WriteZeroesAsync(offset, length, unmap, fua, cancellationToken);
 
     /// <inheritdoc/>
     public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken) =>
-        throw new NotSupportedException("writes need the write engine");
+        _image.DiscardAsync(offset, length, cancellationToken);
 
     /// <inheritdoc/>
-    public ValueTask FlushAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        // The engine compresses one cluster at a time; qemu's qcow2 likewise wants the request
+        // cluster aligned, with only the disk's last cluster allowed to be short.
+        int cs = _image.ClusterSize;
+        long end = offset + data.Length;
+        if (offset % cs != 0 || (end % cs != 0 && end != _image.VirtualSize))
+            throw new ArgumentException("compressed writes must be cluster aligned");
+        for (long pos = offset; pos < end; pos += cs)
+        {
+            int n = (int)Math.Min(cs, end - pos);
+            await _image.WriteCompressedAsync(pos, data.Slice((int)(pos - offset), n), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc/>
+    public ValueTask FlushAsync(CancellationToken cancellationToken) => _image.FlushAsync(cancellationToken);
 
     /// <inheritdoc/>
     public ValueTask DisposeAsync() => _image.DisposeAsync();
