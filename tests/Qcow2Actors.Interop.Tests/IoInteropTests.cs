@@ -97,6 +97,20 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [QemuFact]
+    public void Raw_images_are_written_in_place_and_probed_without_f()
+    {
+        string img = _dir.File("disk.raw");
+        QemuTools.Q2a("create", "-q", "-f", "raw", img, "1M").EnsureSuccess();
+        Q2aIo(img, "write -P 1 0 4k", "write -z 1k 1k", "discard 3k 1k", "write -f -P 2 1020k 4k", "flush").EnsureSuccess();
+        var r = QemuTools.QemuIo("-f", "raw", "-r", "-c", "read -P 1 0 1k", "-c", "read -P 0 1k 1k", "-c", "read -P 1 2k 1k",
+            "-c", "read -P 0 3k 1k", "-c", "read -P 2 1020k 4k", img);
+        Assert.True(r.ExitCode == 0, r.StdOut + r.StdErr);
+        Assert.Equal(1L << 20, new FileInfo(img).Length);
+        var past = QemuTools.Q2a("io", "-f", "raw", "-c", "write 1M 1", img);
+        Assert.Equal((1, "write failed: Input/output error"), (past.ExitCode, past.StdOut.Trim()));
+    }
+
+    [QemuFact]
     public void Compressed_writes_are_readable_and_counted_by_qemu()
     {
         string img = NewImage();
