@@ -13,5 +13,7 @@ internal static class Verbs
         yield return Commands.InfoCommand.Create();
         yield return Commands.CheckCommand.Create();
         yield return Commands.ServeCommand.Create();
+        yield return Commands.CreateCommand.Create();
+        yield return Commands.IoCommand.Create();
     }
 }

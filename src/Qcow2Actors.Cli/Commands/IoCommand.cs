@@ -1,0 +1,54 @@
+using System.CommandLine;
+using System.Diagnostics;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>
+/// <c>q2a io [-f FMT] [-r] -c CMD [-c CMD ...] IMG</c>: qemu-io's non-interactive mode. The
+/// image opens read-write unless <c>-r</c>; the commands run in order (see
+/// <see cref="IoInterpreter"/>); the image is closed cleanly at the end, except after
+/// <c>abort</c>, which kills the process on the spot so nothing is flushed or checkpointed —
+/// the crash a recovery test needs.
+/// </summary>
+internal static class IoCommand
+{
+    public static Command Create()
+    {
+        var format = new Option<string?>("-f") { Description = "image format (qcow2 or raw); probed when absent" };
+        var readOnly = new Option<bool>("-r") { Description = "open the image read-only" };
+        var commands = new Option<string[]>("-c") { Description = "a qemu-io command, e.g. 'write -P 0xab 0 64k'; repeatable" };
+        var path = new Argument<string>("filename");
+        var command = new Command("io", "Run qemu-io commands (read, write, discard, flush, abort) against an image")
+            { format, readOnly, commands, path };
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(parse.GetValue(path)!, parse.GetValue(format),
+            parse.GetValue(readOnly), parse.GetValue(commands) ?? [], Console.Out, Console.Error, ct)));
+        return command;
+    }
+
+    public static async Task<int> RunAsync(string path, string? format, bool readOnly, IReadOnlyList<string> commands,
+        TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        IIoTarget target;
+        try
+        {
+            target = await Qcow2IoTarget.OpenAsync(path, format, readOnly, ct).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
+        {
+            throw new CliException($"can't open device {path}: {ex.Message}", ex);
+        }
+        await using (target.ConfigureAwait(false))
+        {
+            var interpreter = new IoInterpreter(target, stdout, stderr, KillSelf);
+            return await interpreter.RunAsync(commands, ct).ConfigureAwait(false);
+        }
+    }
+
+    // SIGKILL to ourselves: no finally blocks, no DisposeAsync, no flush — what a power cut leaves.
+    private static ValueTask KillSelf()
+    {
+        using var self = Process.GetCurrentProcess();
+        self.Kill();
+        return ValueTask.CompletedTask;
+    }
+}
