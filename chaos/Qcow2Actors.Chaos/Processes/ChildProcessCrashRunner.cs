@@ -87,9 +87,31 @@ public static class ChildProcessCrashRunner
 
         var stopwatch = Stopwatch.StartNew();
         using var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {options.FileName}");
+        var killed = 0;
+        void Kill()
+        {
+            if (process.HasExited || Interlocked.Exchange(ref killed, 1) != 0) return;
+            // SIGKILL on Unix: no handler, no flush, no atexit. The tree goes too, so a wrapper
+            // shell cannot leave the real workload running on.
+            try
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            catch (InvalidOperationException)
+            {
+                // It exited between the check and the kill: nothing left to kill.
+            }
+        }
+
         var lineMatched = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var lines = new List<string>();
-        var stdout = ReadLinesAsync(process.StandardOutput, lines, options.KillWhenLine, lineMatched);
+        // Without jitter the reader kills at once: a hop through the thread pool first would let
+        // the child run on for several more ops on a busy machine.
+        Action onMatch = jitter == TimeSpan.Zero ? Kill : () => lineMatched.TrySetResult();
+        // A dedicated thread, not the pool: on a busy machine a starved pool reads the pipe late and
+        // the line-triggered kill lands many ops after the line it was aimed at.
+        var stdout = Task.Factory.StartNew(() => ReadLines(process.StandardOutput, lines, options.KillWhenLine, onMatch),
+            CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -100,14 +122,7 @@ public static class ChildProcessCrashRunner
             TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default).Unwrap();
 
         var first = await Task.WhenAny(exited, timer, triggered, timeout);
-        var killed = false;
-        if (!process.HasExited)
-        {
-            // SIGKILL on Unix: no handler, no flush, no atexit. The tree goes too, so a wrapper
-            // shell cannot leave the real workload running on.
-            process.Kill(entireProcessTree: true);
-            killed = true;
-        }
+        Kill();
         await cts.CancelAsync();
         await process.WaitForExitAsync(CancellationToken.None);
         var elapsed = stopwatch.Elapsed;
@@ -116,19 +131,19 @@ public static class ChildProcessCrashRunner
         if (first == timeout)
             throw new TimeoutException($"{options.FileName} neither exited nor was killed within {options.Timeout}; stderr: {errors}");
         cancellationToken.ThrowIfCancellationRequested();
-        return new ChildRunResult(lines, partial, errors, killed, process.ExitCode, elapsed, ChaosLog.Parse(lines));
+        return new ChildRunResult(lines, partial, errors, killed != 0, process.ExitCode, elapsed, ChaosLog.Parse(lines));
     }
 
     /// <summary>
     /// Collects newline-terminated lines; returns the unterminated tail (null if none), which is
     /// never treated as a line because the kill may have cut it mid-number.
     /// </summary>
-    private static async Task<string?> ReadLinesAsync(StreamReader reader, List<string> lines, Func<string, bool>? trigger, TaskCompletionSource matched)
+    private static string? ReadLines(StreamReader reader, List<string> lines, Func<string, bool>? trigger, Action matched)
     {
         var buffer = new char[4096];
         var pending = new StringBuilder();
         int n;
-        while ((n = await reader.ReadAsync(buffer.AsMemory(), CancellationToken.None)) > 0)
+        while ((n = reader.Read(buffer, 0, buffer.Length)) > 0)
         {
             for (var i = 0; i < n; i++)
             {
@@ -140,7 +155,7 @@ public static class ChildProcessCrashRunner
                 var line = pending.ToString().TrimEnd('\r');
                 pending.Clear();
                 lock (lines) lines.Add(line);
-                if (trigger is not null && trigger(line)) matched.TrySetResult();
+                if (trigger is not null && trigger(line)) matched();
             }
         }
         return pending.Length == 0 ? null : pending.ToString();
