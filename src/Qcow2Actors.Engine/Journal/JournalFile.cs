@@ -19,6 +19,7 @@ internal sealed class JournalFile : IDisposable
     private readonly List<RecordRef> _index = [];
     private IBlockDevice? _device;
     private bool _loaded;
+    private bool _directorySynced;
     private Exception? _broken;
 
     public JournalFile(string path, int maxRecordLength,
@@ -167,8 +168,14 @@ internal sealed class JournalFile : IDisposable
         try
         {
             device.Flush();
-            // A new file is durable only once its directory entry is.
-            if (creating) DirectorySync.FsyncParentOf(Path);
+            // A new file is durable only once its directory entry is. Done on the first append
+            // of every open, not only on creation: a process that created the file may have
+            // crashed before its directory fsync, and our acknowledgements must not depend on that.
+            if (creating || !_directorySynced)
+            {
+                DirectorySync.FsyncParentOf(Path);
+                _directorySynced = true;
+            }
         }
         catch (Exception e)
         {
@@ -280,6 +287,7 @@ internal sealed class JournalFile : IDisposable
         _index.AddRange(newIndex);
         DeletedTo = deletedTo;
         DroppedBytes = 0;
+        _directorySynced = true;
     }
 
     /// <summary>Closes the file; the next call reopens and rescans it.</summary>
@@ -288,6 +296,7 @@ internal sealed class JournalFile : IDisposable
         _device?.Dispose();
         _device = null;
         _loaded = false;
+        _directorySynced = false;
         _broken = null;
     }
 

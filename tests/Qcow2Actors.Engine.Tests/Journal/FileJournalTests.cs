@@ -16,7 +16,40 @@ public sealed class FileJournalTests : JournalBehaviourTests
     protected override Config PluginConfig => ConfigurationFactory.ParseString($$"""
         akka.persistence.journal.plugin = "{{FileJournal.PluginId}}"
         akka.persistence.journal.qcow2-file.dir = "{{Dir.Path}}"
+        akka.actor.serializers.refuse = "{{typeof(RefusingSerializer).AssemblyQualifiedName}}"
+        akka.actor.serialization-bindings."{{typeof(Unserializable).AssemblyQualifiedName}}" = refuse
         """);
+
+    /// <summary>An event type whose serializer always fails, to provoke a rejection.</summary>
+    public sealed record Unserializable(string Text);
+
+    /// <summary>Fails every serialization, as a broken or missing serializer binding would.</summary>
+    public sealed class RefusingSerializer(ExtendedActorSystem system) : Akka.Serialization.Serializer(system)
+    {
+        public override int Identifier => 9901;
+
+        public override bool IncludeManifest => false;
+
+        public override byte[] ToBinary(object obj) => throw new InvalidOperationException($"cannot serialize {obj}");
+
+        public override object FromBinary(byte[] bytes, Type? type) => throw new InvalidOperationException("cannot deserialize");
+    }
+
+    [Fact]
+    public async Task An_event_that_cannot_be_serialized_is_rejected_and_the_journal_carries_on()
+    {
+        var system = NewSystem();
+        var (probe, next) = ChannelActor.Create<PersistRejected>();
+        var actor = system.ActorOf(RecordingActor.Props("reject", PluginId, system.ActorOf(probe)));
+        actor.Tell(new AppendObject(new Unserializable("x")));
+        var rejected = await next(Timeout);
+        Assert.Contains("cannot serialize", rejected.Cause.Message);
+        Assert.Equal(["ok"], (await Persist(actor, "ok")).Events);
+        await Shutdown(system);
+        var state = await Recovered("reject");
+        Assert.Equal(["ok"], state.Events);
+        Assert.Equal(2, state.LastSequenceNr);
+    }
 
     private static StoredEvent Event(long seq, string text) =>
         new(seq, 1000 + seq, 4, "", "", "writer", System.Text.Encoding.UTF8.GetBytes(text));
@@ -66,6 +99,21 @@ public sealed class FileJournalTests : JournalBehaviourTests
         await actor.Ask<State>(new Append(["e"]), Timeout);
         Assert.True(File.Exists(image + ".journal"));
         await system.Terminate();
+    }
+
+    [Fact]
+    public async Task Releasing_a_persistence_id_closes_its_file_and_a_later_use_reopens_it()
+    {
+        var system = NewSystem();
+        var actor = await Start(system, "released");
+        await Persist(actor, "1");
+        var journal = Akka.Persistence.Persistence.Instance.Apply(system).JournalFor(PluginId);
+        var reply = await journal.Ask<FileJournal.Released>(new FileJournal.Release("released"), Timeout);
+        Assert.Equal("released", reply.PersistenceId);
+        // With the handle closed the file can be replaced; the next write rescans it.
+        Assert.Equal(["1", "2"], (await Persist(actor, "2")).Events);
+        await Stop(actor);
+        Assert.Equal(["1", "2"], (await Recovered("released", system)).Events);
     }
 
     [Fact]

@@ -11,6 +11,7 @@ namespace Qcow2Actors.Engine.Tests.Journal;
 public sealed class RecordingActor : ReceivePersistentActor
 {
     public sealed record Append(IReadOnlyList<string> Events, bool Atomic = true);
+    public sealed record AppendObject(object Event);
     public sealed record GetState;
     public sealed record State(IReadOnlyList<string> Events, long LastSequenceNr);
     public sealed record DeleteTo(long SequenceNr);
@@ -52,6 +53,15 @@ public sealed class RecordingActor : ReceivePersistentActor
                 foreach (var e in a.Events) Persist(e, Handler);
 #pragma warning restore AK1006
             }
+        });
+        Command<AppendObject>(a =>
+        {
+            var replyTo = Sender;
+            Persist(a.Event, e =>
+            {
+                _events.Add(e.ToString() ?? "");
+                replyTo.Tell(new State(_events.ToList(), LastSequenceNr));
+            });
         });
         Command<GetState>(_ => Sender.Tell(new State(_events.ToList(), LastSequenceNr)));
         Command<DeleteTo>(d =>
