@@ -279,7 +279,7 @@ public static class ImageChecker
                 if ((l2Offset & (ulong)(_cs - 1)) != 0)
                     Corruption($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
                 ReadL2(l2, l2Offset, "ERROR: I/O error in check_refcounts_l2");
-                CheckL2(l2, active);
+                CheckL2(l2, active, l2Offset);
             }
         }
 
@@ -314,7 +314,7 @@ public static class ImageChecker
             return Kind.Normal;
         }
 
-        private void CheckL2(byte[] l2, bool active)
+        private void CheckL2(byte[] l2, bool active, ulong l2Offset)
         {
             ulong nextContiguous = 0;
             var csizeShift = 62 - (_cb - 8);
@@ -366,9 +366,20 @@ public static class ImageChecker
                         if ((offset & (ulong)(_cs - 1)) != 0)
                         {
                             var containsData = meta.ExtendedL2 ? (bitmap & BitmapAllAlloc) != 0 : (entry & ZeroFlag) == 0;
-                            Corruption(containsData
-                                ? $"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                                : $"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                            if (containsData)
+                            {
+                                Corruption($"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted.");
+                            }
+                            else if (pass == CheckPass.RepairAll)
+                            {
+                                Corruption($"Repairing offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                                // The guest reads zeros either way; qemu drops the bogus preallocation and stops counting it.
+                                if (TryZeroL2Entry(l2Offset, i, bitmap)) break;
+                            }
+                            else
+                            {
+                                Corruption($"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                            }
                         }
                         if (active)
                         {
@@ -386,6 +397,33 @@ public static class ImageChecker
                         break;
                 }
             }
+        }
+
+        /// <summary>qemu's fix_l2_entry_by_zero: rewrites one L2 entry as a plain zero cluster (subclusters: all zero).</summary>
+        private bool TryZeroL2Entry(ulong l2Offset, long index, ulong bitmap)
+        {
+            if (!MayRewriteL2(l2Offset))
+            {
+                Error("ERROR: Overlap check failed");
+                Result.CheckErrors++;
+                return false;
+            }
+            var entry = new byte[meta.L2EntryBytes];
+            if (meta.ExtendedL2)
+            {
+                // Allocated subclusters become zero ones; word 0 (offset) becomes 0.
+                var zeroBits = (bitmap | (bitmap << 32)) & 0xFFFFFFFF00000000UL;
+                BinaryPrimitives.WriteUInt64BigEndian(entry.AsSpan(8), zeroBits);
+            }
+            else
+            {
+                BinaryPrimitives.WriteUInt64BigEndian(entry, ZeroFlag);
+            }
+            device.Write(entry, (long)l2Offset + index * meta.L2EntryBytes);
+            device.Flush();
+            Result.Corruptions--;
+            Result.CorruptionsFixed++;
+            return true;
         }
 
         private void CheckBitmaps()
