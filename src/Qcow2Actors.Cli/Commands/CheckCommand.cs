@@ -1,13 +1,14 @@
 using System.CommandLine;
 using System.Globalization;
 using Qcow2Actors.Engine.Check;
+using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
 
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a check [-f qcow2] [--output human|json] IMG</c>: qemu-img check's messages, JSON keys
-/// and exit codes (0 clean, 1 check failed, 2 corruptions, 3 leaks only).
+/// <c>q2a check [-f qcow2] [-r leaks|all] [--output human|json] IMG</c>: qemu-img check's messages,
+/// JSON keys and exit codes (0 clean, or clean after repair; 1 check failed; 2 corruptions; 3 leaks only).
 /// </summary>
 internal static class CheckCommand
 {
@@ -15,9 +16,11 @@ internal static class CheckCommand
     {
         var format = new Option<string>("-f", "--format") { Description = "image format (only qcow2)" };
         var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
+        var repair = new Option<string?>("-r") { Description = "repair: 'leaks' (lower refcounts above their references) or 'all' (also corruptions)" };
         var file = new Argument<string>("filename") { Description = "the image" };
-        var command = new Command("check", "check the image's metadata for consistency (read-only)");
+        var command = new Command("check", "check the image's metadata for consistency; with -r, repair it");
         command.Options.Add(format);
+        command.Options.Add(repair);
         command.Options.Add(output);
         command.Arguments.Add(file);
         command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
@@ -25,6 +28,8 @@ internal static class CheckCommand
             var path = parse.GetValue(file)!;
             Formats.RequireQcow2(parse.GetValue(format));
             var json = Formats.IsJson(parse.GetValue(output));
+            if (parse.GetValue(repair) is { } r)
+                return Repair(path, ParseMode(r), json);
             CheckResult result;
             try
             {
@@ -44,7 +49,50 @@ internal static class CheckCommand
         return command;
     }
 
-    private static QemuJsonObject Json(CheckResult r)
+    private static RepairMode ParseMode(string value) => value switch
+    {
+        "leaks" => RepairMode.Leaks,
+        "all" => RepairMode.All,
+        _ => throw new ArgumentException($"Unknown option value for -r (expecting 'leaks' or 'all'): {value}"),
+    };
+
+    private static int Repair(string path, RepairMode mode, bool json)
+    {
+        RepairResult result;
+        try
+        {
+            using var device = FileBlockDevice.Open(path, writable: true);
+            result = ImageRepair.Repair(device, path, mode);
+        }
+        catch (Exception e) when (e is not FileNotFoundException)
+        {
+            throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
+        }
+        foreach (var line in result.Messages) Console.Error.WriteLine(line);
+        if (result.FailureReason is not null)
+        {
+            Console.Error.WriteLine($"q2a: Check failed: {result.FailureReason}");
+            return 1;
+        }
+        var after = result.After;
+        if (result.AnythingFixed)
+        {
+            // qemu-img reports the fixes, then checks again read-only and prints that check.
+            if (!json)
+            {
+                Console.Out.Write(string.Create(CultureInfo.InvariantCulture,
+                    $"The following inconsistencies were found and repaired:\n\n    {result.LeaksFixed} leaked clusters\n    {result.CorruptionsFixed} corruptions\n\nDouble checking the fixed image now...\n"));
+            }
+            foreach (var line in after.Messages) Console.Error.WriteLine(line);
+        }
+        if (after.AbortReason is null)
+            Console.Out.Write(json ? Json(after, result.CorruptionsFixed, result.LeaksFixed).ToJson() + "\n" : Human(after));
+        if (after.ExitCode == 1)
+            Console.Error.WriteLine(after.AbortReason is null ? "q2a: Check failed" : $"q2a: Check failed: {after.AbortReason}");
+        return result.ExitCode;
+    }
+
+    private static QemuJsonObject Json(CheckResult r, long corruptionsFixed = 0, long leaksFixed = 0)
     {
         // qemu-img leaves out every count that is 0, except check-errors.
         var o = new QemuJsonObject();
@@ -53,6 +101,8 @@ internal static class CheckCommand
         o.Add("check-errors", r.CheckErrors);
         if (r.Corruptions != 0) o.Add("corruptions", r.Corruptions);
         if (r.Leaks != 0) o.Add("leaks", r.Leaks);
+        if (corruptionsFixed != 0) o.Add("corruptions-fixed", corruptionsFixed);
+        if (leaksFixed != 0) o.Add("leaks-fixed", leaksFixed);
         if (r.AllocatedClusters != 0) o.Add("allocated-clusters", r.AllocatedClusters);
         if (r.FragmentedClusters != 0) o.Add("fragmented-clusters", r.FragmentedClusters);
         if (r.CompressedClusters != 0) o.Add("compressed-clusters", r.CompressedClusters);

@@ -11,7 +11,7 @@ public readonly record struct RefcountMismatch(long Cluster, ulong Stored, ulong
 }
 
 /// <summary>
-/// Outcome of <see cref="ImageChecker.Check"/>, counted by qemu-img's rules so the numbers
+/// Outcome of <see cref="ImageChecker.Check(Device.IBlockDevice, string)"/>, counted by qemu-img's rules so the numbers
 /// (and <see cref="ExitCode"/>) match <c>qemu-img check</c> on the same image. It keeps the
 /// counted references and every mismatch, which is what a later repair needs.
 /// </summary>
@@ -65,6 +65,44 @@ public sealed class CheckResult
     /// <summary>qemu-img's exit code: 1 check failed, 2 corruptions, 3 leaks only, 0 clean.</summary>
     public int ExitCode => AbortReason is not null || CheckErrors > 0 ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
 
+    /// <summary>Corruptions fixed while counting (qemu fixes a refcount block outside the image there).</summary>
+    internal long CorruptionsFixed { get; set; }
+
+    /// <summary>
+    /// The refcount structure itself is unusable (a block misaligned, outside the image, shared
+    /// or with reserved bits; or a referenced cluster with stored refcount 0 that no in-place
+    /// update can raise): only a rebuild from the counted references repairs it.
+    /// </summary>
+    internal bool NeedsRebuild { get; set; }
+
+    /// <summary>Counts before the refcount comparison: what qemu's repair restores before re-comparing with fixes.</summary>
+    internal long PreCompareCorruptions { get; set; }
+
+    /// <inheritdoc cref="PreCompareCorruptions"/>
+    internal long PreCompareLeaks { get; set; }
+
+    /// <inheritdoc cref="PreCompareCorruptions"/>
+    internal long PreCompareCheckErrors { get; set; }
+
+    /// <summary>Index in <see cref="Messages"/> of the first line of the refcount comparison.</summary>
+    internal int CompareMessageStart { get; set; }
+
+    /// <summary>One past the last in-file cluster the old refcount table or any block pointer touches.</summary>
+    internal long OldStructureEnd { get; set; }
+
     internal readonly List<string> _messages = [];
     internal readonly List<RefcountMismatch> _mismatches = [];
+}
+
+/// <summary>Which of qemu-img's check passes <see cref="ImageChecker"/> runs.</summary>
+internal enum CheckPass
+{
+    /// <summary><c>qemu-img check</c>: count, compare, then check COPIED flags.</summary>
+    Plain,
+
+    /// <summary>First pass of <c>-r leaks</c>: count and compare only.</summary>
+    RepairLeaks,
+
+    /// <summary>First pass of <c>-r all</c>: as <see cref="RepairLeaks"/>, and a refcount block outside the image is taken as fixed by the rebuild.</summary>
+    RepairAll,
 }

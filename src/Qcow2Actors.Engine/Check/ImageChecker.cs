@@ -39,10 +39,17 @@ public static class ImageChecker
     /// the result; only a header no opener may accept throws.
     /// </summary>
     /// <exception cref="Qcow2FormatException">The header is not one a qcow2 opener may accept.</exception>
-    public static CheckResult Check(IBlockDevice device, string filename)
+    public static CheckResult Check(IBlockDevice device, string filename) => Check(device, filename, CheckPass.Plain);
+
+    /// <summary>
+    /// The check as one of qemu-img's passes: <see cref="CheckPass.Plain"/> is <c>qemu-img check</c>;
+    /// the repair passes count and compare the same way but stop before the COPIED check (the
+    /// repair runs it after fixing refcounts) and record what a rebuild needs.
+    /// </summary>
+    internal static CheckResult Check(IBlockDevice device, string filename, CheckPass pass)
     {
         var meta = ImageMetadata.Load(device, forCheck: true);
-        var run = new Run(device, meta, new CheckResult { Filename = filename, RefcountBits = meta.RefcountBits });
+        var run = new Run(device, meta, new CheckResult { Filename = filename, RefcountBits = meta.RefcountBits }, pass);
         try
         {
             run.Execute();
@@ -55,9 +62,34 @@ public static class ImageChecker
         return run.Result;
     }
 
+    /// <summary>
+    /// Checks the COPIED flags of the active L1 and L2 tables against the stored refcounts as they
+    /// are now (qemu's check_oflag_copied), rewriting wrong flags when <paramref name="repair"/> is set.
+    /// The result carries the remaining <see cref="CheckResult.Corruptions"/> and the fixed count.
+    /// </summary>
+    internal static CheckResult FixCopiedFlags(IBlockDevice device, string filename, bool repair)
+    {
+        var meta = ImageMetadata.Load(device, forCheck: true);
+        var run = new Run(device, meta, new CheckResult { Filename = filename, RefcountBits = meta.RefcountBits }, CheckPass.Plain);
+        try
+        {
+            run.CopiedOnly(repair);
+        }
+        catch (AbortCheck abort)
+        {
+            run.Result.AbortReason = abort.Message;
+        }
+        catch (IOException)
+        {
+            run.Result.CheckErrors++;
+            run.Result.AbortReason ??= "Input/output error";
+        }
+        return run.Result;
+    }
+
     private sealed class AbortCheck(string reason) : Exception(reason);
 
-    private sealed class Run(IBlockDevice device, ImageMetadata meta, CheckResult result)
+    private sealed class Run(IBlockDevice device, ImageMetadata meta, CheckResult result, CheckPass pass)
     {
         public CheckResult Result { get; } = result;
         private readonly long _cs = meta.ClusterSize;
@@ -69,6 +101,7 @@ public static class ImageChecker
         private bool _refblockCorruptionReported;
         private IReadOnlyList<SnapshotInfo> _snapshots = [];
         private long _snapshotsSize;
+        private readonly List<long> _refblocksOutsideImage = [];
 
         private void Error(string message) => Result._messages.Add(message);
 
@@ -163,8 +196,18 @@ public static class ImageChecker
             if (meta.FdeLength != 0) Reference(meta.FdeOffset, (long)Math.Min(meta.FdeLength, long.MaxValue));
             CheckBitmaps();
             CheckRefblocks();
+            Result.PreCompareCorruptions = Result.Corruptions;
+            Result.PreCompareLeaks = Result.Leaks;
+            Result.PreCompareCheckErrors = Result.CheckErrors;
+            Result.CompareMessageStart = Result._messages.Count;
             Compare();
-            CheckCopiedFlags();
+            if (pass == CheckPass.Plain) CheckCopiedFlags(repair: false);
+        }
+
+        public void CopiedOnly(bool repair)
+        {
+            LoadRefcountTable();
+            CheckCopiedFlags(repair);
         }
 
         private void LoadRefcountTable()
@@ -236,7 +279,7 @@ public static class ImageChecker
                 if ((l2Offset & (ulong)(_cs - 1)) != 0)
                     Corruption($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
                 ReadL2(l2, l2Offset, "ERROR: I/O error in check_refcounts_l2");
-                CheckL2(l2, active);
+                CheckL2(l2, active, l2Offset);
             }
         }
 
@@ -271,7 +314,7 @@ public static class ImageChecker
             return Kind.Normal;
         }
 
-        private void CheckL2(byte[] l2, bool active)
+        private void CheckL2(byte[] l2, bool active, ulong l2Offset)
         {
             ulong nextContiguous = 0;
             var csizeShift = 62 - (_cb - 8);
@@ -323,9 +366,20 @@ public static class ImageChecker
                         if ((offset & (ulong)(_cs - 1)) != 0)
                         {
                             var containsData = meta.ExtendedL2 ? (bitmap & BitmapAllAlloc) != 0 : (entry & ZeroFlag) == 0;
-                            Corruption(containsData
-                                ? $"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                                : $"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                            if (containsData)
+                            {
+                                Corruption($"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted.");
+                            }
+                            else if (pass == CheckPass.RepairAll)
+                            {
+                                Corruption($"Repairing offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                                // The guest reads zeros either way; qemu drops the bogus preallocation and stops counting it.
+                                if (TryZeroL2Entry(l2Offset, i, bitmap)) break;
+                            }
+                            else
+                            {
+                                Corruption($"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                            }
                         }
                         if (active)
                         {
@@ -343,6 +397,33 @@ public static class ImageChecker
                         break;
                 }
             }
+        }
+
+        /// <summary>qemu's fix_l2_entry_by_zero: rewrites one L2 entry as a plain zero cluster (subclusters: all zero).</summary>
+        private bool TryZeroL2Entry(ulong l2Offset, long index, ulong bitmap)
+        {
+            if (!MayRewriteL2(l2Offset))
+            {
+                Error("ERROR: Overlap check failed");
+                Result.CheckErrors++;
+                return false;
+            }
+            var entry = new byte[meta.L2EntryBytes];
+            if (meta.ExtendedL2)
+            {
+                // Allocated subclusters become zero ones; word 0 (offset) becomes 0.
+                var zeroBits = (bitmap | (bitmap << 32)) & 0xFFFFFFFF00000000UL;
+                BinaryPrimitives.WriteUInt64BigEndian(entry.AsSpan(8), zeroBits);
+            }
+            else
+            {
+                BinaryPrimitives.WriteUInt64BigEndian(entry, ZeroFlag);
+            }
+            device.Write(entry, (long)l2Offset + index * meta.L2EntryBytes);
+            device.Flush();
+            Result.Corruptions--;
+            Result.CorruptionsFixed++;
+            return true;
         }
 
         private void CheckBitmaps()
@@ -384,8 +465,18 @@ public static class ImageChecker
             }
         }
 
+        /// <summary>A rebuild places new structures past every cluster the old ones touch, so a crash before the header switch leaves them intact.</summary>
+        private void NoteOldStructure(ulong offset)
+        {
+            // Past the end of the file there is nothing a new structure could overwrite.
+            if (offset >> _cb >= (ulong)_counts.Count) return;
+            var end = (long)(offset >> _cb) + 1;
+            if (end > Result.OldStructureEnd) Result.OldStructureEnd = end;
+        }
+
         private void CheckRefblocks()
         {
+            if (meta.RefcountTableEntries > 0) NoteOldStructure(meta.RefcountTableOffset + (ulong)(meta.RefcountTableEntries * 8 - 1));
             for (var i = 0; i < _refTable.Length; i++)
             {
                 var raw = _refTable[i];
@@ -394,23 +485,43 @@ public static class ImageChecker
                 if ((raw & RefTableReservedMask) != 0)
                 {
                     Corruption($"ERROR refcount table entry {i} has reserved bits set");
+                    Result.NeedsRebuild = true;
                     continue;
                 }
                 if ((offset & (ulong)(_cs - 1)) != 0)
                 {
                     Corruption($"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted");
+                    Result.NeedsRebuild = true;
+                    NoteOldStructure(offset);
                     continue;
                 }
                 if (cluster >= _counts.Count || offset > long.MaxValue)
                 {
-                    Corruption($"ERROR refcount block {i} is outside image");
+                    if (pass == CheckPass.RepairAll)
+                    {
+                        // qemu grows the file to cover the block, counts that as fixed, then finds the block
+                        // (zeros) describing nothing and rebuilds. We rebuild without growing the file to
+                        // the stray offset, but count the same way so the fixed totals agree.
+                        Error($"Repairing refcount block {i} is outside image");
+                        Result.CorruptionsFixed++;
+                        Result.NeedsRebuild = true;
+                        _refblocksOutsideImage.Add(cluster);
+                    }
+                    else
+                    {
+                        Corruption($"ERROR refcount block {i} is outside image");
+                    }
                     continue;
                 }
                 if (offset != 0)
                 {
                     Reference(offset, _cs);
+                    NoteOldStructure(offset);
                     if (_counts[cluster] != 1)
+                    {
                         Corruption($"ERROR refcount block {i} refcount={_counts[cluster]}");
+                        Result.NeedsRebuild = true;
+                    }
                 }
             }
         }
@@ -470,6 +581,7 @@ public static class ImageChecker
                 ulong counted = _counts[i];
                 if (stored > 0 || counted > 0) highest = i;
                 if (stored == counted) continue;
+                if (stored == 0) Result.NeedsRebuild = true;
                 Result._mismatches.Add(new RefcountMismatch(i, stored, counted));
                 if (stored < counted)
                 {
@@ -483,12 +595,20 @@ public static class ImageChecker
                 }
             }
             Result.ImageEndOffset = (highest + 1) * _cs;
+            foreach (var cluster in _refblocksOutsideImage)
+            {
+                // The cluster qemu would have grown the file to: one reference (the block), refcount
+                // read from the block qemu just zeroed.
+                if (TryGetStored(cluster, out var stored) && stored < 1)
+                    Corruption($"ERROR cluster {cluster} refcount={stored} reference=1");
+            }
         }
 
-        private void CheckCopiedFlags()
+        private void CheckCopiedFlags(bool repair)
         {
             var l1 = ReadL1(meta.L1TableOffset, meta.L1Size);
             var l2 = new byte[_cs];
+            var verb = repair ? "Repairing" : "ERROR";
             for (var i = 0; i < l1.Length; i++)
             {
                 var entry = l1[i];
@@ -496,8 +616,20 @@ public static class ImageChecker
                 if (l2Offset == 0) continue;
                 if (!TryGetStored((long)(l2Offset >> _cb), out var refcount)) continue;
                 if ((refcount == 1) != ((entry & Copied) != 0))
-                    Corruption($"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={entry:x} refcount={refcount}");
+                {
+                    Corruption($"{verb} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={entry:x} refcount={refcount}");
+                    if (repair)
+                    {
+                        var fixedEntry = refcount == 1 ? entry | Copied : entry & ~Copied;
+                        var bytes = new byte[8];
+                        BinaryPrimitives.WriteUInt64BigEndian(bytes, fixedEntry);
+                        device.Write(bytes, (long)meta.L1TableOffset + 8L * i);
+                        Result.Corruptions--;
+                        Result.CorruptionsFixed++;
+                    }
+                }
                 ReadL2(l2, l2Offset, "ERROR: Could not read L2 table: Input/output error");
+                var dirty = 0;
                 for (long j = 0; j < meta.L2Entries; j++)
                 {
                     var (l2Entry, _) = L2Entry(l2, j);
@@ -506,9 +638,47 @@ public static class ImageChecker
                     ulong dataRefcount = 1;
                     if (!meta.HasDataFile && !TryGetStored((long)((l2Entry & TableOffsetMask) >> _cb), out dataRefcount)) continue;
                     if ((dataRefcount == 1) != ((l2Entry & Copied) != 0))
-                        Corruption($"ERROR OFLAG_COPIED data cluster: l2_entry={l2Entry:x} refcount={dataRefcount}");
+                    {
+                        Corruption($"{verb} OFLAG_COPIED data cluster: l2_entry={l2Entry:x} refcount={dataRefcount}");
+                        if (repair)
+                        {
+                            var at = (int)(j * meta.L2EntryBytes);
+                            BinaryPrimitives.WriteUInt64BigEndian(l2.AsSpan(at), dataRefcount == 1 ? l2Entry | Copied : l2Entry & ~Copied);
+                            dirty++;
+                        }
+                    }
                 }
+                if (dirty == 0) continue;
+                if (!MayRewriteL2(l2Offset))
+                {
+                    Error("ERROR: Could not write L2 table; metadata overlap check failed: Input/output error");
+                    Result.CheckErrors++;
+                    throw new AbortCheck("Input/output error");
+                }
+                device.Write(l2, (long)l2Offset);
+                Result.Corruptions -= dirty;
+                Result.CorruptionsFixed += dirty;
             }
+        }
+
+        /// <summary>
+        /// qemu's overlap check before rewriting an L2 table: never write over the header, the
+        /// active L1, the refcount table or a refcount block (a corrupt L1 entry may point there).
+        /// </summary>
+        private bool MayRewriteL2(ulong l2Offset)
+        {
+            if ((l2Offset & (ulong)(_cs - 1)) != 0 || l2Offset == 0 || l2Offset >= (ulong)_fileLength) return false;
+            static bool Inside(ulong offset, ulong start, ulong bytes) => bytes > 0 && offset + 1 > start && offset < start + bytes;
+            var l2End = l2Offset + (ulong)_cs - 1;
+            bool Hits(ulong start, ulong bytes) => Inside(l2Offset, start, bytes) || Inside(l2End, start, bytes) || Inside(start, l2Offset, (ulong)_cs);
+            if (Hits(meta.L1TableOffset, (ulong)meta.L1Size * 8)) return false;
+            if (Hits(meta.RefcountTableOffset, (ulong)meta.RefcountTableEntries * 8)) return false;
+            foreach (var raw in _refTable)
+            {
+                var block = raw & RefTableOffsetMask;
+                if (block != 0 && Hits(block, (ulong)_cs)) return false;
+            }
+            return true;
         }
     }
 }

@@ -1,0 +1,248 @@
+using System.Buffers.Binary;
+using Qcow2Actors.Engine.Check;
+using Qcow2Actors.Engine.Device;
+
+namespace Qcow2Actors.Engine.Tests.Check;
+
+public sealed class ImageRepairTests
+{
+    private const int Cluster = 65536;
+    private const int Clusters = 8;
+    private const ulong Copied = 1UL << 63;
+
+    /// <summary>An in-memory image file that records every write and flush, so a test can replay any prefix as a crash.</summary>
+    private sealed class RecordingDevice(byte[] initial, bool readOnly = false) : IBlockDevice
+    {
+        private byte[] _data = (byte[])initial.Clone();
+        public List<(long Offset, byte[] Bytes)> Writes { get; } = [];
+        public int Flushes { get; private set; }
+        public byte[] Data => _data;
+        public long Length => _data.Length;
+        public bool IsReadOnly => readOnly;
+        public string Name => "memory";
+
+        public int Read(Span<byte> buffer, long offset)
+        {
+            var n = (int)Math.Clamp(_data.Length - offset, 0, buffer.Length);
+            if (n > 0) _data.AsSpan((int)offset, n).CopyTo(buffer);
+            return n;
+        }
+
+        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => new(Read(buffer.Span, offset));
+
+        public void Write(ReadOnlySpan<byte> buffer, long offset)
+        {
+            if (readOnly) throw new IOException("read-only");
+            Writes.Add((offset, buffer.ToArray()));
+            Apply(ref _data, offset, buffer);
+        }
+
+        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        {
+            Write(buffer.Span, offset);
+            return ValueTask.CompletedTask;
+        }
+
+        public void Flush() => Flushes++;
+        public void SetLength(long length) => Array.Resize(ref _data, (int)length);
+        public void Dispose() { }
+
+        public static void Apply(ref byte[] data, long offset, ReadOnlySpan<byte> bytes)
+        {
+            if (offset + bytes.Length > data.Length) Array.Resize(ref data, (int)(offset + bytes.Length));
+            bytes.CopyTo(data.AsSpan((int)offset));
+        }
+    }
+
+    /// <summary>
+    /// v3, 64 KiB clusters, 16-bit refcounts: header, refcount table, refcount block, L1, one L2
+    /// mapping guest clusters 0-2 to host clusters 5-7 (filled with 0x11, 0x22, 0x33).
+    /// </summary>
+    private static byte[] Image()
+    {
+        var img = new byte[Clusters * Cluster];
+        var h = img.AsSpan();
+        BinaryPrimitives.WriteUInt32BigEndian(h, 0x514649FB);
+        BinaryPrimitives.WriteUInt32BigEndian(h[4..], 3);
+        BinaryPrimitives.WriteUInt32BigEndian(h[20..], 16);
+        BinaryPrimitives.WriteUInt64BigEndian(h[24..], 1 << 20);
+        BinaryPrimitives.WriteUInt32BigEndian(h[36..], 1);
+        BinaryPrimitives.WriteUInt64BigEndian(h[40..], 3 * Cluster);
+        BinaryPrimitives.WriteUInt64BigEndian(h[48..], 1 * Cluster);
+        BinaryPrimitives.WriteUInt32BigEndian(h[56..], 1);
+        BinaryPrimitives.WriteUInt32BigEndian(h[96..], 4);
+        BinaryPrimitives.WriteUInt32BigEndian(h[100..], 104);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Cluster..], 2 * Cluster);
+        for (var c = 0; c < Clusters; c++) SetRefcount(img, c, 1);
+        BinaryPrimitives.WriteUInt64BigEndian(h[(3 * Cluster)..], Copied | (4UL * Cluster));
+        for (var g = 0; g < 3; g++)
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(h[(4 * Cluster + 8 * g)..], Copied | ((5UL + (ulong)g) * Cluster));
+            h.Slice((5 + g) * Cluster, Cluster).Fill((byte)(0x11 * (g + 1)));
+        }
+        return img;
+    }
+
+    private static void SetRefcount(byte[] img, long cluster, ushort value) =>
+        BinaryPrimitives.WriteUInt16BigEndian(img.AsSpan((int)(2 * Cluster + 2 * cluster)), value);
+
+    private static void SetDirty(byte[] img) => img[79] |= 1;
+
+    /// <summary>Guest clusters 0-2 as the image maps them now (through its own L1 and L2).</summary>
+    private static byte[][] GuestData(byte[] img)
+    {
+        var l1 = (int)BinaryPrimitives.ReadUInt64BigEndian(img.AsSpan(40));
+        var l2 = (int)(BinaryPrimitives.ReadUInt64BigEndian(img.AsSpan(l1)) & 0x00FFFFFFFFFFFE00UL);
+        return [.. Enumerable.Range(0, 3).Select(g =>
+        {
+            var data = (int)(BinaryPrimitives.ReadUInt64BigEndian(img.AsSpan(l2 + 8 * g)) & 0x00FFFFFFFFFFFE00UL);
+            return img.AsSpan(data, Cluster).ToArray();
+        })];
+    }
+
+    private static HashSet<long> UnderCounted(CheckResult r) => [.. r.Mismatches.Where(m => m.Stored < m.References).Select(m => m.Cluster)];
+
+    [Fact]
+    public void RebuildRefcounts_makes_arbitrary_stored_refcounts_exact_and_clears_the_dirty_bit()
+    {
+        var img = Image();
+        // What a lazy-refcounts image killed mid-write may hold: garbage where the refcounts were.
+        var rng = new Random(7);
+        rng.NextBytes(img.AsSpan(2 * Cluster, 64));
+        SetDirty(img);
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.RebuildRefcounts(device, "img");
+
+        Assert.True(result.RefcountsRebuilt);
+        Assert.Equal(0, result.After.ExitCode);
+        Assert.Empty(result.After.Mismatches);
+        Assert.True(result.MarkedClean);
+        Assert.Equal(0, device.Data[79] & 1);
+        Assert.Equal(GuestData(img), GuestData(device.Data));
+    }
+
+    [Fact]
+    public void RebuildRefcounts_on_an_exact_dirty_image_only_clears_the_dirty_bit()
+    {
+        var img = Image();
+        SetDirty(img);
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.RebuildRefcounts(device, "img");
+
+        Assert.False(result.RefcountsRebuilt);
+        Assert.True(result.MarkedClean);
+        var write = Assert.Single(device.Writes);
+        Assert.Equal(72, write.Offset);
+    }
+
+    [Fact]
+    public void A_rebuild_writes_only_past_every_referenced_cluster_except_the_header_switch()
+    {
+        var img = Image();
+        SetRefcount(img, 5, 0);
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.Repair(device, "img", RepairMode.All);
+
+        Assert.True(result.RefcountsRebuilt);
+        Assert.Equal(0, result.After.ExitCode);
+        Assert.Equal(1, result.CorruptionsFixed);
+        // Frees of the old table and block go into the new blocks; so does every other write.
+        foreach (var (offset, bytes) in device.Writes)
+            Assert.True(offset >= Clusters * Cluster || (offset == 48 && bytes.Length == 12), $"write at {offset} ({bytes.Length} bytes)");
+        var newTable = BinaryPrimitives.ReadUInt64BigEndian(device.Data.AsSpan(48));
+        Assert.True(newTable >= Clusters * Cluster);
+    }
+
+    public static TheoryData<string> Damages() => new(["zeroed data refcount", "refcount block cleared", "garbage refcount block", "leak and raised refcount", "cleared copied flags", "two mappings of one cluster"]);
+
+    private static byte[] Damaged(string damage)
+    {
+        var img = Image();
+        switch (damage)
+        {
+            case "zeroed data refcount": SetRefcount(img, 6, 0); break;
+            case "refcount block cleared": img.AsSpan(2 * Cluster, 512).Clear(); break;
+            case "garbage refcount block": new Random(3).NextBytes(img.AsSpan(2 * Cluster, 16)); SetDirty(img); break;
+            case "leak and raised refcount":
+                Array.Resize(ref img, img.Length + Cluster);
+                SetRefcount(img, Clusters, 1);
+                SetRefcount(img, 7, 3);
+                break;
+            case "cleared copied flags":
+                img[3 * Cluster] &= 0x7F;
+                img[4 * Cluster + 8] &= 0x7F;
+                break;
+            case "two mappings of one cluster":
+                // Guest cluster 2 now maps host cluster 6 too; host cluster 7 is orphaned (a leak).
+                BinaryPrimitives.WriteUInt64BigEndian(img.AsSpan(4 * Cluster + 16), Copied | (6UL * Cluster));
+                break;
+        }
+        return img;
+    }
+
+    [Theory]
+    [MemberData(nameof(Damages))]
+    public void A_crash_after_any_write_of_a_repair_never_under_counts_a_cluster_and_a_second_repair_finishes(string damage)
+    {
+        var img = Damaged(damage);
+        var before = ImageChecker.Check(new RecordingDevice(img), "img");
+        var underBefore = UnderCounted(before);
+        var device = new RecordingDevice(img);
+        var result = ImageRepair.Repair(device, "img", RepairMode.All);
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal(GuestData(img), GuestData(device.Data));
+
+        for (var k = 0; k <= device.Writes.Count; k++)
+        {
+            var crashed = (byte[])img.Clone();
+            foreach (var (offset, bytes) in device.Writes.Take(k)) RecordingDevice.Apply(ref crashed, offset, bytes);
+            var state = ImageChecker.Check(new RecordingDevice(crashed), "crashed");
+            // A cluster in use must never look freer than before: that is what lets it be handed out twice.
+            Assert.Subset(underBefore, UnderCounted(state));
+            Assert.Equal(GuestData(img), GuestData(crashed));
+            var again = ImageRepair.Repair(new RecordingDevice(crashed), "crashed", RepairMode.All);
+            Assert.True(again.ExitCode == 0, $"after write {k}: {string.Join("; ", again.After.Messages)}");
+        }
+    }
+
+    [Fact]
+    public void Leaks_mode_on_an_image_that_needs_a_rebuild_fails_without_writing()
+    {
+        var img = Damaged("zeroed data refcount");
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.Repair(device, "img", RepairMode.Leaks);
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal("Input/output error", result.FailureReason);
+        Assert.Contains("ERROR need to rebuild refcount structures", result.Messages);
+        Assert.Empty(device.Writes);
+    }
+
+    [Fact]
+    public void Leaks_mode_lowers_leaks_but_leaves_a_too_low_refcount_alone()
+    {
+        var img = Image();
+        SetRefcount(img, 5, 4);
+        // Guest cluster 2 also maps host cluster 6 (stored 1, two references): a corruption leaks mode must not touch.
+        BinaryPrimitives.WriteUInt64BigEndian(img.AsSpan(4 * Cluster + 16), Copied | (6UL * Cluster));
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.Repair(device, "img", RepairMode.Leaks);
+
+        Assert.Equal(2, result.LeaksFixed);
+        Assert.Equal(0, result.CorruptionsFixed);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("Repairing cluster 5 refcount=4 reference=1", result.Messages);
+        Assert.Contains("ERROR cluster 6 refcount=1 reference=2", result.Messages);
+    }
+
+    [Fact]
+    public void Repair_refuses_a_read_only_device()
+    {
+        Assert.Throws<InvalidOperationException>(() => ImageRepair.Repair(new RecordingDevice(Image(), readOnly: true), "img", RepairMode.All));
+    }
+}
