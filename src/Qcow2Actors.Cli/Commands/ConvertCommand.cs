@@ -79,6 +79,8 @@ internal static class ConvertCommand
         if (backingFile is not null && backingFormat is null)
             throw new ArgumentException("Use of backing file requires explicit backing format");
 
+        if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
+            throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
         await using var src = await Qcow2Image.OpenAsync(request.Source,
             new Qcow2OpenOptions { Format = request.Format, Snapshot = SnapshotSelector(request.Snapshot) }, ct).ConfigureAwait(false);
         // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
