@@ -277,4 +277,17 @@ public sealed class ConvertQcow2InteropTests : IDisposable
         Assert.Equal(1, r.ExitCode);
         Assert.Equal($"q2a: {dst}: error while converting qcow2: {message}", r.StdErr.Trim());
     }
+
+    [QemuFact]
+    public void Converting_onto_the_source_is_refused_and_leaves_it_intact()
+    {
+        string src = _dir.File("self.qcow2"), copy = _dir.File("self-copy.qcow2");
+        Qemu("create", "-q", "-f", "qcow2", src, "1M");
+        Io(src, ["write -P 3 0 64k"]);
+        File.Copy(src, copy);
+        var r = QemuTools.Q2a("convert", "-O", "qcow2", src, src);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("is the source image", r.StdErr, StringComparison.Ordinal);
+        AssertIdentical(copy, src);
+    }
 }
