@@ -1,3 +1,7 @@
+using System.Globalization;
 using BenchmarkDotNet.Running;
 
+if (args.Length > 0 && args[0] == "--compare-writes")
+    return await Qcow2Actors.Bench.WriteComparison.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 3);
 BenchmarkSwitcher.FromAssembly(typeof(Qcow2Actors.Bench.ReadBenchmarks).Assembly).Run(args);
+return 0;
