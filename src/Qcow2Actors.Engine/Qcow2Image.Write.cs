@@ -123,6 +123,13 @@ public sealed partial class Qcow2Image
     {
         var ctx = Writer();
         CheckRange(offset, cluster.Length);
+        if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
+        {
+            // The last cluster of a disk whose size is not cluster aligned: compressed padded with zeros, as qemu-img does.
+            var padded = new byte[ctx.ClusterSize];
+            cluster.CopyTo(padded);
+            cluster = padded;
+        }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new RouteToTable((int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done)));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);

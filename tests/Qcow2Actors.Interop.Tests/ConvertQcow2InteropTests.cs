@@ -158,11 +158,11 @@ public sealed class ConvertQcow2InteropTests : IDisposable
 
     // Engine gaps found by these cases (see the convert branch's report); they run once the engine takes them.
     [QemuTheory]
-    [InlineData("compat=0.10", "", Skip = "engine: a v2 image cannot carry the dirty/journal-pending bits, so its first flush fails")]
-    [InlineData("compat=0.10,cluster_size=32k", "-c", Skip = "engine: a v2 image cannot carry the dirty/journal-pending bits, so its first flush fails")]
-    [InlineData("refcount_bits=2", "-c", Skip = "engine: compressed packing keeps adding references to a host cluster past the refcount maximum")]
-    [InlineData("refcount_bits=4", "-c", Skip = "engine: compressed packing keeps adding references to a host cluster past the refcount maximum")]
-    [InlineData("refcount_bits=1", "-c", Skip = "engine: compressed packing keeps adding references to a host cluster past the refcount maximum")]
+    [InlineData("compat=0.10", "")]
+    [InlineData("compat=0.10,cluster_size=32k", "-c")]
+    [InlineData("refcount_bits=2", "-c")]
+    [InlineData("refcount_bits=4", "-c")]
+    [InlineData("refcount_bits=1", "-c")]
     public Task Target_options_the_engine_cannot_write_yet(string options, string flags) => Target_options_are_honoured(options, flags);
 
     [QemuTheory]

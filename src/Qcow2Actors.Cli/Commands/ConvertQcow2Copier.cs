@@ -158,12 +158,9 @@ internal sealed class Qcow2Copier(Qcow2Image src, Qcow2Image dst, long size, lon
             {
                 if (targetHasBacking) await dst.WriteZeroesAsync(offset, length, false, false, ct).ConfigureAwait(false);
             }
-            else if (length == cs)
-                await dst.WriteCompressedAsync(offset, buffer.AsMemory(0, cs), ct).ConfigureAwait(false);
             else
-                // The engine compresses whole clusters only; qemu-img pads the short last cluster
-                // with zeros and compresses it. Until the engine takes a short last cluster, store it plainly.
-                await dst.WriteAsync(offset, buffer.AsMemory(0, length), false, ct).ConfigureAwait(false);
+                // A short last cluster is padded with zeros and compressed by the engine, as qemu-img does.
+                await dst.WriteCompressedAsync(offset, buffer.AsMemory(0, length), ct).ConfigureAwait(false);
         }
         finally
         {

@@ -88,7 +88,8 @@ internal sealed class RefcountActor : ReceiveActor
         if (_compressedCursor != 0 && (_compressedCursor & (cs - 1)) != 0)
         {
             long free = cs - (_compressedCursor & (cs - 1));
-            if (length <= free)
+            // Each compressed cluster packed into a host cluster adds a reference: stop at the width's maximum.
+            if (length <= free && _state.Get(_compressedCursor / cs) < _state.MaxRefcount)
             {
                 long at = _compressedCursor;
                 _state.Adjust(at / cs, +1, records);
