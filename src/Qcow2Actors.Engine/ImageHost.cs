@@ -58,7 +58,7 @@ public sealed class ImageHost : IAsyncDisposable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         options ??= new Qcow2OpenOptions { ReadOnly = false };
         if (options.ReadOnly) return await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
-        if (!File.Exists(path))
+        if (options.DeviceFactory is null && !File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
         _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened)));

@@ -27,6 +27,17 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public long L2CacheBytes { get; init; } = 64L * 1024 * 1024;
 
+    /// <summary>
+    /// Opens the files of the image (path, writable) instead of the host file system, e.g. to
+    /// inject faults or simulate crashes. Each call must return a new handle: the engine
+    /// disposes what it gets. Null: host files, with transient read errors retried.
+    /// </summary>
+    public Func<string, bool, Device.IBlockDevice>? DeviceFactory { get; init; }
+
+    /// <summary>Opens <paramref name="path"/> through <see cref="DeviceFactory"/> or the host file system.</summary>
+    internal Device.IBlockDevice OpenDevice(string path, bool writable) =>
+        DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable);
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

@@ -44,7 +44,7 @@ internal static class ImageOpener
         }
 
         // Reads and opens are retried on transient I/O errors (never writes or flushes: DESIGN.md).
-        var file = ResilientBlockDevice.OpenFile(path, writable: depth == 0 && !options.ReadOnly);
+        var file = options.OpenDevice(path, writable: depth == 0 && !options.ReadOnly);
         try
         {
             return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
@@ -127,7 +127,7 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                dataFile = ResilientBlockDevice.OpenFile(CombinePath(path, block.DataFile), writable: depth == 0 && !options.ReadOnly);
+                dataFile = options.OpenDevice(CombinePath(path, block.DataFile), writable: depth == 0 && !options.ReadOnly);
             }
             if (block.BackingFileName is { } backingName)
             {

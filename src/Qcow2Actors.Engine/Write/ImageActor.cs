@@ -89,7 +89,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private async Task<Recovered> RecoverAsync(JournalRecovered journal)
     {
-        using var device = FileBlockDevice.Open(_path, writable: true);
+        using var device = _options.OpenDevice(_path, writable: true);
         var cluster0 = new byte[Math.Min(2 * 1024 * 1024, device.Length)];
         device.Read(cluster0, 0);
         var block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQcow2Actors);

@@ -29,8 +29,8 @@ public sealed class RandomWorkloadPropertyTests
         from extended in Gen.Bool
         from backing in Gen.Bool
         from prealloc in Gen.Int[0, 5]
-        from sizeKb in Gen.Int[64, 4096]
-        from steps in GenSteps(sizeKb * 1024L).Array[1, 40]
+        from sizeKb in Gen.Int[64, 2048]
+        from steps in GenSteps(sizeKb * 1024L).Array[1, 30]
         let version = v2 == 0 ? 2 : 3
         let ext = version == 3 && extended && clusterBits >= 14
         select new Case(clusterBits, version == 2 ? 16 : 1 << refcountOrder, version, ext, backing,
@@ -39,7 +39,7 @@ public sealed class RandomWorkloadPropertyTests
     private static Gen<Step> GenSteps(long size) =>
         from op in Gen.Int[0, 99]
         from offset in Gen.Long[0, size - 1]
-        from length in Gen.Int[1, 256 * 1024]
+        from length in Gen.Int[1, 96 * 1024]
         from seed in Gen.Byte
         select new Step(op switch
         {
@@ -55,7 +55,7 @@ public sealed class RandomWorkloadPropertyTests
     [QemuFact]
     public void Random_workloads_leave_check_clean_images_equal_to_the_model()
     {
-        Cases.Sample(c => Run(c).GetAwaiter().GetResult(), iter: QemuTools.IsCi ? 30 : 40, threads: 1);
+        Cases.Sample(c => Run(c).GetAwaiter().GetResult(), iter: 25, threads: 1);
     }
 
     private static async Task Run(Case c)
