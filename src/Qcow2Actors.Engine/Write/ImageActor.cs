@@ -119,13 +119,13 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         }
         if (wasDirty)
         {
-            // Our journal's leftovers, or an image QEMU left dirty with lazy refcounts: make every
-            // refcount equal to the references the tables hold.
-            if (RecordApplier.FixRefcounts(device, block) > 0)
-            {
-                WriteHeader(device, block);
-                device.Flush();
-            }
+            // Our journal's leftovers (leaks from allocations whose records did not make it),
+            // or an image QEMU left dirty with lazy refcounts: make every refcount exact.
+            var repair = Check.ImageRepair.Repair(device, _path, Check.RepairMode.All);
+            if (repair.ExitCode != 0)
+                throw new IOException($"'{_path}': refcounts could not be repaired after an unclean shutdown: " +
+                    (repair.FailureReason ?? $"{repair.After.Corruptions} corruptions remain") + "; try 'q2a check -r all'");
+            device.Flush();
         }
         // The journal's effect is in place and durable: delete it.
         var truncated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

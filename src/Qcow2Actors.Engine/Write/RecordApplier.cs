@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using Qcow2Actors.Engine.Check;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Format;
@@ -75,23 +74,6 @@ internal static class RecordApplier
         h.RefcountTableClusters = refcounts.TableClusters;
         if (l1Dirty) WriteL1(device, h, l1);
         return applied;
-    }
-
-    /// <summary>
-    /// Makes every stored refcount equal to the references the image holds (a crash between
-    /// an allocation and the record that uses it leaves a leak; this removes it).
-    /// </summary>
-    public static long FixRefcounts(IBlockDevice device, ImageHeaderBlock block)
-    {
-        var result = ImageChecker.Check(device, device.Name);
-        if (result.Mismatches.Count == 0) return 0;
-        var refcounts = new RefcountState(device, block.Header);
-        var sink = new List<MetadataRecord>();
-        foreach (var m in result.Mismatches) refcounts.Set(m.Cluster, (ulong)m.References, sink);
-        refcounts.WriteBack();
-        block.Header.RefcountTableOffset = refcounts.TableOffset;
-        block.Header.RefcountTableClusters = refcounts.TableClusters;
-        return result.Mismatches.Count;
     }
 
     public static ulong[] ReadL1(IBlockDevice device, Qcow2Header h)

@@ -118,29 +118,33 @@ internal sealed class RefcountState
     /// </summary>
     public long Allocate(int count, List<MetadataRecord> records, out bool fresh)
     {
-        long start = FindFreeRun(count, records);
-        for (long c = start; c < start + count; c++) Set(c, 1, records);
+        long start = FindFreeRun(count);
         long startByte = start << _clusterBits;
         fresh = startByte >= AllocatedEnd;
         AllocatedEnd = Math.Max(AllocatedEnd, (start + count) << _clusterBits);
+        // Refcount blocks created for the run must not land inside it.
+        _reserved.Add((start, start + count));
+        try
+        {
+            for (long c = start; c < start + count; c++) Set(c, 1, records);
+        }
+        finally
+        {
+            _reserved.RemoveAt(_reserved.Count - 1);
+        }
         if (start == _freeHint) _freeHint = start + count;
         return startByte;
     }
 
-    private long FindFreeRun(int count, List<MetadataRecord> records)
+    // A cluster with no refcount block has refcount 0: runs may span ranges whose blocks do
+    // not exist yet; Allocate creates them (outside the run) when it sets the refcounts.
+    private long FindFreeRun(int count)
     {
         long run = 0, start = _freeHint;
         for (long c = _freeHint; ; c++)
         {
             if (IsFree(c))
             {
-                long ti = c / _entriesPerBlock;
-                if (ti >= _table.Length || _table[ti] == 0)
-                {
-                    // No block covers c yet: the new block takes c itself and so describes itself.
-                    EnsureBlock(ti, records);
-                    if (!IsFree(c)) { run = 0; continue; }
-                }
                 if (run == 0) start = c;
                 if (++run == count) return start;
             }
@@ -152,22 +156,27 @@ internal sealed class RefcountState
         }
     }
 
-    private bool IsFree(long c) => c != 0 && !IsReserved(c) && Get(c) == 0 && !_quarantine.Contains(c);
+    private bool IsFree(long c) => c != 0 && !IsReserved(c) && !_quarantine.Contains(c) && Get(c) == 0;
 
-    // Clusters of a refcount table being moved: in use before their own refcounts exist.
-    private long _reservedStart, _reservedEnd;
+    // Clusters in use before their own refcounts exist: a run being allocated, a refcount
+    // table being moved, a refcount block being created.
+    private readonly List<(long Start, long End)> _reserved = new();
 
-    private bool IsReserved(long c) => c >= _reservedStart && c < _reservedEnd;
+    private bool IsReserved(long c)
+    {
+        foreach (var (start, end) in _reserved)
+            if (c >= start && c < end) return true;
+        return false;
+    }
 
     private void EnsureBlock(long ti, List<MetadataRecord> records)
     {
         if (ti >= _table.Length) GrowTable(ti + 1, records);
         if (_table[ti] != 0) return;
-        // With no block, every cluster of the range has refcount 0: the block takes the first one
-        // that is not quarantined, inside its own range, and so describes itself.
-        long first = ti * _entriesPerBlock;
-        long at = Math.Max(first, 1);
-        while (_quarantine.Contains(at) || IsReserved(at)) at++;
+        // With no block, every cluster of the range has refcount 0: the block takes the first
+        // free one, inside its own range when it can, and so describes itself.
+        long at = Math.Max(ti * _entriesPerBlock, 1);
+        while (!IsFree(at)) at++;
         var offset = at << _clusterBits;
         _table[ti] = RefcountTableEntry.Create(offset).Raw;
         _blocks[ti] = new byte[ClusterSize];
@@ -176,7 +185,15 @@ internal sealed class RefcountState
         records.Add(new NewTable(TableKind.RefcountBlock, offset, ClusterSize));
         records.Add(new SetRefcountTableEntry((int)ti, _table[ti]));
         AllocatedEnd = Math.Max(AllocatedEnd, offset + ClusterSize);
-        Set(at, 1, records);
+        _reserved.Add((at, at + 1));
+        try
+        {
+            Set(at, 1, records);
+        }
+        finally
+        {
+            _reserved.RemoveAt(_reserved.Count - 1);
+        }
     }
 
     private void GrowTable(long minEntries, List<MetadataRecord> records)
@@ -203,15 +220,14 @@ internal sealed class RefcountState
         records.Add(new SetHeaderField(HeaderField.RefcountTableOffset, (ulong)newOffset));
         records.Add(new SetHeaderField(HeaderField.RefcountTableClusters, (ulong)clusters));
         long firstCluster = newOffset >> _clusterBits;
-        _reservedStart = firstCluster;
-        _reservedEnd = firstCluster + clusters;
+        _reserved.Add((firstCluster, firstCluster + clusters));
         try
         {
             for (long c = firstCluster; c < firstCluster + clusters; c++) Set(c, 1, records);
         }
         finally
         {
-            _reservedStart = _reservedEnd = 0;
+            _reserved.RemoveAt(_reserved.Count - 1);
         }
         for (long c = oldOffset >> _clusterBits; c < (oldOffset >> _clusterBits) + oldClusters; c++) Adjust(c, -1, records);
     }
