@@ -69,7 +69,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             _ctx = o.Image.Context;
             _layer = o.Image.Layer;
-            var refcounts = new RefcountState(_ctx.Device, _ctx.Header);
+            var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
+            RegisterMetadata(_ctx, _layer, refcounts);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             if (_settings.CheckpointInterval > TimeSpan.Zero)
@@ -104,14 +105,17 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             RecordApplier.Apply(device, block, journal.Batches);
             device.Flush();
         }
-        // We do not maintain bitmaps: clear autoclear bits before the first write, as the spec asks.
+        // We do not track writes in persistent bitmaps: mark them in use (inconsistent), as QEMU
+        // does for an image it has open, so nobody trusts them; clear autoclear bits we do not know.
+        if (block.Bitmaps is { } bitmaps && (h.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0)
+            MarkBitmapsInUse(device, bitmaps);
+        const AutoclearFeatures known = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
         bool wasDirty = h.IsDirty || h.IsJournalPending;
-        if (wasDirty || h.AutoclearFeatures != 0)
+        if (wasDirty || (h.AutoclearFeatures & ~known) != 0)
         {
-            h.AutoclearFeatures &= AutoclearFeatures.RawExternalData;
-            if (block.Bitmaps is not null) block.Bitmaps = null;
+            h.AutoclearFeatures &= known;
             // The tables are in place and durable; what a crash can still have left is leaked
-            // clusters (allocations whose records did not make it), which the rebuild below removes.
+            // clusters (allocations whose records did not make it), which the repair below removes.
             h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
             if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
             WriteHeader(device, block);
@@ -132,6 +136,36 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         _replay!.Tell(new TruncateJournal(truncated));
         await truncated.Task;
         return new Recovered(block, journal.Batches.Count > 0);
+    }
+
+    private static void RegisterMetadata(ImageContext ctx, OpenedLayer layer, RefcountState refcounts)
+    {
+        var h = ctx.Header;
+        var map = ctx.Metadata;
+        map.Add(0, h.ClusterSize, MetadataKind.Header);
+        map.Add(h.L1TableOffset, (long)h.L1Size * 8, MetadataKind.L1Table);
+        map.Add(h.RefcountTableOffset, (long)h.RefcountTableClusters * h.ClusterSize, MetadataKind.RefcountTable);
+        foreach (var block in refcounts.BlockOffsets()) map.Add(block, h.ClusterSize, MetadataKind.RefcountBlock);
+        foreach (var l1 in ctx.Layer.Views.Current.L1)
+        {
+            long l2 = new L1Entry(l1).L2Offset;
+            if (l2 != 0) map.Add(l2, h.ClusterSize, MetadataKind.L2Table);
+        }
+        if (h.NbSnapshots > 0) map.Add(h.SnapshotsOffset, h.ClusterSize, MetadataKind.SnapshotTable);
+        foreach (var s in layer.Snapshots) map.Add(s.L1TableOffset, (long)s.L1Size * 8, MetadataKind.SnapshotL1);
+    }
+
+    private static void MarkBitmapsInUse(IBlockDevice device, BitmapsExtension bitmaps)
+    {
+        var bytes = new byte[bitmaps.DirectorySize];
+        if (device.Read(bytes, bitmaps.DirectoryOffset) < bytes.Length)
+            throw new Qcow2ImageCorruptException($"bitmap directory at 0x{bitmaps.DirectoryOffset:X} lies past the end of the image");
+        var entries = BitmapDirectory.Read(bytes, (int)bitmaps.NbBitmaps, bitmaps.DirectoryOffset);
+        if (entries.All(e => (e.Flags & BitmapFlags.InUse) != 0)) return;
+        foreach (var e in entries) e.Flags |= BitmapFlags.InUse;
+        BitmapDirectory.Write(entries, bytes);
+        device.Write(bytes, bitmaps.DirectoryOffset);
+        device.Flush();
     }
 
     private static void WriteHeader(IBlockDevice device, ImageHeaderBlock block)
@@ -266,6 +300,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             var table = new TaskCompletionSource<(long Offset, int Clusters)>(TaskCreationOptions.RunContinuationsAsynchronously);
             ctx.Refcounts.Tell(new WriteBackRefcounts(table));
             var (offset, clusters) = await table.Task;
+            ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
             RecordApplier.WriteL1(ctx.Device, ctx.Header, ctx.Layer.Views.Current.L1);
             ctx.UpdateHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
             ctx.Device.Flush();

@@ -27,6 +27,41 @@ internal sealed class ImageContext
         Codec = codec;
         Settings = settings;
         Geometry = layer.Views.Current.Geometry;
+        Metadata = new MetadataMap(Geometry.ClusterBits);
+    }
+
+    /// <summary>Where the image's metadata lives (overlap checks).</summary>
+    public MetadataMap Metadata { get; }
+
+    /// <summary>
+    /// Metadata would have been overwritten: set the corrupt bit (incompatible bit 1) on disk so
+    /// no one writes to the image until it is repaired, turn it read-only, and return the error.
+    /// </summary>
+    public IOException MarkCorrupt(string reason)
+    {
+        Fail($"corrupt: {reason}");
+        try
+        {
+            UpdateHeader(h => h.IncompatibleFeatures |= Format.IncompatibleFeatures.Corrupt);
+            Device.Flush();
+        }
+        catch (IOException)
+        {
+            // Marking is best effort; the image is read-only in this process either way.
+        }
+        return new IOException($"'{Path}' is corrupt, marked so and now read-only: {reason}; repair it with 'q2a check -r all'");
+    }
+
+    /// <summary>Throws (after marking the image corrupt) if data at [offset, +length) would hit metadata.</summary>
+    public void CheckDataWrite(long offset, long length)
+    {
+        if (Metadata.CheckData(offset, length) is { } problem) throw MarkCorrupt(problem);
+    }
+
+    /// <summary>Throws (after marking the image corrupt) if a table written here would hit other metadata.</summary>
+    public void CheckTableWrite(long offset, long length, MetadataKind kind)
+    {
+        if (Metadata.CheckTable(offset, length, kind) is { } problem) throw MarkCorrupt(problem);
     }
 
     public string Path { get; }

@@ -100,6 +100,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         {
             if (_dirty && _words is not null)
             {
+                _ctx.CheckTableWrite(_tableOffset, _g.ClusterSize, MetadataKind.L2Table);
                 var bytes = new byte[_g.ClusterSize];
                 new L2View(_tableOffset, _words, _g.ExtendedL2).WriteTo(bytes);
                 _ctx.Device.Write(bytes, _tableOffset);
@@ -149,6 +150,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         var words = _words is null ? new ulong[_g.ExtendedL2 ? 2 * _entries : _entries] : (ulong[])_words.Clone();
         _tableOffset = alloc.Offset;
         _words = words;
+        _ctx.CheckDataWrite(alloc.Offset, _g.ClusterSize);
+        _ctx.Metadata.Add(alloc.Offset, _g.ClusterSize, MetadataKind.L2Table);
         records.Add(new NewTable(TableKind.L2, alloc.Offset, _g.ClusterSize));
         if (_tableShared)
         {
@@ -164,6 +167,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             release.Add(oldOffset >> _g.ClusterBits);
             // Readers must not find the old table by its offset once the cluster is reused.
             _ctx.Layer.L2Tables.Invalidate(oldOffset);
+            _ctx.Metadata.Remove(oldOffset, _g.ClusterSize, MetadataKind.L2Table);
             _tableShared = false;
         }
         _dirty = true;
@@ -324,6 +328,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             int count = (int)((runEndCluster - runStartCluster) / cs);
             newTable |= await EnsureWritableTableAsync(records, release);
             var alloc = await Allocate(count);
+            _ctx.CheckDataWrite(alloc.Offset, count * cs);
             await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
             for (int k = 0; k < count; k++)
             {
@@ -591,6 +596,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             var tcs = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
             _ctx.Refcounts.Tell(new AllocateCompressedBytes(written, tcs));
             long at = await tcs.Task;
+            _ctx.CheckDataWrite(at, written);
             await _ctx.Device.WriteAsync(output.AsMemory(0, written), at);
             // The read side remembers the last decompressed cluster by host offset, which this may reuse.
             _ctx.Layer.ForgetDecompressed();

@@ -31,7 +31,14 @@ internal sealed class RefcountActor : ReceiveActor
         {
             try
             {
-                _state.WriteBack();
+                try
+                {
+                    _state.WriteBack();
+                }
+                catch (Qcow2ImageCorruptException ex)
+                {
+                    throw _ctx.MarkCorrupt(ex.Message);
+                }
                 m.Reply.TrySetResult((_state.TableOffset, _state.TableClusters));
             }
             catch (Exception ex)

@@ -49,6 +49,12 @@ internal sealed class RefcountState
 
     public long ClusterSize => 1L << _clusterBits;
 
+    /// <summary>Where new and moved refcount structures are registered for overlap checks (null during replay).</summary>
+    public MetadataMap? Map { get; set; }
+
+    /// <summary>Host offsets of every refcount block.</summary>
+    public IEnumerable<long> BlockOffsets() => _table.Where(e => e != 0).Select(e => (long)(e & RefcountTableEntry.OffsetMask));
+
     public long TableOffset { get; private set; }
 
     public int TableClusters { get; private set; }
@@ -182,6 +188,7 @@ internal sealed class RefcountState
         _blocks[ti] = new byte[ClusterSize];
         _tableDirty = true;
         _dirtyBlocks.Add(ti);
+        Map?.Add(offset, ClusterSize, MetadataKind.RefcountBlock);
         records.Add(new NewTable(TableKind.RefcountBlock, offset, ClusterSize));
         records.Add(new SetRefcountTableEntry((int)ti, _table[ti]));
         AllocatedEnd = Math.Max(AllocatedEnd, offset + ClusterSize);
@@ -214,6 +221,8 @@ internal sealed class RefcountState
         TableClusters = clusters;
         AllocatedEnd = newOffset + bytes;
         _tableDirty = true;
+        Map?.Remove(oldOffset, (long)oldClusters << _clusterBits, MetadataKind.RefcountTable);
+        Map?.Add(newOffset, bytes, MetadataKind.RefcountTable);
         records.Add(new NewTable(TableKind.RefcountTable, newOffset, bytes));
         for (int i = 0; i < _table.Length; i++)
             if (_table[i] != 0) records.Add(new SetRefcountTableEntry(i, _table[i]));
@@ -296,6 +305,7 @@ internal sealed class RefcountState
         {
             long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
             if (offset == 0) continue;
+            if (Map?.CheckTable(offset, ClusterSize, MetadataKind.RefcountBlock) is { } problem) throw new Qcow2ImageCorruptException(problem);
             _device.Write(_blocks[ti], offset);
             any = true;
         }
@@ -303,6 +313,7 @@ internal sealed class RefcountState
         if (_tableDirty)
         {
             var bytes = new byte[(long)TableClusters << _clusterBits];
+            if (Map?.CheckTable(TableOffset, bytes.Length, MetadataKind.RefcountTable) is { } problem) throw new Qcow2ImageCorruptException(problem);
             for (int i = 0; i < _table.Length; i++) new RefcountTableEntry(_table[i]).Write(bytes, i);
             _device.Write(bytes, TableOffset);
             _tableDirty = false;
