@@ -155,15 +155,16 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         records.Add(new NewTable(TableKind.L2, alloc.Offset, _g.ClusterSize));
         if (_tableShared)
         {
-            // The copy adds one reference to everything the shared table points to.
-            var shared = new List<long>();
+            // A shared table is counted once per L1 that reaches it, and so are its data
+            // clusters: moving the active L1's path to a copy leaves every data refcount as it
+            // is and only drops the old table's count by one. The copy's entries stay
+            // not-COPIED (their clusters are still shared with the snapshot).
             for (int i = 0; i < _entries; i++)
             {
                 var e = Entry(i);
-                shared.AddRange(HostClusters(e));
-                if (e.Word0 != 0 || e.Bitmap != 0) SetEntry(i, e.WithCopied(false), records);
+                if (e.IsCopied) SetEntry(i, e.WithCopied(false), records);
+                else if (e.Word0 != 0 || e.Bitmap != 0) SetEntry(i, e, records);
             }
-            if (shared.Count > 0) await Adjust([.. shared], +1);
             release.Add(oldOffset >> _g.ClusterBits);
             // Readers must not find the old table by its offset once the cluster is reused.
             _ctx.Layer.L2Tables.Invalidate(oldOffset);
