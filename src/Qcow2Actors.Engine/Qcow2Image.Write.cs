@@ -148,6 +148,19 @@ public sealed partial class Qcow2Image
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Grows the virtual disk to <paramref name="newSize"/> bytes (a multiple of 512), growing
+    /// the L1 table when the new size needs more entries; the new space reads as zeros (or
+    /// from the backing file). Durable on return (the image is checkpointed).
+    /// </summary>
+    public async ValueTask ResizeAsync(long newSize, CancellationToken cancellationToken = default)
+    {
+        Writer();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _imageActor!.Tell(new ResizeRequest(newSize, done));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
     public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
     {

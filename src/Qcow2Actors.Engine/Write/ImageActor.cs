@@ -215,6 +215,18 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 m.Done?.TrySetException(ex);
             }
         });
+        ReceiveAsync<ResizeRequest>(async m =>
+        {
+            try
+            {
+                await ResizeAsync(m.NewSize);
+                m.Done.TrySetResult();
+            }
+            catch (Exception ex)
+            {
+                m.Done.TrySetException(ex);
+            }
+        });
         ReceiveAsync<CloseRequest>(async m =>
         {
             try
@@ -282,24 +294,98 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private bool _checkpointQueued;
 
-    private async Task CheckpointAsync(bool closing)
+    // Header fields whose tables exist only in memory and the journal until the next
+    // checkpoint writes them in place (resize): the header on disk must not point there earlier.
+    private Action<Qcow2Header>? _pendingHeader;
+
+    private async Task<List<IActorRef>> PauseTablesAsync()
+    {
+        var tables = _tables.Values.ToList();
+        await Task.WhenAll(tables.Select(t => Send(t, d => new PauseMutations(d))));
+        // Barrier: every release the tables sent before pausing has reached the refcount actor.
+        var barrier = new TaskCompletionSource<ulong[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ctx!.Refcounts.Tell(new GetRefcounts([], barrier));
+        await barrier.Task;
+        return tables;
+    }
+
+    private async Task ResizeAsync(long newSize)
+    {
+        var ctx = _ctx!;
+        ctx.ThrowIfReadOnly();
+        var view = ctx.Layer.Views.Current;
+        var g = ctx.Geometry;
+        if (newSize < view.VirtualSize)
+            throw new NotSupportedException($"shrinking '{_path}' from {view.VirtualSize} to {newSize} bytes is not supported");
+        if (newSize % 512 != 0) throw new ArgumentException("Image size must be a multiple of 512 bytes");
+        long required = Qcow2Header.RequiredL1Size(newSize, g.ClusterBits, g.ExtendedL2);
+        if (required > Qcow2Header.MaxL1Size)
+            throw new ArgumentException($"{newSize} bytes need {required} L1 entries, above QEMU's limit of {Qcow2Header.MaxL1Size}");
+        var tables = await PauseTablesAsync();
+        try
+        {
+            var records = new List<Metadata.MetadataRecord>();
+            var l1 = view.CopyL1();
+            long l1Offset = ctx.Header.L1TableOffset;
+            int l1Size = ctx.Header.L1Size;
+            long[] release = [];
+            if (required > l1.Length)
+            {
+                // L1 growth: a new, larger contiguous table; the old one is freed once it is no longer referenced.
+                long bytes = (required * 8 + g.ClusterSize - 1) & ~(g.ClusterSize - 1);
+                var alloc = new TaskCompletionSource<Allocation>(TaskCreationOptions.RunContinuationsAsynchronously);
+                ctx.Refcounts.Tell(new AllocateClusters((int)(bytes / g.ClusterSize), alloc));
+                long offset = (await alloc.Task).Offset;
+                ctx.CheckDataWrite(offset, bytes);
+                Array.Resize(ref l1, (int)required);
+                records.Add(new Metadata.NewTable(Metadata.TableKind.L1, offset, bytes));
+                for (int i = 0; i < l1.Length; i++)
+                    if (l1[i] != 0) records.Add(new Metadata.SetL1Entry(i, l1[i]));
+                records.Add(new Metadata.SetHeaderField(Metadata.HeaderField.L1TableOffset, (ulong)offset));
+                records.Add(new Metadata.SetHeaderField(Metadata.HeaderField.L1Size, (ulong)required));
+                if (l1Offset != 0 && l1Size > 0)
+                {
+                    long oldBytes = ((long)l1Size * 8 + g.ClusterSize - 1) & ~(g.ClusterSize - 1);
+                    ctx.Metadata.Remove(l1Offset, oldBytes, MetadataKind.L1Table);
+                    release = [.. Enumerable.Range(0, (int)(oldBytes / g.ClusterSize)).Select(k => (l1Offset >> g.ClusterBits) + k)];
+                }
+                ctx.Metadata.Add(offset, bytes, MetadataKind.L1Table);
+                l1Offset = offset;
+                l1Size = (int)required;
+            }
+            records.Add(new Metadata.SetHeaderField(Metadata.HeaderField.Size, (ulong)newSize));
+            ctx.Journal.Tell(new AppendRecords(records));
+            if (release.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(release, -1, null));
+            ctx.PublishView(new ImageView(g, newSize, l1));
+            long size = newSize, newOffset = l1Offset;
+            int newL1Size = l1Size;
+            _pendingHeader = h => { h.Size = size; h.L1TableOffset = newOffset; h.L1Size = newL1Size; };
+            await CheckpointAsync(closing: false, tables);
+        }
+        finally
+        {
+            foreach (var t in tables) t.Tell(new ResumeMutations());
+        }
+    }
+
+    private async Task CheckpointAsync(bool closing, List<IActorRef>? paused = null)
     {
         _checkpointQueued = false;
         var ctx = _ctx!;
-        var tables = _tables.Values.ToList();
-        await Task.WhenAll(tables.Select(t => Send(t, d => new PauseMutations(d))));
+        var tables = paused ?? await PauseTablesAsync();
         try
         {
-            // Barrier: every release the tables sent before pausing has reached the refcount actor.
-            var barrier = new TaskCompletionSource<ulong[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-            ctx.Refcounts.Tell(new GetRefcounts([], barrier));
-            await barrier.Task;
-            if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing) return;
+            if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null) return;
             await Send(ctx.Journal, d => new FlushRequest(d));
             await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d))));
             var table = new TaskCompletionSource<(long Offset, int Clusters)>(TaskCreationOptions.RunContinuationsAsynchronously);
             ctx.Refcounts.Tell(new WriteBackRefcounts(table));
             var (offset, clusters) = await table.Task;
+            if (_pendingHeader is { } pending)
+            {
+                ctx.ChangeHeader(pending);
+                _pendingHeader = null;
+            }
             ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
             RecordApplier.WriteL1(ctx.Device, ctx.Header, ctx.Layer.Views.Current.L1);
             ctx.UpdateHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
@@ -318,7 +404,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         }
         finally
         {
-            if (!closing) foreach (var t in tables) t.Tell(new ResumeMutations());
+            if (!closing && paused is null) foreach (var t in tables) t.Tell(new ResumeMutations());
         }
     }
 

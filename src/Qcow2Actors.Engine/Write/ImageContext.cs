@@ -107,6 +107,9 @@ internal sealed class ImageContext
         {
             if (BitsOnDisk) return false;
             V2Promotion.Promote(HeaderBlock);
+            // QEMU must be able to name the bit it refuses: images qemu-img made carry only its own names.
+            if (HeaderBlock.FeatureNames?.Lookup(Format.FeatureType.Incompatible, 63) is null)
+                HeaderBlock.FeatureNames = Create.ImageCreator.FittingFeatureNames(HeaderBlock);
             Header.IncompatibleFeatures |= Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending;
             WriteHeaderLocked();
             BitsOnDisk = true;
@@ -124,6 +127,12 @@ internal sealed class ImageContext
             WriteHeaderLocked();
             BitsOnDisk = false;
         }
+    }
+
+    /// <summary>Changes header fields in memory only (they reach the disk with the next header write).</summary>
+    public void ChangeHeader(Action<Qcow2Header> change)
+    {
+        lock (_headerLock) change(Header);
     }
 
     /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>

@@ -75,3 +75,6 @@ internal sealed record StopIfClean(int L1Index, Akka.Actor.IActorRef Parent);
 
 /// <summary>The table actor was dirty and keeps running; held messages may go to it.</summary>
 internal sealed record StayAlive(int L1Index);
+
+/// <summary>Grow the virtual disk to <paramref name="NewSize"/> bytes (growing the L1 table if needed).</summary>
+internal sealed record ResizeRequest(long NewSize, TaskCompletionSource Done);
