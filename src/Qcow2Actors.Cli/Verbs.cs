@@ -16,5 +16,6 @@ internal static class Verbs
         yield return Commands.CreateCommand.Create();
         yield return Commands.IoCommand.Create();
         yield return Commands.ResizeCommand.Create();
+        yield return Commands.RecoverCommand.Create();
     }
 }

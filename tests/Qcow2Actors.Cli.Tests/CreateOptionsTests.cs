@@ -82,10 +82,33 @@ public sealed class CreateOptionsTests
     [InlineData("refcount_bits=abc", "x.qcow2: Parameter 'refcount_bits' expects a number")]
     [InlineData("cluster_size", "x.qcow2: Parameter 'cluster_size' expects a non-negative number below 2^64 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta- and exabytes, respectively.")]
     [InlineData("encrypt.format=luks", "x.qcow2: encryption is not supported by q2a")]
+    [InlineData("nofoo", "x.qcow2: Invalid parameter 'foo'")]
+    [InlineData("nocow", "x.qcow2: Invalid parameter 'cow'")]
     public void Refuses_bad_options_with_qemu_imgs_message(string option, string message)
     {
         var ex = Assert.Throws<CliException>(() => Parse(option));
         Assert.Equal(message, ex.Message);
+    }
+
+    [Theory]
+    [InlineData("foo=bar", "Invalid parameter 'foo'")]
+    [InlineData("extended_l2=maybe", "Parameter 'extended_l2' expects 'on' or 'off'")]
+    [InlineData("refcount_bits=abc", "Parameter 'refcount_bits' expects a number")]
+    [InlineData("", "Invalid option list: ")]
+    public void Without_an_image_name_errors_name_no_file_as_qemu_img_convert_does(string option, string message)
+    {
+        var ex = Assert.Throws<CliException>(() => CreateOptions.Parse("qcow2", [option], imagePath: null));
+        Assert.Equal(message, ex.Message);
+    }
+
+    [Theory]
+    [InlineData("qcow2", "fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib size=1048576 lazy_refcounts=off refcount_bits=16 nocow=on extent_size_hint=1048576")]
+    [InlineData("raw", "fmt=raw size=1048576 nocow=on extent_size_hint=1048576")]
+    public void The_host_files_options_are_accepted_and_print_last_as_qemu_img_prints_them(string format, string line)
+    {
+        var opts = CreateOptions.Parse(format, ["extent_size_hint=1M,nocow=on"], "x");
+        Assert.Equal(line, Line(opts, 1048576));
+        Assert.False(CreateOptions.Parse(format, ["nonocow"], "x").Bool("nocow"));
     }
 
     [Fact]
@@ -111,15 +134,15 @@ public sealed class CreateOptionsTests
     {
         var opts = Parse("cluster_size=16k,refcount_bits=64,compat=1.1,extended_l2=on,lazy_refcounts=on,compression_type=zstd",
             "backing_file=b.qcow2,backing_fmt=qcow2,preallocation=metadata");
-        var o = CreateCommand.ToQcow2Options(1 << 20, opts, "x");
+        var o = opts.ToQcow2Options(1 << 20, "x: ");
         Assert.Equal(new Qcow2CreateOptions
         {
             Size = 1 << 20, ClusterSize = 16384, RefcountBits = 64, Version = 3, ExtendedL2 = true, LazyRefcounts = true,
             CompressionType = CompressionType.Zstd, BackingFile = "b.qcow2", BackingFormat = "qcow2", Preallocation = Preallocation.Metadata,
         }, o);
-        Assert.Equal(2, CreateCommand.ToQcow2Options(1, Parse("compat=0.10"), "x").Version);
-        Assert.Equal(2, CreateCommand.ToQcow2Options(1, Parse("compat=v2"), "x").Version);
-        Assert.True(CreateCommand.ToQcow2Options(1, Parse("data_file=d,data_file_raw=on"), "x").DataFileRaw);
+        Assert.Equal(2, Parse("compat=0.10").ToQcow2Options(1, "x: ").Version);
+        Assert.Equal(2, Parse("compat=v2").ToQcow2Options(1, "x: ").Version);
+        Assert.True(Parse("data_file=d,data_file_raw=on").ToQcow2Options(1, "x: ").DataFileRaw);
     }
 
     [Theory]
@@ -129,7 +152,7 @@ public sealed class CreateOptionsTests
     [InlineData("data_file_raw=on", "x: data-file-raw requires data-file")]
     public void Fixed_set_values_are_checked_when_mapping(string option, string message)
     {
-        var ex = Assert.Throws<CliException>(() => CreateCommand.ToQcow2Options(1, Parse(option), "x"));
+        var ex = Assert.Throws<CliException>(() => Parse(option).ToQcow2Options(1, "x: "));
         Assert.Equal(message, ex.Message);
     }
 

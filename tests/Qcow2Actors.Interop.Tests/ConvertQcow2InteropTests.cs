@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Qcow2Actors.Cli;
 using Qcow2Actors.Cli.Commands;
 using Qcow2Actors.Tests.Shared;
 using static Qcow2Actors.Interop.Tests.Read.ReadOracle;
@@ -182,7 +183,7 @@ public sealed class ConvertQcow2InteropTests : IDisposable
             var (key, value) = (pair.Split('=')[0], pair.Split('=')[1]);
             switch (key)
             {
-                case "cluster_size": Assert.Equal((long)ConvertTargetOptions.ParseSize(key, value), (long)info["cluster-size"]!); break;
+                case "cluster_size": Assert.Equal(QemuSizeError.None, QemuSize.TryParse(value, out var cs)); Assert.Equal((long)cs, (long)info["cluster-size"]!); break;
                 case "refcount_bits": Assert.Equal(int.Parse(value, System.Globalization.CultureInfo.InvariantCulture), (int)data["refcount-bits"]!); break;
                 case "compat": Assert.Equal(value, (string)data["compat"]!); break;
                 case "extended_l2": Assert.True((bool)data["extended-l2"]!); break;
@@ -269,6 +270,8 @@ public sealed class ConvertQcow2InteropTests : IDisposable
     [InlineData("refcount_bits=3", "Refcount width must be a power of two and may not exceed 64 bits")]
     [InlineData("compat=2", "Parameter 'version' does not accept value '2'")]
     [InlineData("compression_type=lz4", "Parameter 'compression-type' does not accept value 'lz4'")]
+    [InlineData("preallocation=bogus", "Parameter 'preallocation' does not accept value 'bogus'")]
+    [InlineData("data_file_raw=on", "data-file-raw requires data-file")]
     public void Invalid_target_options_name_the_target_like_qemu_img(string option, string message)
     {
         string src = _dir.File("e.qcow2"), dst = _dir.File("e-out.qcow2");
@@ -276,6 +279,44 @@ public sealed class ConvertQcow2InteropTests : IDisposable
         var r = QemuTools.Q2a("convert", "-O", "qcow2", "-o", option, src, dst);
         Assert.Equal(1, r.ExitCode);
         Assert.Equal($"q2a: {dst}: error while converting qcow2: {message}", r.StdErr.Trim());
+    }
+
+    /// <summary>The -o parser is create's: its errors are qemu-img convert's, word for word (lines joined).</summary>
+    [QemuTheory]
+    [InlineData("foo=1")]
+    [InlineData("extended_l2=maybe")]
+    [InlineData("cluster_size=3x")]
+    [InlineData("cluster_size=4k,,x")]
+    [InlineData("refcount_bits=abc")]
+    [InlineData("")]
+    [InlineData(",a")]
+    [InlineData("compat=2")]
+    [InlineData("preallocation=bogus")]
+    public void Option_errors_read_as_qemu_img_converts(string option)
+    {
+        string src = _dir.File("e.qcow2"), dst = _dir.File("e-out.qcow2");
+        Qemu("create", "-q", "-f", "qcow2", src, "1M");
+        var theirs = QemuTools.QemuImg("convert", "-O", "qcow2", "-o", option, src, dst);
+        var ours = QemuTools.Q2a("convert", "-O", "qcow2", "-o", option, src, dst);
+        Assert.Equal(1, theirs.ExitCode);
+        Assert.Equal(1, ours.ExitCode);
+        string expected = theirs.StdErr.Trim().ReplaceLineEndings(" ");
+        Assert.StartsWith("qemu-img: ", expected, StringComparison.Ordinal);
+        Assert.Equal("q2a: " + expected["qemu-img: ".Length..], ours.StdErr.Trim());
+    }
+
+    [QemuFact]
+    public void O_help_lists_the_options_and_file_options_are_accepted()
+    {
+        string src = MakeSource("plain"), dst = _dir.File("h.qcow2");
+        var help = QemuTools.Q2a("convert", "-O", "qcow2", "-o", "help", src, dst).EnsureSuccess();
+        Assert.StartsWith("Supported options:\n  backing_file=<str>     - File name of a base image\n", help.StdOut, StringComparison.Ordinal);
+        Assert.False(File.Exists(dst));
+        // qemu-img accepts the host file's options for any format; so does q2a (and ignores them).
+        QemuTools.Q2a("convert", "-O", "qcow2", "-o", "extent_size_hint=1M,nocow=on,size=1M", "-o", "cluster_size=32k", src, dst).EnsureSuccess();
+        CheckJson(dst);
+        AssertIdentical(src, dst);
+        Assert.Equal(32768, (int)InfoJson(dst)["cluster-size"]!);
     }
 
     [QemuFact]

@@ -60,6 +60,10 @@ public sealed class CreateInteropTests : IDisposable
         { "-f qcow2", "0", true },
         { "-f raw", "100M", true },
         { "-f raw -o preallocation=falloc", "1M", true },
+        // The host file's options: accepted for any format, printed last (q2a ignores them).
+        { "-f qcow2 -o extent_size_hint=1M,nocow=on", "1M", true },
+        { "-f qcow2 -o nonocow,cluster_size=4k", "1M", true },
+        { "-f raw -o nocow=on,extent_size_hint=0", "1M", true },
         { "", "64k", true },
     };
 

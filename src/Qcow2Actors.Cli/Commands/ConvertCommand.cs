@@ -72,11 +72,18 @@ internal static class ConvertCommand
             if (request.BackingFile is not null) throw new NotSupportedException("Backing file not supported for file format 'raw'");
             if (request.Options.Count > 0) throw new NotSupportedException("q2a convert -O raw takes no -o options");
         }
-        // Parse the target's options before touching anything, as qemu-img does.
-        var targetOptions = request.OutFormat == "qcow2" ? ConvertTargetOptions.Parse(request.Options) : null;
-        string? backingFile = request.BackingFile ?? targetOptions?.GetValueOrDefault("backing_file");
-        string? backingFormat = request.BackingFormat ?? targetOptions?.GetValueOrDefault("backing_fmt");
-        if (backingFile is not null && backingFormat is null)
+        // Parse the target's options before touching anything, as qemu-img does (its parse errors
+        // name no file; the shared -o parser is create's).
+        var targetOptions = request.OutFormat == "qcow2" ? CreateOptions.Parse("qcow2", request.Options, imagePath: null) : null;
+        if (targetOptions is { HelpRequested: true })
+        {
+            await Console.Out.WriteAsync(targetOptions.HelpText()).ConfigureAwait(false);
+            return 0;
+        }
+        // -B and -F win over backing_file= and backing_fmt=.
+        if (request.BackingFile is { } b) targetOptions?.Set("backing_file", b);
+        if (request.BackingFormat is { } f) targetOptions?.Set("backing_fmt", f);
+        if (targetOptions?.Text("backing_file") is not null && targetOptions.Text("backing_fmt") is null)
             throw new ArgumentException("Use of backing file requires explicit backing format");
 
         if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
@@ -96,7 +103,8 @@ internal static class ConvertCommand
             Qcow2CreateOptions create;
             try
             {
-                create = ConvertTargetOptions.ToCreateOptions(size, targetOptions, backingFile, backingFormat);
+                // The source decides the size, as in qemu-img convert (a size= option is ignored).
+                create = targetOptions.ToQcow2Options(size, $"{request.Target}: error while converting qcow2: ");
                 if (create.DataFile is not null && request.Compress)
                     throw new NotSupportedException("Compression is not supported with an external data file");
                 if (File.Exists(request.Target)) File.Delete(request.Target); // qemu-img convert replaces the target

@@ -101,7 +101,7 @@ internal static class CreateCommand
         try
         {
             if (opts.Format == "raw") CreateRaw(img, (long)size.Value, opts.Text("preallocation"));
-            else CreateQcow2(img, ToQcow2Options((long)size.Value, opts, img));
+            else CreateQcow2(img, opts.ToQcow2Options((long)size.Value, $"{img}: "));
         }
         catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException
             or Qcow2FormatException or NotSupportedException)
@@ -120,49 +120,6 @@ internal static class CreateCommand
             + "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
         _ => throw new CliException($"Invalid image size specified. Must be between 0 and {long.MaxValue}."),
     };
-
-    /// <summary>Maps the parsed <c>-o</c> options onto the creator's options; fixed-set values are checked here.</summary>
-    /// <exception cref="CliException">compat, compression_type or preallocation has a value q2a does not know.</exception>
-    internal static Qcow2CreateOptions ToQcow2Options(long size, CreateOptions opts, string img)
-    {
-        int version = opts.Text("compat") switch
-        {
-            null or "1.1" or "v3" => 3,
-            "0.10" or "v2" => 2,
-            var other => throw new CliException($"{img}: Parameter 'version' does not accept value '{other}'"),
-        };
-        var compression = opts.Text("compression_type") switch
-        {
-            null or "zlib" => CompressionType.Zlib,
-            "zstd" => CompressionType.Zstd,
-            var other => throw new CliException($"{img}: Parameter 'compression-type' does not accept value '{other}'"),
-        };
-        var preallocation = opts.Text("preallocation") switch
-        {
-            null or "off" => Preallocation.Off,
-            "metadata" => Preallocation.Metadata,
-            "falloc" or "full" => throw new CliException($"{img}: preallocation={opts.Text("preallocation")} is not supported by q2a for qcow2 (off or metadata)"),
-            var other => throw new CliException($"{img}: Parameter 'preallocation' does not accept value '{other}'"),
-        };
-        if (opts.Bool("data_file_raw") == true && opts.Text("data_file") is null)
-            throw new CliException($"{img}: data-file-raw requires data-file");
-        return new Qcow2CreateOptions
-        {
-            Size = size,
-            // Out-of-range widths clamp to a value the creator refuses with QEMU's own message.
-            ClusterSize = (int)Math.Min(opts.Number("cluster_size") ?? 65536, int.MaxValue),
-            RefcountBits = (int)Math.Min(opts.Number("refcount_bits") ?? 16, int.MaxValue),
-            Version = version,
-            ExtendedL2 = opts.Bool("extended_l2") ?? false,
-            LazyRefcounts = opts.Bool("lazy_refcounts") ?? false,
-            CompressionType = compression,
-            BackingFile = opts.Text("backing_file"),
-            BackingFormat = opts.Text("backing_fmt"),
-            DataFile = opts.Text("data_file"),
-            DataFileRaw = opts.Bool("data_file_raw") ?? false,
-            Preallocation = preallocation,
-        };
-    }
 
     // qemu-img opens the backing file (unless -u) to prove it is there and readable, and takes
     // its virtual size when SIZE is absent; a relative name is relative to the new image.

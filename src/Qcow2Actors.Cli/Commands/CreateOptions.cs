@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Text;
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Format;
 
 namespace Qcow2Actors.Cli.Commands;
 
@@ -20,15 +22,24 @@ internal enum CreateOptionType
 internal sealed record CreateOptionDescriptor(string Name, CreateOptionType Type, string? Default, string Help);
 
 /// <summary>
-/// The merged <c>-o</c> options of one create, parsed as qemu-img parses them: several
-/// <c>-o</c> joined with commas, ",," a literal comma, "key" alone meaning key=on ("nokey"
-/// key=off for booleans), the last value of a key winning. Typed values (sizes, numbers,
-/// booleans) are checked here, before the "Formatting" line, as qemu-img does; values with a
-/// fixed set (compat, compression_type, preallocation) are checked after it, by the creator.
+/// The merged <c>-o</c> options of one new image — <c>q2a create</c>'s and the target of
+/// <c>q2a convert -O qcow2</c> — parsed as qemu-img parses them: several <c>-o</c> joined with
+/// commas, ",," a literal comma, "key" alone meaning key=on ("nokey" key=off for booleans), the
+/// last value of a key winning. Typed values (sizes, numbers, booleans) are checked here, before
+/// create's "Formatting" line, as qemu-img does; values with a fixed set (compat,
+/// compression_type, preallocation) are checked after it, by <see cref="ToQcow2Options"/>.
 /// </summary>
 internal sealed class CreateOptions
 {
     // Descriptor order is QEMU 7.2's print order for the Formatting line.
+    // The host file's options, which qemu-img accepts for every format and prints last; q2a
+    // accepts them and ignores them (nocow is a btrfs attribute, the hint an XFS one).
+    private static readonly CreateOptionDescriptor[] FileDescriptors =
+    [
+        new("nocow", CreateOptionType.Bool, null, "Turn off copy-on-write (valid only on btrfs)"),
+        new("extent_size_hint", CreateOptionType.Size, null, "Extent size hint for the image file, 0 to disable"),
+    ];
+
     private static readonly CreateOptionDescriptor[] Qcow2Descriptors =
     [
         new("cluster_size", CreateOptionType.Size, "65536", "qcow2 cluster size"),
@@ -43,12 +54,14 @@ internal sealed class CreateOptions
         new("data_file_raw", CreateOptionType.Bool, null, "The external data file must stay valid as a raw image"),
         new("lazy_refcounts", CreateOptionType.Bool, "off", "Postpone refcount updates"),
         new("refcount_bits", CreateOptionType.Number, "16", "Width of a reference count entry in bits"),
+        .. FileDescriptors,
     ];
 
     private static readonly CreateOptionDescriptor[] RawDescriptors =
     [
         new("size", CreateOptionType.Size, null, "Virtual disk size"),
         new("preallocation", CreateOptionType.String, null, "Preallocation mode (allowed values: off, falloc, full)"),
+        .. FileDescriptors,
     ];
 
     private readonly CreateOptionDescriptor[] _descriptors;
@@ -76,11 +89,13 @@ internal sealed class CreateOptions
 
     /// <summary>
     /// Parses every <c>-o</c> argument for <paramref name="format"/>; errors name
-    /// <paramref name="imagePath"/> as qemu-img does ("IMG: Invalid parameter 'x'").
+    /// <paramref name="imagePath"/> as qemu-img create does ("IMG: Invalid parameter 'x'"), or
+    /// nothing when it is null, as qemu-img convert does ("Invalid parameter 'x'").
     /// </summary>
     /// <exception cref="CliException">An empty or badly terminated list, an unknown key, or a typed value that does not parse.</exception>
-    public static CreateOptions Parse(string format, IEnumerable<string> optionArgs, string imagePath)
+    public static CreateOptions Parse(string format, IEnumerable<string> optionArgs, string? imagePath)
     {
+        string prefix = imagePath is null ? "" : $"{imagePath}: ";
         var descriptors = format switch
         {
             "qcow2" => Qcow2Descriptors,
@@ -92,7 +107,7 @@ internal sealed class CreateOptions
         {
             if (!IsValidOptionList(arg)) throw new CliException($"Invalid option list: {arg}");
             foreach (var item in SplitList(arg))
-                options.Add(item, imagePath);
+                options.Add(item, prefix);
         }
         return options;
     }
@@ -178,39 +193,88 @@ internal sealed class CreateOptions
         yield return item.ToString();
     }
 
-    private void Add(string item, string imagePath)
+    private void Add(string item, string prefix)
     {
         if (item is "help" or "?") { HelpRequested = true; return; }
         int eq = item.IndexOf('=', StringComparison.Ordinal);
         string key, text;
         if (eq >= 0) { key = item[..eq]; text = item[(eq + 1)..]; }
-        else if (item.StartsWith("no", StringComparison.Ordinal) && Find(item[2..]) is { Type: CreateOptionType.Bool })
+        else if (item.StartsWith("no", StringComparison.Ordinal))
         {
+            // QEMU strips "no" from any bare key, known or not: "nocow" is cow=off, an unknown key.
             key = item[2..];
             text = "off";
         }
         else { key = item; text = "on"; }
 
         if (key == "encryption" || key.StartsWith("encrypt.", StringComparison.Ordinal))
-            throw new CliException($"{imagePath}: encryption is not supported by q2a");
-        var d = Find(key) ?? throw new CliException($"{imagePath}: Invalid parameter '{key}'");
+            throw new CliException($"{prefix}encryption is not supported by q2a");
+        var d = Find(key) ?? throw new CliException($"{prefix}Invalid parameter '{key}'");
         ulong? number = null;
         switch (d.Type)
         {
             case CreateOptionType.Size:
                 if (QemuSize.TryParse(text, out var size) != QemuSizeError.None)
-                    throw new CliException($"{imagePath}: Parameter '{key}' expects a non-negative number below 2^64 "
+                    throw new CliException($"{prefix}Parameter '{key}' expects a non-negative number below 2^64 "
                         + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta- and exabytes, respectively.");
                 number = size;
                 break;
             case CreateOptionType.Number:
-                number = ParseNumber(text) ?? throw new CliException($"{imagePath}: Parameter '{key}' expects a number");
+                number = ParseNumber(text) ?? throw new CliException($"{prefix}Parameter '{key}' expects a number");
                 break;
             case CreateOptionType.Bool:
-                if (ParseBool(text) is null) throw new CliException($"{imagePath}: Parameter '{key}' expects 'on' or 'off'");
+                if (ParseBool(text) is null) throw new CliException($"{prefix}Parameter '{key}' expects 'on' or 'off'");
                 break;
         }
         _values[key] = (text, number);
+    }
+
+    /// <summary>
+    /// Maps the options onto the qcow2 creator's options for an image of <paramref name="size"/>
+    /// bytes (a "size" option is the caller's business); fixed-set values are checked here.
+    /// Errors start with <paramref name="errorPrefix"/>: "IMG: " for create, "IMG: error while
+    /// converting qcow2: " for convert, as qemu-img words them.
+    /// </summary>
+    /// <exception cref="CliException">compat, compression_type or preallocation has a value q2a does not know, or data_file_raw lacks data_file.</exception>
+    public Qcow2CreateOptions ToQcow2Options(long size, string errorPrefix)
+    {
+        int version = Text("compat") switch
+        {
+            null or "1.1" or "v3" => 3,
+            "0.10" or "v2" => 2,
+            var other => throw new CliException($"{errorPrefix}Parameter 'version' does not accept value '{other}'"),
+        };
+        var compression = Text("compression_type") switch
+        {
+            null or "zlib" => CompressionType.Zlib,
+            "zstd" => CompressionType.Zstd,
+            var other => throw new CliException($"{errorPrefix}Parameter 'compression-type' does not accept value '{other}'"),
+        };
+        var preallocation = Text("preallocation") switch
+        {
+            null or "off" => Preallocation.Off,
+            "metadata" => Preallocation.Metadata,
+            "falloc" or "full" => throw new CliException($"{errorPrefix}preallocation={Text("preallocation")} is not supported by q2a for qcow2 (off or metadata)"),
+            var other => throw new CliException($"{errorPrefix}Parameter 'preallocation' does not accept value '{other}'"),
+        };
+        if (Bool("data_file_raw") == true && Text("data_file") is null)
+            throw new CliException($"{errorPrefix}data-file-raw requires data-file");
+        return new Qcow2CreateOptions
+        {
+            Size = size,
+            // Out-of-range widths clamp to a value the creator refuses with QEMU's own message.
+            ClusterSize = (int)Math.Min(Number("cluster_size") ?? 65536, int.MaxValue),
+            RefcountBits = (int)Math.Min(Number("refcount_bits") ?? 16, int.MaxValue),
+            Version = version,
+            ExtendedL2 = Bool("extended_l2") ?? false,
+            LazyRefcounts = Bool("lazy_refcounts") ?? false,
+            CompressionType = compression,
+            BackingFile = Text("backing_file"),
+            BackingFormat = Text("backing_fmt"),
+            DataFile = Text("data_file"),
+            DataFileRaw = Bool("data_file_raw") ?? false,
+            Preallocation = preallocation,
+        };
     }
 
     private CreateOptionDescriptor? Find(string key) => Array.Find(_descriptors, d => d.Name == key);
