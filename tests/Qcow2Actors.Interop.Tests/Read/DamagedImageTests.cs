@@ -139,7 +139,7 @@ public sealed class DamagedImageTests : IDisposable
     public async Task Encrypted_image_is_refused_clearly()
     {
         string img = _dir.File("enc.qcow2");
-        Qemu("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=123456", "-o", "encrypt.format=luks,encrypt.key-secret=s0", img, "8M");
+        Qemu("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=123456", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", img, "8M");
         var ex = await Assert.ThrowsAsync<NotSupportedException>(() => Qcow2Image.OpenAsync(img));
         Assert.Contains("encrypted", ex.Message);
     }
