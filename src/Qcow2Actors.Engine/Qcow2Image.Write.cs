@@ -143,6 +143,9 @@ public sealed partial class Qcow2Image
     {
         var ctx = _ctx;
         if (ctx is null) return; // read-only: nothing to make durable
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        // After a failed fsync or journal write the journal actor may be gone: fail at once.
+        ctx.ThrowIfReadOnly();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ctx.Journal.Tell(new FlushRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);

@@ -73,6 +73,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             RegisterMetadata(_ctx, _layer, refcounts);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
+            // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.
+            Context.Watch(_ctx.Journal);
             if (_settings.CheckpointInterval > TimeSpan.Zero)
                 _checkpointTimer = Context.System.Scheduler.ScheduleTellRepeatedlyCancelable(
                     _settings.CheckpointInterval, _settings.CheckpointInterval, Self, new CheckpointRequest(null), Self);
@@ -196,6 +198,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         });
         Receive<Terminated>(t =>
         {
+            if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
             _tables.Remove(index);
             _lastUse.Remove(index);
