@@ -42,14 +42,14 @@ public class Qcow2CrashTests(ITestOutputHelper output)
         using var dir = new TempDir();
         var basePath = dir.File("base.qcow2");
         var initial = await spec.CreateAsync(basePath, dir.File("backing.img"));
-        var workload = Workload.Generate(name.Length * 7919, spec.WorkloadOptions(50, maxLength: 128 * 1024));
+        var workload = Workload.Generate(name.Length * 7919, spec.WorkloadOptions(80, maxLength: 128 * 1024));
 
         // First run to the end with no cut: it counts the I/O, and the crash at its end is a cut too.
         var (mutations, states) = await RunAndCrashAsync(spec, workload, initial, basePath, dir, cut: null, name);
         var cuts = 1;
-        for (var i = 1; i <= 5; i++)
+        for (var i = 1; i <= 7; i++)
         {
-            var cut = mutations * i / 6;
+            var cut = mutations * i / 8;
             states += (await RunAndCrashAsync(spec, workload, initial, basePath, dir, cut, name)).States;
             cuts++;
         }
@@ -79,7 +79,7 @@ public class Qcow2CrashTests(ITestOutputHelper output)
         }
         var mutations = engine.Counters.Mutations;
         var journal = await engine.CrashAsync();
-        var states = await engine.VerifyCrashStatesAsync(journal, model, runDir, 6, new Random((int)(cut ?? 0)), context);
+        var states = await engine.VerifyCrashStatesAsync(journal, model, runDir, 8, new Random((int)(cut ?? 0)), context);
         Directory.Delete(runDir, recursive: true);
         return (mutations, states);
     }
