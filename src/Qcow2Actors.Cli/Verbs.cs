@@ -15,5 +15,6 @@ internal static class Verbs
         yield return Commands.ServeCommand.Create();
         yield return Commands.CreateCommand.Create();
         yield return Commands.IoCommand.Create();
+        foreach (var chaos in Commands.ChaosCommand.Create()) yield return chaos;
     }
 }
