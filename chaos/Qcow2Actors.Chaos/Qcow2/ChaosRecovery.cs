@@ -34,9 +34,18 @@ public static class ChaosRecovery
         ArgumentNullException.ThrowIfNull(model);
         var pre = await QemuImg.CheckAsync(path, cancellationToken).ConfigureAwait(false);
         var refused = pre.ExitCode != 0;
+        var unnamed = false;
         if (refused && !(pre.ExitCode == 1 && pre.StandardError.Contains(JournalPendingFeatureName, StringComparison.Ordinal)))
-            return new RecoveryVerdict(false, "precheck",
-                $"qemu-img check of the crashed image exited {pre.ExitCode} without naming '{JournalPendingFeatureName}': {Tail(pre.OneLine())}", refused);
+        {
+            // Known engine limitation (reported, pinned by a failing test): a 512-byte cluster 0 has no
+            // room for our feature name, so QEMU refuses the image by the bare bit number. Still a
+            // refusal, never stale tables read as clean; counted apart so it stays visible.
+            unnamed = pre.ExitCode == 1 && ClusterSizeOf(path) == 512
+                && pre.StandardError.Contains(UnnamedJournalPendingBit, StringComparison.Ordinal);
+            if (!unnamed)
+                return new RecoveryVerdict(false, "precheck",
+                    $"qemu-img check of the crashed image exited {pre.ExitCode} without naming '{JournalPendingFeatureName}': {Tail(pre.OneLine())}", refused);
+        }
 
         byte[] ours;
         Qcow2Image image;
@@ -94,7 +103,19 @@ public static class ChaosRecovery
         if (diff < ours.Length)
             return new RecoveryVerdict(false, "qemu-read",
                 $"after close qemu reads 0x{theirs[diff]:x2} at offset {diff} (0x{diff:x}) where our recovered image read 0x{ours[diff]:x2}", refused);
-        return new RecoveryVerdict(true, "ok", refused ? "qemu refused it (journal pending); recovered, verified, clean" : "qemu found it clean; recovered, verified, clean", refused);
+        var how = !refused ? "qemu found it clean" : unnamed ? "qemu refused it (bit 63 unnamed: 512-byte cluster)" : "qemu refused it (journal pending)";
+        return new RecoveryVerdict(true, "ok", how + "; recovered, verified, clean", refused);
+    }
+
+    /// <summary>How qemu-img names our journal-pending bit (63) when the image carries no name for it.</summary>
+    public const string UnnamedJournalPendingBit = "Unknown incompatible feature: 8000000000000000";
+
+    private static int ClusterSizeOf(string path)
+    {
+        using var file = File.OpenRead(path);
+        Span<byte> header = stackalloc byte[24];
+        file.ReadExactly(header);
+        return 1 << System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header[20..]);
     }
 
     private static string OneLine(string text) => text.ReplaceLineEndings(" ");
