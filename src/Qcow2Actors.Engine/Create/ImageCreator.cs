@@ -151,17 +151,27 @@ public static class ImageCreator
     }
 
     /// <summary>
-    /// The richest feature name table that fits in cluster 0: ours (QEMU's names plus the
-    /// journal-pending bit), else QEMU's, else none — a 512-byte cluster has no room for the
-    /// ninth entry, and QEMU likewise drops the table when it does not fit.
+    /// The richest feature name table that fits in cluster 0 and names our journal-pending bit,
+    /// so QEMU refuses a pending image by that name: QEMU's names plus ours; else only the
+    /// incompatible ones (a 512-byte cluster has no room for all nine entries); else ours
+    /// alone; else QEMU's; else none.
     /// </summary>
     public static FeatureNameTable? FittingFeatureNames(ImageHeaderBlock block)
     {
-        foreach (var table in new[] { FeatureNameTable.Qcow2ActorsDefault(), FeatureNameTable.QemuDefault() })
+        var full = FeatureNameTable.Qcow2ActorsDefault();
+        var candidates = new[]
+        {
+            full,
+            new FeatureNameTable(full.Entries.Where(e => e.Type == FeatureType.Incompatible)),
+            new FeatureNameTable(full.Entries.Where(e => e.Type == FeatureType.Incompatible && e.Bit == 63)),
+            FeatureNameTable.QemuDefault(),
+        };
+        foreach (var table in candidates)
         {
             block.FeatureNames = table;
             if (block.EncodedLength <= block.Header.ClusterSize) return table;
         }
+        block.FeatureNames = null;
         return null;
     }
 

@@ -22,6 +22,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     private List<TaskCompletionSource> _waiters = new();
     private readonly List<JournalBatch>? _recovered = new();
     private bool _flushScheduled;
+    private bool _journalCreated;
     private long _recordsSinceCheckpoint;
     private bool _checkpointRequested;
     private TaskCompletionSource? _truncating;
@@ -81,6 +82,18 @@ internal sealed class JournalActor : ReceivePersistentActor
 
     private void Flush()
     {
+        if (!_journalCreated && _pending.Count > 0 && !_ctx.BitsOnDisk)
+        {
+            // The journal must exist (file and directory entry durable) before the header says
+            // records are pending; else a crash in between leaves an image whose journal looks
+            // lost. An empty batch creates it; the flush runs again once it is durable.
+            Persist(new JournalBatch([]), _ =>
+            {
+                _journalCreated = true;
+                Flush();
+            });
+            return;
+        }
         _flushScheduled = false;
         var waiters = _waiters;
         _waiters = new List<TaskCompletionSource>();
