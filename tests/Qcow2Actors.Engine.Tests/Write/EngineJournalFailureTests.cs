@@ -122,6 +122,34 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_image_whose_journal_write_failed_still_closes_after_a_timed_checkpoint()
+    {
+        // A timed checkpoint on an image whose journal actor has stopped must not wait forever
+        // for that journal's flush and so block the image actor, and with it the close.
+        await using var host = ImageHost.Create($$"""
+            akka.loglevel = OFF
+            akka.stdout-loglevel = OFF
+            qcow2actors.engine.checkpoint-interval = 300ms
+            qcow2actors.journal.plugin-id = "{{TestJournalId}}"
+            akka.persistence.journal.test {
+              class = "Akka.Persistence.TestKit.TestJournal, Akka.Persistence.TestKit"
+              plugin-dispatcher = "akka.actor.default-dispatcher"
+            }
+            """);
+        var journal = TestJournal.FromRef(Persistence.Instance.Apply(host.System).JournalFor(TestJournalId));
+        var image = await host.CreateAsync(_dir.File("timed.qcow2"), new Qcow2CreateOptions { Size = 4 << 20 });
+        await image.WriteAsync(0, Bytes(100_000, 10));
+        await journal.OnWrite.Fail();
+        await Assert.ThrowsAsync<IOException>(async () => await image.FlushAsync().AsTask().WaitAsync(Timeout));
+        await journal.OnWrite.Pass();
+        await Task.Delay(1000); // a few checkpoint ticks
+
+        var close = image.DisposeAsync().AsTask();
+        var finished = await Task.WhenAny(close, Task.Delay(Timeout));
+        Assert.True(finished == close, "DisposeAsync never completed: the image actor is stuck in a checkpoint");
+    }
+
+    [Fact]
     public async Task A_slow_journal_write_delays_the_flush_acknowledgement_until_it_is_durable()
     {
         var image = await NewImage("slow.qcow2");
