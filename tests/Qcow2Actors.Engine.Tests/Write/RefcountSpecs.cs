@@ -157,7 +157,7 @@ public sealed class RefcountStateSpecs
         var runs = new List<(long Start, int Count)>();
         while (state.AllocatedEnd / cs <= covered + perBlock)
         {
-            int count = (int)Math.Min(4096, perBlock);
+            int count = (int)Math.Max(1, perBlock / 2);
             runs.Add((state.Allocate(count, records, out _) / cs, count));
         }
 
@@ -190,6 +190,24 @@ public sealed class RefcountStateSpecs
         {
             if (state.Get(c) != reread.Get(c)) Assert.Fail($"cluster {c}: {state.Get(c)} in memory, {reread.Get(c)} after write-back");
         }
+    }
+}
+
+/// <summary>Runs as long as one refcount block's range, which a whole-table guest write needs at 64-bit width.</summary>
+public sealed class RefcountRunLengthSpecs
+{
+    [Fact]
+    public void A_run_as_long_as_a_refcount_block_range_is_allocated_in_fresh_space()
+    {
+        // At 64-bit width a block covers cs/8 clusters, exactly one L2 table's worth: a guest
+        // write spanning a whole table asks for such a run. In fresh space each new block takes
+        // the first cluster of its own range, so no run of that length may ever be found there.
+        var (device, block) = MemoryImages.Create(64, clusterSize: 512, size: 1L << 30);
+        var state = new RefcountState(device, block.Header);
+        var records = new List<MetadataRecord>();
+        long perBlock = RefcountBlock.EntriesPerBlock(9, block.Header.RefcountOrder);
+        long start = state.Allocate((int)perBlock, records, out _) / state.ClusterSize;
+        for (long c = start; c < start + perBlock; c++) Assert.Equal(1UL, state.Get(c));
     }
 }
 
