@@ -37,6 +37,10 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
         Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
     }
 
+    // Issue order is lost today: Qcow2Image.WriteAsync awaits the device write of a request's
+    // owned prefix (fast path) before it tells the table actor the rest, so a later request can
+    // reach the actor first, and two fast-path writes to one owned cluster race on the device.
+    // On a memory device, whose writes complete synchronously, the same sequence lands in order.
     [QemuTheory]
     [InlineData(4096, false)]
     [InlineData(65536, false)]
@@ -44,16 +48,16 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     public async Task Overlapping_concurrent_allocating_writes_to_one_cluster_land_in_issue_order(int clusterSize, bool extendedL2)
     {
         var path = _dir.File($"overlap-{clusterSize}-{extendedL2}.qcow2");
-        var model = new byte[4L << 20];
+        var model = new byte[8L << 20];
         await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = clusterSize, ExtendedL2 = extendedL2 }))
         {
             var rng = new Random(clusterSize + (extendedL2 ? 1 : 0));
-            for (int round = 0; round < 8; round++)
+            for (int round = 0; round < 24; round++)
             {
                 // A fresh, never-written cluster region each round; every write starts before any finishes.
                 long region = round * 4L * clusterSize + clusterSize;
                 var pending = new List<Task>();
-                for (int i = 0; i < 12; i++)
+                for (int i = 0; i < 16; i++)
                 {
                     int len = rng.Next(1, 2 * clusterSize);
                     long off = region + rng.Next(0, 2 * clusterSize - len + 1);
