@@ -77,11 +77,12 @@ public sealed class ImageHost : IAsyncDisposable
     /// After a clean close: closes the image's journal file and removes it, so a closed image
     /// is a plain qcow2 with nothing beside it (its journal holds nothing at that point).
     /// </summary>
-    internal async Task ReleaseJournalAsync(string persistenceId)
+    internal async Task ReleaseJournalAsync(string persistenceId, bool delete)
     {
         if (Settings.JournalPluginId != FileJournal.PluginId) return;
         var journal = Akka.Persistence.Persistence.Instance.Apply(System).JournalFor(Settings.JournalPluginId);
         await journal.Ask<FileJournal.Released>(new FileJournal.Release(persistenceId), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        if (!delete) return;
         var file = FileJournalPaths.Get(System).Resolve(persistenceId, System.Settings.Config.GetString("akka.persistence.journal.qcow2-file.dir", ""));
         File.Delete(file);
     }

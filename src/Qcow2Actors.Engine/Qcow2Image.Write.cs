@@ -204,7 +204,16 @@ public sealed partial class Qcow2Image
         if (_imageActor is null || _ctx is null) return;
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor.Tell(new CloseRequest(done));
-        await done.Task.ConfigureAwait(false);
-        if (_host is not null) await _host.ReleaseJournalAsync(Path.GetFullPath(_ctx.Path)).ConfigureAwait(false);
+        try
+        {
+            await done.Task.ConfigureAwait(false);
+        }
+        finally
+        {
+            // Only a clean close (checkpointed, header clean) may remove the journal; a read-only
+            // image keeps it so the next open replays what was acknowledged.
+            if (_host is not null)
+                await _host.ReleaseJournalAsync(Path.GetFullPath(_ctx.Path), delete: _ctx.ReadOnlyReason is null && done.Task.IsCompletedSuccessfully).ConfigureAwait(false);
+        }
     }
 }

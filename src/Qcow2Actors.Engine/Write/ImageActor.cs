@@ -101,8 +101,10 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             throw new IOException($"'{_path}' is marked corrupt (incompatible bit 1); repair it with 'q2a check -r all' before writing");
         if (h.IsJournalPending)
         {
-            if (journal.Batches.Count == 0 && !_options.RebuildWithoutJournal && !File.Exists(_path + ".journal"))
-                throw new IOException($"'{_path}' has journal records pending but its journal '{_path}.journal' is missing; " +
+            // The journal always holds a message before the header says "pending" (JournalActor), and a
+            // checkpoint clears the header before it truncates: an empty journal here was lost.
+            if (journal.Batches.Count == 0 && !_options.RebuildWithoutJournal)
+                throw new IOException($"'{_path}' has journal records pending but its journal (by default '{_path}.journal') is missing; " +
                     "run 'q2a recover --rebuild' to rebuild from what the image holds (writes since the last checkpoint are lost)");
             RecordApplier.Apply(device, block, journal.Batches);
             device.Flush();
@@ -375,6 +377,13 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         _checkpointQueued = false;
         var ctx = _ctx!;
+        // A read-only image (failed fsync or journal write) keeps its journal for recovery; its
+        // journal actor may be gone, so nothing here may wait on it.
+        if (ctx.ReadOnlyReason is { } reason)
+        {
+            if (closing || _pendingHeader is not null) throw new IOException($"'{_path}' is read-only: {reason}");
+            return;
+        }
         var tables = paused ?? await PauseTablesAsync();
         try
         {
@@ -391,14 +400,13 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             }
             ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
             RecordApplier.WriteL1(ctx.Device, ctx.Header, ctx.Layer.Views.Current.L1);
-            ctx.UpdateHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
+            ctx.ChangeHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
+            ctx.Device.Flush();
+            // Tables are in place and durable: the header may point at them and say "clean" before
+            // the journal is truncated (a crash in between leaves stale records a clean header ignores).
+            ctx.MarkClean();
             ctx.Device.Flush();
             await Send(ctx.Journal, d => new TruncateJournal(d));
-            if (ctx.BitsOnDisk)
-            {
-                ctx.MarkClean();
-                ctx.Device.Flush();
-            }
         }
         catch (Exception ex) when (ex is IOException)
         {

@@ -122,6 +122,8 @@ internal sealed class ImageContext
     {
         lock (_headerLock)
         {
+            // Between the dirty and the clean header write nothing else may have changed the
+            // header on disk: MarkClean also carries the checkpoint's new table locations.
             Header.IncompatibleFeatures &= ~(Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending);
             V2Promotion.Restore(HeaderBlock);
             WriteHeaderLocked();

@@ -22,7 +22,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     private List<TaskCompletionSource> _waiters = new();
     private readonly List<JournalBatch>? _recovered = new();
     private bool _flushScheduled;
-    private bool _journalCreated;
+    private bool _markerDurable;
     private long _recordsSinceCheckpoint;
     private bool _checkpointRequested;
     private TaskCompletionSource? _truncating;
@@ -82,18 +82,20 @@ internal sealed class JournalActor : ReceivePersistentActor
 
     private void Flush()
     {
-        if (!_journalCreated && _pending.Count > 0 && !_ctx.BitsOnDisk)
+        if (!_markerDurable && _pending.Count > 0 && !_ctx.BitsOnDisk)
         {
-            // The journal must exist (file and directory entry durable) before the header says
-            // records are pending; else a crash in between leaves an image whose journal looks
-            // lost. An empty batch creates it; the flush runs again once it is durable.
+            // Every time the header is about to say "records pending", the journal must already
+            // hold a message (file and directory entry durable): then a pending header with an
+            // empty journal can only mean a lost journal. An empty batch serves; the flush runs
+            // again once it is durable.
             Persist(new JournalBatch([]), _ =>
             {
-                _journalCreated = true;
+                _markerDurable = true;
                 Flush();
             });
             return;
         }
+        _markerDurable = false;
         _flushScheduled = false;
         var waiters = _waiters;
         _waiters = new List<TaskCompletionSource>();

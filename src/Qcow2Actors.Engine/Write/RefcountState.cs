@@ -100,6 +100,8 @@ internal sealed class RefcountState
         ulong current = Get(cluster);
         if (delta < 0 && current < (ulong)-delta)
             throw new Qcow2ImageCorruptException($"refcount of cluster {cluster} would drop below zero");
+        if (delta > 0 && current > _max - (ulong)delta)
+            throw new Qcow2ImageCorruptException($"refcount of cluster {cluster} would overflow its {1 << _order}-bit width");
         ulong next = delta >= 0 ? current + (ulong)delta : current - (ulong)-delta;
         Set(cluster, next, records);
         if (next == 0) _quarantine.Add(cluster);
