@@ -17,5 +17,6 @@ internal static class Verbs
         yield return Commands.IoCommand.Create();
         yield return Commands.ResizeCommand.Create();
         yield return Commands.RecoverCommand.Create();
+        yield return Commands.SnapshotCommand.Create();
     }
 }
