@@ -23,24 +23,14 @@ internal sealed partial class ExclusiveImageFile : IBlockDevice
     }
 
     /// <summary>Opens <paramref name="path"/>; a write open is exclusive, a read-only open shares with readers.</summary>
-    /// <exception cref="IOException">Another process holds the image (message says so).</exception>
+    /// <exception cref="IOException">Another process holds the image ("... being used by another process").</exception>
     public static ExclusiveImageFile Open(string path, bool writable)
     {
-        try
-        {
-            var handle = writable
-                ? File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None, FileOptions.RandomAccess)
-                : File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.RandomAccess);
-            return new ExclusiveImageFile(handle, path, !writable);
-        }
-        catch (IOException ex) when (ex is not FileNotFoundException and not DirectoryNotFoundException && ex.HResult == SharingViolation)
-        {
-            throw new IOException($"Could not open '{path}': the image is in use by another process (q2a serve/io?)", ex);
-        }
+        var handle = writable
+            ? File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None, FileOptions.RandomAccess)
+            : File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.RandomAccess);
+        return new ExclusiveImageFile(handle, path, !writable);
     }
-
-    // .NET reports a failed flock as ERROR_SHARING_VIOLATION (0x80070020) on every platform.
-    private const int SharingViolation = unchecked((int)0x80070020);
 
     public string Name { get; }
 
