@@ -18,5 +18,6 @@ internal static class Verbs
         yield return Commands.ResizeCommand.Create();
         yield return Commands.RecoverCommand.Create();
         foreach (var chaos in Commands.ChaosCommand.Create()) yield return chaos;
+        yield return Commands.SnapshotCommand.Create();
     }
 }
