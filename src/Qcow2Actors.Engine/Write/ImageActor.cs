@@ -193,6 +193,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private void Ready()
     {
         Receive<RouteToTable>(Route);
+        Receive<RequestPassivation>(m =>
+        {
+            if (_passivating.ContainsKey(m.L1Index) || !_tables.TryGetValue(m.L1Index, out var child) || !child.Equals(m.Table)) return;
+            _passivating[m.L1Index] = new List<object>();
+            child.Tell(new StopIfClean(m.L1Index, Self));
+        });
         Receive<StayAlive>(m =>
         {
             if (_passivating.Remove(m.L1Index, out var held) && _tables.TryGetValue(m.L1Index, out var child))

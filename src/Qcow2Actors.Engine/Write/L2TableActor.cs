@@ -61,8 +61,9 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         });
         Receive<ReceiveTimeout>(_ =>
         {
-            // Passivate only when clean: a dirty table's only copy is here until the checkpoint.
-            if (!_dirty) Context.Stop(Self);
+            // Passivate only when clean (a dirty table's only copy is here until the checkpoint),
+            // and through the parent, which holds new messages for this table until we are gone.
+            if (!_dirty) Context.Parent.Tell(new RequestPassivation(_l1Index, Self));
         });
     }
 
