@@ -23,18 +23,24 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
 
     public Task InitializeAsync()
     {
-        _host = ImageHost.Create($$"""
+        (_host, _journal) = HostOnTestJournal("0s");
+        return Task.CompletedTask;
+    }
+
+    /// <summary>An image host whose journal is the interceptable test journal, and a handle on that journal.</summary>
+    private static (ImageHost Host, ITestJournal Journal) HostOnTestJournal(string checkpointInterval)
+    {
+        var host = ImageHost.Create($$"""
             akka.loglevel = OFF
             akka.stdout-loglevel = OFF
-            qcow2actors.engine.checkpoint-interval = 0s
+            qcow2actors.engine.checkpoint-interval = {{checkpointInterval}}
             qcow2actors.journal.plugin-id = "{{TestJournalId}}"
             akka.persistence.journal.test {
               class = "Akka.Persistence.TestKit.TestJournal, Akka.Persistence.TestKit"
               plugin-dispatcher = "akka.actor.default-dispatcher"
             }
             """);
-        _journal = TestJournal.FromRef(Persistence.Instance.Apply(_host.System).JournalFor(TestJournalId));
-        return Task.CompletedTask;
+        return (host, TestJournal.FromRef(Persistence.Instance.Apply(host.System).JournalFor(TestJournalId)));
     }
 
     public async Task DisposeAsync()
@@ -60,27 +66,20 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_failed_journal_write_fails_the_flush_and_turns_the_image_read_only()
-    {
-        var image = await NewImage("fail.qcow2");
-        await image.WriteAsync(0, Bytes(100_000, 1));
-        await _journal.OnWrite.Fail();
-
-        var error = await Assert.ThrowsAsync<IOException>(async () => await image.FlushAsync().AsTask().WaitAsync(Timeout));
-        Assert.Contains("journal", error.Message);
-        Assert.True(image.IsReadOnly);
-        Assert.Contains("journal", image.ReadOnlyReason);
-        await AssertWritesRefused(image);
-        await _journal.OnWrite.Pass();
-        await image.DisposeAsync().AsTask().WaitAsync(Timeout);
-    }
+    public Task A_failed_journal_write_fails_the_flush_and_turns_the_image_read_only() =>
+        AssertBrokenJournalWriteFailsTheFlushAndTurnsReadOnly("fail.qcow2", 1, () => _journal.OnWrite.Fail());
 
     [Fact]
-    public async Task A_rejected_journal_write_fails_the_flush_and_turns_the_image_read_only()
+    public Task A_rejected_journal_write_fails_the_flush_and_turns_the_image_read_only() =>
+        AssertBrokenJournalWriteFailsTheFlushAndTurnsReadOnly("reject.qcow2", 2, () => _journal.OnWrite.Reject());
+
+    // A failed write (the plugin threw) and a rejected one (it refused the batch) reach the
+    // engine by different Akka.Persistence messages; both must end the same way.
+    private async Task AssertBrokenJournalWriteFailsTheFlushAndTurnsReadOnly(string name, int seed, Func<Task> breakJournal)
     {
-        var image = await NewImage("reject.qcow2");
-        await image.WriteAsync(0, Bytes(100_000, 2));
-        await _journal.OnWrite.Reject();
+        var image = await NewImage(name);
+        await image.WriteAsync(0, Bytes(100_000, seed));
+        await breakJournal();
 
         var error = await Assert.ThrowsAsync<IOException>(async () => await image.FlushAsync().AsTask().WaitAsync(Timeout));
         Assert.Contains("journal", error.Message);
@@ -126,17 +125,8 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     {
         // A timed checkpoint on an image whose journal actor has stopped must not wait forever
         // for that journal's flush and so block the image actor, and with it the close.
-        await using var host = ImageHost.Create($$"""
-            akka.loglevel = OFF
-            akka.stdout-loglevel = OFF
-            qcow2actors.engine.checkpoint-interval = 300ms
-            qcow2actors.journal.plugin-id = "{{TestJournalId}}"
-            akka.persistence.journal.test {
-              class = "Akka.Persistence.TestKit.TestJournal, Akka.Persistence.TestKit"
-              plugin-dispatcher = "akka.actor.default-dispatcher"
-            }
-            """);
-        var journal = TestJournal.FromRef(Persistence.Instance.Apply(host.System).JournalFor(TestJournalId));
+        var (host, journal) = HostOnTestJournal("300ms");
+        await using var _ = host;
         var image = await host.CreateAsync(_dir.File("timed.qcow2"), new Qcow2CreateOptions { Size = 4 << 20 });
         await image.WriteAsync(0, Bytes(100_000, 10));
         await journal.OnWrite.Fail();
