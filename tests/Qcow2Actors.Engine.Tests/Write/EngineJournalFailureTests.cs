@@ -3,6 +3,7 @@ using Akka.Persistence;
 using Akka.Persistence.TestKit;
 using Qcow2Actors.Engine.Create;
 using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
 using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Write;
@@ -209,22 +210,12 @@ public sealed class FileJournalFsyncFailureTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     /// <summary>A host file whose fsync can be made to fail, as after a lost write-back error.</summary>
-    private sealed class FlushFaultDevice(IBlockDevice inner, Func<bool> failFlush) : IBlockDevice
+    private sealed class FlushFaultDevice(IBlockDevice inner, Func<bool> failFlush) : DelegatingDevice(inner)
     {
-        public long Length => inner.Length;
-        public bool IsReadOnly => inner.IsReadOnly;
-        public string Name => inner.Name;
-        public int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-        public void Write(ReadOnlySpan<byte> buffer, long offset) => inner.Write(buffer, offset);
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, offset, cancellationToken);
-        public void SetLength(long length) => inner.SetLength(length);
-        public void Dispose() => inner.Dispose();
-
-        public void Flush()
+        public override void Flush()
         {
             if (failFlush()) throw new IOException("Input/output error (simulated EIO on fsync)");
-            inner.Flush();
+            Inner.Flush();
         }
     }
 
