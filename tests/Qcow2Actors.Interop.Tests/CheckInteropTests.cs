@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Qcow2Actors.Tests.Shared;
 using static Qcow2Actors.Interop.Tests.InfoCheckImages;
+using static Qcow2Actors.Tests.Shared.ImageFileBytes;
 using static Qcow2Actors.Tests.Shared.QemuTools;
 
 namespace Qcow2Actors.Interop.Tests;

@@ -60,7 +60,7 @@ public sealed class InfoInteropTests
     {
         using var dir = new TempDir();
         var path = InfoCheckImages.Make(dir, "v3");
-        InfoCheckImages.WriteU64(path, 72, InfoCheckImages.ReadU64(path, 72) | 3);
+        ImageFileBytes.WriteU64(path, 72, ImageFileBytes.ReadU64(path, 72) | 3);
         var a = JsonNode.Parse(Q2a("info", "--output=json", path).EnsureSuccess().StdOut)!;
         var e = JsonNode.Parse(QemuImg("info", "--output=json", path).EnsureSuccess().StdOut)!;
         Assert.True(a["dirty-flag"]!.GetValue<bool>());

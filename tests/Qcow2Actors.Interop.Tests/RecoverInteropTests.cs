@@ -35,7 +35,7 @@ public sealed class RecoverInteropTests : IDisposable
         var crashed = Q2aIo(img, "write -P 0x11 0 64k", "flush", "write -P 0x22 64k 64k", "abort");
         Assert.NotEqual(0, crashed.ExitCode);
         Assert.Contains("wrote 65536/65536 bytes at offset 65536", crashed.StdOut, StringComparison.Ordinal);
-        Assert.Equal(1UL << 63, InfoCheckImages.ReadU64(img, 72) & (1UL << 63));
+        Assert.Equal(1UL << 63, ImageFileBytes.ReadU64(img, 72) & (1UL << 63));
     }
 
     private static void AssertClean(string img)
@@ -122,7 +122,7 @@ public sealed class RecoverInteropTests : IDisposable
         string img = NewImage("qemu-img", "lazy_refcounts=on");
         var io = QemuTools.QemuIo("-c", "write -P 7 1M 200k", "-c", "write -P 8 3M 64k", "-c", "abort", img);
         Assert.NotEqual(0, io.ExitCode);
-        Assert.Equal(1UL, InfoCheckImages.ReadU64(img, 72) & 1);
+        Assert.Equal(1UL, ImageFileBytes.ReadU64(img, 72) & 1);
         Assert.NotEqual(0, QemuTools.QemuImg("check", img).ExitCode); // refcounts lag behind the tables
 
         var r = QemuTools.Q2a("recover", img);
@@ -174,7 +174,7 @@ public sealed class RecoverInteropTests : IDisposable
     public void A_corrupt_image_is_refused_and_points_at_check_repair()
     {
         string img = NewImage("qemu-img");
-        InfoCheckImages.WriteU64(img, 72, InfoCheckImages.ReadU64(img, 72) | 2);
+        ImageFileBytes.WriteU64(img, 72, ImageFileBytes.ReadU64(img, 72) | 2);
         var r = QemuTools.Q2a("recover", img);
         Assert.Equal(1, r.ExitCode);
         var line = Assert.Single(r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries));

@@ -1,8 +1,8 @@
-using System.Buffers.Binary;
 using System.Text.Json;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Nbd.Exports;
 using Qcow2Actors.Tests.Shared;
+using static Qcow2Actors.Tests.Shared.ImageFileBytes;
 
 namespace Qcow2Actors.Nbd.Tests;
 
@@ -160,23 +160,5 @@ public sealed class Qcow2ExportTests : IDisposable
         Assert.Equal((uint)NbdError.NotPermitted, (await client.ReadSimpleReplyAsync()).Error);
         await client.SendRequestAsync(0, RawNbdClient.CmdTrim, 8, 0, 512);
         Assert.Equal((uint)NbdError.NotPermitted, (await client.ReadSimpleReplyAsync()).Error);
-    }
-
-    private static ulong ReadU64(string path, long offset)
-    {
-        using var fs = File.OpenRead(path);
-        var b = new byte[8];
-        fs.Position = offset;
-        fs.ReadExactly(b);
-        return BinaryPrimitives.ReadUInt64BigEndian(b);
-    }
-
-    private static void WriteU64(string path, long offset, ulong value)
-    {
-        using var fs = File.Open(path, FileMode.Open, FileAccess.Write);
-        var b = new byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(b, value);
-        fs.Position = offset;
-        fs.Write(b);
     }
 }

@@ -188,15 +188,7 @@ internal sealed class IoInterpreter
         }).ConfigureAwait(false);
         if (parsed is not { Count: 2 } operands) return await UsageUnlessReportedAsync(parsed, Read).ConfigureAwait(false);
 
-        long offset = await ParseNumberAsync(operands[0]).ConfigureAwait(false);
-        if (offset < 0) return false;
-        long count = await ParseNumberAsync(operands[1]).ConfigureAwait(false);
-        if (count < 0) return false;
-        if (count > MaxRequestBytes)
-        {
-            await _out.WriteLineAsync($"length cannot exceed {MaxRequestBytes}, given {operands[1]}").ConfigureAwait(false);
-            return false;
-        }
+        if (await ParseRangeAsync(operands).ConfigureAwait(false) is not (var offset, var count)) return false;
         if (!patternSet && (lengthSet || startSet)) return await UsageAsync(Read).ConfigureAwait(false);
         if (!lengthSet) patternCount = count - patternOffset;
         if (patternCount < 0 || patternCount + patternOffset > count)
@@ -207,19 +199,11 @@ internal sealed class IoInterpreter
         if (vmstate && !await SectorAlignedAsync(offset, count).ConfigureAwait(false)) return false;
 
         var buffer = new byte[count];
-        long start = _clock.GetTimestamp();
-        try
-        {
-            if (vmstate) throw new NotSupportedException("q2a has no VM state area");
-            await _target.ReadAsync(offset, buffer, ct).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException)
-        {
-            await _out.WriteLineAsync($"read failed: {StrError(ex)}").ConfigureAwait(false);
-            await DebugAsync(ex).ConfigureAwait(false);
-            return false;
-        }
-        var elapsed = _clock.GetElapsedTime(start);
+        if (await TimedAsync("read", async () =>
+            {
+                if (vmstate) throw new NotSupportedException("q2a has no VM state area");
+                await _target.ReadAsync(offset, buffer, ct).ConfigureAwait(false);
+            }).ConfigureAwait(false) is not { } elapsed) return false;
 
         bool ok = true;
         if (patternSet)
@@ -280,16 +264,9 @@ internal sealed class IoInterpreter
             return false;
         }
 
-        long offset = await ParseNumberAsync(operands[0]).ConfigureAwait(false);
-        if (offset < 0) return false;
-        long count = await ParseNumberAsync(operands[1]).ConfigureAwait(false);
-        if (count < 0) return false;
-        if (count > MaxRequestBytes && !(zero && noFallback))
-        {
-            string without = zero ? " without -n" : "";
-            await _out.WriteLineAsync($"length cannot exceed {MaxRequestBytes}{without}, given {operands[1]}").ConfigureAwait(false);
-            return false;
-        }
+        // write -z -n allocates no buffer, so qemu-io lifts the cap; with -z alone it says how.
+        if (await ParseRangeAsync(operands, unbounded: zero && noFallback, capNote: zero ? " without -n" : "").ConfigureAwait(false)
+            is not (var offset, var count)) return false;
         if ((vmstate || compressed) && !await SectorAlignedAsync(offset, count).ConfigureAwait(false)) return false;
 
         byte[]? buffer = null;
@@ -299,21 +276,13 @@ internal sealed class IoInterpreter
             if (buffer is null) return false;
         }
 
-        long start = _clock.GetTimestamp();
-        try
-        {
-            if (vmstate) throw new NotSupportedException("q2a has no VM state area");
-            if (zero) await _target.WriteZeroesAsync(offset, count, unmap, fua, ct).ConfigureAwait(false);
-            else if (compressed) await _target.WriteCompressedAsync(offset, buffer, ct).ConfigureAwait(false);
-            else await _target.WriteAsync(offset, buffer, fua, ct).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException)
-        {
-            await _out.WriteLineAsync($"write failed: {StrError(ex)}").ConfigureAwait(false);
-            await DebugAsync(ex).ConfigureAwait(false);
-            return false;
-        }
-        var elapsed = _clock.GetElapsedTime(start);
+        if (await TimedAsync("write", async () =>
+            {
+                if (vmstate) throw new NotSupportedException("q2a has no VM state area");
+                if (zero) await _target.WriteZeroesAsync(offset, count, unmap, fua, ct).ConfigureAwait(false);
+                else if (compressed) await _target.WriteCompressedAsync(offset, buffer, ct).ConfigureAwait(false);
+                else await _target.WriteAsync(offset, buffer, fua, ct).ConfigureAwait(false);
+            }).ConfigureAwait(false) is not { } elapsed) return false;
         if (!quiet) await _out.WriteAsync(IoReport.Format("wrote", elapsed, offset, count, count, 1, machine)).ConfigureAwait(false);
         return true;
     }
@@ -330,29 +299,31 @@ internal sealed class IoInterpreter
         }).ConfigureAwait(false);
         if (parsed is not { Count: 2 } operands) return await UsageUnlessReportedAsync(parsed, Discard).ConfigureAwait(false);
 
-        long offset = await ParseNumberAsync(operands[0]).ConfigureAwait(false);
-        if (offset < 0) return false;
-        long count = await ParseNumberAsync(operands[1]).ConfigureAwait(false);
-        if (count < 0) return false;
-        if (count > MaxRequestBytes)
-        {
-            await _out.WriteLineAsync($"length cannot exceed {MaxRequestBytes}, given {operands[1]}").ConfigureAwait(false);
-            return false;
-        }
+        if (await ParseRangeAsync(operands).ConfigureAwait(false) is not (var offset, var count)) return false;
+        if (await TimedAsync("discard", () => _target.DiscardAsync(offset, count, ct).AsTask()).ConfigureAwait(false)
+            is not { } elapsed) return false;
+        if (!quiet) await _out.WriteAsync(IoReport.Format("discard", elapsed, offset, count, count, 1, machine)).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>
+    /// Runs one request and times it; on failure prints qemu-io's "<paramref name="verb"/> failed:
+    /// strerror" line and returns null. Cancellation is not a failure of the request: it propagates.
+    /// </summary>
+    private async Task<TimeSpan?> TimedAsync(string verb, Func<Task> request)
+    {
         long start = _clock.GetTimestamp();
         try
         {
-            await _target.DiscardAsync(offset, count, ct).ConfigureAwait(false);
+            await request().ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
-            await _out.WriteLineAsync($"discard failed: {StrError(ex)}").ConfigureAwait(false);
+            await _out.WriteLineAsync($"{verb} failed: {StrError(ex)}").ConfigureAwait(false);
             await DebugAsync(ex).ConfigureAwait(false);
-            return false;
+            return null;
         }
-        var elapsed = _clock.GetElapsedTime(start);
-        if (!quiet) await _out.WriteAsync(IoReport.Format("discard", elapsed, offset, count, count, 1, machine)).ConfigureAwait(false);
-        return true;
+        return _clock.GetElapsedTime(start);
     }
 
     /// <summary>
@@ -415,6 +386,25 @@ internal sealed class IoInterpreter
     {
         await _out.WriteLineAsync(info.Usage).ConfigureAwait(false);
         return false;
+    }
+
+    /// <summary>
+    /// The offset and count operands of read, write and discard as qemu-io checks them: both
+    /// numbers, and the count at most <see cref="MaxRequestBytes"/> unless <paramref name="unbounded"/>.
+    /// Null after printing why not.
+    /// </summary>
+    private async Task<(long Offset, long Count)?> ParseRangeAsync(List<string> operands, bool unbounded = false, string capNote = "")
+    {
+        long offset = await ParseNumberAsync(operands[0]).ConfigureAwait(false);
+        if (offset < 0) return null;
+        long count = await ParseNumberAsync(operands[1]).ConfigureAwait(false);
+        if (count < 0) return null;
+        if (count > MaxRequestBytes && !unbounded)
+        {
+            await _out.WriteLineAsync($"length cannot exceed {MaxRequestBytes}{capNote}, given {operands[1]}").ConfigureAwait(false);
+            return null;
+        }
+        return (offset, count);
     }
 
     /// <summary>qemu-io's cvtnum plus print_cvtnum_err: the value, or -1 after printing why not.</summary>

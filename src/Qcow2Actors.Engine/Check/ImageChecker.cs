@@ -126,11 +126,11 @@ public static class ImageChecker
 
         private void ReadSnapshotTable()
         {
-            if (meta.SnapshotCount > ImageMetadata.MaxSnapshots)
+            if (meta.SnapshotCount > Qcow2Header.MaxSnapshots)
             {
                 Result.CheckErrors++;
                 Error("q2a: ERROR snapshot table too large");
-                Error($"You can force-remove all {meta.SnapshotCount - ImageMetadata.MaxSnapshots} overhanging snapshots with qemu-img check -r all");
+                Error($"You can force-remove all {meta.SnapshotCount - Qcow2Header.MaxSnapshots} overhanging snapshots with qemu-img check -r all");
                 throw new AbortCheck("File too large");
             }
             var bytes = (ulong)meta.SnapshotCount * 40;
@@ -184,7 +184,7 @@ public static class ImageChecker
                     Corruption($"ERROR snapshot {sn.Id} ({sn.Name}) l1_offset=0x{sn.L1TableOffset:x}: L1 table is not cluster aligned; snapshot table entry corrupted");
                     continue;
                 }
-                if (sn.L1Size > ImageMetadata.MaxL1Bytes / 8)
+                if (sn.L1Size > Qcow2Header.MaxL1Size)
                 {
                     Corruption($"ERROR snapshot {sn.Id} ({sn.Name}) l1_size=0x{sn.L1Size:x}: L1 table is too large; snapshot table entry corrupted");
                     continue;

@@ -37,17 +37,10 @@ public sealed record BitmapInfo(string Name, long Granularity, uint Flags, ulong
 /// </summary>
 internal sealed class ImageMetadata
 {
-    public const uint Magic = 0x514649FB;
-    private const uint ExtEnd = 0, ExtBackingFormat = 0xE2792ACA, ExtFeatureTable = 0x6803F857,
-        ExtBitmaps = 0x23852875, ExtFde = 0x0537BE77, ExtDataFile = 0x44415441;
-    public const long MaxL1Bytes = 32L << 20;
-    public const long MaxRefcountTableBytes = 8L << 20;
-    public const int MaxSnapshots = 65536;
-    private const int SnapshotHeaderSize = 40;
-    private const int MaxSnapshotExtra = 1024;
-    private const long MaxSnapshotTableBytes = 64L << 20;
-    private const long MaxBitmapDirectoryBytes = 64L << 20;
-    private const uint MaxBitmapTableSize = 0x8000000;
+    // Field offsets, type codes and QEMU's limits are Format's named constants; what stays here
+    // is QEMU's acceptance order and its refusal wording, which `q2a info`/`check` must echo.
+    private const long MaxL1Bytes = Qcow2Header.MaxL1Size * 8L;
+    private const int SnapshotHeaderSize = SnapshotEntry.FixedSize;
 
     public required int Version { get; init; }
     public required int ClusterBits { get; init; }
@@ -94,55 +87,55 @@ internal sealed class ImageMetadata
     /// </summary>
     public static ImageMetadata Load(IBlockDevice device, bool forCheck)
     {
-        Span<byte> h = stackalloc byte[112];
+        Span<byte> h = stackalloc byte[Qcow2Header.V3DefaultHeaderLength];
         h.Clear();
         var got = device.Read(h, 0);
-        if (got < 72) throw new Qcow2FormatException("magic", 0, "file too short for a qcow2 header");
-        var magic = BinaryPrimitives.ReadUInt32BigEndian(h);
-        if (magic != Magic) throw new Qcow2FormatException("magic", 0, "Image is not in qcow2 format");
-        var version = BinaryPrimitives.ReadInt32BigEndian(h[4..]);
-        if (version is < 2 or > 3) throw new Qcow2FormatException("version", 4, $"Unsupported qcow2 version {version}");
-        var backingOffset = BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
-        var backingSize = BinaryPrimitives.ReadUInt32BigEndian(h[16..]);
-        var clusterBits = BinaryPrimitives.ReadInt32BigEndian(h[20..]);
-        if (clusterBits is < 9 or > 21)
-            throw new Qcow2FormatException("cluster_bits", 20, $"Unsupported cluster size: 2^{clusterBits}");
+        if (got < Qcow2Header.V2HeaderLength) throw new Qcow2FormatException("magic", Qcow2Header.MagicOffset, "file too short for a qcow2 header");
+        var magic = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.MagicOffset..]);
+        if (magic != Qcow2Header.Magic) throw new Qcow2FormatException("magic", Qcow2Header.MagicOffset, "Image is not in qcow2 format");
+        var version = BinaryPrimitives.ReadInt32BigEndian(h[Qcow2Header.VersionOffset..]);
+        if (version is < 2 or > 3) throw new Qcow2FormatException("version", Qcow2Header.VersionOffset, $"Unsupported qcow2 version {version}");
+        var backingOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.BackingFileOffsetOffset..]);
+        var backingSize = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.BackingFileSizeOffset..]);
+        var clusterBits = BinaryPrimitives.ReadInt32BigEndian(h[Qcow2Header.ClusterBitsOffset..]);
+        if (clusterBits is < Qcow2Header.MinClusterBits or > Qcow2Header.MaxClusterBits)
+            throw new Qcow2FormatException("cluster_bits", Qcow2Header.ClusterBitsOffset, $"Unsupported cluster size: 2^{clusterBits}");
         var clusterSize = 1L << clusterBits;
-        var size = BinaryPrimitives.ReadUInt64BigEndian(h[24..]);
-        var crypt = BinaryPrimitives.ReadUInt32BigEndian(h[32..]);
-        var l1Size = BinaryPrimitives.ReadUInt32BigEndian(h[36..]);
-        var l1Offset = BinaryPrimitives.ReadUInt64BigEndian(h[40..]);
-        var rtOffset = BinaryPrimitives.ReadUInt64BigEndian(h[48..]);
-        var rtClusters = BinaryPrimitives.ReadUInt32BigEndian(h[56..]);
-        var nbSnapshots = BinaryPrimitives.ReadUInt32BigEndian(h[60..]);
-        var snapshotsOffset = BinaryPrimitives.ReadUInt64BigEndian(h[64..]);
+        var size = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.SizeOffset..]);
+        var crypt = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.CryptMethodOffset..]);
+        var l1Size = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.L1SizeOffset..]);
+        var l1Offset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.L1TableOffsetOffset..]);
+        var rtOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.RefcountTableOffsetOffset..]);
+        var rtClusters = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.RefcountTableClustersOffset..]);
+        var nbSnapshots = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.NbSnapshotsOffset..]);
+        var snapshotsOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.SnapshotsOffsetOffset..]);
         ulong incompat = 0, compat = 0, autoclear = 0;
         int refcountOrder = 4;
-        uint headerLength = 72;
+        uint headerLength = Qcow2Header.V2HeaderLength;
         int compression = 0;
         if (version == 3)
         {
-            if (got < 104) throw new Qcow2FormatException("header_length", 100, "qcow2 header too short");
-            incompat = BinaryPrimitives.ReadUInt64BigEndian(h[72..]);
-            compat = BinaryPrimitives.ReadUInt64BigEndian(h[80..]);
-            autoclear = BinaryPrimitives.ReadUInt64BigEndian(h[88..]);
-            refcountOrder = BinaryPrimitives.ReadInt32BigEndian(h[96..]);
-            headerLength = BinaryPrimitives.ReadUInt32BigEndian(h[100..]);
-            if (headerLength < 104) throw new Qcow2FormatException("header_length", 100, "qcow2 header too short");
-            if (headerLength > clusterSize) throw new Qcow2FormatException("header_length", 100, "qcow2 header exceeds cluster size");
-            if (headerLength % 8 != 0) throw new Qcow2FormatException("header_length", 100, $"header length {headerLength} is not a multiple of 8");
-            if (headerLength > 104) compression = h[104];
+            if (got < Qcow2Header.V3MinHeaderLength) throw new Qcow2FormatException("header_length", Qcow2Header.HeaderLengthOffset, "qcow2 header too short");
+            incompat = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.IncompatibleFeaturesOffset..]);
+            compat = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.CompatibleFeaturesOffset..]);
+            autoclear = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.AutoclearFeaturesOffset..]);
+            refcountOrder = BinaryPrimitives.ReadInt32BigEndian(h[Qcow2Header.RefcountOrderOffset..]);
+            headerLength = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.HeaderLengthOffset..]);
+            if (headerLength < Qcow2Header.V3MinHeaderLength) throw new Qcow2FormatException("header_length", Qcow2Header.HeaderLengthOffset, "qcow2 header too short");
+            if (headerLength > clusterSize) throw new Qcow2FormatException("header_length", Qcow2Header.HeaderLengthOffset, "qcow2 header exceeds cluster size");
+            if (headerLength % 8 != 0) throw new Qcow2FormatException("header_length", Qcow2Header.HeaderLengthOffset, $"header length {headerLength} is not a multiple of 8");
+            if (headerLength > Qcow2Header.CompressionTypeOffset) compression = h[Qcow2Header.CompressionTypeOffset];
         }
         if (backingOffset > (ulong)clusterSize)
-            throw new Qcow2FormatException("backing_file_offset", 8, "Invalid backing file offset");
-        if (crypt > 2) throw new Qcow2FormatException("crypt_method", 32, $"Unsupported encryption method {crypt}");
-        if (compression is not (0 or 1))
-            throw new Qcow2FormatException("compression_type", 104, $"qcow2: unknown compression type: {compression}");
+            throw new Qcow2FormatException("backing_file_offset", Qcow2Header.BackingFileOffsetOffset, "Invalid backing file offset");
+        if (crypt > (uint)Format.CryptMethod.Luks) throw new Qcow2FormatException("crypt_method", Qcow2Header.CryptMethodOffset, $"Unsupported encryption method {crypt}");
+        if (compression is not ((int)Format.CompressionType.Zlib or (int)Format.CompressionType.Zstd))
+            throw new Qcow2FormatException("compression_type", Qcow2Header.CompressionTypeOffset, $"qcow2: unknown compression type: {compression}");
         var compressionBit = (incompat & (ulong)IncompatibleFeatures.CompressionType) != 0;
         if (compressionBit && compression == 0)
-            throw new Qcow2FormatException("incompatible_features", 72, "qcow2: Compression type incompatible feature bit must not be set");
+            throw new Qcow2FormatException("incompatible_features", Qcow2Header.IncompatibleFeaturesOffset, "qcow2: Compression type incompatible feature bit must not be set");
         if (!compressionBit && compression != 0)
-            throw new Qcow2FormatException("incompatible_features", 72, "qcow2: Compression type incompatible feature bit must be set");
+            throw new Qcow2FormatException("incompatible_features", Qcow2Header.IncompatibleFeaturesOffset, "qcow2: Compression type incompatible feature bit must be set");
 
         // Cluster 0 holds the extension area and the backing file name; one cluster is at most 2 MiB.
         var cluster0 = new byte[clusterSize];
@@ -154,45 +147,47 @@ internal sealed class ImageMetadata
         var seen = new HashSet<uint>();
         for (long off = headerLength; ;)
         {
-            if (off + 8 > extEnd)
+            if (off + HeaderExtension.PrefixSize > extEnd)
             {
                 // QEMU stops quietly when fewer than 8 bytes remain; a v2 image may simply end its header here.
                 break;
             }
-            var type = BinaryPrimitives.ReadUInt32BigEndian(cluster0.AsSpan((int)off));
-            var len = BinaryPrimitives.ReadUInt32BigEndian(cluster0.AsSpan((int)off + 4));
-            if (type == ExtEnd) break;
-            if (len > extEnd - off - 8)
-                throw new Qcow2FormatException("header extension length", off + 4, "Header extension too large");
+            var type = BinaryPrimitives.ReadUInt32BigEndian(cluster0.AsSpan((int)off + HeaderExtension.TypeOffset));
+            var len = BinaryPrimitives.ReadUInt32BigEndian(cluster0.AsSpan((int)off + HeaderExtension.LengthOffset));
+            if (type == HeaderExtensionType.End) break;
+            if (len > extEnd - off - HeaderExtension.PrefixSize)
+                throw new Qcow2FormatException("header extension length", off + HeaderExtension.LengthOffset, "Header extension too large");
             if (!seen.Add(type))
                 throw new Qcow2FormatException("header extension type", off, $"duplicate header extension 0x{type:x8}");
-            var data = cluster0.AsSpan((int)off + 8, (int)len);
+            var data = cluster0.AsSpan((int)off + HeaderExtension.PrefixSize, (int)len);
             switch (type)
             {
-                case ExtBackingFormat:
+                case HeaderExtensionType.BackingFormat:
                     backingFormat = Latin1Z(data);
                     break;
-                case ExtDataFile:
+                case HeaderExtensionType.ExternalDataFile:
                     dataFile = Latin1Z(data);
                     break;
-                case ExtFeatureTable:
-                    for (var i = 0; i + 48 <= data.Length; i += 48)
-                        features.Add((data[i], data[i + 1], Latin1Z(data.Slice(i + 2, 46))));
+                case HeaderExtensionType.FeatureNameTable:
+                    // Unlike FeatureNameTable.Read, a ragged tail or an odd type is ignored: QEMU only looks names up.
+                    for (var i = 0; i + FeatureNameTable.EntrySize <= data.Length; i += FeatureNameTable.EntrySize)
+                        features.Add((data[i + FeatureNameTable.TypeOffset], data[i + FeatureNameTable.BitOffset],
+                            Latin1Z(data.Slice(i + FeatureNameTable.NameOffset, FeatureNameTable.NameLength))));
                     break;
-                case ExtBitmaps:
-                    if (len != 24) throw new Qcow2FormatException("bitmaps extension length", off + 4, $"bitmaps_ext: Invalid extension length {len}");
-                    nbBitmaps = BinaryPrimitives.ReadUInt32BigEndian(data);
-                    bmDirSize = BinaryPrimitives.ReadUInt64BigEndian(data[8..]);
-                    bmDirOffset = BinaryPrimitives.ReadUInt64BigEndian(data[16..]);
+                case HeaderExtensionType.Bitmaps:
+                    if (len != BitmapsExtension.DataLength) throw new Qcow2FormatException("bitmaps extension length", off + HeaderExtension.LengthOffset, $"bitmaps_ext: Invalid extension length {len}");
+                    nbBitmaps = BinaryPrimitives.ReadUInt32BigEndian(data[BitmapsExtension.NbBitmapsOffset..]);
+                    bmDirSize = BinaryPrimitives.ReadUInt64BigEndian(data[BitmapsExtension.DirectorySizeOffset..]);
+                    bmDirOffset = BinaryPrimitives.ReadUInt64BigEndian(data[BitmapsExtension.DirectoryOffsetOffset..]);
                     break;
-                case ExtFde:
-                    if (crypt != 2) throw new Qcow2FormatException("crypt_method", 32, "CRYPTO header extension only expected with LUKS encryption method");
-                    if (len != 16) throw new Qcow2FormatException("FDE extension length", off + 4, $"Invalid encryption header extension length {len}");
+                case HeaderExtensionType.FullDiskEncryption:
+                    if (crypt != (uint)Format.CryptMethod.Luks) throw new Qcow2FormatException("crypt_method", Qcow2Header.CryptMethodOffset, "CRYPTO header extension only expected with LUKS encryption method");
+                    if (len != FdeExtension.DataLength) throw new Qcow2FormatException("FDE extension length", off + HeaderExtension.LengthOffset, $"Invalid encryption header extension length {len}");
                     fdeOffset = BinaryPrimitives.ReadUInt64BigEndian(data);
                     fdeLength = BinaryPrimitives.ReadUInt64BigEndian(data[8..]);
                     break;
             }
-            off += 8 + ((len + 7L) & ~7L);
+            off += HeaderExtension.PrefixSize + ((len + 7L) & ~7L);
         }
 
         var unknown = incompat & ~(ulong)IncompatibleFeatures.KnownToQemu;
@@ -210,34 +205,34 @@ internal sealed class ImageMetadata
                 }
             }
             if (unknown != 0) names.Add($"Unknown incompatible feature: {unknown:x}");
-            throw new Qcow2FormatException("incompatible_features", 72, $"Unsupported qcow2 feature(s): {string.Join(", ", names)}");
+            throw new Qcow2FormatException("incompatible_features", Qcow2Header.IncompatibleFeaturesOffset, $"Unsupported qcow2 feature(s): {string.Join(", ", names)}");
         }
-        if (refcountOrder > 6)
-            throw new Qcow2FormatException("refcount_order", 96, "Reference count entry width too large; may not exceed 64 bits");
-        if ((incompat & (ulong)IncompatibleFeatures.ExtendedL2) != 0 && clusterBits < 14)
-            throw new Qcow2FormatException("cluster_bits", 20, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        if (refcountOrder > Qcow2Header.MaxRefcountOrder)
+            throw new Qcow2FormatException("refcount_order", Qcow2Header.RefcountOrderOffset, "Reference count entry width too large; may not exceed 64 bits");
+        if ((incompat & (ulong)IncompatibleFeatures.ExtendedL2) != 0 && clusterBits < Qcow2Header.MinExtendedL2ClusterBits)
+            throw new Qcow2FormatException("cluster_bits", Qcow2Header.ClusterBitsOffset, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
         if ((autoclear & (ulong)AutoclearFeatures.RawExternalData) != 0 && (incompat & (ulong)IncompatibleFeatures.ExternalDataFile) == 0)
-            throw new Qcow2FormatException("autoclear_features", 88, "data-file-raw requires a data file");
-        if (crypt == 2 && fdeLength == 0)
-            throw new Qcow2FormatException("crypt_method", 32, "LUKS encryption requires the full disk encryption header extension");
+            throw new Qcow2FormatException("autoclear_features", Qcow2Header.AutoclearFeaturesOffset, "data-file-raw requires a data file");
+        if (crypt == (uint)Format.CryptMethod.Luks && fdeLength == 0)
+            throw new Qcow2FormatException("crypt_method", Qcow2Header.CryptMethodOffset, "LUKS encryption requires the full disk encryption header extension");
 
         if (rtClusters == 0 && !forCheck)
-            throw new Qcow2FormatException("refcount_table_clusters", 56, "Image does not contain a reference count table");
-        ValidateTable("refcount_table_offset", 48, "refcount_table_clusters", 56, rtOffset, (ulong)rtClusters * (ulong)clusterSize / 8, 8, MaxRefcountTableBytes, clusterSize, "Reference count table");
+            throw new Qcow2FormatException("refcount_table_clusters", Qcow2Header.RefcountTableClustersOffset, "Image does not contain a reference count table");
+        ValidateTable("refcount_table_offset", Qcow2Header.RefcountTableOffsetOffset, "refcount_table_clusters", Qcow2Header.RefcountTableClustersOffset, rtOffset, (ulong)rtClusters * (ulong)clusterSize / 8, 8, Qcow2Header.MaxRefcountTableBytes, clusterSize, "Reference count table");
         if (!forCheck)
-            ValidateTable("snapshots_offset", 64, "nb_snapshots", 60, snapshotsOffset, nbSnapshots, SnapshotHeaderSize, (long)SnapshotHeaderSize * MaxSnapshots, clusterSize, "Snapshot table");
-        ValidateTable("l1_table_offset", 40, "l1_size", 36, l1Offset, l1Size, 8, MaxL1Bytes, clusterSize, "Active L1 table");
+            ValidateTable("snapshots_offset", Qcow2Header.SnapshotsOffsetOffset, "nb_snapshots", Qcow2Header.NbSnapshotsOffset, snapshotsOffset, nbSnapshots, SnapshotHeaderSize, (long)SnapshotHeaderSize * Qcow2Header.MaxSnapshots, clusterSize, "Snapshot table");
+        ValidateTable("l1_table_offset", Qcow2Header.L1TableOffsetOffset, "l1_size", Qcow2Header.L1SizeOffset, l1Offset, l1Size, 8, MaxL1Bytes, clusterSize, "Active L1 table");
         var l2Entries = clusterSize / ((incompat & (ulong)IncompatibleFeatures.ExtendedL2) != 0 ? 16 : 8);
         var bytesPerL1 = (ulong)(clusterSize * l2Entries);
         var neededL1 = size / bytesPerL1 + (size % bytesPerL1 != 0 ? 1UL : 0UL);
-        if (neededL1 > int.MaxValue) throw new Qcow2FormatException("size", 24, "Image is too big");
-        if (l1Size < neededL1) throw new Qcow2FormatException("l1_size", 36, "L1 table is too small");
+        if (neededL1 > int.MaxValue) throw new Qcow2FormatException("size", Qcow2Header.SizeOffset, "Image is too big");
+        if (l1Size < neededL1) throw new Qcow2FormatException("l1_size", Qcow2Header.L1SizeOffset, "L1 table is too small");
 
         string? backing = null;
         if (backingOffset != 0)
         {
-            if (backingSize > 1023 || backingSize > (ulong)clusterSize - backingOffset)
-                throw new Qcow2FormatException("backing_file_size", 16, "Backing file name too long");
+            if (backingSize > Qcow2Header.MaxBackingFileNameLength || backingSize > (ulong)clusterSize - backingOffset)
+                throw new Qcow2FormatException("backing_file_size", Qcow2Header.BackingFileSizeOffset, "Backing file name too long");
             backing = Encoding.UTF8.GetString(cluster0, (int)backingOffset, (int)backingSize);
         }
 
@@ -265,13 +260,13 @@ internal sealed class ImageMetadata
     private static void ValidateBitmapExtension(ImageMetadata m)
     {
         if (m.BitmapCount == 0)
-            throw new Qcow2FormatException("nb_bitmaps", 0, "bitmaps_ext: found bitmaps extension with zero bitmaps");
-        if (m.BitmapCount > 65535)
-            throw new Qcow2FormatException("nb_bitmaps", 0, $"bitmaps_ext: File {m.BitmapCount} bitmaps, exceeding the QEMU supported maximum of 65535");
-        if (m.BitmapDirectorySize > MaxBitmapDirectoryBytes)
-            throw new Qcow2FormatException("bitmap_directory_size", 8, "bitmaps_ext: bitmap directory size exceeds the QEMU supported maximum");
+            throw new Qcow2FormatException("nb_bitmaps", BitmapsExtension.NbBitmapsOffset, "bitmaps_ext: found bitmaps extension with zero bitmaps");
+        if (m.BitmapCount > BitmapsExtension.MaxBitmaps)
+            throw new Qcow2FormatException("nb_bitmaps", BitmapsExtension.NbBitmapsOffset, $"bitmaps_ext: File {m.BitmapCount} bitmaps, exceeding the QEMU supported maximum of {BitmapsExtension.MaxBitmaps}");
+        if (m.BitmapDirectorySize > BitmapsExtension.MaxDirectorySize)
+            throw new Qcow2FormatException("bitmap_directory_size", BitmapsExtension.DirectorySizeOffset, "bitmaps_ext: bitmap directory size exceeds the QEMU supported maximum");
         if ((m.BitmapDirectoryOffset & (ulong)(m.ClusterSize - 1)) != 0)
-            throw new Qcow2FormatException("bitmap_directory_offset", 16, "bitmaps_ext: invalid bitmap directory offset");
+            throw new Qcow2FormatException("bitmap_directory_offset", BitmapsExtension.DirectoryOffsetOffset, "bitmaps_ext: invalid bitmap directory offset");
     }
 
     /// <summary>QEMU's qcow2_validate_table: aligned, bounded in size, no overflow of the end offset.</summary>
@@ -296,29 +291,29 @@ internal sealed class ImageMetadata
         var offset = (long)m.SnapshotsOffset;
         long tableLength = 0;
         var head = new byte[SnapshotHeaderSize];
-        var extra = new byte[24];
+        var extra = new byte[SnapshotEntry.KnownExtraSize];
         for (var i = 0; i < m.SnapshotCount; i++)
         {
             tableLength = (tableLength + 7) & ~7L;
             offset = (offset + 7) & ~7L;
             ReadZeroFilled(device, head, offset);
             offset += SnapshotHeaderSize;
-            var l1Offset = BinaryPrimitives.ReadUInt64BigEndian(head);
-            var l1Size = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(8));
-            var idSize = BinaryPrimitives.ReadUInt16BigEndian(head.AsSpan(12));
-            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(head.AsSpan(14));
-            var dateSec = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(16));
-            var dateNsec = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(20));
-            var vmClock = BinaryPrimitives.ReadUInt64BigEndian(head.AsSpan(24));
-            ulong vmState = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(32));
-            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(36));
-            if (extraSize > MaxSnapshotExtra)
-                throw new Qcow2FormatException("extra_data_size", offset - 4, $"Too much extra metadata in snapshot table entry {i}");
+            var l1Offset = BinaryPrimitives.ReadUInt64BigEndian(head.AsSpan(SnapshotEntry.L1TableOffsetOffset));
+            var l1Size = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(SnapshotEntry.L1SizeOffset));
+            var idSize = BinaryPrimitives.ReadUInt16BigEndian(head.AsSpan(SnapshotEntry.IdSizeOffset));
+            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(head.AsSpan(SnapshotEntry.NameSizeOffset));
+            var dateSec = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(SnapshotEntry.DateSecondsOffset));
+            var dateNsec = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(SnapshotEntry.DateNanosecondsOffset));
+            var vmClock = BinaryPrimitives.ReadUInt64BigEndian(head.AsSpan(SnapshotEntry.VmClockOffset));
+            ulong vmState = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(SnapshotEntry.VmStateSize32Offset));
+            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(SnapshotEntry.ExtraDataSizeOffset));
+            if (extraSize > SnapshotEntry.MaxExtraDataSize)
+                throw new Qcow2FormatException("extra_data_size", offset - SnapshotHeaderSize + SnapshotEntry.ExtraDataSizeOffset, $"Too much extra metadata in snapshot table entry {i}");
             Array.Clear(extra);
-            var known = (int)Math.Min(24u, extraSize);
+            var known = (int)Math.Min((uint)SnapshotEntry.KnownExtraSize, extraSize);
             ReadZeroFilled(device, extra.AsSpan(0, known), offset);
-            if (extraSize >= 8) vmState = BinaryPrimitives.ReadUInt64BigEndian(extra);
-            long icount = extraSize >= 24 ? (long)BinaryPrimitives.ReadUInt64BigEndian(extra.AsSpan(16)) : -1;
+            if (extraSize >= SnapshotEntry.ExtraVmStateSizeOffset + 8) vmState = BinaryPrimitives.ReadUInt64BigEndian(extra.AsSpan(SnapshotEntry.ExtraVmStateSizeOffset));
+            long icount = extraSize >= SnapshotEntry.ExtraIcountOffset + 8 ? (long)BinaryPrimitives.ReadUInt64BigEndian(extra.AsSpan(SnapshotEntry.ExtraIcountOffset)) : -1;
             offset += extraSize;
             var strings = new byte[idSize + nameSize];
             ReadZeroFilled(device, strings, offset);
@@ -326,8 +321,8 @@ internal sealed class ImageMetadata
             var id = Encoding.UTF8.GetString(strings, 0, idSize);
             var name = Encoding.UTF8.GetString(strings, idSize, nameSize);
             tableLength += SnapshotHeaderSize + extraSize + idSize + nameSize;
-            if (tableLength > MaxSnapshotTableBytes)
-                throw new Qcow2FormatException("nb_snapshots", 60, "Snapshot table is too big");
+            if (tableLength > SnapshotTable.MaxTableSize)
+                throw new Qcow2FormatException("nb_snapshots", Qcow2Header.NbSnapshotsOffset, "Snapshot table is too big");
             list.Add(new SnapshotInfo(Cut(id), Cut(name), l1Offset, l1Size, vmState, dateSec, dateNsec, vmClock, icount, extraSize));
         }
         return (list, offset - (long)m.SnapshotsOffset);
@@ -344,25 +339,27 @@ internal sealed class ImageMetadata
         for (var i = 0u; i < m.BitmapCount; i++)
         {
             var at = (long)m.BitmapDirectoryOffset + pos;
-            if (pos + 24 > dir.Length)
+            if (pos + BitmapDirectoryEntry.FixedSize > dir.Length)
                 throw new Qcow2FormatException("bitmap directory", at, "bitmap directory entry runs past the directory size");
             var e = dir.AsSpan(pos);
-            var tableOffset = BinaryPrimitives.ReadUInt64BigEndian(e);
-            var tableSize = BinaryPrimitives.ReadUInt32BigEndian(e[8..]);
-            var flags = BinaryPrimitives.ReadUInt32BigEndian(e[12..]);
-            var type = e[16];
-            var granularityBits = e[17];
-            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(e[18..]);
-            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(e[20..]);
-            var entrySize = (24L + extraSize + nameSize + 7) & ~7L;
+            var tableOffset = BinaryPrimitives.ReadUInt64BigEndian(e[BitmapDirectoryEntry.TableOffsetOffset..]);
+            var tableSize = BinaryPrimitives.ReadUInt32BigEndian(e[BitmapDirectoryEntry.TableSizeOffset..]);
+            var flags = (BitmapFlags)BinaryPrimitives.ReadUInt32BigEndian(e[BitmapDirectoryEntry.FlagsOffset..]);
+            var type = e[BitmapDirectoryEntry.TypeOffset];
+            var granularityBits = e[BitmapDirectoryEntry.GranularityBitsOffset];
+            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(e[BitmapDirectoryEntry.NameSizeOffset..]);
+            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(e[BitmapDirectoryEntry.ExtraDataSizeOffset..]);
+            var entrySize = ((long)BitmapDirectoryEntry.FixedSize + extraSize + nameSize + 7) & ~7L;
             if (pos + entrySize > dir.Length)
                 throw new Qcow2FormatException("bitmap directory", at, "bitmap directory entry runs past the directory size");
-            if ((tableOffset & (ulong)(m.ClusterSize - 1)) != 0 || tableSize > MaxBitmapTableSize || type != 1
-                || granularityBits is < 9 or > 31 || (flags & ~7u) != 0 || nameSize is 0 or > 1023
-                || (extraSize != 0 && (flags & 4u) == 0))
+            if ((tableOffset & (ulong)(m.ClusterSize - 1)) != 0 || tableSize > BitmapDirectoryEntry.MaxTableSize
+                || type != BitmapDirectoryEntry.DirtyTrackingType
+                || granularityBits is < BitmapDirectoryEntry.MinGranularityBits or > BitmapDirectoryEntry.MaxGranularityBits
+                || (flags & BitmapFlags.Reserved) != 0 || nameSize is 0 or > BitmapDirectoryEntry.MaxNameSize
+                || (extraSize != 0 && (flags & BitmapFlags.ExtraDataCompatible) == 0))
                 throw new Qcow2FormatException("bitmap directory entry", at, $"bitmap directory entry {i} is invalid");
-            var name = Encoding.UTF8.GetString(dir, pos + 24 + (int)extraSize, nameSize);
-            list.Add(new BitmapInfo(name, 1L << granularityBits, flags, tableOffset, tableSize));
+            var name = Encoding.UTF8.GetString(dir, pos + BitmapDirectoryEntry.FixedSize + (int)extraSize, nameSize);
+            list.Add(new BitmapInfo(name, 1L << granularityBits, (uint)flags, tableOffset, tableSize));
             pos += (int)entrySize;
         }
         return list;

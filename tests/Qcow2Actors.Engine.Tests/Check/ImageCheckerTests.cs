@@ -26,27 +26,13 @@ public sealed class ImageCheckerTests
         public void Dispose() { }
     }
 
-    private const int Cluster = 65536;
+    private const int Cluster = HandBuiltImage.Cluster;
 
     /// <summary>A minimal v3 image: header, refcount table, refcount block, L1 (one entry), L2, one data cluster.</summary>
     private static byte[] SmallImage()
     {
-        var img = new byte[6 * Cluster];
-        var h = img.AsSpan();
-        BinaryPrimitives.WriteUInt32BigEndian(h, 0x514649FB);
-        BinaryPrimitives.WriteUInt32BigEndian(h[4..], 3);
-        BinaryPrimitives.WriteUInt32BigEndian(h[20..], 16);
-        BinaryPrimitives.WriteUInt64BigEndian(h[24..], 1 << 20);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], 1);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], 3 * Cluster);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], 1 * Cluster);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], 1);
-        BinaryPrimitives.WriteUInt32BigEndian(h[96..], 4);
-        BinaryPrimitives.WriteUInt32BigEndian(h[100..], 104);
-        BinaryPrimitives.WriteUInt64BigEndian(h[Cluster..], 2 * Cluster);
-        for (var c = 0; c < 6; c++) BinaryPrimitives.WriteUInt16BigEndian(h[(2 * Cluster + 2 * c)..], 1);
-        BinaryPrimitives.WriteUInt64BigEndian(h[(3 * Cluster)..], (1UL << 63) | (4 * Cluster));
-        BinaryPrimitives.WriteUInt64BigEndian(h[(4 * Cluster)..], (1UL << 63) | (5 * Cluster));
+        var img = HandBuiltImage.Create(6);
+        BinaryPrimitives.WriteUInt64BigEndian(img.AsSpan(4 * Cluster), (1UL << 63) | (5 * Cluster));
         return img;
     }
 

@@ -6,9 +6,9 @@ namespace Qcow2Actors.Engine.Tests.Check;
 
 public sealed class ImageRepairTests
 {
-    private const int Cluster = 65536;
+    private const int Cluster = HandBuiltImage.Cluster;
     private const int Clusters = 8;
-    private const ulong Copied = 1UL << 63;
+    private const ulong Copied = HandBuiltImage.Copied;
 
     /// <summary>An in-memory image file that records every write and flush, so a test can replay any prefix as a crash.</summary>
     private sealed class RecordingDevice(byte[] initial, bool readOnly = false) : IBlockDevice
@@ -60,21 +60,8 @@ public sealed class ImageRepairTests
     /// </summary>
     private static byte[] Image()
     {
-        var img = new byte[Clusters * Cluster];
+        var img = HandBuiltImage.Create(Clusters);
         var h = img.AsSpan();
-        BinaryPrimitives.WriteUInt32BigEndian(h, 0x514649FB);
-        BinaryPrimitives.WriteUInt32BigEndian(h[4..], 3);
-        BinaryPrimitives.WriteUInt32BigEndian(h[20..], 16);
-        BinaryPrimitives.WriteUInt64BigEndian(h[24..], 1 << 20);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], 1);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], 3 * Cluster);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], 1 * Cluster);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], 1);
-        BinaryPrimitives.WriteUInt32BigEndian(h[96..], 4);
-        BinaryPrimitives.WriteUInt32BigEndian(h[100..], 104);
-        BinaryPrimitives.WriteUInt64BigEndian(h[Cluster..], 2 * Cluster);
-        for (var c = 0; c < Clusters; c++) SetRefcount(img, c, 1);
-        BinaryPrimitives.WriteUInt64BigEndian(h[(3 * Cluster)..], Copied | (4UL * Cluster));
         for (var g = 0; g < 3; g++)
         {
             BinaryPrimitives.WriteUInt64BigEndian(h[(4 * Cluster + 8 * g)..], Copied | ((5UL + (ulong)g) * Cluster));
@@ -83,8 +70,7 @@ public sealed class ImageRepairTests
         return img;
     }
 
-    private static void SetRefcount(byte[] img, long cluster, ushort value) =>
-        BinaryPrimitives.WriteUInt16BigEndian(img.AsSpan((int)(2 * Cluster + 2 * cluster)), value);
+    private static void SetRefcount(byte[] img, long cluster, ushort value) => HandBuiltImage.SetRefcount(img, cluster, value);
 
     private static void SetDirty(byte[] img) => img[79] |= 1;
 

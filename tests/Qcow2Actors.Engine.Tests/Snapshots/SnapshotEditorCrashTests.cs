@@ -21,28 +21,23 @@ public sealed class SnapshotEditorCrashTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     /// <summary>A memory device that remembers every write with the number of flushes before it.</summary>
-    private sealed class RecordingDevice(MemoryBlockDevice inner) : IBlockDevice
+    private sealed class RecordingDevice(MemoryBlockDevice inner) : DelegatingDevice(inner)
     {
         public List<(int Epoch, long Offset, byte[] Data)> Writes { get; } = [];
         public int Epoch { get; private set; }
-        public long Length => inner.Length;
-        public bool IsReadOnly => false;
-        public string Name => "recording";
-        public int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-        public void Write(ReadOnlySpan<byte> buffer, long offset)
+        public override bool IsReadOnly => false;
+        public override string Name => "recording";
+        public override void Write(ReadOnlySpan<byte> buffer, long offset)
         {
             Writes.Add((Epoch, offset, buffer.ToArray()));
-            inner.Write(buffer, offset);
+            Inner.Write(buffer, offset);
         }
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
         {
             Write(buffer.Span, offset);
             return ValueTask.CompletedTask;
         }
-        public void Flush() => Epoch++;
-        public void SetLength(long length) => inner.SetLength(length);
-        public void Dispose() => inner.Dispose();
+        public override void Flush() => Epoch++;
     }
 
     private byte[] QemuImage(string options, string size, params string[] io)

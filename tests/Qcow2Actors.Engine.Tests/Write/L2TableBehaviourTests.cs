@@ -1,5 +1,6 @@
 using Qcow2Actors.Engine.Create;
 using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
 using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Write;
@@ -83,26 +84,16 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     }
 
     /// <summary>A host file whose writes of one marked length wait until released.</summary>
-    private sealed class GatedDevice(IBlockDevice inner, int gatedLength, TaskCompletionSource gate, TaskCompletionSource reached) : IBlockDevice
+    private sealed class GatedDevice(IBlockDevice inner, int gatedLength, TaskCompletionSource gate, TaskCompletionSource reached) : DelegatingDevice(inner)
     {
-        public long Length => inner.Length;
-        public bool IsReadOnly => inner.IsReadOnly;
-        public string Name => inner.Name;
-        public int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-        public void Write(ReadOnlySpan<byte> buffer, long offset) => inner.Write(buffer, offset);
-        public void Flush() => inner.Flush();
-        public void SetLength(long length) => inner.SetLength(length);
-        public void Dispose() => inner.Dispose();
-
-        public async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
         {
             if (buffer.Length == gatedLength)
             {
                 reached.TrySetResult();
                 await gate.Task;
             }
-            await inner.WriteAsync(buffer, offset, cancellationToken);
+            await Inner.WriteAsync(buffer, offset, cancellationToken);
         }
     }
 

@@ -3,6 +3,7 @@ using Akka.TestKit.Xunit2;
 using Qcow2Actors.Engine.Compression;
 using Qcow2Actors.Engine.Create;
 using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Engine.Read;
 using Qcow2Actors.Engine.Write;
@@ -34,19 +35,7 @@ internal static class MemoryImages
     }
 
     /// <summary>A device handle the engine may dispose without closing the memory behind it.</summary>
-    public sealed class Handle(MemoryBlockDevice inner) : IBlockDevice
-    {
-        public long Length => inner.Length;
-        public bool IsReadOnly => inner.IsReadOnly;
-        public string Name => inner.Name;
-        public int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-        public void Write(ReadOnlySpan<byte> buffer, long offset) => inner.Write(buffer, offset);
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, offset, cancellationToken);
-        public void Flush() => inner.Flush();
-        public void SetLength(long length) => inner.SetLength(length);
-        public void Dispose() { }
-    }
+    public sealed class Handle(MemoryBlockDevice inner) : DelegatingDevice(inner, ownsInner: false);
 }
 
 /// <summary>

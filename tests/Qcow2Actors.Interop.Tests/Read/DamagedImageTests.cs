@@ -1,6 +1,6 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Tests.Shared;
+using static Qcow2Actors.Tests.Shared.ImageFileBytes;
 using static Qcow2Actors.Interop.Tests.Read.ReadOracle;
 
 namespace Qcow2Actors.Interop.Tests.Read;
@@ -21,24 +21,6 @@ public sealed class DamagedImageTests : IDisposable
         Qemu("create", "-q", "-f", "qcow2", img, "8M");
         Io(img, ["write -P 1 0 128k", "write -P 2 4M 64k"]);
         return img;
-    }
-
-    private static ulong ReadU64(string path, long offset)
-    {
-        using var fs = File.OpenRead(path);
-        var b = new byte[8];
-        fs.Position = offset;
-        fs.ReadExactly(b);
-        return BinaryPrimitives.ReadUInt64BigEndian(b);
-    }
-
-    private static void WriteU64(string path, long offset, ulong value)
-    {
-        using var fs = File.Open(path, FileMode.Open, FileAccess.Write);
-        var b = new byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(b, value);
-        fs.Position = offset;
-        fs.Write(b);
     }
 
     private static long L2TableOffset(string img) => (long)(ReadU64(img, (long)ReadU64(img, 40)) & 0x00FF_FFFF_FFFF_FE00);
