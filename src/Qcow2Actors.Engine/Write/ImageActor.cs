@@ -70,6 +70,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _ctx = o.Image.Context;
             _layer = o.Image.Layer;
             var refcounts = new RefcountState(_ctx.Device, _ctx.Header);
+            _ctx.RefcountState = refcounts;
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             if (_settings.CheckpointInterval > TimeSpan.Zero)

@@ -250,6 +250,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private Task<Allocation> Allocate(int count)
     {
+        if (_ctx.RefcountState is { } state) return Task.FromResult(RefcountActor.AllocateNow(_ctx, state, count));
         var tcs = new TaskCompletionSource<Allocation>(TaskCreationOptions.RunContinuationsAsynchronously);
         _ctx.Refcounts.Tell(new AllocateClusters(count, tcs));
         return tcs.Task;
