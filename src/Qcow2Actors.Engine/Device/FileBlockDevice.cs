@@ -59,24 +59,43 @@ public sealed partial class FileBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public async ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    /// <remarks>
+    /// Runs on the calling thread. The handle is not opened for asynchronous I/O (Linux has no
+    /// asynchronous buffered file I/O short of io_uring), so RandomAccess would only queue the same
+    /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on
+    /// pool threads, and the inline call saves two thread switches per I/O.
+    /// </remarks>
+    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
-        var total = 0;
-        while (total < buffer.Length)
+        if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled<int>(cancellationToken);
+        try
         {
-            var n = await RandomAccess.ReadAsync(_handle, buffer[total..], offset + total, cancellationToken).ConfigureAwait(false);
-            if (n == 0) break;
-            total += n;
+            return new ValueTask<int>(Read(buffer.Span, offset));
         }
-        return total;
+        catch (Exception ex)
+        {
+            return ValueTask.FromException<int>(ex);
+        }
     }
 
     /// <inheritdoc />
     public void Write(ReadOnlySpan<byte> buffer, long offset) => RandomAccess.Write(_handle, buffer, offset);
 
     /// <inheritdoc />
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-        RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken);
+    /// <remarks>Runs on the calling thread, for the reason given on <see cref="ReadAsync"/>.</remarks>
+    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    {
+        if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled(cancellationToken);
+        try
+        {
+            RandomAccess.Write(_handle, buffer.Span, offset);
+            return ValueTask.CompletedTask;
+        }
+        catch (Exception ex)
+        {
+            return ValueTask.FromException(ex);
+        }
+    }
 
     /// <inheritdoc />
     public void Flush()

@@ -103,6 +103,10 @@ internal sealed class L2Cache
         }
     }
 
+    /// <summary>Writer side: true when <paramref name="view"/> is the one cached for <paramref name="hostOffset"/> (no recency update).</summary>
+    public bool IsCurrent(long hostOffset, L2View view) =>
+        _slots.TryGetValue(hostOffset, out var slot) && ReferenceEquals(slot.View, view);
+
     /// <summary>Writer side: makes <paramref name="view"/> the table every later read sees.</summary>
     public void Publish(L2View view)
     {

@@ -12,7 +12,7 @@ public sealed record EngineSettings
     /// <summary>A clean L2 table actor with no work for this long stops.</summary>
     public TimeSpan TableIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Checkpoint once this many records wait in the journal.</summary>
-    public int CheckpointRecords { get; init; } = 65536;
+    public int CheckpointRecords { get; init; } = 1048576;
     /// <summary>Checkpoint when journal records have waited this long (zero: never on time).</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(60);
     /// <summary>Akka.Persistence journal plugin id.</summary>

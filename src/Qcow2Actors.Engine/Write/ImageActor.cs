@@ -71,6 +71,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _layer = o.Image.Layer;
             var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
             RegisterMetadata(_ctx, _layer, refcounts);
+            _ctx.RefcountState = refcounts;
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.

@@ -79,6 +79,9 @@ internal sealed class ImageContext
     public IActorRef Refcounts { get; set; } = ActorRefs.Nobody;
     public IActorRef Journal { get; set; } = ActorRefs.Nobody;
 
+    /// <summary>The refcount actor's state, for allocation on the caller's thread under its lock (<see cref="RefcountActor.AllocateNow"/>).</summary>
+    public RefcountState? RefcountState { get; set; }
+
     /// <summary>Set when the image may no longer be written (failed fsync, corruption found); says why.</summary>
     public string? ReadOnlyReason => _readOnlyReason;
 

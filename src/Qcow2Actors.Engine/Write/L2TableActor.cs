@@ -26,6 +26,13 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private ulong[]? _words;
     private bool _dirty;
     private bool _tableShared;
+    // Standard L2: the array readers see (_pub, wrapped by _view), copied from _words once per table;
+    // _staged lists the entries changed since the last publish.
+    private L2View? _view;
+    private ulong[]? _pub;
+    private ulong[]? _pubSource;
+    private readonly List<int> _staged = new();
+    private long _pinnedOffset = -1;
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
@@ -107,6 +114,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                 _ctx.Device.Write(bytes, _tableOffset);
                 _dirty = false;
                 _ctx.Layer.L2Tables.Unpin(_tableOffset);
+                _pinnedOffset = -1;
             }
             m.Done.TrySetResult();
         }
@@ -124,7 +132,11 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private void SetEntry(int i, L2Entry e, List<MetadataRecord> records)
     {
         if (_g.ExtendedL2) { _words![2 * i] = e.Word0; _words[2 * i + 1] = e.Bitmap; }
-        else _words![i] = e.Word0;
+        else
+        {
+            _words![i] = e.Word0;
+            _staged.Add(i);
+        }
         _dirty = true;
         records.Add(new SetL2Entry(_tableOffset, i, e.Word0, _g.ExtendedL2 ? e.Bitmap : 0));
     }
@@ -176,25 +188,52 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         return true;
     }
 
-    private void Publish(bool newTable, List<MetadataRecord> records)
+    private void Publish(bool newTable)
     {
         if (_words is null) return;
         var cache = _ctx.Layer.L2Tables;
-        cache.Pin(_tableOffset);
-        cache.Publish(new L2View(_tableOffset, (ulong[])_words.Clone(), _g.ExtendedL2));
+        if (_pinnedOffset != _tableOffset)
+        {
+            cache.Pin(_tableOffset);
+            _pinnedOffset = _tableOffset;
+        }
+        if (_g.ExtendedL2)
+        {
+            // Extended entries are two words: a reader must never see one new and one old, so publish a copy.
+            cache.Publish(new L2View(_tableOffset, (ulong[])_words.Clone(), true));
+        }
+        else
+        {
+            // Standard entries are one aligned word each, stored atomically: the published array is
+            // copied once per table and then only the entries an operation changed are stored into it,
+            // instead of a 64 KiB copy per allocating write.
+            if (_view is null || !ReferenceEquals(_pubSource, _words) || _view.HostOffset != _tableOffset)
+            {
+                _pub = (ulong[])_words.Clone();
+                _pubSource = _words;
+                _view = new L2View(_tableOffset, _pub, false);
+            }
+            else
+            {
+                foreach (int i in _staged) Volatile.Write(ref _pub![i], _words[i]);
+            }
+            if (!cache.IsCurrent(_tableOffset, _view)) cache.Publish(_view);
+        }
+        _staged.Clear();
         if (newTable)
         {
-            ulong l1 = L1Entry.Create(_tableOffset, copied: true).Raw;
-            records.Add(new SetL1Entry(_l1Index, l1));
             // Only after the table's view is in the cache may readers find it through L1.
-            _ctx.PublishL1Entry(_l1Index, l1);
+            _ctx.PublishL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw);
         }
     }
 
     private void Commit(bool newTable, List<MetadataRecord> records, List<long> release)
     {
-        Publish(newTable, records);
+        if (newTable && _words is not null) records.Add(new SetL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw));
+        // Records first, then readers (and the owned-cluster fast path) may see the new entries: a write
+        // that completes through a newly visible mapping is then always covered by the next flush.
         if (records.Count > 0) _ctx.Journal.Tell(new AppendRecords(records));
+        Publish(newTable);
         // Releases go out after the records that drop the references (same sender, same journal: ordered).
         if (release.Count > 0) _ctx.Refcounts.Tell(new AdjustRefcounts([.. release], -1, null));
     }
@@ -217,6 +256,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private Task<Allocation> Allocate(int count)
     {
+        if (_ctx.RefcountState is { } state) return Task.FromResult(RefcountActor.AllocateNow(_ctx, state, count));
         var tcs = new TaskCompletionSource<Allocation>(TaskCreationOptions.RunContinuationsAsynchronously);
         _ctx.Refcounts.Tell(new AllocateClusters(count, tcs));
         return tcs.Task;

@@ -22,28 +22,32 @@ internal sealed class RefcountActor : ReceiveActor
     {
         _ctx = ctx;
         _state = state;
-        Receive<AllocateClusters>(m => Run(m.Reply, records => new Allocation(_state.Allocate(m.Count, records, out var fresh), fresh)));
-        Receive<AllocateCompressedBytes>(m => Run(m.Reply, records => AllocateBytes(m.Length, records)));
-        Receive<AdjustRefcounts>(Adjust);
-        Receive<GetRefcounts>(m => m.Reply.TrySetResult([.. m.Clusters.Select(_state.Get)]));
-        Receive<ReleaseQuarantine>(m => _state.Release(m.Clusters));
+        // The state is also used directly (under its lock) by table actors that allocate: see AllocateNow.
+        Receive<AllocateClusters>(m => { lock (_state) Run(m.Reply, records => new Allocation(_state.Allocate(m.Count, records, out var fresh), fresh)); });
+        Receive<AllocateCompressedBytes>(m => { lock (_state) Run(m.Reply, records => AllocateBytes(m.Length, records)); });
+        Receive<AdjustRefcounts>(m => { lock (_state) Adjust(m); });
+        Receive<GetRefcounts>(m => { lock (_state) m.Reply.TrySetResult([.. m.Clusters.Select(_state.Get)]); });
+        Receive<ReleaseQuarantine>(m => { lock (_state) _state.Release(m.Clusters); });
         Receive<WriteBackRefcounts>(m =>
         {
-            try
+            lock (_state)
             {
                 try
                 {
-                    _state.WriteBack();
+                    try
+                    {
+                        _state.WriteBack();
+                    }
+                    catch (Qcow2ImageCorruptException ex)
+                    {
+                        throw _ctx.MarkCorrupt(ex.Message);
+                    }
+                    m.Reply.TrySetResult((_state.TableOffset, _state.TableClusters));
                 }
-                catch (Qcow2ImageCorruptException ex)
+                catch (Exception ex)
                 {
-                    throw _ctx.MarkCorrupt(ex.Message);
+                    m.Reply.TrySetException(ex);
                 }
-                m.Reply.TrySetResult((_state.TableOffset, _state.TableClusters));
-            }
-            catch (Exception ex)
-            {
-                m.Reply.TrySetException(ex);
             }
         });
     }
@@ -108,6 +112,28 @@ internal sealed class RefcountActor : ReceiveActor
         long start = _state.Allocate(clusters, records, out _);
         _compressedCursor = start + length;
         return start;
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="count"/> contiguous clusters on the caller's thread: the hot path of an
+    /// allocating write takes the state's lock for a few microseconds instead of a round trip through
+    /// this actor's mailbox (two thread switches). The records go to the journal inside the lock, so the
+    /// journal sees every refcount change in the order the state applied them, whoever made it.
+    /// </summary>
+    public static Allocation AllocateNow(ImageContext ctx, RefcountState state, int count)
+    {
+        var records = new List<MetadataRecord>();
+        lock (state)
+        {
+            try
+            {
+                return new Allocation(state.Allocate(count, records, out var fresh), fresh);
+            }
+            finally
+            {
+                if (records.Count > 0) ctx.Journal.Tell(new AppendRecords(records));
+            }
+        }
     }
 
     private void Publish(List<MetadataRecord> records, long[]? freed)

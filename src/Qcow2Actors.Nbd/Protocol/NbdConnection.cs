@@ -505,8 +505,11 @@ internal sealed class NbdConnection
     {
         try
         {
-            // Off the reader loop: an export that completes synchronously must not stall reading.
-            await Task.Yield();
+            // Reads and block status leave the reader loop: they may block on the disk (a page-cache miss),
+            // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it:
+            // they either complete at once (an owned cluster written into the page cache) or hand off to
+            // the engine's actors and complete later, so running them here saves a thread switch per request.
+            if (request.Type is CmdRead or CmdBlockStatus) await Task.Yield();
             switch (request.Type)
             {
                 case CmdRead:
