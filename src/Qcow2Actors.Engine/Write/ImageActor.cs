@@ -200,6 +200,10 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _passivating[m.L1Index] = new List<object>();
             child.Tell(new StopIfClean(m.L1Index, Self));
         });
+        Receive<ReadyToStop>(m =>
+        {
+            if (_tables.TryGetValue(m.L1Index, out var child) && child.Equals(m.Table)) Context.Stop(child);
+        });
         Receive<StayAlive>(m =>
         {
             if (_passivating.Remove(m.L1Index, out var held) && _tables.TryGetValue(m.L1Index, out var child))

@@ -63,8 +63,15 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         Receive<ResumeMutations>(_ => { });
         Receive<StopIfClean>(m =>
         {
-            if (_dirty) m.Parent.Tell(new StayAlive(m.L1Index));
-            else Context.Stop(Self);
+            if (_dirty)
+            {
+                m.Parent.Tell(new StayAlive(m.L1Index));
+                return;
+            }
+            // The parent stops us (it may be mid-checkpoint now and still send us Pause and
+            // WriteBack, which must be answered); until then we only acknowledge those.
+            Become(Stopping);
+            m.Parent.Tell(new ReadyToStop(m.L1Index, Self));
         });
         Receive<ReceiveTimeout>(_ =>
         {
@@ -72,6 +79,13 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             // and through the parent, which holds new messages for this table until we are gone.
             if (!_dirty) Context.Parent.Tell(new RequestPassivation(_l1Index, Self));
         });
+    }
+
+    private void Stopping()
+    {
+        Receive<PauseMutations>(m => m.Done.TrySetResult());
+        Receive<WriteBackTable>(m => m.Done.TrySetResult());
+        ReceiveAny(_ => { });
     }
 
     private void Paused()
