@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
@@ -29,7 +30,12 @@ internal sealed class NbdConnection
     private readonly ILogger _log;
     private readonly CancellationToken _stopping;
     private readonly CancellationToken _abort;
-    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    // Replies: one sender at a time; replies made while it sends, or while the reader holds the cork
+    // (it has more whole requests buffered), queue up and leave together in one gather send.
+    private readonly Lock _outLock = new();
+    private List<(ArraySegment<byte> Data, TaskCompletionSource Done)> _outQueue = new();
+    private bool _sending;
+    private bool _corked;
     private readonly byte[] _header = new byte[RequestHeaderSize];
     private readonly string _peer;
 
@@ -421,8 +427,41 @@ internal sealed class NbdConnection
 
     private async Task ReadRequestsAsync()
     {
+        try
+        {
+            await ReadRequestsLoopAsync();
+        }
+        finally
+        {
+            Uncork();
+        }
+    }
+
+    /// <summary>True when a whole request (header and any write payload) is already buffered, so reading it will not wait.</summary>
+    private bool HasBufferedRequest()
+    {
+        if (!_reader.TryRead(out var result)) return false;
+        var buffer = result.Buffer;
+        bool whole = false;
+        if (buffer.Length >= RequestHeaderSize)
+        {
+            Span<byte> header = stackalloc byte[RequestHeaderSize];
+            buffer.Slice(0, RequestHeaderSize).CopyTo(header);
+            long need = RequestHeaderSize;
+            if (BinaryPrimitives.ReadUInt16BigEndian(header[6..]) == CmdWrite) need += BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
+            whole = buffer.Length >= need;
+        }
+        _reader.AdvanceTo(buffer.Start);
+        return whole;
+    }
+
+    private async Task ReadRequestsLoopAsync()
+    {
         while (!_broken)
         {
+            // Hold replies back while more requests are already here; send them all at once before waiting.
+            if (HasBufferedRequest()) Cork();
+            else Uncork();
             bool gotHeader;
             try
             {
@@ -463,7 +502,9 @@ internal sealed class NbdConnection
                 return;
             }
 
-            await _slots.WaitAsync(_stopping);
+            var slot = _slots.WaitAsync(_stopping);
+            if (!slot.IsCompleted) Uncork(); // the slots free up only as replies leave
+            await slot;
             long charge = 0;
             byte[]? payload = null;
             try
@@ -471,7 +512,9 @@ internal sealed class NbdConnection
                 if (request.Type is CmdRead or CmdWrite)
                 {
                     var want = Math.Min(Math.Min(request.Length, (uint)Options.MaxBlockSize), Math.Max(1, Options.MaxInFlightBytes));
-                    await _bytes.WaitAsync(want, _stopping);
+                    var gate = _bytes.WaitAsync(want, _stopping);
+                    if (!gate.IsCompleted) Uncork();
+                    await gate;
                     charge = want;
                 }
                 if (request.Type == CmdWrite)
@@ -791,17 +834,120 @@ internal sealed class NbdConnection
         BinaryPrimitives.WriteUInt32BigEndian(buffer[16..], length);
     }
 
-    private async Task SendAsync(ReadOnlyMemory<byte> message)
+    private Task SendAsync(ReadOnlyMemory<byte> message)
     {
-        await _sendLock.WaitAsync(_abort);
+        if (!MemoryMarshal.TryGetArray(message, out var segment)) segment = message.ToArray();
+        lock (_outLock)
+        {
+            if (_broken) return Task.FromException(new IOException("connection already failed"));
+            if (_sending || _corked)
+            {
+                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _outQueue.Add((segment, done));
+                return done.Task;
+            }
+            _sending = true;
+        }
+        return SendThenDrainAsync(segment);
+    }
+
+    private async Task SendThenDrainAsync(ArraySegment<byte> segment)
+    {
         try
         {
-            if (_broken) throw new IOException("connection already failed");
-            await _stream.WriteAsync(message, _abort);
+            await SendAllAsync(segment);
         }
-        finally
+        catch
         {
-            _sendLock.Release();
+            FailQueued();
+            throw;
         }
+        _ = DrainAsync();
+    }
+
+    private async Task SendAllAsync(ArraySegment<byte> segment)
+    {
+        var memory = segment.AsMemory();
+        while (memory.Length > 0)
+        {
+            int n = await _socket.SendAsync(memory, SocketFlags.None, _abort);
+            memory = memory[n..];
+        }
+    }
+
+    /// <summary>Runs while this caller owns the sender: sends what queued up, in order, a batch per send.</summary>
+    private async Task DrainAsync()
+    {
+        while (true)
+        {
+            List<(ArraySegment<byte> Data, TaskCompletionSource Done)> batch;
+            lock (_outLock)
+            {
+                if (_outQueue.Count == 0 || _corked)
+                {
+                    _sending = false;
+                    return;
+                }
+                batch = _outQueue;
+                _outQueue = new();
+            }
+            try
+            {
+                if (batch.Count == 1) await SendAllAsync(batch[0].Data);
+                else
+                {
+                    var segments = new List<ArraySegment<byte>>(batch.Count);
+                    long total = 0;
+                    foreach (var item in batch) { segments.Add(item.Data); total += item.Data.Count; }
+                    long sent = await _socket.SendAsync(segments, SocketFlags.None);
+                    // A stream socket sends it all; should it ever stop short, send the rest in order.
+                    foreach (var item in batch)
+                    {
+                        if (sent >= item.Data.Count) { sent -= item.Data.Count; continue; }
+                        await SendAllAsync(item.Data.Slice((int)sent));
+                        sent = 0;
+                    }
+                }
+            }
+            catch (Exception ex)
+            {
+                foreach (var item in batch) item.Done.TrySetException(ex);
+                FailQueued();
+                return;
+            }
+            foreach (var item in batch) item.Done.TrySetResult();
+        }
+    }
+
+    /// <summary>The connection cannot send any more: fail every queued reply (their requests end with the connection).</summary>
+    private void FailQueued()
+    {
+        List<(ArraySegment<byte> Data, TaskCompletionSource Done)> queued;
+        lock (_outLock)
+        {
+            _broken = true;
+            _sending = false;
+            queued = _outQueue;
+            _outQueue = new();
+        }
+        var error = new IOException("connection already failed");
+        foreach (var item in queued) item.Done.TrySetException(error);
+    }
+
+    private void Cork()
+    {
+        lock (_outLock) _corked = true;
+    }
+
+    private void Uncork()
+    {
+        lock (_outLock)
+        {
+            if (!_corked) return;
+            _corked = false;
+            if (_sending || _outQueue.Count == 0) return;
+            _sending = true;
+        }
+        _ = DrainAsync();
     }
 }
