@@ -75,6 +75,22 @@ public static class QemuTools
 
     public static Result QemuIo(params string[] args) => Run("qemu-io", args);
 
+    /// <summary>The oracle's verdict: `qemu-img check` finds 0 errors and 0 leaks (exit 0).</summary>
+    public static void AssertCheckClean(string image)
+    {
+        var check = QemuImg("check", image);
+        Assert.True(check.ExitCode == 0, $"qemu-img check {image}: {check.StdOut}{check.StdErr}");
+    }
+
+    /// <summary>`qemu-img compare` says the qcow2 image holds exactly <paramref name="model"/> (written as raw into <paramref name="scratchDir"/>).</summary>
+    public static void AssertSameContent(string image, byte[] model, string scratchDir)
+    {
+        var raw = System.IO.Path.Combine(scratchDir, "model.raw");
+        File.WriteAllBytes(raw, model);
+        var cmp = QemuImg("compare", "-f", "qcow2", "-F", "raw", image, raw);
+        Assert.True(cmp.ExitCode == 0, $"qemu-img compare {image}: {cmp.StdOut}{cmp.StdErr}");
+    }
+
     /// <summary>
     /// Runs our own CLI out of process (q2a.dll is copied next to the test assembly by the
     /// project reference), so exit codes and stderr are exactly what a user sees.

@@ -41,8 +41,7 @@ public sealed class CrashRecoveryTests : IDisposable
             await reopened.ReadAsync(0, back);
             Assert.Equal(model, back);
         }
-        var check = QemuTools.QemuImg("check", path);
-        Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
+        QemuTools.AssertCheckClean(path);
         var raw = _dir.File("model.raw");
         await File.WriteAllBytesAsync(raw, model);
         var cmp = QemuTools.QemuImg("compare", "-F", "raw", path, raw);

@@ -101,8 +101,7 @@ public abstract class EngineCrashRecoveryTests : IDisposable
         await image.FlushAsync();
         await image.CheckpointAsync();
         // After the checkpoint the image is plain qcow2 again: QEMU reads it.
-        var clean = QemuTools.QemuImg("check", path);
-        Assert.True(clean.ExitCode == 0, clean.StdOut + clean.StdErr);
+        QemuTools.AssertCheckClean(path);
 
         await RandomWrites(image, model, rng, 40, 50_000);
         await image.FlushAsync();

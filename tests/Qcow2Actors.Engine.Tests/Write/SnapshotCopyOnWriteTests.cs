@@ -42,8 +42,7 @@ public sealed class SnapshotCopyOnWriteTests : IDisposable
             await image.FlushAsync();
         }
 
-        var check = QemuTools.QemuImg("check", path);
-        Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
+        QemuTools.AssertCheckClean(path);
         var expected = _dir.File("expected.raw");
         await File.WriteAllBytesAsync(expected, model);
         var cmp = QemuTools.QemuImg("compare", "-F", "raw", path, expected);

@@ -20,20 +20,6 @@ public sealed class WriteEngineTests : IAsyncLifetime
         _dir.Dispose();
     }
 
-    private static void AssertCheckClean(string path)
-    {
-        var check = QemuTools.QemuImg("check", path);
-        Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
-    }
-
-    private static void AssertSameContent(string image, byte[] model, string dir)
-    {
-        var raw = Path.Combine(dir, "model.raw");
-        File.WriteAllBytes(raw, model);
-        var cmp = QemuTools.QemuImg("compare", "-f", "qcow2", "-F", "raw", image, raw);
-        Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
-    }
-
     [QemuFact]
     public async Task Writes_survive_a_clean_close_and_qemu_reads_them()
     {
@@ -56,8 +42,8 @@ public sealed class WriteEngineTests : IAsyncLifetime
             await image.ReadAsync(0, back);
             Assert.Equal(model, back);
         }
-        AssertCheckClean(path);
-        AssertSameContent(path, model, _dir.Path);
+        QemuTools.AssertCheckClean(path);
+        QemuTools.AssertSameContent(path, model, _dir.Path);
     }
 
     [QemuFact]
@@ -77,7 +63,7 @@ public sealed class WriteEngineTests : IAsyncLifetime
             Array.Clear(model, 1 << 20, 1 << 20);
             await image.FlushAsync();
         }
-        AssertCheckClean(path);
-        AssertSameContent(path, model, _dir.Path);
+        QemuTools.AssertCheckClean(path);
+        QemuTools.AssertSameContent(path, model, _dir.Path);
     }
 }
