@@ -82,7 +82,7 @@ public sealed partial class Qcow2Image
             int index = g.L2Index(cur);
             var e = new L2Entry(l2.Entry(index), l2.Bitmap(index));
             bool owned = !e.IsCompressed && e.IsCopied && e.HostOffset != 0 && (g.ExtendedL2
-                ? (e.AllocBits & Mask(g, cur, chunkEnd)) == Mask(g, cur, chunkEnd)
+                ? (e.AllocBits & g.SubclusterMask(cur, chunkEnd)) == g.SubclusterMask(cur, chunkEnd)
                 : !e.ZeroFlag);
             if (!owned) break;
             long host = e.HostOffset + (cur - clusterStart);
@@ -99,13 +99,6 @@ public sealed partial class Qcow2Image
         return cur;
     }
 
-    private static uint Mask(ImageGeometry g, long from, long to)
-    {
-        long cs = g.ClusterSize;
-        int first = (int)((from & (cs - 1)) >> g.SubclusterBits);
-        int last = (int)(((to - 1) & (cs - 1)) >> g.SubclusterBits);
-        return (uint)(((1UL << (last + 1)) - 1) & ~((1UL << first) - 1));
-    }
 
     /// <summary>
     /// Makes [offset, offset + length) read as zeros. Whole clusters (or subclusters) are zeroed

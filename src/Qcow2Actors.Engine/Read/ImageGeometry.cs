@@ -44,6 +44,18 @@ internal sealed class ImageGeometry
     /// <summary>Width of the compressed descriptor's offset field (x = 62 − (cluster_bits − 8)).</summary>
     public int CompressedOffsetBits => 62 - (ClusterBits - 8);
 
+    /// <summary>
+    /// Bits of the subclusters that guest range [from, to) touches inside its cluster (the
+    /// range must not cross a cluster boundary); all 32 bits for standard L2 entries.
+    /// </summary>
+    public uint SubclusterMask(long from, long to)
+    {
+        if (!ExtendedL2) return uint.MaxValue;
+        int first = (int)((from & (ClusterSize - 1)) >> SubclusterBits);
+        int last = (int)(((to - 1) & (ClusterSize - 1)) >> SubclusterBits);
+        return (uint)(((1UL << (last + 1)) - 1) & ~((1UL << first) - 1));
+    }
+
     public long L1Index(long guestOffset) => guestOffset >>> L2CoverageBits;
     public int L2Index(long guestOffset) => (int)((guestOffset >>> ClusterBits) & (L2Entries - 1));
 }

@@ -123,7 +123,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             // clusters (allocations whose records did not make it), which the repair below removes.
             h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
             if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
-            WriteHeader(device, block);
+            ImageContext.WriteHeader(device, block);
             device.Flush();
         }
         if (wasDirty)
@@ -171,13 +171,6 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         BitmapDirectory.Write(entries, bytes);
         device.Write(bytes, bitmaps.DirectoryOffset);
         device.Flush();
-    }
-
-    private static void WriteHeader(IBlockDevice device, ImageHeaderBlock block)
-    {
-        var cluster = new byte[block.Header.ClusterSize];
-        block.Write(cluster);
-        device.Write(cluster.AsSpan(0, block.EncodedLength), 0);
     }
 
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)

@@ -150,11 +150,14 @@ internal sealed class ImageContext
         }
     }
 
-    private void WriteHeaderLocked()
+    private void WriteHeaderLocked() => WriteHeader(Device, HeaderBlock);
+
+    /// <summary>Writes cluster 0 (header, extensions, backing name) in place; the caller flushes.</summary>
+    public static void WriteHeader(IBlockDevice device, ImageHeaderBlock block)
     {
-        var cluster = new byte[Header.ClusterSize];
-        HeaderBlock.Write(cluster);
-        Device.Write(cluster.AsSpan(0, HeaderBlock.EncodedLength), 0);
+        var cluster = new byte[block.Header.ClusterSize];
+        block.Write(cluster);
+        device.Write(cluster.AsSpan(0, block.EncodedLength), 0);
     }
 
     public ulong L1Entry(int index) => Layer.Views.Current.L1Entry(index);

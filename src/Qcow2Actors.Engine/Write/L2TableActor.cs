@@ -333,7 +333,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                 {
                     newTable |= await EnsureWritableTableAsync(records, release);
                     var entry = _g.ExtendedL2
-                        ? L2Entry.Extended(clusterStart, true, e.AllocBits | SubclusterMask(pos, chunkEnd), e.ZeroBits & ~SubclusterMask(pos, chunkEnd))
+                        ? L2Entry.Extended(clusterStart, true, e.AllocBits | _g.SubclusterMask(pos, chunkEnd), e.ZeroBits & ~_g.SubclusterMask(pos, chunkEnd))
                         : L2Entry.Standard(clusterStart, true);
                     if (!_g.ExtendedL2 && kind != L2EntryKind.Normal && chunkEnd - pos < cs)
                     {
@@ -348,16 +348,16 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
             if (kind == L2EntryKind.Normal && e.IsCopied && !_tableShared)
             {
-                if (!_g.ExtendedL2 || (e.AllocBits & SubclusterMask(pos, chunkEnd)) == SubclusterMask(pos, chunkEnd))
+                if (!_g.ExtendedL2 || (e.AllocBits & _g.SubclusterMask(pos, chunkEnd)) == _g.SubclusterMask(pos, chunkEnd))
                 {
                     await _ctx.Device.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e.HostOffset + (pos - clusterStart));
                     pos = chunkEnd;
                     continue;
                 }
                 // Extended: the cluster is ours; write only the touched subclusters and mark them allocated.
-                await WriteSubclustersAsync(e.HostOffset, clusterStart, pos, chunkEnd, data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e, fresh: false);
+                await WriteSubclustersAsync(e.HostOffset, clusterStart, pos, chunkEnd, data.Slice((int)(pos - offset), (int)(chunkEnd - pos)));
                 newTable |= await EnsureWritableTableAsync(records, release);
-                uint touched = SubclusterMask(pos, chunkEnd);
+                uint touched = _g.SubclusterMask(pos, chunkEnd);
                 SetEntry(index, L2Entry.Extended(e.HostOffset, true, e.AllocBits | touched, e.ZeroBits & ~touched), records);
                 pos = chunkEnd;
                 continue;
@@ -399,7 +399,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                     var oldKind = old.GetKind(_g.Version, true);
                     if (oldKind == L2EntryKind.Unallocated)
                     {
-                        uint touched = SubclusterMask(s, t);
+                        uint touched = _g.SubclusterMask(s, t);
                         entry = L2Entry.Extended(host, true, touched, old.ZeroBits & ~touched);
                     }
                     else entry = L2Entry.Extended(host, true, uint.MaxValue, 0); // copied whole
@@ -422,15 +422,6 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         return true;
     }
 
-    private uint SubclusterMask(long from, long to)
-    {
-        if (!_g.ExtendedL2) return uint.MaxValue;
-        long cs = _g.ClusterSize;
-        int first = (int)((from & (cs - 1)) >> _g.SubclusterBits);
-        int last = (int)(((to - 1) & (cs - 1)) >> _g.SubclusterBits);
-        ulong mask = ((1UL << (last + 1)) - 1) & ~((1UL << first) - 1);
-        return (uint)mask;
-    }
 
     /// <summary>Writes newly allocated clusters for guest [dataStart, dataEnd), filling the rest from what the guest reads now.</summary>
     private async Task WriteNewClustersAsync(Allocation alloc, long runStart, int count, long dataStart, long dataEnd, ReadOnlyMemory<byte> data)
@@ -495,9 +486,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
-    private async Task WriteSubclustersAsync(long host, long clusterStart, long pos, long chunkEnd, ReadOnlyMemory<byte> data, L2Entry e, bool fresh)
+    private async Task WriteSubclustersAsync(long host, long clusterStart, long pos, long chunkEnd, ReadOnlyMemory<byte> data)
     {
-        _ = e; _ = fresh;
         long sc = _g.SubclusterSize;
         long s = pos & ~(sc - 1), t = (chunkEnd + sc - 1) & ~(sc - 1);
         var part = new byte[t - s];
@@ -556,7 +546,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         L2Entry next;
         if (_g.ExtendedL2)
         {
-            uint touched = SubclusterMask(from, to);
+            uint touched = _g.SubclusterMask(from, to);
             if (kind == L2EntryKind.Compressed)
             {
                 if (touched != uint.MaxValue) return false;
