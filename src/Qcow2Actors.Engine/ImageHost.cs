@@ -51,8 +51,10 @@ public sealed class ImageHost : IAsyncDisposable
     /// <summary>
     /// Opens an image. Read-only opens use the lock-free read path alone; read-write opens
     /// replay the image's journal if it has one, repair refcounts of an image QEMU left
-    /// dirty, and start the image's actors.
+    /// dirty, and start the image's actors. Every open takes QEMU's image locks first (a write
+    /// open: the "write" lock on the image, its data file and its journal).
     /// </summary>
+    /// <exception cref="Device.ImageLockException">Another process (q2a or QEMU) holds the image.</exception>
     public async Task<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
@@ -60,10 +62,23 @@ public sealed class ImageHost : IAsyncDisposable
         if (options.ReadOnly) return await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
         if (options.DeviceFactory is null && !File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
-        var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened)));
-        var image = await opened.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return new Qcow2Image(image, this);
+        if (options.ForceShare)
+            throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
+        // The write lock comes first: nothing (journal replay included) touches the image before it is ours.
+        var locks = new Device.ImageLockSet();
+        try
+        {
+            if (options.DeviceFactory is null || File.Exists(path)) locks.Acquire(path, Device.LockMode.Writer);
+            var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened, locks)));
+            var image = await opened.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return new Qcow2Image(image, this);
+        }
+        catch
+        {
+            locks.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Creates a new qcow2 image (as <c>qemu-img create</c>) and opens it read-write.</summary>

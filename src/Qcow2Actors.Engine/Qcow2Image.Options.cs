@@ -6,6 +6,13 @@ public sealed class Qcow2OpenOptions
     /// <summary>Open without write access. Read-write opens run the image on the actor engine (see <see cref="ImageHost"/>).</summary>
     public bool ReadOnly { get; init; } = true;
 
+    /// <summary>
+    /// Read-only opens only: share the image with writers (qemu-img's <c>-U</c>, force-share). The
+    /// image lock then claims nothing but "consistent read", so it works on an image another
+    /// process (q2a serve, qemu-nbd) is writing, and reads may see it change underneath.
+    /// </summary>
+    public bool ForceShare { get; init; }
+
     /// <summary>Read this internal snapshot (matched by id first, then by name) instead of the active image.</summary>
     public string? Snapshot { get; init; }
 

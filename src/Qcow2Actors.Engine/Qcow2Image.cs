@@ -14,11 +14,14 @@ public sealed partial class Qcow2Image : IAsyncDisposable
 {
     private readonly IImageLayer _top;
     private readonly Qcow2Layer? _qcow2;
+    // QEMU's image locks on every file of the chain, held from open until every file is closed.
+    private readonly Device.ImageLockSet? _locks;
     private int _disposed;
 
     private Qcow2Image(OpenedLayer opened)
     {
         _top = opened.Layer;
+        _locks = opened.Locks;
         _qcow2 = opened.Layer as Qcow2Layer;
         Header = opened.HeaderBlock?.Header;
         Info = new Qcow2ImageInfo(
@@ -40,9 +43,12 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     /// <exception cref="InvalidDataException">Not a valid qcow2 image, or a backing chain that loops or is too deep.</exception>
     /// <exception cref="NotSupportedException">Encryption, an unknown incompatible feature (named), or an unknown format.</exception>
     /// <exception cref="Qcow2ImageCorruptException">A table lies outside the file.</exception>
+    /// <exception cref="Device.ImageLockException">Another process holds the image (or a file of its chain) in a way this open cannot share.</exception>
     public static async Task<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2OpenOptions();
+        if (!options.ReadOnly && options.ForceShare)
+            throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
         if (!options.ReadOnly)
             return await ImageHost.Shared.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
         if (!File.Exists(path))
@@ -146,7 +152,14 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         }
         finally
         {
-            await _top.DisposeAsync().ConfigureAwait(false);
+            try
+            {
+                await _top.DisposeAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                _locks?.Dispose();
+            }
         }
     }
 }

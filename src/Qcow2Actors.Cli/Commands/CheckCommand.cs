@@ -17,11 +17,13 @@ internal static class CheckCommand
         var format = new Option<string>("-f", "--format") { Description = "image format (only qcow2)" };
         var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
         var repair = new Option<string?>("-r") { Description = "repair: 'leaks' (lower refcounts above their references) or 'all' (also corruptions)" };
+        var forceShare = ForceShareOption.Create();
         var file = new Argument<string>("filename") { Description = "the image" };
         var command = new Command("check", "check the image's metadata for consistency; with -r, repair it");
         command.Options.Add(format);
         command.Options.Add(repair);
         command.Options.Add(output);
+        command.Options.Add(forceShare);
         command.Arguments.Add(file);
         command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
         {
@@ -29,13 +31,17 @@ internal static class CheckCommand
             Formats.RequireQcow2(parse.GetValue(format));
             var json = Formats.IsJson(parse.GetValue(output));
             if (parse.GetValue(repair) is { } r)
+            {
+                if (parse.GetValue(forceShare))
+                    throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
                 return Repair(path, ParseMode(r), json);
+            }
             CheckResult result;
             try
             {
-                result = ImageChecker.CheckFile(path);
+                result = ImageChecker.CheckFile(path, parse.GetValue(forceShare));
             }
-            catch (Exception e) when (e is not FileNotFoundException)
+            catch (Exception e) when (e is not FileNotFoundException and not ImageLockException)
             {
                 throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
             }
@@ -61,10 +67,12 @@ internal static class CheckCommand
         RepairResult result;
         try
         {
+            // A repair writes: it takes the write lock, as qemu-img check -r does.
+            using var imageLock = ImageLock.Acquire(path, LockMode.Writer);
             using var device = FileBlockDevice.Open(path, writable: true);
             result = ImageRepair.Repair(device, path, mode);
         }
-        catch (Exception e) when (e is not FileNotFoundException)
+        catch (Exception e) when (e is not FileNotFoundException and not ImageLockException)
         {
             throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
         }

@@ -19,15 +19,16 @@ internal static class CompareCommand
         var formatA = new Option<string?>("-f") { Description = "format of the first image; probed when absent" };
         var formatB = new Option<string?>("-F") { Description = "format of the second image; probed when absent" };
         var quiet = new Option<bool>("-q") { Description = "print nothing, only set the exit code" };
+        var forceShare = ForceShareOption.Create();
         var a = new Argument<string>("filename1");
         var b = new Argument<string>("filename2");
-        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, a, b };
+        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, forceShare, a, b };
         command.SetAction(async (parse, ct) =>
         {
             try
             {
                 return await RunAsync(parse.GetValue(a)!, parse.GetValue(b)!, parse.GetValue(formatA), parse.GetValue(formatB),
-                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct).ConfigureAwait(false);
+                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare)).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -39,10 +40,11 @@ internal static class CompareCommand
         return command;
     }
 
-    public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct)
+    public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
+        bool forceShare = false)
     {
-        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA }, ct).ConfigureAwait(false);
-        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB }, ct).ConfigureAwait(false);
+        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB, ForceShare = forceShare }, ct).ConfigureAwait(false);
         long common = Math.Min(imgA.VirtualSize, imgB.VirtualSize);
         var bufA = new byte[ChunkSize];
         var bufB = new byte[ChunkSize];

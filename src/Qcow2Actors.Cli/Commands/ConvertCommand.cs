@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Device;
 using System.CommandLine;
 using System.Globalization;
 using Qcow2Actors.Engine;
@@ -29,10 +30,11 @@ internal static class ConvertCommand
         var options = new Option<string[]>("-o") { Description = "target format options, comma separated" };
         var backing = new Option<string?>("-B") { Description = "backing file of the target: only what the source's top image holds is copied" };
         var backingFormat = new Option<string?>("-F") { Description = "format of the target's backing file" };
+        var forceShare = ForceShareOption.Create();
         var source = new Argument<string>("filename") { Description = "source image" };
         var target = new Argument<string>("output_filename") { Description = "target file" };
         var command = new Command("convert", "Convert an image (or one of its snapshots) to a raw or qcow2 image")
-            { format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, source, target };
+            { format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare, source, target };
         command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(
             new ConvertRequest(parse.GetValue(source)!, parse.GetValue(target)!)
             {
@@ -44,6 +46,7 @@ internal static class ConvertCommand
                 Options = parse.GetValue(options) ?? [],
                 BackingFile = parse.GetValue(backing),
                 BackingFormat = parse.GetValue(backingFormat),
+                ForceShare = parse.GetValue(forceShare),
             }, ct)));
         return command;
     }
@@ -89,7 +92,7 @@ internal static class ConvertCommand
         if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
             throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
         await using var src = await Qcow2Image.OpenAsync(request.Source,
-            new Qcow2OpenOptions { Format = request.Format, Snapshot = SnapshotSelector(request.Snapshot) }, ct).ConfigureAwait(false);
+            new Qcow2OpenOptions { Format = request.Format, Snapshot = SnapshotSelector(request.Snapshot), ForceShare = request.ForceShare }, ct).ConfigureAwait(false);
         // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
         // match it, zeros past the snapshot's own end, cut at the active size.
         long size = request.Snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;
@@ -107,7 +110,12 @@ internal static class ConvertCommand
                 create = targetOptions.ToQcow2Options(size, $"{request.Target}: error while converting qcow2: ");
                 if (create.DataFile is not null && request.Compress)
                     throw new NotSupportedException("Compression is not supported with an external data file");
-                if (File.Exists(request.Target)) File.Delete(request.Target); // qemu-img convert replaces the target
+                // qemu-img convert replaces the target, but never one another process has open.
+                if (File.Exists(request.Target))
+                {
+                    using var inUse = ImageLock.Acquire(request.Target, LockMode.Creator);
+                    File.Delete(request.Target);
+                }
                 ImageCreator.Create(request.Target, create);
             }
             catch (ArgumentException ex)
@@ -122,7 +130,9 @@ internal static class ConvertCommand
 
     private static async Task ToRawAsync(Qcow2Image src, string targetPath, long size, long contentEnd, ProgressMeter? meter, CancellationToken ct)
     {
-        using var dst = File.OpenHandle(targetPath, FileMode.Create, FileAccess.ReadWrite, FileShare.Read);
+        // The target is truncated: refuse one that another process holds (qemu-img's create lock).
+        using var targetLock = File.Exists(targetPath) ? ImageLock.Acquire(targetPath, LockMode.Creator) : null;
+        using var dst = File.OpenHandle(targetPath, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite);
         RandomAccess.SetLength(dst, size);
         var buffer = new byte[ChunkSize];
         await foreach (var extent in src.GetMapAsync(0, contentEnd, ct).ConfigureAwait(false))

@@ -14,6 +14,8 @@ internal sealed record ConvertRequest(string Source, string Target)
     public IReadOnlyList<string> Options { get; init; } = [];
     public string? BackingFile { get; init; }
     public string? BackingFormat { get; init; }
+    /// <summary>-U: read the source sharing it with its writer.</summary>
+    public bool ForceShare { get; init; }
 }
 
 /// <summary>

@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Device;
 using System.CommandLine;
 using System.Globalization;
 using Qcow2Actors.Engine;
@@ -106,7 +107,7 @@ internal static class CreateCommand
         catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException
             or Qcow2FormatException or NotSupportedException)
         {
-            throw new CliException($"{img}: {ex.Message}", ex);
+            throw new CliException(ex is ImageLockException l ? $"{l.ImagePath}: {l.Reason}" : $"{img}: {ex.Message}", ex);
         }
         return 0;
     }
@@ -144,6 +145,9 @@ internal static class CreateCommand
             : Path.IsPathRooted(options.DataFile) ? options.DataFile
             : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(img)) ?? ".", options.DataFile);
         bool dataFileExisted = dataFile is not null && File.Exists(dataFile);
+        // Both files are replaced below: refuse before touching either if another process has one open.
+        using var inUse = File.Exists(img) ? ImageLock.Acquire(img, LockMode.Creator) : null;
+        using var dataInUse = dataFileExisted ? ImageLock.Acquire(dataFile!, LockMode.Creator) : null;
         string temp = TempBeside(img);
         try
         {
@@ -188,12 +192,20 @@ internal static class CreateCommand
                 file.SetLength(size);
                 file.Flush(flushToDisk: true);
             }
-            File.Move(temp, img, overwrite: true);
+            ReplaceWith(temp, img);
         }
         finally
         {
             if (File.Exists(temp)) File.Delete(temp);
         }
+    }
+
+    // qemu-img create takes the "write" and "resize" locks on an existing file before it truncates
+    // it: an image another process has open (q2a serve, qemu-nbd) is refused, not replaced.
+    private static void ReplaceWith(string temp, string img)
+    {
+        using var inUse = File.Exists(img) ? ImageLock.Acquire(img, LockMode.Creator) : null;
+        File.Move(temp, img, overwrite: true);
     }
 
     private static string TempBeside(string img) =>

@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Device;
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
@@ -13,11 +14,13 @@ internal static class InfoCommand
         var format = new Option<string>("-f", "--format") { Description = "image format (only qcow2)" };
         var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
         var chain = new Option<bool>("--backing-chain") { Description = "also show every backing file" };
+        var forceShare = ForceShareOption.Create();
         var file = new Argument<string>("filename") { Description = "the image" };
         var command = new Command("info", "show the image's header, snapshots and format-specific information");
         command.Options.Add(format);
         command.Options.Add(output);
         command.Options.Add(chain);
+        command.Options.Add(forceShare);
         command.Arguments.Add(file);
         command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
         {
@@ -27,9 +30,9 @@ internal static class InfoCommand
             IReadOnlyList<ImageInfo> infos;
             try
             {
-                infos = ImageInfo.ReadChain(path, parse.GetValue(chain));
+                infos = ImageInfo.ReadChain(path, parse.GetValue(chain), parse.GetValue(forceShare));
             }
-            catch (Exception e) when (e is not FileNotFoundException)
+            catch (Exception e) when (e is not FileNotFoundException and not ImageLockException)
             {
                 throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
             }

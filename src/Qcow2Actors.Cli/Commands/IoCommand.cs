@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Device;
 using System.CommandLine;
 using System.Diagnostics;
 
@@ -16,26 +17,29 @@ internal static class IoCommand
     {
         var format = new Option<string?>("-f") { Description = "image format (qcow2 or raw); probed when absent" };
         var readOnly = new Option<bool>("-r") { Description = "open the image read-only" };
+        var forceShare = ForceShareOption.Create();
         var commands = new Option<string[]>("-c") { Description = "a qemu-io command, e.g. 'write -P 0xab 0 64k'; repeatable" };
         var path = new Argument<string>("filename");
         var command = new Command("io", "Run qemu-io commands (read, write, discard, flush, abort) against an image")
-            { format, readOnly, commands, path };
+            { format, readOnly, forceShare, commands, path };
         command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(parse.GetValue(path)!, parse.GetValue(format),
-            parse.GetValue(readOnly), parse.GetValue(commands) ?? [], Console.Out, Console.Error, ct)));
+            parse.GetValue(readOnly), parse.GetValue(commands) ?? [], Console.Out, Console.Error, ct, parse.GetValue(forceShare))));
         return command;
     }
 
     public static async Task<int> RunAsync(string path, string? format, bool readOnly, IReadOnlyList<string> commands,
-        TextWriter stdout, TextWriter stderr, CancellationToken ct)
+        TextWriter stdout, TextWriter stderr, CancellationToken ct, bool forceShare = false)
     {
         IIoTarget target;
         try
         {
-            target = await Qcow2IoTarget.OpenAsync(path, format, readOnly, ct).ConfigureAwait(false);
+            if (forceShare && !readOnly)
+                throw new ArgumentException("force-share=on can only be used with read-only images");
+            target = await Qcow2IoTarget.OpenAsync(path, format, readOnly, ct, forceShare).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
         {
-            throw new CliException($"can't open device {path}: {ex.Message}", ex);
+            throw new CliException($"can't open device {path}: {(ex is ImageLockException l ? l.Reason : ex.Message)}", ex);
         }
         await using (target.ConfigureAwait(false))
         {

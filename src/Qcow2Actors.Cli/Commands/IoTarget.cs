@@ -1,4 +1,5 @@
 using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Device;
 
 namespace Qcow2Actors.Cli.Commands;
 
@@ -49,11 +50,12 @@ internal sealed class Qcow2IoTarget : IIoTarget
     /// Opens <paramref name="path"/> as qemu-io does: read-write unless <paramref name="readOnly"/>;
     /// a raw image opened read-write is a <see cref="RawFileIoTarget"/>.
     /// </summary>
-    public static async Task<IIoTarget> OpenAsync(string path, string? format, bool readOnly, CancellationToken ct)
+    public static async Task<IIoTarget> OpenAsync(string path, string? format, bool readOnly, CancellationToken ct, bool forceShare = false)
     {
         if (!readOnly && (format == "raw" || (format is null && RawFileIoTarget.LooksRaw(path))))
             return RawFileIoTarget.Open(path);
-        var image = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { Format = format, ReadOnly = readOnly }, ct).ConfigureAwait(false);
+        var image = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { Format = format, ReadOnly = readOnly, ForceShare = forceShare }, ct)
+            .ConfigureAwait(false);
         return new Qcow2IoTarget(image, readOnly);
     }
 
@@ -112,14 +114,28 @@ internal sealed class RawFileIoTarget : IIoTarget
 {
     private const int ZeroChunk = 1 << 20;
     private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _file;
+    private readonly ImageLock _lock;
 
-    private RawFileIoTarget(Microsoft.Win32.SafeHandles.SafeFileHandle file) => _file = file;
+    private RawFileIoTarget(Microsoft.Win32.SafeHandles.SafeFileHandle file, ImageLock imageLock)
+    {
+        _file = file;
+        _lock = imageLock;
+    }
 
-    /// <summary>Opens <paramref name="path"/> for reading and writing.</summary>
+    /// <summary>Opens <paramref name="path"/> for reading and writing, under the image write lock as qemu-io takes it.</summary>
     public static RawFileIoTarget Open(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
-        return new RawFileIoTarget(File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, FileOptions.RandomAccess));
+        var imageLock = ImageLock.Acquire(path, LockMode.Writer);
+        try
+        {
+            return new RawFileIoTarget(File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, FileOptions.RandomAccess), imageLock);
+        }
+        catch
+        {
+            imageLock.Dispose();
+            throw;
+        }
     }
 
     /// <summary>True unless the first four bytes are the qcow2 magic: qemu's probe, for the formats q2a knows.</summary>
@@ -188,6 +204,7 @@ internal sealed class RawFileIoTarget : IIoTarget
     public ValueTask DisposeAsync()
     {
         _file.Dispose();
+        _lock.Dispose();
         return ValueTask.CompletedTask;
     }
 

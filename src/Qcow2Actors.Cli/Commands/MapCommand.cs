@@ -16,16 +16,17 @@ internal static class MapCommand
         var format = new Option<string?>("-f", "--format") { Description = "image format (qcow2 or raw); probed when absent" };
         var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
         output.AcceptOnlyFromAmong("human", "json");
+        var forceShare = ForceShareOption.Create();
         var image = new Argument<string>("filename") { Description = "the image" };
-        var command = new Command("map", "Dump the metadata of an image: which guest ranges are stored where") { format, output, image };
+        var command = new Command("map", "Dump the metadata of an image: which guest ranges are stored where") { format, output, forceShare, image };
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
-            RunAsync(parse.GetValue(image)!, parse.GetValue(format), parse.GetValue(output)!, Console.Out, ct)));
+            RunAsync(parse.GetValue(image)!, parse.GetValue(format), parse.GetValue(output)!, Console.Out, ct, parse.GetValue(forceShare))));
         return command;
     }
 
-    public static async Task<int> RunAsync(string path, string? format, string output, TextWriter stdout, CancellationToken ct)
+    public static async Task<int> RunAsync(string path, string? format, string output, TextWriter stdout, CancellationToken ct, bool forceShare = false)
     {
-        await using var img = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { Format = format }, ct).ConfigureAwait(false);
+        await using var img = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { Format = format, ForceShare = forceShare }, ct).ConfigureAwait(false);
         var text = new StringBuilder();
         bool json = output == "json";
         if (json) text.Append('[');

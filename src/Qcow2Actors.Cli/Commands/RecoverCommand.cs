@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Device;
 using System.CommandLine;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Format;
@@ -45,7 +46,19 @@ internal static class RecoverCommand
 
     public static async Task<int> RunAsync(string path, bool rebuild, TextWriter stdout, CancellationToken ct)
     {
-        var state = ReadState(path);
+        RecoverState state;
+        // The header (and the journal beside it) are only ours to judge under the write lock: an
+        // image q2a serve or QEMU holds is refused here, before anything is read or replayed.
+        // The engine's open below takes the lock again for itself.
+        if (File.Exists(path))
+        {
+            using (ImageLock.Acquire(path, LockMode.Writer))
+                state = ReadState(path);
+        }
+        else
+        {
+            state = ReadState(path);
+        }
         if (state == RecoverState.Clean)
         {
             await stdout.WriteLineAsync($"'{path}' is clean: nothing to recover").ConfigureAwait(false);

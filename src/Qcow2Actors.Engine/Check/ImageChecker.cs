@@ -28,8 +28,10 @@ public static class ImageChecker
 
     /// <summary>Opens <paramref name="path"/> read-only and checks it.</summary>
     /// <exception cref="Qcow2FormatException">The header is not one a qcow2 opener may accept.</exception>
-    public static CheckResult CheckFile(string path)
+    /// <exception cref="ImageLockException">Without <paramref name="forceShare"/>: another process is writing the image.</exception>
+    public static CheckResult CheckFile(string path, bool forceShare = false)
     {
+        using var imageLock = ImageLock.Acquire(path, forceShare ? LockMode.ForceShareReader : LockMode.Reader);
         using var device = FileBlockDevice.Open(path, writable: false);
         return Check(device, path);
     }

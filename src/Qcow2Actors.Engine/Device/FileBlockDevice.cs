@@ -19,12 +19,15 @@ public sealed partial class FileBlockDevice : IBlockDevice
         IsReadOnly = readOnly;
     }
 
-    /// <summary>Opens an existing file; read-only unless <paramref name="writable"/>.</summary>
+    /// <summary>
+    /// Opens an existing file; read-only unless <paramref name="writable"/>. The handle takes no image
+    /// lock (<see cref="ImageLock"/> does that, once per open image) and shares everything, so .NET's
+    /// flock (a shared one for any sharing mode) never makes two of our handles fight.
+    /// </summary>
     public static FileBlockDevice Open(string path, bool writable)
     {
         var access = writable ? FileAccess.ReadWrite : FileAccess.Read;
-        var share = writable ? FileShare.Read : FileShare.ReadWrite;
-        var handle = File.OpenHandle(path, FileMode.Open, access, share, FileOptions.RandomAccess);
+        var handle = File.OpenHandle(path, FileMode.Open, access, FileShare.ReadWrite, FileOptions.RandomAccess);
         return new FileBlockDevice(handle, path, !writable);
     }
 
@@ -32,7 +35,7 @@ public sealed partial class FileBlockDevice : IBlockDevice
     public static FileBlockDevice Create(string path, bool overwrite = false)
     {
         var handle = File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite,
-            FileShare.Read, FileOptions.RandomAccess);
+            FileShare.ReadWrite, FileOptions.RandomAccess);
         return new FileBlockDevice(handle, path, false);
     }
 

@@ -85,7 +85,7 @@ public sealed class ResilientBlockDevice : IBlockDevice
     /// <summary>
     /// The default transient test: any <see cref="IOException"/> except those that say the
     /// path is wrong (not found, too long, no such drive) or that the data ended, which no
-    /// amount of waiting fixes. EIO from a flaky disk or network filesystem, EAGAIN, ESTALE
+    /// amount of waiting fixes, or that another process holds the image. EIO from a flaky disk or network filesystem, EAGAIN, ESTALE
     /// and sharing violations all arrive as plain <see cref="IOException"/>s.
     /// </summary>
     public static bool IsTransient(Exception exception) => exception is IOException
@@ -93,7 +93,8 @@ public sealed class ResilientBlockDevice : IBlockDevice
         and not DirectoryNotFoundException
         and not PathTooLongException
         and not DriveNotFoundException
-        and not EndOfStreamException;
+        and not EndOfStreamException
+        and not ImageLockException;
 
     /// <summary>
     /// Runs <paramref name="open"/> (for example <c>() =&gt; FileBlockDevice.Open(path, true)</c>)

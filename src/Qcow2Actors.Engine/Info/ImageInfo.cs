@@ -51,14 +51,19 @@ public sealed record ImageInfo
     /// image below it. Each file is opened read-only and checked against the opener rules.
     /// </summary>
     /// <exception cref="Qcow2FormatException">An image is not one a qcow2 opener may accept.</exception>
-    public static IReadOnlyList<ImageInfo> ReadChain(string path, bool backingChain)
+    /// <exception cref="ImageLockException">Without <paramref name="forceShare"/>: another process is writing an image of the chain.</exception>
+    public static IReadOnlyList<ImageInfo> ReadChain(string path, bool backingChain, bool forceShare = false)
     {
+        // qemu-img info's claim: the shared read lock on each image while it is read (with -U, nothing but "consistent read").
+        using var locks = new ImageLockSet();
+        var mode = forceShare ? LockMode.ForceShareReader : LockMode.Reader;
         var chain = new List<ImageInfo>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
         for (string? current = path; current is not null;)
         {
             if (!seen.Add(Path.GetFullPath(current)))
                 throw new InvalidOperationException($"Backing file '{current}' creates an infinite loop");
+            locks.Acquire(current, mode);
             using var device = FileBlockDevice.Open(current, writable: false);
             var info = Read(device, current);
             chain.Add(info);

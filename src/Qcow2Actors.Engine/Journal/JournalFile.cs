@@ -18,6 +18,10 @@ internal sealed class JournalFile : IDisposable
     private readonly Func<string, IBlockDevice> _createNew;
     private readonly List<RecordRef> _index = [];
     private IBlockDevice? _device;
+    // QEMU-style write lock on the journal file, held as long as _device is open (it follows the
+    // inode through a compaction's rename). The image's own write lock is what keeps a second
+    // writer out; this one makes the journal show as in use to anyone who looks at it.
+    private ImageLock? _lock;
     private bool _loaded;
     private bool _directorySynced;
     private Exception? _broken;
@@ -56,6 +60,16 @@ internal sealed class JournalFile : IDisposable
         if (File.Exists(Path))
         {
             _device = _openExisting(Path);
+            try
+            {
+                _lock = LockIfOnDisk(Path);
+            }
+            catch
+            {
+                _device.Dispose();
+                _device = null;
+                throw;
+            }
             Scan(_device);
         }
         _loaded = true;
@@ -160,6 +174,7 @@ internal sealed class JournalFile : IDisposable
                 DirectorySync.FsyncParentOf(dir);
             }
             _device = _createNew(Path);
+            _lock = LockIfOnDisk(Path);
         }
         var device = _device!;
         // Cut a torn or corrupt tail first so that no stale bytes follow the new records.
@@ -235,9 +250,11 @@ internal sealed class JournalFile : IDisposable
         var temp = Path + ".compact";
         var newIndex = new List<RecordRef>();
         IBlockDevice? compacted = null;
+        ImageLock? compactedLock = null;
         try
         {
             compacted = _createNew(temp);
+            compactedLock = LockIfOnDisk(temp);
             var head = new ArrayBufferWriter<byte>();
             head.Write(JournalRecords.Magic);
             JournalRecords.WriteDeleteMark(head, deletedTo, HighestSequenceNr);
@@ -268,6 +285,7 @@ internal sealed class JournalFile : IDisposable
         catch
         {
             compacted?.Dispose();
+            compactedLock?.Dispose();
             try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
             throw;
         }
@@ -283,6 +301,8 @@ internal sealed class JournalFile : IDisposable
         // The open handle follows the inode, so the compacted device now is the journal.
         _device.Dispose();
         _device = compacted;
+        _lock?.Dispose();
+        _lock = compactedLock;
         _index.Clear();
         _index.AddRange(newIndex);
         DeletedTo = deletedTo;
@@ -295,10 +315,15 @@ internal sealed class JournalFile : IDisposable
     {
         _device?.Dispose();
         _device = null;
+        _lock?.Dispose();
+        _lock = null;
         _loaded = false;
         _directorySynced = false;
         _broken = null;
     }
+
+    // Test doubles may open devices that are not host files: those have nothing to lock.
+    private static ImageLock? LockIfOnDisk(string path) => File.Exists(path) ? ImageLock.Acquire(path, LockMode.Writer) : null;
 
     private void ThrowIfBroken()
     {

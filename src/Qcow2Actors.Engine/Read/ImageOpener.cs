@@ -6,7 +6,11 @@ using Qcow2Actors.Format;
 namespace Qcow2Actors.Engine.Read;
 
 /// <summary>What opening one layer found out, for <see cref="Qcow2Image.Info"/>.</summary>
-internal sealed record OpenedLayer(IImageLayer Layer, ImageHeaderBlock? HeaderBlock, IReadOnlyList<SnapshotRef> Snapshots, SnapshotRef? Snapshot);
+internal sealed record OpenedLayer(IImageLayer Layer, ImageHeaderBlock? HeaderBlock, IReadOnlyList<SnapshotRef> Snapshots, SnapshotRef? Snapshot)
+{
+    /// <summary>The image lock of every file of the chain; whoever keeps the layer keeps these until it closes.</summary>
+    public ImageLockSet? Locks { get; init; }
+}
 
 /// <summary>
 /// Opens an image and its backing chain read-only, validating everything a read will trust
@@ -18,12 +22,47 @@ internal static class ImageOpener
 
     public static async Task<OpenedLayer> OpenAsync(string path, Qcow2OpenOptions options, CancellationToken cancellationToken)
     {
+        var locks = new ImageLockSet();
+        try
+        {
+            return await OpenAsync(path, options, locks, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            locks.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Opens the chain, taking QEMU's image locks on every file into <paramref name="locks"/> (files it
+    /// already holds, such as a write open's image, are not locked again).
+    /// </summary>
+    public static async Task<OpenedLayer> OpenAsync(string path, Qcow2OpenOptions options, ImageLockSet locks, CancellationToken cancellationToken)
+    {
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        return await OpenLayerAsync(path, path, options.Format, options.Snapshot, options, seen, 0, cancellationToken).ConfigureAwait(false);
+        var opened = await OpenLayerAsync(path, path, options.Format, options.Snapshot, options, locks, seen, 0, cancellationToken).ConfigureAwait(false);
+        return opened with { Locks = locks };
+    }
+
+    /// <summary>How an open of this options' chain claims a file: the top image, a data file, or a backing file.</summary>
+    private static LockMode ModeFor(Qcow2OpenOptions options, int depth, bool dataFile)
+    {
+        bool writable = depth == 0 && !options.ReadOnly;
+        if (!writable && options.ForceShare) return LockMode.ForceShareReader;
+        if (dataFile) return writable ? LockMode.DataFileWriter : LockMode.DataFileReader;
+        return writable ? LockMode.Writer : LockMode.Reader;
+    }
+
+    private static void Lock(ImageLockSet locks, Qcow2OpenOptions options, string path, string displayName, LockMode mode)
+    {
+        // A device factory may stand in for files that do not exist on the host: nothing to lock then.
+        if (options.DeviceFactory is not null && !File.Exists(path)) return;
+        locks.Acquire(path, mode, displayName);
     }
 
     private static async Task<OpenedLayer> OpenLayerAsync(string path, string displayName, string? format, string? snapshot,
-        Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, CancellationToken cancellationToken)
     {
         if (depth > options.MaxBackingDepth)
             throw new InvalidDataException($"backing chain of '{displayName}' is deeper than {options.MaxBackingDepth} images");
@@ -31,6 +70,7 @@ internal static class ImageOpener
         if (!seen.Add(full))
             throw new InvalidDataException($"backing chain loops: '{displayName}' is its own backing file");
 
+        Lock(locks, options, path, displayName, ModeFor(options, depth, dataFile: false));
         format ??= Probe(path);
         switch (format)
         {
@@ -47,7 +87,7 @@ internal static class ImageOpener
         var file = options.OpenDevice(path, writable: depth == 0 && !options.ReadOnly);
         try
         {
-            return await OpenQcow2Async(file, path, displayName, snapshot, options, seen, depth, cancellationToken).ConfigureAwait(false);
+            return await OpenQcow2Async(file, path, displayName, snapshot, options, locks, seen, depth, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -57,7 +97,7 @@ internal static class ImageOpener
     }
 
     private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string path, string displayName, string? snapshot,
-        Qcow2OpenOptions options, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, CancellationToken cancellationToken)
     {
         long fileLength = file.Length;
         var first = new byte[Math.Min(4096, fileLength)];
@@ -127,7 +167,9 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                dataFile = options.OpenDevice(CombinePath(path, block.DataFile), writable: depth == 0 && !options.ReadOnly);
+                string dataPath = CombinePath(path, block.DataFile);
+                if (File.Exists(dataPath)) Lock(locks, options, dataPath, dataFileName, ModeFor(options, depth, dataFile: true));
+                dataFile = options.OpenDevice(dataPath, writable: depth == 0 && !options.ReadOnly);
             }
             if (block.BackingFileName is { } backingName)
             {
@@ -135,7 +177,7 @@ internal static class ImageOpener
                 if (!File.Exists(backingPath))
                     throw new FileNotFoundException($"Could not open backing file '{backingPath}': No such file or directory", backingPath);
                 var opened = await OpenLayerAsync(backingPath, CombinePath(displayName, backingName), block.BackingFormat, null,
-                    options, seen, depth + 1, cancellationToken).ConfigureAwait(false);
+                    options, locks, seen, depth + 1, cancellationToken).ConfigureAwait(false);
                 backing = opened.Layer;
             }
             var view = new ImageView(geometry, size, l1);

@@ -5,31 +5,41 @@ using Qcow2Actors.Engine.Device;
 namespace Qcow2Actors.Engine.Snapshots;
 
 /// <summary>
-/// The image file opened read-write with no sharing, the way qemu-img opens an image it edits.
-/// On Linux .NET takes <c>flock(LOCK_EX)</c> for <see cref="FileShare.None"/>, which conflicts with
-/// the <c>LOCK_SH</c> every other q2a read-write open holds (<see cref="FileBlockDevice"/> shares
-/// Read), so a snapshot edit never runs under a live engine. (<see cref="FileBlockDevice"/> cannot
-/// open without sharing, hence this small device of our own.)
+/// The image file opened for a snapshot edit (or list) under QEMU's image lock, the way qemu-img
+/// snapshot opens it: an edit takes the "write" lock, so it never runs while q2a serve, qemu-nbd
+/// or qemu-io hold the image, and a list takes the shared read lock. The lock lives on its own
+/// handle (<see cref="ImageLock"/>); the data handle is opened sharing everything, so .NET's
+/// flock plays no part in who may open the image.
 /// </summary>
 internal sealed partial class ExclusiveImageFile : IBlockDevice
 {
     private readonly SafeFileHandle _handle;
+    private readonly ImageLock _lock;
 
-    private ExclusiveImageFile(SafeFileHandle handle, string path, bool readOnly)
+    private ExclusiveImageFile(SafeFileHandle handle, ImageLock imageLock, string path, bool readOnly)
     {
         _handle = handle;
+        _lock = imageLock;
         Name = path;
         IsReadOnly = readOnly;
     }
 
-    /// <summary>Opens <paramref name="path"/>; a write open is exclusive, a read-only open shares with readers.</summary>
-    /// <exception cref="IOException">Another process holds the image ("... being used by another process").</exception>
+    /// <summary>Opens <paramref name="path"/>; a write open takes the write lock, a read-only open the shared read lock.</summary>
+    /// <exception cref="ImageLockException">Another process holds the image ("Failed to get "write" lock").</exception>
     public static ExclusiveImageFile Open(string path, bool writable)
     {
-        var handle = writable
-            ? File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None, FileOptions.RandomAccess)
-            : File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.RandomAccess);
-        return new ExclusiveImageFile(handle, path, !writable);
+        var imageLock = ImageLock.Acquire(path, writable ? LockMode.Writer : LockMode.Reader);
+        try
+        {
+            var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,
+                FileShare.ReadWrite, FileOptions.RandomAccess);
+            return new ExclusiveImageFile(handle, imageLock, path, !writable);
+        }
+        catch
+        {
+            imageLock.Dispose();
+            throw;
+        }
     }
 
     public string Name { get; }
@@ -72,7 +82,11 @@ internal sealed partial class ExclusiveImageFile : IBlockDevice
 
     public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        _handle.Dispose();
+        _lock.Dispose();
+    }
 
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     private static partial int FdDataSync(int fd);

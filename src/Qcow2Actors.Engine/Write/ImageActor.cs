@@ -26,6 +26,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly EngineSettings _settings;
     private readonly TaskCompletionSource<OpenedImage> _opened;
     private readonly string _persistenceId;
+    private readonly ImageLockSet _locks;
     private IActorRef? _replay;
     private ImageContext? _ctx;
     private OpenedLayer? _layer;
@@ -36,8 +37,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private long _tick;
     private ICancelable? _checkpointTimer;
 
-    public ImageActor(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened)
+    public ImageActor(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened, ImageLockSet locks)
     {
+        _locks = locks;
         _path = Path.GetFullPath(path);
         _options = options;
         _settings = settings;
@@ -48,8 +50,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     public IStash Stash { get; set; } = null!;
 
-    public static Props Props(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened) =>
-        Akka.Actor.Props.Create(() => new ImageActor(path, options, settings, opened));
+    // locks holds the image's write lock already; the data file and backing files are added as they open.
+    public static Props Props(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened, ImageLockSet locks) =>
+        Akka.Actor.Props.Create(() => new ImageActor(path, options, settings, opened, locks));
 
     protected override void PreStart() => _replay = Context.ActorOf(ReplayActor.Props(_persistenceId, _settings), "replay");
 
@@ -175,7 +178,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)
     {
-        var opened = await ImageOpener.OpenAsync(_path, _options, default);
+        var opened = await ImageOpener.OpenAsync(_path, _options, _locks, default);
         var layer = (Qcow2Layer)opened.Layer;
         var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
             Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings);

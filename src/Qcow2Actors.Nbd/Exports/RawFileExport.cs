@@ -11,6 +11,7 @@ public sealed class RawFileExport : INbdExport, IDisposable
 {
     private static readonly byte[] Zeroes = new byte[1024 * 1024];
     private readonly IBlockDevice _device;
+    private ImageLock? _lock;
     private volatile string? _flushFailure;
 
     /// <summary>Serves <paramref name="device"/> under <paramref name="name"/>; the export owns and disposes the device.</summary>
@@ -24,9 +25,24 @@ public sealed class RawFileExport : INbdExport, IDisposable
         IsReadOnly = device.IsReadOnly;
     }
 
-    /// <summary>Opens the file at <paramref name="path"/> (read-only when <paramref name="readOnly"/>) and serves it.</summary>
-    public static RawFileExport Open(string path, string name, bool readOnly = false) =>
-        new(name, FileBlockDevice.Open(path, writable: !readOnly));
+    /// <summary>
+    /// Opens the file at <paramref name="path"/> (read-only when <paramref name="readOnly"/>) and serves it,
+    /// holding QEMU's image lock on it as qemu-nbd does (the write lock unless read-only).
+    /// </summary>
+    /// <exception cref="ImageLockException">Another process holds the file.</exception>
+    public static RawFileExport Open(string path, string name, bool readOnly = false)
+    {
+        var imageLock = ImageLock.Acquire(path, readOnly ? LockMode.Reader : LockMode.Writer);
+        try
+        {
+            return new(name, FileBlockDevice.Open(path, writable: !readOnly)) { _lock = imageLock };
+        }
+        catch
+        {
+            imageLock.Dispose();
+            throw;
+        }
+    }
 
     /// <inheritdoc/>
     public string Name { get; }
@@ -112,5 +128,9 @@ public sealed class RawFileExport : INbdExport, IDisposable
     }
 
     /// <summary>Closes the file.</summary>
-    public void Dispose() => _device.Dispose();
+    public void Dispose()
+    {
+        _device.Dispose();
+        _lock?.Dispose();
+    }
 }
