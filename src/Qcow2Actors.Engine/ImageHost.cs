@@ -16,6 +16,8 @@ public sealed class ImageHost : IAsyncDisposable
 {
     private static readonly Lazy<ImageHost> SharedHost = new(() => Create());
     private readonly IActorRef _supervisor;
+    // Images opened for writing and not yet closed: a host stopped under them abandons them (below).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Qcow2Image, byte> _open = new();
     private int _disposed;
 
     private ImageHost(ActorSystem system, EngineSettings settings)
@@ -72,7 +74,9 @@ public sealed class ImageHost : IAsyncDisposable
             var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
             _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened, locks)));
             var image = await opened.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-            return new Qcow2Image(image, this);
+            var result = new Qcow2Image(image, this);
+            _open.TryAdd(result, 0);
+            return result;
         }
         catch
         {
@@ -102,11 +106,20 @@ public sealed class ImageHost : IAsyncDisposable
         File.Delete(file);
     }
 
-    /// <summary>Stops the actor system. Close images first (their DisposeAsync) so they end clean.</summary>
+    /// <summary>A write-open image closed: it is no longer this host's to abandon.</summary>
+    internal void Forget(Qcow2Image image) => _open.TryRemove(image, out _);
+
+    /// <summary>
+    /// Stops the actor system. Close images first (their DisposeAsync) so they end clean: an image
+    /// still open is abandoned as a crash would leave it (journal pending, nothing checkpointed),
+    /// turns read-only, and gives up its image locks so the next open can recover it.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await System.Terminate().ConfigureAwait(false);
+        foreach (var image in _open.Keys) image.Abandon();
+        _open.Clear();
     }
 
     /// <summary>Parent of every image actor: a failure stops that image only.</summary>

@@ -142,6 +142,16 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     /// <summary>The read side, for the write engine and the NBD server within this assembly's friends.</summary>
     internal Qcow2Layer? ReadSide => _qcow2;
 
+    /// <summary>
+    /// Its host stopped with the image still open (what a crash leaves): no more writes, and the
+    /// image locks go as they would with the process. The journal stays for the next open to replay.
+    /// </summary>
+    internal void Abandon()
+    {
+        _ctx?.Fail("its image host stopped before it was closed");
+        _locks?.Dispose();
+    }
+
     /// <summary>Closes the image and its backing chain.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -159,6 +169,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
             finally
             {
                 _locks?.Dispose();
+                _host?.Forget(this);
             }
         }
     }

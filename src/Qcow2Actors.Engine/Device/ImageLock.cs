@@ -86,9 +86,9 @@ public sealed partial class ImageLock : IDisposable
 
     private static readonly string[] PermissionNames = ["consistent read", "write", "write unchanged", "resize"];
 
-    private readonly SafeFileHandle? _handle;
+    private readonly SafeFileHandle _handle;
 
-    private ImageLock(SafeFileHandle? handle, string path, LockMode mode)
+    private ImageLock(SafeFileHandle handle, string path, LockMode mode)
     {
         _handle = handle;
         Path = path;
@@ -143,8 +143,22 @@ public sealed partial class ImageLock : IDisposable
         return TestByte(handle, offset);
     }
 
-    /// <summary>Releases every lock (closing the lock's own handle drops them all).</summary>
-    public void Dispose() => _handle?.Dispose();
+    /// <summary>Releases every lock, then closes the lock's handle.</summary>
+    /// <remarks>
+    /// Closing alone is not enough: a child process forked by another thread (Process.Start) holds
+    /// a copy of every descriptor until it execs, and the locks live as long as any copy does. An
+    /// explicit unlock drops them from the open file description at once.
+    /// </remarks>
+    public void Dispose()
+    {
+        if (_handle.IsClosed) return;
+        if (OperatingSystem.IsLinux())
+        {
+            var lk = new Flock { Type = FUnLck, Whence = SeekSet, Start = 0, Length = 0 };
+            Fcntl(_handle, FOfdSetLk, ref lk);
+        }
+        _handle.Dispose();
+    }
 
     // False when the file system has no OFD locks (QEMU then goes on unlocked too).
     private static bool Apply(SafeFileHandle handle, LockMode mode)
