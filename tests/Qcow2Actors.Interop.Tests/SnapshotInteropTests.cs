@@ -317,12 +317,15 @@ public sealed class SnapshotInteropTests : IDisposable
     {
         var img = NewImage("");
         var before = Hash(img);
-        // A q2a engine holds its image with FileShare.Read (a shared flock); the edit needs it exclusively.
-        using (new FileStream(img, FileMode.Open, FileAccess.ReadWrite, FileShare.Read))
+        // The write lock a q2a engine (or qemu-nbd) holds on its image; the edit needs the write lock itself.
+        using (Engine.Device.ImageLock.Acquire(img, Engine.Device.LockMode.Writer))
         {
             var r = QemuTools.Q2a("snapshot", "-c", "s1", img);
             Assert.Equal(1, r.ExitCode);
-            Assert.Contains("being used by another process", r.StdErr, StringComparison.Ordinal);
+            Assert.Equal($"q2a: Could not open '{img}': Failed to get \"write\" lock: is another process using the image?", r.StdErr.Trim());
+            // Listing takes the shared read lock, which a writer does not share; -U lists anyway.
+            Assert.Contains("Failed to get shared \"write\" lock", QemuTools.Q2a("snapshot", "-l", img).StdErr, StringComparison.Ordinal);
+            Assert.Equal(0, QemuTools.Q2a("snapshot", "-l", "-U", img).ExitCode);
         }
         Assert.Equal(before, Hash(img));
         Q2a("snapshot", "-c", "s1", img);

@@ -21,7 +21,7 @@ internal static class SnapshotCommand
         var delete = new Option<string?>("-d") { Description = "delete the snapshot named SNAPSHOT" };
         var format = new Option<string?>("-f") { Description = "image format (qcow2)" };
         var quiet = new Option<bool>("-q") { Description = "quiet" };
-        var forceShare = new Option<bool>("-U") { Description = "open for listing even if another process uses the image (q2a's read-only open always shares)" };
+        var forceShare = new Option<bool>("-U") { Description = "list even while another process (q2a serve, qemu-nbd) is writing the image (force-share)" };
         var image = new Argument<string>("IMG");
         var command = new Command("snapshot", "list, create, apply or delete internal snapshots")
             { list, create, apply, delete, format, quiet, forceShare, image };
@@ -40,7 +40,7 @@ internal static class SnapshotCommand
             if (c is not null) SnapshotEditor.Create(path, c);
             else if (a is not null) SnapshotEditor.Apply(path, a);
             else if (d is not null) SnapshotEditor.Delete(path, d);
-            else Console.Out.Write(Table(SnapshotEditor.List(path)));
+            else Console.Out.Write(Table(SnapshotEditor.List(path, parse.GetValue(forceShare))));
             return 0;
         }));
         return command;

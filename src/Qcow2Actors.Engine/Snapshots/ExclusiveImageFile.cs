@@ -26,9 +26,9 @@ internal sealed partial class ExclusiveImageFile : IBlockDevice
 
     /// <summary>Opens <paramref name="path"/>; a write open takes the write lock, a read-only open the shared read lock.</summary>
     /// <exception cref="ImageLockException">Another process holds the image ("Failed to get "write" lock").</exception>
-    public static ExclusiveImageFile Open(string path, bool writable)
+    public static ExclusiveImageFile Open(string path, bool writable, bool forceShare = false)
     {
-        var imageLock = ImageLock.Acquire(path, writable ? LockMode.Writer : LockMode.Reader);
+        var imageLock = ImageLock.Acquire(path, writable ? LockMode.Writer : forceShare ? LockMode.ForceShareReader : LockMode.Reader);
         try
         {
             var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,

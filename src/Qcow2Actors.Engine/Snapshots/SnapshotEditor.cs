@@ -22,9 +22,10 @@ public static class SnapshotEditor
     /// <param name="path">The qcow2 image.</param>
     /// <exception cref="SnapshotEditException">The image has a pending journal.</exception>
     /// <exception cref="Qcow2FormatException">The header or snapshot table is malformed.</exception>
-    public static IReadOnlyList<SnapshotEntry> List(string path)
+    /// <param name="forceShare">Share the image with a writer (qemu-img's -U) instead of taking the shared read lock.</param>
+    public static IReadOnlyList<SnapshotEntry> List(string path, bool forceShare = false)
     {
-        using var device = ExclusiveImageFile.Open(path, writable: false);
+        using var device = ExclusiveImageFile.Open(path, writable: false, forceShare);
         return List(device);
     }
 
