@@ -68,20 +68,45 @@ public sealed class ImageHost : IAsyncDisposable
             throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
         // The write lock comes first: nothing (journal replay included) touches the image before it is ours.
         var locks = new Device.ImageLockSet();
+        Task<OpenedImage>? opening = null;
         try
         {
             if (options.DeviceFactory is null || File.Exists(path)) locks.Acquire(path, Device.LockMode.Writer);
             var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
             _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened, locks)));
-            var image = await opened.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            opening = opened.Task;
+            var image = await opening.WaitAsync(cancellationToken).ConfigureAwait(false);
             var result = new Qcow2Image(image, this);
             _open.TryAdd(result, 0);
             return result;
+        }
+        catch (OperationCanceledException) when (opening is { IsCompleted: false })
+        {
+            // The actor goes on opening (it may be replaying the journal): the locks stay until it is
+            // done, then the image is closed, which releases them.
+            _ = CloseWhenOpenedAsync(opening, locks);
+            throw;
         }
         catch
         {
             locks.Dispose();
             throw;
+        }
+    }
+
+    private async Task CloseWhenOpenedAsync(Task<OpenedImage> opening, Device.ImageLockSet locks)
+    {
+        try
+        {
+            await new Qcow2Image(await opening.ConfigureAwait(false), this).DisposeAsync().ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // Nobody is waiting for this image any more; the failure was the open's own.
+        }
+        finally
+        {
+            locks.Dispose();
         }
     }
 
