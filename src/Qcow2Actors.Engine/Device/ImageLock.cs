@@ -190,7 +190,7 @@ public sealed partial class ImageLock : IDisposable
         int errno = Marshal.GetLastPInvokeError();
         if (errno is EInval or ENoLck or ENoSys) return false;
         // EAGAIN/EACCES: someone holds an exclusive lock on the byte, which no QEMU-style open does.
-        throw new IOException($"could not lock byte {offset} of '{handle}': errno {errno}");
+        throw new IOException($"could not take the image lock on byte {offset}: errno {errno}");
     }
 
     // True when another open file description holds a lock on the byte.
