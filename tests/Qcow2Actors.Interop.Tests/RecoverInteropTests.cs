@@ -15,7 +15,7 @@ public sealed class RecoverInteropTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private const string JournalPendingName = "qcow2actors journal pending";
+    private const string JournalPendingName = "journal pending: run q2a recover";
 
     private static QemuTools.Result Q2aIo(string image, params string[] commands) =>
         QemuTools.Q2a(["io", .. commands.SelectMany(c => new[] { "-c", c }), image]);

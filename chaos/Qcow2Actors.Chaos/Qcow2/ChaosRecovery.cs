@@ -25,7 +25,7 @@ public sealed record RecoveryVerdict(bool Ok, string Stage, string Message, bool
 public static class ChaosRecovery
 {
     /// <summary>The feature name our journal-pending bit carries in the feature name table.</summary>
-    public const string JournalPendingFeatureName = "qcow2actors journal pending";
+    public const string JournalPendingFeatureName = Qcow2Actors.Format.FeatureNameTable.JournalPendingName;
 
     /// <summary>Runs every stage on <paramref name="path"/> (and its <c>.journal</c>) with <paramref name="host"/>.</summary>
     public static async Task<RecoveryVerdict> RecoverAndVerifyAsync(ImageHost host, string path, DiskModel model, CancellationToken cancellationToken = default)

@@ -146,7 +146,10 @@ public sealed record ImageInfo
     {
         var d = new QemuJsonObject();
         if (Version == 2)
-            return d.Add("compat", "0.10").Add("compression-type", CompressionType).Add("refcount-bits", (long)RefcountBits);
+        {
+            d.Add("compat", "0.10").Add("compression-type", CompressionType).Add("refcount-bits", (long)RefcountBits);
+            return JournalPending ? d.Add("journal-pending", true) : d;
+        }
         d.Add("compat", "1.1").Add("compression-type", CompressionType).Add("lazy-refcounts", LazyRefcounts);
         if (Bitmaps.Count > 0)
         {
