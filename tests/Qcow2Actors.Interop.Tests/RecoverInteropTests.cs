@@ -88,7 +88,7 @@ public sealed class RecoverInteropTests : IDisposable
     /// feature name table. A v3 image qemu-img created carries QEMU's eight names only, and
     /// ImageContext.MarkDirty sets bit 63 without adding its name (only v2 images, through
     /// V2Promotion.Promote, get ImageCreator.FittingFeatureNames), so qemu-img says "Unknown
-    /// incompatible feature: 8000000000000000" instead of naming "qcow2actors journal pending".
+    /// incompatible feature: 8000000000000000" instead of naming "journal pending: run q2a recover".
     /// </summary>
     [QemuTheory]
     [InlineData("")]
