@@ -68,9 +68,34 @@ public static class PendingJournal
         if (source.Refusal is { } refuse) throw new IOException(refuse(path));
         var batches = JournalFileReader.ReadBatches(source.ResolveFile(path), source.MaxRecordLength);
         var overlay = new CopyOnWriteBlockDevice(file);
-        Write.ImageRecovery.Recover(overlay, path, batches, rebuildWithoutJournal);
+        // A corrupt image is shown as `check -r all` will find it: replayed, still marked corrupt.
+        Write.ImageRecovery.Recover(overlay, path, batches, rebuildWithoutJournal, keepCorrupt: true);
         overlay.Seal();
         return overlay;
+    }
+
+    /// <summary>
+    /// For <c>check -r</c> on an image that is both journal-pending and marked corrupt (which
+    /// <c>q2a recover</c> refuses): replays the journal into the file, clears the dirty and
+    /// journal-pending bits but keeps the corrupt bit for the repair to clear, then deletes the
+    /// journal. Does nothing and returns false for any other image.
+    /// </summary>
+    /// <exception cref="IOException">The journal is missing (the message names <c>q2a recover --rebuild</c>).</exception>
+    public static bool ReplayIntoCorruptImage(string path)
+    {
+        using var device = FileBlockDevice.Open(path, writable: true);
+        if (!IsPending(device) || !Write.ImageRecovery.ReadHeader(device).Header.IsCorrupt) return false;
+        var source = PendingJournalSource.Default;
+        string journal = source.ResolveFile(path);
+        var batches = JournalFileReader.ReadBatches(journal, source.MaxRecordLength);
+        Write.ImageRecovery.Recover(device, path, batches, rebuildWithoutJournal: false, keepCorrupt: true);
+        // The replay and the clean header are durable (Recover flushed): the journal has done its job.
+        if (File.Exists(journal))
+        {
+            File.Delete(journal);
+            DirectorySync.FsyncParentOf(journal);
+        }
+        return true;
     }
 
     private static bool IsPending(IBlockDevice device)

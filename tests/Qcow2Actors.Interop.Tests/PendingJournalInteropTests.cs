@@ -158,6 +158,37 @@ public sealed class PendingJournalInteropTests : IDisposable
         QemuTools.AssertCheckClean(img);
     }
 
+    /// <summary>
+    /// An image the overlap check marked corrupt while its journal was pending: recover refuses it
+    /// (corrupt), so check -r all must replay the journal itself and then repair — no dead end.
+    /// </summary>
+    [QemuFact]
+    public void A_crashed_image_also_marked_corrupt_reads_replayed_and_check_repair_all_replays_then_repairs_it()
+    {
+        string img = Crashed("q2a", "");
+        ImageFileBytes.WriteU64(img, 72, ImageFileBytes.ReadU64(img, 72) | 2);
+        string imageHash = Hash(img);
+
+        var info = Json(Q2a("info", "--output", "json", img));
+        Assert.True((bool)info["format-specific"]!["data"]!["journal-pending"]!);
+        Assert.True((bool)info["format-specific"]!["data"]!["corrupt"]!);
+        string raw = _dir.File("pending.raw");
+        Q2a("convert", "-O", "raw", img, raw).EnsureSuccess();
+        Assert.Equal(0, Q2aIo(img, true, RecoveredReads).ExitCode);
+        Assert.Equal(imageHash, Hash(img));
+        var refused = Q2a("recover", img);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("check -r all", refused.StdErr, StringComparison.Ordinal);
+
+        var r = Q2a("check", "-r", "all", img);
+        Assert.True(r.ExitCode == 0, r.StdOut + r.StdErr);
+        Assert.Contains("Replayed the pending journal", r.StdOut, StringComparison.Ordinal);
+        Assert.False(File.Exists(img + ".journal"), "journal left beside a repaired image");
+        Assert.Equal(0UL, ImageFileBytes.ReadU64(img, 72) & ((1UL << 63) | 3));
+        QemuTools.AssertCheckClean(img);
+        QemuTools.QemuImg("compare", "-f", "qcow2", "-F", "raw", img, raw).EnsureSuccess();
+    }
+
     [QemuFact]
     public void Without_its_journal_every_verb_fails_in_one_line_naming_recover_rebuild()
     {

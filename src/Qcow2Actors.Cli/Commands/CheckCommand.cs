@@ -36,8 +36,12 @@ internal static class CheckCommand
             if (parse.GetValue(repair) is { } r)
             {
                 var mode = ParseMode(r);
-                // Repairing takes write access: recover first (replay, clean close), as `q2a recover` does.
-                if (pending) await RecoverCommand.RunAsync(path, rebuild: false, note, ct).ConfigureAwait(false);
+                // Repairing takes write access: recover first (replay, clean close), as `q2a recover` does;
+                // an image also marked corrupt (which recover refuses) gets its journal replayed, then repaired.
+                if (pending && PendingJournal.ReplayIntoCorruptImage(path))
+                    await note.WriteLineAsync($"Replayed the pending journal of '{path}', which is marked corrupt; repairing it").ConfigureAwait(false);
+                else if (pending)
+                    await RecoverCommand.RunAsync(path, rebuild: false, note, ct).ConfigureAwait(false);
                 return Repair(path, mode, json);
             }
             CheckResult result;

@@ -32,13 +32,36 @@ internal static class ImageRecovery
     /// Recovers the image on <paramref name="device"/> in place (the caller owns durability: every
     /// step that must be ordered flushes). Returns the header as it now is on the device.
     /// </summary>
+    /// <param name="device">The image (the file for a write open, an overlay for a read-only one).</param>
+    /// <param name="path">The image's name in messages.</param>
+    /// <param name="batches">The journal's batches, in order (none when the journal is missing).</param>
+    /// <param name="rebuildWithoutJournal">Accept a missing journal (refcounts rebuilt from the tables).</param>
+    /// <param name="keepCorrupt">
+    /// For an image marked corrupt (which a write open refuses): replay the journal only, clear the
+    /// dirty and journal-pending bits and keep the corrupt bit, leaving the rest to <c>check -r all</c>.
+    /// </param>
     /// <exception cref="IOException">Marked corrupt, the journal is missing, or refcounts could not be repaired.</exception>
-    public static ImageHeaderBlock Recover(IBlockDevice device, string path, IReadOnlyList<JournalBatch> batches, bool rebuildWithoutJournal)
+    public static ImageHeaderBlock Recover(IBlockDevice device, string path, IReadOnlyList<JournalBatch> batches, bool rebuildWithoutJournal,
+        bool keepCorrupt = false)
     {
         var block = ReadHeader(device);
         var h = block.Header;
-        if (h.IsCorrupt)
+        if (h.IsCorrupt && !keepCorrupt)
             throw new IOException($"'{path}' is marked corrupt (incompatible bit 1); repair it with 'q2a check -r all' before writing");
+        if (h.IsCorrupt)
+        {
+            // The corrupt mark stopped writes, not the journaled tables, which are sound: replay them.
+            if (h.IsJournalPending)
+            {
+                if (batches.Count == 0 && !rebuildWithoutJournal) throw new IOException(MissingJournalMessage(path));
+                RecordApplier.Apply(device, block, batches);
+                device.Flush();
+            }
+            h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
+            ImageContext.WriteHeader(device, block);
+            device.Flush();
+            return block;
+        }
         if (h.IsJournalPending)
         {
             // The journal always holds a message before the header says "pending" (JournalActor), and a
