@@ -61,7 +61,8 @@ public sealed class ImageHost : IAsyncDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         options ??= new Qcow2OpenOptions { ReadOnly = false };
-        if (options.ReadOnly) return await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
+        if (options.ReadOnly)
+            return await Qcow2Image.OpenAsync(path, options.WithJournalSource(JournalSource()), cancellationToken).ConfigureAwait(false);
         if (options.DeviceFactory is null && !File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         if (options.ForceShare)
@@ -133,6 +134,23 @@ public sealed class ImageHost : IAsyncDisposable
 
     /// <summary>A write-open image closed: it is no longer this host's to abandon.</summary>
     internal void Forget(Qcow2Image image) => _open.TryRemove(image, out _);
+
+    /// <summary>Where this host's journal plugin keeps an image's journal, for read-only opens of a pending image.</summary>
+    private PendingJournalSource JournalSource()
+    {
+        if (Settings.JournalPluginId != FileJournal.PluginId)
+        {
+            string plugin = Settings.JournalPluginId;
+            return new PendingJournalSource(p => p, 0, p =>
+                $"'{p}' has journal records pending in the '{plugin}' journal, which a read-only open cannot replay; run 'q2a recover' (with that journal configured) first");
+        }
+        var config = System.Settings.Config;
+        string dir = config.GetString("akka.persistence.journal.qcow2-file.dir", "") ?? "";
+        long max = config.GetByteSize("akka.persistence.journal.qcow2-file.max-record-size", 64L * 1024 * 1024) ?? 64L * 1024 * 1024;
+        var paths = FileJournalPaths.Get(System);
+        // The persistence id of an image is its full path (ImageActor).
+        return new PendingJournalSource(p => paths.Resolve(Path.GetFullPath(p), dir), (int)Math.Clamp(max, 1024, int.MaxValue / 2));
+    }
 
     /// <summary>
     /// Stops the actor system. Close images first (their DisposeAsync) so they end clean: an image

@@ -45,6 +45,23 @@ public sealed class Qcow2OpenOptions
     internal Device.IBlockDevice OpenDevice(string path, bool writable) =>
         DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable);
 
+    /// <summary>Where read-only opens find a journal-pending image's journal; null: beside the image.</summary>
+    internal PendingJournalSource? JournalSource { get; init; }
+
+    /// <summary>A copy of these options with <see cref="JournalSource"/> set.</summary>
+    internal Qcow2OpenOptions WithJournalSource(PendingJournalSource source) => new()
+    {
+        ReadOnly = ReadOnly,
+        Snapshot = Snapshot,
+        Format = Format,
+        L2CacheSize = L2CacheSize,
+        RebuildWithoutJournal = RebuildWithoutJournal,
+        L2CacheBytes = L2CacheBytes,
+        DeviceFactory = DeviceFactory,
+        MaxBackingDepth = MaxBackingDepth,
+        JournalSource = source,
+    };
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

@@ -39,11 +39,14 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     /// <summary>
     /// Opens <paramref name="path"/> and its whole backing chain read-only. The header, table
     /// bounds and backing chain are validated here; a damaged table entry fails only the reads that reach it.
+    /// An image a crash left journal-pending reads as recovery will leave it: its journal (beside
+    /// the image) is replayed into memory only, and neither file is written.
     /// </summary>
     /// <exception cref="InvalidDataException">Not a valid qcow2 image, or a backing chain that loops or is too deep.</exception>
     /// <exception cref="NotSupportedException">Encryption, an unknown incompatible feature (named), or an unknown format.</exception>
     /// <exception cref="Qcow2ImageCorruptException">A table lies outside the file.</exception>
     /// <exception cref="Device.ImageLockException">Another process holds the image (or a file of its chain) in a way this open cannot share.</exception>
+    /// <exception cref="IOException">Journal-pending and the journal is missing (the message names <c>q2a recover --rebuild</c>).</exception>
     public static async Task<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2OpenOptions();

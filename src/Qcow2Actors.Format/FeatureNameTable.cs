@@ -36,8 +36,11 @@ public sealed class FeatureNameTable
     public const int NameOffset = 2;
     /// <summary>Bytes available for the name (NUL padded; no NUL when all are used).</summary>
     public const int NameLength = 46;
-    /// <summary>Name of Qcow2Actors' journal-pending bit as QEMU will print it.</summary>
-    public const string JournalPendingName = "qcow2actors journal pending";
+    /// <summary>
+    /// Name of Qcow2Actors' journal-pending bit as QEMU will print it ("Unsupported qcow2
+    /// feature(s): ..."): it says what to run, within the 46 bytes an entry has.
+    /// </summary>
+    public const string JournalPendingName = "journal pending: run q2a recover";
 
     /// <summary>Creates a table from entries (kept in the given order).</summary>
     /// <param name="entries">The entries.</param>

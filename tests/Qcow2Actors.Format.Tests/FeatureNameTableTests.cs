@@ -14,7 +14,14 @@ public class FeatureNameTableTests
         Assert.Equal("extended L2 entries", t.Lookup(FeatureType.Incompatible, 4));
         Assert.Equal("raw external data", t.Lookup(FeatureType.Autoclear, 1));
         Assert.Null(t.Lookup(FeatureType.Incompatible, 63));
-        Assert.Equal("qcow2actors journal pending", FeatureNameTable.Qcow2ActorsDefault().Lookup(FeatureType.Incompatible, 63));
+        Assert.Equal("journal pending: run q2a recover", FeatureNameTable.Qcow2ActorsDefault().Lookup(FeatureType.Incompatible, 63));
+    }
+
+    [Fact]
+    public void The_journal_pending_name_tells_a_foreign_tool_what_to_run_and_fits_one_entry()
+    {
+        Assert.Contains("q2a recover", FeatureNameTable.JournalPendingName, StringComparison.Ordinal);
+        Assert.InRange(System.Text.Encoding.UTF8.GetByteCount(FeatureNameTable.JournalPendingName), 1, FeatureNameTable.NameLength);
     }
 
     [Fact]

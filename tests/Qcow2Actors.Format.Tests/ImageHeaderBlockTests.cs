@@ -330,7 +330,7 @@ public class ImageHeaderBlockTests
         Assert.True(ImageHeaderBlock.Read(c).Header.IsJournalPending);
         var e = Assert.Throws<Qcow2FormatException>(() => ImageHeaderBlock.Read(c, IncompatibleFeatures.KnownToQemu));
         Assert.Equal("incompatible_features", e.Field);
-        Assert.Equal("invalid incompatible_features at offset 72 (0x48): unsupported incompatible feature bit 63 (qcow2actors journal pending)", e.Message);
+        Assert.Equal("invalid incompatible_features at offset 72 (0x48): unsupported incompatible feature bit 63 (journal pending: run q2a recover)", e.Message);
     }
 
     [Fact]

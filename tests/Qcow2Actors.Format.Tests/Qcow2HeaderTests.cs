@@ -502,7 +502,7 @@ public class Qcow2HeaderTests
         h.CheckIncompatibleFeatures(IncompatibleFeatures.KnownToQcow2Actors);
         var e = Assert.Throws<Qcow2FormatException>(() =>
             h.CheckIncompatibleFeatures(IncompatibleFeatures.KnownToQemu, FeatureNameTable.Qcow2ActorsDefault()));
-        Assert.Contains("unsupported incompatible feature bit 63 (qcow2actors journal pending)", e.Message, StringComparison.Ordinal);
+        Assert.Contains("unsupported incompatible feature bit 63 (journal pending: run q2a recover)", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

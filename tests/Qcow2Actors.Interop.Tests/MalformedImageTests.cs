@@ -17,6 +17,8 @@ public sealed class MalformedImageTests
     /// <param name="QemuRefusesToo">qemu-img -f qcow2 info refuses the same image.</param>
     private sealed record Case(Action<string> Patch, Outcome Expected, string Field, bool QemuRefusesToo);
 
+    private const string JournalPendingName = Qcow2Actors.Format.FeatureNameTable.JournalPendingName;
+
     private static void Or64(string p, long off, ulong bits) => WriteU64(p, off, ReadU64(p, off) | bits);
 
     private static void NameFeature(string p, int bit, string name)
@@ -39,8 +41,9 @@ public sealed class MalformedImageTests
         ["header_length unaligned"] = new(p => WriteU32(p, 100, 108), Outcome.Refused, "header_length", true),
         ["header_length beyond cluster"] = new(p => WriteU32(p, 100, 70000), Outcome.Refused, "header_length", true),
         ["refcount_order 7"] = new(p => WriteU32(p, 96, 7), Outcome.Refused, "refcount_order", true),
-        ["journal pending bit 63 named"] = new(p => { Or64(p, 72, 1UL << 63); NameFeature(p, 63, "qcow2actors journal pending"); },
-            Outcome.Refused, "qcow2actors journal pending", true),
+        // Our bit with no journal beside the image: q2a cannot replay it and says how to rebuild.
+        ["journal pending bit 63 named, journal missing"] = new(p => { Or64(p, 72, 1UL << 63); NameFeature(p, 63, JournalPendingName); },
+            Outcome.Refused, "q2a recover --rebuild", true),
         ["unknown incompatible bit 40 unnamed"] = new(p => Or64(p, 72, 1UL << 40), Outcome.Refused, "Unknown incompatible feature: 10000000000", true),
         ["unknown incompatible bit 9 named"] = new(p => { Or64(p, 72, 1UL << 9); NameFeature(p, 9, "future thing"); }, Outcome.Refused, "future thing", true),
         ["compression type byte 2"] = new(p => { Or64(p, 72, 8); WriteAt(p, 104, [2]); }, Outcome.Refused, "compression_type", true),
@@ -115,13 +118,17 @@ public sealed class MalformedImageTests
     }
 
     [QemuFact]
-    public void Journal_pending_image_is_refused_by_qemu_img_by_the_same_name()
+    public void A_journal_pending_image_without_its_journal_is_refused_by_qemu_naming_recover_and_by_q2a_naming_rebuild()
     {
         using var dir = new TempDir();
         var path = Make(dir, "v3");
         Or64(path, 72, 1UL << 63);
-        NameFeature(path, 63, "qcow2actors journal pending");
-        Assert.Contains("Unsupported qcow2 feature(s): qcow2actors journal pending", QemuImg("info", path).StdErr, StringComparison.Ordinal);
-        Assert.Contains("Unsupported qcow2 feature(s): qcow2actors journal pending", Q2a("info", path).StdErr, StringComparison.Ordinal);
+        NameFeature(path, 63, JournalPendingName);
+        Assert.Contains($"Unsupported qcow2 feature(s): {JournalPendingName}", QemuImg("info", path).StdErr, StringComparison.Ordinal);
+        var q2a = Q2a("info", path);
+        Assert.Equal(1, q2a.ExitCode);
+        var line = Assert.Single(q2a.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains("is missing", line, StringComparison.Ordinal);
+        Assert.Contains("q2a recover --rebuild", line, StringComparison.Ordinal);
     }
 }

@@ -15,7 +15,7 @@ public sealed class RecoverInteropTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private const string JournalPendingName = "qcow2actors journal pending";
+    private const string JournalPendingName = "journal pending: run q2a recover";
 
     private static QemuTools.Result Q2aIo(string image, params string[] commands) =>
         QemuTools.Q2a(["io", .. commands.SelectMany(c => new[] { "-c", c }), image]);
@@ -88,7 +88,7 @@ public sealed class RecoverInteropTests : IDisposable
     /// feature name table. A v3 image qemu-img created carries QEMU's eight names only, and
     /// ImageContext.MarkDirty sets bit 63 without adding its name (only v2 images, through
     /// V2Promotion.Promote, get ImageCreator.FittingFeatureNames), so qemu-img says "Unknown
-    /// incompatible feature: 8000000000000000" instead of naming "qcow2actors journal pending".
+    /// incompatible feature: 8000000000000000" instead of naming "journal pending: run q2a recover".
     /// </summary>
     [QemuTheory]
     [InlineData("")]

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Check;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
@@ -9,6 +10,7 @@ namespace Qcow2Actors.Cli.Commands;
 /// <summary>
 /// <c>q2a check [-f qcow2] [-r leaks|all] [--output human|json] IMG</c>: qemu-img check's messages,
 /// JSON keys and exit codes (0 clean, or clean after repair; 1 check failed; 2 corruptions; 3 leaks only).
+/// A journal-pending image is checked as <c>q2a recover</c> will leave it; with <c>-r</c> it is recovered first.
 /// </summary>
 internal static class CheckCommand
 {
@@ -25,16 +27,26 @@ internal static class CheckCommand
         command.Options.Add(output);
         command.Options.Add(forceShare);
         command.Arguments.Add(file);
-        command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
+        command.SetAction((ParseResult parse, CancellationToken ct) => CliRunner.RunAsync(async () =>
         {
             var path = parse.GetValue(file)!;
             Formats.RequireQcow2(parse.GetValue(format));
             var json = Formats.IsJson(parse.GetValue(output));
+            // Said on stderr under --output json, so stdout stays one JSON document.
+            var note = json ? Console.Error : Console.Out;
+            bool pending = File.Exists(path) && PendingJournal.IsPending(path);
             if (parse.GetValue(repair) is { } r)
             {
                 if (parse.GetValue(forceShare))
                     throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
-                return Repair(path, ParseMode(r), json);
+                var mode = ParseMode(r);
+                // Repairing takes write access: recover first (replay, clean close), as `q2a recover` does;
+                // an image also marked corrupt (which recover refuses) gets its journal replayed, then repaired.
+                if (pending && PendingJournal.ReplayIntoCorruptImage(path))
+                    await note.WriteLineAsync($"Replayed the pending journal of '{path}', which is marked corrupt; repairing it").ConfigureAwait(false);
+                else if (pending)
+                    await RecoverCommand.RunAsync(path, rebuild: false, note, ct).ConfigureAwait(false);
+                return Repair(path, mode, json);
             }
             CheckResult result;
             try
@@ -45,6 +57,9 @@ internal static class CheckCommand
             {
                 throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
             }
+            if (pending)
+                await note.WriteLineAsync($"'{path}' has a journal pending: checked as 'q2a recover' will leave it (nothing was written)")
+                    .ConfigureAwait(false);
             foreach (var line in result.Messages) Console.Error.WriteLine(line);
             if (result.AbortReason is null)
                 Console.Out.Write(json ? Json(result).ToJson() + "\n" : Human(result));

@@ -26,13 +26,18 @@ public static class ImageChecker
     private const ulong BitmapEntryReservedMask = 0xFF000000000001FEUL;
     private const int RefblockCacheSize = 64;
 
-    /// <summary>Opens <paramref name="path"/> read-only and checks it.</summary>
+    /// <summary>
+    /// Opens <paramref name="path"/> read-only and checks it; a journal-pending image in the state
+    /// <c>q2a recover</c> will leave (see <see cref="PendingJournal"/>), without writing anything.
+    /// </summary>
     /// <exception cref="Qcow2FormatException">The header is not one a qcow2 opener may accept.</exception>
     /// <exception cref="ImageLockException">Without <paramref name="forceShare"/>: another process is writing the image.</exception>
+    /// <exception cref="IOException">The image is journal-pending and its journal is missing.</exception>
     public static CheckResult CheckFile(string path, bool forceShare = false)
     {
         using var imageLock = ImageLock.Acquire(path, forceShare ? LockMode.ForceShareReader : LockMode.Reader);
-        using var device = FileBlockDevice.Open(path, writable: false);
+        // A journal-pending image is checked as recovery will leave it (replayed in memory).
+        using var device = PendingJournal.OpenRecovered(path);
         return Check(device, path);
     }
 

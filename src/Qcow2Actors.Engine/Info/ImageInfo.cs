@@ -45,6 +45,11 @@ public sealed record ImageInfo
     public IReadOnlyList<SnapshotInfo> Snapshots { get; init; } = [];
     /// <summary>Persistent dirty bitmaps (only when the bitmaps extension is consistent).</summary>
     public IReadOnlyList<BitmapInfo> Bitmaps { get; init; } = [];
+    /// <summary>
+    /// A crash left journal records pending (our incompatible bit 63): everything else here shows
+    /// the image as <c>q2a recover</c> will leave it, replayed in memory.
+    /// </summary>
+    public bool JournalPending { get; init; }
 
     /// <summary>
     /// Reads the image at <paramref name="path"/>, and with <paramref name="backingChain"/> every
@@ -64,8 +69,9 @@ public sealed record ImageInfo
             if (!seen.Add(Path.GetFullPath(current)))
                 throw new InvalidOperationException($"Backing file '{current}' creates an infinite loop");
             locks.Acquire(current, mode);
-            using var device = FileBlockDevice.Open(current, writable: false);
-            var info = Read(device, current);
+            bool pending = PendingJournal.IsPending(current);
+            using var device = PendingJournal.OpenRecovered(current);
+            var info = Read(device, current) with { JournalPending = pending };
             chain.Add(info);
             if (!backingChain) break;
             if (info.FullBackingFilename is not null && info.BackingFormat is not null and not "qcow2")
@@ -145,7 +151,10 @@ public sealed record ImageInfo
     {
         var d = new QemuJsonObject();
         if (Version == 2)
-            return d.Add("compat", "0.10").Add("compression-type", CompressionType).Add("refcount-bits", (long)RefcountBits);
+        {
+            d.Add("compat", "0.10").Add("compression-type", CompressionType).Add("refcount-bits", (long)RefcountBits);
+            return JournalPending ? d.Add("journal-pending", true) : d;
+        }
         d.Add("compat", "1.1").Add("compression-type", CompressionType).Add("lazy-refcounts", LazyRefcounts);
         if (Bitmaps.Count > 0)
         {
@@ -160,6 +169,8 @@ public sealed record ImageInfo
         d.Add("refcount-bits", (long)RefcountBits);
         if (DataFile is not null) d.Add("data-file", DataFile);
         if (HasDataFile) d.Add("data-file-raw", DataFileRaw);
+        // Only ours: a clean image's data stays byte-identical to qemu-img's.
+        if (JournalPending) d.Add("journal-pending", true);
         return d.Add("corrupt", Corrupt).Add("extended-l2", ExtendedL2);
     }
 

@@ -84,9 +84,12 @@ internal static class ImageOpener
         }
 
         // Reads and opens are retried on transient I/O errors (never writes or flushes: DESIGN.md).
-        var file = options.OpenDevice(path, writable: depth == 0 && !options.ReadOnly);
+        bool writable = depth == 0 && !options.ReadOnly;
+        var file = options.OpenDevice(path, writable);
         try
         {
+            // A journal-pending image reads as recovery will leave it (applied in memory only).
+            if (!writable) file = PendingJournal.Overlay(file, path, options.JournalSource, options.RebuildWithoutJournal);
             return await OpenQcow2Async(file, path, displayName, snapshot, options, locks, seen, depth, cancellationToken).ConfigureAwait(false);
         }
         catch
@@ -114,7 +117,8 @@ internal static class ImageOpener
         ImageHeaderBlock block;
         try
         {
-            // Our journal-pending bit means the tables on disk are stale: the write engine must replay first.
+            // Our journal-pending bit means the tables on disk are stale: the write engine (or the
+            // read-only overlay above) must replay first.
             block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQemu);
         }
         catch (Qcow2FormatException ex)

@@ -96,49 +96,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private async Task<Recovered> RecoverAsync(JournalRecovered journal)
     {
-        using var device = _options.OpenDevice(_path, writable: true);
-        var cluster0 = new byte[Math.Min(2 * 1024 * 1024, device.Length)];
-        device.Read(cluster0, 0);
-        var block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQcow2Actors);
-        var h = block.Header;
-        if (h.IsCorrupt)
-            throw new IOException($"'{_path}' is marked corrupt (incompatible bit 1); repair it with 'q2a check -r all' before writing");
-        if (h.IsJournalPending)
-        {
-            // The journal always holds a message before the header says "pending" (JournalActor), and a
-            // checkpoint clears the header before it truncates: an empty journal here was lost.
-            if (journal.Batches.Count == 0 && !_options.RebuildWithoutJournal)
-                throw new IOException($"'{_path}' has journal records pending but its journal (by default '{_path}.journal') is missing; " +
-                    "run 'q2a recover --rebuild' to rebuild from what the image holds (writes since the last checkpoint are lost)");
-            RecordApplier.Apply(device, block, journal.Batches);
-            device.Flush();
-        }
-        // We do not track writes in persistent bitmaps: mark them in use (inconsistent), as QEMU
-        // does for an image it has open, so nobody trusts them; clear autoclear bits we do not know.
-        if (block.Bitmaps is { } bitmaps && (h.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0)
-            MarkBitmapsInUse(device, bitmaps);
-        const AutoclearFeatures known = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
-        bool wasDirty = h.IsDirty || h.IsJournalPending;
-        if (wasDirty || (h.AutoclearFeatures & ~known) != 0)
-        {
-            h.AutoclearFeatures &= known;
-            // The tables are in place and durable; what a crash can still have left is leaked
-            // clusters (allocations whose records did not make it), which the repair below removes.
-            h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
-            if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
-            ImageContext.WriteHeader(device, block);
-            device.Flush();
-        }
-        if (wasDirty)
-        {
-            // Our journal's leftovers (leaks from allocations whose records did not make it),
-            // or an image QEMU left dirty with lazy refcounts: make every refcount exact.
-            var repair = Check.ImageRepair.Repair(device, _path, Check.RepairMode.All);
-            if (repair.ExitCode != 0)
-                throw new IOException($"'{_path}': refcounts could not be repaired after an unclean shutdown: " +
-                    (repair.FailureReason ?? $"{repair.After.Corruptions} corruptions remain") + "; try 'q2a check -r all'");
-            device.Flush();
-        }
+        ImageHeaderBlock block;
+        using (var device = _options.OpenDevice(_path, writable: true))
+            block = ImageRecovery.Recover(device, _path, journal.Batches, _options.RebuildWithoutJournal);
         // The journal's effect is in place and durable: delete it.
         var truncated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _replay!.Tell(new TruncateJournal(truncated));
@@ -161,19 +121,6 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         }
         if (h.NbSnapshots > 0) map.Add(h.SnapshotsOffset, h.ClusterSize, MetadataKind.SnapshotTable);
         foreach (var s in layer.Snapshots) map.Add(s.L1TableOffset, (long)s.L1Size * 8, MetadataKind.SnapshotL1);
-    }
-
-    private static void MarkBitmapsInUse(IBlockDevice device, BitmapsExtension bitmaps)
-    {
-        var bytes = new byte[bitmaps.DirectorySize];
-        if (device.Read(bytes, bitmaps.DirectoryOffset) < bytes.Length)
-            throw new Qcow2ImageCorruptException($"bitmap directory at 0x{bitmaps.DirectoryOffset:X} lies past the end of the image");
-        var entries = BitmapDirectory.Read(bytes, (int)bitmaps.NbBitmaps, bitmaps.DirectoryOffset);
-        if (entries.All(e => (e.Flags & BitmapFlags.InUse) != 0)) return;
-        foreach (var e in entries) e.Flags |= BitmapFlags.InUse;
-        BitmapDirectory.Write(entries, bytes);
-        device.Write(bytes, bitmaps.DirectoryOffset);
-        device.Flush();
     }
 
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)

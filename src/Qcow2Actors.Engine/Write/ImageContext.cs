@@ -111,7 +111,8 @@ internal sealed class ImageContext
             if (BitsOnDisk) return false;
             V2Promotion.Promote(HeaderBlock);
             // QEMU must be able to name the bit it refuses: images qemu-img made carry only its own names.
-            if (HeaderBlock.FeatureNames?.Lookup(Format.FeatureType.Incompatible, 63) is null)
+            // An older name (images an earlier version made) is replaced by the current one.
+            if (HeaderBlock.FeatureNames?.Lookup(Format.FeatureType.Incompatible, 63) is not Format.FeatureNameTable.JournalPendingName)
                 HeaderBlock.FeatureNames = Create.ImageCreator.FittingFeatureNames(HeaderBlock);
             Header.IncompatibleFeatures |= Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending;
             WriteHeaderLocked();

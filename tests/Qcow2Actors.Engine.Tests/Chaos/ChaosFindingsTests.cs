@@ -32,6 +32,6 @@ public sealed class ChaosFindingsTests : IDisposable
 
         var check = QemuTools.QemuImg("check", "-f", "qcow2", path);
         Assert.Equal(1, check.ExitCode);
-        Assert.Contains("qcow2actors journal pending", check.StdErr, StringComparison.Ordinal);
+        Assert.Contains("Unsupported qcow2 feature(s): journal pending: run q2a recover", check.StdErr, StringComparison.Ordinal);
     }
 }

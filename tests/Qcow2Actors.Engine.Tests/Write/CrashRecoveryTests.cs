@@ -32,7 +32,7 @@ public sealed class CrashRecoveryTests : IDisposable
 
         var info = QemuTools.QemuImg("info", path);
         Assert.NotEqual(0, info.ExitCode);
-        Assert.Contains("qcow2actors journal pending", info.StdErr);
+        Assert.Contains("Unsupported qcow2 feature(s): journal pending: run q2a recover", info.StdErr);
 
         await using (var host2 = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
         {

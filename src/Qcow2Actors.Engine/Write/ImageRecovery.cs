@@ -1,0 +1,114 @@
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Metadata;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// What opening an image for writing does to it before its tables are loaded: replay a pending
+/// journal in place, mark persistent bitmaps in use, clear the dirty and journal-pending bits
+/// and make every refcount exact. One implementation for both users: the write open (on the
+/// image file) and read-only opens of a journal-pending image (on a copy-on-write overlay, so
+/// readers see byte for byte what <c>q2a recover</c> will leave, and nothing is written).
+/// </summary>
+internal static class ImageRecovery
+{
+    private const int MaxCluster0Bytes = 2 * 1024 * 1024;
+
+    /// <summary>Reads the header (bit 63 accepted) from cluster 0 of <paramref name="device"/>.</summary>
+    public static ImageHeaderBlock ReadHeader(IBlockDevice device)
+    {
+        var cluster0 = new byte[Math.Min(MaxCluster0Bytes, device.Length)];
+        device.Read(cluster0, 0);
+        return ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQcow2Actors);
+    }
+
+    /// <summary>The message every refusal of a pending image whose journal is gone carries.</summary>
+    public static string MissingJournalMessage(string path) =>
+        $"'{path}' has journal records pending but its journal (by default '{path}.journal') is missing; " +
+        "run 'q2a recover --rebuild' to rebuild from what the image holds (writes since the last checkpoint are lost)";
+
+    /// <summary>
+    /// Recovers the image on <paramref name="device"/> in place (the caller owns durability: every
+    /// step that must be ordered flushes). Returns the header as it now is on the device.
+    /// </summary>
+    /// <param name="device">The image (the file for a write open, an overlay for a read-only one).</param>
+    /// <param name="path">The image's name in messages.</param>
+    /// <param name="batches">The journal's batches, in order (none when the journal is missing).</param>
+    /// <param name="rebuildWithoutJournal">Accept a missing journal (refcounts rebuilt from the tables).</param>
+    /// <param name="keepCorrupt">
+    /// For an image marked corrupt (which a write open refuses): replay the journal only, clear the
+    /// dirty and journal-pending bits and keep the corrupt bit, leaving the rest to <c>check -r all</c>.
+    /// </param>
+    /// <exception cref="IOException">Marked corrupt, the journal is missing, or refcounts could not be repaired.</exception>
+    public static ImageHeaderBlock Recover(IBlockDevice device, string path, IReadOnlyList<JournalBatch> batches, bool rebuildWithoutJournal,
+        bool keepCorrupt = false)
+    {
+        var block = ReadHeader(device);
+        var h = block.Header;
+        if (h.IsCorrupt && !keepCorrupt)
+            throw new IOException($"'{path}' is marked corrupt (incompatible bit 1); repair it with 'q2a check -r all' before writing");
+        if (h.IsCorrupt)
+        {
+            // The corrupt mark stopped writes, not the journaled tables, which are sound: replay them.
+            if (h.IsJournalPending)
+            {
+                if (batches.Count == 0 && !rebuildWithoutJournal) throw new IOException(MissingJournalMessage(path));
+                RecordApplier.Apply(device, block, batches);
+                device.Flush();
+            }
+            h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
+            ImageContext.WriteHeader(device, block);
+            device.Flush();
+            return block;
+        }
+        if (h.IsJournalPending)
+        {
+            // The journal always holds a message before the header says "pending" (JournalActor), and a
+            // checkpoint clears the header before it truncates: an empty journal here was lost.
+            if (batches.Count == 0 && !rebuildWithoutJournal) throw new IOException(MissingJournalMessage(path));
+            RecordApplier.Apply(device, block, batches);
+            device.Flush();
+        }
+        // We do not track writes in persistent bitmaps: mark them in use (inconsistent), as QEMU
+        // does for an image it has open, so nobody trusts them; clear autoclear bits we do not know.
+        if (block.Bitmaps is { } bitmaps && (h.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0)
+            MarkBitmapsInUse(device, bitmaps);
+        const AutoclearFeatures known = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
+        bool wasDirty = h.IsDirty || h.IsJournalPending;
+        if (wasDirty || (h.AutoclearFeatures & ~known) != 0)
+        {
+            h.AutoclearFeatures &= known;
+            // The tables are in place and durable; what a crash can still have left is leaked
+            // clusters (allocations whose records did not make it), which the repair below removes.
+            h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
+            if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
+            ImageContext.WriteHeader(device, block);
+            device.Flush();
+        }
+        if (wasDirty)
+        {
+            // Our journal's leftovers (leaks from allocations whose records did not make it),
+            // or an image QEMU left dirty with lazy refcounts: make every refcount exact.
+            var repair = Check.ImageRepair.Repair(device, path, Check.RepairMode.All);
+            if (repair.ExitCode != 0)
+                throw new IOException($"'{path}': refcounts could not be repaired after an unclean shutdown: " +
+                    (repair.FailureReason ?? $"{repair.After.Corruptions} corruptions remain") + "; try 'q2a check -r all'");
+            device.Flush();
+        }
+        return block;
+    }
+
+    private static void MarkBitmapsInUse(IBlockDevice device, BitmapsExtension bitmaps)
+    {
+        var bytes = new byte[bitmaps.DirectorySize];
+        if (device.Read(bytes, bitmaps.DirectoryOffset) < bytes.Length)
+            throw new Qcow2ImageCorruptException($"bitmap directory at 0x{bitmaps.DirectoryOffset:X} lies past the end of the image");
+        var entries = BitmapDirectory.Read(bytes, (int)bitmaps.NbBitmaps, bitmaps.DirectoryOffset);
+        if (entries.All(e => (e.Flags & BitmapFlags.InUse) != 0)) return;
+        foreach (var e in entries) e.Flags |= BitmapFlags.InUse;
+        BitmapDirectory.Write(entries, bytes);
+        device.Write(bytes, bitmaps.DirectoryOffset);
+        device.Flush();
+    }
+}
