@@ -189,6 +189,23 @@ public sealed class LockInteropTests : IDisposable
     }
 
     [ServeFact]
+    public async Task Force_share_reads_a_served_image_with_its_journal_pending_as_recovery_would_leave_it()
+    {
+        var img = NewImage();
+        using (var server = await ServeAsync(img))
+        {
+            // Flushed through the server: journaled, not yet checkpointed, so the image on disk is journal-pending.
+            WriteFlushed(server.Uri);
+            var info = QemuTools.Q2a("info", "-U", "--output", "json", img).EnsureSuccess().StdOut;
+            Assert.Contains("\"journal-pending\": true", info);
+            QemuTools.Q2a("io", "-r", "-U", "-c", "read -P 0x5a 0 64k", img).EnsureSuccess();
+            Assert.Contains("\"data\": true", QemuTools.Q2a("map", "-U", "--output", "json", img).EnsureSuccess().StdOut);
+            Assert.Equal(0, server.Stop());
+        }
+        AssertFlushedWriteKept(img);
+    }
+
+    [ServeFact]
     public async Task The_backing_file_of_a_served_image_is_held_as_a_reader_holds_it()
     {
         var baseImg = NewImage("base.qcow2");

@@ -22,14 +22,18 @@ internal sealed class JournalFile : IDisposable
     // inode through a compaction's rename). The image's own write lock is what keeps a second
     // writer out; this one makes the journal show as in use to anyone who looks at it.
     private ImageLock? _lock;
+    private readonly bool _takeLock;
     private bool _loaded;
     private bool _directorySynced;
     private Exception? _broken;
 
+    // takeLock is false for a read-only replay of a pending journal: it writes nothing, and the
+    // image's own lock (a reader's, or -U's beside a live writer that holds this file's write lock) governs it.
     public JournalFile(string path, int maxRecordLength,
-        Func<string, IBlockDevice>? openExisting = null, Func<string, IBlockDevice>? createNew = null)
+        Func<string, IBlockDevice>? openExisting = null, Func<string, IBlockDevice>? createNew = null, bool takeLock = true)
     {
         Path = System.IO.Path.GetFullPath(path);
+        _takeLock = takeLock;
         _maxRecordLength = maxRecordLength;
         _openExisting = openExisting ?? (p => FileBlockDevice.Open(p, writable: true));
         _createNew = createNew ?? (p => FileBlockDevice.Create(p, overwrite: true));
@@ -323,7 +327,7 @@ internal sealed class JournalFile : IDisposable
     }
 
     // Test doubles may open devices that are not host files: those have nothing to lock.
-    private static ImageLock? LockIfOnDisk(string path) => File.Exists(path) ? ImageLock.Acquire(path, LockMode.Writer) : null;
+    private ImageLock? LockIfOnDisk(string path) => _takeLock && File.Exists(path) ? ImageLock.Acquire(path, LockMode.Writer) : null;
 
     private void ThrowIfBroken()
     {

@@ -18,7 +18,8 @@ internal static class JournalFileReader
         if (!File.Exists(journalPath)) return batches;
         using var file = new JournalFile(journalPath, maxRecordLength,
             openExisting: p => FileBlockDevice.Open(p, writable: false),
-            createNew: p => throw new InvalidOperationException($"{p}: a read-only replay never creates a journal file"));
+            createNew: p => throw new InvalidOperationException($"{p}: a read-only replay never creates a journal file"),
+            takeLock: false);
         file.Replay(1, long.MaxValue, long.MaxValue, e =>
         {
             if (e.SerializerId != JournalBatchSerializer.Id)
