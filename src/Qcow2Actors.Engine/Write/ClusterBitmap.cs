@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace Qcow2Actors.Engine.Write;
 
@@ -17,7 +18,7 @@ internal sealed class ClusterBitmap
     private const int MaxChunks = 1 << 16;
     private const long FarStart = (long)MaxChunks << ChunkBits;
 
-    private long[]?[] _chunks = [];
+    private volatile long[]?[] _chunks = [];
     private readonly SortedSet<long> _far = new();
     private volatile bool _anyFar;
 
@@ -36,7 +37,7 @@ internal sealed class ClusterBitmap
         {
             var grown = new long[]?[Math.Min(MaxChunks, Math.Max(ci + 1, chunks.Length * 2))];
             chunks.CopyTo(grown, 0);
-            Volatile.Write(ref _chunks, grown);
+            _chunks = grown;
             chunks = grown;
         }
         var chunk = chunks[ci];
@@ -63,16 +64,30 @@ internal sealed class ClusterBitmap
     }
 
     /// <summary>The lowest cluster in [first, last] whose bit is set, or -1. Lock-free below the far range.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public long FirstSet(long first, long last)
     {
-        var chunks = Volatile.Read(ref _chunks);
+        if ((first >> 6) != (last >> 6) || last >= FarStart) return FirstSetInRange(first, last);
+        // One word: what every write of a cluster or less asks. A chunk is published complete
+        // (Volatile.Write), and a load through the reference just read sees it (dependent loads).
+        var chunks = _chunks;
+        long ci = first >> ChunkBits;
+        if (ci >= chunks.Length || chunks[ci] is not { } chunk) return -1;
+        ulong bits = (ulong)Volatile.Read(ref chunk[(int)((first >> 6) & (WordsPerChunk - 1))])
+            & (~0UL << (int)(first & 63)) & (~0UL >> (63 - (int)(last & 63)));
+        return bits == 0 ? -1 : (first & ~63L) + BitOperations.TrailingZeroCount(bits);
+    }
+
+    private long FirstSetInRange(long first, long last)
+    {
+        var chunks = _chunks;
         long c = first;
         long nearLast = Math.Min(last, FarStart - 1);
         while (c <= nearLast)
         {
             long ci = c >> ChunkBits;
             if (ci >= chunks.Length) break;
-            var chunk = Volatile.Read(ref chunks[ci]);
+            var chunk = chunks[ci];
             if (chunk is null)
             {
                 c = (ci + 1) << ChunkBits;

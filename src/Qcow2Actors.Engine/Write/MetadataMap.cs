@@ -108,7 +108,13 @@ internal sealed class MetadataMap
         if (length <= 0 || !Enabled) return null;
         long first = offset >> _clusterBits, last = LastCluster(offset, length);
         // Lock-free: almost every write touches no metadata cluster at all.
-        for (long c = _present.FirstSet(first, last); c >= 0; c = c < last ? _present.FirstSet(c + 1, last) : -1)
+        long c = _present.FirstSet(first, last);
+        return c < 0 ? null : FindLocked(c, last, allowed);
+    }
+
+    private OverlapHit? FindLocked(long c, long last, MetadataKind allowed)
+    {
+        for (; c >= 0; c = c < last ? _present.FirstSet(c + 1, last) : -1)
         {
             MetadataKind there;
             lock (_gate) there = _kinds.GetValueOrDefault(c) & ~allowed;
