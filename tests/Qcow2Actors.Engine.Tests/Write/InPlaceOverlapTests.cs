@@ -131,6 +131,28 @@ public sealed partial class InPlaceOverlapTests(InPlaceOverlapTests.SnapshotImag
         AssertQemuCheckReadsEveryTable(img);
     }
 
+    [QemuFact]
+    public async Task A_v2_image_is_stored_as_v3_so_that_it_can_carry_the_corrupt_bit()
+    {
+        string img = _dir.File("v2.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", "-o", "compat=0.10", img, "64M").EnsureSuccess();
+        QemuTools.QemuIo("-c", "write -P 0x11 0 64k", img).EnsureSuccess();
+        var h = Header(img);
+        long l2 = (long)(ImageFileBytes.ReadU64(img, h.L1TableOffset) & L1Entry.OffsetMask);
+        ImageFileBytes.WriteU64(img, l2, L2Entry.Standard(h.RefcountTableOffset, copied: true).Word0);
+
+        await using (var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
+        {
+            var image = await host.OpenAsync(img);
+            var ex = await Assert.ThrowsAsync<Qcow2ImageCorruptException>(async () => await image.WriteAsync(0, new byte[4096]));
+            Assert.Contains("refcount table", ex.Message);
+            await image.DisposeAsync();
+        }
+        var info = System.Text.Json.JsonDocument.Parse(QemuTools.QemuImg("info", "--output=json", img).EnsureSuccess().StdOut).RootElement;
+        Assert.True(info.GetProperty("format-specific").GetProperty("data").GetProperty("corrupt").GetBoolean());
+        AssertQemuCheckReadsEveryTable(img);
+    }
+
     private static string Structure(Target target) => target switch
     {
         Target.L1 => "active L1 table",
