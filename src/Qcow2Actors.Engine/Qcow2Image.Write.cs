@@ -25,6 +25,9 @@ public sealed partial class Qcow2Image
     /// <summary>True when the image was opened without write access, or has turned read-only after a failure.</summary>
     public bool IsReadOnly => _ctx is null || _ctx.ReadOnlyReason is not null;
 
+    /// <summary>The write side's shared state (null when read-only), for benchmarks and tests.</summary>
+    internal ImageContext? WriteContext => _ctx;
+
     /// <summary>Why a read-write image turned read-only (a failed fsync, corruption found), or null.</summary>
     public string? ReadOnlyReason => _ctx?.ReadOnlyReason;
 
@@ -88,6 +91,8 @@ public sealed partial class Qcow2Image
             long host = e.HostOffset + (cur - clusterStart);
             if (runHost >= 0 && host != runHost + (cur - runStart))
             {
+                // An L2 entry that points at metadata must not make a guest write destroy it.
+                ctx.CheckDataWrite(runHost, cur - runStart);
                 await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
                 runHost = -1;
             }
@@ -95,7 +100,10 @@ public sealed partial class Qcow2Image
             cur = chunkEnd;
         }
         if (runHost >= 0)
+        {
+            ctx.CheckDataWrite(runHost, cur - runStart);
             await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
+        }
         return cur;
     }
 

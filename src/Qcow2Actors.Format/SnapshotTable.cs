@@ -18,7 +18,20 @@ public static class SnapshotTable
     /// <param name="version">Image version.</param>
     /// <param name="baseOffset">File offset of the table (snapshots_offset) for error messages.</param>
     /// <exception cref="Qcow2FormatException">An entry is malformed or the table is too big.</exception>
-    public static List<SnapshotEntry> Read(ReadOnlySpan<byte> table, int count, int version, long baseOffset = 0)
+    public static List<SnapshotEntry> Read(ReadOnlySpan<byte> table, int count, int version, long baseOffset = 0) =>
+        Read(table, count, version, baseOffset, out _);
+
+    /// <summary>
+    /// Decodes <paramref name="count"/> entries as <see cref="Read(ReadOnlySpan{byte}, int, int, long)"/> does, and
+    /// says how many bytes they occupy as stored (entries may carry more or less extra data than we write).
+    /// </summary>
+    /// <param name="table">Bytes from <c>snapshots_offset</c> (at least the table size).</param>
+    /// <param name="count">nb_snapshots.</param>
+    /// <param name="version">Image version.</param>
+    /// <param name="baseOffset">File offset of the table (snapshots_offset) for error messages.</param>
+    /// <param name="storedSize">Bytes from the table's start to the end of its last entry.</param>
+    /// <exception cref="Qcow2FormatException">An entry is malformed or the table is too big.</exception>
+    public static List<SnapshotEntry> Read(ReadOnlySpan<byte> table, int count, int version, long baseOffset, out long storedSize)
     {
         if ((uint)count > Qcow2Header.MaxSnapshots)
             throw new Qcow2FormatException("nb_snapshots", Qcow2Header.NbSnapshotsOffset, $"{count} snapshots exceed QEMU's limit of {Qcow2Header.MaxSnapshots}");
@@ -35,6 +48,7 @@ public static class SnapshotTable
                 throw new Qcow2FormatException("snapshot table", baseOffset + off - used, $"entry {i} ends at {off} bytes, beyond QEMU's table limit of {MaxTableSize}");
             list.Add(entry);
         }
+        storedSize = off;
         return list;
     }
 

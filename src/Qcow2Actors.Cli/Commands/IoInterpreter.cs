@@ -319,6 +319,9 @@ internal sealed class IoInterpreter
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
+            // As qemu-io reports a corruption event (what the image would have lost, and that it is
+            // now marked corrupt) on stderr before the errno line.
+            if (ex is Engine.Qcow2ImageCorruptException) await _err.WriteLineAsync($"q2a: {ex.Message}").ConfigureAwait(false);
             await _out.WriteLineAsync($"{verb} failed: {StrError(ex)}").ConfigureAwait(false);
             await DebugAsync(ex).ConfigureAwait(false);
             return null;

@@ -29,7 +29,6 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly ImageLockSet _locks;
     private IActorRef? _replay;
     private ImageContext? _ctx;
-    private OpenedLayer? _layer;
     private readonly Dictionary<int, IActorRef> _tables = new();
     private readonly Dictionary<IActorRef, int> _tableIndex = new();
     private readonly Dictionary<int, long> _lastUse = new();
@@ -71,9 +70,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         Receive<Opened>(o =>
         {
             _ctx = o.Image.Context;
-            _layer = o.Image.Layer;
             var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
-            RegisterMetadata(_ctx, _layer, refcounts);
             _ctx.RefcountState = refcounts;
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
@@ -106,29 +103,14 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         return new Recovered(block, journal.Batches.Count > 0);
     }
 
-    private static void RegisterMetadata(ImageContext ctx, OpenedLayer layer, RefcountState refcounts)
-    {
-        var h = ctx.Header;
-        var map = ctx.Metadata;
-        map.Add(0, h.ClusterSize, MetadataKind.Header);
-        map.Add(h.L1TableOffset, (long)h.L1Size * 8, MetadataKind.L1Table);
-        map.Add(h.RefcountTableOffset, (long)h.RefcountTableClusters * h.ClusterSize, MetadataKind.RefcountTable);
-        foreach (var block in refcounts.BlockOffsets()) map.Add(block, h.ClusterSize, MetadataKind.RefcountBlock);
-        foreach (var l1 in ctx.Layer.Views.Current.L1)
-        {
-            long l2 = new L1Entry(l1).L2Offset;
-            if (l2 != 0) map.Add(l2, h.ClusterSize, MetadataKind.L2Table);
-        }
-        if (h.NbSnapshots > 0) map.Add(h.SnapshotsOffset, h.ClusterSize, MetadataKind.SnapshotTable);
-        foreach (var s in layer.Snapshots) map.Add(s.L1TableOffset, (long)s.L1Size * 8, MetadataKind.SnapshotL1);
-    }
-
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)
     {
         var opened = await ImageOpener.OpenAsync(_path, _options, _locks, default);
         var layer = (Qcow2Layer)opened.Layer;
         var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
             Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings);
+        // The map of metadata clusters every write is checked against, as the image is now on disk.
+        await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
         return new OpenedImage(ctx, opened, ActorRefs.Nobody);
     }
 

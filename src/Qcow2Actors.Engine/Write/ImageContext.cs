@@ -34,34 +34,46 @@ internal sealed class ImageContext
     public MetadataMap Metadata { get; }
 
     /// <summary>
-    /// Metadata would have been overwritten: set the corrupt bit (incompatible bit 1) on disk so
-    /// no one writes to the image until it is repaired, turn it read-only, and return the error.
+    /// Metadata would have been overwritten: turn the image read-only (so no table is written
+    /// after this), set the corrupt bit (incompatible bit 1) durably in cluster 0 so no one writes
+    /// to the image until it is repaired, and return the error the caller throws (EIO to an NBD
+    /// client). The message is one line naming the image, the offset and the structure.
     /// </summary>
-    public IOException MarkCorrupt(string reason)
+    public Qcow2ImageCorruptException MarkCorrupt(string problem)
     {
-        Fail($"corrupt: {reason}");
+        Fail($"corrupt: {problem}");
         try
         {
-            UpdateHeader(h => h.IncompatibleFeatures |= Format.IncompatibleFeatures.Corrupt);
+            UpdateHeader(h =>
+            {
+                // A v2 header has no feature bits: store it as v3 so the bit can be said at all.
+                V2Promotion.Promote(HeaderBlock);
+                h.IncompatibleFeatures |= Format.IncompatibleFeatures.Corrupt;
+            });
             Device.Flush();
         }
         catch (IOException)
         {
             // Marking is best effort; the image is read-only in this process either way.
         }
-        return new IOException($"'{Path}' is corrupt, marked so and now read-only: {reason}; repair it with 'q2a check -r all'");
+        return new Qcow2ImageCorruptException(
+            $"'{Path}': {problem}; the image is marked corrupt and now read-only; repair it with 'q2a check -r all'");
     }
 
     /// <summary>Throws (after marking the image corrupt) if data at [offset, +length) would hit metadata.</summary>
     public void CheckDataWrite(long offset, long length)
     {
-        if (Metadata.CheckData(offset, length) is { } problem) throw MarkCorrupt(problem);
+        if (Metadata.FindData(offset, length) is { } hit) throw MarkCorrupt(MetadataMap.DescribeData(offset, length, hit));
     }
 
-    /// <summary>Throws (after marking the image corrupt) if a table written here would hit other metadata.</summary>
+    /// <summary>
+    /// Throws if the image turned read-only (nothing is written in place after a fault), or (after
+    /// marking the image corrupt) if a table written here would hit other metadata.
+    /// </summary>
     public void CheckTableWrite(long offset, long length, MetadataKind kind)
     {
-        if (Metadata.CheckTable(offset, length, kind) is { } problem) throw MarkCorrupt(problem);
+        ThrowIfReadOnly();
+        if (Metadata.FindTable(offset, length, kind) is { } hit) throw MarkCorrupt(MetadataMap.DescribeTable(offset, length, kind, hit));
     }
 
     public string Path { get; }

@@ -350,6 +350,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             {
                 if (!_g.ExtendedL2 || (e.AllocBits & _g.SubclusterMask(pos, chunkEnd)) == _g.SubclusterMask(pos, chunkEnd))
                 {
+                    // A cluster we own is overwritten in place: unless its entry points at metadata.
+                    _ctx.CheckDataWrite(e.HostOffset + (pos - clusterStart), chunkEnd - pos);
                     await _ctx.Device.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), e.HostOffset + (pos - clusterStart));
                     pos = chunkEnd;
                     continue;
@@ -368,6 +370,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
                 // A preallocated zero cluster we own: reuse it, zero-filling around the data.
                 var buf = new byte[cs];
                 data.Span.Slice((int)(pos - offset), (int)(chunkEnd - pos)).CopyTo(buf.AsSpan((int)(pos - clusterStart)));
+                _ctx.CheckDataWrite(e.HostOffset, cs);
                 await _ctx.Device.WriteAsync(buf, e.HostOffset);
                 newTable |= await EnsureWritableTableAsync(records, release);
                 SetEntry(index, L2Entry.Standard(e.HostOffset, true), records);
@@ -494,6 +497,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         if (s != pos || t != chunkEnd)
             await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default);
         data.Span.CopyTo(part.AsSpan((int)(pos - s)));
+        _ctx.CheckDataWrite(host + (s - clusterStart), part.Length);
         await _ctx.Device.WriteAsync(part, host + (s - clusterStart));
     }
 

@@ -34,6 +34,8 @@ internal sealed class RefcountActor : ReceiveActor
             {
                 try
                 {
+                    // Nothing is written in place once the image turned read-only (a corrupt image above all).
+                    _ctx.ThrowIfReadOnly();
                     try
                     {
                         _state.WriteBack();

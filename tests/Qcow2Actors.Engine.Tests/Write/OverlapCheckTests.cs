@@ -31,7 +31,7 @@ public sealed class OverlapCheckTests : IDisposable
         {
             var image = await host.OpenAsync(path);
             // The allocator believes the L2 table's cluster is free and hands it out for new data.
-            var ex = await Assert.ThrowsAsync<IOException>(async () => await image.WriteAsync(1 << 20, new byte[65536]));
+            var ex = await Assert.ThrowsAsync<Qcow2ImageCorruptException>(async () => await image.WriteAsync(1 << 20, new byte[65536]));
             Assert.Contains("corrupt", ex.Message);
             Assert.Contains("L2 table", ex.Message);
             Assert.True(image.IsReadOnly);
