@@ -195,7 +195,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         });
         Receive<ReadyToStop>(m =>
         {
-            if (_tables.TryGetValue(m.L1Index, out var child) && child.Equals(m.Table)) Context.Stop(child);
+            if (!_tables.TryGetValue(m.L1Index, out var child) || !child.Equals(m.Table)) return;
+            // Gone from the live set at once: a checkpoint that starts before its Terminated arrives
+            // must not send it Pause/WriteBack (a stopped actor never answers). It is clean, so it
+            // has nothing to write back; messages for its table stay held until Terminated.
+            _tables.Remove(m.L1Index);
+            Context.Stop(child);
         });
         Receive<StayAlive>(m =>
         {
@@ -206,7 +211,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
-            _tables.Remove(index);
+            if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
             _lastUse.Remove(index);
             if (_passivating.Remove(index, out var held))
                 foreach (var msg in held) Route(new RouteToTable(index, msg));
