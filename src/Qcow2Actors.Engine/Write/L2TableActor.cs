@@ -1,5 +1,6 @@
 using System.Buffers;
 using Akka.Actor;
+using Akka.Event;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Engine.Read;
 using Qcow2Actors.Format;
@@ -33,6 +34,10 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private ulong[]? _pubSource;
     private readonly List<int> _staged = new();
     private long _pinnedOffset = -1;
+    // External data file: discarded guest clusters whose data-file range is punched once the discard
+    // is durable, unless a write maps the cluster again first (keyed by guest cluster offset).
+    private readonly Dictionary<long, Task> _dataPunches = new();
+    private readonly ILoggingAdapter _log = Context.GetLogger();
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
@@ -54,6 +59,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAsync<ZeroOp>(m => Guard(m.Done, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
         ReceiveAsync<DiscardOp>(m => Guard(m.Done, () => DiscardAsync(m.Offset, m.Length)));
         ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        ReceiveAsync<PunchDataClusters>(_ => Task.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
             Become(Paused);
@@ -120,6 +126,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     {
         try
         {
+            // The checkpoint's flush made every earlier discard durable: punch now, before close.
+            PunchDurableDataClusters();
             if (_dirty && _words is not null)
             {
                 _ctx.CheckTableWrite(_tableOffset, _g.ClusterSize, MetadataKind.L2Table);
@@ -327,6 +335,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
             if (_g.ExternalDataFile)
             {
+                // The cluster holds data again: a punch still waiting for its discard to be durable must not run.
+                _dataPunches.Remove(clusterStart);
                 // Host offset = guest offset: write through, and map the cluster once.
                 await _ctx.DataDevice!.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), pos);
                 if (_g.ExtendedL2 ? (e.AllocBits != uint.MaxValue || !e.IsCopied) : (kind != L2EntryKind.Normal || !e.IsCopied))
@@ -599,7 +609,12 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private async Task DiscardAsync(long offset, long length)
     {
         await LoadAsync();
-        if (_g.ExternalDataFile || (_words is null && !BackingHasData((long)_l1Index << _g.L2CoverageBits))) return;
+        if (_words is null && !BackingHasData((long)_l1Index << _g.L2CoverageBits)) return;
+        if (_g.ExternalDataFile)
+        {
+            await DiscardDataFileAsync(offset, length);
+            return;
+        }
         long cs = _g.ClusterSize;
         var records = new List<MetadataRecord>();
         var release = new List<long>();
@@ -620,6 +635,61 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             SetEntry(index, next, records);
         }
         Commit(newTable, records, release);
+    }
+
+    /// <summary>
+    /// Discard with an external data file, as QEMU does it: the cluster reads as zeros from now on
+    /// (a zero entry, whatever lies below), and its data-file range is punched once that is durable.
+    /// </summary>
+    private async Task DiscardDataFileAsync(long offset, long length)
+    {
+        long cs = _g.ClusterSize;
+        var records = new List<MetadataRecord>();
+        var release = new List<long>();
+        var punch = new List<long>();
+        bool newTable = false;
+        L2Entry zero = _g.ExtendedL2 ? L2Entry.Extended(0, false, 0, uint.MaxValue) : L2Entry.Zero();
+        for (long c = (offset + cs - 1) & ~(cs - 1); c + cs <= offset + length; c += cs)
+        {
+            int index = _g.L2Index(c);
+            var e = Entry(index);
+            var kind = e.GetKind(_g.Version, _g.ExtendedL2, true);
+            if (e == zero || (kind == L2EntryKind.Unallocated && (!_g.ExtendedL2 || e.Bitmap == 0) && !BackingHasData(c))) continue;
+            newTable |= await EnsureWritableTableAsync(records, release);
+            SetEntry(index, zero, records);
+            punch.Add(c);
+        }
+        if (records.Count == 0) return;
+        if (newTable && _words is not null) records.Add(new SetL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw));
+        var durable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ctx.Journal.Tell(new AppendRecords(records, Durable: durable));
+        Publish(newTable);
+        if (release.Count > 0) _ctx.Refcounts.Tell(new AdjustRefcounts([.. release], -1, null));
+        foreach (var c in punch) _dataPunches[c] = durable.Task;
+        var self = Self;
+        _ = durable.Task.ContinueWith(_ => self.Tell(new PunchDataClusters()), CancellationToken.None,
+            TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    /// <summary>Punches the data-file range of every discarded cluster whose discard is durable and that no write mapped again.</summary>
+    private void PunchDurableDataClusters()
+    {
+        if (_dataPunches.Count == 0 || _ctx.DataDevice is not { } data) return;
+        long cs = _g.ClusterSize;
+        foreach (var (cluster, durable) in _dataPunches.ToList())
+        {
+            if (!durable.IsCompletedSuccessfully) continue;
+            _dataPunches.Remove(cluster);
+            try
+            {
+                data.PunchHole(cluster, cs);
+            }
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+            {
+                // Only space is lost: the entry already reads as zeros.
+                _log.Warning("'{0}': could not punch discarded data at {1} in the data file: {2}", _ctx.Path, cluster, ex.Message);
+            }
+        }
     }
 
     private async Task WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster)
