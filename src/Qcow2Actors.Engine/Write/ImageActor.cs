@@ -72,6 +72,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
             RegisterMetadata(_ctx, _layer, refcounts);
             _ctx.RefcountState = refcounts;
+            if (_settings.JournalPluginId == Journal.FileJournal.PluginId)
+                _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.

@@ -42,6 +42,7 @@ internal sealed class JournalActor : ReceivePersistentActor
         Command<AppendRecords>(m =>
         {
             _pending.AddRange(m.Records);
+            _ctx.JournalSpace?.AddPending((long)m.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
             if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
             if (m.Durable is not null) _pendingDurable.Add(m.Durable);
             _recordsSinceCheckpoint += m.Records.Count;
@@ -128,8 +129,11 @@ internal sealed class JournalActor : ReceivePersistentActor
         _pending = new List<MetadataRecord>();
         _pendingFreed = new List<long>();
         _pendingDurable = new List<TaskCompletionSource>();
+        long promised = (long)batch.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
         Persist(batch, _ =>
         {
+            // Written: the file's end now counts these bytes instead.
+            _ctx.JournalSpace?.AddPending(-promised);
             // Before the waiters: a checkpoint that resumes on this flush then finds the punches and
             // releases queued ahead of its write-backs, so they finish before the devices close.
             if (freed.Count > 0) _ctx.Refcounts.Tell(new ReleaseQuarantine([.. freed]));

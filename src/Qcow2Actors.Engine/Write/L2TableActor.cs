@@ -55,10 +55,10 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Active()
     {
-        ReceiveAsync<WriteOp>(m => Guard(m.Done, () => WriteAsync(m.Offset, m.Data)));
-        ReceiveAsync<ZeroOp>(m => Guard(m.Done, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
-        ReceiveAsync<DiscardOp>(m => Guard(m.Done, () => DiscardAsync(m.Offset, m.Length)));
-        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, () => WriteAsync(m.Offset, m.Data)));
+        ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
+        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, () => DiscardAsync(m.Offset, m.Length)));
+        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
         ReceiveAsync<PunchDataClusters>(_ => Task.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
@@ -107,17 +107,23 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAny(_ => Stash.Stash());
     }
 
-    private async Task Guard(TaskCompletionSource done, Func<Task> body)
+    private async Task Guard(TaskCompletionSource done, bool freeingOnly, Func<Task> body)
     {
         try
         {
             _ctx.ThrowIfReadOnly();
+            // Journal space for this request's records is reserved before anything changes: a full
+            // disk fails this request here, instead of the commit that would have to persist them.
+            if (_ctx.JournalSpace is { Unchecked: false } space && space.Headroom < Journal.JournalReservation.Margin)
+                await Task.Run(() => space.EnsureHeadroom(freeingOnly));
             await body();
             done.TrySetResult();
         }
         catch (Exception ex)
         {
             if (ex is Qcow2ImageCorruptException) _ctx.Fail(ex.Message);
+            if (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
+                ex = new Qcow2NoSpaceException($"'{_ctx.Path}': no space left on the host for this request: {ex.Message}", ex);
             done.TrySetException(ex);
         }
     }
@@ -181,6 +187,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         await LoadAsync();
         if (_words is not null && !_tableShared) return false;
         var alloc = await Allocate(1);
+        try
+        {
+            // The table reaches its cluster only at a checkpoint: its space is taken now, so that
+            // write cannot meet a full disk.
+            _ctx.Device.ReserveSpace(alloc.Offset, _g.ClusterSize);
+        }
+        catch (Qcow2NoSpaceException)
+        {
+            _ctx.Refcounts.Tell(new AdjustRefcounts([alloc.Offset >> _g.ClusterBits], -1, null));
+            throw;
+        }
         long oldOffset = _tableOffset;
         var words = _words is null ? new ulong[_g.ExtendedL2 ? 2 * _entries : _entries] : (ulong[])_words.Clone();
         _tableOffset = alloc.Offset;
@@ -322,6 +339,23 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         var records = new List<MetadataRecord>();
         var release = new List<long>();
         bool newTable = false;
+        try
+        {
+            newTable = await WriteClustersAsync(offset, data, records, release);
+        }
+        catch (Exception) when (records.Count > 0)
+        {
+            // The clusters written before the failure are mapped and their refcounts journaled:
+            // commit them, so the table in memory and the journal agree (the write failed as a whole).
+            Commit(_words is not null && new L1Entry(_ctx.L1Entry(_l1Index)).L2Offset != _tableOffset, records, release);
+            throw;
+        }
+        Commit(newTable, records, release);
+    }
+
+    private async Task<bool> WriteClustersAsync(long offset, ReadOnlyMemory<byte> data, List<MetadataRecord> records, List<long> release)
+    {
+        bool newTable = false;
         long cs = _g.ClusterSize;
         long end = offset + data.Length;
         long pos = offset;
@@ -394,8 +428,18 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             int count = (int)((runEndCluster - runStartCluster) / cs);
             newTable |= await EnsureWritableTableAsync(records, release);
             var alloc = await Allocate(count);
-            _ctx.CheckDataWrite(alloc.Offset, count * cs);
-            await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
+            try
+            {
+                _ctx.CheckDataWrite(alloc.Offset, count * cs);
+                await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
+            }
+            catch (Exception ex) when (ex is not Qcow2ImageCorruptException)
+            {
+                // Nothing maps the run yet: give it back (a full disk must not leak the clusters it refused).
+                long first = alloc.Offset >> _g.ClusterBits;
+                _ctx.Refcounts.Tell(new AdjustRefcounts([.. Enumerable.Range(0, count).Select(k => first + k)], -1, null));
+                throw;
+            }
             for (int k = 0; k < count; k++)
             {
                 long guest = runStartCluster + k * cs;
@@ -420,7 +464,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             }
             pos = runEnd;
         }
-        Commit(newTable, records, release);
+        return newTable;
     }
 
     private bool NeedsNewCluster(L2Entry e, long pos, long chunkEnd)
