@@ -428,12 +428,12 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             int count = (int)((runEndCluster - runStartCluster) / cs);
             newTable |= await EnsureWritableTableAsync(records, release);
             var alloc = await Allocate(count);
+            _ctx.CheckDataWrite(alloc.Offset, count * cs);
             try
             {
-                _ctx.CheckDataWrite(alloc.Offset, count * cs);
                 await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
             }
-            catch (Exception ex) when (ex is not Qcow2ImageCorruptException)
+            catch (Exception)
             {
                 // Nothing maps the run yet: give it back (a full disk must not leak the clusters it refused).
                 long first = alloc.Offset >> _g.ClusterBits;
