@@ -49,7 +49,16 @@ public sealed partial class Qcow2Image
             {
                 long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
                 // Fast path: clusters we own are overwritten in place with no actor hop.
-                long fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                long fastEnd;
+                try
+                {
+                    fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                }
+                catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
+                {
+                    // An owned cluster whose space was given back (a hole) needs new space to be written.
+                    throw new Qcow2NoSpaceException($"'{ctx.Path}': no space left on the host for the write at {pos}: {ex.Message}", ex);
+                }
                 if (fastEnd < tableEnd)
                 {
                     var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -120,8 +120,45 @@ public sealed partial class FileBlockDevice : IBlockDevice
     public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
 
     /// <inheritdoc />
+    /// <remarks>
+    /// fallocate(PUNCH_HOLE|KEEP_SIZE) on Linux; where the filesystem or OS cannot punch holes
+    /// (EOPNOTSUPP, ENOSYS), zeros are written instead so the range still reads as zeros.
+    /// </remarks>
+    public void PunchHole(long offset, long length)
+    {
+        if (length <= 0) return;
+        if (OperatingSystem.IsLinux())
+        {
+            if (FAllocate((int)_handle.DangerousGetHandle(), FallocFlPunchHole | FallocFlKeepSize, offset, length) == 0) return;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno is not (Eopnotsupp or Enosys))
+                throw new IOException($"punching a hole at {offset} (+{length}) in {Name} failed: errno {errno}", errno);
+        }
+        ZeroFill.Write(this, offset, length);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>fallocate(KEEP_SIZE) on Linux; false where the filesystem or OS has no preallocation.</remarks>
+    public bool ReserveSpace(long offset, long length)
+    {
+        if (length <= 0 || !OperatingSystem.IsLinux()) return false;
+        if (FAllocate((int)_handle.DangerousGetHandle(), FallocFlKeepSize, offset, length) == 0) return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is Eopnotsupp or Enosys) return false;
+        if (errno is Enospc or Edquot)
+            throw new Qcow2NoSpaceException($"no space left on the device of {Name} to reserve {length} bytes at {offset}");
+        throw new IOException($"reserving {length} bytes at {offset} in {Name} failed: errno {errno}", errno);
+    }
+
+    /// <inheritdoc />
     public void Dispose() => _handle.Dispose();
+
+    private const int FallocFlKeepSize = 0x01, FallocFlPunchHole = 0x02;
+    private const int Enospc = 28, Enosys = 38, Eopnotsupp = 95, Edquot = 122;
 
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     private static partial int FdDataSync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    private static partial int FAllocate(int fd, int mode, long offset, long length);
 }

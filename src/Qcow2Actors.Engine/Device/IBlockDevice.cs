@@ -39,4 +39,34 @@ public interface IBlockDevice : IDisposable
 
     /// <summary>Sets the device length (truncate or extend with zeros).</summary>
     void SetLength(long length);
+
+    /// <summary>
+    /// Gives the storage behind [<paramref name="offset"/>, +<paramref name="length"/>) back to the
+    /// host (fallocate PUNCH_HOLE|KEEP_SIZE): afterwards the range reads as zeros and
+    /// <see cref="Length"/> is unchanged. Call it only for bytes nothing references any more and whose
+    /// release is durable, since a crash cannot bring punched bytes back. A device that cannot free
+    /// space writes zeros instead (this default), so the read-back contract always holds.
+    /// </summary>
+    void PunchHole(long offset, long length) => ZeroFill.Write(this, offset, length);
+
+    /// <summary>
+    /// Allocates storage for [<paramref name="offset"/>, +<paramref name="length"/>) without changing
+    /// <see cref="Length"/> or any content (fallocate KEEP_SIZE), so later writes there cannot fail
+    /// for lack of space. Returns false when the device has no such notion (this default: nothing is
+    /// reserved, and writes may still meet a full disk).
+    /// </summary>
+    /// <exception cref="Qcow2NoSpaceException">The host filesystem has no room (ENOSPC, EDQUOT).</exception>
+    bool ReserveSpace(long offset, long length) => false;
+}
+
+/// <summary>Writes zeros over a range in bounded chunks: the stand-in for a hole where none can be punched.</summary>
+internal static class ZeroFill
+{
+    public static void Write(IBlockDevice device, long offset, long length)
+    {
+        if (length <= 0) return;
+        var zeros = new byte[(int)Math.Min(length, 1 << 20)];
+        for (long done = 0; done < length; done += zeros.Length)
+            device.Write(zeros.AsSpan(0, (int)Math.Min(zeros.Length, length - done)), offset + done);
+    }
 }

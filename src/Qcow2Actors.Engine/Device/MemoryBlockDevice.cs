@@ -115,6 +115,27 @@ public sealed class MemoryBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
+    /// <remarks>Zeros the range inside the current length (memory has nothing to give back); the length stays.</remarks>
+    public void PunchHole(long offset, long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        lock (_gate)
+        {
+            ThrowIfDisposed();
+            ThrowIfReadOnly();
+            if (offset >= _length) return;
+            _data.AsSpan((int)offset, (int)Math.Min(length, _length - offset)).Clear();
+            Interlocked.Increment(ref _punches);
+        }
+    }
+
+    /// <summary>How many times <see cref="PunchHole"/> zeroed a range; lets tests see that space was given back.</summary>
+    public int PunchCount => Volatile.Read(ref _punches);
+
+    private int _punches;
+
+    /// <inheritdoc />
     public void Dispose()
     {
         lock (_gate) _disposed = true;

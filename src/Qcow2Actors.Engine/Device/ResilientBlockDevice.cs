@@ -147,6 +147,12 @@ public sealed class ResilientBlockDevice : IBlockDevice
     public void SetLength(long length) => _inner.SetLength(length);
 
     /// <inheritdoc />
+    public void PunchHole(long offset, long length) => _inner.PunchHole(offset, length);
+
+    /// <inheritdoc />
+    public bool ReserveSpace(long offset, long length) => _inner.ReserveSpace(offset, length);
+
+    /// <inheritdoc />
     public void Dispose() => _inner.Dispose();
 
     private readonly record struct ReadState(IBlockDevice Inner, nint Pointer, int Length, long Offset);

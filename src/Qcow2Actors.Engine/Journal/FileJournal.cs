@@ -137,7 +137,7 @@ public sealed class FileJournal : AsyncWriteJournal
         JournalFile file;
         try
         {
-            file = _files.GetOrAdd(persistenceId, id => new JournalFile(_paths.Resolve(id, _dir), _maxRecordLength));
+            file = _files.GetOrAdd(persistenceId, id => new JournalFile(_paths.Resolve(id, _dir), _maxRecordLength, reservation: _paths.ReservationFor(id)));
         }
         catch (Exception e)
         {

@@ -13,6 +13,10 @@ namespace Qcow2Actors.Engine.Journal;
 public sealed class FileJournalPaths : IExtension
 {
     private readonly ConcurrentDictionary<string, string> _files = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, JournalReservation> _reservations = new(StringComparer.Ordinal);
+
+    /// <summary>The journal space reservation of <paramref name="persistenceId"/>, shared by the file and the engine.</summary>
+    internal JournalReservation ReservationFor(string persistenceId) => _reservations.GetOrAdd(persistenceId, _ => new JournalReservation());
 
     /// <summary>The instance for <paramref name="system"/>.</summary>
     public static FileJournalPaths Get(ActorSystem system) => system.WithExtension<FileJournalPaths, FileJournalPathsProvider>();

@@ -26,17 +26,65 @@ internal sealed class JournalFile : IDisposable
     private bool _loaded;
     private bool _directorySynced;
     private Exception? _broken;
+    private readonly JournalReservation? _reservation;
+    // End of the space allocated ahead of GoodEnd (fallocate KEEP_SIZE); GoodEnd when none is.
+    private long _reservedEnd;
 
     // takeLock is false for a read-only replay of a pending journal: it writes nothing, and the
     // image's own lock (a reader's, or -U's beside a live writer that holds this file's write lock) governs it.
     public JournalFile(string path, int maxRecordLength,
-        Func<string, IBlockDevice>? openExisting = null, Func<string, IBlockDevice>? createNew = null, bool takeLock = true)
+        Func<string, IBlockDevice>? openExisting = null, Func<string, IBlockDevice>? createNew = null,
+        JournalReservation? reservation = null, bool takeLock = true)
     {
         Path = System.IO.Path.GetFullPath(path);
         _takeLock = takeLock;
         _maxRecordLength = maxRecordLength;
         _openExisting = openExisting ?? (p => FileBlockDevice.Open(p, writable: true));
         _createNew = createNew ?? (p => FileBlockDevice.Create(p, overwrite: true));
+        _reservation = reservation;
+    }
+
+    /// <summary>
+    /// Allocates the file's space up to <paramref name="end"/> without changing its length, creating
+    /// the file if it does not exist yet (an empty file reads as an empty journal). Caller holds the lock.
+    /// </summary>
+    /// <exception cref="Qcow2NoSpaceException">The disk is full.</exception>
+    public void Reserve(long end)
+    {
+        EnsureLoaded();
+        if (end <= _reservedEnd) return;
+        var device = _device ??= CreateDevice();
+        long from = Math.Max(GoodEnd, _reservedEnd);
+        if (!device.ReserveSpace(from, end - from))
+        {
+            _reservation?.MarkUnsupported();
+            return;
+        }
+        _reservedEnd = end;
+        _reservation?.Update(GoodEnd, _reservedEnd);
+    }
+
+    private IBlockDevice CreateDevice()
+    {
+        var dir = System.IO.Path.GetDirectoryName(Path)!;
+        if (!Directory.Exists(dir))
+        {
+            Directory.CreateDirectory(dir);
+            DirectorySync.FsyncParentOf(dir);
+        }
+        // Not yet durable by name: the first append fsyncs the directory before it acknowledges.
+        _directorySynced = false;
+        var device = _createNew(Path);
+        try
+        {
+            _lock = LockIfOnDisk(Path);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+        return device;
     }
 
     public string Path { get; }
@@ -77,6 +125,9 @@ internal sealed class JournalFile : IDisposable
             Scan(_device);
         }
         _loaded = true;
+        _reservedEnd = GoodEnd;
+        _reservation?.Attach(this);
+        _reservation?.Update(GoodEnd, _reservedEnd);
         return true;
     }
 
@@ -169,20 +220,15 @@ internal sealed class JournalFile : IDisposable
         }
 
         var creating = _device is null;
-        if (creating)
-        {
-            var dir = System.IO.Path.GetDirectoryName(Path)!;
-            if (!Directory.Exists(dir))
-            {
-                Directory.CreateDirectory(dir);
-                DirectorySync.FsyncParentOf(dir);
-            }
-            _device = _createNew(Path);
-            _lock = LockIfOnDisk(Path);
-        }
+        if (creating) _device = CreateDevice();
         var device = _device!;
-        // Cut a torn or corrupt tail first so that no stale bytes follow the new records.
-        if (device.Length > start) device.SetLength(start);
+        // Cut a torn or corrupt tail first so that no stale bytes follow the new records (the
+        // truncation also frees whatever was reserved past it).
+        if (device.Length > start)
+        {
+            device.SetLength(start);
+            _reservedEnd = start;
+        }
         device.Write(buffer.WrittenSpan, start);
         try
         {
@@ -207,6 +253,8 @@ internal sealed class JournalFile : IDisposable
         DroppedBytes = 0;
         _index.AddRange(added);
         HighestSequenceNr = Math.Max(HighestSequenceNr, added[^1].Last);
+        _reservedEnd = Math.Max(_reservedEnd, GoodEnd);
+        _reservation?.Update(GoodEnd, _reservedEnd);
     }
 
     /// <summary>Delivers stored events with from ≤ seq ≤ to, skipping deleted ones, at most <paramref name="max"/>.</summary>
@@ -286,12 +334,16 @@ internal sealed class JournalFile : IDisposable
             File.Move(temp, Path, overwrite: true);
             GoodEnd = pos;
         }
-        catch
+        catch (Exception e)
         {
             compacted?.Dispose();
             compactedLock?.Dispose();
             try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
+            if (!Qcow2NoSpaceException.IsNoSpace(e)) throw;
+            // A full disk has no room for the compacted copy: mark the events deleted in place
+            // instead, in the space reserved past the end; the next compaction shrinks the file.
+            AppendDeleteMark(deletedTo);
+            return;
         }
         try
         {
@@ -312,11 +364,43 @@ internal sealed class JournalFile : IDisposable
         DeletedTo = deletedTo;
         DroppedBytes = 0;
         _directorySynced = true;
+        // The old file's reserved space went with it.
+        _reservedEnd = GoodEnd;
+        _reservation?.Update(GoodEnd, _reservedEnd);
+    }
+
+    private void AppendDeleteMark(long deletedTo)
+    {
+        var device = _device!;
+        var mark = new ArrayBufferWriter<byte>();
+        JournalRecords.WriteDeleteMark(mark, deletedTo, HighestSequenceNr);
+        var start = GoodEnd;
+        if (device.Length > start)
+        {
+            device.SetLength(start);
+            _reservedEnd = start;
+        }
+        device.Write(mark.WrittenSpan, start);
+        try
+        {
+            device.Flush();
+        }
+        catch (Exception e)
+        {
+            _broken = e;
+            throw;
+        }
+        GoodEnd = start + mark.WrittenCount;
+        DeletedTo = deletedTo;
+        DroppedBytes = 0;
+        _reservedEnd = Math.Max(_reservedEnd, GoodEnd);
+        _reservation?.Update(GoodEnd, _reservedEnd);
     }
 
     /// <summary>Closes the file; the next call reopens and rescans it.</summary>
     public void Dispose()
     {
+        _reservation?.Attach(null);
         _device?.Dispose();
         _device = null;
         _lock?.Dispose();

@@ -72,6 +72,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _ctx = o.Image.Context;
             var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
             _ctx.RefcountState = refcounts;
+            if (_settings.JournalPluginId == Journal.FileJournal.PluginId)
+                _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.
@@ -127,7 +129,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         });
         Receive<ReadyToStop>(m =>
         {
-            if (_tables.TryGetValue(m.L1Index, out var child) && child.Equals(m.Table)) Context.Stop(child);
+            if (!_tables.TryGetValue(m.L1Index, out var child) || !child.Equals(m.Table)) return;
+            // Gone from the live set at once: a checkpoint that starts before its Terminated arrives
+            // must not send it Pause/WriteBack (a stopped actor never answers). It is clean, so it
+            // has nothing to write back; messages for its table stay held until Terminated.
+            _tables.Remove(m.L1Index);
+            Context.Stop(child);
         });
         Receive<StayAlive>(m =>
         {
@@ -138,7 +145,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
-            _tables.Remove(index);
+            if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
             _lastUse.Remove(index);
             if (_passivating.Remove(index, out var held))
                 foreach (var msg in held) Route(new RouteToTable(index, msg));

@@ -91,6 +91,9 @@ internal sealed class ImageContext
     public IActorRef Refcounts { get; set; } = ActorRefs.Nobody;
     public IActorRef Journal { get; set; } = ActorRefs.Nobody;
 
+    /// <summary>Journal space reserved ahead (file journal only; null for other plugins): checked before a request produces records.</summary>
+    public Journal.JournalReservation? JournalSpace { get; set; }
+
     /// <summary>The refcount actor's state, for allocation on the caller's thread under its lock (<see cref="RefcountActor.AllocateNow"/>).</summary>
     public RefcountState? RefcountState { get; set; }
 

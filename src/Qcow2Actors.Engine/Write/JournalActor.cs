@@ -19,6 +19,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     private readonly Func<bool> _markDirty;
     private List<MetadataRecord> _pending = new();
     private List<long> _pendingFreed = new();
+    private List<TaskCompletionSource> _pendingDurable = new();
     private List<TaskCompletionSource> _waiters = new();
     private readonly List<JournalBatch>? _recovered = new();
     private bool _flushScheduled;
@@ -41,7 +42,9 @@ internal sealed class JournalActor : ReceivePersistentActor
         Command<AppendRecords>(m =>
         {
             _pending.AddRange(m.Records);
+            _ctx.JournalSpace?.AddPending((long)m.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
             if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
+            if (m.Durable is not null) _pendingDurable.Add(m.Durable);
             _recordsSinceCheckpoint += m.Records.Count;
             if (!_checkpointRequested && _recordsSinceCheckpoint >= _ctx.Settings.CheckpointRecords)
             {
@@ -122,12 +125,20 @@ internal sealed class JournalActor : ReceivePersistentActor
         }
         var batch = new JournalBatch(_pending);
         var freed = _pendingFreed;
+        var durable = _pendingDurable;
         _pending = new List<MetadataRecord>();
         _pendingFreed = new List<long>();
+        _pendingDurable = new List<TaskCompletionSource>();
+        long promised = (long)batch.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
         Persist(batch, _ =>
         {
-            foreach (var w in waiters) w.TrySetResult();
+            // Written: the file's end now counts these bytes instead.
+            _ctx.JournalSpace?.AddPending(-promised);
+            // Before the waiters: a checkpoint that resumes on this flush then finds the punches and
+            // releases queued ahead of its write-backs, so they finish before the devices close.
             if (freed.Count > 0) _ctx.Refcounts.Tell(new ReleaseQuarantine([.. freed]));
+            foreach (var d in durable) d.TrySetResult();
+            foreach (var w in waiters) w.TrySetResult();
         });
         _inFlight = waiters;
     }

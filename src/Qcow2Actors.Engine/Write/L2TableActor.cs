@@ -1,5 +1,6 @@
 using System.Buffers;
 using Akka.Actor;
+using Akka.Event;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Engine.Read;
 using Qcow2Actors.Format;
@@ -33,6 +34,10 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private ulong[]? _pubSource;
     private readonly List<int> _staged = new();
     private long _pinnedOffset = -1;
+    // External data file: discarded guest clusters whose data-file range is punched once the discard
+    // is durable, unless a write maps the cluster again first (keyed by guest cluster offset).
+    private readonly Dictionary<long, Task> _dataPunches = new();
+    private readonly ILoggingAdapter _log = Context.GetLogger();
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
@@ -50,10 +55,11 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Active()
     {
-        ReceiveAsync<WriteOp>(m => Guard(m.Done, () => WriteAsync(m.Offset, m.Data)));
-        ReceiveAsync<ZeroOp>(m => Guard(m.Done, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
-        ReceiveAsync<DiscardOp>(m => Guard(m.Done, () => DiscardAsync(m.Offset, m.Length)));
-        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, () => WriteAsync(m.Offset, m.Data)));
+        ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
+        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, () => DiscardAsync(m.Offset, m.Length)));
+        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        ReceiveAsync<PunchDataClusters>(_ => Task.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
             Become(Paused);
@@ -101,17 +107,23 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAny(_ => Stash.Stash());
     }
 
-    private async Task Guard(TaskCompletionSource done, Func<Task> body)
+    private async Task Guard(TaskCompletionSource done, bool freeingOnly, Func<Task> body)
     {
         try
         {
             _ctx.ThrowIfReadOnly();
+            // Journal space for this request's records is reserved before anything changes: a full
+            // disk fails this request here, instead of the commit that would have to persist them.
+            if (_ctx.JournalSpace is { Unchecked: false } space && space.Headroom < Journal.JournalReservation.Margin)
+                await Task.Run(() => space.EnsureHeadroom(freeingOnly));
             await body();
             done.TrySetResult();
         }
         catch (Exception ex)
         {
             if (ex is Qcow2ImageCorruptException) _ctx.Fail(ex.Message);
+            if (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
+                ex = new Qcow2NoSpaceException($"'{_ctx.Path}': no space left on the host for this request: {ex.Message}", ex);
             done.TrySetException(ex);
         }
     }
@@ -120,6 +132,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     {
         try
         {
+            // The checkpoint's flush made every earlier discard durable: punch now, before close.
+            PunchDurableDataClusters();
             if (_dirty && _words is not null)
             {
                 _ctx.CheckTableWrite(_tableOffset, _g.ClusterSize, MetadataKind.L2Table);
@@ -173,6 +187,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         await LoadAsync();
         if (_words is not null && !_tableShared) return false;
         var alloc = await Allocate(1);
+        try
+        {
+            // The table reaches its cluster only at a checkpoint: its space is taken now, so that
+            // write cannot meet a full disk.
+            _ctx.Device.ReserveSpace(alloc.Offset, _g.ClusterSize);
+        }
+        catch (Qcow2NoSpaceException)
+        {
+            _ctx.Refcounts.Tell(new AdjustRefcounts([alloc.Offset >> _g.ClusterBits], -1, null));
+            throw;
+        }
         long oldOffset = _tableOffset;
         var words = _words is null ? new ulong[_g.ExtendedL2 ? 2 * _entries : _entries] : (ulong[])_words.Clone();
         _tableOffset = alloc.Offset;
@@ -314,6 +339,23 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         var records = new List<MetadataRecord>();
         var release = new List<long>();
         bool newTable = false;
+        try
+        {
+            newTable = await WriteClustersAsync(offset, data, records, release);
+        }
+        catch (Exception) when (records.Count > 0)
+        {
+            // The clusters written before the failure are mapped and their refcounts journaled:
+            // commit them, so the table in memory and the journal agree (the write failed as a whole).
+            Commit(_words is not null && new L1Entry(_ctx.L1Entry(_l1Index)).L2Offset != _tableOffset, records, release);
+            throw;
+        }
+        Commit(newTable, records, release);
+    }
+
+    private async Task<bool> WriteClustersAsync(long offset, ReadOnlyMemory<byte> data, List<MetadataRecord> records, List<long> release)
+    {
+        bool newTable = false;
         long cs = _g.ClusterSize;
         long end = offset + data.Length;
         long pos = offset;
@@ -327,6 +369,8 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
             if (_g.ExternalDataFile)
             {
+                // The cluster holds data again: a punch still waiting for its discard to be durable must not run.
+                _dataPunches.Remove(clusterStart);
                 // Host offset = guest offset: write through, and map the cluster once.
                 await _ctx.DataDevice!.WriteAsync(data.Slice((int)(pos - offset), (int)(chunkEnd - pos)), pos);
                 if (_g.ExtendedL2 ? (e.AllocBits != uint.MaxValue || !e.IsCopied) : (kind != L2EntryKind.Normal || !e.IsCopied))
@@ -388,7 +432,17 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             newTable |= await EnsureWritableTableAsync(records, release);
             var alloc = await Allocate(count);
             _ctx.CheckDataWrite(alloc.Offset, count * cs);
-            await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
+            try
+            {
+                await WriteNewClustersAsync(alloc, runStartCluster, count, pos, runEnd, data.Slice((int)(pos - offset), (int)(runEnd - pos)));
+            }
+            catch (Exception)
+            {
+                // Nothing maps the run yet: give it back (a full disk must not leak the clusters it refused).
+                long first = alloc.Offset >> _g.ClusterBits;
+                _ctx.Refcounts.Tell(new AdjustRefcounts([.. Enumerable.Range(0, count).Select(k => first + k)], -1, null));
+                throw;
+            }
             for (int k = 0; k < count; k++)
             {
                 long guest = runStartCluster + k * cs;
@@ -413,7 +467,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             }
             pos = runEnd;
         }
-        Commit(newTable, records, release);
+        return newTable;
     }
 
     private bool NeedsNewCluster(L2Entry e, long pos, long chunkEnd)
@@ -603,7 +657,12 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     private async Task DiscardAsync(long offset, long length)
     {
         await LoadAsync();
-        if (_g.ExternalDataFile || (_words is null && !BackingHasData((long)_l1Index << _g.L2CoverageBits))) return;
+        if (_words is null && !BackingHasData((long)_l1Index << _g.L2CoverageBits)) return;
+        if (_g.ExternalDataFile)
+        {
+            await DiscardDataFileAsync(offset, length);
+            return;
+        }
         long cs = _g.ClusterSize;
         var records = new List<MetadataRecord>();
         var release = new List<long>();
@@ -624,6 +683,61 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             SetEntry(index, next, records);
         }
         Commit(newTable, records, release);
+    }
+
+    /// <summary>
+    /// Discard with an external data file, as QEMU does it: the cluster reads as zeros from now on
+    /// (a zero entry, whatever lies below), and its data-file range is punched once that is durable.
+    /// </summary>
+    private async Task DiscardDataFileAsync(long offset, long length)
+    {
+        long cs = _g.ClusterSize;
+        var records = new List<MetadataRecord>();
+        var release = new List<long>();
+        var punch = new List<long>();
+        bool newTable = false;
+        L2Entry zero = _g.ExtendedL2 ? L2Entry.Extended(0, false, 0, uint.MaxValue) : L2Entry.Zero();
+        for (long c = (offset + cs - 1) & ~(cs - 1); c + cs <= offset + length; c += cs)
+        {
+            int index = _g.L2Index(c);
+            var e = Entry(index);
+            var kind = e.GetKind(_g.Version, _g.ExtendedL2, true);
+            if (e == zero || (kind == L2EntryKind.Unallocated && (!_g.ExtendedL2 || e.Bitmap == 0) && !BackingHasData(c))) continue;
+            newTable |= await EnsureWritableTableAsync(records, release);
+            SetEntry(index, zero, records);
+            punch.Add(c);
+        }
+        if (records.Count == 0) return;
+        if (newTable && _words is not null) records.Add(new SetL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw));
+        var durable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ctx.Journal.Tell(new AppendRecords(records, Durable: durable));
+        Publish(newTable);
+        if (release.Count > 0) _ctx.Refcounts.Tell(new AdjustRefcounts([.. release], -1, null));
+        foreach (var c in punch) _dataPunches[c] = durable.Task;
+        var self = Self;
+        _ = durable.Task.ContinueWith(_ => self.Tell(new PunchDataClusters()), CancellationToken.None,
+            TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    /// <summary>Punches the data-file range of every discarded cluster whose discard is durable and that no write mapped again.</summary>
+    private void PunchDurableDataClusters()
+    {
+        if (_dataPunches.Count == 0 || _ctx.DataDevice is not { } data) return;
+        long cs = _g.ClusterSize;
+        foreach (var (cluster, durable) in _dataPunches.ToList())
+        {
+            if (!durable.IsCompletedSuccessfully) continue;
+            _dataPunches.Remove(cluster);
+            try
+            {
+                data.PunchHole(cluster, cs);
+            }
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+            {
+                // Only space is lost: the entry already reads as zeros.
+                _log.Warning("'{0}': could not punch discarded data at {1} in the data file: {2}", _ctx.Path, cluster, ex.Message);
+            }
+        }
     }
 
     private async Task WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster)

@@ -1,4 +1,5 @@
 using Akka.Actor;
+using Akka.Event;
 using Qcow2Actors.Engine.Metadata;
 
 namespace Qcow2Actors.Engine.Write;
@@ -27,7 +28,22 @@ internal sealed class RefcountActor : ReceiveActor
         Receive<AllocateCompressedBytes>(m => { lock (_state) Run(m.Reply, records => AllocateBytes(m.Length, records)); });
         Receive<AdjustRefcounts>(m => { lock (_state) Adjust(m); });
         Receive<GetRefcounts>(m => { lock (_state) m.Reply.TrySetResult([.. m.Clusters.Select(_state.Get)]); });
-        Receive<ReleaseQuarantine>(m => { lock (_state) _state.Release(m.Clusters); });
+        ReceiveAsync<ReleaseQuarantine>(async m =>
+        {
+            // The records that freed these clusters are durable: give their space back to the host
+            // BEFORE they become allocatable (a punch after reuse would destroy new data). Off the
+            // actor's thread, as the journal does its file I/O; the mailbox waits meanwhile.
+            try
+            {
+                await Task.Run(() => PunchFreed(_ctx, m.Clusters));
+            }
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+            {
+                // Not giving space back wastes it but loses nothing; the clusters stay free.
+                Context.GetLogger().Warning("'{0}': could not give freed clusters back to the host: {1}", _ctx.Path, ex.Message);
+            }
+            lock (_state) _state.Release(m.Clusters);
+        });
         Receive<WriteBackRefcounts>(m =>
         {
             lock (_state)
@@ -136,6 +152,24 @@ internal sealed class RefcountActor : ReceiveActor
                 if (records.Count > 0) ctx.Journal.Tell(new AppendRecords(records));
             }
         }
+    }
+
+    /// <summary>Punches every run of contiguous freed clusters out of the image file (one fallocate per run).</summary>
+    internal static void PunchFreed(ImageContext ctx, long[] clusters)
+    {
+        if (clusters.Length == 0 || ctx.ReadOnlyReason is not null) return;
+        var sorted = clusters.Order().ToArray();
+        int bits = ctx.Geometry.ClusterBits;
+        long runStart = sorted[0], runEnd = sorted[0] + 1;
+        foreach (var c in sorted.Skip(1))
+        {
+            if (c == runEnd) { runEnd++; continue; }
+            if (c < runEnd) continue;
+            ctx.Device.PunchHole(runStart << bits, (runEnd - runStart) << bits);
+            runStart = c;
+            runEnd = c + 1;
+        }
+        ctx.Device.PunchHole(runStart << bits, (runEnd - runStart) << bits);
     }
 
     private void Publish(List<MetadataRecord> records, long[]? freed)

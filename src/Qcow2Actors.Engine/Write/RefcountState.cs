@@ -134,6 +134,9 @@ internal sealed class RefcountState
         _reserved.Add((start, start + count));
         try
         {
+            // Blocks the run needs come first, so a full disk refuses the run before any of its counts change.
+            for (long ti = start / _entriesPerBlock; ti <= (start + count - 1) / _entriesPerBlock; ti++)
+                if (ti >= _table.Length || _table[ti] == 0) EnsureBlock(ti, records);
             for (long c = start; c < start + count; c++) Set(c, 1, records);
         }
         finally
@@ -186,6 +189,9 @@ internal sealed class RefcountState
         long at = Math.Max(ti * _entriesPerBlock, 1);
         while (!IsFree(at)) at++;
         var offset = at << _clusterBits;
+        // Written only at a checkpoint: take its space now (before anything changes), so that write
+        // cannot meet a full disk; a full disk fails the allocation that needed the block instead.
+        _device.ReserveSpace(offset, ClusterSize);
         _table[ti] = RefcountTableEntry.Create(offset).Raw;
         _blocks[ti] = new byte[ClusterSize];
         _tableDirty = true;
@@ -214,6 +220,7 @@ internal sealed class RefcountState
         int clusters = (int)(bytes >> _clusterBits);
         // Place the new table past everything allocated so far: those clusters cannot be in use.
         long newOffset = AllocatedEnd;
+        _device.ReserveSpace(newOffset, bytes);
         var oldOffset = TableOffset;
         var oldClusters = TableClusters;
         var table = new ulong[bytes / 8];

@@ -22,6 +22,8 @@ public abstract class DelegatingDevice(IBlockDevice inner, bool ownsInner = true
     public virtual ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, offset, cancellationToken);
     public virtual void Flush() => inner.Flush();
     public virtual void SetLength(long length) => inner.SetLength(length);
+    public virtual void PunchHole(long offset, long length) => inner.PunchHole(offset, length);
+    public virtual bool ReserveSpace(long offset, long length) => inner.ReserveSpace(offset, length);
 
     public void Dispose()
     {
