@@ -46,21 +46,15 @@ public sealed class Qcow2OpenOptions
         DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable);
 
     /// <summary>Where read-only opens find a journal-pending image's journal; null: beside the image.</summary>
-    internal PendingJournalSource? JournalSource { get; init; }
+    internal PendingJournalSource? JournalSource { get; private set; }
 
-    /// <summary>A copy of these options with <see cref="JournalSource"/> set.</summary>
-    internal Qcow2OpenOptions WithJournalSource(PendingJournalSource source) => new()
+    /// <summary>A copy of these options (every setting, whatever is added later) with <see cref="JournalSource"/> set.</summary>
+    internal Qcow2OpenOptions WithJournalSource(PendingJournalSource source)
     {
-        ReadOnly = ReadOnly,
-        Snapshot = Snapshot,
-        Format = Format,
-        L2CacheSize = L2CacheSize,
-        RebuildWithoutJournal = RebuildWithoutJournal,
-        L2CacheBytes = L2CacheBytes,
-        DeviceFactory = DeviceFactory,
-        MaxBackingDepth = MaxBackingDepth,
-        JournalSource = source,
-    };
+        var copy = (Qcow2OpenOptions)MemberwiseClone();
+        copy.JournalSource = source;
+        return copy;
+    }
 
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
