@@ -200,6 +200,13 @@ public sealed partial class Qcow2Image
         try
         {
             await done.Task.ConfigureAwait(false);
+            if (_ctx.ReadOnlyReason is { } reason)
+                _ctx.Report(Qcow2ImageFaultKind.UncleanClose, $"its journal is kept for the next write open or 'q2a recover' to replay (read-only since: {reason})");
+        }
+        catch (Exception ex)
+        {
+            _ctx.Report(Qcow2ImageFaultKind.UncleanClose, $"close failed: {ex.Message}");
+            throw;
         }
         finally
         {

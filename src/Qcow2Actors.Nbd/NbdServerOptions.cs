@@ -37,6 +37,50 @@ public sealed record NbdServerOptions
     /// <summary>Payload bytes (write data held plus read data being produced) one connection may hold at once.</summary>
     public long MaxInFlightBytes { get; init; } = 64L * 1024 * 1024;
 
+    /// <summary>How long a client may take from connecting to finishing option negotiation, as qemu-nbd's handshake limit.</summary>
+    public static readonly TimeSpan DefaultHandshakeTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// A connection that has not finished negotiation (NBD_OPT_GO or EXPORT_NAME) this long after
+    /// it was accepted is closed, so idle or stuck clients cannot hold connections (and file
+    /// descriptors) for ever. <see cref="TimeSpan.Zero"/> or <see cref="Timeout.InfiniteTimeSpan"/>: no limit.
+    /// </summary>
+    public TimeSpan HandshakeTimeout { get; init; } = DefaultHandshakeTimeout;
+
+    /// <summary>
+    /// Most connections open at once (negotiating or transmitting); a client beyond it is accepted
+    /// and closed at once. 0 (the default): <see cref="DefaultMaxConnections"/>.
+    /// </summary>
+    public int MaxConnections { get; init; }
+
+    /// <summary>Clock of the handshake timeout, the accept retry delays and the log throttles; tests pass a fake one.</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>
+    /// The bound on connections when none is configured: half the process's file descriptor soft
+    /// limit (the other half stays for image, backing, data and journal files and the runtime),
+    /// between 1 and 1024 (each connection also holds up to 64 KiB of read buffer).
+    /// </summary>
+    public static int DefaultMaxConnections() => Math.Clamp((int)Math.Min(int.MaxValue, FileDescriptorSoftLimit() / 2), 1, 1024);
+
+    /// <summary>RLIMIT_NOFILE's soft limit, from /proc/self/limits; 1024 (the usual default) where that cannot be read.</summary>
+    internal static long FileDescriptorSoftLimit()
+    {
+        const long fallback = 1024;
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/limits"))
+            {
+                if (!line.StartsWith("Max open files", StringComparison.Ordinal)) continue;
+                var fields = line["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return fields.Length > 0 && long.TryParse(fields[0], out var soft) ? soft : fallback; // "unlimited" too
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return fallback;
+    }
+
     /// <summary>Logs connections, protocol violations and failed requests; silent when null.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 

@@ -178,7 +178,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         var opened = await ImageOpener.OpenAsync(_path, _options, default);
         var layer = (Qcow2Layer)opened.Layer;
         var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
-            Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings);
+            Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
         return new OpenedImage(ctx, opened, ActorRefs.Nobody);
     }
 

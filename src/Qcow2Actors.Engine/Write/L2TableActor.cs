@@ -111,7 +111,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
         catch (Exception ex)
         {
-            if (ex is Qcow2ImageCorruptException) _ctx.Fail(ex.Message);
+            if (ex is Qcow2ImageCorruptException) _ctx.Fail(Qcow2ImageFaultKind.Corrupt, ex.Message);
             done.TrySetException(ex);
         }
     }
