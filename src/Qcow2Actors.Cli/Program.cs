@@ -1,10 +1,6 @@
-using System.CommandLine;
 using Qcow2Actors.Cli;
 
-var root = new RootCommand("q2a: qemu-img style tools and an NBD server on the Qcow2Actors qcow2 engine");
-foreach (var verb in Verbs.All())
-    root.Subcommands.Add(verb);
-var parse = root.Parse(args);
+var parse = Verbs.Root().Parse(args);
 // One line for bad usage, checked before any verb runs: nothing is opened or created.
 if (ParseErrors.Describe(parse, args) is { } error)
 {
