@@ -51,13 +51,15 @@ public sealed class NbdServer : IAsyncDisposable
         }
         Options = options;
         _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
-        MaxConnections = options.MaxConnections > 0 ? options.MaxConnections : NbdServerOptions.DefaultMaxConnections();
         _refusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
         _handshakeTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
     }
 
-    /// <summary>The bound on open connections in force (<see cref="NbdServerOptions.MaxConnections"/> or its default).</summary>
-    public int MaxConnections { get; }
+    /// <summary>
+    /// The bound on open connections in force from <see cref="StartAsync"/> on: the configured
+    /// <see cref="NbdServerOptions.MaxConnections"/> or its default, within the descriptors free then.
+    /// </summary>
+    public int MaxConnections { get; private set; }
 
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
@@ -104,7 +106,9 @@ public sealed class NbdServer : IAsyncDisposable
         {
             if (unix) RemoveStaleUnixSocket(endPoint.ToString()!);
             listener.Bind(endPoint);
-            listener.Listen(128);
+            // The kernel's largest backlog (somaxconn), as qemu-nbd: a burst of clients waits in the
+            // queue instead of having its handshakes dropped while the accept loop catches up.
+            listener.Listen();
         }
         catch
         {
@@ -114,6 +118,11 @@ public sealed class NbdServer : IAsyncDisposable
         }
         _listener = listener;
         LocalEndPoint = listener.LocalEndPoint ?? endPoint;
+        long softLimit = NbdServerOptions.FileDescriptorSoftLimit();
+        (MaxConnections, var lowered) = NbdServerOptions.EffectiveMaxConnections(Options.MaxConnections, softLimit, NbdServerOptions.OpenDescriptors());
+        if (lowered)
+            _log.LogWarning("NBD: max-connections {Configured} lowered to {Max}: the file descriptor limit ({Limit}) leaves no more with {Headroom} kept free",
+                Options.MaxConnections, MaxConnections, softLimit, NbdServerOptions.DescriptorHeadroom);
         _log.LogInformation("NBD server listening on {EndPoint} with {Count} export(s)", LocalEndPoint, Exports.Count);
         var loop = new AcceptLoop(listener.AcceptAsync, Admit, Options.TimeProvider, _log);
         _acceptLoop = Task.Run(() => loop.RunAsync(_stopping.Token), CancellationToken.None);

@@ -49,7 +49,9 @@ public sealed record NbdServerOptions
 
     /// <summary>
     /// Most connections open at once (negotiating or transmitting); a client beyond it is accepted
-    /// and closed at once. 0 (the default): <see cref="DefaultMaxConnections"/>.
+    /// and closed at once. 0 (the default): <see cref="DefaultMaxConnections"/> of the descriptors
+    /// free when the server starts. Any value is lowered so that <see cref="DescriptorHeadroom"/>
+    /// descriptors stay free (the server logs it).
     /// </summary>
     public int MaxConnections { get; init; }
 
@@ -57,11 +59,41 @@ public sealed record NbdServerOptions
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
     /// <summary>
-    /// The bound on connections when none is configured: half the process's file descriptor soft
-    /// limit (the other half stays for image, backing, data and journal files and the runtime),
-    /// between 1 and 1024 (each connection also holds up to 64 KiB of read buffer).
+    /// File descriptors kept free beyond every connection: the .NET runtime opens files as it goes
+    /// (assemblies on first use, /proc for the GC and thread pool, pipes for new threads), and a
+    /// process that meets EMFILE there aborts ("Out of memory."), losing every image's clean close.
     /// </summary>
-    public static int DefaultMaxConnections() => Math.Clamp((int)Math.Min(int.MaxValue, FileDescriptorSoftLimit() / 2), 1, 1024);
+    public const int DescriptorHeadroom = 64;
+
+    /// <summary>
+    /// The bound on connections when none is configured: half the descriptors still free under
+    /// the soft limit (the other half stays for journals, lazily loaded assemblies and the
+    /// runtime), between 1 and 1024 (each connection also holds up to 64 KiB of read buffer).
+    /// </summary>
+    /// <param name="softLimit">RLIMIT_NOFILE's soft limit.</param>
+    /// <param name="openDescriptors">Descriptors the process has open (assemblies, images, sockets).</param>
+    public static int DefaultMaxConnections(long softLimit, int openDescriptors) =>
+        (int)Math.Clamp((softLimit - openDescriptors) / 2, 1, 1024);
+
+    /// <summary>The bound in force for <paramref name="configured"/> (0: the default), and whether a configured one was lowered.</summary>
+    internal static (int Max, bool Lowered) EffectiveMaxConnections(int configured, long softLimit, int openDescriptors)
+    {
+        long ceiling = Math.Max(1, softLimit - openDescriptors - DescriptorHeadroom);
+        if (configured == 0) return ((int)Math.Min(DefaultMaxConnections(softLimit, openDescriptors), ceiling), false);
+        return configured > ceiling ? ((int)ceiling, true) : (configured, false);
+    }
+
+    /// <summary>Descriptors this process has open, from /proc/self/fd; 0 where that cannot be read.</summary>
+    internal static int OpenDescriptors()
+    {
+        try
+        {
+            return Directory.GetFileSystemEntries("/proc/self/fd").Length;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 0;
+    }
 
     /// <summary>RLIMIT_NOFILE's soft limit, from /proc/self/limits; 1024 (the usual default) where that cannot be read.</summary>
     internal static long FileDescriptorSoftLimit()

@@ -87,4 +87,15 @@ public sealed class NbdServerLimitsTests
         Assert.Throws<ArgumentException>(() => new NbdServer(new NbdServerOptions { Exports = [new MemoryExport("d", MiB)], MaxConnections = -1 }));
         Assert.Throws<ArgumentException>(() => new NbdServer(new NbdServerOptions { Exports = [new MemoryExport("d", MiB)], HandshakeTimeout = TimeSpan.FromSeconds(-1) }));
     }
+
+    [Theory]
+    [InlineData(0, 256, 115, 70, false)]     // half of what is free
+    [InlineData(0, 1024, 115, 454, false)]
+    [InlineData(0, 20000, 115, 1024, false)] // at most 1024 by default
+    [InlineData(0, 150, 115, 1, false)]      // at least one
+    [InlineData(1000, 256, 115, 77, true)]   // configured past the limit: lowered, 64 kept free
+    [InlineData(1000, 20000, 115, 1000, false)]
+    [InlineData(5, 256, 115, 5, false)]
+    public void The_connection_bound_keeps_descriptors_free(int configured, long softLimit, int open, int expected, bool lowered) =>
+        Assert.Equal((expected, lowered), NbdServerOptions.EffectiveMaxConnections(configured, softLimit, open));
 }
