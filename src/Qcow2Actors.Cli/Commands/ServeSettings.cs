@@ -25,7 +25,7 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   read-only = false           # default for every export
 ///   discard = unmap             # or ignore: what TRIM does, default for every export
 ///   handshake-timeout = 10s     # close clients that have not chosen an export by then (0s: never)
-///   max-connections = 0         # 0: half the fd soft limit, at most 1024
+///   max-connections = 0         # 0: half the descriptors free at start (1..1024); 64 always stay free
 ///   exports {
 ///     disk { path = "disk.qcow2", create = 10G, discard = ignore }
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
