@@ -56,6 +56,14 @@ public sealed class Qcow2OpenOptions
         return copy;
     }
 
+    /// <summary>
+    /// Called once per fault of a read-write image, when it happens: the image turned read-only
+    /// (failed fsync or journal write), was found corrupt, ran out of space, or was closed without
+    /// a clean checkpoint. Runs on an engine thread: keep it short (log, count); what it throws
+    /// is ignored. Null: faults show only as the errors of the requests they fail.
+    /// </summary>
+    public Action<Qcow2ImageFault>? OnFault { get; init; }
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

@@ -57,7 +57,9 @@ public sealed partial class Qcow2Image
                 catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                 {
                     // An owned cluster whose space was given back (a hole) needs new space to be written.
-                    throw new Qcow2NoSpaceException($"'{ctx.Path}': no space left on the host for the write at {pos}: {ex.Message}", ex);
+                    var noSpace = new Qcow2NoSpaceException($"'{ctx.Path}': no space left on the host for the write at {pos}: {ex.Message}", ex);
+                    ctx.Report(Qcow2ImageFaultKind.NoSpace, noSpace.Message);
+                    throw noSpace;
                 }
                 if (fastEnd < tableEnd)
                 {
@@ -217,6 +219,13 @@ public sealed partial class Qcow2Image
         try
         {
             await done.Task.ConfigureAwait(false);
+            if (_ctx.ReadOnlyReason is { } reason)
+                _ctx.Report(Qcow2ImageFaultKind.UncleanClose, $"its journal is kept for the next write open or 'q2a recover' to replay (read-only since: {reason})");
+        }
+        catch (Exception ex)
+        {
+            _ctx.Report(Qcow2ImageFaultKind.UncleanClose, $"close failed: {ex.Message}");
+            throw;
         }
         finally
         {

@@ -25,6 +25,8 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
     private readonly ILogger _log;
+    private readonly LogThrottle _refusals;
+    private readonly LogThrottle _handshakeTimeouts;
     private Socket? _listener;
     private Task? _acceptLoop;
     private int _state; // 0 new, 1 started, 2 stopped
@@ -36,6 +38,9 @@ public sealed class NbdServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         if (options.Exports.Count == 0) throw new ArgumentException("at least one export is required", nameof(options));
         if (options.MaxBlockSize < 512) throw new ArgumentException("MaxBlockSize must be at least 512", nameof(options));
+        if (options.MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", nameof(options));
+        if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
         foreach (var export in options.Exports)
         {
             if (Encoding.UTF8.GetByteCount(export.Name) > NbdProtocol.MaxStringLength)
@@ -46,7 +51,15 @@ public sealed class NbdServer : IAsyncDisposable
         }
         Options = options;
         _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
+        _refusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
+        _handshakeTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
     }
+
+    /// <summary>
+    /// The bound on open connections in force from <see cref="StartAsync"/> on: the configured
+    /// <see cref="NbdServerOptions.MaxConnections"/> or its default, within the descriptors free then.
+    /// </summary>
+    public int MaxConnections { get; private set; }
 
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
@@ -93,7 +106,9 @@ public sealed class NbdServer : IAsyncDisposable
         {
             if (unix) RemoveStaleUnixSocket(endPoint.ToString()!);
             listener.Bind(endPoint);
-            listener.Listen(128);
+            // The kernel's largest backlog (somaxconn), as qemu-nbd: a burst of clients waits in the
+            // queue instead of having its handshakes dropped while the accept loop catches up.
+            listener.Listen();
         }
         catch
         {
@@ -103,8 +118,14 @@ public sealed class NbdServer : IAsyncDisposable
         }
         _listener = listener;
         LocalEndPoint = listener.LocalEndPoint ?? endPoint;
+        long softLimit = NbdServerOptions.FileDescriptorSoftLimit();
+        (MaxConnections, var lowered) = NbdServerOptions.EffectiveMaxConnections(Options.MaxConnections, softLimit, NbdServerOptions.OpenDescriptors());
+        if (lowered)
+            _log.LogWarning("NBD: max-connections {Configured} lowered to {Max}: the file descriptor limit ({Limit}) leaves no more with {Headroom} kept free",
+                Options.MaxConnections, MaxConnections, softLimit, NbdServerOptions.DescriptorHeadroom);
         _log.LogInformation("NBD server listening on {EndPoint} with {Count} export(s)", LocalEndPoint, Exports.Count);
-        _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        var loop = new AcceptLoop(listener.AcceptAsync, Admit, Options.TimeProvider, _log);
+        _acceptLoop = Task.Run(() => loop.RunAsync(_stopping.Token), CancellationToken.None);
         return Task.CompletedTask;
     }
 
@@ -126,37 +147,45 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    private async Task AcceptLoopAsync()
+    /// <summary>Starts serving a client the accept loop got, or closes it at once when the server is full.</summary>
+    private void Admit(Socket socket)
     {
-        var listener = _listener!;
-        while (!_stopping.IsCancellationRequested)
+        if (_connections.Count >= MaxConnections)
         {
-            Socket socket;
-            try
-            {
-                socket = await listener.AcceptAsync(_stopping.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                break;
-            }
-            catch (ObjectDisposedException)
-            {
-                break;
-            }
-            catch (SocketException ex)
-            {
-                // Accept can fail for one client (e.g. it reset before we got to it); keep serving the rest.
-                _log.LogWarning(ex, "NBD accept failed");
-                continue;
-            }
-            if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
-            var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
-            var run = Task.Run(connection.RunAsync, CancellationToken.None);
-            _connections[connection] = run;
-            _ = run.ContinueWith(_ => _connections.TryRemove(connection, out Task? _), CancellationToken.None,
-                TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            if (_refusals.TryEnter(out var more))
+                _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
+                    socket.RemoteEndPoint?.ToString() ?? "unix-client", _connections.Count, LogThrottle.More(more));
+            socket.Dispose();
+            return;
         }
+        if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
+        var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
+        // Registered before it runs, so a client that leaves at once is still removed (and never
+        // counts against MaxConnections for ever).
+        var registered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _connections[connection] = ServeAsync(connection, registered.Task);
+        registered.SetResult();
+    }
+
+    private async Task ServeAsync(NbdConnection connection, Task registered)
+    {
+        await registered;
+        try
+        {
+            await connection.RunAsync();
+        }
+        finally
+        {
+            _connections.TryRemove(connection, out _);
+        }
+    }
+
+    /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
+    internal void ReportHandshakeTimeout(string peer)
+    {
+        if (_handshakeTimeouts.TryEnter(out var more))
+            _log.LogWarning("NBD: closed {Peer}: no export negotiated within {Seconds} s (handshake-timeout){More}",
+                peer, Options.HandshakeTimeout.TotalSeconds, LogThrottle.More(more));
     }
 
     internal INbdExport? FindExport(string name) =>

@@ -37,6 +37,82 @@ public sealed record NbdServerOptions
     /// <summary>Payload bytes (write data held plus read data being produced) one connection may hold at once.</summary>
     public long MaxInFlightBytes { get; init; } = 64L * 1024 * 1024;
 
+    /// <summary>How long a client may take from connecting to finishing option negotiation, as qemu-nbd's handshake limit.</summary>
+    public static readonly TimeSpan DefaultHandshakeTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// A connection that has not finished negotiation (NBD_OPT_GO or EXPORT_NAME) this long after
+    /// it was accepted is closed, so idle or stuck clients cannot hold connections (and file
+    /// descriptors) for ever. <see cref="TimeSpan.Zero"/> or <see cref="Timeout.InfiniteTimeSpan"/>: no limit.
+    /// </summary>
+    public TimeSpan HandshakeTimeout { get; init; } = DefaultHandshakeTimeout;
+
+    /// <summary>
+    /// Most connections open at once (negotiating or transmitting); a client beyond it is accepted
+    /// and closed at once. 0 (the default): <see cref="DefaultMaxConnections"/> of the descriptors
+    /// free when the server starts. Any value is lowered so that <see cref="DescriptorHeadroom"/>
+    /// descriptors stay free (the server logs it).
+    /// </summary>
+    public int MaxConnections { get; init; }
+
+    /// <summary>Clock of the handshake timeout, the accept retry delays and the log throttles; tests pass a fake one.</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>
+    /// File descriptors kept free beyond every connection: the .NET runtime opens files as it goes
+    /// (assemblies on first use, /proc for the GC and thread pool, pipes for new threads), and a
+    /// process that meets EMFILE there aborts ("Out of memory."), losing every image's clean close.
+    /// </summary>
+    public const int DescriptorHeadroom = 64;
+
+    /// <summary>
+    /// The bound on connections when none is configured: half the descriptors still free under
+    /// the soft limit (the other half stays for journals, lazily loaded assemblies and the
+    /// runtime), between 1 and 1024 (each connection also holds up to 64 KiB of read buffer).
+    /// </summary>
+    /// <param name="softLimit">RLIMIT_NOFILE's soft limit.</param>
+    /// <param name="openDescriptors">Descriptors the process has open (assemblies, images, sockets).</param>
+    public static int DefaultMaxConnections(long softLimit, int openDescriptors) =>
+        (int)Math.Clamp((softLimit - openDescriptors) / 2, 1, 1024);
+
+    /// <summary>The bound in force for <paramref name="configured"/> (0: the default), and whether a configured one was lowered.</summary>
+    internal static (int Max, bool Lowered) EffectiveMaxConnections(int configured, long softLimit, int openDescriptors)
+    {
+        long ceiling = Math.Max(1, softLimit - openDescriptors - DescriptorHeadroom);
+        if (configured == 0) return ((int)Math.Min(DefaultMaxConnections(softLimit, openDescriptors), ceiling), false);
+        return configured > ceiling ? ((int)ceiling, true) : (configured, false);
+    }
+
+    /// <summary>Descriptors this process has open, from /proc/self/fd; 0 where that cannot be read.</summary>
+    internal static int OpenDescriptors()
+    {
+        try
+        {
+            return Directory.GetFileSystemEntries("/proc/self/fd").Length;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 0;
+    }
+
+    /// <summary>RLIMIT_NOFILE's soft limit, from /proc/self/limits; 1024 (the usual default) where that cannot be read.</summary>
+    internal static long FileDescriptorSoftLimit()
+    {
+        const long fallback = 1024;
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/limits"))
+            {
+                if (!line.StartsWith("Max open files", StringComparison.Ordinal)) continue;
+                var fields = line["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return fields.Length > 0 && long.TryParse(fields[0], out var soft) ? soft : fallback; // "unlimited" too
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return fallback;
+    }
+
     /// <summary>Logs connections, protocol violations and failed requests; silent when null.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 

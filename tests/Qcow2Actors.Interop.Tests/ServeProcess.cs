@@ -18,16 +18,19 @@ internal sealed class ServeProcess : IDisposable
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly int _expected;
 
-    private ServeProcess(IEnumerable<string> args, int expectedExports)
+    private ServeProcess(IEnumerable<string> args, int expectedExports, IReadOnlyList<string> launcher)
     {
         _expected = expectedExports;
         var dll = Path.Combine(AppContext.BaseDirectory, "q2a.dll");
-        var psi = new ProcessStartInfo("dotnet")
+        var psi = new ProcessStartInfo(launcher.Count > 0 ? launcher[0] : "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        // A launcher that execs its command (prlimit, env) keeps the pid, so signals still reach q2a.
+        foreach (var a in launcher.Skip(1)) psi.ArgumentList.Add(a);
+        if (launcher.Count > 0) psi.ArgumentList.Add("dotnet");
         psi.ArgumentList.Add(dll);
         psi.ArgumentList.Add("serve");
         foreach (var a in args) psi.ArgumentList.Add(a);
@@ -53,9 +56,12 @@ internal sealed class ServeProcess : IDisposable
     }
 
     /// <summary>Starts <c>q2a serve ARGS</c> and waits until it has printed one URI per expected export.</summary>
-    public static async Task<ServeProcess> StartAsync(int expectedExports, params string[] args)
+    public static Task<ServeProcess> StartAsync(int expectedExports, params string[] args) => StartUnderAsync([], expectedExports, args);
+
+    /// <summary>Starts <c>LAUNCHER... dotnet q2a.dll serve ARGS</c> (e.g. under <c>prlimit</c>) and waits for its URIs.</summary>
+    public static async Task<ServeProcess> StartUnderAsync(string[] launcher, int expectedExports, params string[] args)
     {
-        var server = new ServeProcess(args, expectedExports);
+        var server = new ServeProcess(args, expectedExports, launcher);
         try
         {
             await server._ready.Task.WaitAsync(TimeSpan.FromSeconds(60));
@@ -80,6 +86,9 @@ internal sealed class ServeProcess : IDisposable
     public string StdErr { get { lock (_stderr) return _stderr.ToString(); } }
 
     public bool HasExited => _process.HasExited;
+
+    /// <summary>The server's process id.</summary>
+    public int Pid => _process.Id;
 
     private int? ExitCodeOrNull => _process.HasExited ? _process.ExitCode : null;
 

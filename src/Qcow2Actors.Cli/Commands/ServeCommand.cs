@@ -13,9 +13,11 @@ namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
 /// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
-/// [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each image as an NBD export
-/// named after its file, prints one <c>Serving URI</c> line per export, and runs until SIGINT
-/// or SIGTERM, which stop the server, flush and close every image cleanly and exit 0.
+/// [--discard=ignore|unmap] [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each
+/// image as an NBD export named after its file, prints one <c>Serving URI</c> line per export,
+/// and runs until SIGINT, SIGTERM or SIGHUP, which stop the server, flush and close every image.
+/// An image fault (turned read-only, corrupt, out of space, not closed clean) is one stderr line
+/// when it happens; the exit status is 0 only when every image was closed clean.
 /// </summary>
 internal static class ServeCommand
 {
@@ -26,12 +28,13 @@ internal static class ServeCommand
         var socket = new Option<string?>("--socket", "-k") { Description = "listen on this Unix domain socket instead of TCP" };
         var exportName = new Option<string?>("--export-name", "-x") { Description = "export name (only with one image; default: the file name)" };
         var readOnly = new Option<bool>("--read-only", "-r") { Description = "open the images read-only and export them read-only" };
+        var discard = new Option<string?>("--discard") { Description = "what TRIM does: unmap (free the clusters; default) or ignore (keep them), as qemu-nbd" };
         var create = new Option<string?>("--create") { Description = "create missing images with this virtual size (qcow2 defaults; e.g. 10G)" };
         var format = new Option<string?>("-f", "--format") { Description = "image format (qcow2 or raw); probed when absent" };
         var config = new Option<string?>("--config") { Description = "HOCON file with q2a.serve settings and exports" };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
-        var command = new Command("serve", "Serve images over NBD until SIGINT or SIGTERM")
-            { bind, port, socket, exportName, readOnly, create, format, config, images };
+        var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
+            { bind, port, socket, exportName, readOnly, discard, create, format, config, images };
 
         // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
         // short grace period after SIGTERM before it returns 143, cutting off the clean close.
@@ -41,7 +44,7 @@ internal static class ServeCommand
             var settings = ServeSettings.From(
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
-                parse.GetValue(config));
+                parse.GetValue(config), parse.GetValue(discard));
             using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
         }).GetAwaiter().GetResult());
@@ -50,21 +53,33 @@ internal static class ServeCommand
 
     /// <summary>
     /// Opens (creating where asked) every image, serves them until <paramref name="stop"/> completes,
-    /// then stops the server, flushes and closes the images. Returns the exit code.
+    /// then stops the server, flushes and closes the images. Each image fault is one line on
+    /// <paramref name="stderr"/> as it happens. Returns the exit code: 0 when every image was
+    /// closed clean, 1 when any turned read-only, was found corrupt or failed to close.
     /// </summary>
     public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop)
     {
+        stderr = TextWriter.Synchronized(stderr);
+        var faults = new ServeFaults(stderr);
         // One actor system for every image; a failure in one image's actors stops that image only.
         var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
         var exports = new List<INbdExport>();
+        using var logs = new StderrLoggerFactory(stderr, "q2a serve");
         NbdServer? server = null;
         int exit = 0;
         try
         {
             foreach (var spec in settings.Exports)
-                exports.Add(await OpenAsync(host, spec).ConfigureAwait(false));
+                exports.Add(await OpenAsync(host, spec, faults.For(spec.Path), settings.DeviceFactory).ConfigureAwait(false));
 
-            server = new NbdServer(new NbdServerOptions { Exports = exports, EndPoint = settings.EndPoint });
+            server = new NbdServer(new NbdServerOptions
+            {
+                Exports = exports,
+                EndPoint = settings.EndPoint,
+                HandshakeTimeout = settings.HandshakeTimeout,
+                MaxConnections = settings.MaxConnections,
+                LoggerFactory = logs,
+            });
             await server.StartAsync().ConfigureAwait(false);
             foreach (var export in exports)
                 await stdout.WriteLineAsync($"Serving {server.GetUri(export.Name)}").ConfigureAwait(false);
@@ -83,27 +98,47 @@ internal static class ServeCommand
             }
             for (int i = 0; i < exports.Count; i++)
             {
-                var export = exports[i];
-                try
-                {
-                    if (!export.IsReadOnly) await export.FlushAsync(CancellationToken.None).ConfigureAwait(false);
-                    // A clean close: checkpoint, journal truncated, header bits cleared.
-                    if (export is IAsyncDisposable async) await async.DisposeAsync().ConfigureAwait(false);
-                    else (export as IDisposable)?.Dispose();
-                }
-                catch (Exception ex) when (ex is not OutOfMemoryException)
-                {
-                    // Close the others anyway; the journal makes the next open recover this one.
-                    await stderr.WriteLineAsync($"q2a: closing '{settings.Exports[i].Path}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
-                    exit = 1;
-                }
+                if (!await CloseAsync(exports[i], settings.Exports[i].Path, faults, stderr).ConfigureAwait(false)) exit = 1;
             }
             await host.DisposeAsync().ConfigureAwait(false);
         }
         return exit;
     }
 
-    private static async Task<INbdExport> OpenAsync(ImageHost host, ExportSpec spec)
+    /// <summary>Flushes and closes one export; true when its image ended clean (the journal gone, the header clean).</summary>
+    private static async Task<bool> CloseAsync(INbdExport export, string path, ServeFaults faults, TextWriter stderr)
+    {
+        bool clean = true;
+        try
+        {
+            // An image that turned read-only cannot flush; its journal keeps what was acknowledged.
+            if (!export.IsReadOnly && !faults.TurnedReadOnly(path)) await export.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // A flush failing here turns the image read-only, which the engine has reported already.
+            if (!faults.TurnedReadOnly(path))
+                await stderr.WriteLineAsync($"q2a serve: flushing '{path}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
+            clean = false;
+        }
+        try
+        {
+            // A clean close: checkpoint, journal truncated, header bits cleared. Close the others anyway
+            // when this one fails: the journal makes the next open recover it.
+            if (export is IAsyncDisposable async) await async.DisposeAsync().ConfigureAwait(false);
+            else (export as IDisposable)?.Dispose();
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            if (!faults.ClosedUnclean(path))
+                await stderr.WriteLineAsync($"q2a serve: closing '{path}' failed: {ex.Message.ReplaceLineEndings(" ")}").ConfigureAwait(false);
+            clean = false;
+        }
+        return clean && !faults.Unclean(path);
+    }
+
+    private static async Task<INbdExport> OpenAsync(ImageHost host, ExportSpec spec, Action<Qcow2ImageFault> onFault,
+        Func<string, bool, Engine.Device.IBlockDevice>? deviceFactory)
     {
         if (spec.CreateSize is { } size && !File.Exists(spec.Path))
         {
@@ -118,7 +153,8 @@ internal static class ServeCommand
         if (!spec.ReadOnly && IsRaw(spec))
             return RawFileExport.Open(spec.Path, spec.Name);
         return await Qcow2Export.OpenAsync(spec.Path, spec.Name,
-            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format }, host).ConfigureAwait(false);
+            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory },
+            host, spec.Discard).ConfigureAwait(false);
     }
 
     private static bool IsRaw(ExportSpec spec)
@@ -131,19 +167,22 @@ internal static class ServeCommand
     }
 
     /// <summary>
-    /// The first SIGINT or SIGTERM completes <see cref="Stopping"/> and keeps the process alive
-    /// for the clean close; a second one terminates the process at once, as usual.
+    /// The first SIGINT, SIGTERM or SIGHUP (a closed terminal or SSH session) completes
+    /// <see cref="Stopping"/> and keeps the process alive for the clean close; a second one
+    /// terminates the process at once, as usual.
     /// </summary>
     private sealed class ShutdownSignals : IDisposable
     {
         private readonly TaskCompletionSource _stopping = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly PosixSignalRegistration _sigint;
         private readonly PosixSignalRegistration _sigterm;
+        private readonly PosixSignalRegistration _sighup;
 
         public ShutdownSignals()
         {
             _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle);
             _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle);
+            _sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, Handle);
         }
 
         public Task Stopping => _stopping.Task;
@@ -154,6 +193,7 @@ internal static class ServeCommand
         {
             _sigint.Dispose();
             _sigterm.Dispose();
+            _sighup.Dispose();
         }
     }
 }

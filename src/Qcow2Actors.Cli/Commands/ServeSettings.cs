@@ -12,7 +12,9 @@ namespace Qcow2Actors.Cli.Commands;
 /// <param name="ReadOnly">Open and export read-only.</param>
 /// <param name="Format">"qcow2", "raw", or null to probe.</param>
 /// <param name="CreateSize">Create the image with this virtual size when the file is missing.</param>
-internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize);
+/// <param name="Discard">What NBD TRIM does to the image (qemu-nbd's --discard).</param>
+internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize,
+    DiscardMode Discard = DiscardMode.Unmap);
 
 /// <summary>
 /// What <c>q2a serve</c> serves and where, from the command line and optionally a HOCON file:
@@ -21,8 +23,11 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   bind = "127.0.0.1"          # or socket = "/run/q2a.sock"
 ///   port = 10809
 ///   read-only = false           # default for every export
+///   discard = unmap             # or ignore: what TRIM does, default for every export
+///   handshake-timeout = 10s     # close clients that have not chosen an export by then (0s: never)
+///   max-connections = 0         # 0: half the descriptors free at start (1..1024); 64 always stay free
 ///   exports {
-///     disk { path = "disk.qcow2", create = 10G }
+///     disk { path = "disk.qcow2", create = 10G, discard = ignore }
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
 ///   }
 /// }
@@ -38,8 +43,17 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
     /// <summary>How long a stopping server waits for requests in flight before cutting clients off.</summary>
     public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Clients that have not chosen an export this long after connecting are closed; zero: never.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = NbdServerOptions.DefaultHandshakeTimeout;
+
+    /// <summary>Most connections at once; 0: <see cref="NbdServerOptions.DefaultMaxConnections"/>.</summary>
+    public int MaxConnections { get; init; }
+
+    /// <summary>Opens the qcow2 images' files instead of the host file system (tests inject faults); null: host files.</summary>
+    public Func<string, bool, Engine.Device.IBlockDevice>? DeviceFactory { get; init; }
+
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
-        bool readOnly, string? create, string? format, string? configFile)
+        bool readOnly, string? create, string? format, string? configFile, string? discard = null)
     {
         var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
         var file = whole?.GetConfig("q2a.serve");
@@ -47,6 +61,13 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         socket ??= NonEmpty(file?.GetString("socket", null));
         if (port is null && file?.HasPath("port") == true) port = file.GetInt("port");
         bool defaultReadOnly = readOnly || (file?.GetBoolean("read-only", false) ?? false);
+        var defaultDiscard = ParseDiscard(discard ?? NonEmpty(file?.GetString("discard", null)), discard is null ? "q2a.serve.discard" : "--discard");
+        var handshakeTimeout = file?.HasPath("handshake-timeout") == true
+            ? file.GetTimeSpan("handshake-timeout", null, allowInfinite: false)
+            : NbdServerOptions.DefaultHandshakeTimeout;
+        if (handshakeTimeout < TimeSpan.Zero) throw new ArgumentException($"q2a.serve.handshake-timeout must not be negative in {configFile}");
+        int maxConnections = file?.HasPath("max-connections") == true ? file.GetInt("max-connections") : 0;
+        if (maxConnections < 0) throw new ArgumentException($"q2a.serve.max-connections must not be negative in {configFile}");
         if (socket is not null && (bind is not null || port is not null))
             throw new ArgumentException("--socket cannot be combined with --bind or --port");
         if (exportName is not null && images.Length != 1)
@@ -66,26 +87,42 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
                 if (configFile is not null && !System.IO.Path.IsPathRooted(path))
                     path = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(configFile))!, path);
                 var size = NonEmpty(e.GetString("create", null));
+                var exportDiscard = discard is null && NonEmpty(e.GetString("discard", null)) is { } d
+                    ? ParseDiscard(d, $"discard of export '{entry.Key}'")
+                    : defaultDiscard;
                 exports.Add(new ExportSpec(path, NonEmpty(e.GetString("name", null)) ?? entry.Key,
                     readOnly || e.GetBoolean("read-only", defaultReadOnly),
                     format ?? NonEmpty(e.GetString("format", null)),
-                    size is null ? createSize : ParseSize(size)));
+                    size is null ? createSize : ParseSize(size), exportDiscard));
             }
         }
         foreach (var image in images)
-            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize));
+            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard));
         if (exports.Count == 0) throw new ArgumentException("no image to serve: name one or more, or give --config with exports");
         if (exports.Select(e => e.Name).GroupBy(n => n, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } duplicate)
             throw new ArgumentException($"two exports are named '{duplicate.Key}'; serve them from one directory per name or use --config");
         if (format is not null and not ("qcow2" or "raw"))
             throw new ArgumentException($"unknown format '{format}' (qcow2 or raw)");
 
+        if (port is < 0 or > 65535) throw new ArgumentException($"port {port} is out of range");
         EndPoint endPoint = socket is not null
             ? new UnixDomainSocketEndPoint(System.IO.Path.GetFullPath(socket))
             : new IPEndPoint(ResolveBind(bind), port ?? NbdServerOptions.DefaultPort);
-        if (port is < 0 or > 65535) throw new ArgumentException($"port {port} is out of range");
-        return new ServeSettings(exports, endPoint) { FileConfig = whole };
+        return new ServeSettings(exports, endPoint)
+        {
+            FileConfig = whole,
+            HandshakeTimeout = handshakeTimeout,
+            MaxConnections = maxConnections,
+        };
     }
+
+    /// <summary>qemu-nbd's --discard spellings: ignore/off (TRIM does nothing), unmap/on (TRIM frees); null: unmap.</summary>
+    private static DiscardMode ParseDiscard(string? text, string what) => text switch
+    {
+        null or "unmap" or "on" => DiscardMode.Unmap,
+        "ignore" or "off" => DiscardMode.Ignore,
+        _ => throw new ArgumentException($"invalid {what} '{text}' (ignore or unmap)"),
+    };
 
     private static string? NonEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
 

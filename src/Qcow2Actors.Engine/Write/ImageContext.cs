@@ -16,9 +16,12 @@ internal sealed class ImageContext
     private readonly object _l1Lock = new();
     private volatile string? _readOnlyReason;
 
+    private readonly Action<Qcow2ImageFault>? _onFault;
+
     public ImageContext(string path, IBlockDevice device, IBlockDevice? dataDevice, ImageHeaderBlock headerBlock,
-        Qcow2Layer layer, ICompressionCodec codec, EngineSettings settings)
+        Qcow2Layer layer, ICompressionCodec codec, EngineSettings settings, Action<Qcow2ImageFault>? onFault = null)
     {
+        _onFault = onFault;
         Path = path;
         Device = device;
         DataDevice = dataDevice;
@@ -41,7 +44,7 @@ internal sealed class ImageContext
     /// </summary>
     public Qcow2ImageCorruptException MarkCorrupt(string problem)
     {
-        Fail($"corrupt: {problem}");
+        Fail(Qcow2ImageFaultKind.Corrupt, $"corrupt: {problem}");
         try
         {
             UpdateHeader(h =>
@@ -100,8 +103,30 @@ internal sealed class ImageContext
     /// <summary>Set when the image may no longer be written (failed fsync, corruption found); says why.</summary>
     public string? ReadOnlyReason => _readOnlyReason;
 
-    /// <summary>Turns the image read-only for good; the first reason wins.</summary>
-    public void Fail(string reason) => Interlocked.CompareExchange(ref _readOnlyReason, reason, null);
+    /// <summary>Turns the image read-only for good after a failed fsync or journal write; the first reason wins.</summary>
+    public void Fail(string reason) => Fail(Qcow2ImageFaultKind.ReadOnly, reason);
+
+    /// <summary>
+    /// The one place an image turns read-only: the first reason wins and is reported once
+    /// (<see cref="Qcow2OpenOptions.OnFault"/>); later failures only add their own request errors.
+    /// </summary>
+    public void Fail(Qcow2ImageFaultKind kind, string reason)
+    {
+        if (Interlocked.CompareExchange(ref _readOnlyReason, reason, null) is null) Report(kind, reason);
+    }
+
+    /// <summary>Tells the owner of the image about a fault (no space, unclean close) without changing its state.</summary>
+    public void Report(Qcow2ImageFaultKind kind, string reason)
+    {
+        try
+        {
+            _onFault?.Invoke(new Qcow2ImageFault(Path, kind, reason.ReplaceLineEndings(" ")));
+        }
+        catch (Exception)
+        {
+            // A failing observer must not take an actor down with it.
+        }
+    }
 
     /// <summary>Throws if writes are no longer allowed.</summary>
     public void ThrowIfReadOnly()

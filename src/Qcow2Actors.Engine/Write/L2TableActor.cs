@@ -121,9 +121,10 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
         catch (Exception ex)
         {
-            if (ex is Qcow2ImageCorruptException) _ctx.Fail(ex.Message);
+            if (ex is Qcow2ImageCorruptException) _ctx.Fail(Qcow2ImageFaultKind.Corrupt, ex.Message);
             if (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                 ex = new Qcow2NoSpaceException($"'{_ctx.Path}': no space left on the host for this request: {ex.Message}", ex);
+            if (ex is Qcow2NoSpaceException) _ctx.Report(Qcow2ImageFaultKind.NoSpace, ex.Message);
             done.TrySetException(ex);
         }
     }

@@ -106,7 +106,7 @@ internal sealed class RefcountActor : ReceiveActor
         catch (Exception ex)
         {
             Publish(records, freed.Count == 0 ? null : [.. freed]);
-            _ctx.Fail(ex.Message);
+            _ctx.Fail(ex is Qcow2ImageCorruptException ? Qcow2ImageFaultKind.Corrupt : Qcow2ImageFaultKind.ReadOnly, ex.Message);
             m.Reply?.TrySetException(ex);
         }
     }

@@ -27,16 +27,19 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
 
     /// <summary>
     /// Serves <paramref name="image"/> as <paramref name="name"/>. With <paramref name="readOnly"/>
-    /// (or when the image itself is read-only) the export is advertised read-only. The image is
+    /// (or when the image was opened read-only) the export is advertised read-only. The image is
     /// closed by <see cref="DisposeAsync"/> only when <paramref name="ownsImage"/>.
+    /// <paramref name="discard"/> says what TRIM does.
     /// </summary>
-    public Qcow2Export(Qcow2Image image, string name, bool readOnly = false, string? description = null, bool ownsImage = false)
+    public Qcow2Export(Qcow2Image image, string name, bool readOnly = false, string? description = null, bool ownsImage = false,
+        DiscardMode discard = DiscardMode.Unmap)
     {
         ArgumentNullException.ThrowIfNull(image);
         ArgumentException.ThrowIfNullOrEmpty(name);
         _image = image;
         _ownsImage = ownsImage;
         _readOnly = readOnly;
+        Discard = discard;
         Name = name;
         Description = description ?? Describe(image);
         Size = image.VirtualSize;
@@ -48,17 +51,20 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     /// the shared host when null) and serves it; the export owns the image.
     /// </summary>
     public static async Task<Qcow2Export> OpenAsync(string path, string name, Qcow2OpenOptions? options = null,
-        ImageHost? host = null, CancellationToken cancellationToken = default)
+        ImageHost? host = null, DiscardMode discard = DiscardMode.Unmap, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2OpenOptions();
         var image = host is null
             ? await Qcow2Image.OpenAsync(path, options, cancellationToken).ConfigureAwait(false)
             : await host.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
-        return new Qcow2Export(image, name, options.ReadOnly, ownsImage: true);
+        return new Qcow2Export(image, name, options.ReadOnly, ownsImage: true, discard: discard);
     }
 
     /// <summary>The image served.</summary>
     public Qcow2Image Image => _image;
+
+    /// <summary>What TRIM does: free the clusters (<see cref="DiscardMode.Unmap"/>) or nothing.</summary>
+    public DiscardMode Discard { get; }
 
     /// <inheritdoc/>
     public string Name { get; }
@@ -70,8 +76,12 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     public long Size { get; }
 
     /// <inheritdoc/>
-    /// <remarks>Read when a client connects; an image that turns read-only later (a failed fsync) answers writes with EPERM.</remarks>
-    public bool IsReadOnly => _readOnly || _image.IsReadOnly;
+    /// <remarks>
+    /// True only for an export or image opened read-only (writes: EPERM). An image that turns
+    /// read-only later (failed fsync, corruption) stays a writable export whose writes fail with
+    /// EIO and the reason, so clients see the fault rather than a permission problem.
+    /// </remarks>
+    public bool IsReadOnly => _readOnly || (_image.IsReadOnly && _image.ReadOnlyReason is null);
 
     /// <inheritdoc/>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
@@ -116,7 +126,7 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
                 : $"zeroing {offset}+{length} would write data: only whole {_zeroGranularity}-byte clusters zero by metadata"));
         try
         {
-            return Guard(_image.WriteZeroesAsync(offset, length, unmap: mayUnmap, fua: fua, cancellationToken));
+            return Guard(_image.WriteZeroesAsync(offset, length, unmap: mayUnmap && Discard == DiscardMode.Unmap, fua: fua, cancellationToken));
         }
         catch (Exception ex) when (Translate(ex) is { } mapped)
         {
@@ -125,13 +135,16 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     }
 
     /// <inheritdoc/>
-    /// <remarks>Whole clusters in the range are discarded; the engine leaves partial clusters as they are.</remarks>
+    /// <remarks>
+    /// With <see cref="DiscardMode.Unmap"/> whole clusters in the range are discarded (the engine
+    /// leaves partial clusters as they are); with <see cref="DiscardMode.Ignore"/> nothing changes.
+    /// </remarks>
     public async ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) throw refused;
         try
         {
-            await _image.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            if (Discard == DiscardMode.Unmap) await _image.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
             if (fua) await _image.FlushAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (Translate(ex) is { } mapped)
@@ -221,13 +234,15 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         return info.BackingFile is { } backing ? $"{text}, backing {backing}" : text;
     }
 
+    /// <summary>
+    /// EPERM for an export opened read-only; EIO naming the cause once the image has turned
+    /// read-only (the write was allowed, the image failed), as qemu-nbd answers after an I/O error.
+    /// </summary>
     private NbdException? WriteRefusal()
     {
         if (_readOnly) return new NbdException(NbdError.NotPermitted, $"export '{Name}' is read-only");
-        if (_image.IsReadOnly)
-            return new NbdException(NbdError.NotPermitted, _image.ReadOnlyReason is { } reason
-                ? $"'{Name}' turned read-only: {reason}"
-                : $"'{Name}' is open read-only");
+        if (_image.ReadOnlyReason is { } reason) return new NbdException(NbdError.IoError, $"'{Name}' turned read-only: {reason}");
+        if (_image.IsReadOnly) return new NbdException(NbdError.NotPermitted, $"'{Name}' is open read-only");
         return null;
     }
 

@@ -48,6 +48,7 @@ internal sealed class NbdConnection
     private AsyncByteGate _bytes = null!;
     private int _maxSlots;
     private volatile bool _broken;
+    private CancellationToken _handshake; // server stop or the handshake deadline, whichever comes first
 
     public NbdConnection(NbdServer server, Socket socket, ILogger log, CancellationToken stopping, CancellationToken abort)
     {
@@ -68,7 +69,7 @@ internal sealed class NbdConnection
     {
         try
         {
-            if (await HandshakeAsync()) await TransmissionAsync();
+            if (await NegotiateAsync()) await TransmissionAsync();
         }
         catch (OperationCanceledException) when (_stopping.IsCancellationRequested || _abort.IsCancellationRequested)
         {
@@ -100,6 +101,33 @@ internal sealed class NbdConnection
 
     // ---------------------------------------------------------------- handshake
 
+    /// <summary>
+    /// The handshake under <see cref="NbdServerOptions.HandshakeTimeout"/>: a client that has not
+    /// chosen an export by then is dropped, so idle connections cannot pile up to the fd limit.
+    /// </summary>
+    private async Task<bool> NegotiateAsync()
+    {
+        var timeout = Options.HandshakeTimeout;
+        using var deadline = timeout > TimeSpan.Zero
+            ? new CancellationTokenSource(timeout, Options.TimeProvider)
+            : new CancellationTokenSource();
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(_stopping, deadline.Token);
+        _handshake = linked.Token;
+        try
+        {
+            return await HandshakeAsync();
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !_stopping.IsCancellationRequested)
+        {
+            _server.ReportHandshakeTimeout(_peer);
+            return false;
+        }
+        finally
+        {
+            _handshake = _stopping;
+        }
+    }
+
     /// <summary>Option haggling; true when the client entered transmission with <see cref="_export"/>.</summary>
     private async Task<bool> HandshakeAsync()
     {
@@ -107,10 +135,10 @@ internal sealed class NbdConnection
         BinaryPrimitives.WriteUInt64BigEndian(hello, InitPasswd);
         BinaryPrimitives.WriteUInt64BigEndian(hello.AsSpan(8), OptMagic);
         BinaryPrimitives.WriteUInt16BigEndian(hello.AsSpan(16), FlagFixedNewstyle | FlagNoZeroes);
-        await _stream.WriteAsync(hello, _stopping);
+        await _stream.WriteAsync(hello, _handshake);
 
         var four = new byte[4];
-        if (!await ReadExactAsync(four, allowEof: true, _stopping)) return false;
+        if (!await ReadExactAsync(four, allowEof: true, _handshake)) return false;
         var clientFlags = BinaryPrimitives.ReadUInt32BigEndian(four);
         if ((clientFlags & ~(ClientFlagFixedNewstyle | ClientFlagNoZeroes)) != 0)
         {
@@ -122,7 +150,7 @@ internal sealed class NbdConnection
         var optHeader = new byte[16];
         while (true)
         {
-            if (!await ReadExactAsync(optHeader, allowEof: true, _stopping)) return false;
+            if (!await ReadExactAsync(optHeader, allowEof: true, _handshake)) return false;
             if (BinaryPrimitives.ReadUInt64BigEndian(optHeader) != OptMagic)
             {
                 _log.LogInformation("NBD {Peer}: bad option magic; disconnecting", _peer);
@@ -137,7 +165,7 @@ internal sealed class NbdConnection
                 continue;
             }
             var data = new byte[length];
-            await ReadExactAsync(data, allowEof: false, _stopping);
+            await ReadExactAsync(data, allowEof: false, _handshake);
 
             switch (option)
             {
@@ -185,7 +213,7 @@ internal sealed class NbdConnection
         var reply = new byte[_noZeroes ? 10 : 134];
         BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)export.Size);
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags(export));
-        await _stream.WriteAsync(reply, _stopping);
+        await _stream.WriteAsync(reply, _handshake);
         EnterTransmission(export);
         return true;
     }
@@ -365,7 +393,7 @@ internal sealed class NbdConnection
         BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(12), type);
         BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(16), (uint)data.Length);
         data.Span.CopyTo(buffer.AsSpan(20));
-        await _stream.WriteAsync(buffer, _stopping);
+        await _stream.WriteAsync(buffer, _handshake);
     }
 
     private Task SendOptionErrorAsync(uint option, uint type, string message) =>
@@ -375,7 +403,7 @@ internal sealed class NbdConnection
     {
         while (length > 0)
         {
-            var result = await _reader.ReadAsync(_stopping);
+            var result = await _reader.ReadAsync(_handshake);
             var take = Math.Min(length, result.Buffer.Length);
             _reader.AdvanceTo(result.Buffer.GetPosition(take));
             length -= take;

@@ -44,8 +44,10 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IDisposable
         var path = Path.Combine(mount, "disk.qcow2");
         var filler = Path.Combine(mount, "filler");
         var model = new byte[64 << 20];
+        var faults = new System.Collections.Concurrent.ConcurrentQueue<Qcow2ImageFault>();
+        ImageCreator.Create(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = ClusterSize });
         await using (var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
-        await using (var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = ClusterSize }))
+        await using (var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false, OnFault = faults.Enqueue }))
         {
             await WriteAsync(image, model, 0, 8 << 20, 0x11);
             await image.FlushAsync();
@@ -56,6 +58,10 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IDisposable
             output.WriteLine(error.Message);
             Assert.Equal(28, error.HResult);
             Assert.False(image.IsReadOnly, $"the image turned read-only: {image.ReadOnlyReason}");
+            // The embedder hears of it as it happens: a no-space fault naming the image, nothing else.
+            var fault = Assert.Single(faults);
+            Assert.Equal(Qcow2ImageFaultKind.NoSpace, fault.Kind);
+            Assert.Equal(Path.GetFullPath(path), Path.GetFullPath(fault.Path));
 
             // Clusters the image already has take no new space: overwriting still works. Discarding
             // 96 clusters journals a few pages of records, which land in the journal's reserved space.
