@@ -14,6 +14,9 @@ public sealed partial class Qcow2Image
     private readonly ImageContext? _ctx;
     private readonly IActorRef? _imageActor;
     private readonly ImageHost? _host;
+    // Completed when the host stopped under the open image (Abandon): its actors are gone, so a
+    // close must not wait for them.
+    private readonly TaskCompletionSource _abandoned = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     internal Qcow2Image(OpenedImage opened, ImageHost host) : this(opened.Layer)
     {
@@ -213,11 +216,13 @@ public sealed partial class Qcow2Image
 
     private async ValueTask CloseWriterAsync()
     {
-        if (_imageActor is null || _ctx is null) return;
+        if (_imageActor is null || _ctx is null || _abandoned.Task.IsCompleted) return;
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor.Tell(new CloseRequest(done));
         try
         {
+            // A host stopped meanwhile never answers; Abandon has reported that unclean close.
+            if (await Task.WhenAny(done.Task, _abandoned.Task).ConfigureAwait(false) != done.Task) return;
             await done.Task.ConfigureAwait(false);
             if (_ctx.ReadOnlyReason is { } reason)
                 _ctx.Report(Qcow2ImageFaultKind.UncleanClose, $"its journal is kept for the next write open or 'q2a recover' to replay (read-only since: {reason})");
@@ -231,7 +236,7 @@ public sealed partial class Qcow2Image
         {
             // Only a clean close (checkpointed, header clean) may remove the journal; a read-only
             // image keeps it so the next open replays what was acknowledged.
-            if (_host is not null)
+            if (_host is not null && !_abandoned.Task.IsCompleted)
                 await _host.ReleaseJournalAsync(Path.GetFullPath(_ctx.Path), delete: _ctx.ReadOnlyReason is null && done.Task.IsCompletedSuccessfully).ConfigureAwait(false);
         }
     }

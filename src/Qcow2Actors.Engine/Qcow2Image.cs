@@ -151,7 +151,15 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     /// </summary>
     internal void Abandon()
     {
-        _ctx?.Fail("its image host stopped before it was closed");
+        if (_ctx is { } ctx)
+        {
+            const string reason = "its image host stopped before it was closed; its journal is kept for the next write open or 'q2a recover' to replay";
+            bool wasReadOnly = ctx.ReadOnlyReason is not null;
+            // Read-only from now on, and reported once as what it is: an unclean close.
+            ctx.Fail(Qcow2ImageFaultKind.UncleanClose, reason);
+            if (wasReadOnly) ctx.Report(Qcow2ImageFaultKind.UncleanClose, reason);
+        }
+        _abandoned.TrySetResult();
         _locks?.Dispose();
     }
 

@@ -20,8 +20,9 @@ public enum Qcow2ImageFaultKind
     NoSpace,
 
     /// <summary>
-    /// The image was closed without a clean checkpoint (it had turned read-only or corrupt, or the
-    /// close itself failed): its header still says journal pending or dirty.
+    /// The image was closed without a clean checkpoint (it had turned read-only or corrupt, the
+    /// close itself failed, or its <see cref="ImageHost"/> was disposed while it was open): its
+    /// header still says journal pending or dirty.
     /// </summary>
     UncleanClose,
 }

@@ -47,4 +47,30 @@ public sealed class CrashRecoveryTests : IDisposable
         var cmp = QemuTools.QemuImg("compare", "-F", "raw", path, raw);
         Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
     }
+
+    [Fact]
+    public async Task An_image_disposed_after_its_host_stopped_closes_at_once_reports_one_unclean_close_and_keeps_its_journal()
+    {
+        var path = _dir.File("late.qcow2");
+        ImageCreator.Create(path, new Qcow2CreateOptions { Size = 1 << 20 });
+        var faults = new System.Collections.Concurrent.ConcurrentQueue<Qcow2ImageFault>();
+        var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
+        var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false, OnFault = faults.Enqueue });
+        var data = Enumerable.Repeat((byte)0x5a, 4096).ToArray();
+        await image.WriteAsync(0, data);
+        await image.FlushAsync();
+        await host.DisposeAsync();
+
+        // The actors are gone: closing must not wait for them (the bound only turns a hang into a failure).
+        await image.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+
+        var fault = Assert.Single(faults);
+        Assert.Equal(Qcow2ImageFaultKind.UncleanClose, fault.Kind);
+        Assert.True(File.Exists(path + ".journal"));
+        await using var host2 = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
+        await using var reopened = await host2.OpenAsync(path);
+        var back = new byte[4096];
+        await reopened.ReadAsync(0, back);
+        Assert.Equal(data, back);
+    }
 }
