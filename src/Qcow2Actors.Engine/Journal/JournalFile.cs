@@ -219,36 +219,8 @@ internal sealed class JournalFile : IDisposable
             added.Add(new RecordRef(start + at, payloadLength, events[0].SequenceNr, events[^1].SequenceNr));
         }
 
-        var creating = _device is null;
-        if (creating) _device = CreateDevice();
-        var device = _device!;
-        // Cut a torn or corrupt tail first so that no stale bytes follow the new records (the
-        // truncation also frees whatever was reserved past it).
-        if (device.Length > start)
-        {
-            device.SetLength(start);
-            _reservedEnd = start;
-        }
-        device.Write(buffer.WrittenSpan, start);
-        try
-        {
-            device.Flush();
-            // A new file is durable only once its directory entry is. Done on the first append
-            // of every open, not only on creation: a process that created the file may have
-            // crashed before its directory fsync, and our acknowledgements must not depend on that.
-            if (creating || !_directorySynced)
-            {
-                DirectorySync.FsyncParentOf(Path);
-                _directorySynced = true;
-            }
-        }
-        catch (Exception e)
-        {
-            // After a failed fsync the kernel may have dropped the dirty pages: nothing read
-            // back from this file can be trusted to be on disk, so it stays failed until reopened.
-            _broken = e;
-            throw;
-        }
+        _device ??= CreateDevice();
+        WriteDurably(buffer.WrittenSpan, start);
         GoodEnd = start + buffer.WrittenCount;
         DroppedBytes = 0;
         _index.AddRange(added);
@@ -371,30 +343,49 @@ internal sealed class JournalFile : IDisposable
 
     private void AppendDeleteMark(long deletedTo)
     {
-        var device = _device!;
         var mark = new ArrayBufferWriter<byte>();
         JournalRecords.WriteDeleteMark(mark, deletedTo, HighestSequenceNr);
         var start = GoodEnd;
-        if (device.Length > start)
-        {
-            device.SetLength(start);
-            _reservedEnd = start;
-        }
-        device.Write(mark.WrittenSpan, start);
-        try
-        {
-            device.Flush();
-        }
-        catch (Exception e)
-        {
-            _broken = e;
-            throw;
-        }
+        WriteDurably(mark.WrittenSpan, start);
         GoodEnd = start + mark.WrittenCount;
         DeletedTo = deletedTo;
         DroppedBytes = 0;
         _reservedEnd = Math.Max(_reservedEnd, GoodEnd);
         _reservation?.Update(GoodEnd, _reservedEnd);
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> at the append position <paramref name="start"/> of the open device and makes them durable.</summary>
+    private void WriteDurably(ReadOnlySpan<byte> bytes, long start)
+    {
+        var device = _device!;
+        // Cut a torn or corrupt tail first so that no stale bytes follow the new records (the
+        // truncation also frees whatever was reserved past it).
+        if (device.Length > start)
+        {
+            device.SetLength(start);
+            _reservedEnd = start;
+        }
+        device.Write(bytes, start);
+        try
+        {
+            device.Flush();
+            // A new file is durable only once its directory entry is. Done on the first write
+            // of every open, not only on creation: a process that created the file may have
+            // crashed before its directory fsync, and our acknowledgements must not depend on that.
+            // (CreateDevice clears the flag, so a file created here is covered too.)
+            if (!_directorySynced)
+            {
+                DirectorySync.FsyncParentOf(Path);
+                _directorySynced = true;
+            }
+        }
+        catch (Exception e)
+        {
+            // After a failed fsync the kernel may have dropped the dirty pages: nothing read
+            // back from this file can be trusted to be on disk, so it stays failed until reopened.
+            _broken = e;
+            throw;
+        }
     }
 
     /// <summary>Closes the file; the next call reopens and rescans it.</summary>
