@@ -21,7 +21,8 @@ internal static class SnapshotCommand
         var delete = new Option<string?>("-d") { Description = "delete the snapshot named SNAPSHOT" };
         var format = new Option<string?>("-f") { Description = "image format (qcow2)" };
         var quiet = new Option<bool>("-q") { Description = "quiet" };
-        var forceShare = new Option<bool>("-U") { Description = "list even while another process (q2a serve, qemu-nbd) is writing the image (force-share)" };
+        // -U / --force-share, as qemu-img snapshot spells it; listing only (checked below).
+        var forceShare = ForceShareOption.Create();
         var image = new Argument<string>("IMG");
         var command = new Command("snapshot", "list, create, apply or delete internal snapshots")
             { list, create, apply, delete, format, quiet, forceShare, image };
