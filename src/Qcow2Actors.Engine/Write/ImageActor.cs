@@ -108,12 +108,21 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private async Task<OpenedImage> OpenReadSideAsync(Recovered r)
     {
         var opened = await ImageOpener.OpenAsync(_path, _options, _locks, default);
-        var layer = (Qcow2Layer)opened.Layer;
-        var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
-            Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
-        // The map of metadata clusters every write is checked against, as the image is now on disk.
-        await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
-        return new OpenedImage(ctx, opened, ActorRefs.Nobody);
+        try
+        {
+            var layer = (Qcow2Layer)opened.Layer;
+            var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
+                Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
+            // The map of metadata clusters every write is checked against, as the image is now on disk.
+            await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
+            return new OpenedImage(ctx, opened, ActorRefs.Nobody);
+        }
+        catch
+        {
+            // Nobody else will close the files the read side opened (the locks go with the failed open).
+            await opened.Layer.DisposeAsync();
+            throw;
+        }
     }
 
     // ---------------------------------------------------------------- Ready

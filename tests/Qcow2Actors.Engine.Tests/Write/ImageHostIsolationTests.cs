@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
 using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Write;
@@ -39,5 +41,50 @@ public sealed class ImageHostIsolationTests : IDisposable
         Assert.Equal(pattern, back);
         await goodImage.DisposeAsync();
         QemuTools.AssertCheckClean(good);
+    }
+
+    [Fact]
+    public async Task A_write_open_that_fails_after_opening_its_files_closes_them_and_the_image_opens_later()
+    {
+        var path = _dir.File("flaky.qcow2");
+        ImageCreator.Create(path, new Qcow2CreateOptions { Size = 16 << 20 });
+        long refcountTable = (long)BinaryPrimitives.ReadUInt64BigEndian((await File.ReadAllBytesAsync(path)).AsSpan(48));
+        int opened = 0, closed = 0;
+        var options = new Qcow2OpenOptions
+        {
+            ReadOnly = false,
+            DeviceFactory = (p, w) =>
+            {
+                Interlocked.Increment(ref opened);
+                return new FailingReadDevice(FileBlockDevice.Open(p, w), refcountTable, () => Interlocked.Increment(ref closed));
+            },
+        };
+
+        await using (var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
+        {
+            // The metadata map reads the refcount table after the read side has opened the file.
+            var error = await Assert.ThrowsAnyAsync<IOException>(() => host.OpenAsync(path, options));
+            Assert.Contains("injected", error.Message);
+            Assert.True(opened > 0);
+            Assert.Equal(opened, Volatile.Read(ref closed));
+            await using var image = await host.OpenAsync(path);
+            await image.WriteAsync(0, new byte[4096]);
+        }
+        QemuTools.AssertCheckClean(path);
+    }
+
+    private sealed class FailingReadDevice(IBlockDevice inner, long failAt, Action onDispose) : DelegatingDevice(inner), IBlockDevice
+    {
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+            offset == failAt
+                ? ValueTask.FromException<int>(new IOException($"injected read error at {offset}"))
+                : base.ReadAsync(buffer, offset, cancellationToken);
+
+        // Re-implemented so the test sees every close the engine makes.
+        public new void Dispose()
+        {
+            onDispose();
+            base.Dispose();
+        }
     }
 }
