@@ -70,8 +70,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         Receive<Opened>(o =>
         {
             _ctx = o.Image.Context;
-            var refcounts = new RefcountState(_ctx.Device, _ctx.Header) { Map = _ctx.Metadata };
-            _ctx.RefcountState = refcounts;
+            var refcounts = _ctx.RefcountState!;
             if (_settings.JournalPluginId == Journal.FileJournal.PluginId)
                 _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
@@ -115,6 +114,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
             // The map of metadata clusters every write is checked against, as the image is now on disk.
             await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
+            // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
+            // with its own message and closes the files, instead of stopping the actor.
+            ctx.RefcountState = new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata };
             return new OpenedImage(ctx, opened, ActorRefs.Nobody);
         }
         catch

@@ -43,8 +43,10 @@ public sealed class ImageHostIsolationTests : IDisposable
         QemuTools.AssertCheckClean(good);
     }
 
-    [Fact]
-    public async Task A_write_open_that_fails_after_opening_its_files_closes_them_and_the_image_opens_later()
+    [Theory]
+    [InlineData(false)] // the metadata map reads the refcount table
+    [InlineData(true)] // the refcount state loads it
+    public async Task A_write_open_that_fails_after_opening_its_files_closes_them_and_the_image_opens_later(bool failSyncRead)
     {
         var path = _dir.File("flaky.qcow2");
         ImageCreator.Create(path, new Qcow2CreateOptions { Size = 16 << 20 });
@@ -56,13 +58,13 @@ public sealed class ImageHostIsolationTests : IDisposable
             DeviceFactory = (p, w) =>
             {
                 Interlocked.Increment(ref opened);
-                return new FailingReadDevice(FileBlockDevice.Open(p, w), refcountTable, () => Interlocked.Increment(ref closed));
+                return new FailingReadDevice(FileBlockDevice.Open(p, w), refcountTable, failSyncRead, () => Interlocked.Increment(ref closed));
             },
         };
 
         await using (var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
         {
-            // The metadata map reads the refcount table after the read side has opened the file.
+            // Both readers of the refcount table run after the read side has opened the file.
             var error = await Assert.ThrowsAnyAsync<IOException>(() => host.OpenAsync(path, options));
             Assert.Contains("injected", error.Message);
             Assert.True(opened > 0);
@@ -73,10 +75,13 @@ public sealed class ImageHostIsolationTests : IDisposable
         QemuTools.AssertCheckClean(path);
     }
 
-    private sealed class FailingReadDevice(IBlockDevice inner, long failAt, Action onDispose) : DelegatingDevice(inner), IBlockDevice
+    private sealed class FailingReadDevice(IBlockDevice inner, long failAt, bool failSync, Action onDispose) : DelegatingDevice(inner), IBlockDevice
     {
+        public override int Read(Span<byte> buffer, long offset) =>
+            failSync && offset == failAt ? throw new IOException($"injected read error at {offset}") : base.Read(buffer, offset);
+
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-            offset == failAt
+            !failSync && offset == failAt
                 ? ValueTask.FromException<int>(new IOException($"injected read error at {offset}"))
                 : base.ReadAsync(buffer, offset, cancellationToken);
 
