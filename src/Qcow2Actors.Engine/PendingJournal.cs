@@ -26,6 +26,9 @@ public static class PendingJournal
 {
     private const int HeaderBytes = Qcow2Header.IncompatibleFeaturesOffset + 8;
 
+    // Held by every open that has the "write" permission (QEMU's layout: base 100 + bit 1).
+    private const int WriteLockByte = ImageLock.PermissionBase + 1;
+
     /// <summary>True when <paramref name="path"/> is a qcow2 v3 image whose header has the journal-pending bit set.</summary>
     /// <exception cref="FileNotFoundException">No such file.</exception>
     public static bool IsPending(string path)
@@ -67,6 +70,14 @@ public static class PendingJournal
         source ??= PendingJournalSource.Default;
         if (source.Refusal is { } refuse) throw new IOException(refuse(path));
         var batches = JournalFileReader.ReadBatches(source.ResolveFile(path), source.MaxRecordLength);
+        if (batches.Count == 0 && !rebuildWithoutJournal && ImageLock.IsByteLocked(path, WriteLockByte))
+        {
+            // Beside a live writer (-U), "pending header, no journal" is not a lost journal: its checkpoint
+            // cleared the header and emptied the journal between our two reads. Advising --rebuild here would lose writes.
+            if (!IsPending(file)) return file;
+            throw new IOException(
+                $"'{path}' is being written by another process, which emptied its journal while it was read; read it again (a live image may change under -U)");
+        }
         var overlay = new CopyOnWriteBlockDevice(file);
         // A corrupt image is shown as `check -r all` will find it: replayed, still marked corrupt.
         Write.ImageRecovery.Recover(overlay, path, batches, rebuildWithoutJournal, keepCorrupt: true);

@@ -132,4 +132,21 @@ public sealed class PendingJournalTests : IDisposable
         await using (var image = await Qcow2Image.OpenAsync(path))
             Assert.Equal(shown, await ReadGuestAsync(image));
     }
+
+    [Fact]
+    public async Task Beside_a_live_writer_a_pending_header_with_no_journal_is_not_called_lost()
+    {
+        var (path, _) = await CrashAsync("live.qcow2");
+        File.Delete(path + ".journal");
+        // Stands in for another process writing the image, caught by -U between its checkpoint's header write and journal truncation.
+        using (ImageLock.Acquire(path, LockMode.Writer))
+        {
+            var e = await Assert.ThrowsAsync<IOException>(() => Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { ForceShare = true }));
+            Assert.Contains("being written by another process", e.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain("--rebuild", e.Message, StringComparison.Ordinal);
+        }
+        // With nobody writing it, the same state is a lost journal again.
+        var lost = await Assert.ThrowsAsync<IOException>(() => Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { ForceShare = true }));
+        Assert.Contains("q2a recover --rebuild", lost.Message, StringComparison.Ordinal);
+    }
 }
