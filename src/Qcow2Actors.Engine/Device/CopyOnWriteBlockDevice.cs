@@ -101,18 +101,8 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled<int>(cancellationToken);
-        try
-        {
-            return new ValueTask<int>(Read(buffer.Span, offset));
-        }
-        catch (Exception ex)
-        {
-            return ValueTask.FromException<int>(ex);
-        }
-    }
+    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        InlineRead.Run(this, buffer, offset, cancellationToken);
 
     /// <inheritdoc />
     public void Write(ReadOnlySpan<byte> buffer, long offset)

@@ -68,18 +68,8 @@ public sealed partial class FileBlockDevice : IBlockDevice
     /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on
     /// pool threads, and the inline call saves two thread switches per I/O.
     /// </remarks>
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled<int>(cancellationToken);
-        try
-        {
-            return new ValueTask<int>(Read(buffer.Span, offset));
-        }
-        catch (Exception ex)
-        {
-            return ValueTask.FromException<int>(ex);
-        }
-    }
+    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        InlineRead.Run(this, buffer, offset, cancellationToken);
 
     /// <inheritdoc />
     public void Write(ReadOnlySpan<byte> buffer, long offset) => RandomAccess.Write(_handle, buffer, offset);
