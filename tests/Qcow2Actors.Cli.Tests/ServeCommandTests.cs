@@ -21,6 +21,17 @@ public sealed class ServeCommandTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
+    /// <summary>Runs serve in process until <c>stop</c> completes; returns once it printed its URI.</summary>
+    private static async Task<(Task<int> Run, string Uri, StringWriter Stderr, TaskCompletionSource Stop)> StartAsync(ServeSettings settings)
+    {
+        var stdout = new LineWriter();
+        var stderr = new StringWriter();
+        var stop = new TaskCompletionSource();
+        var run = ServeCommand.RunAsync(settings, stdout, stderr, stop.Task);
+        var uri = (await stdout.Lines.Reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)))["Serving ".Length..];
+        return (run, uri, stderr, stop);
+    }
+
     [QemuFact]
     public async Task An_image_that_turns_read_only_is_logged_once_fails_writes_with_EIO_and_makes_the_exit_status_non_zero()
     {
@@ -36,11 +47,7 @@ public sealed class ServeCommandTests(ITestOutputHelper output) : IDisposable
                 return device;
             },
         };
-        var stdout = new LineWriter();
-        var stderr = new StringWriter();
-        var stop = new TaskCompletionSource();
-        var run = ServeCommand.RunAsync(settings, stdout, stderr, stop.Task);
-        var uri = (await stdout.Lines.Reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)))["Serving ".Length..];
+        var (run, uri, stderr, stop) = await StartAsync(settings);
 
         QemuTools.QemuIo("-f", "raw", uri, "-c", "write -P 0xab 0 64k", "-c", "flush").EnsureSuccess();
         Assert.Equal("", stderr.ToString());
@@ -72,11 +79,7 @@ public sealed class ServeCommandTests(ITestOutputHelper output) : IDisposable
         var image = _dir.File("clean.qcow2");
         ImageCreator.Create(image, new Qcow2CreateOptions { Size = 4 * 1024 * 1024 });
         var settings = ServeSettings.From([image], null, 0, null, null, false, null, null, null);
-        var stdout = new LineWriter();
-        var stderr = new StringWriter();
-        var stop = new TaskCompletionSource();
-        var run = ServeCommand.RunAsync(settings, stdout, stderr, stop.Task);
-        var uri = (await stdout.Lines.Reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)))["Serving ".Length..];
+        var (run, uri, stderr, stop) = await StartAsync(settings);
         QemuTools.QemuIo("-f", "raw", uri, "-c", "write -P 0xab 0 64k", "-c", "flush").EnsureSuccess();
         stop.SetResult();
         Assert.Equal(0, await run.WaitAsync(TimeSpan.FromSeconds(60)));
