@@ -5,8 +5,9 @@ Runs from a fresh clone (needs: dotnet SDK, fio with the nbd engine, qemu-utils,
 
     python3 bench/nbd-race.py                  # 3 runs, table + JSON in bench/results/
     python3 bench/nbd-race.py --runs 1 --runtime 5 --targets q2a,qemu
+    python3 bench/nbd-race.py --cluster-size 4k --l2-cache-tables 16   # a cache far smaller than the data
 
-Targets (each served from a freshly created 4 GiB qcow2, 64 KiB clusters):
+Targets (each served from a freshly created 4 GiB qcow2, 64 KiB clusters unless --cluster-size):
   q2a      q2a serve (this checkout, Release build) with --q2a-args (default: none)
   qemu     qemu-nbd --cache=none --aio=native   (O_DIRECT, the safe production mode)
   qemu-wb  qemu-nbd --cache=writeback --aio=threads (page cache; flushes still honoured)
@@ -53,7 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 Q2A_DLL = REPO / "src/Qcow2Actors.Cli/bin/Release/net10.0/q2a.dll"
-CLUSTER = 64 * 1024
+CLUSTER = 64 * 1024  # allocwrite's stride; the image's cluster size is --cluster-size
 WORKLOADS = ["seqwrite", "seqread", "randwrite", "randread", "allocwrite"]
 TARGET_RATIO = {"seqwrite": 1.1, "seqread": 1.1, "randwrite": 1.3, "randread": 1.3, "allocwrite": 4.0}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -158,12 +159,25 @@ class Server:
         return self.proc.returncode
 
 
-def server_argv(target: str, image: Path, port: int, q2a_args: list[str]) -> list[str]:
+def server_argv(target: str, image: Path, port: int, args: argparse.Namespace, work: Path) -> list[str]:
     if target == "q2a":
-        return ["dotnet", str(Q2A_DLL), "serve", "--port", str(port), *q2a_args, str(image)]
+        extra = shlex.split(args.q2a_args)
+        if args.l2_cache_tables:
+            # The same cache for both sides: q2a counts tables, qemu counts bytes (tables x cluster size).
+            conf = work / "q2a-race.conf"
+            conf.write_text(f"qcow2actors.engine.l2-cache-size = {args.l2_cache_tables}\n"
+                            f"qcow2actors.engine.max-live-table-actors = {args.l2_cache_tables}\n")
+            extra += ["--config", str(conf)]
+        return ["dotnet", str(Q2A_DLL), "serve", "--port", str(port), *extra, str(image)]
     cache, aio = ("none", "native") if target == "qemu" else ("writeback", "threads")
-    return ["qemu-nbd", "-f", "qcow2", f"--cache={cache}", f"--aio={aio}", "--persistent", "--shared=4",
-            "-b", "127.0.0.1", "-p", str(port), str(image)]
+    source = [str(image)]
+    fmt = ["-f", "qcow2"]
+    if args.l2_cache_tables:
+        source = ["--image-opts", f"driver=qcow2,file.driver=file,file.filename={image},"
+                  f"l2-cache-size={args.l2_cache_tables * args.cluster_bytes}"]
+        fmt = []
+    return ["qemu-nbd", *fmt, f"--cache={cache}", f"--aio={aio}", "--persistent", "--shared=4",
+            "-b", "127.0.0.1", "-p", str(port), *source]
 
 
 def fio_job(name: str, uri: str, runtime: int, seq_size: str, iolog: Path) -> list[str]:
@@ -225,11 +239,10 @@ def run_target(target: str, args: argparse.Namespace, work: Path, iolog: Path, o
     for phase, jobs in (("A", WORKLOADS[:4]), ("B", WORKLOADS[4:])):
         image = work / f"{target}-{phase}.qcow2"
         image.unlink(missing_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}", str(image),
-                        args.image_size], check=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={args.cluster_bytes}",
+                        str(image), args.image_size], check=True)
         port = free_port()
-        server = Server(target, server_argv(target, image, port, shlex.split(args.q2a_args)), port,
-                        outdir / f"{target}-{phase}.log")
+        server = Server(target, server_argv(target, image, port, args, work), port, outdir / f"{target}-{phase}.log")
         try:
             for name in jobs:
                 results[name] = run_job(server, name, args, iolog, outdir)
@@ -243,6 +256,12 @@ def run_target(target: str, args: argparse.Namespace, work: Path, iolog: Path, o
         image.unlink()
     results["peak_rss_mib"] = peak / 1024
     return results
+
+
+def iec_bytes(size: str) -> int:
+    s = size.upper().rstrip("B").rstrip("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(s[:-1]) * units[s[-1]] if s and s[-1] in units else int(s)
 
 
 def fmt_rate(name: str, r: dict) -> str:
@@ -287,8 +306,12 @@ def main() -> int:
     p.add_argument("--q2a-args", default="", help="extra arguments for q2a serve, e.g. '--cache=none'")
     p.add_argument("--workdir", default=None, help="where images live (default: a temp dir under /var/tmp)")
     p.add_argument("--out", default=None, help="result prefix (default bench/results/nbd-race-DATE)")
+    p.add_argument("--cluster-size", default="64k", help="cluster size of the images (qemu-img spelling)")
+    p.add_argument("--l2-cache-tables", type=int, default=0,
+                   help="L2 cache for every server, in tables (qemu gets tables x cluster size bytes); 0: defaults")
     p.add_argument("--no-build", action="store_true")
     args = p.parse_args()
+    args.cluster_bytes = iec_bytes(args.cluster_size)
 
     targets = args.targets.split(",")
     for t in targets:
@@ -311,8 +334,7 @@ def main() -> int:
     prefix = Path(args.out) if args.out else REPO / f"bench/results/nbd-race-{stamp}"
     raw_dir = Path(tempfile.mkdtemp(prefix="nbd-race-fio-"))
     work = Path(tempfile.mkdtemp(prefix="nbd-race-", dir=args.workdir or "/var/tmp"))
-    image_bytes = int(subprocess.run(["numfmt", "--from=iec", args.image_size.rstrip("B").rstrip("i")],
-                                     capture_output=True, text=True, check=True).stdout)
+    image_bytes = iec_bytes(args.image_size)
     iolog = work / "alloc.iolog"
     write_iolog(iolog, image_bytes)
     runs = []
@@ -331,8 +353,9 @@ def main() -> int:
 
     report = summarize(runs, targets)
     note = "" if os.geteuid() == 0 else "\n(not root: page cache was not dropped between jobs)"
+    cache = f", L2 cache {args.l2_cache_tables} tables" if args.l2_cache_tables else ""
     text = (f"nbd-race {stamp}: {args.runs} run(s), runtime {args.runtime}s, targets {args.targets}, "
-            f"q2a args '{args.q2a_args}'{note}\n\n{report}\n")
+            f"cluster {args.cluster_size}{cache}, q2a args '{args.q2a_args}'{note}\n\n{report}\n")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.txt").write_text(text)
     Path(f"{prefix}.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
