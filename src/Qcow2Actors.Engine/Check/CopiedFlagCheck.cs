@@ -22,13 +22,13 @@ internal static class CopiedFlagCheck
             var l2Offset = (ulong)entry.L2Offset;
             if (l2Offset == 0) continue;
             if (!stored.TryGet((long)(l2Offset >> ctx.ClusterBits), out var refcount)) continue;
-            if ((refcount == 1) != entry.IsCopied)
+            if (L2Entry.CopiedFor(refcount) != entry.IsCopied)
             {
                 ctx.Corruption($"{verb} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={entry.Raw:x} refcount={refcount}");
                 if (repair)
                 {
                     var bytes = new byte[L1Entry.Size];
-                    entry.WithCopied(refcount == 1).Write(bytes, 0);
+                    entry.WithCopied(L2Entry.CopiedFor(refcount)).Write(bytes, 0);
                     ctx.Device.Write(bytes, (long)meta.L1TableOffset + (long)L1Entry.Size * i);
                     ctx.Result.Corruptions--;
                     ctx.Result.CorruptionsFixed++;
@@ -43,12 +43,12 @@ internal static class CopiedFlagCheck
                 ulong dataRefcount = 1;
                 // Data in an external data file has no refcount: it is always exclusively owned.
                 if (!meta.HasDataFile && !stored.TryGet(l2Entry.HostOffset >> ctx.ClusterBits, out dataRefcount)) continue;
-                if ((dataRefcount == 1) != l2Entry.IsCopied)
+                if (L2Entry.CopiedFor(dataRefcount) != l2Entry.IsCopied)
                 {
                     ctx.Corruption($"{verb} OFLAG_COPIED data cluster: l2_entry={l2Entry.Word0:x} refcount={dataRefcount}");
                     if (repair)
                     {
-                        L2Table.WriteEntry(l2, (int)j, meta.ExtendedL2, l2Entry.WithCopied(dataRefcount == 1));
+                        L2Table.WriteEntry(l2, (int)j, meta.ExtendedL2, l2Entry.WithCopied(L2Entry.CopiedFor(dataRefcount)));
                         dirty++;
                     }
                 }
