@@ -53,6 +53,13 @@ public sealed class MalformedImageCorpusTests
         ["compression bit without a compression type"] = new(Base.V3, p => Or64(p, Qcow2Header.IncompatibleFeaturesOffset, (ulong)IncompatibleFeatures.CompressionType), Qcow2Rule.CompressionBitWithoutType, true),
         ["unknown incompatible bit 40"] = new(Base.V3, p => Or64(p, Qcow2Header.IncompatibleFeaturesOffset, 1UL << 40), Qcow2Rule.UnsupportedIncompatibleFeature, true),
         ["extension length past cluster 0"] = new(Base.V3, p => WriteU32(p, FeatureTable(p) + HeaderExtension.LengthOffset, 0x20000), Qcow2Rule.ExtensionTooLarge, true),
+        // QEMU judges a bitmaps extension's length before it looks at autoclear bit 0, so even a stale one is refused.
+        ["bitmaps extension of length 5"] = new(Base.V3, p =>
+        {
+            var after = FeatureTable(p) + HeaderExtension.StoredSizeOf((int)ReadU32(p, FeatureTable(p) + HeaderExtension.LengthOffset));
+            WriteU32(p, after + HeaderExtension.TypeOffset, HeaderExtensionType.Bitmaps);
+            WriteU32(p, after + HeaderExtension.LengthOffset, 5);
+        }, Qcow2Rule.BitmapsExtensionLength, true),
         ["l1_table_offset unaligned"] = new(Base.V3, p => WriteU64(p, Qcow2Header.L1TableOffsetOffset, ReadU64(p, Qcow2Header.L1TableOffsetOffset) + 8), Qcow2Rule.L1TableOffsetInvalid, true),
         ["l1_size too small for the size"] = new(Base.V3, p => WriteU64(p, Qcow2Header.SizeOffset, 1UL << 40), Qcow2Rule.L1TableTooSmall, true),
         ["refcount_table_clusters above 8 MiB"] = new(Base.V3, p => WriteU32(p, Qcow2Header.RefcountTableClustersOffset, 1u << 20), Qcow2Rule.RefcountTableTooLarge, true),
