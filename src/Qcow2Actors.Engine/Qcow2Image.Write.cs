@@ -98,10 +98,7 @@ public sealed partial class Qcow2Image
             long chunkEnd = Math.Min(end, clusterStart + cs);
             int index = g.L2Index(cur);
             var e = new L2Entry(l2.Entry(index), l2.Bitmap(index));
-            bool owned = !e.IsCompressed && e.IsCopied && e.HostOffset != 0 && (g.ExtendedL2
-                ? (e.AllocBits & g.SubclusterMask(cur, chunkEnd)) == g.SubclusterMask(cur, chunkEnd)
-                : !e.ZeroFlag);
-            if (!owned) break;
+            if (!e.CanWriteInPlace(g.ExtendedL2, g.SubclusterMask(cur, chunkEnd))) break;
             long host = e.HostOffset + (cur - clusterStart);
             if (runHost >= 0 && host != runHost + (cur - runStart))
             {

@@ -87,6 +87,23 @@ public sealed class BitmapDirectoryEntry
         return null;
     }
 
+    /// <summary>Decodes the fixed part's fields without judging them; name and extra data are left to the caller.</summary>
+    internal static BitmapDirectoryEntry DecodeFields(ReadOnlySpan<byte> data, out ulong tableOffset, out uint tableSize, out uint extra, out int nameSize)
+    {
+        tableOffset = BinaryPrimitives.ReadUInt64BigEndian(data[TableOffsetOffset..]);
+        tableSize = BinaryPrimitives.ReadUInt32BigEndian(data[TableSizeOffset..]);
+        nameSize = BinaryPrimitives.ReadUInt16BigEndian(data[NameSizeOffset..]);
+        extra = BinaryPrimitives.ReadUInt32BigEndian(data[ExtraDataSizeOffset..]);
+        return new BitmapDirectoryEntry
+        {
+            TableOffset = (long)tableOffset,
+            TableSize = (int)Math.Min(tableSize, int.MaxValue),
+            Flags = (BitmapFlags)BinaryPrimitives.ReadUInt32BigEndian(data[FlagsOffset..]),
+            Type = data[TypeOffset],
+            GranularityBits = data[GranularityBitsOffset],
+        };
+    }
+
     /// <summary>Decodes one entry and returns the bytes it occupies including padding.</summary>
     /// <param name="data">Bytes from the entry's start to the end of the directory.</param>
     /// <param name="baseOffset">File offset of the entry for error messages.</param>
@@ -95,36 +112,25 @@ public sealed class BitmapDirectoryEntry
     public static int Read(ReadOnlySpan<byte> data, long baseOffset, out BitmapDirectoryEntry entry)
     {
         if (data.Length < FixedSize)
-            throw new Qcow2FormatException("bitmap directory", baseOffset, $"entry needs {FixedSize} bytes, only {data.Length} left");
-        ulong tableOffset = BinaryPrimitives.ReadUInt64BigEndian(data[TableOffsetOffset..]);
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryTruncated, "bitmap directory", baseOffset, $"entry needs {FixedSize} bytes, only {data.Length} left", (ulong)data.Length);
+        var e = DecodeFields(data, out ulong tableOffset, out uint tableSize, out uint extra, out int nameSize);
         if (tableOffset > long.MaxValue)
-            throw new Qcow2FormatException("bitmap_table_offset", baseOffset + TableOffsetOffset, $"0x{tableOffset:X} exceeds INT64_MAX");
-        uint tableSize = BinaryPrimitives.ReadUInt32BigEndian(data[TableSizeOffset..]);
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryInvalid, "bitmap_table_offset", baseOffset + TableOffsetOffset, $"0x{tableOffset:X} exceeds INT64_MAX", tableOffset);
         if (tableSize > int.MaxValue)
-            throw new Qcow2FormatException("bitmap_table_size", baseOffset + TableSizeOffset, $"{tableSize} entries exceed {MaxTableSize}");
-        var flags = (BitmapFlags)BinaryPrimitives.ReadUInt32BigEndian(data[FlagsOffset..]);
-        if ((flags & BitmapFlags.Reserved) != 0)
-            throw new Qcow2FormatException("bitmap flags", baseOffset + FlagsOffset, $"reserved bits 0x{(uint)(flags & BitmapFlags.Reserved):X8} set");
-        int nameSize = BinaryPrimitives.ReadUInt16BigEndian(data[NameSizeOffset..]);
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryInvalid, "bitmap_table_size", baseOffset + TableSizeOffset, $"{tableSize} entries exceed {MaxTableSize}", tableSize);
+        if ((e.Flags & BitmapFlags.Reserved) != 0)
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryInvalid, "bitmap flags", baseOffset + FlagsOffset, $"reserved bits 0x{(uint)(e.Flags & BitmapFlags.Reserved):X8} set", (ulong)e.Flags);
         if (nameSize == 0 || nameSize > MaxNameSize)
-            throw new Qcow2FormatException("bitmap name_size", baseOffset + NameSizeOffset, $"{nameSize} is outside 1..{MaxNameSize}");
-        uint extra = BinaryPrimitives.ReadUInt32BigEndian(data[ExtraDataSizeOffset..]);
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryInvalid, "bitmap name_size", baseOffset + NameSizeOffset, $"{nameSize} is outside 1..{MaxNameSize}", (ulong)nameSize);
         if (extra > (uint)(data.Length - FixedSize - nameSize))
-            throw new Qcow2FormatException("bitmap extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes run past the end of the directory");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryTruncated, "bitmap extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes run past the end of the directory", extra);
         int at = FixedSize + (int)extra;
-        entry = new BitmapDirectoryEntry
-        {
-            TableOffset = (long)tableOffset,
-            TableSize = (int)tableSize,
-            Flags = flags,
-            Type = data[TypeOffset],
-            GranularityBits = data[GranularityBitsOffset],
-            _extraData = data.Slice(FixedSize, (int)extra).ToArray(),
-            Name = Strings.Decode(data.Slice(at, nameSize), "bitmap name", baseOffset + at),
-        };
+        e._extraData = data.Slice(FixedSize, (int)extra).ToArray();
+        e.Name = Strings.Decode(data.Slice(at, nameSize), "bitmap name", baseOffset + at);
         int padded = (at + nameSize + 7) & ~7;
         if (padded > data.Length)
-            throw new Qcow2FormatException("bitmap directory", baseOffset, $"entry padded to {padded} bytes runs past the end of the directory");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapEntryTruncated, "bitmap directory", baseOffset, $"entry padded to {padded} bytes runs past the end of the directory", (ulong)padded);
+        entry = e;
         return padded;
     }
 

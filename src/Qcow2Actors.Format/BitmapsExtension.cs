@@ -27,25 +27,28 @@ public sealed record BitmapsExtension(int NbBitmaps, long DirectorySize, long Di
     /// <param name="data">Extension data; must be exactly 24 bytes.</param>
     /// <param name="clusterBits">Cluster bits, for the alignment check.</param>
     /// <param name="baseOffset">File offset of <paramref name="data"/> for error messages.</param>
+    /// <param name="profile">Under <see cref="ValidationProfile.Open"/> the directory size must also be able to hold the entries.</param>
     /// <exception cref="Qcow2FormatException">Wrong length, reserved bits, counts or sizes out of QEMU's range, misaligned directory.</exception>
-    public static BitmapsExtension Read(ReadOnlySpan<byte> data, int clusterBits, long baseOffset = 0)
+    public static BitmapsExtension Read(ReadOnlySpan<byte> data, int clusterBits, long baseOffset = 0, ValidationProfile profile = ValidationProfile.Open)
     {
         if (data.Length != DataLength)
-            throw new Qcow2FormatException("bitmaps extension length", baseOffset - 4, $"{data.Length} is not {DataLength}");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapsExtensionLength, "bitmaps extension length", baseOffset - 4, $"{data.Length} is not {DataLength}", (ulong)data.Length);
         uint nb = BinaryPrimitives.ReadUInt32BigEndian(data[NbBitmapsOffset..]);
-        if (nb == 0 || nb > MaxBitmaps)
-            throw new Qcow2FormatException("nb_bitmaps", baseOffset + NbBitmapsOffset, $"{nb} is outside 1..{MaxBitmaps}");
+        if (nb == 0)
+            throw new Qcow2FormatException(Qcow2Rule.BitmapCountZero, "nb_bitmaps", baseOffset + NbBitmapsOffset, $"{nb} is outside 1..{MaxBitmaps}", nb);
+        if (nb > MaxBitmaps)
+            throw new Qcow2FormatException(Qcow2Rule.BitmapCountTooLarge, "nb_bitmaps", baseOffset + NbBitmapsOffset, $"{nb} is outside 1..{MaxBitmaps}", nb);
         uint reserved = BinaryPrimitives.ReadUInt32BigEndian(data[ReservedOffset..]);
         if (reserved != 0)
-            throw new Qcow2FormatException("bitmaps extension reserved", baseOffset + ReservedOffset, $"0x{reserved:X8} is not zero");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapsExtensionReserved, "bitmaps extension reserved", baseOffset + ReservedOffset, $"0x{reserved:X8} is not zero", reserved);
         ulong size = BinaryPrimitives.ReadUInt64BigEndian(data[DirectorySizeOffset..]);
         if (size > MaxDirectorySize)
-            throw new Qcow2FormatException("bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} exceeds QEMU's limit of {MaxDirectorySize}");
-        if (size < (ulong)nb * BitmapDirectoryEntry.FixedSize)
-            throw new Qcow2FormatException("bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} bytes cannot hold {nb} bitmap directory entries");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapDirectoryTooLarge, "bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} exceeds QEMU's limit of {MaxDirectorySize}", size);
+        if (profile == ValidationProfile.Open && size < (ulong)nb * BitmapDirectoryEntry.FixedSize)
+            throw new Qcow2FormatException(Qcow2Rule.BitmapDirectorySizeMismatch, "bitmap_directory_size", baseOffset + DirectorySizeOffset, $"{size} bytes cannot hold {nb} bitmap directory entries", size);
         ulong offset = BinaryPrimitives.ReadUInt64BigEndian(data[DirectoryOffsetOffset..]);
         if ((offset & ((1UL << clusterBits) - 1)) != 0 || offset > long.MaxValue - MaxDirectorySize)
-            throw new Qcow2FormatException("bitmap_directory_offset", baseOffset + DirectoryOffsetOffset, $"0x{offset:X} is not a cluster-aligned offset");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapDirectoryOffsetInvalid, "bitmap_directory_offset", baseOffset + DirectoryOffsetOffset, $"0x{offset:X} is not a cluster-aligned offset", offset);
         return new BitmapsExtension((int)nb, (long)size, (long)offset);
     }
 

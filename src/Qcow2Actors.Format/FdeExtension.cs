@@ -25,13 +25,13 @@ public sealed record FdeExtension(long Offset, long Length)
     public static FdeExtension Read(ReadOnlySpan<byte> data, int clusterBits, long baseOffset = 0)
     {
         if (data.Length != DataLength)
-            throw new Qcow2FormatException("FDE extension length", baseOffset - 4, $"{data.Length} is not {DataLength}");
+            throw new Qcow2FormatException(Qcow2Rule.FdeExtensionLength, "FDE extension length", baseOffset - 4, $"{data.Length} is not {DataLength}", (ulong)data.Length);
         ulong offset = BinaryPrimitives.ReadUInt64BigEndian(data[OffsetOffset..]);
         ulong length = BinaryPrimitives.ReadUInt64BigEndian(data[LengthOffset..]);
         if ((offset & ((1UL << clusterBits) - 1)) != 0)
-            throw new Qcow2FormatException("FDE offset", baseOffset + OffsetOffset, $"0x{offset:X} is not cluster aligned");
+            throw new Qcow2FormatException(Qcow2Rule.FdeAreaInvalid, "FDE offset", baseOffset + OffsetOffset, $"0x{offset:X} is not cluster aligned", offset);
         if (offset > long.MaxValue || length > (ulong)long.MaxValue - offset)
-            throw new Qcow2FormatException("FDE length", baseOffset + LengthOffset, $"0x{offset:X} + {length} exceeds INT64_MAX");
+            throw new Qcow2FormatException(Qcow2Rule.FdeAreaInvalid, "FDE length", baseOffset + LengthOffset, $"0x{offset:X} + {length} exceeds INT64_MAX", length);
         return new FdeExtension((long)offset, (long)length);
     }
 

@@ -82,23 +82,28 @@ public sealed class FeatureNameTable
     /// <summary>Decodes the extension data.</summary>
     /// <param name="data">Extension data (a multiple of 48 bytes).</param>
     /// <param name="baseOffset">File offset of <paramref name="data"/>, used in error messages.</param>
-    /// <exception cref="Qcow2FormatException">Length not a multiple of 48, bad type or bit, or a name that is not UTF-8.</exception>
-    public static FeatureNameTable Read(ReadOnlySpan<byte> data, long baseOffset = 0)
+    /// <param name="profile">
+    /// Under <see cref="ValidationProfile.Open"/> the table must be well formed; otherwise it is read
+    /// as QEMU reads it, only to look names up: a ragged tail is ignored, odd types and bits are kept.
+    /// </param>
+    /// <exception cref="Qcow2FormatException">Length not a multiple of 48, bad type or bit, or a name that is not UTF-8 (open profile).</exception>
+    public static FeatureNameTable Read(ReadOnlySpan<byte> data, long baseOffset = 0, ValidationProfile profile = ValidationProfile.Open)
     {
-        if (data.Length % EntrySize != 0)
-            throw new Qcow2FormatException("feature name table length", baseOffset - 4, $"{data.Length} is not a multiple of {EntrySize}");
+        bool strict = profile == ValidationProfile.Open;
+        if (strict && data.Length % EntrySize != 0)
+            throw new Qcow2FormatException(Qcow2Rule.FeatureNameTableMalformed, "feature name table length", baseOffset - 4, $"{data.Length} is not a multiple of {EntrySize}", (ulong)data.Length);
         var entries = new List<FeatureNameEntry>(data.Length / EntrySize);
-        for (int i = 0; i < data.Length; i += EntrySize)
+        for (int i = 0; i + EntrySize <= data.Length; i += EntrySize)
         {
             var e = data.Slice(i, EntrySize);
-            if (e[TypeOffset] > (byte)FeatureType.Autoclear)
-                throw new Qcow2FormatException("feature name type", baseOffset + i + TypeOffset, $"{e[TypeOffset]} is not 0, 1 or 2");
-            if (e[BitOffset] > 63)
-                throw new Qcow2FormatException("feature name bit", baseOffset + i + BitOffset, $"{e[BitOffset]} is not a bit number 0-63");
+            if (strict && e[TypeOffset] > (byte)FeatureType.Autoclear)
+                throw new Qcow2FormatException(Qcow2Rule.FeatureNameTableMalformed, "feature name type", baseOffset + i + TypeOffset, $"{e[TypeOffset]} is not 0, 1 or 2", e[TypeOffset]);
+            if (strict && e[BitOffset] > 63)
+                throw new Qcow2FormatException(Qcow2Rule.FeatureNameTableMalformed, "feature name bit", baseOffset + i + BitOffset, $"{e[BitOffset]} is not a bit number 0-63", e[BitOffset]);
             var nameBytes = e.Slice(NameOffset, NameLength);
             int nul = nameBytes.IndexOf((byte)0);
             if (nul >= 0) nameBytes = nameBytes[..nul];
-            string name = Strings.Decode(nameBytes, "feature name", baseOffset + i + NameOffset);
+            string name = Strings.Decode(nameBytes, "feature name", baseOffset + i + NameOffset, profile);
             entries.Add(new FeatureNameEntry((FeatureType)e[TypeOffset], e[BitOffset], name));
         }
         return new FeatureNameTable(entries);

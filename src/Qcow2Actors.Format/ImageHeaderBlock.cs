@@ -40,17 +40,20 @@ public sealed class ImageHeaderBlock
     /// <summary>
     /// Decodes cluster 0. <paramref name="cluster0"/> is the first cluster_size bytes of the file, or
     /// all of it when the file is shorter (missing bytes read as zeros, like a read past the end).
-    /// Validates the header (<see cref="Qcow2Header.Read"/>), that no extension overruns the area
-    /// (rule 17), that each type appears at most once, extension contents and strings, LUKS ⇔ FDE
-    /// (rule 12), bitmaps bit ⇔ extension, and finally refuses incompatible bits outside
-    /// <paramref name="supported"/>, named from the feature name table (rule 6).
+    /// Validates in QEMU's order: the fixed header (<see cref="Qcow2Header.Read"/>'s first half), the
+    /// extensions (none overruns the area (rule 17), each type at most once, their contents),
+    /// incompatible bits outside <paramref name="supported"/> named from the feature name table
+    /// (rule 6), the table layout, LUKS ⇔ FDE (rule 12) and bitmaps bit ⇔ extension.
     /// </summary>
     /// <param name="cluster0">Bytes from file offset 0.</param>
     /// <param name="supported">Incompatible bits the caller implements.</param>
-    /// <exception cref="Qcow2FormatException">Anything malformed or unsupported.</exception>
-    public static ImageHeaderBlock Read(ReadOnlySpan<byte> cluster0, IncompatibleFeatures supported = IncompatibleFeatures.KnownToQcow2Actors)
+    /// <param name="profile">Who reads: the rules and their order are the same, see <see cref="ValidationProfile"/> for the differences.</param>
+    /// <exception cref="Qcow2FormatException">Anything malformed or unsupported, naming the <see cref="Qcow2Rule"/>.</exception>
+    public static ImageHeaderBlock Read(ReadOnlySpan<byte> cluster0, IncompatibleFeatures supported = IncompatibleFeatures.KnownToQcow2Actors,
+        ValidationProfile profile = ValidationProfile.Open)
     {
-        var header = Qcow2Header.Read(cluster0);
+        var header = Qcow2Header.ReadFixed(cluster0, profile);
+        bool strict = profile == ValidationProfile.Open;
         int clusterSize = header.ClusterSize;
         ReadOnlySpan<byte> c = cluster0;
         if (c.Length < clusterSize)
@@ -71,41 +74,48 @@ public sealed class ImageHeaderBlock
         while (off < end)
         {
             if (end - off < HeaderExtension.PrefixSize)
-                throw new Qcow2FormatException("header extension", off, $"{end - off} bytes left before the end of the extension area at {end}, too few for an extension header");
+            {
+                // QEMU stops quietly here; we refuse to open such an image (a fragment suggests garbage).
+                if (!strict) break;
+                throw new Qcow2FormatException(Qcow2Rule.ExtensionTruncated, "header extension", off,
+                    $"{end - off} bytes left before the end of the extension area at {end}, too few for an extension header", (ulong)(end - off));
+            }
             uint type = BinaryPrimitives.ReadUInt32BigEndian(c[(off + HeaderExtension.TypeOffset)..]);
             uint len = BinaryPrimitives.ReadUInt32BigEndian(c[(off + HeaderExtension.LengthOffset)..]);
             if (type == HeaderExtensionType.End) break;
             int dataAt = off + HeaderExtension.PrefixSize;
             if (len > (uint)(end - dataAt))
-                throw new Qcow2FormatException("header extension length", off + HeaderExtension.LengthOffset,
-                    $"extension 0x{type:X8} of {len} bytes overruns the extension area ending at {end}");
+                throw new Qcow2FormatException(Qcow2Rule.ExtensionTooLarge, "header extension length", off + HeaderExtension.LengthOffset,
+                    $"extension 0x{type:X8} of {len} bytes overruns the extension area ending at {end}", len);
             if (seen.Contains(type))
-                throw new Qcow2FormatException("header extension type", off, $"extension 0x{type:X8} appears more than once");
+                throw new Qcow2FormatException(Qcow2Rule.ExtensionDuplicate, "header extension type", off, $"extension 0x{type:X8} appears more than once", type);
             seen.Add(type);
             var data = c.Slice(dataAt, (int)len);
             switch (type)
             {
                 case HeaderExtensionType.BackingFormat:
                     if (len > MaxBackingFormatLength)
-                        throw new Qcow2FormatException("backing format", dataAt, $"{len} bytes exceed QEMU's limit of {MaxBackingFormatLength}");
-                    block.BackingFormat = Strings.Decode(data, "backing format", dataAt);
+                        throw new Qcow2FormatException(Qcow2Rule.BackingFormatTooLong, "backing format", dataAt, $"{len} bytes exceed QEMU's limit of {MaxBackingFormatLength}", len);
+                    block.BackingFormat = Strings.Decode(data, "backing format", dataAt, profile);
                     break;
                 case HeaderExtensionType.ExternalDataFile:
-                    block.DataFile = Strings.Decode(data, "data file name", dataAt);
+                    block.DataFile = Strings.Decode(data, "data file name", dataAt, profile);
                     break;
                 case HeaderExtensionType.FeatureNameTable:
-                    block.FeatureNames = FeatureNameTable.Read(data, dataAt);
+                    block.FeatureNames = FeatureNameTable.Read(data, dataAt, profile);
                     break;
                 case HeaderExtensionType.Bitmaps:
-                    // Without autoclear bit 0 the extension is stale: QEMU ignores its contents.
+                    // QEMU judges the length first; without autoclear bit 0 the contents are stale and ignored.
+                    if (len != BitmapsExtension.DataLength)
+                        throw new Qcow2FormatException(Qcow2Rule.BitmapsExtensionLength, "bitmaps extension length", off + HeaderExtension.LengthOffset, $"{len} is not {BitmapsExtension.DataLength}", len);
                     if ((header.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0)
-                        block.Bitmaps = BitmapsExtension.Read(data, header.ClusterBits, dataAt);
+                        block.Bitmaps = BitmapsExtension.Read(data, header.ClusterBits, dataAt, profile);
                     else
                         block.HadStaleBitmapsExtension = true;
                     break;
                 case HeaderExtensionType.FullDiskEncryption:
                     if (header.CryptMethod != CryptMethod.Luks)
-                        throw new Qcow2FormatException("header extension type", off, "full disk encryption extension without LUKS encryption (crypt_method 2)");
+                        throw new Qcow2FormatException(Qcow2Rule.FdeWithoutLuks, "header extension type", off, "full disk encryption extension without LUKS encryption (crypt_method 2)", (ulong)header.CryptMethod);
                     block.Fde = FdeExtension.Read(data, header.ClusterBits, dataAt);
                     break;
                 default:
@@ -117,18 +127,18 @@ public sealed class ImageHeaderBlock
         }
         block.FileOrder = seen;
 
+        header.CheckIncompatibleFeatures(supported, block.FeatureNames);
+        header.ValidateLayout(profile);
         if (header.CryptMethod == CryptMethod.Luks && block.Fde is null)
-            throw new Qcow2FormatException("crypt_method", Qcow2Header.CryptMethodOffset, "LUKS encryption without a full disk encryption header extension");
+            throw new Qcow2FormatException(Qcow2Rule.LuksWithoutFde, "crypt_method", Qcow2Header.CryptMethodOffset, "LUKS encryption without a full disk encryption header extension", (ulong)header.CryptMethod);
         if ((header.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0 && block.Bitmaps is null)
-            throw new Qcow2FormatException("autoclear_features", Qcow2Header.AutoclearFeaturesOffset, "autoclear bit 0 (bitmaps) is set but there is no bitmaps extension");
+            throw new Qcow2FormatException(Qcow2Rule.BitmapsBitWithoutExtension, "autoclear_features", Qcow2Header.AutoclearFeaturesOffset, "autoclear bit 0 (bitmaps) is set but there is no bitmaps extension", (ulong)header.AutoclearFeatures);
 
         if (header.BackingFileOffset != 0)
         {
             int at = (int)header.BackingFileOffset;
-            block.BackingFileName = Strings.Decode(c.Slice(at, header.BackingFileSize), "backing file name", at);
+            block.BackingFileName = Strings.Decode(c.Slice(at, header.BackingFileSize), "backing file name", at, profile);
         }
-
-        header.CheckIncompatibleFeatures(supported, block.FeatureNames);
         return block;
     }
 

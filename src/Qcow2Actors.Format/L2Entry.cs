@@ -118,6 +118,24 @@ public readonly struct L2Entry(ulong word0, ulong bitmap = 0) : IEquatable<L2Ent
         return L2EntryKind.Normal;
     }
 
+    /// <summary>
+    /// The one "can this cluster be written in place" predicate: guest bytes whose subclusters are
+    /// <paramref name="touchedSubclusters"/> may be overwritten at <see cref="HostOffset"/> without
+    /// allocating, because the entry maps a data cluster (not compressed, not zero, not unallocated)
+    /// that this image alone references (COPIED: refcount exactly 1) and, with extended L2 entries,
+    /// every touched subcluster already holds data. The caller must also own the L2 table holding the
+    /// entry (its L1 entry COPIED) and keep the write off metadata.
+    /// </summary>
+    /// <param name="extended">Whether the image uses extended L2 entries.</param>
+    /// <param name="touchedSubclusters">Subclusters the write touches (bit i = subcluster i; ignored for standard entries).</param>
+    public bool CanWriteInPlace(bool extended, uint touchedSubclusters) =>
+        !IsCompressed && IsCopied && HostOffset != 0
+        && (extended ? (AllocBits & touchedSubclusters) == touchedSubclusters : !ZeroFlag);
+
+    /// <summary>What the COPIED flag must say for a cluster with stored refcount <paramref name="refcount"/> (in the active tables): exactly 1.</summary>
+    /// <param name="refcount">The stored refcount.</param>
+    public static bool CopiedFor(ulong refcount) => refcount == 1;
+
     /// <summary>State of subcluster <paramref name="sc"/> of an extended entry (FORMAT.md §7 table).</summary>
     /// <param name="sc">Subcluster index 0-31.</param>
     /// <param name="externalDataFile">Whether offset 0 with COPIED is a real mapping (external data file).</param>

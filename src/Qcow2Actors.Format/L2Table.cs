@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 
 namespace Qcow2Actors.Format;
 
@@ -31,5 +32,28 @@ public static class L2Table
         BinaryPrimitives.WriteUInt64BigEndian(table[at..], entry.Word0);
         if (extended) BinaryPrimitives.WriteUInt64BigEndian(table[(at + 8)..], entry.Bitmap);
         else if (entry.Bitmap != 0) throw new ArgumentException("a standard L2 table cannot store a subcluster bitmap", nameof(entry));
+    }
+
+    /// <summary>
+    /// Decodes a whole table as raw 64-bit words (entry words, and for extended entries the bitmap
+    /// after each), for a reader that keeps the table in memory and classifies entries with <see cref="L2Entry"/>.
+    /// </summary>
+    /// <param name="table">The table bytes (at least 8 × <c>words.Length</c>).</param>
+    /// <param name="words">Destination, one per 8 bytes.</param>
+    public static void DecodeWords(ReadOnlySpan<byte> table, Span<ulong> words)
+    {
+        var source = MemoryMarshal.Cast<byte, ulong>(table[..(words.Length * 8)]);
+        if (BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(source, words);
+        else source.CopyTo(words);
+    }
+
+    /// <summary>Encodes raw words as <see cref="DecodeWords"/> decodes them (big endian).</summary>
+    /// <param name="words">The words.</param>
+    /// <param name="table">Destination (at least 8 × <c>words.Length</c> bytes).</param>
+    public static void EncodeWords(ReadOnlySpan<ulong> words, Span<byte> table)
+    {
+        var destination = MemoryMarshal.Cast<byte, ulong>(table[..(words.Length * 8)]);
+        if (BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(words, destination);
+        else words.CopyTo(destination);
     }
 }

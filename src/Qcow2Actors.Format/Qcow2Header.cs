@@ -6,9 +6,10 @@ namespace Qcow2Actors.Format;
 /// The fixed qcow2 header (FORMAT.md §2): bytes 0-71 for version 2, 0 to header_length for
 /// version 3. <see cref="Read"/> enforces every opener rule the header bytes alone can decide;
 /// rules needing the extensions (unknown incompatible bits named from the feature table, LUKS
-/// vs FDE, extension overruns) are checked by <see cref="ImageHeaderBlock"/>.
+/// vs FDE, extension overruns) are checked by <see cref="ImageHeaderBlock"/>. Decoding and its
+/// rules live in Qcow2Header.Read.cs; this file holds the layout, the derived values and the encoder.
 /// </summary>
-public sealed class Qcow2Header
+public sealed partial class Qcow2Header
 {
     /// <summary>The magic number "QFI\xFB".</summary>
     public const uint Magic = 0x514649FB;
@@ -212,190 +213,53 @@ public sealed class Qcow2Header
         };
     }
 
+    /// <summary>The 8 bytes of incompatible_features (at <see cref="IncompatibleFeaturesOffset"/>), for a tool that flips one bit in place.</summary>
+    /// <param name="features">The new value.</param>
+    public static byte[] EncodeIncompatibleFeatures(IncompatibleFeatures features)
+    {
+        var bytes = new byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(bytes, (ulong)features);
+        return bytes;
+    }
+
+    /// <summary>
+    /// The 12 bytes from <see cref="RefcountTableOffsetOffset"/>: refcount_table_offset and
+    /// refcount_table_clusters, which one sector write switches together.
+    /// </summary>
+    /// <param name="tableOffset">Cluster-aligned offset of the refcount table.</param>
+    /// <param name="tableClusters">Its length in clusters.</param>
+    public static byte[] EncodeRefcountTablePointer(long tableOffset, int tableClusters)
+    {
+        var bytes = new byte[12];
+        BinaryPrimitives.WriteUInt64BigEndian(bytes, (ulong)tableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(8), (uint)tableClusters);
+        return bytes;
+    }
+
+    /// <summary>True when <paramref name="first"/> (the file's first bytes) starts with the qcow2 magic, as qemu-img probes.</summary>
+    /// <param name="first">The first bytes of the file.</param>
+    public static bool HasMagic(ReadOnlySpan<byte> first) =>
+        first.Length >= MagicOffset + 4 && BinaryPrimitives.ReadUInt32BigEndian(first[MagicOffset..]) == Magic;
+
+    /// <summary>
+    /// How many bytes from offset 0 a reader should pass to <see cref="ImageHeaderBlock.Read"/>: the
+    /// cluster size when <paramref name="first"/> (the file's first bytes, at least 24 of them) names a
+    /// valid one, else just what was given (the read will then report the rule the header breaks).
+    /// </summary>
+    /// <param name="first">The first bytes of the file.</param>
+    public static int Cluster0Length(ReadOnlySpan<byte> first)
+    {
+        if (first.Length < ClusterBitsOffset + 4) return first.Length;
+        uint bits = BinaryPrimitives.ReadUInt32BigEndian(first[ClusterBitsOffset..]);
+        return bits is >= MinClusterBits and <= MaxClusterBits ? 1 << (int)bits : first.Length;
+    }
+
     /// <summary>A deep copy (the unknown additional-field bytes are copied too).</summary>
     public Qcow2Header Clone()
     {
         var copy = (Qcow2Header)MemberwiseClone();
         copy._unknownAdditionalFields = (byte[])_unknownAdditionalFields.Clone();
         return copy;
-    }
-
-    /// <summary>
-    /// Decodes and validates the header at the start of <paramref name="data"/>, which must hold at
-    /// least header_length bytes (72 for v2; the first 4 KiB of the file is enough for any header
-    /// QEMU writes). Enforces opener rules 1-6, 8, 9, 12 (crypt_method range), 13, 14, 15 and 16 of
-    /// FORMAT.md §2, except that unknown incompatible bits are left to
-    /// <see cref="CheckIncompatibleFeatures"/> so they can be named from the feature name table.
-    /// </summary>
-    /// <param name="data">Bytes from file offset 0.</param>
-    /// <exception cref="Qcow2FormatException">The header is malformed or uses something QEMU refuses.</exception>
-    public static Qcow2Header Read(ReadOnlySpan<byte> data)
-    {
-        if (data.Length < V2HeaderLength)
-            throw new Qcow2FormatException("header", 0, $"needs at least {V2HeaderLength} bytes, got {data.Length}");
-        uint magic = BinaryPrimitives.ReadUInt32BigEndian(data[MagicOffset..]);
-        if (magic != Magic)
-            throw new Qcow2FormatException("magic", MagicOffset, $"0x{magic:X8} is not the qcow2 magic 0x{Magic:X8}");
-        uint version = BinaryPrimitives.ReadUInt32BigEndian(data[VersionOffset..]);
-        if (version is not (2 or 3))
-            throw new Qcow2FormatException("version", VersionOffset, $"{version} is not 2 or 3");
-
-        uint clusterBits = BinaryPrimitives.ReadUInt32BigEndian(data[ClusterBitsOffset..]);
-        if (clusterBits is < MinClusterBits or > MaxClusterBits)
-            throw new Qcow2FormatException("cluster_bits", ClusterBitsOffset,
-                $"{clusterBits} is outside {MinClusterBits}..{MaxClusterBits} (512 B to 2 MiB clusters, QEMU's limit)");
-        int clusterSize = 1 << (int)clusterBits;
-
-        var h = new Qcow2Header
-        {
-            Version = (int)version,
-            ClusterBits = (int)clusterBits,
-        };
-
-        if (version == 2)
-        {
-            // Rule 3: bytes from 72 on are not fields in v2, whatever they contain.
-            h.HeaderLength = V2HeaderLength;
-            h.RefcountOrder = 4;
-        }
-        else
-        {
-            if (data.Length < V3MinHeaderLength)
-                throw new Qcow2FormatException("header", 0, $"a version 3 header needs at least {V3MinHeaderLength} bytes, got {data.Length}");
-            uint headerLength = BinaryPrimitives.ReadUInt32BigEndian(data[HeaderLengthOffset..]);
-            if (headerLength < V3MinHeaderLength)
-                throw new Qcow2FormatException("header_length", HeaderLengthOffset, $"{headerLength} is below the version 3 minimum of {V3MinHeaderLength}");
-            if (headerLength > (uint)clusterSize)
-                throw new Qcow2FormatException("header_length", HeaderLengthOffset, $"{headerLength} exceeds the cluster size {clusterSize}");
-            if (headerLength % 8 != 0)
-                throw new Qcow2FormatException("header_length", HeaderLengthOffset, $"{headerLength} is not a multiple of 8");
-            if (data.Length < headerLength)
-                throw new Qcow2FormatException("header_length", HeaderLengthOffset, $"{headerLength} bytes declared but only {data.Length} available");
-            h.HeaderLength = (int)headerLength;
-            h.IncompatibleFeatures = (IncompatibleFeatures)BinaryPrimitives.ReadUInt64BigEndian(data[IncompatibleFeaturesOffset..]);
-            h.CompatibleFeatures = (CompatibleFeatures)BinaryPrimitives.ReadUInt64BigEndian(data[CompatibleFeaturesOffset..]);
-            h.AutoclearFeatures = (AutoclearFeatures)BinaryPrimitives.ReadUInt64BigEndian(data[AutoclearFeaturesOffset..]);
-            uint order = BinaryPrimitives.ReadUInt32BigEndian(data[RefcountOrderOffset..]);
-            if (order > MaxRefcountOrder)
-                throw new Qcow2FormatException("refcount_order", RefcountOrderOffset, $"{order} exceeds {MaxRefcountOrder} (refcounts are at most 64 bits)");
-            h.RefcountOrder = (int)order;
-
-            byte ct = headerLength > CompressionTypeOffset ? data[CompressionTypeOffset] : (byte)0;
-            bool ctBit = (h.IncompatibleFeatures & IncompatibleFeatures.CompressionType) != 0;
-            if (ct > (byte)CompressionType.Zstd)
-                throw new Qcow2FormatException("compression_type", CompressionTypeOffset, $"unknown compression type {ct}");
-            if (ctBit && ct == 0)
-                throw new Qcow2FormatException("compression_type", CompressionTypeOffset,
-                    "incompatible bit 3 (compression type) is set but the compression type is zlib or absent");
-            if (!ctBit && ct != 0)
-                throw new Qcow2FormatException("compression_type", CompressionTypeOffset,
-                    $"compression type {ct} requires incompatible bit 3 (compression type)");
-            h.CompressionType = (CompressionType)ct;
-            if (headerLength > V3DefaultHeaderLength)
-                h._unknownAdditionalFields = data[V3DefaultHeaderLength..(int)headerLength].ToArray();
-
-            if (h.HasExtendedL2 && clusterBits < MinExtendedL2ClusterBits)
-                throw new Qcow2FormatException("cluster_bits", ClusterBitsOffset,
-                    $"{clusterBits} is below {MinExtendedL2ClusterBits}, the minimum with extended L2 entries");
-            if ((h.AutoclearFeatures & AutoclearFeatures.RawExternalData) != 0 && !h.HasExternalDataFile)
-                throw new Qcow2FormatException("autoclear_features", AutoclearFeaturesOffset,
-                    "autoclear bit 1 (raw external data) requires incompatible bit 2 (external data file)");
-        }
-
-        ulong backingOffset = BinaryPrimitives.ReadUInt64BigEndian(data[BackingFileOffsetOffset..]);
-        uint backingSize = BinaryPrimitives.ReadUInt32BigEndian(data[BackingFileSizeOffset..]);
-        if (backingOffset != 0)
-        {
-            if (backingOffset > (ulong)clusterSize)
-                throw new Qcow2FormatException("backing_file_offset", BackingFileOffsetOffset,
-                    $"{backingOffset} lies beyond cluster 0 (cluster size {clusterSize})");
-            if (backingOffset < (ulong)h.HeaderLength)
-                throw new Qcow2FormatException("backing_file_offset", BackingFileOffsetOffset,
-                    $"{backingOffset} overlaps the {h.HeaderLength}-byte header");
-            long limit = Math.Min(MaxBackingFileNameLength, clusterSize - (long)backingOffset);
-            if (backingSize > limit)
-                throw new Qcow2FormatException("backing_file_size", BackingFileSizeOffset,
-                    $"{backingSize} bytes exceed the limit of {limit} (name must be at most {MaxBackingFileNameLength} bytes and inside cluster 0)");
-            if ((h.AutoclearFeatures & AutoclearFeatures.RawExternalData) != 0)
-                throw new Qcow2FormatException("autoclear_features", AutoclearFeaturesOffset,
-                    "autoclear bit 1 (raw external data) cannot be combined with a backing file");
-            h.BackingFileOffset = (long)backingOffset;
-            h.BackingFileSize = (int)backingSize;
-        }
-        else if (backingSize > MaxBackingFileNameLength)
-        {
-            // Without an offset the size is meaningless, but an absurd one suggests garbage.
-            throw new Qcow2FormatException("backing_file_size", BackingFileSizeOffset,
-                $"{backingSize} exceeds {MaxBackingFileNameLength}");
-        }
-        else
-        {
-            h.BackingFileSize = (int)backingSize;
-        }
-
-        uint crypt = BinaryPrimitives.ReadUInt32BigEndian(data[CryptMethodOffset..]);
-        if (crypt > (uint)CryptMethod.Luks)
-            throw new Qcow2FormatException("crypt_method", CryptMethodOffset, $"unknown encryption method {crypt}");
-        h.CryptMethod = (CryptMethod)crypt;
-
-        ulong size = BinaryPrimitives.ReadUInt64BigEndian(data[SizeOffset..]);
-        if (size > long.MaxValue)
-            throw new Qcow2FormatException("size", SizeOffset, $"{size} exceeds INT64_MAX");
-        h.Size = (long)size;
-
-        uint rtClusters = BinaryPrimitives.ReadUInt32BigEndian(data[RefcountTableClustersOffset..]);
-        if (rtClusters == 0)
-            throw new Qcow2FormatException("refcount_table_clusters", RefcountTableClustersOffset, "0: the image has no refcount table");
-        if ((ulong)rtClusters << (int)clusterBits > MaxRefcountTableBytes)
-            throw new Qcow2FormatException("refcount_table_clusters", RefcountTableClustersOffset,
-                $"{rtClusters} clusters exceed QEMU's refcount table limit of {MaxRefcountTableBytes} bytes");
-        h.RefcountTableClusters = (int)rtClusters;
-        h.RefcountTableOffset = ReadTableOffset(data, "refcount_table_offset", RefcountTableOffsetOffset, (ulong)rtClusters << (int)clusterBits, clusterSize);
-
-        uint nbSnapshots = BinaryPrimitives.ReadUInt32BigEndian(data[NbSnapshotsOffset..]);
-        if (nbSnapshots > MaxSnapshots)
-            throw new Qcow2FormatException("nb_snapshots", NbSnapshotsOffset, $"{nbSnapshots} snapshots exceed QEMU's limit of {MaxSnapshots}");
-        h.NbSnapshots = (int)nbSnapshots;
-        h.SnapshotsOffset = ReadTableOffset(data, "snapshots_offset", SnapshotsOffsetOffset, (ulong)nbSnapshots * SnapshotHeaderSize, clusterSize);
-
-        uint l1Size = BinaryPrimitives.ReadUInt32BigEndian(data[L1SizeOffset..]);
-        if (l1Size > MaxL1Size)
-            throw new Qcow2FormatException("l1_size", L1SizeOffset, $"{l1Size} entries exceed QEMU's limit of {MaxL1Size}");
-        h.L1Size = (int)l1Size;
-        h.L1TableOffset = ReadTableOffset(data, "l1_table_offset", L1TableOffsetOffset, (ulong)l1Size * 8, clusterSize);
-        long needed = h.MinL1Size;
-        if (l1Size < needed)
-            throw new Qcow2FormatException("l1_size", L1SizeOffset, $"{l1Size} entries cannot map the virtual size {size}, which needs {needed}");
-        return h;
-    }
-
-    private static long ReadTableOffset(ReadOnlySpan<byte> data, string field, int at, ulong length, int clusterSize)
-    {
-        ulong offset = BinaryPrimitives.ReadUInt64BigEndian(data[at..]);
-        if ((offset & (ulong)(clusterSize - 1)) != 0)
-            throw new Qcow2FormatException(field, at, $"0x{offset:X} is not aligned to the cluster size {clusterSize}");
-        if (offset > long.MaxValue || length > (ulong)long.MaxValue - offset)
-            throw new Qcow2FormatException(field, at, $"0x{offset:X} plus the table length {length} exceeds INT64_MAX");
-        return (long)offset;
-    }
-
-    /// <summary>
-    /// Refuses incompatible feature bits outside <paramref name="supported"/> (opener rule 6). The
-    /// lowest such bit is reported, with its name from <paramref name="names"/> when the image has one.
-    /// </summary>
-    /// <param name="supported">Bits the caller implements; QEMU's view is <see cref="IncompatibleFeatures.KnownToQemu"/>.</param>
-    /// <param name="names">The image's feature name table, if any.</param>
-    /// <exception cref="Qcow2FormatException">An unsupported bit is set.</exception>
-    public void CheckIncompatibleFeatures(IncompatibleFeatures supported, FeatureNameTable? names = null)
-    {
-        ulong unknown = (ulong)IncompatibleFeatures & ~(ulong)supported;
-        if (unknown == 0) return;
-        int bit = System.Numerics.BitOperations.TrailingZeroCount(unknown);
-        string? name = names?.Lookup(FeatureType.Incompatible, (byte)bit);
-        string problem = name is null
-            ? $"unsupported incompatible feature bit {bit}"
-            : $"unsupported incompatible feature bit {bit} ({name})";
-        throw new Qcow2FormatException("incompatible_features", IncompatibleFeaturesOffset, problem);
     }
 
     /// <summary>

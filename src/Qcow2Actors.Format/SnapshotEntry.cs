@@ -63,6 +63,8 @@ public sealed class SnapshotEntry
     public long? DiskSize { get; set; }
     /// <summary>Guest instruction count (−1 when not recorded by record/replay); null when the entry is too old to have it.</summary>
     public long? Icount { get; set; }
+    /// <summary>extra_data_size as stored when the entry was read (0 for a new entry; writing always stores 24 plus the unknown bytes).</summary>
+    public uint ExtraDataSize { get; set; }
     /// <summary>Extra data beyond the 24 known bytes, kept verbatim.</summary>
     public byte[] UnknownExtraData
     {
@@ -100,46 +102,65 @@ public sealed class SnapshotEntry
     /// <param name="baseOffset">File offset of the entry for error messages.</param>
     /// <param name="entry">The decoded entry.</param>
     /// <exception cref="Qcow2FormatException">Truncated, too much extra data, too little extra data for v3, bad strings.</exception>
-    public static int Read(ReadOnlySpan<byte> data, int version, long baseOffset, out SnapshotEntry entry)
+    public static int Read(ReadOnlySpan<byte> data, int version, long baseOffset, out SnapshotEntry entry) =>
+        Read(data, version, baseOffset, ValidationProfile.Open, -1, out entry);
+
+    /// <summary>
+    /// Decodes entry <paramref name="index"/> as <see cref="Read(ReadOnlySpan{byte}, int, long, out SnapshotEntry)"/>
+    /// does. Outside <see cref="ValidationProfile.Open"/> it keeps what QEMU keeps: a v3 entry with
+    /// too little extra data (the checker reports it), names cut at NUL, out-of-range offsets as stored.
+    /// </summary>
+    /// <param name="data">Bytes from the entry's start.</param>
+    /// <param name="version">Image version.</param>
+    /// <param name="baseOffset">File offset of the entry for error messages.</param>
+    /// <param name="profile">Who reads.</param>
+    /// <param name="index">The entry's index in the table, for error reports (-1 when unknown).</param>
+    /// <param name="entry">The decoded entry.</param>
+    /// <returns>Bytes the entry used, without padding.</returns>
+    /// <exception cref="Qcow2FormatException">The entry breaks a rule of <paramref name="profile"/>.</exception>
+    public static int Read(ReadOnlySpan<byte> data, int version, long baseOffset, ValidationProfile profile, int index, out SnapshotEntry entry)
     {
+        bool strict = profile == ValidationProfile.Open;
         if (data.Length < FixedSize)
-            throw new Qcow2FormatException("snapshot table", baseOffset, $"entry header needs {FixedSize} bytes, only {data.Length} left");
+            throw new Qcow2FormatException(Qcow2Rule.SnapshotEntryTruncated, "snapshot table", baseOffset, $"entry header needs {FixedSize} bytes, only {data.Length} left", (ulong)data.Length, index);
         uint extra = BinaryPrimitives.ReadUInt32BigEndian(data[ExtraDataSizeOffset..]);
         if (extra > MaxExtraDataSize)
-            throw new Qcow2FormatException("extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes exceed QEMU's limit of {MaxExtraDataSize}");
-        if (version >= 3 && extra < MinV3ExtraDataSize)
-            throw new Qcow2FormatException("extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes are fewer than the {MinV3ExtraDataSize} a version 3 snapshot needs");
+            throw new Qcow2FormatException(Qcow2Rule.SnapshotExtraDataTooLarge, "extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes exceed QEMU's limit of {MaxExtraDataSize}", extra, index);
+        if (strict && version >= 3 && extra < MinV3ExtraDataSize)
+            throw new Qcow2FormatException(Qcow2Rule.SnapshotExtraDataTooSmall, "extra_data_size", baseOffset + ExtraDataSizeOffset, $"{extra} bytes are fewer than the {MinV3ExtraDataSize} a version 3 snapshot needs", extra, index);
         int idSize = BinaryPrimitives.ReadUInt16BigEndian(data[IdSizeOffset..]);
         int nameSize = BinaryPrimitives.ReadUInt16BigEndian(data[NameSizeOffset..]);
         int total = FixedSize + (int)extra + idSize + nameSize;
         if (data.Length < total)
-            throw new Qcow2FormatException("snapshot table", baseOffset, $"entry needs {total} bytes, only {data.Length} left");
+            throw new Qcow2FormatException(Qcow2Rule.SnapshotEntryTruncated, "snapshot table", baseOffset, $"entry needs {total} bytes, only {data.Length} left", (ulong)data.Length, index);
 
+        ulong l1Offset = BinaryPrimitives.ReadUInt64BigEndian(data[L1TableOffsetOffset..]);
         var e = new SnapshotEntry
         {
-            L1TableOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(data[L1TableOffsetOffset..]),
+            L1TableOffset = (long)l1Offset,
             L1Size = (int)Math.Min(BinaryPrimitives.ReadUInt32BigEndian(data[L1SizeOffset..]), int.MaxValue),
             DateSeconds = BinaryPrimitives.ReadUInt32BigEndian(data[DateSecondsOffset..]),
             DateNanoseconds = BinaryPrimitives.ReadUInt32BigEndian(data[DateNanosecondsOffset..]),
             VmClockNanoseconds = BinaryPrimitives.ReadUInt64BigEndian(data[VmClockOffset..]),
             VmStateSize = BinaryPrimitives.ReadUInt32BigEndian(data[VmStateSize32Offset..]),
+            ExtraDataSize = extra,
         };
-        if (BinaryPrimitives.ReadUInt64BigEndian(data[L1TableOffsetOffset..]) > long.MaxValue)
-            throw new Qcow2FormatException("snapshot l1_table_offset", baseOffset + L1TableOffsetOffset, "exceeds INT64_MAX");
+        if (strict && l1Offset > long.MaxValue)
+            throw new Qcow2FormatException(Qcow2Rule.SnapshotFieldOutOfRange, "snapshot l1_table_offset", baseOffset + L1TableOffsetOffset, "exceeds INT64_MAX", l1Offset, index);
         var x = data.Slice(FixedSize, (int)extra);
         if (extra >= ExtraVmStateSizeOffset + 8) e.VmStateSize = BinaryPrimitives.ReadUInt64BigEndian(x[ExtraVmStateSizeOffset..]);
         if (extra >= ExtraDiskSizeOffset + 8)
         {
             ulong disk = BinaryPrimitives.ReadUInt64BigEndian(x[ExtraDiskSizeOffset..]);
-            if (disk > long.MaxValue)
-                throw new Qcow2FormatException("snapshot disk size", baseOffset + FixedSize + ExtraDiskSizeOffset, $"{disk} exceeds INT64_MAX");
-            e.DiskSize = (long)disk;
+            if (disk > long.MaxValue && strict)
+                throw new Qcow2FormatException(Qcow2Rule.SnapshotFieldOutOfRange, "snapshot disk size", baseOffset + FixedSize + ExtraDiskSizeOffset, $"{disk} exceeds INT64_MAX", disk, index);
+            e.DiskSize = disk > long.MaxValue ? null : (long)disk;
         }
         if (extra >= ExtraIcountOffset + 8) e.Icount = BinaryPrimitives.ReadInt64BigEndian(x[ExtraIcountOffset..]);
         if (extra > KnownExtraSize) e._unknownExtraData = x[KnownExtraSize..].ToArray();
         int at = FixedSize + (int)extra;
-        e.Id = Strings.Decode(data.Slice(at, idSize), "snapshot id", baseOffset + at);
-        e.Name = Strings.Decode(data.Slice(at + idSize, nameSize), "snapshot name", baseOffset + at + idSize);
+        e.Id = Strings.Decode(data.Slice(at, idSize), "snapshot id", baseOffset + at, profile);
+        e.Name = Strings.Decode(data.Slice(at + idSize, nameSize), "snapshot name", baseOffset + at + idSize, profile);
         entry = e;
         return total;
     }

@@ -280,16 +280,32 @@ public class ImageHeaderBlockTests
     }
 
     [Fact]
-    public void Read_drops_a_stale_bitmaps_extension_without_checking_it()
+    public void Read_drops_a_stale_bitmaps_extension_without_checking_its_contents()
     {
         var h = Qcow2Header.CreateNew(1 << 20);
         var c = Cluster0(new ImageHeaderBlock(h));
         U32(c, 112, HeaderExtensionType.Bitmaps);
-        U32(c, 116, 5); // garbage length: ignored because autoclear bit 0 is clear
+        U32(c, 116, BitmapsExtension.DataLength);
+        U32(c, 124, 0xFFFFFFFF); // garbage contents (reserved field): ignored because autoclear bit 0 is clear
         var r = ImageHeaderBlock.Read(c);
         Assert.Null(r.Bitmaps);
         Assert.True(r.HadStaleBitmapsExtension);
         Assert.Empty(r.UnknownExtensions);
+    }
+
+    [Theory]
+    [InlineData(ValidationProfile.Open)]
+    [InlineData(ValidationProfile.Info)]
+    [InlineData(ValidationProfile.Check)]
+    public void Read_refuses_a_stale_bitmaps_extension_of_the_wrong_length_as_qemu_does(ValidationProfile profile)
+    {
+        var h = Qcow2Header.CreateNew(1 << 20);
+        var c = Cluster0(new ImageHeaderBlock(h));
+        U32(c, 112, HeaderExtensionType.Bitmaps);
+        U32(c, 116, 5); // QEMU judges the length before it looks at autoclear bit 0
+        var e = Assert.Throws<Qcow2FormatException>(() => ImageHeaderBlock.Read(c, IncompatibleFeatures.KnownToQemu, profile));
+        Assert.Equal(Qcow2Rule.BitmapsExtensionLength, e.Rule);
+        Assert.Equal(116, e.Offset);
     }
 
     [Theory]

@@ -224,4 +224,24 @@ public class L1L2EntryTests
         Assert.Throws<ArgumentOutOfRangeException>(() => L2Entry.Compressed(1L << 54, 100, 16));
         Assert.Throws<ArgumentOutOfRangeException>(() => new L2Entry(0).GetSubcluster(32));
     }
+
+    [Fact]
+    public void Only_an_owned_data_cluster_can_be_written_in_place()
+    {
+        Assert.True(L2Entry.Standard(0x10000, copied: true).CanWriteInPlace(false, 0));
+        Assert.False(L2Entry.Standard(0x10000, copied: false).CanWriteInPlace(false, 0));
+        Assert.False(L2Entry.Zero(0x10000, copied: true).CanWriteInPlace(false, 0));
+        Assert.False(new L2Entry(0).CanWriteInPlace(false, 0));
+        Assert.False(new L2Entry(L2Entry.CompressedFlag | 0x10000).CanWriteInPlace(false, 0));
+        var partly = L2Entry.Extended(0x10000, copied: true, allocated: 0b0011, zero: 0);
+        Assert.True(partly.CanWriteInPlace(true, 0b0001));
+        Assert.False(partly.CanWriteInPlace(true, 0b0110));
+    }
+
+    [Theory]
+    [InlineData(0UL, false)]
+    [InlineData(1UL, true)]
+    [InlineData(2UL, false)]
+    public void Copied_means_a_stored_refcount_of_exactly_one(ulong refcount, bool copied) =>
+        Assert.Equal(copied, L2Entry.CopiedFor(refcount));
 }

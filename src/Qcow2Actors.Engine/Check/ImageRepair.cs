@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
 using Qcow2Actors.Format;
@@ -65,7 +64,7 @@ public sealed class RepairResult
 /// </summary>
 public static class ImageRepair
 {
-    private const ulong DirtyAndCorrupt = (ulong)(IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt);
+    private const IncompatibleFeatures DirtyAndCorrupt = IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt;
 
     /// <summary>Repairs <paramref name="device"/> (opened writable) as <c>qemu-img check -r leaks|all</c> would.</summary>
     /// <param name="device">The image, opened read-write; nothing else may use it meanwhile.</param>
@@ -158,13 +157,9 @@ public static class ImageRepair
     /// <summary>Clears the dirty and corrupt bits (v3 only), after everything they guard is durable.</summary>
     private static bool MarkClean(IBlockDevice device)
     {
-        Span<byte> head = stackalloc byte[8];
-        if (device.Read(head[..4], Qcow2Header.VersionOffset) < 4 || BinaryPrimitives.ReadUInt32BigEndian(head) < 3) return false;
-        if (device.Read(head, Qcow2Header.IncompatibleFeaturesOffset) < 8) return false;
-        var incompatible = BinaryPrimitives.ReadUInt64BigEndian(head);
-        if ((incompatible & DirtyAndCorrupt) == 0) return false;
-        BinaryPrimitives.WriteUInt64BigEndian(head, incompatible & ~DirtyAndCorrupt);
-        device.Write(head, Qcow2Header.IncompatibleFeaturesOffset);
+        var header = ImageMetadata.Load(device, ValidationProfile.Check).Header;
+        if (header.Version < 3 || (header.IncompatibleFeatures & DirtyAndCorrupt) == 0) return false;
+        device.Write(Qcow2Header.EncodeIncompatibleFeatures(header.IncompatibleFeatures & ~DirtyAndCorrupt), Qcow2Header.IncompatibleFeaturesOffset);
         device.Flush();
         return true;
     }
@@ -203,16 +198,16 @@ public static class ImageRepair
     private static int SetStoredRefcounts(IBlockDevice device, IReadOnlyList<RefcountMismatch> updates)
     {
         if (updates.Count == 0) return 0;
-        var meta = ImageMetadata.Load(device, forCheck: true);
+        var meta = ImageMetadata.Load(device, ValidationProfile.Check);
         var cs = meta.ClusterSize;
         var perBlockBits = meta.ClusterBits + 3 - meta.RefcountOrder;
-        var table = ReadRefcountTable(device, meta);
+        var table = StoredRefcounts.ReadTable(device, meta);
         var failed = 0;
         var block = new byte[cs];
         foreach (var group in updates.GroupBy(u => u.Cluster >> perBlockBits))
         {
             var index = group.Key;
-            var entry = index < table.Length ? new RefcountTableEntry(table[index]) : default;
+            var entry = index < table.Length ? table[index] : default;
             if (entry.IsUnallocated || entry.ReservedBits != 0 || (entry.BlockOffset & (cs - 1)) != 0 || entry.BlockOffset >= device.Length)
             {
                 failed += group.Count();
@@ -227,16 +222,6 @@ public static class ImageRepair
         return failed;
     }
 
-    private static ulong[] ReadRefcountTable(IBlockDevice device, ImageMetadata meta)
-    {
-        // Bounded by the opener's 8 MiB limit on the refcount table.
-        var bytes = new byte[meta.RefcountTableEntries * 8];
-        ImageMetadata.ReadZeroFilled(device, bytes, (long)meta.RefcountTableOffset);
-        var table = new ulong[meta.RefcountTableEntries];
-        for (var i = 0; i < table.Length; i++) table[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
-        return table;
-    }
-
     /// <summary>
     /// qemu's rebuild_refcount_structure, laid out for crash safety: new refcount blocks and then
     /// the new table go past every cluster anything references (and past the old structure, even
@@ -247,7 +232,7 @@ public static class ImageRepair
     /// </summary>
     private static void WriteNewRefcountStructure(IBlockDevice device, CheckResult counted)
     {
-        var meta = ImageMetadata.Load(device, forCheck: true);
+        var meta = ImageMetadata.Load(device, ValidationProfile.Check);
         var refs = counted.References ?? throw new InvalidOperationException("the check stopped before counting references");
         var cs = meta.ClusterSize;
         var order = meta.RefcountOrder;
@@ -303,10 +288,7 @@ public static class ImageRepair
         device.Write(table, tableOffset);
         device.Flush();
 
-        Span<byte> header = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64BigEndian(header, (ulong)tableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(header[8..], (uint)tableClusters);
-        device.Write(header, Qcow2Header.RefcountTableOffsetOffset);
+        device.Write(Qcow2Header.EncodeRefcountTablePointer(tableOffset, (int)tableClusters), Qcow2Header.RefcountTableOffsetOffset);
         device.Flush();
     }
 }

@@ -85,28 +85,39 @@ public sealed record ImageInfo
     /// <exception cref="Qcow2FormatException">The image is not one a qcow2 opener may accept.</exception>
     public static ImageInfo Read(IBlockDevice device, string filename)
     {
-        var m = ImageMetadata.Load(device, forCheck: false);
+        var m = ImageMetadata.Load(device, ValidationProfile.Info);
+        var h = m.Header;
+        IReadOnlyList<BitmapDirectoryEntry> bitmaps;
+        try
+        {
+            bitmaps = ImageMetadata.ReadBitmaps(device, m, ValidationProfile.Info);
+        }
+        catch (Qcow2FormatException e)
+        {
+            throw QemuImgWording.Reword(e);
+        }
+        var backing = m.Block.BackingFileName;
         return new ImageInfo
         {
             Filename = filename,
-            VirtualSize = (long)m.VirtualSize,
+            VirtualSize = h.Size,
             ActualSize = AllocatedBytes(filename, device.Length),
             ClusterSize = m.ClusterSize,
-            DirtyFlag = (m.Incompatible & (ulong)IncompatibleFeatures.Dirty) != 0,
-            Version = m.Version,
-            CompressionType = m.CompressionType == 1 ? "zstd" : "zlib",
-            LazyRefcounts = (m.Compatible & (ulong)CompatibleFeatures.LazyRefcounts) != 0,
-            RefcountBits = m.RefcountBits,
-            Corrupt = (m.Incompatible & (ulong)IncompatibleFeatures.Corrupt) != 0,
-            ExtendedL2 = m.ExtendedL2,
-            HasDataFile = m.HasDataFile,
-            DataFile = m.DataFile,
-            DataFileRaw = (m.Autoclear & (ulong)AutoclearFeatures.RawExternalData) != 0,
-            BackingFilename = m.BackingFile,
-            FullBackingFilename = m.BackingFile is null ? null : ResolveBacking(filename, m.BackingFile),
-            BackingFormat = m.BackingFile is null ? null : m.BackingFormat,
-            Snapshots = m.Snapshots,
-            Bitmaps = ImageMetadata.ReadBitmaps(device, m),
+            DirtyFlag = h.IsDirty,
+            Version = h.Version,
+            CompressionType = h.CompressionType == Format.CompressionType.Zstd ? "zstd" : "zlib",
+            LazyRefcounts = h.HasLazyRefcounts,
+            RefcountBits = h.RefcountBits,
+            Corrupt = h.IsCorrupt,
+            ExtendedL2 = h.HasExtendedL2,
+            HasDataFile = h.HasExternalDataFile,
+            DataFile = m.Block.DataFile,
+            DataFileRaw = (h.AutoclearFeatures & AutoclearFeatures.RawExternalData) != 0,
+            BackingFilename = backing,
+            FullBackingFilename = backing is null ? null : ResolveBacking(filename, backing),
+            BackingFormat = backing is null ? null : m.Block.BackingFormat,
+            Snapshots = [.. m.Snapshots.Select(SnapshotInfo.From)],
+            Bitmaps = [.. bitmaps.Select(BitmapInfo.From)],
         };
     }
 

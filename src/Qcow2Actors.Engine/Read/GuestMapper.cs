@@ -1,3 +1,5 @@
+using Qcow2Actors.Format;
+
 namespace Qcow2Actors.Engine.Read;
 
 /// <summary>
@@ -9,14 +11,6 @@ namespace Qcow2Actors.Engine.Read;
 /// </summary>
 internal static class GuestMapper
 {
-    private const ulong L1ReservedMask = 0x7F00_0000_0000_01FF;
-    private const ulong StandardL2ReservedMask = 0x3F00_0000_0000_01FE;
-    // Bit 0 is not a zero flag in extended entries; QEMU ignores it there, and so do we.
-    private const ulong ExtendedL2ReservedMask = 0x3F00_0000_0000_01FE;
-    private const ulong CompressedBit = 1UL << 62;
-    private const ulong CopiedBit = 1UL << 63;
-    private const ulong ZeroFlag = 1UL;
-
     /// <summary>
     /// Host offset of the L2 table covering <paramref name="guestOffset"/>, or 0 when the L1
     /// entry says the whole range is unallocated.
@@ -25,10 +19,10 @@ internal static class GuestMapper
     {
         var g = view.Geometry;
         long index = g.L1Index(guestOffset);
-        ulong entry = view.L1Entry(index);
-        if ((entry & L1ReservedMask) != 0)
-            throw Corrupt(guestOffset, $"L1 entry {index} (0x{entry:X16}) has reserved bits set");
-        long l2 = (long)(entry & ImageGeometry.OffsetMask);
+        var entry = new L1Entry(view.L1Entry(index));
+        if (entry.ReservedBits != 0)
+            throw Corrupt(guestOffset, $"L1 entry {index} (0x{entry.Raw:X16}) has reserved bits set");
+        long l2 = entry.L2Offset;
         if ((l2 & (g.ClusterSize - 1)) != 0)
             throw Corrupt(guestOffset, $"L1 entry {index} points to an L2 table at 0x{l2:X}, not cluster aligned");
         return l2;
@@ -74,55 +68,51 @@ internal static class GuestMapper
     public static GuestExtent Classify(ImageGeometry g, L2View l2, long guestOffset)
     {
         int index = g.L2Index(guestOffset);
-        ulong entry = l2.Entry(index);
+        // Format's L2Entry is the one classification; this adds what a read must refuse.
+        var entry = new L2Entry(l2.Entry(index), g.ExtendedL2 ? l2.Bitmap(index) : 0);
         long inCluster = guestOffset & (g.ClusterSize - 1);
 
-        if ((entry & CompressedBit) != 0)
+        if (entry.IsCompressed)
         {
             if (g.ExternalDataFile)
                 throw Corrupt(guestOffset, $"{Where(l2, index)} is compressed, which an image with an external data file cannot have");
-            if (l2.Bitmap(index) != 0)
-                throw Corrupt(guestOffset, $"{Where(l2, index)} is compressed but has subcluster bits 0x{l2.Bitmap(index):X16}");
-            if ((entry & CopiedBit) != 0)
+            if (entry.Bitmap != 0)
+                throw Corrupt(guestOffset, $"{Where(l2, index)} is compressed but has subcluster bits 0x{entry.Bitmap:X16}");
+            if (entry.IsCopied)
                 throw Corrupt(guestOffset, $"{Where(l2, index)} is compressed and has the COPIED bit");
-            int x = g.CompressedOffsetBits;
-            ulong coffset = entry & ((1UL << x) - 1);
+            long coffset = entry.CompressedHostOffset(g.ClusterBits);
             if (coffset >> 56 != 0)
                 throw Corrupt(guestOffset, $"{Where(l2, index)} has compressed data offset 0x{coffset:X} beyond 2^56");
-            long nsect = (long)((entry >> x) & ((1UL << (g.ClusterBits - 8)) - 1));
-            long readLength = (nsect + 1) * 512 - (long)(coffset & 511);
-            return new GuestExtent(guestOffset, 0, ExtentKind.Compressed, (long)coffset, (int)readLength);
+            return new GuestExtent(guestOffset, 0, ExtentKind.Compressed, coffset, entry.CompressedReadLength(g.ClusterBits));
         }
 
-        long host = (long)(entry & ImageGeometry.OffsetMask);
-        bool hasCluster = host != 0 || (g.ExternalDataFile && (entry & CopiedBit) != 0);
+        long host = entry.HostOffset;
+        bool hasCluster = host != 0 || (g.ExternalDataFile && entry.IsCopied);
         if (hasCluster && (host & (g.ClusterSize - 1)) != 0)
             throw Corrupt(guestOffset, $"{Where(l2, index)} points to data at 0x{host:X}, not cluster aligned");
+        // Bit 0 is not a zero flag in extended entries; QEMU ignores it there, and so do we.
+        if (entry.StandardReservedBits != 0)
+            throw Corrupt(guestOffset, $"{Where(l2, index)} (0x{entry.Word0:X16}) has reserved bits set");
 
         if (!g.ExtendedL2)
         {
-            if ((entry & StandardL2ReservedMask) != 0)
-                throw Corrupt(guestOffset, $"{Where(l2, index)} (0x{entry:X16}) has reserved bits set");
-            if ((entry & ZeroFlag) != 0)
+            if (entry.ZeroFlag)
                 return new GuestExtent(guestOffset, 0, ExtentKind.Zero, hasCluster ? host + inCluster : -1);
             return hasCluster
                 ? new GuestExtent(guestOffset, 0, ExtentKind.Data, host + inCluster)
                 : new GuestExtent(guestOffset, 0, ExtentKind.Unallocated);
         }
 
-        if ((entry & ExtendedL2ReservedMask) != 0)
-            throw Corrupt(guestOffset, $"{Where(l2, index)} (0x{entry:X16}) has reserved bits set");
-        ulong bitmap = l2.Bitmap(index);
-        uint alloc = (uint)bitmap;
-        uint zero = (uint)(bitmap >> 32);
+        uint alloc = entry.AllocBits;
+        uint zero = entry.ZeroBits;
         if ((alloc & zero) != 0)
-            throw Corrupt(guestOffset, $"{Where(l2, index)} has subclusters marked both allocated and zero (bitmap 0x{bitmap:X16})");
+            throw Corrupt(guestOffset, $"{Where(l2, index)} has subclusters marked both allocated and zero (bitmap 0x{entry.Bitmap:X16})");
         int sc = (int)(inCluster >> g.SubclusterBits);
         uint bit = 1u << sc;
         if (!hasCluster)
         {
             if (alloc != 0)
-                throw Corrupt(guestOffset, $"{Where(l2, index)} has allocated subclusters but no host cluster (bitmap 0x{bitmap:X16})");
+                throw Corrupt(guestOffset, $"{Where(l2, index)} has allocated subclusters but no host cluster (bitmap 0x{entry.Bitmap:X16})");
             return new GuestExtent(guestOffset, 0, (zero & bit) != 0 ? ExtentKind.Zero : ExtentKind.Unallocated);
         }
         if ((zero & bit) != 0) return new GuestExtent(guestOffset, 0, ExtentKind.Zero, host + inCluster);

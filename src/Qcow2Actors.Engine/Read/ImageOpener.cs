@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Compression;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Format;
@@ -18,8 +17,6 @@ internal sealed record OpenedLayer(IImageLayer Layer, ImageHeaderBlock? HeaderBl
 /// </summary>
 internal static class ImageOpener
 {
-    private const uint QcowMagic = 0x514649FB;
-
     public static async Task<OpenedLayer> OpenAsync(string path, Qcow2OpenOptions options, CancellationToken cancellationToken)
     {
         var locks = new ImageLockSet();
@@ -105,12 +102,12 @@ internal static class ImageOpener
         long fileLength = file.Length;
         var first = new byte[Math.Min(4096, fileLength)];
         await file.ReadAsync(first, 0, cancellationToken).ConfigureAwait(false);
-        if (first.Length < 24) throw Invalid(displayName, new Qcow2FormatException("header", 0, $"file is only {fileLength} bytes"));
-        uint bits = BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(20));
+        if (first.Length < 24) throw Invalid(displayName, new Qcow2FormatException(Qcow2Rule.HeaderTruncated, "header", 0, $"file is only {fileLength} bytes", (ulong)fileLength));
+        long want = Qcow2Header.Cluster0Length(first);
         byte[] cluster0 = first;
-        if (bits is >= 9 and <= 21 && (1L << (int)bits) > first.Length && fileLength > first.Length)
+        if (want > first.Length && fileLength > first.Length)
         {
-            cluster0 = new byte[Math.Min(1L << (int)bits, fileLength)];
+            cluster0 = new byte[Math.Min(want, fileLength)];
             await file.ReadAsync(cluster0, 0, cancellationToken).ConfigureAwait(false);
         }
 
@@ -119,7 +116,7 @@ internal static class ImageOpener
         {
             // Our journal-pending bit means the tables on disk are stale: the write engine (or the
             // read-only overlay above) must replay first.
-            block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQemu);
+            block = ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQemu, ValidationProfile.Open);
         }
         catch (Qcow2FormatException ex)
         {
@@ -159,7 +156,7 @@ internal static class ImageOpener
         if (l1Size > 0 && await file.ReadAsync(l1Bytes, l1Offset, cancellationToken).ConfigureAwait(false) < l1Bytes.Length)
             throw new Qcow2ImageCorruptException($"L1 table at 0x{l1Offset:X} lies past the end of '{displayName}'");
         var l1 = new ulong[l1Size];
-        for (int i = 0; i < l1.Length; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(l1Bytes.AsSpan(i * 8));
+        for (int i = 0; i < l1.Length; i++) l1[i] = L1Entry.Read(l1Bytes, i).Raw;
 
         IBlockDevice? dataFile = null;
         string? dataFileName = null;
@@ -206,7 +203,7 @@ internal static class ImageOpener
         using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
         Span<byte> magic = stackalloc byte[4];
         int n = RandomAccess.Read(handle, magic, 0);
-        return n == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == QcowMagic ? "qcow2" : "raw";
+        return Qcow2Header.HasMagic(magic[..n]) ? "qcow2" : "raw";
     }
 
     /// <summary>

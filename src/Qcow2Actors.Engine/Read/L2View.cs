@@ -1,4 +1,4 @@
-using System.Buffers.Binary;
+using Qcow2Actors.Format;
 
 namespace Qcow2Actors.Engine.Read;
 
@@ -40,8 +40,7 @@ internal sealed class L2View
     public static L2View Parse(ReadOnlySpan<byte> cluster, long hostOffset, bool extended)
     {
         var words = new ulong[cluster.Length / 8];
-        for (int i = 0; i < words.Length; i++)
-            words[i] = BinaryPrimitives.ReadUInt64BigEndian(cluster.Slice(i * 8, 8));
+        L2Table.DecodeWords(cluster, words);
         return new L2View(hostOffset, words, extended);
     }
 
@@ -51,7 +50,6 @@ internal sealed class L2View
     /// <summary>Serialises the table back to its on-disk form (big endian, one cluster).</summary>
     public void WriteTo(Span<byte> cluster)
     {
-        for (int i = 0; i < _words.Length; i++)
-            BinaryPrimitives.WriteUInt64BigEndian(cluster.Slice(i * 8, 8), _words[i]);
+        L2Table.EncodeWords(_words, cluster);
     }
 }

@@ -18,12 +18,12 @@ internal static class SnapshotDirectory
             int n = await file.ReadAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
             try
             {
-                return SnapshotTable.Read(buffer.AsSpan(0, n), count, version, offset)
+                return SnapshotTable.Read(buffer.AsSpan(0, n), count, version, offset, ValidationProfile.Open, out _)
                     .ConvertAll(e => new SnapshotRef(e.Id, e.Name, e.L1TableOffset, e.L1Size, e.DiskSize));
             }
-            catch (Qcow2FormatException) when (size < cap)
+            catch (Qcow2FormatException e) when (e.Rule == Qcow2Rule.SnapshotEntryTruncated && size < cap)
             {
-                // Most likely an entry runs past what was read so far: read more, up to QEMU's table limit.
+                // An entry runs past what was read so far: read more, up to QEMU's table limit.
                 size = Math.Min(cap, size * 4);
             }
             catch (Qcow2FormatException ex)

@@ -393,7 +393,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
 
             if (kind == L2EntryKind.Normal && e.IsCopied && !_tableShared)
             {
-                if (!_g.ExtendedL2 || (e.AllocBits & _g.SubclusterMask(pos, chunkEnd)) == _g.SubclusterMask(pos, chunkEnd))
+                if (e.CanWriteInPlace(_g.ExtendedL2, _g.SubclusterMask(pos, chunkEnd)))
                 {
                     // A cluster we own is overwritten in place: unless its entry points at metadata.
                     _ctx.CheckDataWrite(e.HostOffset + (pos - clusterStart), chunkEnd - pos);
