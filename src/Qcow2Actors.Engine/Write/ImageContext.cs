@@ -97,8 +97,11 @@ internal sealed class ImageContext
     /// <summary>Journal space reserved ahead (file journal only; null for other plugins): checked before a request produces records.</summary>
     public Journal.JournalReservation? JournalSpace { get; set; }
 
-    /// <summary>The refcount actor's state, for allocation on the caller's thread under its lock (<see cref="RefcountActor.AllocateNow"/>).</summary>
-    public RefcountState? RefcountState { get; set; }
+    /// <summary>The one owner of the image's refcounts (set once the image is open); every refcount change goes through it.</summary>
+    public RefcountAllocator? Allocator { get; set; }
+
+    /// <summary>Host clusters the lock-free fast path is writing: freed clusters wait for them before punch and reuse.</summary>
+    public ClusterLeases Leases { get; } = new();
 
     /// <summary>Set when the image may no longer be written (failed fsync, corruption found); says why.</summary>
     public string? ReadOnlyReason => _readOnlyReason;

@@ -187,7 +187,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
     {
         await LoadAsync();
         if (_words is not null && !_tableShared) return false;
-        var alloc = await Allocate(1);
+        var alloc = Refcounts.Allocate(1);
         try
         {
             // The table reaches its cluster only at a checkpoint: its space is taken now, so that
@@ -196,7 +196,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
         catch (Qcow2NoSpaceException)
         {
-            _ctx.Refcounts.Tell(new AdjustRefcounts([alloc.Offset >> _g.ClusterBits], -1, null));
+            Refcounts.Free([alloc.Offset >> _g.ClusterBits]);
             throw;
         }
         long oldOffset = _tableOffset;
@@ -275,7 +275,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         if (records.Count > 0) _ctx.Journal.Tell(new AppendRecords(records));
         Publish(newTable);
         // Releases go out after the records that drop the references (same sender, same journal: ordered).
-        if (release.Count > 0) _ctx.Refcounts.Tell(new AdjustRefcounts([.. release], -1, null));
+        Refcounts.Free(release);
     }
 
     private IEnumerable<long> HostClusters(L2Entry e)
@@ -294,20 +294,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
-    private Task<Allocation> Allocate(int count)
-    {
-        if (_ctx.RefcountState is { } state) return Task.FromResult(RefcountActor.AllocateNow(_ctx, state, count));
-        var tcs = new TaskCompletionSource<Allocation>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _ctx.Refcounts.Tell(new AllocateClusters(count, tcs));
-        return tcs.Task;
-    }
-
-    private Task<ulong[]> Adjust(long[] clusters, int delta)
-    {
-        var tcs = new TaskCompletionSource<ulong[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _ctx.Refcounts.Tell(new AdjustRefcounts(clusters, delta, tcs));
-        return tcs.Task;
-    }
+    private RefcountAllocator Refcounts => _ctx.Allocator!;
 
     // ---------------------------------------------------------------- guest writes
 
@@ -431,7 +418,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             long runEndCluster = (runEnd + cs - 1) & ~(cs - 1);
             int count = (int)((runEndCluster - runStartCluster) / cs);
             newTable |= await EnsureWritableTableAsync(records, release);
-            var alloc = await Allocate(count);
+            var alloc = Refcounts.Allocate(count);
             _ctx.CheckDataWrite(alloc.Offset, count * cs);
             try
             {
@@ -441,7 +428,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             {
                 // Nothing maps the run yet: give it back (a full disk must not leak the clusters it refused).
                 long first = alloc.Offset >> _g.ClusterBits;
-                _ctx.Refcounts.Tell(new AdjustRefcounts([.. Enumerable.Range(0, count).Select(k => first + k)], -1, null));
+                Refcounts.Free([.. Enumerable.Range(0, count).Select(k => first + k)]);
                 throw;
             }
             for (int k = 0; k < count; k++)
@@ -713,7 +700,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
         var durable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _ctx.Journal.Tell(new AppendRecords(records, Durable: durable));
         Publish(newTable);
-        if (release.Count > 0) _ctx.Refcounts.Tell(new AdjustRefcounts([.. release], -1, null));
+        Refcounts.Free(release);
         foreach (var c in punch) _dataPunches[c] = durable.Task;
         var self = Self;
         _ = durable.Task.ContinueWith(_ => self.Tell(new PunchDataClusters()), CancellationToken.None,
@@ -758,9 +745,7 @@ internal sealed class L2TableActor : ReceiveActor, IWithUnboundedStash
             var records = new List<MetadataRecord>();
             var release = new List<long>();
             bool newTable = await EnsureWritableTableAsync(records, release);
-            var tcs = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
-            _ctx.Refcounts.Tell(new AllocateCompressedBytes(written, tcs));
-            long at = await tcs.Task;
+            long at = Refcounts.AllocateCompressed(written);
             _ctx.CheckDataWrite(at, written);
             await _ctx.Device.WriteAsync(output.AsMemory(0, written), at);
             // The read side remembers the last decompressed cluster by host offset, which this may reuse.
