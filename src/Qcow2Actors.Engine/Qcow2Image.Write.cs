@@ -183,7 +183,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Cluster size in bytes (the unit of <see cref="WriteCompressedAsync"/>).</summary>
-    public int ClusterSize => (int)(Header?.ClusterSize ?? 512);
+    public int ClusterSize => Info.ClusterSize ?? 512;
 
     /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
