@@ -79,18 +79,57 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// Writes the owned prefix of [pos, pos + data.Length) directly to the device; returns
-    /// where the first cluster that needs a metadata change starts (or the end).
+    /// where the first cluster that needs a metadata change starts (or the end). Each host
+    /// range written is leased until its device write completes, so a discard racing with it
+    /// cannot have the cluster punched or reused under it (<see cref="ClusterLeases"/>).
     /// </summary>
     private async ValueTask<long> WriteOwnedAsync(ImageContext ctx, long pos, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        if (ctx.Geometry.ExternalDataFile) return pos;
+        long end = OwnedRuns(ctx, pos, pos + data.Length, null);
+        if (end == pos) return pos;
+        var runs = new List<OwnedRun>(1);
+        OwnedRuns(ctx, pos, end, runs);
+        var leases = new ClusterLeases.Lease[runs.Count];
+        int bits = ctx.Geometry.ClusterBits;
+        try
+        {
+            for (int i = 0; i < runs.Count; i++) leases[i] = ctx.Leases.Acquire(runs[i].Host, runs[i].End - runs[i].Start, bits);
+            // Leased first, then checked against what is published now: a discard published before
+            // the lease is seen here (the write goes to the table actor), one published after it
+            // frees the cluster only after a flush, and that waits for the lease.
+            var again = new List<OwnedRun>(runs.Count);
+            if (OwnedRuns(ctx, pos, end, again) != end || !again.SequenceEqual(runs)) return pos;
+            foreach (var run in runs)
+            {
+                // An L2 entry that points at metadata must not make a guest write destroy it.
+                ctx.CheckDataWrite(run.Host, run.End - run.Start);
+                await ctx.Device.WriteAsync(data.Slice((int)(run.Start - pos), (int)(run.End - run.Start)), run.Host, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            foreach (var lease in leases) lease?.Dispose();
+        }
+        return end;
+    }
+
+    /// <summary>A guest range [Start, End) stored contiguously from host offset Host in clusters we own.</summary>
+    private readonly record struct OwnedRun(long Host, long Start, long End);
+
+    /// <summary>
+    /// Finds, in the published views, how far from <paramref name="pos"/> the clusters are ours
+    /// (refcount 1, not compressed, not zero) and returns that end; with <paramref name="runs"/>,
+    /// also lists the host-contiguous runs of that prefix.
+    /// </summary>
+    private static long OwnedRuns(ImageContext ctx, long pos, long end, List<OwnedRun>? runs)
     {
         var g = ctx.Geometry;
         var view = ctx.Layer.Views.Current;
         var l1 = new L1Entry(view.L1Entry(g.L1Index(pos)));
-        if (l1.L2Offset == 0 || !l1.IsCopied || g.ExternalDataFile) return pos;
+        if (l1.L2Offset == 0 || !l1.IsCopied) return pos;
         if (!ctx.Layer.L2Tables.TryGet(l1.L2Offset, out var l2)) return pos;
         long cs = g.ClusterSize;
-        long end = pos + data.Length;
-        long start = pos;
         long runHost = -1, runStart = pos, cur = pos;
         while (cur < end)
         {
@@ -102,22 +141,15 @@ public sealed partial class Qcow2Image
             long host = e.HostOffset + (cur - clusterStart);
             if (runHost >= 0 && host != runHost + (cur - runStart))
             {
-                // An L2 entry that points at metadata must not make a guest write destroy it.
-                ctx.CheckDataWrite(runHost, cur - runStart);
-                await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
+                runs?.Add(new OwnedRun(runHost, runStart, cur));
                 runHost = -1;
             }
             if (runHost < 0) { runHost = host; runStart = cur; }
             cur = chunkEnd;
         }
-        if (runHost >= 0)
-        {
-            ctx.CheckDataWrite(runHost, cur - runStart);
-            await ctx.Device.WriteAsync(data.Slice((int)(runStart - start), (int)(cur - runStart)), runHost, cancellationToken).ConfigureAwait(false);
-        }
+        if (runHost >= 0) runs?.Add(new OwnedRun(runHost, runStart, cur));
         return cur;
     }
-
 
     /// <summary>
     /// Makes [offset, offset + length) read as zeros. Whole clusters (or subclusters) are zeroed
@@ -148,7 +180,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Cluster size in bytes (the unit of <see cref="WriteCompressedAsync"/>).</summary>
-    public int ClusterSize => (int)(Header?.ClusterSize ?? 512);
+    public int ClusterSize => Info.ClusterSize ?? 512;
 
     /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)

@@ -23,12 +23,12 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         _top = opened.Layer;
         _locks = opened.Locks;
         _qcow2 = opened.Layer as Qcow2Layer;
-        Header = opened.HeaderBlock?.Header;
+        _openedHeader = opened.HeaderBlock?.Header.Clone();
         Info = new Qcow2ImageInfo(
             opened.Layer.FileName,
             opened.Layer.Format,
             opened.Layer.Size,
-            Header?.ClusterSize,
+            _openedHeader?.ClusterSize,
             opened.HeaderBlock?.BackingFileName,
             opened.HeaderBlock?.BackingFormat,
             opened.HeaderBlock?.DataFile,
@@ -63,8 +63,14 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     /// <summary>Guest size in bytes (a snapshot's own size when reading a snapshot).</summary>
     public long VirtualSize => _top.Size;
 
-    /// <summary>The decoded qcow2 header; null for a raw image.</summary>
-    public Qcow2Header? Header { get; }
+    /// <summary>
+    /// The decoded qcow2 header as of now (null for a raw image): a copy, taken after the engine's
+    /// last header change, that nothing in the engine refers to; changing it changes nothing.
+    /// </summary>
+    public Qcow2Header? Header => (_ctx?.Headers.Snapshot ?? _openedHeader)?.Clone();
+
+    // The header as opened (read-only images, whose header never changes).
+    private readonly Qcow2Header? _openedHeader;
 
     /// <summary>What the image is and what it refers to.</summary>
     public Qcow2ImageInfo Info { get; }

@@ -290,15 +290,7 @@ internal sealed class SnapshotSession
             next.RefcountTableOffset = rc.TableOffset;
             next.RefcountTableClusters = rc.TableClusters;
         }
-        var before = new byte[Header.Version == 2 ? Qcow2Header.V2HeaderLength : Header.HeaderLength];
-        var after = new byte[before.Length];
-        Header.Write(before);
-        next.Write(after);
-        int first = 0, last = before.Length - 1;
-        while (first < before.Length && before[first] == after[first]) first++;
-        if (first == before.Length) return;
-        while (before[last] == after[last]) last--;
-        _device.Write(after.AsSpan(first, last - first + 1), first);
+        HeaderWriter.WriteChangedFields(_device, Header, next);
     }
 
     /// <summary>Frees the clusters of the snapshot table as read.</summary>

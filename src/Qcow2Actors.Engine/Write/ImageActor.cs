@@ -70,10 +70,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         Receive<Opened>(o =>
         {
             _ctx = o.Image.Context;
-            var refcounts = _ctx.RefcountState!;
             if (_settings.JournalPluginId == Journal.FileJournal.PluginId)
                 _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
-            _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, refcounts), "refcounts");
+            _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, _ctx.Allocator!), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.
             Context.Watch(_ctx.Journal);
@@ -116,7 +115,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
-            ctx.RefcountState = new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata };
+            ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
             return new OpenedImage(ctx, opened, ActorRefs.Nobody);
         }
         catch

@@ -25,7 +25,7 @@ internal sealed class ImageContext
         Path = path;
         Device = device;
         DataDevice = dataDevice;
-        HeaderBlock = headerBlock;
+        Headers = new HeaderWriter(device, headerBlock);
         Layer = layer;
         Codec = codec;
         Settings = settings;
@@ -47,12 +47,8 @@ internal sealed class ImageContext
         Fail(Qcow2ImageFaultKind.Corrupt, $"corrupt: {problem}");
         try
         {
-            UpdateHeader(h =>
-            {
-                // A v2 header has no feature bits: store it as v3 so the bit can be said at all.
-                V2Promotion.Promote(HeaderBlock);
-                h.IncompatibleFeatures |= Format.IncompatibleFeatures.Corrupt;
-            });
+            // A v2 header has no feature bits: the writer stores it as v3 so the bit can be said at all.
+            Headers.MarkCorrupt();
             Device.Flush();
         }
         catch (IOException)
@@ -82,7 +78,9 @@ internal sealed class ImageContext
     public string Path { get; }
     public IBlockDevice Device { get; }
     public IBlockDevice? DataDevice { get; }
-    public ImageHeaderBlock HeaderBlock { get; }
+    /// <summary>The header block, owned by <see cref="Headers"/>: read it here, change it only there.</summary>
+    public ImageHeaderBlock HeaderBlock => Headers.Block;
+    /// <summary>The live header (actors of this image only; others take <see cref="HeaderWriter.Snapshot"/>).</summary>
     public Qcow2Header Header => HeaderBlock.Header;
     public Qcow2Layer Layer { get; }
     public ImageGeometry Geometry { get; }
@@ -97,8 +95,11 @@ internal sealed class ImageContext
     /// <summary>Journal space reserved ahead (file journal only; null for other plugins): checked before a request produces records.</summary>
     public Journal.JournalReservation? JournalSpace { get; set; }
 
-    /// <summary>The refcount actor's state, for allocation on the caller's thread under its lock (<see cref="RefcountActor.AllocateNow"/>).</summary>
-    public RefcountState? RefcountState { get; set; }
+    /// <summary>The one owner of the image's refcounts (set once the image is open); every refcount change goes through it.</summary>
+    public RefcountAllocator? Allocator { get; set; }
+
+    /// <summary>Host clusters the lock-free fast path is writing: freed clusters wait for them before punch and reuse.</summary>
+    public ClusterLeases Leases { get; } = new();
 
     /// <summary>Set when the image may no longer be written (failed fsync, corruption found); says why.</summary>
     public string? ReadOnlyReason => _readOnlyReason;
@@ -134,72 +135,20 @@ internal sealed class ImageContext
         if (_readOnlyReason is { } reason) throw new IOException($"'{Path}' is read-only: {reason}");
     }
 
-    private readonly object _headerLock = new();
+    /// <summary>The one writer of cluster 0 while the image is open; it owns <see cref="HeaderBlock"/>.</summary>
+    public HeaderWriter Headers { get; }
 
     /// <summary>True while the header on disk carries the dirty and journal-pending bits.</summary>
-    public bool BitsOnDisk { get; private set; }
+    public bool BitsOnDisk => Headers.BitsOnDisk;
 
-    /// <summary>
-    /// Sets the dirty and journal-pending bits in the header on disk (not flushed: the
-    /// journal's flush that follows makes them durable before the first batch). Returns
-    /// true when it wrote.
-    /// </summary>
-    public bool MarkDirty()
-    {
-        lock (_headerLock)
-        {
-            if (BitsOnDisk) return false;
-            V2Promotion.Promote(HeaderBlock);
-            // QEMU must be able to name the bit it refuses: images qemu-img made carry only its own names.
-            // An older name (images an earlier version made) is replaced by the current one.
-            if (HeaderBlock.FeatureNames?.Lookup(Format.FeatureType.Incompatible, 63) is not Format.FeatureNameTable.JournalPendingName)
-                HeaderBlock.FeatureNames = Create.ImageCreator.FittingFeatureNames(HeaderBlock);
-            Header.IncompatibleFeatures |= Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending;
-            WriteHeaderLocked();
-            BitsOnDisk = true;
-            return true;
-        }
-    }
+    /// <summary>Sets the dirty and journal-pending bits on disk (<see cref="HeaderWriter.MarkDirty"/>).</summary>
+    public bool MarkDirty() => Headers.MarkDirty();
 
-    /// <summary>Clears both bits on disk (after a checkpoint emptied the journal); the caller flushes.</summary>
-    public void MarkClean()
-    {
-        lock (_headerLock)
-        {
-            // Between the dirty and the clean header write nothing else may have changed the
-            // header on disk: MarkClean also carries the checkpoint's new table locations.
-            Header.IncompatibleFeatures &= ~(Format.IncompatibleFeatures.Dirty | Format.IncompatibleFeatures.JournalPending);
-            V2Promotion.Restore(HeaderBlock);
-            WriteHeaderLocked();
-            BitsOnDisk = false;
-        }
-    }
+    /// <summary>Clears both bits on disk (<see cref="HeaderWriter.MarkClean"/>); the caller flushes.</summary>
+    public void MarkClean() => Headers.MarkClean();
 
     /// <summary>Changes header fields in memory only (they reach the disk with the next header write).</summary>
-    public void ChangeHeader(Action<Qcow2Header> change)
-    {
-        lock (_headerLock) change(Header);
-    }
-
-    /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>
-    public void UpdateHeader(Action<Qcow2Header> change)
-    {
-        lock (_headerLock)
-        {
-            change(Header);
-            WriteHeaderLocked();
-        }
-    }
-
-    private void WriteHeaderLocked() => WriteHeader(Device, HeaderBlock);
-
-    /// <summary>Writes cluster 0 (header, extensions, backing name) in place; the caller flushes.</summary>
-    public static void WriteHeader(IBlockDevice device, ImageHeaderBlock block)
-    {
-        var cluster = new byte[block.Header.ClusterSize];
-        block.Write(cluster);
-        device.Write(cluster.AsSpan(0, block.EncodedLength), 0);
-    }
+    public void ChangeHeader(Action<Qcow2Header> change) => Headers.Change(change);
 
     public ulong L1Entry(int index) => Layer.Views.Current.L1Entry(index);
 

@@ -58,7 +58,7 @@ internal static class ImageRecovery
                 device.Flush();
             }
             h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
-            ImageContext.WriteHeader(device, block);
+            HeaderWriter.Write(device, block);
             device.Flush();
             return block;
         }
@@ -83,7 +83,7 @@ internal static class ImageRecovery
             // clusters (allocations whose records did not make it), which the repair below removes.
             h.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
             if (h.IncompatibleFeatures == IncompatibleFeatures.None) V2Promotion.Restore(block);
-            ImageContext.WriteHeader(device, block);
+            HeaderWriter.Write(device, block);
             device.Flush();
         }
         if (wasDirty)

@@ -215,7 +215,8 @@ public sealed class RefcountActorSpecs : TestKit
             CompressionCodecs.For(0), new EngineSettings());
         var journal = CreateTestProbe();
         ctx.Journal = journal.Ref;
-        var actor = Sys.ActorOf(RefcountActor.Props(ctx, new RefcountState(layer.File, opened.HeaderBlock!.Header)));
+        ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(layer.File, opened.HeaderBlock!.Header));
+        var actor = Sys.ActorOf(RefcountActor.Props(ctx, ctx.Allocator));
         ctx.Refcounts = actor;
         return (actor, journal, block.Header.ClusterSize);
     }

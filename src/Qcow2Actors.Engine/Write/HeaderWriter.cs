@@ -1,0 +1,137 @@
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Format;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// The one writer of cluster 0 (header, extensions, backing name) of an image. An open image
+/// has one instance, which owns the header block: the journal's dirty mark, the checkpoint's
+/// clean mark and new table locations, the corrupt mark and header field changes all go
+/// through it, under its lock, so no two of them interleave their writes. Recovery and the
+/// offline snapshot editors use its static methods, which encode with Format's header codec
+/// the same way. Readers get <see cref="Snapshot"/>: a copy published after every change,
+/// never the header being changed.
+/// </summary>
+internal sealed class HeaderWriter
+{
+    private readonly object _lock = new();
+    private readonly IBlockDevice _device;
+    private readonly ImageHeaderBlock _block;
+    private volatile Qcow2Header _snapshot;
+
+    public HeaderWriter(IBlockDevice device, ImageHeaderBlock block)
+    {
+        _device = device;
+        _block = block;
+        _snapshot = block.Header.Clone();
+    }
+
+    /// <summary>The header block as this writer keeps it; change it only through this writer.</summary>
+    public ImageHeaderBlock Block => _block;
+
+    /// <summary>A copy of the header as of the last change (no one changes it).</summary>
+    public Qcow2Header Snapshot => _snapshot;
+
+    /// <summary>True while the header on disk carries the dirty and journal-pending bits.</summary>
+    public bool BitsOnDisk { get; private set; }
+
+    /// <summary>
+    /// Sets the dirty and journal-pending bits in the header on disk (not flushed: the journal's
+    /// flush that follows makes them durable before the first batch). Returns true when it wrote.
+    /// </summary>
+    public bool MarkDirty()
+    {
+        lock (_lock)
+        {
+            if (BitsOnDisk) return false;
+            V2Promotion.Promote(_block);
+            // QEMU must be able to name the bit it refuses: images qemu-img made carry only its own names.
+            // An older name (images an earlier version made) is replaced by the current one.
+            if (_block.FeatureNames?.Lookup(FeatureType.Incompatible, 63) is not FeatureNameTable.JournalPendingName)
+                _block.FeatureNames = Create.ImageCreator.FittingFeatureNames(_block);
+            _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending;
+            WriteLocked();
+            BitsOnDisk = true;
+            return true;
+        }
+    }
+
+    /// <summary>Clears both bits on disk (after a checkpoint emptied the journal); the caller flushes.</summary>
+    public void MarkClean()
+    {
+        lock (_lock)
+        {
+            // Between the dirty and the clean header write nothing else may have changed the
+            // header on disk: MarkClean also carries the checkpoint's new table locations.
+            _block.Header.IncompatibleFeatures &= ~(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending);
+            V2Promotion.Restore(_block);
+            WriteLocked();
+            BitsOnDisk = false;
+        }
+    }
+
+    /// <summary>Sets the corrupt bit (promoting a v2 header, which has no bits) and writes cluster 0; the caller flushes.</summary>
+    public void MarkCorrupt()
+    {
+        lock (_lock)
+        {
+            V2Promotion.Promote(_block);
+            _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Corrupt;
+            WriteLocked();
+        }
+    }
+
+    /// <summary>Changes header fields in memory only (they reach the disk with the next header write).</summary>
+    public void Change(Action<Qcow2Header> change)
+    {
+        lock (_lock)
+        {
+            change(_block.Header);
+            _snapshot = _block.Header.Clone();
+        }
+    }
+
+    /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>
+    public void Update(Action<Qcow2Header> change)
+    {
+        lock (_lock)
+        {
+            change(_block.Header);
+            WriteLocked();
+        }
+    }
+
+    private void WriteLocked()
+    {
+        _snapshot = _block.Header.Clone();
+        Write(_device, _block);
+    }
+
+    /// <summary>Writes the whole of cluster 0's header part (header, extensions, backing name) in place; the caller flushes.</summary>
+    public static void Write(IBlockDevice device, ImageHeaderBlock block)
+    {
+        var cluster = new byte[block.Header.ClusterSize];
+        block.Write(cluster);
+        device.Write(cluster.AsSpan(0, block.EncodedLength), 0);
+    }
+
+    /// <summary>
+    /// Writes only the bytes of the fixed header that differ between <paramref name="before"/> (as on
+    /// disk) and <paramref name="next"/>, in one write: the fields an offline edit switches (sizes,
+    /// table offsets, snapshot count and table) all lie in bytes 24-71, one sector, so the image moves
+    /// from the old tables to the new ones at once. Returns false when nothing differs.
+    /// </summary>
+    public static bool WriteChangedFields(IBlockDevice device, Qcow2Header before, Qcow2Header next)
+    {
+        var old = new byte[before.Version == 2 ? Qcow2Header.V2HeaderLength : before.HeaderLength];
+        var now = new byte[old.Length];
+        before.Write(old);
+        next.Write(now);
+        int first = 0, last = old.Length - 1;
+        while (first < old.Length && old[first] == now[first]) first++;
+        if (first == old.Length) return false;
+        while (old[last] == now[last]) last--;
+        device.Write(now.AsSpan(first, last - first + 1), first);
+        return true;
+    }
+}

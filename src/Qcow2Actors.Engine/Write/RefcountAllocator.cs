@@ -1,0 +1,165 @@
+using Akka.Actor;
+using Qcow2Actors.Engine.Metadata;
+
+namespace Qcow2Actors.Engine.Write;
+
+/// <summary>
+/// The single owner of an open image's refcounts: every allocation, increase, decrease,
+/// quarantine release and write-back goes through this object, under its one lock, and the
+/// records each change produces go to the journal inside that lock, so the journal holds
+/// refcount changes in exactly the order they were applied, whoever asked.
+/// </summary>
+/// <remarks>
+/// Why a lock-guarded object and not the refcount actor's mailbox: the hot path of an
+/// allocating write (an L2 table actor allocating a run) then costs a few microseconds on
+/// the caller's thread instead of a round trip through a mailbox (two thread switches), and
+/// the table actor sees a failed allocation as an exception at the call, not a message later.
+/// The <see cref="RefcountActor"/> stays only as a messaging front for actors that want to
+/// Tell (and for the asynchronous punch-then-release of freed clusters); it keeps no state.
+/// </remarks>
+internal sealed class RefcountAllocator
+{
+    private readonly object _lock = new();
+    private readonly ImageContext _ctx;
+    private readonly RefcountState _state;
+    private readonly int _clusterBits;
+    // Compressed clusters are packed at byte granularity into the tail of the last cluster
+    // allocated for compressed data, as QEMU does; each use adds one reference.
+    private long _compressedCursor;
+
+    public RefcountAllocator(ImageContext ctx, RefcountState state)
+    {
+        _ctx = ctx;
+        _state = state;
+        _clusterBits = (int)Math.Log2(state.ClusterSize);
+    }
+
+    /// <summary>Cluster size of the image.</summary>
+    public long ClusterSize => _state.ClusterSize;
+
+    /// <summary>Clusters whose refcount reached 0 and that wait for their freeing to be durable.</summary>
+    public int QuarantineCount
+    {
+        get { lock (_lock) return _state.QuarantineCount; }
+    }
+
+    /// <summary>Allocates <paramref name="count"/> contiguous clusters at refcount 1.</summary>
+    public Allocation Allocate(int count) =>
+        Change(records => new Allocation(_state.Allocate(count, records, out var fresh), fresh));
+
+    /// <summary>Allocates <paramref name="length"/> bytes for compressed data (possibly in a cluster shared with other compressed data).</summary>
+    public long AllocateCompressed(int length) => Change(records => AllocateBytes(length, records));
+
+    /// <summary>
+    /// Adds <paramref name="delta"/> to each cluster's refcount and returns the new counts; a count
+    /// reaching 0 is quarantined and handed to the journal to release once durable. A failure
+    /// (a count that would leave its range) turns the image read-only and is thrown.
+    /// </summary>
+    public ulong[] Adjust(long[] clusters, int delta)
+    {
+        var records = new List<MetadataRecord>();
+        var freed = new List<long>();
+        var result = new ulong[clusters.Length];
+        lock (_lock)
+        {
+            try
+            {
+                for (int i = 0; i < clusters.Length; i++)
+                {
+                    result[i] = _state.Adjust(clusters[i], delta, records);
+                    if (result[i] != 0) continue;
+                    freed.Add(clusters[i]);
+                    if (clusters[i] == _compressedCursor >> _clusterBits) _compressedCursor = 0; // never pack into a freed cluster
+                }
+            }
+            catch (Exception ex)
+            {
+                _ctx.Fail(ex is Qcow2ImageCorruptException ? Qcow2ImageFaultKind.Corrupt : Qcow2ImageFaultKind.ReadOnly, ex.Message);
+                throw;
+            }
+            finally
+            {
+                Publish(records, freed.Count == 0 ? null : [.. freed]);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Drops one reference from each cluster, reporting a failure only through the image's fault state.</summary>
+    public void Free(IReadOnlyCollection<long> clusters)
+    {
+        if (clusters.Count == 0) return;
+        try
+        {
+            Adjust([.. clusters], -1);
+        }
+        catch (Exception)
+        {
+            // Adjust turned the image read-only with the reason; the caller's request has its own outcome.
+        }
+    }
+
+    /// <summary>The refcounts of <paramref name="clusters"/>.</summary>
+    public ulong[] Get(long[] clusters)
+    {
+        lock (_lock) return [.. clusters.Select(_state.Get)];
+    }
+
+    /// <summary>Makes quarantined clusters allocatable again (their freeing is durable and their space given back).</summary>
+    public void Release(long[] clusters)
+    {
+        lock (_lock) _state.Release(clusters);
+    }
+
+    /// <summary>Writes dirty refcount blocks and the table in place; returns the table's location.</summary>
+    public (long Offset, int Clusters) WriteBack()
+    {
+        lock (_lock)
+        {
+            _state.WriteBack();
+            return (_state.TableOffset, _state.TableClusters);
+        }
+    }
+
+    private T Change<T>(Func<List<MetadataRecord>, T> body)
+    {
+        var records = new List<MetadataRecord>();
+        lock (_lock)
+        {
+            try
+            {
+                return body(records);
+            }
+            finally
+            {
+                Publish(records, null);
+            }
+        }
+    }
+
+    private long AllocateBytes(int length, List<MetadataRecord> records)
+    {
+        long cs = _state.ClusterSize;
+        if (_compressedCursor != 0 && (_compressedCursor & (cs - 1)) != 0)
+        {
+            long free = cs - (_compressedCursor & (cs - 1));
+            // Each compressed cluster packed into a host cluster adds a reference: stop at the width's maximum.
+            if (length <= free && _state.Get(_compressedCursor / cs) < _state.MaxRefcount)
+            {
+                long at = _compressedCursor;
+                _state.Adjust(at / cs, +1, records);
+                _compressedCursor = at + length;
+                return at;
+            }
+        }
+        int clusters = (int)((length + cs - 1) / cs);
+        long start = _state.Allocate(clusters, records, out _);
+        _compressedCursor = start + length;
+        return start;
+    }
+
+    private void Publish(List<MetadataRecord> records, long[]? freed)
+    {
+        if (records.Count > 0 || freed is not null) _ctx.Journal.Tell(new AppendRecords(records, freed));
+    }
+}
