@@ -19,6 +19,7 @@ internal sealed class NbdConnection
     private readonly NbdServer _server;
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
+    private readonly SocketReceiver _receiver;
     private readonly PipeReader _reader;
     private readonly ILogger _log;
     private readonly CancellationToken _stopping;
@@ -40,7 +41,8 @@ internal sealed class NbdConnection
         _abort = abort;
         _peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } p ? p : "unix-client";
         _stream = new NetworkStream(socket, ownsSocket: false);
-        _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024, leaveOpen: true));
+        _receiver = new SocketReceiver(socket);
+        _reader = _receiver.Reader;
     }
 
     private NbdServerOptions Options => _server.Options;
@@ -48,6 +50,7 @@ internal sealed class NbdConnection
     /// <summary>Serves the client until it leaves, misbehaves, or the server stops; never throws.</summary>
     public async Task RunAsync()
     {
+        _receiver.Start();
         try
         {
             var session = await new NbdHandshake(_server, _stream, _reader, _log, _peer).RunAsync(_stopping);
@@ -70,6 +73,7 @@ internal sealed class NbdConnection
             await _reader.CompleteAsync();
             try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
             _socket.Dispose();
+            await _receiver.Completion; // never faults: the receive loop keeps its errors for the reader
             await _stream.DisposeAsync();
         }
     }
