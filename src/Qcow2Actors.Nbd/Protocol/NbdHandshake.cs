@@ -16,6 +16,12 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
     /// <summary>Option data beyond this is drained and refused rather than buffered.</summary>
     private const int MaxOptionLength = 64 * 1024;
 
+    /// <summary>Advertised minimum block size: any byte alignment works.</summary>
+    private const uint MinimumBlockSize = 1;
+
+    /// <summary>Advertised preferred block size: a page, below which requests cost read-modify-write.</summary>
+    private const uint PreferredBlockSize = 4096;
+
     private NbdServerOptions Options => server.Options;
     private bool _noZeroes;
     private bool _structured;
@@ -210,8 +216,8 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         // Sent unasked too: clients ignore info they did not request, and ours are the defaults anyway.
         var sizes = new byte[InfoBlockSizePayload.Length];
         BinaryPrimitives.WriteUInt16BigEndian(sizes.AsSpan(InfoBlockSizePayload.TypeOffset), InfoBlockSize);
-        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(InfoBlockSizePayload.MinimumOffset), 1);
-        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(InfoBlockSizePayload.PreferredOffset), 4096);
+        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(InfoBlockSizePayload.MinimumOffset), MinimumBlockSize);
+        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(InfoBlockSizePayload.PreferredOffset), PreferredBlockSize);
         BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(InfoBlockSizePayload.MaximumOffset), (uint)Options.MaxBlockSize);
         await SendReplyAsync(option, RepInfo, sizes);
 

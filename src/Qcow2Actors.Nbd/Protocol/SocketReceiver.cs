@@ -12,13 +12,13 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// </summary>
 internal sealed class SocketReceiver
 {
-    /// <summary>Smallest buffer handed to a receive; large writes arrive in several.</summary>
-    private const int MinimumReceiveSize = 16 * 1024;
+    /// <summary>Smallest buffer handed to a receive (as the stream reader before it): a pipelined batch of small requests in one call.</summary>
+    private const int MinimumReceiveSize = 64 * 1024;
 
     private readonly Socket _socket;
     private readonly Pipe _pipe = new(new PipeOptions(
-        pauseWriterThreshold: 256 * 1024,
-        resumeWriterThreshold: 128 * 1024,
+        pauseWriterThreshold: 512 * 1024,
+        resumeWriterThreshold: 256 * 1024,
         minimumSegmentSize: MinimumReceiveSize,
         readerScheduler: PipeScheduler.Inline,
         writerScheduler: PipeScheduler.Inline,
