@@ -14,7 +14,7 @@ namespace Qcow2Actors.Nbd;
 /// export request ends at most that connection, never the server or other clients.
 /// </summary>
 /// <remarks>
-/// Lifecycle: <see cref="StartAsync"/> binds and starts accepting; <see cref="StopAsync"/> stops
+/// Lifecycle: <see cref="StartAsync"/> binds and starts accepting; <see cref="StopAsync(CancellationToken)"/> stops
 /// accepting, lets requests already read complete and reply, then closes every connection. The
 /// exports belong to the caller, who flushes and closes them after the stop.
 /// </remarks>
@@ -27,6 +27,7 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly ILogger _log;
     private readonly LogThrottle _refusals;
     private readonly LogThrottle _handshakeTimeouts;
+    private TaskCompletionSource _connectionClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Socket? _listener;
     private Task? _acceptLoop;
     private int _state; // 0 new, 1 started, 2 stopped
@@ -177,8 +178,21 @@ public sealed class NbdServer : IAsyncDisposable
         finally
         {
             _connections.TryRemove(connection, out _);
+            Interlocked.Exchange(ref _connectionClosed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
     }
+
+    /// <summary>
+    /// Completes when the next connection has closed (after <see cref="ConnectionCount"/> dropped);
+    /// take it before reading the count, so a close in between is not missed.
+    /// </summary>
+    internal Task NextConnectionClosed => Volatile.Read(ref _connectionClosed).Task;
+
+    /// <summary>
+    /// Called when a connection's reader holds a request and must wait for one of the
+    /// <see cref="NbdServerOptions.MaxInFlightRequests"/> slots: the bound is holding the client back.
+    /// </summary>
+    internal Action? ReaderWaitingForSlot { get; set; }
 
     /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
     internal void ReportHandshakeTimeout(string peer)
@@ -196,7 +210,22 @@ public sealed class NbdServer : IAsyncDisposable
     /// reply, then closes every connection. If <paramref name="cancellationToken"/> fires first,
     /// the remaining connections are cut off without waiting.
     /// </summary>
-    public async Task StopAsync(CancellationToken cancellationToken = default)
+    public Task StopAsync(CancellationToken cancellationToken = default) => StopCoreAsync(null, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="StopAsync(CancellationToken)"/>, with a deadline: connections still busy
+    /// <paramref name="gracePeriod"/> after the server stopped accepting are cut off. The deadline is
+    /// timed by <see cref="NbdServerOptions.TimeProvider"/>; <see cref="Timeout.InfiniteTimeSpan"/> waits for ever.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="gracePeriod"/> is negative (and not infinite).</exception>
+    public Task StopAsync(TimeSpan gracePeriod, CancellationToken cancellationToken = default)
+    {
+        if (gracePeriod < TimeSpan.Zero && gracePeriod != Timeout.InfiniteTimeSpan)
+            throw new ArgumentOutOfRangeException(nameof(gracePeriod), gracePeriod, "the stop deadline must not be negative");
+        return StopCoreAsync(gracePeriod, cancellationToken);
+    }
+
+    private async Task StopCoreAsync(TimeSpan? gracePeriod, CancellationToken cancellationToken)
     {
         var previous = Interlocked.Exchange(ref _state, 2);
         if (previous == 2) return;
@@ -208,10 +237,15 @@ public sealed class NbdServer : IAsyncDisposable
             try { File.Delete(unix.ToString()!); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }
 
+        // Armed only now, so the grace period is all spent waiting for the connections.
+        using var deadline = gracePeriod is { } grace && grace != Timeout.InfiniteTimeSpan
+            ? new CancellationTokenSource(grace, Options.TimeProvider)
+            : null;
+        using var either = deadline is null ? null : CancellationTokenSource.CreateLinkedTokenSource(deadline.Token, cancellationToken);
         var all = Task.WhenAll(_connections.Values);
         try
         {
-            await all.WaitAsync(cancellationToken);
+            await all.WaitAsync(either?.Token ?? cancellationToken);
         }
         catch (OperationCanceledException)
         {
@@ -222,7 +256,7 @@ public sealed class NbdServer : IAsyncDisposable
         _log.LogInformation("NBD server on {EndPoint} stopped", LocalEndPoint);
     }
 
-    /// <summary>Same as <see cref="StopAsync"/> without a deadline.</summary>
+    /// <summary>Same as <see cref="StopAsync(CancellationToken)"/> without a deadline.</summary>
     public async ValueTask DisposeAsync()
     {
         await StopAsync();

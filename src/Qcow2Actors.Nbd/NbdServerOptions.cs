@@ -55,7 +55,10 @@ public sealed record NbdServerOptions
     /// </summary>
     public int MaxConnections { get; init; }
 
-    /// <summary>Clock of the handshake timeout, the accept retry delays and the log throttles; tests pass a fake one.</summary>
+    /// <summary>
+    /// Clock of the handshake timeout, the stop deadline (<see cref="NbdServer.StopAsync(TimeSpan, CancellationToken)"/>),
+    /// the accept retry delays and the log throttles; tests pass a fake one.
+    /// </summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
     /// <summary>

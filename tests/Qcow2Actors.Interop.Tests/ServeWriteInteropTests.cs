@@ -175,9 +175,16 @@ public sealed class ServeWriteInteropTests : IDisposable
         var source = _dir.File("source.raw");
         await File.WriteAllBytesAsync(source, TestBytes(96 * (int)MiB, 5));
         using var server = await ServeProcess.StartAsync(1, "--port", "0", "--create", "96M", img);
-        using var copy = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nbdcopy", new[] { source, server.Uri })
+        // --progress=1: nbdcopy reports "N/100" lines on stdout as the copy goes.
+        using var copy = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nbdcopy", new[] { "--progress=1", source, server.Uri })
             { RedirectStandardError = true, RedirectStandardOutput = true })!;
-        await Task.Delay(700);
+        using (var guard = new CancellationTokenSource(TimeSpan.FromSeconds(60))) // only against a hang
+        {
+            // Stop once data is flowing: the first report past 0% (the copy is under way, writes in flight).
+            string? line;
+            while ((line = await copy.StandardOutput.ReadLineAsync(guard.Token)) is not null && line.Trim() is "0/100" or "") { }
+            Assert.True(line is not null, $"nbdcopy ended before reporting progress: {await copy.StandardError.ReadToEndAsync()}");
+        }
         Assert.Equal(0, server.Stop());
         copy.WaitForExit(30_000);
         AssertClean(img);

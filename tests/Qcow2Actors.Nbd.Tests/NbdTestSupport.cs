@@ -29,14 +29,22 @@ internal static class TestServers
         return server;
     }
 
-    /// <summary>Waits until the server has no open connections (they close asynchronously).</summary>
-    public static async Task WaitForNoConnectionsAsync(NbdServer server, int timeoutMs = 5000)
+    /// <summary>Waits until the server has no open connections (they close asynchronously), woken by each close.</summary>
+    public static async Task WaitForNoConnectionsAsync(NbdServer server)
     {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (server.ConnectionCount > 0)
+        using var guard = new CancellationTokenSource(TimeSpan.FromSeconds(10)); // only against a hang
+        while (true)
         {
-            if (Environment.TickCount64 > deadline) Assert.Fail($"{server.ConnectionCount} connection(s) still open");
-            await Task.Delay(10);
+            var closed = server.NextConnectionClosed; // before the count, so a close in between is seen
+            if (server.ConnectionCount == 0) return;
+            try
+            {
+                await closed.WaitAsync(guard.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                Assert.Fail($"{server.ConnectionCount} connection(s) still open");
+            }
         }
     }
 

@@ -94,6 +94,7 @@ public sealed class ProtocolTests
     public async Task In_flight_requests_per_connection_are_bounded()
     {
         var gate = new TaskCompletionSource();
+        var threeRunning = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var running = 0;
         var peak = 0;
         var export = new ScriptedExport(new MemoryExport("b", MiB))
@@ -103,24 +104,29 @@ public sealed class ProtocolTests
                 var now = Interlocked.Increment(ref running);
                 int seen;
                 while ((seen = Volatile.Read(ref peak)) < now && Interlocked.CompareExchange(ref peak, now, seen) != seen) { }
+                if (now == 3) threeRunning.TrySetResult();
                 await gate.Task;
                 Interlocked.Decrement(ref running);
             },
         };
         var options = NbdServerOptions.Tcp([export], port: 0) with { MaxInFlightRequests = 3 };
         await using var server = new NbdServer(options);
+        var readerWaiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.ReaderWaitingForSlot = () => readerWaiting.TrySetResult();
         await server.StartAsync();
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("b");
         for (ulong i = 0; i < 10; i++) await c.SendRequestAsync(0, RawNbdClient.CmdRead, i, i * 512, 512);
-        var deadline = Environment.TickCount64 + 5000;
-        while (Volatile.Read(ref peak) < 3 && Environment.TickCount64 < deadline) await Task.Delay(10);
-        await Task.Delay(200); // room for a fourth to start, were the bound broken
+        // Three reads are in the export and the reader holds the fourth, parked for a slot: were the
+        // bound broken, the fourth would be running instead (and the reader would never park).
+        await threeRunning.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        await readerWaiting.Task.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal(3, Volatile.Read(ref peak));
         gate.SetResult();
         var handles = new HashSet<ulong>();
         for (var i = 0; i < 10; i++) handles.Add((await c.ReadSimpleReplyAsync(512)).Handle);
         Assert.Equal(10, handles.Count);
+        Assert.Equal(3, Volatile.Read(ref peak));
     }
 
     [Fact]
@@ -401,41 +407,83 @@ public sealed class ProtocolTests
         await TestServers.WaitForNoConnectionsAsync(server);
     }
 
+    /// <summary>A server whose only timer is the stop deadline (no handshake timeout), on <paramref name="time"/>.</summary>
+    private static async Task<NbdServer> StartTimedAsync(INbdExport export, ArmedTimerProvider time)
+    {
+        var server = new NbdServer(NbdServerOptions.Tcp([export], port: 0) with { TimeProvider = time, HandshakeTimeout = TimeSpan.Zero });
+        await server.StartAsync();
+        return server;
+    }
+
     [Fact]
     public async Task Graceful_stop_finishes_in_flight_requests_then_closes()
     {
         var gate = new TaskCompletionSource();
         var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => { started.TrySetResult(); return gate.Task; } };
-        var server = await TestServers.StartTcpAsync(export);
+        var time = new ArmedTimerProvider();
+        var server = await StartTimedAsync(export, time);
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("g");
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 77, 0, 512);
         await started.Task.WaitAsync(TimeSpan.FromSeconds(10)); // the request is in flight
 
-        var stop = server.StopAsync();
-        await Task.Delay(100);
+        var stop = server.StopAsync(TimeSpan.FromSeconds(30));
+        // The deadline is armed once the server stopped accepting and waits for its connections.
+        Assert.Equal(TimeSpan.FromSeconds(30), await time.NextArmedAsync());
         Assert.False(stop.IsCompleted, "stop must wait for the in-flight read");
         gate.SetResult();
         var reply = await c.ReadSimpleReplyAsync(512);
         Assert.Equal((0u, 77UL), (reply.Error, reply.Handle));
-        await stop;
+        await stop.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.True(await c.WaitForCloseAsync());
         await server.DisposeAsync();
     }
 
     [Fact]
-    public async Task Stop_with_an_expired_deadline_cuts_stuck_connections()
+    public async Task Stop_cuts_stuck_connections_when_its_deadline_passes()
     {
-        var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => Task.Delay(Timeout.Infinite) };
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var never = new TaskCompletionSource();
+        var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => { started.TrySetResult(); return never.Task; } };
+        var time = new ArmedTimerProvider();
+        await using var server = await StartTimedAsync(export, time);
+        await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await c.GoAsync("g");
+        await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
+        await started.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+        var stop = server.StopAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(TimeSpan.FromSeconds(5), await time.NextArmedAsync());
+        time.Advance(TimeSpan.FromSeconds(4));
+        Assert.False(stop.IsCompleted, "stop cut the connection before its deadline");
+        time.Advance(TimeSpan.FromSeconds(1));
+        await stop.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.True(await c.WaitForCloseAsync());
+    }
+
+    [Fact]
+    public async Task Stop_with_a_cancelled_token_cuts_stuck_connections()
+    {
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var never = new TaskCompletionSource();
+        var export = new ScriptedExport(new MemoryExport("g", MiB)) { BeforeRead = _ => { started.TrySetResult(); return never.Task; } };
         await using var server = await TestServers.StartTcpAsync(export);
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("g");
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
-        await Task.Delay(50);
-        using var deadline = new CancellationTokenSource(200);
-        await server.StopAsync(deadline.Token).WaitAsync(TimeSpan.FromSeconds(10));
+        await started.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        await server.StopAsync(new CancellationToken(canceled: true)).WaitAsync(TimeSpan.FromSeconds(10));
         Assert.True(await c.WaitForCloseAsync());
+    }
+
+    [Fact]
+    public void A_negative_stop_deadline_is_refused()
+    {
+        var server = new NbdServer(NbdServerOptions.Tcp([new MemoryExport("a", 1)], port: 0));
+        // Refused synchronously, before anything is stopped.
+        Action stop = () => { _ = server.StopAsync(TimeSpan.FromSeconds(-1)); };
+        Assert.IsType<ArgumentOutOfRangeException>(Record.Exception(stop));
     }
 
     [Fact]

@@ -92,8 +92,7 @@ internal static class ServeCommand
             if (server is not null)
             {
                 // Let requests already read finish; a client that will not let go is cut off.
-                using var grace = new CancellationTokenSource(settings.StopTimeout);
-                await server.StopAsync(grace.Token).ConfigureAwait(false);
+                await server.StopAsync(settings.StopTimeout).ConfigureAwait(false);
                 await server.DisposeAsync().ConfigureAwait(false);
             }
             for (int i = 0; i < exports.Count; i++)

@@ -1,6 +1,6 @@
 namespace Qcow2Actors.Nbd.Protocol;
 
-/// <summary>Wire constants of the fixed-newstyle NBD protocol (all fields big endian).</summary>
+/// <summary>Wire values of the fixed-newstyle NBD protocol (magics, flags, option, command and reply types); layouts are in WireLayout.cs.</summary>
 internal static class NbdProtocol
 {
     public const ulong InitPasswd = 0x4e42444d41474943; // "NBDMAGIC"
@@ -9,10 +9,6 @@ internal static class NbdProtocol
     public const uint RequestMagic = 0x25609513;
     public const uint SimpleReplyMagic = 0x67446698;
     public const uint StructuredReplyMagic = 0x668e33ef;
-
-    public const int RequestHeaderSize = 28;
-    public const int SimpleReplySize = 16;
-    public const int ChunkHeaderSize = 20;
 
     // Handshake flags (server) and client flags.
     public const ushort FlagFixedNewstyle = 1 << 0;

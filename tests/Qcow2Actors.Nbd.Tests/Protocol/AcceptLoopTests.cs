@@ -29,7 +29,7 @@ public sealed class AcceptLoopTests
             if (call <= firstRun) throw new SocketException((int)(call % 2 == 0 ? SocketError.TooManyOpenSockets : SocketError.NoBufferSpaceAvailable));
             if (call == firstRun + 1) return client;
             if (call <= firstRun + 1 + secondRun) throw new SocketException((int)SocketError.TooManyOpenSockets);
-            await Task.Delay(Timeout.Infinite, token);
+            await new TaskCompletionSource().Task.WaitAsync(token); // no more clients: park until stopped
             throw new InvalidOperationException("unreachable");
         }
         var loop = new AcceptLoop(Accept, s => accepted.Writer.TryWrite(s), time, log.CreateLogger("accept"));

@@ -1,0 +1,295 @@
+using System.Buffers;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
+
+namespace Qcow2Actors.Nbd.Protocol;
+
+/// <summary>
+/// Runs transmission requests against the export: checks flags, bounds and read-only access,
+/// calls the export, and hands exactly one reply per request to the <see cref="NbdReplyWriter"/>
+/// (whose sender releases the request's budget after the send). A request that can get no reply
+/// (the server is aborting, or an internal error) releases its budget itself and breaks the connection.
+/// </summary>
+internal sealed class NbdCommandDispatcher(
+    NbdSession session,
+    NbdServerOptions options,
+    NbdReplyWriter replies,
+    Action<long> release,
+    Action markBroken,
+    ILogger log,
+    string peer,
+    CancellationToken abort)
+{
+    /// <summary>Cap on descriptors in one block-status reply; clients ask again from where it stops.</summary>
+    private const int MaxExtentsPerReply = 64 * 1024;
+
+    private readonly INbdExport _export = session.Export;
+
+    // Read hand-offs to the thread pool, reused: at most MaxInFlightRequests exist per connection.
+    private readonly Lock _readWorkLock = new();
+    private readonly Stack<ReadWork> _readWork = new();
+
+    /// <summary>
+    /// Starts <paramref name="request"/>; never throws. Owns <paramref name="payload"/> (a WRITE's data,
+    /// rented from the shared pool) from here on.
+    /// </summary>
+    public void Dispatch(NbdRequest request, byte[]? payload, long charge)
+    {
+        // Reads and block status leave the reader loop: they may block on the disk (a page-cache miss),
+        // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it:
+        // they either complete at once (an owned cluster written into the page cache) or hand off to
+        // the engine's actors and complete later, so running them here saves a thread switch per request.
+        switch (request.Type)
+        {
+            case CmdRead:
+                ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
+                break;
+            case CmdBlockStatus:
+                _ = BlockStatusAsync(request, charge);
+                break;
+            default:
+                _ = RunInlineAsync(request, payload, charge);
+                break;
+        }
+    }
+
+    private static bool InRange(ulong offset, uint length, long size) =>
+        offset <= (ulong)size && length <= (ulong)size - offset;
+
+    private bool AbortedBy(Exception ex) => ex is OperationCanceledException && abort.IsCancellationRequested;
+
+    /// <summary>The refusal of a WRITE, FLUSH, TRIM or WRITE_ZEROES, or (None, null, run) when it may go to the export.</summary>
+    private (NbdError Error, string? Problem, bool Run) Check(in NbdRequest r)
+    {
+        var export = _export;
+        switch (r.Type)
+        {
+            case CmdWrite:
+                if (r.HasFlagsBeyond(CmdFlagFua)) return (NbdError.InvalidArgument, "unsupported flags for WRITE", false);
+                if (export.IsReadOnly) return (NbdError.NotPermitted, "export is read-only", false);
+                if (!InRange(r.Offset, r.Length, export.Size)) return (NbdError.NoSpace, "write beyond the end of the export", false);
+                return (NbdError.None, null, r.Length != 0);
+            case CmdFlush:
+                if (r.HasFlagsBeyond(CmdFlagFua)) return (NbdError.InvalidArgument, "unsupported flags for FLUSH", false);
+                return (NbdError.None, null, true);
+            case CmdTrim:
+                if (r.HasFlagsBeyond(CmdFlagFua)) return (NbdError.InvalidArgument, "unsupported flags for TRIM", false);
+                if (export.IsReadOnly) return (NbdError.NotPermitted, "export is read-only", false);
+                if (!InRange(r.Offset, r.Length, export.Size)) return (NbdError.InvalidArgument, "trim beyond the end of the export", false);
+                return (NbdError.None, null, r.Length != 0);
+            case CmdWriteZeroes:
+                if (r.HasFlagsBeyond(CmdFlagFua | CmdFlagNoHole | CmdFlagFastZero)) return (NbdError.InvalidArgument, "unsupported flags for WRITE_ZEROES", false);
+                if (export.IsReadOnly) return (NbdError.NotPermitted, "export is read-only", false);
+                if (!InRange(r.Offset, r.Length, export.Size)) return (NbdError.NoSpace, "write zeroes beyond the end of the export", false);
+                return (NbdError.None, null, r.Length != 0);
+            default:
+                return (NbdError.InvalidArgument, $"unknown command {r.Type}", false);
+        }
+    }
+
+    /// <summary>Calls the export for a checked request.</summary>
+    private ValueTask Begin(in NbdRequest r, byte[]? payload)
+    {
+        var offset = (long)r.Offset;
+        var fua = r.Has(CmdFlagFua);
+        return r.Type switch
+        {
+            CmdWrite => _export.WriteAsync(offset, payload.AsMemory(0, (int)r.Length), fua, abort),
+            CmdFlush => _export.FlushAsync(abort),
+            CmdTrim => _export.TrimAsync(offset, r.Length, fua, abort),
+            _ => _export.WriteZeroesAsync(offset, r.Length, mayUnmap: !r.Has(CmdFlagNoHole), fastZero: r.Has(CmdFlagFastZero), fua, abort),
+        };
+    }
+
+    /// <summary>
+    /// A payload-free command, run on the reader loop up to its first real wait; when the export
+    /// answers synchronously the reply goes at once and nothing is allocated for the await.
+    /// </summary>
+    private async Task RunInlineAsync(NbdRequest r, byte[]? payload, long charge)
+    {
+        var (error, message, run) = Check(r);
+        try
+        {
+            if (run) await Begin(r, payload);
+        }
+        catch (Exception ex) when (!AbortedBy(ex))
+        {
+            (error, message) = Failure(ex);
+        }
+        catch (Exception ex)
+        {
+            ReturnPayload(payload);
+            Abandon(ex, r, charge);
+            return;
+        }
+        ReturnPayload(payload);
+        replies.Status(r, error, message, charge);
+    }
+
+    private ReadWork RentReadWork(in NbdRequest request, long charge)
+    {
+        ReadWork? work;
+        lock (_readWorkLock) _readWork.TryPop(out work);
+        work ??= new ReadWork(this);
+        work.Request = request;
+        work.Charge = charge;
+        return work;
+    }
+
+    /// <summary>
+    /// One READ on its way to a pool thread: a reusable work item instead of <c>await Task.Yield()</c>,
+    /// so the hop off the reader loop allocates nothing.
+    /// </summary>
+    private sealed class ReadWork(NbdCommandDispatcher owner) : IThreadPoolWorkItem
+    {
+        public NbdRequest Request;
+        public long Charge;
+
+        public void Execute()
+        {
+            var (request, charge) = (Request, Charge);
+            lock (owner._readWorkLock) owner._readWork.Push(this);
+            _ = owner.ReadAsync(request, charge);
+        }
+    }
+
+    /// <summary>A READ, on a pool thread; nothing is allocated for the await when the export answers synchronously.</summary>
+    private async Task ReadAsync(NbdRequest r, long charge)
+    {
+        byte[]? buffer = null;
+        try
+        {
+            string? problem = null;
+            if (r.HasFlagsBeyond(CmdFlagFua | CmdFlagDf) || (r.Has(CmdFlagDf) && !session.Structured))
+                problem = "unsupported flags for READ";
+            else if (r.Length > (uint)options.MaxBlockSize)
+                problem = $"read of {r.Length} bytes exceeds the maximum block size";
+            else if (!InRange(r.Offset, r.Length, _export.Size))
+                problem = "read beyond the end of the export";
+            if (problem is not null)
+            {
+                replies.Status(r, NbdError.InvalidArgument, problem, charge);
+                return;
+            }
+
+            var length = (int)r.Length;
+            var room = replies.ReadHeaderRoom;
+            buffer = ArrayPool<byte>.Shared.Rent(room + length);
+            if (length > 0)
+            {
+                try
+                {
+                    await _export.ReadAsync((long)r.Offset, buffer.AsMemory(room, length), abort);
+                }
+                catch (Exception ex) when (!AbortedBy(ex))
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = null;
+                    var (error, message) = Failure(ex);
+                    replies.Status(r, error, message, charge);
+                    return;
+                }
+            }
+            var owned = buffer;
+            buffer = null; // the sender returns it after the send
+            replies.ReadData(owned, r, charge);
+        }
+        catch (Exception ex)
+        {
+            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
+            Abandon(ex, r, charge);
+        }
+    }
+
+    private async Task BlockStatusAsync(NbdRequest r, long charge)
+    {
+        await Task.Yield();
+        try
+        {
+            string? problem = null;
+            if (!session.MetaActive) problem = "no metadata context was negotiated";
+            else if (r.HasFlagsBeyond(CmdFlagFua | CmdFlagReqOne)) problem = "unsupported flags for BLOCK_STATUS";
+            else if (r.Length == 0) problem = "zero-length block status";
+            else if (!InRange(r.Offset, r.Length, _export.Size)) problem = "block status beyond the end of the export";
+            if (problem is not null)
+            {
+                replies.Status(r, NbdError.InvalidArgument, problem, charge);
+                return;
+            }
+
+            IReadOnlyList<NbdExtent> extents;
+            try
+            {
+                extents = await _export.GetBlockStatusAsync((long)r.Offset, r.Length, abort);
+            }
+            catch (Exception ex) when (!AbortedBy(ex))
+            {
+                var (error, message) = Failure(ex);
+                replies.Status(r, error, message, charge);
+                return;
+            }
+            SendExtents(r, extents, charge);
+        }
+        catch (Exception ex)
+        {
+            Abandon(ex, r, charge);
+        }
+    }
+
+    /// <summary>Trims and merges the export's extents to the request and sends them as one BLOCK_STATUS chunk.</summary>
+    private void SendExtents(in NbdRequest r, IReadOnlyList<NbdExtent> extents, long charge)
+    {
+        var reqOne = r.Has(CmdFlagReqOne);
+        var descriptors = ArrayPool<(uint Length, uint Flags)>.Shared.Rent(Math.Clamp(extents.Count, 1, MaxExtentsPerReply));
+        try
+        {
+            int count = 0;
+            long remaining = r.Length;
+            for (int i = 0; i < extents.Count; i++)
+            {
+                var extent = extents[i];
+                if (extent.Length <= 0) break; // a malformed tail: report what we have
+                var take = (uint)Math.Min(extent.Length, remaining);
+                var flags = (uint)extent.Flags & (uint)(NbdExtentFlags.Hole | NbdExtentFlags.Zero);
+                if (count > 0 && descriptors[count - 1].Flags == flags)
+                    descriptors[count - 1].Length += take;
+                else if (count < MaxExtentsPerReply)
+                    descriptors[count++] = (take, flags);
+                else
+                    break;
+                remaining -= take;
+                if (remaining == 0 || reqOne) break;
+            }
+            // "Allocated, contents unknown" is always a truthful answer when the export said nothing.
+            if (count == 0) descriptors[count++] = (r.Length, 0);
+            if (reqOne) count = 1;
+            replies.BlockStatus(r.Handle, BaseAllocationId, descriptors.AsSpan(0, count), charge);
+        }
+        finally
+        {
+            ArrayPool<(uint Length, uint Flags)>.Shared.Return(descriptors);
+        }
+    }
+
+    private (NbdError, string) Failure(Exception ex)
+    {
+        var error = NbdErrors.FromException(ex);
+        log.LogDebug(ex, "NBD {Peer}: export '{Export}' failed a request with {Error}", peer, _export.Name, error);
+        return (error, ex.Message);
+    }
+
+    /// <summary>No reply can follow (the server is aborting, or our own bug): give the budget back and end the connection.</summary>
+    private void Abandon(Exception ex, in NbdRequest r, long charge)
+    {
+        if (ex is not (IOException or SocketException or ObjectDisposedException or OperationCanceledException))
+            log.LogError(ex, "NBD {Peer}: internal error handling command {Type}", peer, r.Type);
+        markBroken();
+        release(charge);
+    }
+
+    private static void ReturnPayload(byte[]? payload)
+    {
+        if (payload is not null) ArrayPool<byte>.Shared.Return(payload);
+    }
+}

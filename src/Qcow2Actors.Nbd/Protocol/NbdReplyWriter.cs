@@ -1,0 +1,124 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Text;
+using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
+
+namespace Qcow2Actors.Nbd.Protocol;
+
+/// <summary>
+/// Frames transmission replies: simple replies, and with structured replies negotiated the
+/// OFFSET_DATA, OFFSET_HOLE, ERROR, NONE and BLOCK_STATUS chunks. Every reply is one buffer from
+/// the shared pool, handed to the <see cref="ReplySender"/>; every chunk we send is the last of its
+/// reply (one content chunk, one error, or one status list), so each carries the DONE flag.
+/// </summary>
+internal sealed class NbdReplyWriter(ReplySender sender, bool structured)
+{
+    /// <summary>
+    /// Room a read leaves in front of its data for the reply header, so header and data leave in one
+    /// buffer without a copy: the simple header, or a chunk header plus the OFFSET_DATA offset.
+    /// </summary>
+    public int ReadHeaderRoom { get; } = structured ? ChunkHeader.Size + OffsetDataPayload.DataOffset : SimpleReplyHeader.Size;
+
+    /// <summary>
+    /// Sends the data a read put at <see cref="ReadHeaderRoom"/> in <paramref name="buffer"/>
+    /// (rented from the shared pool; the sender returns it). All-zero data goes as a hole chunk
+    /// when structured replies allow, which saves the client reading (and us sending) the bytes.
+    /// </summary>
+    public void ReadData(byte[] buffer, in NbdRequest request, long charge)
+    {
+        var length = (int)request.Length;
+        if (!structured)
+        {
+            WriteSimpleHeader(buffer, NbdError.None, request.Handle);
+            sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size + length, charge));
+        }
+        else if (length == 0)
+        {
+            WriteChunkHeader(buffer, ReplyTypeNone, request.Handle, 0);
+            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size, charge));
+        }
+        else if (buffer.Length >= ChunkHeader.Size + OffsetHolePayload.Length && !buffer.AsSpan(ReadHeaderRoom, length).ContainsAnyExcept((byte)0))
+        {
+            WriteChunkHeader(buffer, ReplyTypeOffsetHole, request.Handle, OffsetHolePayload.Length);
+            var hole = buffer.AsSpan(ChunkHeader.Size);
+            BinaryPrimitives.WriteUInt64BigEndian(hole[OffsetHolePayload.OffsetOffset..], request.Offset);
+            BinaryPrimitives.WriteUInt32BigEndian(hole[OffsetHolePayload.HoleSizeOffset..], request.Length);
+            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + OffsetHolePayload.Length, charge));
+        }
+        else
+        {
+            WriteChunkHeader(buffer, ReplyTypeOffsetData, request.Handle, (uint)(OffsetDataPayload.DataOffset + length));
+            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
+            sender.Send(new OutgoingReply(buffer, ReadHeaderRoom + length, charge));
+        }
+    }
+
+    /// <summary>
+    /// A payload-free reply: a simple reply where that is allowed, else a NONE chunk for success or
+    /// an ERROR chunk that carries <paramref name="message"/>.
+    /// </summary>
+    public void Status(in NbdRequest request, NbdError error, string? message, long charge)
+    {
+        if (structured && (error != NbdError.None || request.Type is CmdRead or CmdBlockStatus))
+        {
+            if (error == NbdError.None) Chunk(request.Handle, ReplyTypeNone, default, charge);
+            else Error(request.Handle, error, message, charge);
+            return;
+        }
+        var buffer = ArrayPool<byte>.Shared.Rent(SimpleReplyHeader.Size);
+        WriteSimpleHeader(buffer, error, request.Handle);
+        sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size, charge));
+    }
+
+    /// <summary>A BLOCK_STATUS chunk for <paramref name="contextId"/> with the given (length, flags) descriptors.</summary>
+    public void BlockStatus(ulong handle, uint contextId, ReadOnlySpan<(uint Length, uint Flags)> descriptors, long charge)
+    {
+        var payloadLength = BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * descriptors.Length;
+        var buffer = ArrayPool<byte>.Shared.Rent(ChunkHeader.Size + payloadLength);
+        WriteChunkHeader(buffer, ReplyTypeBlockStatus, handle, (uint)payloadLength);
+        var payload = buffer.AsSpan(ChunkHeader.Size, payloadLength);
+        BinaryPrimitives.WriteUInt32BigEndian(payload[BlockStatusPayload.ContextIdOffset..], contextId);
+        for (var i = 0; i < descriptors.Length; i++)
+        {
+            var descriptor = payload[(BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * i)..];
+            BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorLengthOffset..], descriptors[i].Length);
+            BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorFlagsOffset..], descriptors[i].Flags);
+        }
+        sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payloadLength, charge));
+    }
+
+    private void Error(ulong handle, NbdError error, string? message, long charge)
+    {
+        var text = Encoding.UTF8.GetBytes(message ?? "");
+        var textLength = Math.Min(text.Length, MaxStringLength);
+        Span<byte> payload = stackalloc byte[ErrorPayload.MessageOffset + textLength];
+        BinaryPrimitives.WriteUInt32BigEndian(payload[ErrorPayload.ErrorOffset..], (uint)error);
+        BinaryPrimitives.WriteUInt16BigEndian(payload[ErrorPayload.MessageLengthOffset..], (ushort)textLength);
+        text.AsSpan(0, textLength).CopyTo(payload[ErrorPayload.MessageOffset..]);
+        Chunk(handle, ReplyTypeError, payload, charge);
+    }
+
+    private void Chunk(ulong handle, ushort type, ReadOnlySpan<byte> payload, long charge)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(ChunkHeader.Size + payload.Length);
+        WriteChunkHeader(buffer, type, handle, (uint)payload.Length);
+        payload.CopyTo(buffer.AsSpan(ChunkHeader.Size));
+        sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payload.Length, charge));
+    }
+
+    private static void WriteSimpleHeader(Span<byte> buffer, NbdError error, ulong handle)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[SimpleReplyHeader.MagicOffset..], SimpleReplyMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[SimpleReplyHeader.ErrorOffset..], (uint)error);
+        BinaryPrimitives.WriteUInt64BigEndian(buffer[SimpleReplyHeader.HandleOffset..], handle);
+    }
+
+    private static void WriteChunkHeader(Span<byte> buffer, ushort type, ulong handle, uint length)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[ChunkHeader.MagicOffset..], StructuredReplyMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(buffer[ChunkHeader.FlagsOffset..], ReplyFlagDone);
+        BinaryPrimitives.WriteUInt16BigEndian(buffer[ChunkHeader.TypeOffset..], type);
+        BinaryPrimitives.WriteUInt64BigEndian(buffer[ChunkHeader.HandleOffset..], handle);
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[ChunkHeader.LengthOffset..], length);
+    }
+}

@@ -1,0 +1,8 @@
+namespace Qcow2Actors.Nbd.Protocol;
+
+/// <summary>
+/// One whole reply ready to send: <see cref="Length"/> bytes of a buffer rented from the shared
+/// array pool, which the sender returns once the bytes are out. <see cref="Charge"/> is the
+/// in-flight byte budget its request holds, given back (with its request slot) after the send.
+/// </summary>
+internal readonly record struct OutgoingReply(byte[] Buffer, int Length, long Charge);
