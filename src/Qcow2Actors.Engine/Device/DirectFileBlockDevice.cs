@@ -65,7 +65,7 @@ public sealed class DirectFileBlockDevice : BlockDevice
     /// <summary>The logical sector size: every direct transfer starts and ends on a multiple of it.</summary>
     public int SectorSize { get; }
 
-    /// <summary>The alignment the kernel demands of the memory a direct transfer uses (1 when any address works).</summary>
+    /// <summary>The alignment the kernel demands of the memory a direct transfer uses (the sector size); other buffers are bounced.</summary>
     public int MemoryAlignment { get; }
 
     /// <inheritdoc />

@@ -5,7 +5,7 @@ namespace Qcow2Actors.Engine.Device;
 
 /// <summary>
 /// Turns O_DIRECT on for an open file and finds what it demands: the logical sector size every
-/// offset and length must be a multiple of, and the alignment of the memory it reads into.
+/// offset, length and memory address must be a multiple of.
 /// A block device reports its sector size (BLKSSZGET); for a file the sizes are tried from 512 up
 /// with a direct read at offset 0, and the first one the kernel does not refuse with EINVAL wins.
 /// </summary>
@@ -62,13 +62,9 @@ internal static partial class DirectIoProbe
         if (sector == 0) throw Refused(path, "every direct read from 512 to 4096 bytes failed with EINVAL");
         if (sector > AlignedBufferPool.Alignment)
             throw new DirectIoRefusedException($"{path}: logical sector size {sector} is larger than {AlignedBufferPool.Alignment}; use cache=writeback");
-        if (!conclusive) return new Alignment(sector, AlignedBufferPool.Alignment);
-        // The memory alignment: the smallest whose misaligned-by-exactly-that buffer the kernel accepts.
-        for (int align = 1; align < AlignedBufferPool.Alignment; align <<= 1)
-        {
-            if (TryRead(handle, buffer.Slice(align, sector), out _)) return new Alignment(sector, align);
-        }
-        return new Alignment(sector, AlignedBufferPool.Alignment);
+        // Memory: sector-aligned. A smaller address alignment passes a probe within one page but not a
+        // transfer that crosses pages, whose pieces then stop being whole sectors (EINVAL).
+        return new Alignment(sector, conclusive ? sector : AlignedBufferPool.Alignment);
     }
 
     private static bool TryRead(SafeFileHandle handle, Span<byte> buffer, out int read)
