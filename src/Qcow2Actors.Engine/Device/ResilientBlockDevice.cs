@@ -98,7 +98,8 @@ public sealed class ResilientBlockDevice : BlockDevice
     /// <summary>
     /// The default transient test: any <see cref="IOException"/> except those that say the
     /// path is wrong (not found, too long, no such drive) or that the data ended, which no
-    /// amount of waiting fixes, or that another process holds the image. EIO from a flaky disk or network filesystem, EAGAIN, ESTALE
+    /// amount of waiting fixes, or that another process holds the image, or that the filesystem refuses
+    /// O_DIRECT (cache=none). EIO from a flaky disk or network filesystem, EAGAIN, ESTALE
     /// and sharing violations all arrive as plain <see cref="IOException"/>s.
     /// </summary>
     public static bool IsTransient(Exception exception) => exception is IOException
