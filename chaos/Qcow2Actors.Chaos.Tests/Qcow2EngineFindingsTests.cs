@@ -75,44 +75,32 @@ public class Qcow2EngineFindingsTests
     }
 
     /// <summary>Cuts the power at the first header write that clears the journal-pending bit (63) of a header that had it.</summary>
-    private sealed class CutWhenBitsClear(CrashSimulatingDevice disk) : IBlockDevice
+    private sealed class CutWhenBitsClear(CrashSimulatingDevice disk) : BlockDevice
     {
-        public long Length => disk.Length;
+        public override long Length => disk.Length;
 
-        public bool IsReadOnly => false;
+        public override bool IsReadOnly => false;
 
-        public string Name => disk.Name;
+        public override string Name => disk.Name;
 
-        public int Read(Span<byte> buffer, long offset) => disk.Read(buffer, offset);
-
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
             disk.ReadAsync(buffer, offset, cancellationToken);
 
-        public void Write(ReadOnlySpan<byte> buffer, long offset)
+        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             if (offset == 0 && buffer.Length >= 0x50)
             {
                 var current = new byte[8];
                 disk.Read(current, 0x48);
                 var wasPending = (BinaryPrimitives.ReadUInt64BigEndian(current) >> 63) != 0;
-                var nowPending = (BinaryPrimitives.ReadUInt64BigEndian(buffer[0x48..]) >> 63) != 0;
+                var nowPending = (BinaryPrimitives.ReadUInt64BigEndian(buffer.Span[0x48..]) >> 63) != 0;
                 if (wasPending && !nowPending) disk.PowerCut();
             }
-            disk.Write(buffer, offset);
+            return disk.WriteAsync(buffer, offset, cancellationToken);
         }
 
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-        {
-            Write(buffer.Span, offset);
-            return ValueTask.CompletedTask;
-        }
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken) => disk.FlushAsync(cancellationToken);
 
-        public void Flush() => disk.Flush();
-
-        public void SetLength(long length) => disk.SetLength(length);
-
-        public void Dispose()
-        {
-        }
+        public override void SetLength(long length) => disk.SetLength(length);
     }
 }

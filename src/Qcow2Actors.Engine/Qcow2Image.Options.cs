@@ -41,9 +41,19 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public Func<string, bool, Device.IBlockDevice>? DeviceFactory { get; init; }
 
-    /// <summary>Opens <paramref name="path"/> through <see cref="DeviceFactory"/> or the host file system.</summary>
+    /// <summary>
+    /// How the image file (and its external data file) use the host page cache, as QEMU's
+    /// <c>cache=</c>: <see cref="Device.CacheMode.Writeback"/> (the default) through it,
+    /// <see cref="Device.CacheMode.None"/> around it with O_DIRECT (Linux; the open fails with one line
+    /// naming the file when its filesystem refuses O_DIRECT). Flushes make writes durable either way.
+    /// The journal always goes through the page cache: it is written in batches and fdatasynced.
+    /// Ignored when <see cref="DeviceFactory"/> opens the files.
+    /// </summary>
+    public Device.CacheMode Cache { get; init; } = Device.CacheMode.Writeback;
+
+    /// <summary>Opens <paramref name="path"/> through <see cref="DeviceFactory"/> or the host file system (with <see cref="Cache"/>).</summary>
     internal Device.IBlockDevice OpenDevice(string path, bool writable) =>
-        DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable);
+        DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable, Cache);
 
     /// <summary>Where read-only opens find a journal-pending image's journal; null: beside the image.</summary>
     internal PendingJournalSource? JournalSource { get; private set; }

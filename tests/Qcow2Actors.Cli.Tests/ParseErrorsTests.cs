@@ -29,6 +29,7 @@ public sealed class ParseErrorsTests
     [InlineData("convert", "-cp", "-O", "qcow2", "a", "b")]
     [InlineData("convert", "-O", "raw", "-", "b")]
     [InlineData("serve", "--discard=ignore", "--port", "0", "x")]
+    [InlineData("serve", "--cache=none", "--port", "0", "x")]
     [InlineData("snapshot", "-l", "--force-share", "x")]
     public void Values_negative_numbers_and_operands_after_double_dash_are_not_options(params string[] args) =>
         Assert.Null(Problem(args));

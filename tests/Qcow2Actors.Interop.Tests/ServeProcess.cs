@@ -72,7 +72,11 @@ internal sealed class ServeProcess : IDisposable
             throw new TimeoutException($"q2a serve printed no URI in 60 s; stderr: {server.StdErr}");
         }
         if (server._uris.Count < expectedExports)
+        {
+            // Exited can fire before the last stderr lines arrive: wait for the streams to drain first.
+            if (server._process.HasExited) server._process.WaitForExit();
             throw new InvalidOperationException($"q2a serve exited {server.ExitCodeOrNull} before serving: {server.StdErr}{server.StdOut}");
+        }
         return server;
     }
 

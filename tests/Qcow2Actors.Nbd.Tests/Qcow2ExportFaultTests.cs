@@ -115,24 +115,29 @@ public sealed class Qcow2ExportFaultTests : IAsyncLifetime
     }
 
     /// <summary>A device whose flushes fail with EIO once asked to, as a disk that lost writes.</summary>
-    private sealed class FlushFailingDevice(IBlockDevice inner) : IBlockDevice
+    private sealed class FlushFailingDevice(IBlockDevice inner) : BlockDevice
     {
         public volatile bool FailFlushes;
 
-        public long Length => inner.Length;
-        public bool IsReadOnly => inner.IsReadOnly;
-        public string Name => inner.Name;
-        public int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-        public void Write(ReadOnlySpan<byte> buffer, long offset) => inner.Write(buffer, offset);
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, offset, cancellationToken);
-        public void SetLength(long length) => inner.SetLength(length);
-        public void Dispose() => inner.Dispose();
+        public override long Length => inner.Length;
+        public override bool IsReadOnly => inner.IsReadOnly;
+        public override string Name => inner.Name;
+        protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) => inner.ReadAsync(buffer, offset, cancellationToken);
+        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken) => inner.WriteAsync(buffer, offset, cancellationToken);
+        public override void SetLength(long length) => inner.SetLength(length);
+        public override void PunchHole(long offset, long length) => inner.PunchHole(offset, length);
+        public override bool ReserveSpace(long offset, long length) => inner.ReserveSpace(offset, length);
 
-        public void Flush()
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
         {
             if (FailFlushes) throw new IOException("Input/output error", 5);
-            inner.Flush();
+            return inner.FlushAsync(cancellationToken);
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            base.Dispose(disposing);
+            if (disposing) inner.Dispose();
         }
     }
 }

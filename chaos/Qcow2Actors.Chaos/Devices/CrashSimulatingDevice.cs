@@ -6,7 +6,7 @@ namespace Qcow2Actors.Chaos.Devices;
 
 /// <summary>
 /// An in-memory <see cref="IBlockDevice"/> that remembers what a real disk would have made
-/// durable: the image as of the last successful <see cref="Flush"/>, and every write and
+/// durable: the image as of the last successful <see cref="BlockDevice.Flush"/>, and every write and
 /// length change issued since. Reads see all completed writes (as through a page cache);
 /// <see cref="Crash"/> and <see cref="EnumerateCrashStates"/> produce what the disk could
 /// hold after a power cut at this instant.
@@ -15,7 +15,7 @@ namespace Qcow2Actors.Chaos.Devices;
 /// Thread-safe: the engine writes from many tasks at once. An operation is recorded when its
 /// call completes, which is when a caller may rely on its ordering relative to a later flush.
 /// </remarks>
-public sealed class CrashSimulatingDevice : IBlockDevice
+public sealed class CrashSimulatingDevice : BlockDevice
 {
     /// <summary>The unit a disk writes atomically; tears happen only at multiples of it.</summary>
     public const int SectorSize = 512;
@@ -44,13 +44,13 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public string Name { get; }
+    public override string Name { get; }
 
     /// <inheritdoc />
-    public bool IsReadOnly => false;
+    public override bool IsReadOnly => false;
 
     /// <inheritdoc />
-    public long Length
+    public override long Length
     {
         get { lock (_gate) return _current.Length; }
     }
@@ -111,46 +111,32 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public int Read(Span<byte> buffer, long offset)
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         lock (_gate)
         {
             ThrowIfUnusable("read");
-            return _current.Read(buffer, offset);
+            return new(_current.Read(buffer.Span, offset));
         }
     }
 
     /// <inheritdoc />
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(Read(buffer.Span, offset));
-    }
-
-    /// <inheritdoc />
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         lock (_gate)
         {
             ThrowIfUnusable("write");
             CountTowardsPowerCut("write");
-            _current.Write(buffer, offset);
+            _current.Write(buffer.Span, offset);
             _pending.Add(new PendingOperation(++_sequence, offset, buffer.ToArray(), -1));
         }
-    }
-
-    /// <inheritdoc />
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        Write(buffer.Span, offset);
         return ValueTask.CompletedTask;
     }
 
     /// <inheritdoc />
-    public void Flush()
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
         lock (_gate)
         {
@@ -161,10 +147,11 @@ public sealed class CrashSimulatingDevice : IBlockDevice
             _pending.Clear();
             _flushes++;
         }
+        return ValueTask.CompletedTask;
     }
 
     /// <inheritdoc />
-    public void SetLength(long length)
+    public override void SetLength(long length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         lock (_gate)
@@ -214,8 +201,9 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Dispose()
+    protected override void Dispose(bool disposing)
     {
+        base.Dispose(disposing);
         lock (_gate) _disposed = true;
     }
 

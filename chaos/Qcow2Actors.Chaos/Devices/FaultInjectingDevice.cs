@@ -8,7 +8,7 @@ namespace Qcow2Actors.Chaos.Devices;
 /// random fraction, or a slow disk. Failures are <see cref="ChaosIOException"/>s whose HResult is
 /// the errno (EIO, ENOSPC, ...). A failed flush is sticky by default, as the engine must treat it.
 /// </summary>
-public sealed class FaultInjectingDevice : IBlockDevice
+public sealed class FaultInjectingDevice : BlockDevice
 {
     private readonly IBlockDevice _inner;
     private readonly FaultInjectionOptions _options;
@@ -32,13 +32,13 @@ public sealed class FaultInjectingDevice : IBlockDevice
     public IBlockDevice Inner => _inner;
 
     /// <inheritdoc />
-    public long Length => _inner.Length;
+    public override long Length => _inner.Length;
 
     /// <inheritdoc />
-    public bool IsReadOnly => _inner.IsReadOnly;
+    public override bool IsReadOnly => _inner.IsReadOnly;
 
     /// <inheritdoc />
-    public string Name => _inner.Name;
+    public override string Name => _inner.Name;
 
     /// <summary>How many operations have failed on purpose so far.</summary>
     public long InjectedFailures => Interlocked.Read(ref _injected);
@@ -64,17 +64,7 @@ public sealed class FaultInjectingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public int Read(Span<byte> buffer, long offset)
-    {
-        var fault = Decide(FaultOperations.Read, offset, buffer.Length);
-        fault.SleepAndThrowBefore(this, "read");
-        var n = _inner.Read(buffer, offset);
-        fault.ThrowAfter(this, "read");
-        return n;
-    }
-
-    /// <inheritdoc />
-    public async ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    protected override async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         var fault = Decide(FaultOperations.Read, offset, buffer.Length);
         await fault.DelayAndThrowBeforeAsync(this, "read", cancellationToken);
@@ -84,16 +74,7 @@ public sealed class FaultInjectingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
-    {
-        var fault = Decide(FaultOperations.Write, offset, buffer.Length);
-        fault.SleepAndThrowBefore(this, "write");
-        _inner.Write(buffer, offset);
-        fault.ThrowAfter(this, "write");
-    }
-
-    /// <inheritdoc />
-    public async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         var fault = Decide(FaultOperations.Write, offset, buffer.Length);
         await fault.DelayAndThrowBeforeAsync(this, "write", cancellationToken);
@@ -102,10 +83,10 @@ public sealed class FaultInjectingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Flush()
+    protected override async ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
         var fault = Decide(FaultOperations.Flush, 0, 0);
-        if (fault.Delay > TimeSpan.Zero) Thread.Sleep(fault.Delay);
+        if (fault.Delay > TimeSpan.Zero) await Task.Delay(fault.Delay, cancellationToken);
         if (fault.Errno is { } errno && !fault.After)
         {
             PoisonFlush(errno, dataReachedDisk: false);
@@ -113,7 +94,7 @@ public sealed class FaultInjectingDevice : IBlockDevice
         }
         try
         {
-            _inner.Flush();
+            await _inner.FlushAsync(cancellationToken);
         }
         catch (IOException e)
         {
@@ -129,7 +110,7 @@ public sealed class FaultInjectingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void SetLength(long length)
+    public override void SetLength(long length)
     {
         var fault = Decide(FaultOperations.SetLength, 0, 0);
         fault.SleepAndThrowBefore(this, "set length");
@@ -138,7 +119,11 @@ public sealed class FaultInjectingDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Dispose() => _inner.Dispose();
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing) _inner.Dispose();
+    }
 
     private void PoisonFlush(int errno, bool dataReachedDisk)
     {

@@ -51,7 +51,7 @@ public sealed class DeviceCallCounters
 /// What <c>Qcow2OpenOptions.DeviceFactory</c> must return for a shared simulated disk, since the
 /// engine disposes every device it opens while the test still needs the disk to crash it.
 /// </summary>
-public sealed class SharedDeviceHandle : IBlockDevice
+public sealed class SharedDeviceHandle : BlockDevice
 {
     private readonly IBlockDevice _device;
     private readonly DeviceCallCounters? _counters;
@@ -68,7 +68,7 @@ public sealed class SharedDeviceHandle : IBlockDevice
     }
 
     /// <inheritdoc />
-    public long Length
+    public override long Length
     {
         get
         {
@@ -78,21 +78,13 @@ public sealed class SharedDeviceHandle : IBlockDevice
     }
 
     /// <inheritdoc />
-    public bool IsReadOnly { get; }
+    public override bool IsReadOnly { get; }
 
     /// <inheritdoc />
-    public string Name => _device.Name;
+    public override string Name => _device.Name;
 
     /// <inheritdoc />
-    public int Read(Span<byte> buffer, long offset)
-    {
-        ThrowIfDisposed();
-        _counters?.Read();
-        return _device.Read(buffer, offset);
-    }
-
-    /// <inheritdoc />
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
         _counters?.Read();
@@ -100,15 +92,7 @@ public sealed class SharedDeviceHandle : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
-    {
-        ThrowIfWriteDenied();
-        _counters?.Write();
-        _device.Write(buffer, offset);
-    }
-
-    /// <inheritdoc />
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ThrowIfWriteDenied();
         _counters?.Write();
@@ -116,16 +100,16 @@ public sealed class SharedDeviceHandle : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Flush()
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
-        if (IsReadOnly) return;
+        if (IsReadOnly) return ValueTask.CompletedTask;
         _counters?.Flush();
-        _device.Flush();
+        return _device.FlushAsync(cancellationToken);
     }
 
     /// <inheritdoc />
-    public void SetLength(long length)
+    public override void SetLength(long length)
     {
         ThrowIfWriteDenied();
         _counters?.SetLength();
@@ -133,8 +117,9 @@ public sealed class SharedDeviceHandle : IBlockDevice
     }
 
     /// <summary>Closes this handle only.</summary>
-    public void Dispose()
+    protected override void Dispose(bool disposing)
     {
+        base.Dispose(disposing);
         if (Interlocked.Exchange(ref _disposed, 1) == 0) _counters?.Dispose();
     }
 

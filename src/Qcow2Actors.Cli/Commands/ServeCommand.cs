@@ -13,7 +13,7 @@ namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
 /// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
-/// [--discard=ignore|unmap] [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each
+/// [--discard=ignore|unmap] [--cache=none|writeback] [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each
 /// image as an NBD export named after its file, prints one <c>Serving URI</c> line per export,
 /// and runs until SIGINT, SIGTERM or SIGHUP, which stop the server, flush and close every image.
 /// An image fault (turned read-only, corrupt, out of space, not closed clean) is one stderr line
@@ -29,12 +29,13 @@ internal static class ServeCommand
         var exportName = new Option<string?>("--export-name", "-x") { Description = "export name (only with one image; default: the file name)" };
         var readOnly = new Option<bool>("--read-only", "-r") { Description = "open the images read-only and export them read-only" };
         var discard = new Option<string?>("--discard") { Description = "what TRIM does: unmap (free the clusters; default) or ignore (keep them), as qemu-nbd" };
+        var cache = new Option<string?>("--cache") { Description = "host page cache: writeback (default) or none (O_DIRECT; the filesystem must support it), as qemu-nbd" };
         var create = new Option<string?>("--create") { Description = "create missing images with this virtual size (qcow2 defaults; e.g. 10G)" };
         var format = new Option<string?>("-f", "--format") { Description = "image format (qcow2 or raw); probed when absent" };
         var config = new Option<string?>("--config") { Description = "HOCON file with q2a.serve settings and exports" };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
-            { bind, port, socket, exportName, readOnly, discard, create, format, config, images };
+            { bind, port, socket, exportName, readOnly, discard, cache, create, format, config, images };
 
         // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
         // short grace period after SIGTERM before it returns 143, cutting off the clean close.
@@ -44,7 +45,7 @@ internal static class ServeCommand
             var settings = ServeSettings.From(
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
-                parse.GetValue(config), parse.GetValue(discard));
+                parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache));
             using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
         }).GetAwaiter().GetResult());
@@ -150,9 +151,9 @@ internal static class ServeCommand
         }
         // The write engine drives qcow2; a raw image is served as the plain file it is.
         if (!spec.ReadOnly && IsRaw(spec))
-            return RawFileExport.Open(spec.Path, spec.Name);
+            return RawFileExport.Open(spec.Path, spec.Name, cache: spec.Cache);
         return await Qcow2Export.OpenAsync(spec.Path, spec.Name,
-            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory },
+            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory, Cache = spec.Cache },
             host, spec.Discard).ConfigureAwait(false);
     }
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using Akka.Configuration;
+using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Nbd;
 
 namespace Qcow2Actors.Cli.Commands;
@@ -13,8 +14,9 @@ namespace Qcow2Actors.Cli.Commands;
 /// <param name="Format">"qcow2", "raw", or null to probe.</param>
 /// <param name="CreateSize">Create the image with this virtual size when the file is missing.</param>
 /// <param name="Discard">What NBD TRIM does to the image (qemu-nbd's --discard).</param>
+/// <param name="Cache">How the image's files use the host page cache (qemu-nbd's --cache).</param>
 internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize,
-    DiscardMode Discard = DiscardMode.Unmap);
+    DiscardMode Discard = DiscardMode.Unmap, CacheMode Cache = CacheMode.Writeback);
 
 /// <summary>
 /// What <c>q2a serve</c> serves and where, from the command line and optionally a HOCON file:
@@ -24,10 +26,11 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   port = 10809
 ///   read-only = false           # default for every export
 ///   discard = unmap             # or ignore: what TRIM does, default for every export
+///   cache = writeback           # or none (O_DIRECT): the page cache, default for every export
 ///   handshake-timeout = 10s     # close clients that have not chosen an export by then (0s: never)
 ///   max-connections = 0         # 0: half the descriptors free at start (1..1024); 64 always stay free
 ///   exports {
-///     disk { path = "disk.qcow2", create = 10G, discard = ignore }
+///     disk { path = "disk.qcow2", create = 10G, discard = ignore, cache = none }
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
 ///   }
 /// }
@@ -53,7 +56,7 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
     public Func<string, bool, Engine.Device.IBlockDevice>? DeviceFactory { get; init; }
 
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
-        bool readOnly, string? create, string? format, string? configFile, string? discard = null)
+        bool readOnly, string? create, string? format, string? configFile, string? discard = null, string? cache = null)
     {
         var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
         var file = whole?.GetConfig("q2a.serve");
@@ -62,6 +65,7 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         if (port is null && file?.HasPath("port") == true) port = file.GetInt("port");
         bool defaultReadOnly = readOnly || (file?.GetBoolean("read-only", false) ?? false);
         var defaultDiscard = ParseDiscard(discard ?? NonEmpty(file?.GetString("discard", null)), discard is null ? "q2a.serve.discard" : "--discard");
+        var defaultCache = ParseCache(cache ?? NonEmpty(file?.GetString("cache", null)), cache is null ? "q2a.serve.cache" : "--cache");
         var handshakeTimeout = file?.HasPath("handshake-timeout") == true
             ? file.GetTimeSpan("handshake-timeout", null, allowInfinite: false)
             : NbdServerOptions.DefaultHandshakeTimeout;
@@ -90,14 +94,17 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
                 var exportDiscard = discard is null && NonEmpty(e.GetString("discard", null)) is { } d
                     ? ParseDiscard(d, $"discard of export '{entry.Key}'")
                     : defaultDiscard;
+                var exportCache = cache is null && NonEmpty(e.GetString("cache", null)) is { } c
+                    ? ParseCache(c, $"cache of export '{entry.Key}'")
+                    : defaultCache;
                 exports.Add(new ExportSpec(path, NonEmpty(e.GetString("name", null)) ?? entry.Key,
                     readOnly || e.GetBoolean("read-only", defaultReadOnly),
                     format ?? NonEmpty(e.GetString("format", null)),
-                    size is null ? createSize : ParseSize(size), exportDiscard));
+                    size is null ? createSize : ParseSize(size), exportDiscard, exportCache));
             }
         }
         foreach (var image in images)
-            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard));
+            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard, defaultCache));
         if (exports.Count == 0) throw new ArgumentException("no image to serve: name one or more, or give --config with exports");
         if (exports.Select(e => e.Name).GroupBy(n => n, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } duplicate)
             throw new ArgumentException($"two exports are named '{duplicate.Key}'; serve them from one directory per name or use --config");
@@ -122,6 +129,17 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         null or "unmap" or "on" => DiscardMode.Unmap,
         "ignore" or "off" => DiscardMode.Ignore,
         _ => throw new ArgumentException($"invalid {what} '{text}' (ignore or unmap)"),
+    };
+
+    /// <summary>
+    /// qemu-nbd's --cache spellings we serve: writeback (the page cache; the default) and none
+    /// (O_DIRECT). The others (writethrough, directsync, unsafe) change flush semantics and are refused.
+    /// </summary>
+    private static CacheMode ParseCache(string? text, string what) => text switch
+    {
+        null or "writeback" => CacheMode.Writeback,
+        "none" => CacheMode.None,
+        _ => throw new ArgumentException($"invalid {what} '{text}' (none or writeback)"),
     };
 
     private static string? NonEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;

@@ -6,7 +6,7 @@ namespace Qcow2Actors.Engine.Device;
 /// changing a byte of it, so a reader sees exactly what the same recovery would leave on disk.
 /// After <see cref="Seal"/> it is read-only and safe for any number of concurrent readers.
 /// </summary>
-public sealed class CopyOnWriteBlockDevice : IBlockDevice
+public sealed class CopyOnWriteBlockDevice : BlockDevice
 {
     private const int PageBits = 12;
     private const int PageSize = 1 << PageBits;
@@ -29,10 +29,10 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public string Name => _below.Name;
+    public override string Name => _below.Name;
 
     /// <inheritdoc />
-    public bool IsReadOnly => Volatile.Read(ref _sealed);
+    public override bool IsReadOnly => Volatile.Read(ref _sealed);
 
     /// <summary>Bytes held in memory by writes so far.</summary>
     public long OverlayBytes
@@ -41,7 +41,7 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public long Length
+    public override long Length
     {
         get { lock (_gate) return _length; }
     }
@@ -50,7 +50,10 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     public void Seal() => Volatile.Write(ref _sealed, true);
 
     /// <inheritdoc />
-    public int Read(Span<byte> buffer, long offset)
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+        new(ReadPages(buffer.Span, offset));
+
+    private int ReadPages(Span<byte> buffer, long offset)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         long length = Length;
@@ -101,11 +104,13 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-        InlineRead.Run(this, buffer, offset, cancellationToken);
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
+    {
+        WritePages(buffer.Span, offset);
+        return ValueTask.CompletedTask;
+    }
 
-    /// <inheritdoc />
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    private void WritePages(ReadOnlySpan<byte> buffer, long offset)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ThrowIfSealed();
@@ -132,26 +137,15 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
         }
     }
 
-    /// <inheritdoc />
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    /// <summary>Nothing to make durable: the writes live only in memory, on purpose.</summary>
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
-        if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled(cancellationToken);
-        try
-        {
-            Write(buffer.Span, offset);
-            return ValueTask.CompletedTask;
-        }
-        catch (Exception ex)
-        {
-            return ValueTask.FromException(ex);
-        }
+        ThrowIfSealed();
+        return ValueTask.CompletedTask;
     }
 
-    /// <summary>Nothing to make durable: the writes live only in memory, on purpose.</summary>
-    public void Flush() => ThrowIfSealed();
-
     /// <inheritdoc />
-    public void SetLength(long length)
+    public override void SetLength(long length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ThrowIfSealed();
@@ -170,7 +164,11 @@ public sealed class CopyOnWriteBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public void Dispose() => _below.Dispose();
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing) _below.Dispose();
+    }
 
     private void ThrowIfSealed()
     {

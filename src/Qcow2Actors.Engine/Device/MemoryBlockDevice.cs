@@ -2,10 +2,10 @@ namespace Qcow2Actors.Engine.Device;
 
 /// <summary>
 /// An in-memory <see cref="IBlockDevice"/> for tests: a growable byte array behind a lock.
-/// <see cref="Flush"/> is a no-op that only counts calls, since memory has no volatile cache
+/// <see cref="BlockDevice.Flush"/> is a no-op that only counts calls, since memory has no volatile cache
 /// to drain; crash and tear simulation belongs in chaos/'s recording device, not here.
 /// </summary>
-public sealed class MemoryBlockDevice : IBlockDevice
+public sealed class MemoryBlockDevice : BlockDevice
 {
     private readonly Lock _gate = new();
     private byte[] _data;
@@ -28,16 +28,16 @@ public sealed class MemoryBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public string Name { get; }
+    public override string Name { get; }
 
     /// <inheritdoc />
-    public bool IsReadOnly { get; }
+    public override bool IsReadOnly { get; }
 
-    /// <summary>How many times <see cref="Flush"/> succeeded; lets tests assert group commits.</summary>
+    /// <summary>How many times <see cref="BlockDevice.Flush"/> succeeded; lets tests assert group commits.</summary>
     public int FlushCount => Volatile.Read(ref _flushes);
 
     /// <inheritdoc />
-    public long Length
+    public override long Length
     {
         get { lock (_gate) return _length; }
     }
@@ -49,28 +49,21 @@ public sealed class MemoryBlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public int Read(Span<byte> buffer, long offset)
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         lock (_gate)
         {
             ThrowIfDisposed();
-            if (offset >= _length) return 0;
+            if (offset >= _length) return new(0);
             var n = (int)Math.Min(buffer.Length, _length - offset);
-            _data.AsSpan((int)offset, n).CopyTo(buffer);
-            return n;
+            _data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return new(n);
         }
     }
 
     /// <inheritdoc />
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(Read(buffer.Span, offset));
-    }
-
-    /// <inheritdoc />
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         lock (_gate)
@@ -79,28 +72,22 @@ public sealed class MemoryBlockDevice : IBlockDevice
             ThrowIfReadOnly();
             var end = checked(offset + buffer.Length);
             EnsureCapacity(end);
-            buffer.CopyTo(_data.AsSpan((int)offset));
+            buffer.Span.CopyTo(_data.AsSpan((int)offset));
             if (end > _length) _length = end;
         }
-    }
-
-    /// <inheritdoc />
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        Write(buffer.Span, offset);
         return ValueTask.CompletedTask;
     }
 
     /// <inheritdoc />
-    public void Flush()
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
         lock (_gate) ThrowIfDisposed();
         Interlocked.Increment(ref _flushes);
+        return ValueTask.CompletedTask;
     }
 
     /// <inheritdoc />
-    public void SetLength(long length)
+    public override void SetLength(long length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         lock (_gate)
@@ -116,7 +103,7 @@ public sealed class MemoryBlockDevice : IBlockDevice
 
     /// <inheritdoc />
     /// <remarks>Zeros the range inside the current length (memory has nothing to give back); the length stays.</remarks>
-    public void PunchHole(long offset, long length)
+    public override void PunchHole(long offset, long length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfNegative(length);
@@ -136,8 +123,9 @@ public sealed class MemoryBlockDevice : IBlockDevice
     private int _punches;
 
     /// <inheritdoc />
-    public void Dispose()
+    protected override void Dispose(bool disposing)
     {
+        base.Dispose(disposing);
         lock (_gate) _disposed = true;
     }
 

@@ -73,7 +73,7 @@ internal static class ImageOpener
         {
             case "raw":
                 if (snapshot is not null) throw new InvalidOperationException($"'{displayName}' is a raw image: it has no snapshots");
-                return new OpenedLayer(RawLayer.Open(path, displayName), null, [], null);
+                return new OpenedLayer(RawLayer.Open(path, displayName, options.Cache), null, [], null);
             case "qcow2":
                 break;
             default:

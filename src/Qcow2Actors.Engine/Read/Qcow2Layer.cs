@@ -150,41 +150,10 @@ internal sealed class Qcow2Layer : IImageLayer
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadDataAsync(GuestExtent run, Memory<byte> slice, CancellationToken cancellationToken)
     {
-        var device = _dataFile ?? _file;
-        int n = await ReadFastThenRetryAsync(device, slice, run.HostOffset, cancellationToken).ConfigureAwait(false);
+        // Transient errors are retried inside the device (ResilientBlockDevice), not here.
+        int n = await (_dataFile ?? _file).ReadAsync(slice, run.HostOffset, cancellationToken).ConfigureAwait(false);
         // A file may end inside its last cluster (QEMU does not write zero tails): those bytes are zeros.
         if (n < slice.Length) slice.Span[n..].Clear();
-    }
-
-    // The retry pipeline costs about a microsecond per call, as much as a cached 4 KiB read
-    // itself: the first attempt goes straight to the file, and only a failure enters the pipeline.
-    private static ValueTask<int> ReadFastThenRetryAsync(IBlockDevice device, Memory<byte> buffer, long offset, CancellationToken cancellationToken)
-    {
-        if (device is not ResilientBlockDevice resilient)
-            return device.ReadAsync(buffer, offset, cancellationToken);
-        ValueTask<int> first;
-        try
-        {
-            first = resilient.Inner.ReadAsync(buffer, offset, cancellationToken);
-        }
-        catch (IOException ex) when (ResilientBlockDevice.IsTransient(ex))
-        {
-            return resilient.ReadAsync(buffer, offset, cancellationToken);
-        }
-        return first.IsCompletedSuccessfully ? first : AwaitThenRetryAsync(first, resilient, buffer, offset, cancellationToken);
-    }
-
-    private static async ValueTask<int> AwaitThenRetryAsync(ValueTask<int> first, ResilientBlockDevice resilient, Memory<byte> buffer,
-        long offset, CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await first.ConfigureAwait(false);
-        }
-        catch (IOException ex) when (ResilientBlockDevice.IsTransient(ex))
-        {
-            return await resilient.ReadAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
-        }
     }
 
     private async ValueTask ReadBackingAsync(long offset, Memory<byte> slice, CancellationToken cancellationToken)

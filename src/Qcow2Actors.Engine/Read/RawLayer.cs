@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using Qcow2Actors.Engine.Device;
 
 namespace Qcow2Actors.Engine.Read;
 
@@ -7,6 +8,8 @@ namespace Qcow2Actors.Engine.Read;
 /// A raw image (top or backing): guest offset = file offset. Its size is the file length rounded
 /// up to 512 bytes, as QEMU counts it; bytes past the end of the file read as zeros. Block status
 /// comes from the file system's holes (SEEK_DATA / SEEK_HOLE), as with QEMU's file driver.
+/// Data is read through a block device like a qcow2 image's (transient errors retried inside it,
+/// the page cache used or not as the open asked); the handle is kept for the hole queries.
 /// </summary>
 internal sealed partial class RawLayer : IImageLayer
 {
@@ -15,18 +18,31 @@ internal sealed partial class RawLayer : IImageLayer
     private const int Enxio = 6;
 
     private readonly SafeFileHandle _handle;
+    private readonly IBlockDevice _device;
 
-    private RawLayer(SafeFileHandle handle, string fileName, IImageLayer? backing)
+    private RawLayer(SafeFileHandle handle, IBlockDevice device, string fileName, IImageLayer? backing)
     {
         _handle = handle;
+        _device = device;
         FileName = fileName;
         Backing = backing;
         long length = RandomAccess.GetLength(handle);
         Size = (length + 511) & ~511L;
     }
 
-    public static RawLayer Open(string path, string fileName) =>
-        new(File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.RandomAccess), fileName, null);
+    public static RawLayer Open(string path, string fileName, CacheMode cache = CacheMode.Writeback)
+    {
+        var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.RandomAccess);
+        try
+        {
+            return new(handle, ResilientBlockDevice.OpenFile(path, writable: false, cache), fileName, null);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
 
     public string FileName { get; }
     public string Format => "raw";
@@ -38,7 +54,7 @@ internal sealed partial class RawLayer : IImageLayer
         int total = 0;
         while (total < buffer.Length)
         {
-            int n = await RandomAccess.ReadAsync(_handle, buffer[total..], offset + total, cancellationToken).ConfigureAwait(false);
+            int n = await _device.ReadAsync(buffer[total..], offset + total, cancellationToken).ConfigureAwait(false);
             if (n == 0) break;
             total += n;
         }
@@ -67,6 +83,7 @@ internal sealed partial class RawLayer : IImageLayer
 
     public ValueTask DisposeAsync()
     {
+        _device.Dispose();
         _handle.Dispose();
         return ValueTask.CompletedTask;
     }

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Qcow2Actors.Engine.Device;
 
@@ -11,7 +10,7 @@ namespace Qcow2Actors.Engine.Snapshots;
 /// handle (<see cref="ImageLock"/>); the data handle is opened sharing everything, so .NET's
 /// flock plays no part in who may open the image.
 /// </summary>
-internal sealed partial class ExclusiveImageFile : IBlockDevice
+internal sealed class ExclusiveImageFile : BlockDevice
 {
     private readonly SafeFileHandle _handle;
     private readonly ImageLock _lock;
@@ -42,55 +41,35 @@ internal sealed partial class ExclusiveImageFile : IBlockDevice
         }
     }
 
-    public string Name { get; }
+    public override string Name { get; }
 
-    public bool IsReadOnly { get; }
+    public override bool IsReadOnly { get; }
 
-    public long Length => RandomAccess.GetLength(_handle);
+    public override long Length => RandomAccess.GetLength(_handle);
 
-    public int Read(Span<byte> buffer, long offset)
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+        new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
+
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
-        int total = 0;
-        while (total < buffer.Length)
-        {
-            int n = RandomAccess.Read(_handle, buffer[total..], offset + total);
-            if (n == 0) break;
-            total += n;
-        }
-        return total;
-    }
-
-    public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-        ValueTask.FromResult(Read(buffer.Span, offset));
-
-    public void Write(ReadOnlySpan<byte> buffer, long offset) => RandomAccess.Write(_handle, buffer, offset);
-
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        Write(buffer.Span, offset);
+        RandomAccess.Write(_handle, buffer.Span, offset);
         return ValueTask.CompletedTask;
     }
 
-    public void Flush()
+    // A failed sync is final: the caller must not retry (the kernel may have dropped the pages).
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
-        if (IsReadOnly) return;
-        int fd = (int)_handle.DangerousGetHandle();
-        // A failed sync is final: the caller must not retry (the kernel may have dropped the pages).
-        if ((OperatingSystem.IsLinux() ? FdDataSync(fd) : FSync(fd)) != 0)
-            throw new IOException($"sync failed on {Name}: errno {Marshal.GetLastPInvokeError()}");
+        if (!IsReadOnly) HostFileCalls.Sync(_handle, Name);
+        return ValueTask.CompletedTask;
     }
 
-    public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
+    public override void SetLength(long length) => RandomAccess.SetLength(_handle, length);
 
-    public void Dispose()
+    protected override void Dispose(bool disposing)
     {
+        base.Dispose(disposing);
+        if (!disposing) return;
         _handle.Dispose();
         _lock.Dispose();
     }
-
-    [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
-    private static partial int FdDataSync(int fd);
-
-    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
-    private static partial int FSync(int fd);
 }

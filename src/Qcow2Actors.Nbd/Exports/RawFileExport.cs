@@ -27,15 +27,19 @@ public sealed class RawFileExport : INbdExport, IDisposable
 
     /// <summary>
     /// Opens the file at <paramref name="path"/> (read-only when <paramref name="readOnly"/>) and serves it,
-    /// holding QEMU's image lock on it as qemu-nbd does (the write lock unless read-only).
+    /// holding QEMU's image lock on it as qemu-nbd does (the write lock unless read-only), through the
+    /// page cache or around it (<paramref name="cache"/>, as qemu-nbd's <c>--cache</c>).
     /// </summary>
     /// <exception cref="ImageLockException">Another process holds the file.</exception>
-    public static RawFileExport Open(string path, string name, bool readOnly = false)
+    public static RawFileExport Open(string path, string name, bool readOnly = false, CacheMode cache = CacheMode.Writeback)
     {
         var imageLock = ImageLock.Acquire(path, readOnly ? LockMode.Reader : LockMode.Writer);
         try
         {
-            return new(name, FileBlockDevice.Open(path, writable: !readOnly)) { _lock = imageLock };
+            IBlockDevice device = cache == CacheMode.None
+                ? DirectFileBlockDevice.Open(path, writable: !readOnly)
+                : FileBlockDevice.Open(path, writable: !readOnly);
+            return new(name, device) { _lock = imageLock };
         }
         catch
         {

@@ -7,23 +7,20 @@ namespace Qcow2Actors.Engine.Tests.Check;
 
 public sealed class ImageCheckerTests
 {
-    private sealed class MemoryDevice(byte[] data) : IBlockDevice
+    private sealed class MemoryDevice(byte[] data) : BlockDevice
     {
-        public long Length => data.Length;
-        public bool IsReadOnly => true;
-        public string Name => "memory";
-        public int Read(Span<byte> buffer, long offset)
+        public override long Length => data.Length;
+        public override bool IsReadOnly => true;
+        public override string Name => "memory";
+        protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             var n = (int)Math.Clamp(data.Length - offset, 0, buffer.Length);
-            data.AsSpan((int)offset, n).CopyTo(buffer);
-            return n;
+            data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return new(n);
         }
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => new(Read(buffer.Span, offset));
-        public void Write(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => throw new NotSupportedException();
-        public void Flush() { }
-        public void SetLength(long length) => throw new NotSupportedException();
-        public void Dispose() { }
+        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken) => throw new NotSupportedException();
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+        public override void SetLength(long length) => throw new NotSupportedException();
     }
 
     private const int Cluster = HandBuiltImage.Cluster;

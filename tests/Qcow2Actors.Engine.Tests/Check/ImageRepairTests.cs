@@ -11,41 +11,38 @@ public sealed class ImageRepairTests
     private const ulong Copied = HandBuiltImage.Copied;
 
     /// <summary>An in-memory image file that records every write and flush, so a test can replay any prefix as a crash.</summary>
-    private sealed class RecordingDevice(byte[] initial, bool readOnly = false) : IBlockDevice
+    private sealed class RecordingDevice(byte[] initial, bool readOnly = false) : BlockDevice
     {
         private byte[] _data = (byte[])initial.Clone();
         public List<(long Offset, byte[] Bytes)> Writes { get; } = [];
         public int Flushes { get; private set; }
         public byte[] Data => _data;
-        public long Length => _data.Length;
-        public bool IsReadOnly => readOnly;
-        public string Name => "memory";
+        public override long Length => _data.Length;
+        public override bool IsReadOnly => readOnly;
+        public override string Name => "memory";
 
-        public int Read(Span<byte> buffer, long offset)
+        protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             var n = (int)Math.Clamp(_data.Length - offset, 0, buffer.Length);
-            if (n > 0) _data.AsSpan((int)offset, n).CopyTo(buffer);
-            return n;
+            if (n > 0) _data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return new(n);
         }
 
-        public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => new(Read(buffer.Span, offset));
-
-        public void Write(ReadOnlySpan<byte> buffer, long offset)
+        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             if (readOnly) throw new IOException("read-only");
             Writes.Add((offset, buffer.ToArray()));
-            Apply(ref _data, offset, buffer);
-        }
-
-        public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-        {
-            Write(buffer.Span, offset);
+            Apply(ref _data, offset, buffer.Span);
             return ValueTask.CompletedTask;
         }
 
-        public void Flush() => Flushes++;
-        public void SetLength(long length) => Array.Resize(ref _data, (int)length);
-        public void Dispose() { }
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
+        {
+            Flushes++;
+            return ValueTask.CompletedTask;
+        }
+
+        public override void SetLength(long length) => Array.Resize(ref _data, (int)length);
 
         public static void Apply(ref byte[] data, long offset, ReadOnlySpan<byte> bytes)
         {

@@ -4,29 +4,29 @@ namespace Qcow2Actors.Engine.Tests.Device;
 
 /// <summary>
 /// A device that passes every call to <paramref name="inner"/>; a test decorator overrides only
-/// the calls it gates, fails or records, so what it changes stands out from what it forwards.
+/// the operations it gates, fails or records (one core each: every read, sync or async, goes
+/// through <see cref="ReadCoreAsync"/>), so what it changes stands out from what it forwards.
 /// With <paramref name="ownsInner"/> false, disposing it leaves <paramref name="inner"/> open
 /// (a handle the engine may close while the test still reads the memory behind it).
 /// </summary>
-public abstract class DelegatingDevice(IBlockDevice inner, bool ownsInner = true) : IBlockDevice
+public abstract class DelegatingDevice(IBlockDevice inner, bool ownsInner = true) : BlockDevice
 {
     /// <summary>The device calls are passed to.</summary>
     protected IBlockDevice Inner => inner;
 
-    public virtual long Length => inner.Length;
-    public virtual bool IsReadOnly => inner.IsReadOnly;
-    public virtual string Name => inner.Name;
-    public virtual int Read(Span<byte> buffer, long offset) => inner.Read(buffer, offset);
-    public virtual ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, offset, cancellationToken);
-    public virtual void Write(ReadOnlySpan<byte> buffer, long offset) => inner.Write(buffer, offset);
-    public virtual ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, offset, cancellationToken);
-    public virtual void Flush() => inner.Flush();
-    public virtual void SetLength(long length) => inner.SetLength(length);
-    public virtual void PunchHole(long offset, long length) => inner.PunchHole(offset, length);
-    public virtual bool ReserveSpace(long offset, long length) => inner.ReserveSpace(offset, length);
+    public override long Length => inner.Length;
+    public override bool IsReadOnly => inner.IsReadOnly;
+    public override string Name => inner.Name;
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) => inner.ReadAsync(buffer, offset, cancellationToken);
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken) => inner.WriteAsync(buffer, offset, cancellationToken);
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+    public override void SetLength(long length) => inner.SetLength(length);
+    public override void PunchHole(long offset, long length) => inner.PunchHole(offset, length);
+    public override bool ReserveSpace(long offset, long length) => inner.ReserveSpace(offset, length);
 
-    public void Dispose()
+    protected override void Dispose(bool disposing)
     {
-        if (ownsInner) inner.Dispose();
+        base.Dispose(disposing);
+        if (disposing && ownsInner) inner.Dispose();
     }
 }

@@ -3,7 +3,7 @@ using Qcow2Actors.Engine.Device;
 namespace Qcow2Actors.Engine.Tests.Device;
 
 /// <summary>A memory device whose next operations can be made to throw, counting every call.</summary>
-internal sealed class FaultyDevice(MemoryBlockDevice inner) : IBlockDevice
+internal sealed class FaultyDevice(MemoryBlockDevice inner) : BlockDevice
 {
     public Queue<Exception> ReadFaults { get; } = new();
     public Exception? WriteFault { get; set; }
@@ -12,44 +12,38 @@ internal sealed class FaultyDevice(MemoryBlockDevice inner) : IBlockDevice
     public int Writes { get; private set; }
     public int Flushes { get; private set; }
 
-    public long Length => inner.Length;
-    public bool IsReadOnly => inner.IsReadOnly;
-    public string Name => inner.Name;
+    public override long Length => inner.Length;
+    public override bool IsReadOnly => inner.IsReadOnly;
+    public override string Name => inner.Name;
 
-    public int Read(Span<byte> buffer, long offset)
-    {
-        Reads++;
-        if (ReadFaults.TryDequeue(out var e)) throw e;
-        return inner.Read(buffer, offset);
-    }
-
-    public async ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+    // Asynchronous on purpose (a hop before the read), so callers are exercised with a core that does not complete at once.
+    protected override async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         await Task.Yield();
-        return Read(buffer.Span, offset);
+        Reads++;
+        if (ReadFaults.TryDequeue(out var e)) throw e;
+        return await inner.ReadAsync(buffer, offset, cancellationToken);
     }
 
-    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         Writes++;
         if (WriteFault is { } e) throw e;
-        inner.Write(buffer, offset);
+        return inner.WriteAsync(buffer, offset, cancellationToken);
     }
 
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
-    {
-        Write(buffer.Span, offset);
-        return ValueTask.CompletedTask;
-    }
-
-    public void Flush()
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
         Flushes++;
         if (FlushFault is { } e) throw e;
-        inner.Flush();
+        return inner.FlushAsync(cancellationToken);
     }
 
-    public void SetLength(long length) => inner.SetLength(length);
+    public override void SetLength(long length) => inner.SetLength(length);
 
-    public void Dispose() => inner.Dispose();
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing) inner.Dispose();
+    }
 }

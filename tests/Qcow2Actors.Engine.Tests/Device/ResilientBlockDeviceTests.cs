@@ -115,4 +115,20 @@ public class ResilientBlockDeviceTests
         DirectorySync.Fsync(dir.Path);
         DirectorySync.FsyncParentOf(dir.File("f"));
     }
+
+    [Fact]
+    public async Task A_read_whose_first_attempt_fails_is_retried_by_the_device_for_an_async_caller_too()
+    {
+        // The image's read path calls ReadAsync and nothing else: the retry must happen in here.
+        var faulty = Faulty();
+        faulty.ReadFaults.Enqueue(new IOException("EIO 0"));
+        faulty.ReadFaults.Enqueue(new IOException("EIO 1"));
+        var retries = new List<int>();
+        using var dev = new ResilientBlockDevice(faulty, Fast with { OnRetry = (_, n) => retries.Add(n) });
+        var buf = new byte[4];
+        Assert.Equal(4, await dev.ReadAsync(buf, 0));
+        Assert.Equal(new byte[] { 10, 20, 30, 40 }, buf);
+        Assert.Equal(3, faulty.Reads);
+        Assert.Equal([0, 1], retries);
+    }
 }

@@ -27,17 +27,16 @@ public sealed class SnapshotEditorCrashTests : IDisposable
         public int Epoch { get; private set; }
         public override bool IsReadOnly => false;
         public override string Name => "recording";
-        public override void Write(ReadOnlySpan<byte> buffer, long offset)
+        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             Writes.Add((Epoch, offset, buffer.ToArray()));
-            Inner.Write(buffer, offset);
+            return Inner.WriteAsync(buffer, offset, cancellationToken);
         }
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
         {
-            Write(buffer.Span, offset);
+            Epoch++;
             return ValueTask.CompletedTask;
         }
-        public override void Flush() => Epoch++;
     }
 
     private byte[] QemuImage(string options, string size, params string[] io)

@@ -212,10 +212,10 @@ public sealed class FileJournalFsyncFailureTests : IDisposable
     /// <summary>A host file whose fsync can be made to fail, as after a lost write-back error.</summary>
     private sealed class FlushFaultDevice(IBlockDevice inner, Func<bool> failFlush) : DelegatingDevice(inner)
     {
-        public override void Flush()
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
         {
             if (failFlush()) throw new IOException("Input/output error (simulated EIO on fsync)");
-            Inner.Flush();
+            return Inner.FlushAsync(cancellationToken);
         }
     }
 

@@ -44,21 +44,22 @@ public sealed class ImageHostIsolationTests : IDisposable
     }
 
     [Theory]
-    [InlineData(false)] // the metadata map reads the refcount table
-    [InlineData(true)] // the refcount state loads it
-    public async Task A_write_open_that_fails_after_opening_its_files_closes_them_and_the_image_opens_later(bool failSyncRead)
+    [InlineData(1)] // the metadata map and the refcount state both read the refcount table: the first read fails
+    [InlineData(2)] // or the second
+    public async Task A_write_open_that_fails_after_opening_its_files_closes_them_and_the_image_opens_later(int failingRead)
     {
         var path = _dir.File("flaky.qcow2");
         ImageCreator.Create(path, new Qcow2CreateOptions { Size = 16 << 20 });
         long refcountTable = (long)BinaryPrimitives.ReadUInt64BigEndian((await File.ReadAllBytesAsync(path)).AsSpan(48));
-        int opened = 0, closed = 0;
+        int opened = 0, closed = 0, tableReads = 0;
         var options = new Qcow2OpenOptions
         {
             ReadOnly = false,
             DeviceFactory = (p, w) =>
             {
                 Interlocked.Increment(ref opened);
-                return new FailingReadDevice(FileBlockDevice.Open(p, w), refcountTable, failSyncRead, () => Interlocked.Increment(ref closed));
+                return new FailingReadDevice(FileBlockDevice.Open(p, w), refcountTable,
+                    () => Interlocked.Increment(ref tableReads) == failingRead, () => Interlocked.Increment(ref closed));
             },
         };
 
@@ -75,21 +76,19 @@ public sealed class ImageHostIsolationTests : IDisposable
         QemuTools.AssertCheckClean(path);
     }
 
-    private sealed class FailingReadDevice(IBlockDevice inner, long failAt, bool failSync, Action onDispose) : DelegatingDevice(inner), IBlockDevice
+    /// <summary>Fails the read at <paramref name="failAt"/> that <paramref name="fail"/> picks (every read there asks it).</summary>
+    private sealed class FailingReadDevice(IBlockDevice inner, long failAt, Func<bool> fail, Action onDispose) : DelegatingDevice(inner)
     {
-        public override int Read(Span<byte> buffer, long offset) =>
-            failSync && offset == failAt ? throw new IOException($"injected read error at {offset}") : base.Read(buffer, offset);
-
-        public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-            !failSync && offset == failAt
+        protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+            offset == failAt && fail()
                 ? ValueTask.FromException<int>(new IOException($"injected read error at {offset}"))
-                : base.ReadAsync(buffer, offset, cancellationToken);
+                : base.ReadCoreAsync(buffer, offset, cancellationToken);
 
-        // Re-implemented so the test sees every close the engine makes.
-        public new void Dispose()
+        // The test sees every close the engine makes.
+        protected override void Dispose(bool disposing)
         {
-            onDispose();
-            base.Dispose();
+            if (disposing) onDispose();
+            base.Dispose(disposing);
         }
     }
 }

@@ -85,7 +85,7 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     /// <summary>A host file whose writes of one marked length wait until released.</summary>
     private sealed class GatedDevice(IBlockDevice inner, int gatedLength, TaskCompletionSource gate, TaskCompletionSource reached) : DelegatingDevice(inner)
     {
-        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             if (buffer.Length == gatedLength)
             {

@@ -1,0 +1,72 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Qcow2Actors.Engine.Device;
+
+/// <summary>
+/// The system calls the host-file devices share (<see cref="FileBlockDevice"/>,
+/// <see cref="DirectFileBlockDevice"/>): fdatasync, hole punching and space reservation.
+/// </summary>
+internal static partial class HostFileCalls
+{
+    private const int FallocFlKeepSize = 0x01, FallocFlPunchHole = 0x02;
+    internal const int Einval = 22, Enospc = 28, Enosys = 38, Eopnotsupp = 95, Edquot = 122;
+
+    /// <summary>fdatasync on Linux; elsewhere the OS's flush-to-disk on the same handle, which stays open.</summary>
+    public static void Sync(SafeFileHandle handle, string name)
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            if (FdDataSync((int)handle.DangerousGetHandle()) != 0)
+                throw new IOException($"fdatasync failed on {name}: errno {Marshal.GetLastPInvokeError()}");
+            return;
+        }
+        // Not a FileStream over the handle: disposing one closes the handle it wraps, and keeping
+        // one undisposed would close it from the finalizer. RandomAccess flushes the handle as it is.
+        RandomAccess.FlushToDisk(handle);
+    }
+
+    /// <summary>
+    /// fallocate(PUNCH_HOLE|KEEP_SIZE) on Linux; false where the filesystem or OS cannot punch holes
+    /// (EOPNOTSUPP, ENOSYS), so the caller writes zeros instead.
+    /// </summary>
+    public static bool TryPunchHole(SafeFileHandle handle, string name, long offset, long length)
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        if (FAllocate((int)handle.DangerousGetHandle(), FallocFlPunchHole | FallocFlKeepSize, offset, length) == 0) return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is Eopnotsupp or Enosys) return false;
+        throw new IOException($"punching a hole at {offset} (+{length}) in {name} failed: errno {errno}", errno);
+    }
+
+    /// <summary>fallocate(KEEP_SIZE) on Linux; false where the filesystem or OS has no preallocation.</summary>
+    public static bool ReserveSpace(SafeFileHandle handle, string name, long offset, long length)
+    {
+        if (length <= 0 || !OperatingSystem.IsLinux()) return false;
+        if (FAllocate((int)handle.DangerousGetHandle(), FallocFlKeepSize, offset, length) == 0) return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is Eopnotsupp or Enosys) return false;
+        if (errno is Enospc or Edquot)
+            throw new Qcow2NoSpaceException($"no space left on the device of {name} to reserve {length} bytes at {offset}");
+        throw new IOException($"reserving {length} bytes at {offset} in {name} failed: errno {errno}", errno);
+    }
+
+    /// <summary>Reads until <paramref name="buffer"/> is full or the file ends.</summary>
+    public static int ReadFully(SafeFileHandle handle, Span<byte> buffer, long offset)
+    {
+        var total = 0;
+        while (total < buffer.Length)
+        {
+            var n = RandomAccess.Read(handle, buffer[total..], offset + total);
+            if (n == 0) break;
+            total += n;
+        }
+        return total;
+    }
+
+    [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
+    private static partial int FdDataSync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    private static partial int FAllocate(int fd, int mode, long offset, long length);
+}

@@ -1,0 +1,135 @@
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Engine.Tests.Device;
+
+public sealed class DirectFileBlockDeviceTests : IDisposable
+{
+    private readonly Lazy<string> _dir = new(DirectIoDirectory.Create);
+
+    public void Dispose()
+    {
+        if (_dir.IsValueCreated) Directory.Delete(_dir.Value, recursive: true);
+    }
+
+    private string NewFile(int length)
+    {
+        var path = Path.Combine(_dir.Value, Guid.NewGuid().ToString("N"));
+        var bytes = new byte[length];
+        new Random(length).NextBytes(bytes);
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+
+    [DirectIoFact]
+    public void An_unaligned_write_sequence_leaves_what_it_leaves_on_a_memory_device()
+    {
+        var path = NewFile(10_000);
+        var model = new MemoryBlockDevice(File.ReadAllBytes(path));
+        using var direct = DirectFileBlockDevice.Open(path, writable: true);
+        Assert.Contains(direct.SectorSize, new[] { 512, 1024, 2048, 4096 });
+        var random = new Random(7);
+        for (int i = 0; i < 300; i++)
+        {
+            long offset = random.Next(0, 3) == 0 ? random.Next(0, 64) * 512L : random.Next(0, 1_400_000);
+            // Mostly small metadata-like writes, some larger than one bounce buffer (1 MiB).
+            int length = random.Next(0, 10) == 0 ? random.Next(1, 1_200_000) : random.Next(1, 9000);
+            var data = new byte[length];
+            random.NextBytes(data);
+            // Unaligned memory too: a slice one byte into the array.
+            var source = random.Next(0, 2) == 0 ? data.AsSpan() : Pad(data).AsSpan(1, length);
+            direct.Write(source, offset);
+            model.Write(data, offset);
+            if (i % 50 == 49)
+            {
+                long length2 = random.Next(5000, 1_500_000);
+                direct.SetLength(length2);
+                model.SetLength(length2);
+            }
+            Assert.Equal(model.Length, direct.Length);
+        }
+        direct.Flush();
+        var expected = model.ToArray();
+        Assert.Equal(expected.Length, new FileInfo(path).Length);
+        // Read back through the device (unaligned reads) and through the page cache.
+        var back = new byte[expected.Length + 100];
+        Assert.Equal(expected.Length, direct.Read(back.AsSpan(0, back.Length), 0));
+        Assert.True(expected.AsSpan().SequenceEqual(back.AsSpan(0, expected.Length)));
+        var piece = new byte[777];
+        Assert.Equal(777, direct.Read(piece, 12_345));
+        Assert.True(expected.AsSpan(12_345, 777).SequenceEqual(piece));
+        Assert.True(expected.AsSpan().SequenceEqual(File.ReadAllBytes(path)));
+    }
+
+    private static byte[] Pad(byte[] data)
+    {
+        var padded = new byte[data.Length + 1];
+        data.CopyTo(padded, 1);
+        return padded;
+    }
+
+    [DirectIoFact]
+    public async Task Concurrent_partial_writes_to_one_sector_keep_each_others_bytes()
+    {
+        var path = NewFile(8192);
+        using var direct = DirectFileBlockDevice.Open(path, writable: true);
+        const int Writers = 8, Rounds = 200;
+        // Each writer owns 8 bytes of the first sector and rewrites them over and over; a read-modify-write
+        // that raced another would put back that writer's old bytes.
+        var tasks = Enumerable.Range(0, Writers).Select(w => Task.Run(() =>
+        {
+            var slot = new byte[8];
+            for (int r = 1; r <= Rounds; r++)
+            {
+                slot.AsSpan().Fill((byte)r);
+                direct.Write(slot, 100 + w * 8);
+            }
+        })).ToArray();
+        // A whole-sector writer beside them, on the next sector, must not disturb them either.
+        var whole = Task.Run(() =>
+        {
+            var sector = new byte[direct.SectorSize];
+            for (int r = 0; r < Rounds; r++) direct.Write(sector, direct.SectorSize);
+        });
+        await Task.WhenAll([.. tasks, whole]);
+        var back = new byte[Writers * 8];
+        direct.Read(back, 100);
+        Assert.All(back, b => Assert.Equal((byte)Rounds, b));
+    }
+
+    [DirectIoFact]
+    public async Task Async_and_sync_reads_of_aligned_and_unaligned_ranges_agree_with_the_file()
+    {
+        var path = NewFile(70_000);
+        var expected = File.ReadAllBytes(path);
+        using var direct = DirectFileBlockDevice.Open(path, writable: false);
+        Assert.True(direct.IsReadOnly);
+        var aligned = new byte[8192];
+        Assert.Equal(8192, await direct.ReadAsync(aligned, 4096));
+        Assert.True(expected.AsSpan(4096, 8192).SequenceEqual(aligned));
+        var tail = new byte[1000];
+        Assert.Equal(70_000 - 69_500, direct.Read(tail, 69_500));
+        Assert.True(expected.AsSpan(69_500).SequenceEqual(tail.AsSpan(0, 500)));
+        Assert.Equal(0, direct.Read(tail, 80_000));
+        Assert.ThrowsAny<IOException>(() => direct.Write(new byte[1], 0));
+    }
+
+    [Fact]
+    public void A_filesystem_that_refuses_O_DIRECT_is_one_error_naming_the_path_and_cache_writeback()
+    {
+        // procfs has no direct I/O: the same refusal a tmpfs without O_DIRECT support gives.
+        const string path = "/proc/self/status";
+        var error = Assert.ThrowsAny<IOException>(() => DirectFileBlockDevice.Open(path, writable: false));
+        Assert.Contains(path, error.Message);
+        Assert.Contains("use cache=writeback", error.Message);
+        Assert.DoesNotContain('\n', error.Message);
+        // Not a transient error: opening through the retry decorator fails at once, not after backing off.
+        var attempts = 0;
+        Assert.ThrowsAny<IOException>(() => ResilientBlockDevice.Open(() =>
+        {
+            attempts++;
+            return DirectFileBlockDevice.Open(path, writable: false);
+        }));
+        Assert.Equal(1, attempts);
+    }
+}
