@@ -15,6 +15,7 @@ internal sealed class RefcountActor : ReceiveActor
 {
     private readonly ImageContext _ctx;
     private readonly RefcountState _state;
+    private readonly BlockingIo _io = BlockingIo.For(Context.System);
     // Compressed clusters are packed at byte granularity into the tail of the last cluster
     // allocated for compressed data, as QEMU does; each use adds one reference.
     private long _compressedCursor;
@@ -31,11 +32,11 @@ internal sealed class RefcountActor : ReceiveActor
         ReceiveAsync<ReleaseQuarantine>(async m =>
         {
             // The records that freed these clusters are durable: give their space back to the host
-            // BEFORE they become allocatable (a punch after reuse would destroy new data). Off the
-            // actor's thread, as the journal does its file I/O; the mailbox waits meanwhile.
+            // BEFORE they become allocatable (a punch after reuse would destroy new data). On an I/O
+            // thread, as the journal does its file I/O; the mailbox waits meanwhile.
             try
             {
-                await Task.Run(() => PunchFreed(_ctx, m.Clusters));
+                await _io.Run(() => PunchFreed(_ctx, m.Clusters));
             }
             catch (Exception ex) when (ex is IOException or ObjectDisposedException)
             {
@@ -44,28 +45,33 @@ internal sealed class RefcountActor : ReceiveActor
             }
             lock (_state) _state.Release(m.Clusters);
         });
-        Receive<WriteBackRefcounts>(m =>
+        ReceiveAsync<WriteBackRefcounts>(async m =>
         {
-            lock (_state)
+            try
             {
-                try
+                // Written on an I/O thread (blocking writes); the table actors are paused meanwhile.
+                var table = await _io.Run(() =>
                 {
-                    // Nothing is written in place once the image turned read-only (a corrupt image above all).
-                    _ctx.ThrowIfReadOnly();
-                    try
+                    lock (_state)
                     {
-                        _state.WriteBack();
+                        // Nothing is written in place once the image turned read-only (a corrupt image above all).
+                        _ctx.ThrowIfReadOnly();
+                        try
+                        {
+                            _state.WriteBack();
+                        }
+                        catch (Qcow2ImageCorruptException ex)
+                        {
+                            throw _ctx.MarkCorrupt(ex.Message);
+                        }
+                        return (_state.TableOffset, _state.TableClusters);
                     }
-                    catch (Qcow2ImageCorruptException ex)
-                    {
-                        throw _ctx.MarkCorrupt(ex.Message);
-                    }
-                    m.Reply.TrySetResult((_state.TableOffset, _state.TableClusters));
-                }
-                catch (Exception ex)
-                {
-                    m.Reply.TrySetException(ex);
-                }
+                });
+                m.Reply.TrySetResult(table);
+            }
+            catch (Exception ex)
+            {
+                m.Reply.TrySetException(ex);
             }
         });
     }
