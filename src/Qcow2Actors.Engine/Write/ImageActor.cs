@@ -15,6 +15,8 @@ internal sealed record OpenedImage(ImageContext Context, OpenedLayer Layer, IAct
 /// actor per L1 entry, bounds how many live, passivates idle ones, gives an idle image's
 /// cached tables back, and runs checkpoints. Its timers run on the host's TimeProvider; its
 /// blocking file I/O (recovery, open, checkpoint writes and fsyncs) on <see cref="BlockingIo"/>.
+/// About 450 lines: routing, passivation, checkpoint and resize all act on the one set of live
+/// table actors this class owns; the idle rules are in <see cref="IdleSweep"/>.
 /// </summary>
 // No ConfigureAwait(false) here: code after an await in a ReceiveAsync handler calls
 // Become/Context, which exist only on the actor's own context.
@@ -44,8 +46,6 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly Dictionary<int, IActorRef> _tables = new();
     private readonly Dictionary<IActorRef, int> _tableIndex = new();
     private readonly Dictionary<int, long> _lastUse = new();
-    // When each table was last routed to, on _time (idle passivation); _lastUse orders them (LRU).
-    private readonly Dictionary<int, long> _lastUseAt = new();
     private readonly Dictionary<int, List<object>> _passivating = new();
     private readonly List<TaskCompletionSource<TableCounts>> _inspectors = new();
     private long _tick;
@@ -53,9 +53,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly BlockingIo _io = BlockingIo.For(Context.System);
     private ITimer? _checkpointTimer;
     private ITimer? _sweepTimer;
-    // Idle image: the activity seen at the last sweep, and when it last changed.
-    private long _activityMark = -1;
-    private long _lastActiveAt;
+    private readonly IdleSweep _idle;
 
     public ImageActor(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened, ImageLockSet locks)
     {
@@ -66,6 +64,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         _opened = opened;
         _persistenceId = _path;
         _time = settings.TimeProvider;
+        _idle = new IdleSweep(_time, settings.TableIdleTimeout, settings.CacheIdleTimeout);
         Opening();
     }
 
@@ -185,7 +184,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
             if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
             _lastUse.Remove(index);
-            _lastUseAt.Remove(index);
+            _idle.Forget(index);
             if (_passivating.Remove(index, out var held))
                 foreach (var msg in held) Route(new RouteToTable(index, msg));
             AnswerInspectors();
@@ -245,6 +244,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 case RouteToTable { Message: ZeroOp z }: z.Done.TrySetException(error); break;
                 case RouteToTable { Message: DiscardOp d }: d.Done.TrySetException(error); break;
                 case RouteToTable { Message: CompressedWriteOp c }: c.Done.TrySetException(error); break;
+                case InspectTables i: i.Reply.TrySetException(error); break;
             }
         });
     }
@@ -261,7 +261,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _tableIndex[child] = m.L1Index;
         }
         _lastUse[m.L1Index] = ++_tick;
-        _lastUseAt[m.L1Index] = _time.GetTimestamp();
+        _idle.Used(m.L1Index);
         child.Tell(m.Message);
         // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
         if (!_checkpointQueued && _ctx!.Layer.L2Tables.PinnedCount > _settings.L2CacheSize)
@@ -294,34 +294,18 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         if (_settings.CheckpointInterval > TimeSpan.Zero)
             _checkpointTimer = _time.CreateTimer(_ => self.Tell(new CheckpointRequest(null)), null,
                 _settings.CheckpointInterval, _settings.CheckpointInterval);
-        // One sweep serves both idle timeouts: at half the shorter one, a table or an image is
-        // passivated between one and one and a half timeouts after its last request.
-        var timeouts = new[] { _settings.TableIdleTimeout, _settings.CacheIdleTimeout }.Where(t => t > TimeSpan.Zero).ToList();
-        if (timeouts.Count == 0) return;
-        var period = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, timeouts.Min().Ticks / 2));
-        _lastActiveAt = _time.GetTimestamp();
-        _sweepTimer = _time.CreateTimer(_ => self.Tell(new Sweep()), null, period, period);
+        // One sweep serves both idle timeouts.
+        if (_idle.Period is { } period)
+            _sweepTimer = _time.CreateTimer(_ => self.Tell(new Sweep()), null, period, period);
     }
 
     private void SweepIdle()
     {
-        long now = _time.GetTimestamp();
-        if (_settings.TableIdleTimeout > TimeSpan.Zero)
-        {
-            // A dirty table answers StayAlive (its only copy is in memory until the checkpoint) and is asked again later.
-            foreach (var (index, at) in _lastUseAt)
-                if (_time.GetElapsedTime(at, now) >= _settings.TableIdleTimeout) AskToStop(index);
-        }
-        if (_settings.CacheIdleTimeout <= TimeSpan.Zero) return;
+        long now = _idle.Now;
+        // A dirty table answers StayAlive (its only copy is in memory until the checkpoint) and is asked again later.
+        foreach (var index in _idle.IdleTables(now)) AskToStop(index);
         // Requests routed here and lookups in the read cache (readers and the in-place fast path) are the image's activity.
-        long mark = _tick + _ctx!.Layer.L2Tables.Activity;
-        if (mark != _activityMark)
-        {
-            _activityMark = mark;
-            _lastActiveAt = now;
-            return;
-        }
-        if (_time.GetElapsedTime(_lastActiveAt, now) < _settings.CacheIdleTimeout) return;
+        if (!_idle.ImageIdle(_tick + _ctx!.Layer.L2Tables.Activity, now)) return;
         // Idle: give back what can be read again. Tables changed since the last checkpoint stay (pinned,
         // their table actors answer StayAlive) until a checkpoint writes them; a later sweep takes them.
         foreach (var index in _tables.Keys.ToList()) AskToStop(index);
