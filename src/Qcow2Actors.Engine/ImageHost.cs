@@ -40,15 +40,22 @@ public sealed class ImageHost : IAsyncDisposable
     public EngineSettings Settings { get; }
 
     /// <summary>Creates a host; <paramref name="config"/> (HOCON) overrides the reference configuration.</summary>
-    public static ImageHost Create(Config? config = null, string name = "qcow2actors")
+    /// <param name="config">HOCON over the reference configuration; null: the reference alone.</param>
+    /// <param name="name">The actor system's name.</param>
+    /// <param name="timeProvider">
+    /// The clock of the engine's timers (checkpoint interval, table and cache idle timeouts) for
+    /// every image of this host; null: the system clock. Tests pass a fake clock to drive them.
+    /// </param>
+    public static ImageHost Create(Config? config = null, string name = "qcow2actors", TimeProvider? timeProvider = null)
     {
         var full = (config ?? Config.Empty).WithFallback(ReferenceConfig);
         var system = ActorSystem.Create(name, full);
-        return new ImageHost(system, EngineSettings.From(full));
+        return new ImageHost(system, EngineSettings.From(full) with { TimeProvider = timeProvider ?? TimeProvider.System });
     }
 
-    /// <summary>Creates a host from a HOCON string.</summary>
-    public static ImageHost Create(string hocon, string name = "qcow2actors") => Create(ConfigurationFactory.ParseString(hocon), name);
+    /// <summary>Creates a host from a HOCON string (see <see cref="Create(Config?, string, TimeProvider?)"/>).</summary>
+    public static ImageHost Create(string hocon, string name = "qcow2actors", TimeProvider? timeProvider = null) =>
+        Create(ConfigurationFactory.ParseString(hocon), name, timeProvider);
 
     /// <summary>
     /// Opens an image. Read-only opens use the lock-free read path alone; read-write opens

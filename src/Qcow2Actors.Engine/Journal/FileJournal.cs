@@ -22,9 +22,11 @@ namespace Qcow2Actors.Engine.Journal;
 /// <remarks>
 /// HOCON, at <c>akka.persistence.journal.qcow2-file</c>: <c>dir</c> (where unregistered ids
 /// keep <c>escaped-id.journal</c>; empty = beside the image named by the id) and
-/// <c>max-record-size</c>. Payloads go through Akka's serialization, so any event type with a
-/// serializer binding works. File I/O runs on the thread pool, so a slow fsync of one image
-/// never holds up another's writes.
+/// <c>max-record-size</c>, and <c>io-threads</c> (most threads of its own doing file I/O at
+/// once). Payloads go
+/// through Akka's serialization, so any event type with a serializer binding works. File I/O
+/// never runs on the journal actor's thread or Akka's default dispatcher, so a slow fsync of one
+/// image never holds up another's writes.
 /// </remarks>
 public sealed class FileJournal : AsyncWriteJournal
 {
@@ -37,6 +39,7 @@ public sealed class FileJournal : AsyncWriteJournal
     private readonly FileJournalPaths _paths;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly ConcurrentDictionary<string, JournalFile> _files = new(StringComparer.Ordinal);
+    private readonly BlockingIo _io;
 
     /// <summary>Called by Akka.Persistence with this plugin's configuration section.</summary>
     public FileJournal(Config config)
@@ -47,6 +50,7 @@ public sealed class FileJournal : AsyncWriteJournal
         _maxRecordLength = (int)Math.Clamp(max, 1024, int.MaxValue / 2);
         _serialization = Context.System.Serialization;
         _paths = FileJournalPaths.Get(Context.System);
+        _io = BlockingIo.For(Context.System, "file-journal", config.GetInt("io-threads", 16));
     }
 
     /// <summary>The engine's reference configuration (embedded <c>hocon/reference.conf</c>), for fallback.</summary>
@@ -69,7 +73,7 @@ public sealed class FileJournal : AsyncWriteJournal
         if (message is not Release release) return false;
         var sender = Sender;
         if (_files.TryRemove(release.PersistenceId, out var file))
-            Task.Run(() => { lock (file) file.Dispose(); }).PipeTo(sender, success: () => new Released(release.PersistenceId));
+            _io.Run(() => { lock (file) file.Dispose(); }).PipeTo(sender, success: () => new Released(release.PersistenceId));
         else
             sender.Tell(new Released(release.PersistenceId));
         return true;
@@ -144,8 +148,8 @@ public sealed class FileJournal : AsyncWriteJournal
             return Task.FromException<T>(e);
         }
         var log = _log;
-        // Blocking file I/O (and fsync) runs on the pool, never on the journal actor's thread.
-        return Task.Run(() =>
+        // Blocking file I/O (and fsync) runs on the journal's I/O threads, never on the journal actor's.
+        return _io.Run(() =>
         {
             lock (file)
             {

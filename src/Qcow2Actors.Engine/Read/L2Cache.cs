@@ -42,6 +42,12 @@ internal sealed class L2Cache
     public int Capacity { get; }
     public int Count => _slots.Count;
 
+    /// <summary>
+    /// Changes whenever a table is looked up, loaded or published: the owner compares it over time
+    /// to tell an idle image (see <see cref="DropUnpinned"/>).
+    /// </summary>
+    public long Activity => Volatile.Read(ref _clock);
+
     /// <summary>Lock-free lookup; refreshes the table's recency.</summary>
     public bool TryGet(long hostOffset, out L2View view)
     {
@@ -115,9 +121,16 @@ internal sealed class L2Cache
         EvictIfNeeded();
     }
 
-    /// <summary>Writer side: forgets a table (its cluster was freed or rewritten outside the cache).</summary>
     /// <summary>Keeps the table at <paramref name="hostOffset"/> in the cache until <see cref="Unpin"/>.</summary>
-    public void Pin(long hostOffset) => _pinned[hostOffset] = 0;
+    /// <remarks>
+    /// Under the trimming lock: a table is pinned before the writer changes entries in a view it may
+    /// already have published, so a trim that found the table unpinned must have removed it before
+    /// then, and the writer, finding its view no longer cached, publishes it again.
+    /// </remarks>
+    public void Pin(long hostOffset)
+    {
+        lock (_evictLock) _pinned[hostOffset] = 0;
+    }
 
     /// <summary>The table is on disk again: it may be evicted.</summary>
     public void Unpin(long hostOffset) => _pinned.TryRemove(hostOffset, out _);
@@ -125,10 +138,24 @@ internal sealed class L2Cache
     /// <summary>Number of pinned (dirty) tables.</summary>
     public int PinnedCount => _pinned.Count;
 
+    /// <summary>Writer side: forgets a table (its cluster was freed or rewritten outside the cache).</summary>
     public void Invalidate(long hostOffset)
     {
         Interlocked.Increment(ref _generation);
         _slots.TryRemove(hostOffset, out _);
+    }
+
+    /// <summary>
+    /// Forgets every table that is on disk (all but the pinned ones), giving an idle image's memory
+    /// back; readers load them again on demand. As safe as eviction, which drops the same tables.
+    /// </summary>
+    public void DropUnpinned()
+    {
+        lock (_evictLock)
+        {
+            foreach (var slot in _slots)
+                if (!_pinned.ContainsKey(slot.Key)) _slots.TryRemove(slot);
+        }
     }
 
     /// <summary>Forgets every table.</summary>

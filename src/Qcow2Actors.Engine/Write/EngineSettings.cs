@@ -11,10 +11,21 @@ public sealed record EngineSettings
     public int MaxLiveTableActors { get; init; } = 256;
     /// <summary>A clean L2 table actor with no work for this long stops.</summary>
     public TimeSpan TableIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// An image with no requests for this long gives its memory back: cached L2 tables that are on
+    /// disk are dropped and clean table actors stop (zero: never). Tables changed since the last
+    /// checkpoint stay until a checkpoint has written them.
+    /// </summary>
+    public TimeSpan CacheIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Checkpoint once this many records wait in the journal.</summary>
     public int CheckpointRecords { get; init; } = 1048576;
     /// <summary>Checkpoint when journal records have waited this long (zero: never on time).</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// The clock of every engine timer (checkpoint interval, table idle timeout, cache idle timeout);
+    /// not read from HOCON: tests pass a fake one to <see cref="ImageHost.Create(Akka.Configuration.Config?, string, TimeProvider?)"/>.
+    /// </summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
     /// <summary>Akka.Persistence journal plugin id.</summary>
     public string JournalPluginId { get; init; } = "akka.persistence.journal.qcow2-file";
     /// <summary>Akka.Persistence snapshot plugin id (the engine takes no snapshots).</summary>
@@ -31,6 +42,7 @@ public sealed record EngineSettings
             L2CacheSize = e?.GetInt("l2-cache-size", d.L2CacheSize) ?? d.L2CacheSize,
             MaxLiveTableActors = e?.GetInt("max-live-table-actors", d.MaxLiveTableActors) ?? d.MaxLiveTableActors,
             TableIdleTimeout = e?.GetTimeSpan("table-idle-timeout", d.TableIdleTimeout) ?? d.TableIdleTimeout,
+            CacheIdleTimeout = e?.GetTimeSpan("cache-idle-timeout", d.CacheIdleTimeout) ?? d.CacheIdleTimeout,
             CheckpointRecords = e?.GetInt("checkpoint-records", d.CheckpointRecords) ?? d.CheckpointRecords,
             CheckpointInterval = e?.GetTimeSpan("checkpoint-interval", d.CheckpointInterval) ?? d.CheckpointInterval,
             JournalPluginId = j?.GetString("plugin-id", d.JournalPluginId) ?? d.JournalPluginId,

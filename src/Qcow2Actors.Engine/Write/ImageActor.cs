@@ -12,7 +12,11 @@ internal sealed record OpenedImage(ImageContext Context, OpenedLayer Layer, IAct
 /// The root of one open image: Opening → Recovering → Ready → Closing (Corrupt/failed
 /// images stay open read-only with the reason). Opening runs asynchronously (PipeTo +
 /// stash), never blocking a constructor. In Ready it routes mutations to one L2 table
-/// actor per L1 entry, bounds how many live, and runs checkpoints.
+/// actor per L1 entry, bounds how many live, passivates idle ones, gives an idle image's
+/// cached tables back, and runs checkpoints. Its timers run on the host's TimeProvider; its
+/// blocking file I/O (recovery, open, checkpoint writes and fsyncs) on <see cref="BlockingIo"/>.
+/// About 450 lines: routing, passivation, checkpoint and resize all act on the one set of live
+/// table actors this class owns; the idle rules are in <see cref="IdleSweep"/>.
 /// </summary>
 // No ConfigureAwait(false) here: code after an await in a ReceiveAsync handler calls
 // Become/Context, which exist only on the actor's own context.
@@ -20,6 +24,16 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 {
     private sealed record Recovered(ImageHeaderBlock Block, bool HadJournal);
     private sealed record Opened(OpenedImage Image);
+    private sealed record Sweep;
+
+    /// <summary>How many table actors are live and L2 tables cached (for tests).</summary>
+    internal sealed record TableCounts(int LiveTableActors, int CachedTables, int PinnedTables);
+
+    /// <summary>
+    /// Replies with <see cref="TableCounts"/> once no table actor is being passivated (so a test
+    /// sees the result of a sweep, not a moment in the middle of one).
+    /// </summary>
+    internal sealed record InspectTables(TaskCompletionSource<TableCounts> Reply);
 
     private readonly string _path;
     private readonly Qcow2OpenOptions _options;
@@ -33,8 +47,13 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly Dictionary<IActorRef, int> _tableIndex = new();
     private readonly Dictionary<int, long> _lastUse = new();
     private readonly Dictionary<int, List<object>> _passivating = new();
+    private readonly List<TaskCompletionSource<TableCounts>> _inspectors = new();
     private long _tick;
-    private ICancelable? _checkpointTimer;
+    private readonly TimeProvider _time;
+    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+    private ITimer? _checkpointTimer;
+    private ITimer? _sweepTimer;
+    private readonly IdleSweep _idle;
 
     public ImageActor(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened, ImageLockSet locks)
     {
@@ -44,6 +63,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         _settings = settings;
         _opened = opened;
         _persistenceId = _path;
+        _time = settings.TimeProvider;
+        _idle = new IdleSweep(_time, settings.TableIdleTimeout, settings.CacheIdleTimeout);
         Opening();
     }
 
@@ -57,7 +78,9 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     protected override void PostStop()
     {
-        _checkpointTimer?.Cancel();
+        _checkpointTimer?.Dispose();
+        _sweepTimer?.Dispose();
+        foreach (var i in _inspectors) i.TrySetException(new ObjectDisposedException(_path, "the image is closed"));
         _opened.TrySetException(new IOException($"'{_path}' was closed while opening"));
     }
 
@@ -66,7 +89,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private void Opening()
     {
         Receive<JournalRecovered>(m => RecoverAsync(m).PipeTo(Self, success: r => r, failure: ex => new Status.Failure(ex)));
-        Receive<Recovered>(r => OpenReadSideAsync(r).PipeTo(Self, success: o => new Opened(o), failure: ex => new Status.Failure(ex)));
+        // The read side's "asynchronous" reads complete inline on the file device: start it on an I/O thread.
+        Receive<Recovered>(r => _io.RunAsync(() => OpenReadSideAsync(r)).PipeTo(Self, success: o => new Opened(o), failure: ex => new Status.Failure(ex)));
         Receive<Opened>(o =>
         {
             _ctx = o.Image.Context;
@@ -76,9 +100,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.
             Context.Watch(_ctx.Journal);
-            if (_settings.CheckpointInterval > TimeSpan.Zero)
-                _checkpointTimer = Context.System.Scheduler.ScheduleTellRepeatedlyCancelable(
-                    _settings.CheckpointInterval, _settings.CheckpointInterval, Self, new CheckpointRequest(null), Self);
+            StartTimers();
             Become(Ready);
             Stash.UnstashAll();
             _opened.TrySetResult(o.Image with { Image = Self });
@@ -93,9 +115,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     private async Task<Recovered> RecoverAsync(JournalRecovered journal)
     {
-        ImageHeaderBlock block;
-        using (var device = _options.OpenDevice(_path, writable: true))
-            block = ImageRecovery.Recover(device, _path, journal.Batches, _options.RebuildWithoutJournal);
+        // Journal replay and the refcount rebuild are long runs of blocking I/O: on an I/O thread.
+        var block = await _io.Run(() =>
+        {
+            using var device = _options.OpenDevice(_path, writable: true);
+            return ImageRecovery.Recover(device, _path, journal.Batches, _options.RebuildWithoutJournal);
+        });
         // The journal's effect is in place and durable: delete it.
         var truncated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _replay!.Tell(new TruncateJournal(truncated));
@@ -131,11 +156,11 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     private void Ready()
     {
         Receive<RouteToTable>(Route);
-        Receive<RequestPassivation>(m =>
+        Receive<Sweep>(_ => SweepIdle());
+        Receive<InspectTables>(m =>
         {
-            if (_passivating.ContainsKey(m.L1Index) || !_tables.TryGetValue(m.L1Index, out var child) || !child.Equals(m.Table)) return;
-            _passivating[m.L1Index] = new List<object>();
-            child.Tell(new StopIfClean(m.L1Index, Self));
+            _inspectors.Add(m.Reply);
+            AnswerInspectors();
         });
         Receive<ReadyToStop>(m =>
         {
@@ -150,6 +175,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             if (_passivating.Remove(m.L1Index, out var held) && _tables.TryGetValue(m.L1Index, out var child))
                 foreach (var msg in held) child.Tell(msg);
+            AnswerInspectors();
         });
         Receive<Terminated>(t =>
         {
@@ -157,8 +183,10 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
             if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
             _lastUse.Remove(index);
+            _idle.Forget(index);
             if (_passivating.Remove(index, out var held))
                 foreach (var msg in held) Route(new RouteToTable(index, msg));
+            AnswerInspectors();
         });
         ReceiveAsync<CheckpointRequest>(async m =>
         {
@@ -215,6 +243,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 case RouteToTable { Message: ZeroOp z }: z.Done.TrySetException(error); break;
                 case RouteToTable { Message: DiscardOp d }: d.Done.TrySetException(error); break;
                 case RouteToTable { Message: CompressedWriteOp c }: c.Done.TrySetException(error); break;
+                case InspectTables i: i.Reply.TrySetException(error); break;
             }
         });
     }
@@ -231,6 +260,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             _tableIndex[child] = m.L1Index;
         }
         _lastUse[m.L1Index] = ++_tick;
+        _idle.Used(m.L1Index);
         child.Tell(m.Message);
         // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
         if (!_checkpointQueued && _ctx!.Layer.L2Tables.PinnedCount > _settings.L2CacheSize)
@@ -244,10 +274,51 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         // Ask the least recently used table actors to stop if clean; messages for them wait here meanwhile.
         foreach (var (index, _) in _lastUse.Where(kv => !_passivating.ContainsKey(kv.Key)).OrderBy(kv => kv.Value).Take(Math.Max(1, _settings.MaxLiveTableActors / 8)).ToList())
-        {
-            _passivating[index] = new List<object>();
-            _tables[index].Tell(new StopIfClean(index, Self));
-        }
+            AskToStop(index);
+    }
+
+    /// <summary>Asks a live table actor to stop if it is clean; messages for its table wait here meanwhile.</summary>
+    private void AskToStop(int index)
+    {
+        if (_passivating.ContainsKey(index) || !_tables.TryGetValue(index, out var child)) return;
+        _passivating[index] = new List<object>();
+        child.Tell(new StopIfClean(index, Self));
+    }
+
+    // ---------------------------------------------------------------- timers (on _time)
+
+    private void StartTimers()
+    {
+        var self = Self;
+        if (_settings.CheckpointInterval > TimeSpan.Zero)
+            _checkpointTimer = _time.CreateTimer(_ => self.Tell(new CheckpointRequest(null)), null,
+                _settings.CheckpointInterval, _settings.CheckpointInterval);
+        // One sweep serves both idle timeouts.
+        if (_idle.Period is { } period)
+            _sweepTimer = _time.CreateTimer(_ => self.Tell(new Sweep()), null, period, period);
+    }
+
+    private void SweepIdle()
+    {
+        long now = _idle.Now;
+        // A dirty table answers StayAlive (its only copy is in memory until the checkpoint) and is asked again later.
+        foreach (var index in _idle.IdleTables(now)) AskToStop(index);
+        // Requests routed here and lookups in the read cache (readers and the in-place fast path) are the image's activity.
+        if (!_idle.ImageIdle(_tick + _ctx!.Layer.L2Tables.Activity, now)) return;
+        // Idle: give back what can be read again. Tables changed since the last checkpoint stay (pinned,
+        // their table actors answer StayAlive) until a checkpoint writes them; a later sweep takes them.
+        foreach (var index in _tables.Keys.ToList()) AskToStop(index);
+        _ctx.Layer.L2Tables.DropUnpinned();
+        _ctx.Layer.ForgetDecompressed();
+    }
+
+    private void AnswerInspectors()
+    {
+        if (_inspectors.Count == 0 || _passivating.Count > 0) return;
+        var cache = _ctx!.Layer.L2Tables;
+        var counts = new TableCounts(_tables.Count, cache.Count, cache.PinnedCount);
+        foreach (var i in _inspectors) i.TrySetResult(counts);
+        _inspectors.Clear();
     }
 
     private bool _checkpointQueued;
@@ -351,14 +422,19 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 ctx.ChangeHeader(pending);
                 _pendingHeader = null;
             }
-            ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
-            RecordApplier.WriteL1(ctx.Device, ctx.Header, ctx.Layer.Views.Current.L1);
-            ctx.ChangeHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
-            ctx.Device.Flush();
-            // Tables are in place and durable: the header may point at them and say "clean" before
-            // the journal is truncated (a crash in between leaves stale records a clean header ignores).
-            ctx.MarkClean();
-            ctx.Device.Flush();
+            var view = ctx.Layer.Views.Current;
+            // Blocking writes and two fdatasyncs: on an I/O thread (the tables are paused meanwhile).
+            await _io.Run(() =>
+            {
+                ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
+                RecordApplier.WriteL1(ctx.Device, ctx.Header, view.L1);
+                ctx.ChangeHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
+                ctx.Device.Flush();
+                // Tables are in place and durable: the header may point at them and say "clean" before
+                // the journal is truncated (a crash in between leaves stale records a clean header ignores).
+                ctx.MarkClean();
+                ctx.Device.Flush();
+            });
             await Send(ctx.Journal, d => new TruncateJournal(d));
         }
         catch (Exception ex) when (ex is IOException)

@@ -9,14 +9,18 @@ namespace Qcow2Actors.Engine.Write;
 /// memory; a flush makes the data durable (fdatasync), makes sure the header's dirty and
 /// journal-pending bits are durable, then persists everything gathered as ONE message
 /// (a group commit per flush, never one event per guest write) and only then
-/// acknowledges. Flushes that arrive together share one batch.
+/// acknowledges. Flushes that arrive together share one batch. The fdatasync runs on the
+/// engine's I/O threads (<see cref="BlockingIo"/>) while this actor's mailbox waits, so the
+/// batch is exactly what was appended before the sync started.
 /// </summary>
+// No ConfigureAwait(false): Persist after the await needs the actor's context.
 internal sealed class JournalActor : ReceivePersistentActor
 {
     private sealed record DoFlush;
 
     private readonly ImageContext _ctx;
     private readonly Func<bool> _markDirty;
+    private readonly BlockingIo _io = BlockingIo.For(Context.System);
     private List<MetadataRecord> _pending = new();
     private List<long> _pendingFreed = new();
     private List<TaskCompletionSource> _pendingDurable = new();
@@ -61,7 +65,7 @@ internal sealed class JournalActor : ReceivePersistentActor
                 Self.Tell(new DoFlush());
             }
         });
-        Command<DoFlush>(_ => Flush());
+        CommandAsync<DoFlush>(_ => FlushAsync());
         Command<TruncateJournal>(m =>
         {
             _recordsSinceCheckpoint = _pending.Count;
@@ -83,7 +87,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     /// <summary>Records not yet persisted (for tests and the close path).</summary>
     public int PendingCount => _pending.Count;
 
-    private void Flush()
+    private async Task FlushAsync()
     {
         if (!_markerDurable && _pending.Count > 0 && !_ctx.BitsOnDisk)
         {
@@ -94,7 +98,8 @@ internal sealed class JournalActor : ReceivePersistentActor
             Persist(new JournalBatch([]), _ =>
             {
                 _markerDurable = true;
-                Flush();
+                // Goes on as a message of its own: a persist callback cannot await the fsync.
+                Self.Tell(new DoFlush());
             });
             return;
         }
@@ -105,10 +110,14 @@ internal sealed class JournalActor : ReceivePersistentActor
         try
         {
             _ctx.ThrowIfReadOnly();
-            // The bits go to disk with the same fdatasync as the data, before the first batch.
-            if (_pending.Count > 0) _markDirty();
-            _ctx.DataDevice?.Flush();
-            _ctx.Device.Flush();
+            bool records = _pending.Count > 0;
+            await _io.Run(() =>
+            {
+                // The bits go to disk with the same fdatasync as the data, before the first batch.
+                if (records) _markDirty();
+                _ctx.DataDevice?.Flush();
+                _ctx.Device.Flush();
+            });
         }
         catch (Exception ex)
         {

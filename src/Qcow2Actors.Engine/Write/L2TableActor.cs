@@ -39,6 +39,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     // is durable, unless a write maps the cluster again first (keyed by guest cluster offset).
     private readonly Dictionary<long, Task> _dataPunches = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly BlockingIo _io = BlockingIo.For(Context.System);
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
@@ -46,8 +47,8 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         _l1Index = l1Index;
         _g = ctx.Geometry;
         _entries = _g.L2Entries;
+        // Idle passivation is the parent's (ImageActor, on the engine's TimeProvider): it sends StopIfClean.
         Active();
-        SetReceiveTimeout(ctx.Settings.TableIdleTimeout);
     }
 
     public IStash Stash { get; set; } = null!;
@@ -60,13 +61,13 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
         ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, () => DiscardAsync(m.Offset, m.Length)));
         ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
-        ReceiveAsync<PunchDataClusters>(_ => Task.Run(PunchDurableDataClusters));
+        ReceiveAsync<PunchDataClusters>(_ => _io.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
             Become(Paused);
             m.Done.TrySetResult();
         });
-        Receive<WriteBackTable>(WriteBack);
+        ReceiveAsync<WriteBackTable>(WriteBackAsync);
         Receive<ResumeMutations>(_ => { });
         Receive<StopIfClean>(m =>
         {
@@ -80,12 +81,6 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             Become(Stopping);
             m.Parent.Tell(new ReadyToStop(m.L1Index, Self));
         });
-        Receive<ReceiveTimeout>(_ =>
-        {
-            // Passivate only when clean (a dirty table's only copy is here until the checkpoint),
-            // and through the parent, which holds new messages for this table until we are gone.
-            if (!_dirty) Context.Parent.Tell(new RequestPassivation(_l1Index, Self));
-        });
     }
 
     private void Stopping()
@@ -97,13 +92,12 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Paused()
     {
-        Receive<WriteBackTable>(WriteBack);
+        ReceiveAsync<WriteBackTable>(WriteBackAsync);
         Receive<ResumeMutations>(_ =>
         {
             Become(Active);
             Stash.UnstashAll();
         });
-        Receive<ReceiveTimeout>(_ => { });
         Receive<StopIfClean>(m => m.Parent.Tell(new StayAlive(m.L1Index)));
         ReceiveAny(_ => Stash.Stash());
     }
@@ -116,7 +110,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             // Journal space for this request's records is reserved before anything changes: a full
             // disk fails this request here, instead of the commit that would have to persist them.
             if (_ctx.JournalSpace is { Unchecked: false } space && space.Headroom < Journal.JournalReservation.Margin)
-                await Task.Run(() => space.EnsureHeadroom(freeingOnly));
+                await _io.Run(() => space.EnsureHeadroom(freeingOnly));
             await body();
             done.TrySetResult();
         }
@@ -130,20 +124,30 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
-    private void WriteBack(WriteBackTable m)
+    private async Task WriteBackAsync(WriteBackTable m)
     {
         try
         {
-            // The checkpoint's flush made every earlier discard durable: punch now, before close.
-            PunchDurableDataClusters();
+            byte[]? bytes = null;
+            long offset = _tableOffset;
             if (_dirty && _words is not null)
             {
-                _ctx.CheckTableWrite(_tableOffset, _g.ClusterSize, MetadataKind.L2Table);
-                var bytes = new byte[_g.ClusterSize];
-                new L2View(_tableOffset, _words, _g.ExtendedL2).WriteTo(bytes);
-                _ctx.Device.Write(bytes, _tableOffset);
+                _ctx.CheckTableWrite(offset, _g.ClusterSize, MetadataKind.L2Table);
+                bytes = new byte[_g.ClusterSize];
+                new L2View(offset, _words, _g.ExtendedL2).WriteTo(bytes);
+            }
+            // On an I/O thread, the mailbox waiting. The checkpoint's flush made every earlier discard
+            // durable: punch now, before close.
+            if (bytes is not null || _dataPunches.Count > 0)
+                await _io.Run(() =>
+                {
+                    PunchDurableDataClusters();
+                    if (bytes is not null) _ctx.Device.Write(bytes, offset);
+                });
+            if (bytes is not null)
+            {
                 _dirty = false;
-                _ctx.Layer.L2Tables.Unpin(_tableOffset);
+                _ctx.Layer.L2Tables.Unpin(offset);
                 _pinnedOffset = -1;
             }
             m.Done.TrySetResult();

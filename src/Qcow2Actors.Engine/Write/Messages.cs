@@ -85,8 +85,5 @@ internal sealed record StayAlive(int L1Index);
 /// <summary>Grow the virtual disk to <paramref name="NewSize"/> bytes (growing the L1 table if needed).</summary>
 internal sealed record ResizeRequest(long NewSize, TaskCompletionSource Done);
 
-/// <summary>An idle, clean table actor asks its parent to passivate it (the parent then sends <see cref="StopIfClean"/>).</summary>
-internal sealed record RequestPassivation(int L1Index, Akka.Actor.IActorRef Table);
-
 /// <summary>A clean table actor agreed to stop; the parent stops it (messages for it are held meanwhile).</summary>
 internal sealed record ReadyToStop(int L1Index, Akka.Actor.IActorRef Table);

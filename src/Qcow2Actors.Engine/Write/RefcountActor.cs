@@ -12,6 +12,8 @@ namespace Qcow2Actors.Engine.Write;
 /// </summary>
 internal sealed class RefcountActor : ReceiveActor
 {
+    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+
     public RefcountActor(ImageContext ctx, RefcountAllocator refcounts)
     {
         Receive<AllocateClusters>(m => Reply(m.Reply, () => refcounts.Allocate(m.Count)));
@@ -35,11 +37,11 @@ internal sealed class RefcountActor : ReceiveActor
             // neither punch nor reuse may come before it lands (ClusterLeases).
             await ctx.Leases.WhenFree(m.Clusters);
             // The records that freed these clusters are durable: give their space back to the host
-            // BEFORE they become allocatable (a punch after reuse would destroy new data). Off the
-            // actor's thread, as the journal does its file I/O; the mailbox waits meanwhile.
+            // BEFORE they become allocatable (a punch after reuse would destroy new data). On an I/O
+            // thread, as the journal does its file I/O; the mailbox waits meanwhile.
             try
             {
-                await Task.Run(() => PunchFreed(ctx, m.Clusters));
+                await _io.Run(() => PunchFreed(ctx, m.Clusters));
             }
             catch (Exception ex) when (ex is IOException or ObjectDisposedException)
             {
@@ -48,20 +50,25 @@ internal sealed class RefcountActor : ReceiveActor
             }
             refcounts.Release(m.Clusters);
         });
-        Receive<WriteBackRefcounts>(m =>
+        ReceiveAsync<WriteBackRefcounts>(async m =>
         {
             try
             {
-                // Nothing is written in place once the image turned read-only (a corrupt image above all).
-                ctx.ThrowIfReadOnly();
-                try
+                // Written on an I/O thread (blocking writes); the table actors are paused meanwhile.
+                var table = await _io.Run(() =>
                 {
-                    m.Reply.TrySetResult(refcounts.WriteBack());
-                }
-                catch (Qcow2ImageCorruptException ex)
-                {
-                    throw ctx.MarkCorrupt(ex.Message);
-                }
+                    // Nothing is written in place once the image turned read-only (a corrupt image above all).
+                    ctx.ThrowIfReadOnly();
+                    try
+                    {
+                        return refcounts.WriteBack();
+                    }
+                    catch (Qcow2ImageCorruptException ex)
+                    {
+                        throw ctx.MarkCorrupt(ex.Message);
+                    }
+                });
+                m.Reply.TrySetResult(table);
             }
             catch (Exception ex)
             {

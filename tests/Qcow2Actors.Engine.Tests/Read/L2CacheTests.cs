@@ -64,4 +64,37 @@ public sealed class L2CacheTests
         await cache.GetOrLoadAsync(0x20000, Load, default);
         Assert.Equal(2, loads);
     }
+
+    [Fact]
+    public void Dropping_unpinned_tables_keeps_only_the_pinned_ones()
+    {
+        var cache = new L2Cache(8);
+        for (int i = 1; i <= 4; i++) cache.Publish(View(i * 0x10000L));
+        cache.Pin(0x20000);
+        cache.DropUnpinned();
+        Assert.Equal(1, cache.Count);
+        Assert.True(cache.TryGet(0x20000, out _));
+        Assert.False(cache.TryGet(0x10000, out _));
+    }
+
+    [Fact]
+    public async Task Activity_changes_with_every_lookup_load_and_publish_and_not_otherwise()
+    {
+        var cache = new L2Cache(8);
+        long before = cache.Activity;
+        Assert.Equal(before, cache.Activity);
+        cache.Publish(View(0x10000));
+        long published = cache.Activity;
+        Assert.NotEqual(before, published);
+        cache.TryGet(0x10000, out _);
+        long looked = cache.Activity;
+        Assert.NotEqual(published, looked);
+        await cache.GetOrLoadAsync(0x20000, (off, _) => Task.FromResult(View(off)), default);
+        Assert.NotEqual(looked, cache.Activity);
+        long settled = cache.Activity;
+        cache.Pin(0x10000);
+        cache.Unpin(0x10000);
+        cache.DropUnpinned();
+        Assert.Equal(settled, cache.Activity);
+    }
 }

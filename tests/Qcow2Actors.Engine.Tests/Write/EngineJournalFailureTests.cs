@@ -1,9 +1,10 @@
-using System.Diagnostics;
 using Akka.Persistence;
 using Akka.Persistence.TestKit;
 using Qcow2Actors.Engine.Create;
 using Qcow2Actors.Engine.Device;
+using Microsoft.Extensions.Time.Testing;
 using Qcow2Actors.Engine.Tests.Device;
+using Qcow2Actors.Engine.Tests.Journal;
 using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Write;
@@ -11,7 +12,7 @@ namespace Qcow2Actors.Engine.Tests.Write;
 /// <summary>
 /// Journal trouble as the engine meets it: the image host runs on Akka.Persistence.TestKit's
 /// interceptable journal (chosen by <c>qcow2actors.journal.plugin-id</c>), whose writes the
-/// tests make fail, reject or lag. A flush is acknowledged only once its batch is durable;
+/// tests make fail, reject or hold. A flush is acknowledged only once its batch is durable;
 /// a journal that cannot take the batch turns the image read-only and says so.
 /// </summary>
 public sealed class EngineJournalFailureTests : IAsyncLifetime
@@ -29,7 +30,7 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     }
 
     /// <summary>An image host whose journal is the interceptable test journal, and a handle on that journal.</summary>
-    private static (ImageHost Host, ITestJournal Journal) HostOnTestJournal(string checkpointInterval)
+    private static (ImageHost Host, ITestJournal Journal) HostOnTestJournal(string checkpointInterval, TimeProvider? time = null)
     {
         var host = ImageHost.Create($$"""
             akka.loglevel = OFF
@@ -40,7 +41,7 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
               class = "Akka.Persistence.TestKit.TestJournal, Akka.Persistence.TestKit"
               plugin-dispatcher = "akka.actor.default-dispatcher"
             }
-            """);
+            """, timeProvider: time);
         return (host, TestJournal.FromRef(Persistence.Instance.Apply(host.System).JournalFor(TestJournalId)));
     }
 
@@ -102,10 +103,8 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
         await Assert.ThrowsAsync<IOException>(async () => await image.FlushAsync().AsTask().WaitAsync(Timeout));
         await _journal.OnWrite.Pass();
 
-        var second = image.FlushAsync().AsTask();
-        var finished = await Task.WhenAny(second, Task.Delay(Timeout));
-        Assert.True(finished == second, "FlushAsync on an image whose journal write failed never completed");
-        await Assert.ThrowsAsync<IOException>(() => second);
+        // A hang shows as a TimeoutException, not the IOException expected.
+        await Assert.ThrowsAsync<IOException>(() => image.FlushAsync().AsTask().WaitAsync(Timeout));
         await image.DisposeAsync().AsTask().WaitAsync(Timeout);
     }
 
@@ -126,18 +125,19 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     {
         // A timed checkpoint on an image whose journal actor has stopped must not wait forever
         // for that journal's flush and so block the image actor, and with it the close.
-        var (host, journal) = HostOnTestJournal("300ms");
+        var time = new FakeTimeProvider();
+        var (host, journal) = HostOnTestJournal("300ms", time);
         await using var _ = host;
         var image = await host.CreateAsync(_dir.File("timed.qcow2"), new Qcow2CreateOptions { Size = 4 << 20 });
         await image.WriteAsync(0, Bytes(100_000, 10));
         await journal.OnWrite.Fail();
         await Assert.ThrowsAsync<IOException>(async () => await image.FlushAsync().AsTask().WaitAsync(Timeout));
         await journal.OnWrite.Pass();
-        await Task.Delay(1000); // a few checkpoint ticks
+        // Three checkpoint ticks, queued at the image actor ahead of the close.
+        for (int i = 0; i < 3; i++) time.Advance(TimeSpan.FromMilliseconds(300));
 
-        var close = image.DisposeAsync().AsTask();
-        var finished = await Task.WhenAny(close, Task.Delay(Timeout));
-        Assert.True(finished == close, "DisposeAsync never completed: the image actor is stuck in a checkpoint");
+        // A TimeoutException here: the image actor is stuck in a checkpoint.
+        await image.DisposeAsync().AsTask().WaitAsync(Timeout);
     }
 
     [Fact]
@@ -145,15 +145,13 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
     {
         var image = await NewImage("slow.qcow2");
         await image.WriteAsync(0, Bytes(100_000, 5));
-        var delay = TimeSpan.FromMilliseconds(800);
-        await _journal.OnWrite.PassWithDelay(delay);
+        var gate = await JournalWriteGate.CloseOn(_journal);
 
-        var clock = Stopwatch.StartNew();
         var flush = image.FlushAsync().AsTask();
-        await Task.Delay(delay / 4);
+        await gate.Entered.WaitAsync(Timeout);
         Assert.False(flush.IsCompleted, "the flush was acknowledged before its journal batch was written");
+        gate.Open();
         await flush.WaitAsync(Timeout);
-        Assert.True(clock.Elapsed >= delay - TimeSpan.FromMilliseconds(50), $"acknowledged after {clock.Elapsed}");
         Assert.False(image.IsReadOnly, image.ReadOnlyReason);
         await _journal.OnWrite.Pass();
         await image.DisposeAsync().AsTask().WaitAsync(Timeout);
@@ -165,10 +163,13 @@ public sealed class EngineJournalFailureTests : IAsyncLifetime
         var image = await NewImage("owned.qcow2");
         await image.WriteAsync(0, Bytes(65536, 6));
         await image.FlushAsync().AsTask().WaitAsync(Timeout);
-        // An overwrite of an owned cluster changes no metadata: its flush is the data fdatasync alone.
-        await _journal.OnWrite.PassWithDelay(TimeSpan.FromSeconds(5));
+        // An overwrite of an owned cluster changes no metadata: its flush is the data fdatasync alone,
+        // and completes while every journal write is held.
+        var gate = await JournalWriteGate.CloseOn(_journal);
         await image.WriteAsync(0, Bytes(65536, 7));
-        await image.FlushAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(3));
+        await image.FlushAsync().AsTask().WaitAsync(Timeout);
+        Assert.False(gate.Entered.IsCompleted, "the flush of an owned-cluster overwrite wrote to the journal");
+        gate.Open();
         await _journal.OnWrite.Pass();
         await image.DisposeAsync().AsTask().WaitAsync(Timeout);
     }

@@ -123,10 +123,10 @@ public sealed class FastPathLeaseTests : IDisposable
 
     private sealed class GatedDevice(IBlockDevice inner, WriteGate gate) : DelegatingDevice(inner)
     {
-        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
+        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
         {
             if (gate.TryHold(offset) is { } held) await held.ConfigureAwait(false);
-            await base.WriteAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
+            await base.WriteCoreAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
         }
     }
 }

@@ -1,0 +1,93 @@
+using Akka.Actor;
+using Akka.Configuration;
+
+namespace Qcow2Actors.Engine.Tests;
+
+/// <summary>
+/// Blocking file I/O runs on the engine's own I/O threads: never on a pool thread (Akka's default
+/// dispatcher runs on the .NET pool), every blocking call at once up to the configured bound, and
+/// no more threads than that.
+/// </summary>
+public sealed class BlockingIoTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(15);
+
+    [Theory]
+    [InlineData(true, 6)] // the engine's reference configuration, bound overridden
+    [InlineData(false, BlockingIo.DefaultMaxThreads)] // a system configured without it: the default bound
+    public async Task Blocking_calls_all_run_at_once_on_threads_of_their_own_up_to_the_bound(bool withReference, int bound)
+    {
+        var config = withReference
+            ? ConfigurationFactory.ParseString($"qcow2actors.io-threads = {bound}").WithFallback(ImageHost.ReferenceConfig)
+            : ConfigurationFactory.ParseString("akka.loglevel = OFF");
+        var system = ActorSystem.Create("blocking-io", config);
+        var io = BlockingIo.For(system);
+        using var release = new ManualResetEventSlim();
+        using var started = new CountdownEvent(bound);
+        int onPool = 0, running = 0, peak = 0;
+        try
+        {
+            // One more call than the bound, each blocking until released: exactly the bound run at once.
+            var calls = Enumerable.Range(0, bound + 1).Select(_ => io.Run(() =>
+            {
+                if (Thread.CurrentThread.IsThreadPoolThread) Interlocked.Increment(ref onPool);
+                int now = Interlocked.Increment(ref running);
+                InterlockedMax(ref peak, now);
+                if (!started.IsSet) started.Signal();
+                release.Wait(Timeout);
+                Interlocked.Decrement(ref running);
+            })).ToList();
+            Assert.True(await Task.Run(() => started.Wait(Timeout)), $"only {bound - started.CurrentCount} of {bound} blocking calls started");
+            Assert.Equal(bound, Volatile.Read(ref running));
+            release.Set();
+            await Task.WhenAll(calls).WaitAsync(Timeout);
+            Assert.Equal(0, onPool);
+            Assert.Equal(bound, peak);
+            Assert.Equal(bound, io.Threads);
+        }
+        finally
+        {
+            release.Set();
+            await system.Terminate();
+        }
+    }
+
+    private static void InterlockedMax(ref int target, int value)
+    {
+        int seen = Volatile.Read(ref target);
+        while (value > seen)
+        {
+            int prior = Interlocked.CompareExchange(ref target, value, seen);
+            if (prior == seen) return;
+            seen = prior;
+        }
+    }
+
+    [Fact]
+    public async Task Calls_one_after_another_reuse_one_thread_and_carry_results_and_errors()
+    {
+        var system = ActorSystem.Create("blocking-io-error", ImageHost.ReferenceConfig);
+        try
+        {
+            var io = BlockingIo.For(system);
+            for (int i = 0; i < 20; i++) Assert.Equal(i, await io.Run(() => i).WaitAsync(Timeout));
+            var error = await Assert.ThrowsAsync<IOException>(() => io.Run(() => throw new IOException("fdatasync failed")).WaitAsync(Timeout));
+            Assert.Equal("fdatasync failed", error.Message);
+            Assert.Equal(1, io.Threads);
+        }
+        finally
+        {
+            await system.Terminate();
+        }
+    }
+
+    [Fact]
+    public async Task After_the_actor_system_stops_a_call_fails_instead_of_hanging()
+    {
+        var system = ActorSystem.Create("blocking-io-stopped", ImageHost.ReferenceConfig);
+        var io = BlockingIo.For(system);
+        await system.Terminate();
+        var error = await Assert.ThrowsAsync<IOException>(() => io.Run(() => 1).WaitAsync(Timeout));
+        Assert.Contains("stopped", error.Message);
+    }
+}
