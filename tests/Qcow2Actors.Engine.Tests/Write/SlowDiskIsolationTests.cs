@@ -44,10 +44,11 @@ public sealed class SlowDiskIsolationTests : IDisposable
 
     private sealed class StallingFlushDevice(IBlockDevice inner, FlushGate gate) : DelegatingDevice(inner)
     {
-        public override void Flush()
+        // Blocks the calling thread, as a stalled fdatasync does.
+        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
         {
             gate.Pass();
-            Inner.Flush();
+            return Inner.FlushAsync(cancellationToken);
         }
     }
 
