@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Journal;
 using Qcow2Actors.Format;
@@ -115,8 +114,7 @@ public static class PendingJournal
     {
         Span<byte> h = stackalloc byte[HeaderBytes];
         if (device.Read(h, 0) < HeaderBytes) return false;
-        return BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2Header.MagicOffset..]) == Qcow2Header.Magic
-            && BinaryPrimitives.ReadInt32BigEndian(h[Qcow2Header.VersionOffset..]) >= 3
-            && (BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2Header.IncompatibleFeaturesOffset..]) & (ulong)IncompatibleFeatures.JournalPending) != 0;
+        return Qcow2Header.TryPeekIncompatibleFeatures(h, out var features)
+            && (features & IncompatibleFeatures.JournalPending) != 0;
     }
 }

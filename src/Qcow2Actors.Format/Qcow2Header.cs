@@ -242,6 +242,23 @@ public sealed partial class Qcow2Header
         first.Length >= MagicOffset + 4 && BinaryPrimitives.ReadUInt32BigEndian(first[MagicOffset..]) == Magic;
 
     /// <summary>
+    /// The incompatible feature bits of a v3 header, read without validating anything else: for a
+    /// quick look at a file another process may be writing (is a journal pending?). False when
+    /// <paramref name="first"/> is not a qcow2 v3 header or is too short to hold the field.
+    /// </summary>
+    /// <param name="first">The file's first bytes.</param>
+    /// <param name="features">The bits, when the result is true.</param>
+    public static bool TryPeekIncompatibleFeatures(ReadOnlySpan<byte> first, out IncompatibleFeatures features)
+    {
+        features = 0;
+        if (!HasMagic(first) || first.Length < IncompatibleFeaturesOffset + 8
+            || BinaryPrimitives.ReadInt32BigEndian(first[VersionOffset..]) < 3)
+            return false;
+        features = (IncompatibleFeatures)BinaryPrimitives.ReadUInt64BigEndian(first[IncompatibleFeaturesOffset..]);
+        return true;
+    }
+
+    /// <summary>
     /// How many bytes from offset 0 a reader should pass to <see cref="ImageHeaderBlock.Read"/>: the
     /// cluster size when <paramref name="first"/> (the file's first bytes, at least 24 of them) names a
     /// valid one, else just what was given (the read will then report the rule the header breaks).

@@ -94,6 +94,18 @@ public sealed class SnapshotEntry
     }
 
     /// <summary>
+    /// Bytes an entry occupies as stored, from its own size fields (fixed part, extra data, id and
+    /// name; without the padding to 8 that follows it). No validation: for code that only skips entries
+    /// of a table <see cref="SnapshotTable"/> has already read.
+    /// </summary>
+    /// <param name="entry">The entry's bytes, at least <see cref="FixedSize"/> of them.</param>
+    public static long StoredSize(ReadOnlySpan<byte> entry) =>
+        FixedSize
+        + (long)BinaryPrimitives.ReadUInt32BigEndian(entry[ExtraDataSizeOffset..])
+        + BinaryPrimitives.ReadUInt16BigEndian(entry[IdSizeOffset..])
+        + BinaryPrimitives.ReadUInt16BigEndian(entry[NameSizeOffset..]);
+
+    /// <summary>
     /// Decodes one entry at the start of <paramref name="data"/> and returns the bytes it used
     /// (without padding).
     /// </summary>

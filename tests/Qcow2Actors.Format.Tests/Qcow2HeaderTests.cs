@@ -524,3 +524,30 @@ public class Qcow2HeaderTests
         Assert.Throws<ArgumentOutOfRangeException>(() => Qcow2Header.CreateNew(1L << 62, 9));
     }
 }
+
+public class Qcow2HeaderPeekTests
+{
+    private static byte[] Encoded(Qcow2Header h)
+    {
+        var b = new byte[4096];
+        h.Write(b);
+        return b;
+    }
+
+    [Fact]
+    public void A_v3_header_shows_its_incompatible_bits_without_a_full_read()
+    {
+        var h = Qcow2Header.CreateNew(1 << 20);
+        h.IncompatibleFeatures = IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending;
+        Assert.True(Qcow2Header.TryPeekIncompatibleFeatures(Encoded(h), out var bits));
+        Assert.Equal(IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending, bits);
+    }
+
+    [Fact]
+    public void A_v2_header_a_foreign_file_and_a_short_read_show_nothing()
+    {
+        Assert.False(Qcow2Header.TryPeekIncompatibleFeatures(Encoded(Qcow2Header.CreateNew(1 << 20, version: 2)), out _));
+        Assert.False(Qcow2Header.TryPeekIncompatibleFeatures(new byte[4096], out _));
+        Assert.False(Qcow2Header.TryPeekIncompatibleFeatures(Encoded(Qcow2Header.CreateNew(1 << 20)).AsSpan(0, Qcow2Header.IncompatibleFeaturesOffset + 7), out _));
+    }
+}

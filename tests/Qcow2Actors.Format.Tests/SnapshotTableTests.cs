@@ -197,3 +197,16 @@ public class SnapshotTableTests
         Assert.Equal(1, s.UnknownExtraData[0]);
     }
 }
+
+public class SnapshotEntryStoredSizeTests
+{
+    [Fact]
+    public void Stored_size_is_the_fixed_part_extra_data_id_and_name()
+    {
+        var entry = new SnapshotEntry { L1TableOffset = 0x40000, L1Size = 2, Id = "12", Name = "nightly", DiskSize = 1L << 30 };
+        var b = new byte[SnapshotTable.ComputeSize([entry])];
+        SnapshotTable.Write([entry], b);
+        Assert.Equal(entry.EncodedSize, SnapshotEntry.StoredSize(b));
+        Assert.True(entry.EncodedSize > SnapshotEntry.FixedSize + 2 + 7, "v3 entries carry extra data");
+    }
+}

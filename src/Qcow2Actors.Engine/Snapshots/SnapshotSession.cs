@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Engine.Write;
@@ -106,11 +105,7 @@ internal sealed class SnapshotSession
         for (int i = 0; i < count; i++)
         {
             off = (off + 7) & ~7L;
-            var e = table[(int)off..];
-            off += SnapshotEntry.FixedSize
-                + BinaryPrimitives.ReadUInt32BigEndian(e[SnapshotEntry.ExtraDataSizeOffset..])
-                + BinaryPrimitives.ReadUInt16BigEndian(e[SnapshotEntry.IdSizeOffset..])
-                + BinaryPrimitives.ReadUInt16BigEndian(e[SnapshotEntry.NameSizeOffset..]);
+            off += SnapshotEntry.StoredSize(table[(int)off..]);
         }
         return off;
     }
@@ -126,9 +121,7 @@ internal sealed class SnapshotSession
         var bytes = new byte[entries * 8L];
         if (_device.Read(bytes, offset) < bytes.Length)
             throw new Qcow2ImageCorruptException($"{what} at 0x{offset:X} lies past the end of {_device.Name}");
-        var l1 = new ulong[entries];
-        for (int i = 0; i < entries; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
-        return l1;
+        return L1Table.Decode(bytes);
     }
 
     private byte[] LoadL2(long offset, int l1Index)
@@ -234,8 +227,7 @@ internal sealed class SnapshotSession
     {
         if (l1.Length == 0) return;
         var bytes = new byte[(l1.Length * 8L + ClusterSize - 1) & ~(ClusterSize - 1)];
-        for (int i = 0; i < l1.Length; i++)
-            BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), copied ? l1[i] : l1[i] & ~Copied);
+        L1Table.Encode(l1, bytes, clearCopied: !copied);
         _device.Write(bytes, offset);
     }
 

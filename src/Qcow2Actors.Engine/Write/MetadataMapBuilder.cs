@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Read;
 using Qcow2Actors.Format;
@@ -25,9 +24,9 @@ internal static class MetadataMapBuilder
         long refcountBytes = (long)h.RefcountTableClusters * cs;
         map.Add(h.RefcountTableOffset, refcountBytes, MetadataKind.RefcountTable);
         var refcountTable = await ReadAsync(device, h.RefcountTableOffset, refcountBytes, ct).ConfigureAwait(false);
-        for (int i = 0; i + RefcountTableEntry.Size <= refcountTable.Length; i += RefcountTableEntry.Size)
+        for (long i = 0; i < refcountTable.Length / RefcountTableEntry.Size; i++)
         {
-            long blockOffset = new RefcountTableEntry(BinaryPrimitives.ReadUInt64BigEndian(refcountTable.AsSpan(i))).BlockOffset;
+            long blockOffset = RefcountTableEntry.Read(refcountTable, i).BlockOffset;
             if (blockOffset != 0) map.Add(blockOffset, cs, MetadataKind.RefcountBlock);
         }
 
@@ -40,9 +39,7 @@ internal static class MetadataMapBuilder
                 long l1Bytes = (long)s.L1Size * L1Entry.Size;
                 map.Add(s.L1TableOffset, l1Bytes, MetadataKind.SnapshotL1);
                 var l1 = await ReadAsync(device, s.L1TableOffset, l1Bytes, ct).ConfigureAwait(false);
-                var entries = new ulong[l1.Length / L1Entry.Size];
-                for (int i = 0; i < entries.Length; i++) entries[i] = BinaryPrimitives.ReadUInt64BigEndian(l1.AsSpan(i * L1Entry.Size));
-                AddL2Tables(map, entries, cs, MetadataKind.SnapshotL2);
+                AddL2Tables(map, L1Table.Decode(l1), cs, MetadataKind.SnapshotL2);
             }
         }
 

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Format;
@@ -81,15 +80,13 @@ internal static class RecordApplier
         var bytes = new byte[(long)h.L1Size * 8];
         if (bytes.Length > 0 && device.Read(bytes, h.L1TableOffset) < bytes.Length)
             throw new Qcow2ImageCorruptException($"L1 table at 0x{h.L1TableOffset:X} lies past the end of {device.Name}");
-        var l1 = new ulong[h.L1Size];
-        for (int i = 0; i < l1.Length; i++) l1[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
-        return l1;
+        return L1Table.Decode(bytes);
     }
 
     public static void WriteL1(IBlockDevice device, Qcow2Header h, ReadOnlySpan<ulong> l1)
     {
         var bytes = new byte[l1.Length * 8];
-        for (int i = 0; i < l1.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), l1[i]);
+        L1Table.Encode(l1, bytes);
         if (bytes.Length > 0) device.Write(bytes, h.L1TableOffset);
     }
 
