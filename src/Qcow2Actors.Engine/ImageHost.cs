@@ -75,7 +75,9 @@ public sealed class ImageHost : IAsyncDisposable
         if (options.ForceShare)
             throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
         // The write lock comes first: nothing (journal replay included) touches the image before it is ours.
+#pragma warning disable CA2000 // Handed to the image actor, which releases them when the image closes; every failure path below disposes them.
         var locks = new Device.ImageLockSet();
+#pragma warning restore CA2000
         Task<OpenedImage>? opening = null;
         try
         {
