@@ -1,6 +1,6 @@
 using Qcow2Actors.Cli;
 
-var parse = Verbs.Root().Parse(args);
+var parse = Verbs.Root(args).Parse(args);
 // One line for bad usage, checked before any verb runs: nothing is opened or created.
 if (ParseErrors.Describe(parse, args) is { } error)
 {

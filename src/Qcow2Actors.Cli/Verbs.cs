@@ -5,27 +5,51 @@ namespace Qcow2Actors.Cli;
 /// <summary>Every verb of q2a; each lives in Commands/ and is listed here once.</summary>
 internal static class Verbs
 {
+    // Name -> factory, so a command line builds only the verb it names: building all thirteen
+    // verbs' options cost about a fifth of `q2a info`'s start-up (bench/results/info-startup-2026-11-30.md).
+    private static readonly (string Name, Func<IEnumerable<Command>> Create)[] Table =
+    [
+        ("map", () => [Commands.MapCommand.Create()]),
+        ("convert", () => [Commands.ConvertCommand.Create()]),
+        ("compare", () => [Commands.CompareCommand.Create()]),
+        ("info", () => [Commands.InfoCommand.Create()]),
+        ("check", () => [Commands.CheckCommand.Create()]),
+        ("serve", () => [Commands.ServeCommand.Create()]),
+        ("create", () => [Commands.CreateCommand.Create()]),
+        ("io", () => [Commands.IoCommand.Create()]),
+        ("resize", () => [Commands.ResizeCommand.Create()]),
+        ("recover", () => [Commands.RecoverCommand.Create()]),
+        ("chaos", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos")]),
+        ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
+        ("snapshot", () => [Commands.SnapshotCommand.Create()]),
+    ];
+
     /// <summary>The q2a command line: every verb under one root.</summary>
-    public static RootCommand Root()
+    public static Command Root() => Root([]);
+
+    /// <summary>
+    /// The command line for <paramref name="args"/>. When the first argument names a verb and no
+    /// argument asks for help or the version, the root is a plain command holding that verb alone:
+    /// it parses the verb the same, and skips RootCommand's help and version options, whose
+    /// descriptions load System.CommandLine's resources (a third of `q2a info`'s start-up,
+    /// bench/results/info-startup-2026-11-30.md). Otherwise (help, a typo) a RootCommand with
+    /// every verb, so help lists them all and an unknown verb is reported as one.
+    /// </summary>
+    public static Command Root(IReadOnlyList<string> args)
     {
-        var root = new RootCommand("q2a: qemu-img style tools and an NBD server on the Qcow2Actors qcow2 engine");
-        foreach (var verb in All()) root.Subcommands.Add(verb);
+        var only = args.Count > 0 && !args.Any(a => HelpTokens.Contains(a))
+            ? Array.Find(Table, v => v.Name == args[0]).Create
+            : null;
+        Command root = only is null
+            ? new RootCommand("q2a: qemu-img style tools and an NBD server on the Qcow2Actors qcow2 engine")
+            : new Command("q2a");
+        foreach (var verb in only?.Invoke() ?? All()) root.Subcommands.Add(verb);
         return root;
     }
 
-    public static IEnumerable<Command> All()
-    {
-        yield return Commands.MapCommand.Create();
-        yield return Commands.ConvertCommand.Create();
-        yield return Commands.CompareCommand.Create();
-        yield return Commands.InfoCommand.Create();
-        yield return Commands.CheckCommand.Create();
-        yield return Commands.ServeCommand.Create();
-        yield return Commands.CreateCommand.Create();
-        yield return Commands.IoCommand.Create();
-        yield return Commands.ResizeCommand.Create();
-        yield return Commands.RecoverCommand.Create();
-        foreach (var chaos in Commands.ChaosCommand.Create()) yield return chaos;
-        yield return Commands.SnapshotCommand.Create();
-    }
+    // What RootCommand's help and version options answer to.
+    private static readonly string[] HelpTokens = ["-h", "/h", "--help", "-?", "/?", "--version"];
+
+    /// <summary>Every verb, in the order help lists them.</summary>
+    public static IEnumerable<Command> All() => Table.SelectMany(v => v.Create());
 }

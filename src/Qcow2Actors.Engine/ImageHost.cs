@@ -1,3 +1,4 @@
+using Akka;
 using Akka.Actor;
 using Akka.Configuration;
 using Qcow2Actors.Engine.Create;
@@ -18,13 +19,16 @@ public sealed class ImageHost : IAsyncDisposable
     private readonly IActorRef _supervisor;
     // Images opened for writing and not yet closed: a host stopped under them abandons them (below).
     private readonly System.Collections.Concurrent.ConcurrentDictionary<Qcow2Image, byte> _open = new();
+    // False for a host attached to an actor system someone else owns (Attach): it never terminates it.
+    private readonly bool _ownsSystem;
     private int _disposed;
 
-    private ImageHost(ActorSystem system, EngineSettings settings)
+    private ImageHost(ActorSystem system, EngineSettings settings, bool ownsSystem, string supervisorName)
     {
         System = system;
         Settings = settings;
-        _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), "images");
+        _ownsSystem = ownsSystem;
+        _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), supervisorName);
     }
 
     /// <summary>The engine's reference configuration (hocon/reference.conf, embedded).</summary>
@@ -50,8 +54,46 @@ public sealed class ImageHost : IAsyncDisposable
     {
         var full = (config ?? Config.Empty).WithFallback(ReferenceConfig);
         var system = ActorSystem.Create(name, full);
-        return new ImageHost(system, EngineSettings.From(full) with { TimeProvider = timeProvider ?? TimeProvider.System });
+        return new ImageHost(system, EngineSettings.From(full) with { TimeProvider = timeProvider ?? TimeProvider.System }, ownsSystem: true, "images");
     }
+
+    /// <summary>
+    /// Runs images in an actor system the caller owns (Akka.Hosting's, for example); its configuration
+    /// must include <see cref="ReferenceConfig"/> as a fallback. The host never terminates that system:
+    /// its coordinated shutdown closes every image still open cleanly (checkpointed, journal removed) in
+    /// the <c>service-stop</c> phase, and an image still open when the system terminates anyway is
+    /// abandoned as a crash would leave it (see <see cref="DisposeAsync"/>). One host per actor system.
+    /// </summary>
+    /// <exception cref="ArgumentException">The system's configuration lacks the engine's reference configuration.</exception>
+    /// <exception cref="InvalidOperationException">An image host is already attached to this actor system.</exception>
+    /// <param name="system">The caller's actor system.</param>
+    /// <param name="timeProvider">Clock of the engine's timers (checkpoint interval, idle tables); the system clock if null.</param>
+    public static ImageHost Attach(ActorSystem system, TimeProvider? timeProvider = null)
+    {
+        ArgumentNullException.ThrowIfNull(system);
+        var config = system.Settings.Config;
+        if (!config.HasPath($"{FileJournal.PluginId}.class"))
+            throw new ArgumentException(
+                $"actor system '{system.Name}' has no '{FileJournal.PluginId}' section: add ImageHost.ReferenceConfig to its configuration as a fallback", nameof(system));
+        ImageHost host;
+        try
+        {
+            host = new ImageHost(system, EngineSettings.From(config) with { TimeProvider = timeProvider ?? TimeProvider.System }, ownsSystem: false, AttachedSupervisorName);
+        }
+        catch (InvalidActorNameException e)
+        {
+            throw new InvalidOperationException($"an image host is already attached to actor system '{system.Name}'", e);
+        }
+        CoordinatedShutdown.Get(system).AddTask(CoordinatedShutdown.PhaseServiceStop, "qcow2actors-close-images", async () =>
+        {
+            await host.CloseOpenImagesAsync().ConfigureAwait(false);
+            return Done.Instance;
+        });
+        _ = system.WhenTerminated.ContinueWith(_ => host.AbandonOpenImages(), TaskScheduler.Default);
+        return host;
+    }
+
+    private const string AttachedSupervisorName = "qcow2actors-images";
 
     /// <summary>Creates a host from a HOCON string (see <see cref="Create(Config?, string, TimeProvider?)"/>).</summary>
     public static ImageHost Create(string hocon, string name = "qcow2actors", TimeProvider? timeProvider = null) =>
@@ -166,10 +208,34 @@ public sealed class ImageHost : IAsyncDisposable
     /// still open is abandoned as a crash would leave it (journal pending, nothing checkpointed),
     /// turns read-only, and gives up its image locks so the next open can recover it.
     /// </summary>
+    /// <remarks>
+    /// A host made by <see cref="Attach"/> leaves its actor system running: it closes the images
+    /// still open cleanly (while the system still runs) and stops its own actors.
+    /// </remarks>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        await System.Terminate().ConfigureAwait(false);
+        if (_ownsSystem)
+        {
+            await System.Terminate().ConfigureAwait(false);
+        }
+        else if (!System.WhenTerminated.IsCompleted)
+        {
+            await CloseOpenImagesAsync().ConfigureAwait(false);
+            await _supervisor.GracefulStop(TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        }
+        AbandonOpenImages();
+    }
+
+    /// <summary>Closes every image still open for writing, as each one's DisposeAsync does; the first failure is rethrown after all were tried.</summary>
+    private async Task CloseOpenImagesAsync()
+    {
+        var closing = _open.Keys.Select(image => image.DisposeAsync().AsTask()).ToList();
+        await Task.WhenAll(closing).ConfigureAwait(false);
+    }
+
+    private void AbandonOpenImages()
+    {
         foreach (var image in _open.Keys) image.Abandon();
         _open.Clear();
     }

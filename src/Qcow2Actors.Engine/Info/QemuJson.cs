@@ -21,8 +21,25 @@ public sealed class QemuJsonObject
     }
 
     /// <summary>The members in QEMU's iteration order.</summary>
-    public IEnumerable<(string Key, object Value)> Members =>
-        _members.Select((m, i) => (m, i)).OrderBy(x => Bucket(x.m.Key)).ThenByDescending(x => x.i).Select(x => x.m);
+    public IEnumerable<(string Key, object Value)> Members
+    {
+        get
+        {
+            // An index sort rather than LINQ's OrderBy over value tuples, whose generic instances
+            // were JIT-compiled on every `q2a info` run (about 60 methods of its start-up).
+            var order = new int[_members.Count];
+            var buckets = new uint[_members.Count];
+            for (var i = 0; i < order.Length; i++)
+            {
+                order[i] = i;
+                buckets[i] = Bucket(_members[i].Key);
+            }
+            Array.Sort(order, (a, b) => buckets[a] != buckets[b] ? buckets[a].CompareTo(buckets[b]) : b.CompareTo(a));
+            var result = new (string Key, object Value)[order.Length];
+            for (var i = 0; i < order.Length; i++) result[i] = _members[order[i]];
+            return result;
+        }
+    }
 
     private static uint Bucket(string key)
     {
