@@ -37,8 +37,8 @@ public sealed class ImageHost : IAsyncDisposable
     /// <summary>A process-wide host, created on first use; what <see cref="Qcow2Image.OpenAsync"/> uses for read-write opens.</summary>
     public static ImageHost Shared => SharedHost.Value;
 
-    /// <summary>The actor system the images run in.</summary>
-    public ActorSystem System { get; }
+    /// <summary>The actor system the images run in (engine and tests only: embedders own theirs through <see cref="Attach"/>).</summary>
+    internal ActorSystem System { get; }
 
     /// <summary>Engine settings read from the configuration.</summary>
     public EngineSettings Settings { get; }
