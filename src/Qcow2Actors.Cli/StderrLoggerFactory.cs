@@ -8,7 +8,8 @@ namespace Qcow2Actors.Cli;
 /// </summary>
 internal sealed class StderrLoggerFactory(TextWriter writer, string prefix, LogLevel minimum = LogLevel.Warning) : ILoggerFactory
 {
-    private readonly TextWriter _writer = TextWriter.Synchronized(writer);
+    // The writer is the caller's (stderr): locked around each line, never disposed here.
+    private readonly Lock _gate = new();
 
     public ILogger CreateLogger(string categoryName) => new LineLogger(this);
 
@@ -27,12 +28,17 @@ internal sealed class StderrLoggerFactory(TextWriter writer, string prefix, LogL
             if (!IsEnabled(logLevel)) return;
             var text = formatter(state, exception);
             if (exception is not null) text += ": " + exception.Message;
-            factory._writer.WriteLine($"{factory.Prefix}: {text.ReplaceLineEndings(" ")}");
-            factory._writer.Flush();
+            lock (factory._gate)
+            {
+                factory.Writer.WriteLine($"{factory.Prefix}: {text.ReplaceLineEndings(" ")}");
+                factory.Writer.Flush();
+            }
         }
     }
 
     private LogLevel Minimum => minimum;
 
     private string Prefix => prefix;
+
+    private TextWriter Writer => writer;
 }

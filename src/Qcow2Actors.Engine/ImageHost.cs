@@ -37,8 +37,8 @@ public sealed class ImageHost : IAsyncDisposable
     /// <summary>A process-wide host, created on first use; what <see cref="Qcow2Image.OpenAsync"/> uses for read-write opens.</summary>
     public static ImageHost Shared => SharedHost.Value;
 
-    /// <summary>The actor system the images run in.</summary>
-    public ActorSystem System { get; }
+    /// <summary>The actor system the images run in (engine and tests only: embedders own theirs through <see cref="Attach"/>).</summary>
+    internal ActorSystem System { get; }
 
     /// <summary>Engine settings read from the configuration.</summary>
     public EngineSettings Settings { get; }
@@ -117,7 +117,9 @@ public sealed class ImageHost : IAsyncDisposable
         if (options.ForceShare)
             throw new ArgumentException($"Could not open '{path}': force-share=on can only be used with read-only images");
         // The write lock comes first: nothing (journal replay included) touches the image before it is ours.
+#pragma warning disable CA2000 // Handed to the image actor, which releases them when the image closes; every failure path below disposes them.
         var locks = new Device.ImageLockSet();
+#pragma warning restore CA2000
         Task<OpenedImage>? opening = null;
         try
         {

@@ -52,8 +52,11 @@ public sealed class Qcow2OpenOptions
     public Device.CacheMode Cache { get; init; } = Device.CacheMode.Writeback;
 
     /// <summary>Opens <paramref name="path"/> through <see cref="DeviceFactory"/> or the host file system (with <see cref="Cache"/>).</summary>
-    internal Device.IBlockDevice OpenDevice(string path, bool writable) =>
-        DeviceFactory?.Invoke(path, writable) ?? Device.ResilientBlockDevice.OpenFile(path, writable, Cache);
+    internal Device.IBlockDevice OpenDevice(string path, bool writable)
+    {
+        if (DeviceFactory?.Invoke(path, writable) is { } device) return device;
+        return Device.ResilientBlockDevice.OpenFile(path, writable, Cache);
+    }
 
     /// <summary>Where read-only opens find a journal-pending image's journal; null: beside the image.</summary>
     internal PendingJournalSource? JournalSource { get; private set; }

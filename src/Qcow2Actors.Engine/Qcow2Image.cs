@@ -64,10 +64,10 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     public long VirtualSize => _top.Size;
 
     /// <summary>
-    /// The decoded qcow2 header as of now (null for a raw image): a copy, taken after the engine's
-    /// last header change, that nothing in the engine refers to; changing it changes nothing.
+    /// The decoded qcow2 header as of now (null for a raw image): an immutable copy taken after the
+    /// engine's last header change (the engine is the header's one writer).
     /// </summary>
-    public Qcow2Header? Header => (_ctx?.Headers.Snapshot ?? _openedHeader)?.Clone();
+    public ReadOnlyQcow2Header? Header => (_ctx?.Headers.Snapshot ?? _openedHeader) is { } header ? new ReadOnlyQcow2Header(header) : null;
 
     // The header as opened (read-only images, whose header never changes).
     private readonly Qcow2Header? _openedHeader;

@@ -30,9 +30,13 @@ internal static class ChaosChildCommand
     {
         var spec = ChaosCommand.SpecFor(seed, size);
         var workload = ChaosCommand.WorkloadFor(seed, spec, ops);
+#pragma warning disable CA2000 // Never disposed on purpose: the process exits with the image open, as a killed one would.
         var host = ImageHost.Create(spec.EngineHocon(checkpointTimer: spec.CheckpointRecords == 1024), "chaos-child");
+#pragma warning restore CA2000
         var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false, Format = "qcow2" }, ct).ConfigureAwait(false);
-        await WorkloadRunner.RunAsync(new Qcow2ChaosTarget(image, ownsImage: false), workload, protocol: Console.Out, cancellationToken: ct).ConfigureAwait(false);
+        // ownsImage: false, so disposing the target leaves the image open.
+        await using (var target = new Qcow2ChaosTarget(image, ownsImage: false))
+            await WorkloadRunner.RunAsync(target, workload, protocol: Console.Out, cancellationToken: ct).ConfigureAwait(false);
         await Console.Out.WriteLineAsync("END").ConfigureAwait(false);
         await Console.Out.FlushAsync(ct).ConfigureAwait(false);
         // No close, no checkpoint: leave as a killed process would.

@@ -63,7 +63,8 @@ internal static class ServeCommand
         stderr = TextWriter.Synchronized(stderr);
         var faults = new ServeFaults(stderr);
         // One actor system for every image; a failure in one image's actors stops that image only.
-        var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
+        // Disposed last, after the finally below has closed every image.
+        await using var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
         var exports = new List<INbdExport>();
         using var logs = new StderrLoggerFactory(stderr, "q2a serve");
         NbdServer? server = null;
@@ -100,7 +101,6 @@ internal static class ServeCommand
             {
                 if (!await CloseAsync(exports[i], settings.Exports[i].Path, faults, stderr).ConfigureAwait(false)) exit = 1;
             }
-            await host.DisposeAsync().ConfigureAwait(false);
         }
         return exit;
     }

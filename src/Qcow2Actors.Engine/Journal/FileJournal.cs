@@ -72,7 +72,9 @@ public sealed class FileJournal : AsyncWriteJournal
     {
         if (message is not Release release) return false;
         var sender = Sender;
+#pragma warning disable CA2000 // Removed from the map, the file is closed by the lambda on the journal's I/O thread.
         if (_files.TryRemove(release.PersistenceId, out var file))
+#pragma warning restore CA2000
             _io.Run(() => { lock (file) file.Dispose(); }).PipeTo(sender, success: () => new Released(release.PersistenceId));
         else
             sender.Tell(new Released(release.PersistenceId));

@@ -7,9 +7,10 @@ namespace Qcow2Actors.Engine.Metadata;
 /// <summary>
 /// Compact binary form of <see cref="JournalBatch"/> (a tag byte and fixed-width big-endian
 /// fields per record), so a batch of thousands of records costs a few bytes each and no
-/// reflection. Bound in the engine's reference HOCON.
+/// reflection. Bound in the engine's reference HOCON. Internal: Akka resolves it by its type name
+/// there and creates it by reflection (a public constructor on an internal type is enough).
 /// </summary>
-public sealed class JournalBatchSerializer : Serializer
+internal sealed class JournalBatchSerializer : Serializer
 {
     /// <summary>Serializer id registered in HOCON; unique among Akka serializers (Akka reserves 0-100).</summary>
     public const int Id = 0x51324A01;

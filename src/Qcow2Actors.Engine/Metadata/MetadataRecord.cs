@@ -5,26 +5,26 @@ namespace Qcow2Actors.Engine.Metadata;
 /// never a delta: replaying a record twice, or replaying records whose effect already
 /// reached the disk in a checkpoint, leaves the same bytes.
 /// </summary>
-public abstract record MetadataRecord;
+internal abstract record MetadataRecord;
 
 /// <summary>Active L1 entry <paramref name="Index"/> becomes <paramref name="Value"/>.</summary>
-public sealed record SetL1Entry(int Index, ulong Value) : MetadataRecord;
+internal sealed record SetL1Entry(int Index, ulong Value) : MetadataRecord;
 
 /// <summary>
 /// Entry <paramref name="Index"/> of the L2 table at host offset <paramref name="TableOffset"/>
 /// becomes (<paramref name="Word0"/>, <paramref name="Word1"/>); Word1 is the subcluster
 /// bitmap and is 0 for standard (64-bit) L2 entries.
 /// </summary>
-public sealed record SetL2Entry(long TableOffset, int Index, ulong Word0, ulong Word1) : MetadataRecord;
+internal sealed record SetL2Entry(long TableOffset, int Index, ulong Word0, ulong Word1) : MetadataRecord;
 
 /// <summary>The refcount of host cluster <paramref name="Cluster"/> becomes <paramref name="Value"/>.</summary>
-public sealed record SetRefcount(long Cluster, ulong Value) : MetadataRecord;
+internal sealed record SetRefcount(long Cluster, ulong Value) : MetadataRecord;
 
 /// <summary>Refcount table entry <paramref name="Index"/> becomes <paramref name="Value"/>.</summary>
-public sealed record SetRefcountTableEntry(int Index, ulong Value) : MetadataRecord;
+internal sealed record SetRefcountTableEntry(int Index, ulong Value) : MetadataRecord;
 
 /// <summary>What kind of table a <see cref="NewTable"/> record creates.</summary>
-public enum TableKind : byte
+internal enum TableKind : byte
 {
     /// <summary>An L2 table (one cluster).</summary>
     L2 = 1,
@@ -40,10 +40,10 @@ public enum TableKind : byte
 /// A table is created at <paramref name="Offset"/> spanning <paramref name="Length"/> bytes and
 /// starts zeroed: replay must not trust the old bytes of a reused cluster there.
 /// </summary>
-public sealed record NewTable(TableKind Kind, long Offset, long Length) : MetadataRecord;
+internal sealed record NewTable(TableKind Kind, long Offset, long Length) : MetadataRecord;
 
 /// <summary>Header fields the engine changes while an image is open.</summary>
-public enum HeaderField : byte
+internal enum HeaderField : byte
 {
     /// <summary>l1_table_offset (bytes 40-47).</summary>
     L1TableOffset = 1,
@@ -58,10 +58,10 @@ public enum HeaderField : byte
 }
 
 /// <summary>Header field <paramref name="Field"/> becomes <paramref name="Value"/>.</summary>
-public sealed record SetHeaderField(HeaderField Field, ulong Value) : MetadataRecord;
+internal sealed record SetHeaderField(HeaderField Field, ulong Value) : MetadataRecord;
 
 /// <summary>
 /// The persisted event: every record gathered since the previous flush, written as one
 /// journal message (one group commit per flush, never one event per guest write).
 /// </summary>
-public sealed record JournalBatch(IReadOnlyList<MetadataRecord> Records);
+internal sealed record JournalBatch(IReadOnlyList<MetadataRecord> Records);

@@ -73,7 +73,9 @@ internal static class ImageOpener
         {
             case "raw":
                 if (snapshot is not null) throw new InvalidOperationException($"'{displayName}' is a raw image: it has no snapshots");
+#pragma warning disable CA2000 // The layer moves into the returned OpenedLayer; its caller owns and disposes it.
                 return new OpenedLayer(RawLayer.Open(path, displayName, options.Cache), null, [], null);
+#pragma warning restore CA2000
             case "qcow2":
                 break;
             default:
@@ -182,9 +184,11 @@ internal static class ImageOpener
                 backing = opened.Layer;
             }
             var view = new ImageView(geometry, size, l1);
+#pragma warning disable CA2000 // The layer moves into the returned OpenedLayer; its caller owns and disposes it.
             var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(L2CacheCapacity(options, cs)),
                 CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName);
             return new OpenedLayer(layer, block, snapshots, chosen);
+#pragma warning restore CA2000
         }
         catch
         {

@@ -14,6 +14,10 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// <see cref="ReplySender"/>, which holds them while more requests are already buffered so a
 /// pipelined batch goes out in one send. Anything that goes wrong here ends at most this connection.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "RunAsync is the connection's whole life: its finally closes the socket and disposes _stream. _slots is "
+        + "used through WaitAsync/Release only, so it never allocates a wait handle, and after a hard abort a late Release "
+        + "from a request still being dispatched must not meet a disposed semaphore.")]
 internal sealed class NbdConnection
 {
     private readonly NbdServer _server;

@@ -5,8 +5,8 @@ using Qcow2Actors.Tests.Shared;
 namespace Qcow2Actors.Engine.Tests.Write;
 
 /// <summary>
-/// <see cref="Qcow2Image.Header"/> is a snapshot of the header: it follows the engine's changes
-/// (resize, the journal's dirty bits), and what a caller does to it reaches neither the engine nor the disk.
+/// <see cref="Qcow2Image.Header"/> is an immutable snapshot of the header: it follows the engine's changes
+/// (resize, the journal's dirty bits), and a mutable copy a caller makes of it reaches neither the engine nor the disk.
 /// </summary>
 public sealed class HeaderSnapshotTests : IDisposable
 {
@@ -15,7 +15,7 @@ public sealed class HeaderSnapshotTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public async Task Changing_the_header_an_image_hands_out_changes_nothing_in_the_engine()
+    public async Task Changing_a_copy_of_the_header_an_image_hands_out_changes_nothing_in_the_engine()
     {
         var path = _dir.File("snapshot.qcow2");
         ImageCreator.Create(path, new Qcow2CreateOptions { Size = 4 << 20 });
@@ -23,9 +23,11 @@ public sealed class HeaderSnapshotTests : IDisposable
         await using (var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false }))
         {
             var handedOut = image.Header!;
-            handedOut.Size = 1 << 30;
-            handedOut.IncompatibleFeatures |= IncompatibleFeatures.Corrupt;
-            Assert.NotSame(handedOut, image.Header);
+            var copy = handedOut.ToHeader();
+            copy.Size = 1 << 30;
+            copy.IncompatibleFeatures |= IncompatibleFeatures.Corrupt;
+            Assert.Equal(4 << 20, handedOut.Size);
+            Assert.False(handedOut.IsCorrupt);
             Assert.Equal(4 << 20, image.Header!.Size);
             Assert.False(image.Header.IsCorrupt);
 
