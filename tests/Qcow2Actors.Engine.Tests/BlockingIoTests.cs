@@ -73,7 +73,9 @@ public sealed class BlockingIoTests
             for (int i = 0; i < 20; i++) Assert.Equal(i, await io.Run(() => i).WaitAsync(Timeout));
             var error = await Assert.ThrowsAsync<IOException>(() => io.Run(() => throw new IOException("fdatasync failed")).WaitAsync(Timeout));
             Assert.Equal("fdatasync failed", error.Message);
-            Assert.Equal(1, io.Threads);
+            // A call's result is published just before its thread turns idle, so the next call can
+            // start a second thread now and then; 21 calls one after another must still not need 21.
+            Assert.InRange(io.Threads, 1, 3);
         }
         finally
         {

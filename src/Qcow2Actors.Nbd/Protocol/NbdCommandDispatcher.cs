@@ -108,9 +108,14 @@ internal sealed class NbdCommandDispatcher(
     /// </summary>
     private async Task RunInlineAsync(NbdRequest r, byte[]? payload, long charge)
     {
-        var (error, message, run) = Check(r);
+        NbdError error;
+        string? message;
         try
         {
+            // Inside the try: Check reads the export's live state, which may throw, and a throw
+            // here must still answer the request and release its slot.
+            bool run;
+            (error, message, run) = Check(r);
             if (run) await Begin(r, payload);
         }
         catch (Exception ex) when (!AbortedBy(ex))
