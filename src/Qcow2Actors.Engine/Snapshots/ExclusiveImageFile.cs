@@ -1,4 +1,3 @@
-using Microsoft.Win32.SafeHandles;
 using Qcow2Actors.Engine.Device;
 
 namespace Qcow2Actors.Engine.Snapshots;
@@ -12,15 +11,14 @@ namespace Qcow2Actors.Engine.Snapshots;
 /// </summary>
 internal sealed class ExclusiveImageFile : BlockDevice
 {
-    private readonly SafeFileHandle _handle;
+    // The file I/O is the plain file device's; this type only adds the lock's lifetime.
+    private readonly FileBlockDevice _file;
     private readonly ImageLock _lock;
 
-    private ExclusiveImageFile(SafeFileHandle handle, ImageLock imageLock, string path, bool readOnly)
+    private ExclusiveImageFile(FileBlockDevice file, ImageLock imageLock)
     {
-        _handle = handle;
+        _file = file;
         _lock = imageLock;
-        Name = path;
-        IsReadOnly = readOnly;
     }
 
     /// <summary>Opens <paramref name="path"/>; a write open takes the write lock, a read-only open the shared read lock.</summary>
@@ -30,9 +28,7 @@ internal sealed class ExclusiveImageFile : BlockDevice
         var imageLock = ImageLock.Acquire(path, writable ? LockMode.Writer : forceShare ? LockMode.ForceShareReader : LockMode.Reader);
         try
         {
-            var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,
-                FileShare.ReadWrite, FileOptions.RandomAccess);
-            return new ExclusiveImageFile(handle, imageLock, path, !writable);
+            return new ExclusiveImageFile(FileBlockDevice.Open(path, writable), imageLock);
         }
         catch
         {
@@ -41,35 +37,28 @@ internal sealed class ExclusiveImageFile : BlockDevice
         }
     }
 
-    public override string Name { get; }
+    public override string Name => _file.Name;
 
-    public override bool IsReadOnly { get; }
+    public override bool IsReadOnly => _file.IsReadOnly;
 
-    public override long Length => RandomAccess.GetLength(_handle);
+    public override long Length => _file.Length;
 
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
-        new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
+        _file.ReadAsync(buffer, offset, cancellationToken);
 
-    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
-    {
-        RandomAccess.Write(_handle, buffer.Span, offset);
-        return ValueTask.CompletedTask;
-    }
+    protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+        _file.WriteAsync(buffer, offset, cancellationToken);
 
     // A failed sync is final: the caller must not retry (the kernel may have dropped the pages).
-    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
-    {
-        if (!IsReadOnly) HostFileCalls.Sync(_handle, Name);
-        return ValueTask.CompletedTask;
-    }
+    protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken) => _file.FlushAsync(cancellationToken);
 
-    public override void SetLength(long length) => RandomAccess.SetLength(_handle, length);
+    public override void SetLength(long length) => _file.SetLength(length);
 
     protected override void Dispose(bool disposing)
     {
         base.Dispose(disposing);
         if (!disposing) return;
-        _handle.Dispose();
+        _file.Dispose();
         _lock.Dispose();
     }
 }
