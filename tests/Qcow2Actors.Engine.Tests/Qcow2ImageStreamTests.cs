@@ -9,23 +9,8 @@ namespace Qcow2Actors.Engine.Tests;
 /// disk: random read/write/seek sequences give the same results, positions and refusals as the model,
 /// and what the stream holds is what qemu-img reads.
 /// </summary>
-public sealed class Qcow2ImageStreamTests : IAsyncLifetime
+public sealed class Qcow2ImageStreamTests : HostedImageTests
 {
-    private readonly TempDir _dir = new();
-    private ImageHost _host = null!;
-
-    public Task InitializeAsync()
-    {
-        _host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _host.DisposeAsync();
-        _dir.Dispose();
-    }
-
     private enum Op { Read, Write, SyncRead, SyncWrite, SeekBegin, SeekCurrent, SeekEnd, SetPosition, Flush }
 
     private sealed record Step(Op Op, long Value, int Length, byte Seed)
@@ -49,8 +34,8 @@ public sealed class Qcow2ImageStreamTests : IAsyncLifetime
         int run = 0;
         await Steps.Array[1, 40].SampleAsync(async steps =>
         {
-            var path = _dir.File($"s{run++}.qcow2");
-            await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = DiskSize, ClusterSize = 4096 }))
+            var path = Dir.File($"s{run++}.qcow2");
+            await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = DiskSize, ClusterSize = 4096 }))
             {
                 await using var stream = image.AsStream();
                 using var model = new MemoryStream(new byte[DiskSize], writable: true);
@@ -127,8 +112,8 @@ public sealed class Qcow2ImageStreamTests : IAsyncLifetime
     [QemuFact]
     public async Task Copying_the_stream_gives_the_bytes_qemu_img_convert_writes()
     {
-        var path = _dir.File("c.qcow2");
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = 3 << 20, ClusterSize = 65536 }))
+        var path = Dir.File("c.qcow2");
+        await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 3 << 20, ClusterSize = 65536 }))
         {
             var data = new byte[700_000];
             new Random(7).NextBytes(data);
@@ -136,7 +121,7 @@ public sealed class Qcow2ImageStreamTests : IAsyncLifetime
             await image.WriteZeroesAsync(1 << 20, 65536);
             await image.WriteAsync((3 << 20) - 5000, data.AsMemory(0, 5000));
         }
-        var raw = _dir.File("c.raw");
+        var raw = Dir.File("c.raw");
         QemuTools.QemuImg("convert", "-f", "qcow2", "-O", "raw", path, raw).EnsureSuccess();
 
         await using var reopened = await Qcow2Image.OpenAsync(path);
@@ -150,8 +135,8 @@ public sealed class Qcow2ImageStreamTests : IAsyncLifetime
     [Fact]
     public async Task A_write_past_the_end_is_refused_whole_naming_the_disk_size()
     {
-        var path = _dir.File("e.qcow2");
-        await using var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = 65536 });
+        var path = Dir.File("e.qcow2");
+        await using var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 65536 });
         await using var stream = image.AsStream();
         stream.Position = 65536 - 10;
         var e = await Assert.ThrowsAsync<NotSupportedException>(async () => await stream.WriteAsync(new byte[11]));
@@ -166,8 +151,8 @@ public sealed class Qcow2ImageStreamTests : IAsyncLifetime
     [Fact]
     public async Task A_read_only_image_gives_a_stream_that_refuses_writes()
     {
-        var path = _dir.File("r.qcow2");
-        await (await _host.CreateAsync(path, new Qcow2CreateOptions { Size = 65536 })).DisposeAsync();
+        var path = Dir.File("r.qcow2");
+        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 65536 })).DisposeAsync();
         await using var image = await Qcow2Image.OpenAsync(path);
         await using var stream = image.AsStream();
         Assert.False(stream.CanWrite);

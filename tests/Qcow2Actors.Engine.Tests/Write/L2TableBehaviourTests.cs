@@ -10,28 +10,14 @@ namespace Qcow2Actors.Engine.Tests.Write;
 /// mapping changes run one at a time in the order they were issued, so overlapping
 /// allocating writes land like a model; different tables do not wait for each other.
 /// </summary>
-public sealed class L2TableBehaviourTests : IAsyncLifetime
+public sealed class L2TableBehaviourTests : HostedImageTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(15);
-    private readonly TempDir _dir = new();
-    private ImageHost _host = null!;
-
-    public Task InitializeAsync()
-    {
-        _host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _host.DisposeAsync();
-        _dir.Dispose();
-    }
 
     private void AssertQemuAgrees(string path, byte[] model)
     {
         QemuTools.AssertCheckClean(path);
-        var raw = _dir.File($"{Path.GetFileName(path)}.raw");
+        var raw = Dir.File($"{Path.GetFileName(path)}.raw");
         File.WriteAllBytes(raw, model);
         var cmp = QemuTools.QemuImg("compare", "-f", "qcow2", "-F", "raw", path, raw);
         Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
@@ -46,9 +32,9 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     [InlineData(65536, true)]
     public async Task Overlapping_concurrent_allocating_writes_to_one_cluster_each_land_whole_bytes_from_one_writer(int clusterSize, bool extendedL2)
     {
-        var path = _dir.File($"overlap-{clusterSize}-{extendedL2}.qcow2");
+        var path = Dir.File($"overlap-{clusterSize}-{extendedL2}.qcow2");
         var model = new byte[8L << 20];
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = clusterSize, ExtendedL2 = extendedL2 }))
+        await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = clusterSize, ExtendedL2 = extendedL2 }))
         {
             var rng = new Random(clusterSize + (extendedL2 ? 1 : 0));
             for (int round = 0; round < 24; round++)
@@ -101,7 +87,7 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     {
         const int clusterSize = 512; // one L2 table maps 64 clusters: 32 KiB of guest space
         const int marked = 12_345;   // fresh clusters, zero tail: the data is written as one device write
-        var path = _dir.File("tables.qcow2");
+        var path = Dir.File("tables.qcow2");
         ImageCreator.Create(path, new Qcow2CreateOptions { Size = 1 << 20, ClusterSize = clusterSize });
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -111,7 +97,7 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
             DeviceFactory = (p, w) => new GatedDevice(FileBlockDevice.Open(p, w), marked, gate, reached),
         };
         var model = new byte[1 << 20];
-        await using (var image = await _host.OpenAsync(path, options))
+        await using (var image = await Host.OpenAsync(path, options))
         {
             var held = new byte[marked];
             new Random(1).NextBytes(held);
@@ -150,9 +136,9 @@ public sealed class L2TableBehaviourTests : IAsyncLifetime
     {
         // 512-byte clusters, 64-bit refcounts: one L2 table and one refcount block both map 64
         // clusters, so the write asks the refcount actor for a run as long as a block's range.
-        var path = _dir.File("whole-table.qcow2");
+        var path = Dir.File("whole-table.qcow2");
         var model = new byte[1 << 20];
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 512, RefcountBits = 64 }))
+        await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 512, RefcountBits = 64 }))
         {
             var data = new byte[32_768];
             new Random(3).NextBytes(data);

@@ -3,29 +3,14 @@ using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Write;
 
-public sealed class WriteEngineTests : IAsyncLifetime
+public sealed class WriteEngineTests : HostedImageTests
 {
-    private readonly TempDir _dir = new();
-    private ImageHost _host = null!;
-
-    public Task InitializeAsync()
-    {
-        _host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s");
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _host.DisposeAsync();
-        _dir.Dispose();
-    }
-
     [QemuFact]
     public async Task Writes_survive_a_clean_close_and_qemu_reads_them()
     {
-        var path = _dir.File("w.qcow2");
+        var path = Dir.File("w.qcow2");
         var model = new byte[8 << 20];
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length }))
+        await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length }))
         {
             var rng = new Random(1);
             for (int i = 0; i < 200; i++)
@@ -43,15 +28,15 @@ public sealed class WriteEngineTests : IAsyncLifetime
             Assert.Equal(model, back);
         }
         QemuTools.AssertCheckClean(path);
-        QemuTools.AssertSameContent(path, model, _dir.Path);
+        QemuTools.AssertSameContent(path, model, Dir.Path);
     }
 
     [QemuFact]
     public async Task Zeroes_and_discards_read_back_as_zeros_and_leave_no_leaks()
     {
-        var path = _dir.File("z.qcow2");
+        var path = Dir.File("z.qcow2");
         var model = new byte[4 << 20];
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 }))
+        await using (var image = await Host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 }))
         {
             new Random(2).NextBytes(model);
             await image.WriteAsync(0, model);
@@ -64,6 +49,6 @@ public sealed class WriteEngineTests : IAsyncLifetime
             await image.FlushAsync();
         }
         QemuTools.AssertCheckClean(path);
-        QemuTools.AssertSameContent(path, model, _dir.Path);
+        QemuTools.AssertSameContent(path, model, Dir.Path);
     }
 }
