@@ -143,10 +143,10 @@ public sealed class DirectFileBlockDevice : BlockDevice
         {
             long length = _length;
             WriteLocked(span, offset);
-            long newLength = Math.Max(length, end);
-            // The disk wrote the last sector whole: give the file back its exact length.
-            if (AlignUp(end) > newLength) RandomAccess.SetLength(_handle, newLength);
-            Volatile.Write(ref _length, newLength);
+            // The disk wrote the last sector whole, so the file may now end past newLength. It stays
+            // padded until Dispose: truncating here would also free the blocks fallocate(KEEP_SIZE)
+            // reserved beyond the end (journal and table space), turning a later write into ENOSPC.
+            Volatile.Write(ref _length, Math.Max(length, end));
         }
         return ValueTask.CompletedTask;
     }
@@ -233,6 +233,9 @@ public sealed class DirectFileBlockDevice : BlockDevice
     {
         base.Dispose(disposing);
         if (!disposing) return;
+        // Give the file its exact length back (see WriteCoreAsync); a crash leaves at most one sector of zeros.
+        if (!IsReadOnly && !_handle.IsClosed && RandomAccess.GetLength(_handle) > _length)
+            RandomAccess.SetLength(_handle, _length);
         _handle.Dispose();
         _locks.Dispose();
     }

@@ -26,7 +26,7 @@ public sealed class DirectFileBlockDeviceTests : IDisposable
     {
         var path = NewFile(10_000);
         var model = new MemoryBlockDevice(File.ReadAllBytes(path));
-        using var direct = DirectFileBlockDevice.Open(path, writable: true);
+        var direct = DirectFileBlockDevice.Open(path, writable: true);
         Assert.Contains(direct.SectorSize, new[] { 512, 1024, 2048, 4096 });
         var random = new Random(7);
         for (int i = 0; i < 300; i++)
@@ -50,7 +50,8 @@ public sealed class DirectFileBlockDeviceTests : IDisposable
         }
         direct.Flush();
         var expected = model.ToArray();
-        Assert.Equal(expected.Length, new FileInfo(path).Length);
+        // Padded to the sector while open, exact once closed.
+        Assert.InRange(new FileInfo(path).Length, expected.Length, expected.Length + direct.SectorSize - 1);
         // Read back through the device (unaligned reads) and through the page cache.
         var back = new byte[expected.Length + 100];
         Assert.Equal(expected.Length, direct.Read(back.AsSpan(0, back.Length), 0));
@@ -58,7 +59,36 @@ public sealed class DirectFileBlockDeviceTests : IDisposable
         var piece = new byte[777];
         Assert.Equal(777, direct.Read(piece, 12_345));
         Assert.True(expected.AsSpan(12_345, 777).SequenceEqual(piece));
+        direct.Dispose();
         Assert.True(expected.AsSpan().SequenceEqual(File.ReadAllBytes(path)));
+    }
+
+    [DirectIoFact]
+    public void A_write_that_ends_mid_sector_past_the_end_keeps_the_space_reserved_beyond_it()
+    {
+        var path = NewFile(4096);
+        using (var direct = DirectFileBlockDevice.Open(path, writable: true))
+        {
+            if (!direct.ReserveSpace(1 << 20, 1 << 20)) return; // the filesystem has no fallocate
+            long reserved = AllocatedBytes(path);
+            Assert.True(reserved >= (1 << 20), $"{reserved} bytes allocated after reserving 1 MiB");
+            direct.Write(new byte[100], 4096);
+            direct.Flush();
+            Assert.Equal(4196, direct.Length);
+            Assert.True(AllocatedBytes(path) >= reserved, "the mid-sector extension freed the reservation");
+        }
+        Assert.Equal(4196, new FileInfo(path).Length);
+    }
+
+    private static long AllocatedBytes(string path)
+    {
+        var stat = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("stat", ["-c", "%b %B", path])
+        {
+            RedirectStandardOutput = true,
+        })!;
+        var parts = stat.StandardOutput.ReadToEnd().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        stat.WaitForExit();
+        return long.Parse(parts[0]) * long.Parse(parts[1]);
     }
 
     private static byte[] Pad(byte[] data)
