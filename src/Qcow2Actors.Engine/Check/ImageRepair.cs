@@ -159,7 +159,9 @@ public static class ImageRepair
     {
         var header = ImageMetadata.Load(device, ValidationProfile.Check).Header;
         if (header.Version < 3 || (header.IncompatibleFeatures & DirtyAndCorrupt) == 0) return false;
-        device.Write(Qcow2Header.EncodeIncompatibleFeatures(header.IncompatibleFeatures & ~DirtyAndCorrupt), Qcow2Header.IncompatibleFeaturesOffset);
+        var clean = header.Clone();
+        clean.IncompatibleFeatures &= ~DirtyAndCorrupt;
+        Qcow2Actors.Engine.Write.HeaderWriter.WriteChangedFields(device, header, clean);
         device.Flush();
         return true;
     }

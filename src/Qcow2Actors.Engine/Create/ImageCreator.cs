@@ -75,9 +75,8 @@ public static class ImageCreator
         h.RefcountTableClusters = (int)tableClusters;
         h.L1TableOffset = h.L1Size == 0 ? 0 : l1Offset;
 
-        var cluster0 = new byte[cs];
-        block.Write(cluster0);
-        device.Write(cluster0, 0);
+        // Cluster 0 through the one header codec and writer; the rest of the cluster stays a hole (zeros).
+        Qcow2Actors.Engine.Write.HeaderWriter.Write(device, block);
 
         var l1 = new byte[l1Clusters * cs];
         if (prealloc)
