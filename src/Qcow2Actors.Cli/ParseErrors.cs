@@ -18,7 +18,7 @@ internal static class ParseErrors
     public static string? Describe(ParseResult parse, IReadOnlyList<string> args)
     {
         var command = parse.CommandResult.Command;
-        var verb = command is RootCommand ? "q2a" : $"q2a {command.Name}";
+        var verb = Path(parse.CommandResult);
         if (UnknownOption(parse, args) is { } option) return $"{verb}: unrecognized option '{option}'";
         if (parse.Errors.Count == 0 || args.Count == 0) return null;
         if (command is RootCommand) return $"q2a: unrecognized command '{args[0]}' (q2a --help lists them)";
@@ -41,6 +41,16 @@ internal static class ParseErrors
             if (token.Type == TokenType.Argument && !optionValues.Contains(token) && LooksLikeOption(token.Value)) return token.Value;
         }
         return UnknownClusterLetter(parse, args, optionValues);
+    }
+
+    // "q2a VERB", or "q2a ctl GROUP VERB" for the commands nested under a verb.
+    private static string Path(CommandResult result)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = result; r is CommandResult c && c.Parent is not null; r = c.Parent) names.Add(c.Command.Name);
+        names.Add("q2a");
+        names.Reverse();
+        return string.Join(' ', names);
     }
 
     private static bool LooksLikeOption(string text) => text.Length > 1 && text[0] == '-' && !char.IsAsciiDigit(text[1]);

@@ -22,6 +22,7 @@ internal static class Verbs
         ("chaos", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos")]),
         ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
+        ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>
