@@ -22,6 +22,13 @@ internal static class ParseErrors
         if (UnknownOption(parse, args) is { } option) return $"{verb}: unrecognized option '{option}'";
         if (parse.Errors.Count == 0 || args.Count == 0) return null;
         if (command is RootCommand) return $"q2a: unrecognized command '{args[0]}' (q2a --help lists them)";
+        if (command.Subcommands.Count > 0 && command.Action is null)
+        {
+            // A command that only groups others (q2a ctl, q2a ctl tenant): name the word it did not know, or what it takes.
+            return parse.UnmatchedTokens.Count > 0
+                ? $"{verb}: unrecognized command '{parse.UnmatchedTokens[0]}' ({verb} --help lists them)"
+                : $"{verb}: missing command, one of: {string.Join(", ", command.Subcommands.Select(c => c.Name))}";
+        }
         return $"{verb}: {parse.Errors[0].Message.ReplaceLineEndings(" ")}";
     }
 

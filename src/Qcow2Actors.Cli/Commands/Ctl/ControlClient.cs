@@ -19,16 +19,26 @@ internal sealed class ControlClient : IDisposable
     public ControlClient(ControlEndpoint endpoint, TimeSpan timeout)
     {
         Endpoint = endpoint;
+        // Over the socket the URI names no address (only the Host header comes from it): the callback connects to the path.
+        var baseAddress = endpoint.SocketPath is null ? new UriBuilder(Uri.UriSchemeHttp, endpoint.Host, endpoint.Port).Uri : new Uri("http://localhost/");
+#pragma warning disable CA2000 // the client owns the handler (disposeHandler: true) and disposes it with itself
+        _http = new HttpClient(CreateHandler(endpoint.SocketPath), disposeHandler: true);
+#pragma warning restore CA2000
+        _http.BaseAddress = baseAddress;
+        _http.Timeout = timeout;
+    }
+
+    private static SocketsHttpHandler CreateHandler(string? socketPath)
+    {
         var handler = new SocketsHttpHandler { UseProxy = false, AllowAutoRedirect = false, UseCookies = false };
-        Uri baseAddress;
-        if (endpoint.SocketPath is { } path)
+        if (socketPath is not null)
         {
             handler.ConnectCallback = async (_, ct) =>
             {
                 var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
                 try
                 {
-                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
                     return new NetworkStream(socket, ownsSocket: true);
                 }
                 catch
@@ -37,13 +47,8 @@ internal sealed class ControlClient : IDisposable
                     throw;
                 }
             };
-            baseAddress = new Uri("http://localhost/"); // only the Host header: the socket is the address
         }
-        else
-        {
-            baseAddress = new UriBuilder(Uri.UriSchemeHttp, endpoint.Host, endpoint.Port).Uri;
-        }
-        _http = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = timeout };
+        return handler;
     }
 
     /// <summary>Where the requests go.</summary>
@@ -65,7 +70,7 @@ internal sealed class ControlClient : IDisposable
         }
         catch (HttpRequestException e)
         {
-            throw new CtlUsageException($"cannot reach the host at {Endpoint}: {Reason(e)}", e);
+            throw new CtlUsageException($"cannot reach the host at {Endpoint}: {Unreachable(e)}", e);
         }
         catch (TaskCanceledException e) when (!ct.IsCancellationRequested)
         {
@@ -122,7 +127,12 @@ internal sealed class ControlClient : IDisposable
         return new CtlHostException($"http-{(int)status}", $"the host answered {(int)status} {status} to {method} {path}");
     }
 
-    // The innermost reason, e.g. "Connection refused" or "No such file or directory".
+    // Why connecting failed: a socket path with no file behind it says so (the runtime calls it "Cannot assign
+    // requested address"); otherwise the system's reason, e.g. "Connection refused".
+    private string Unreachable(HttpRequestException e) =>
+        Endpoint.SocketPath is { } path && !File.Exists(path) ? "no such socket (is q2a host running?)" : Reason(e);
+
+    // The innermost reason, e.g. "Connection refused".
     private static string Reason(Exception e)
     {
         while (e.InnerException is not null) e = e.InnerException;
