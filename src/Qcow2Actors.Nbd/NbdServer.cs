@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Qcow2Actors.Nbd.Metrics;
 using Qcow2Actors.Nbd.Protocol;
 
 namespace Qcow2Actors.Nbd;
@@ -256,9 +257,11 @@ public sealed class NbdServer : IAsyncDisposable
             if (_refusals.TryEnter(out var more))
                 _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
                     socket.RemoteEndPoint?.ToString() ?? "unix-client", _connections.Count, LogThrottle.More(more));
+            NbdMetrics.Refused(LocalEndPoint, "max-connections");
             socket.Dispose();
             return;
         }
+        NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
         // Registered before it runs, so a client that leaves at once is still removed (and never
@@ -297,6 +300,7 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
     internal void ReportHandshakeTimeout(string peer)
     {
+        NbdMetrics.Refused(LocalEndPoint, "handshake-timeout");
         if (_handshakeTimeouts.TryEnter(out var more))
             _log.LogWarning("NBD: closed {Peer}: no export negotiated within {Seconds} s (handshake-timeout){More}",
                 peer, Options.HandshakeTimeout.TotalSeconds, LogThrottle.More(more));

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using Qcow2Actors.Nbd.Metrics;
 using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
 
 namespace Qcow2Actors.Nbd.Protocol;
@@ -124,8 +125,10 @@ internal sealed class NbdConnection
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
         _sender = new ReplySender(_socket, Release, MarkBroken, _abort);
+        var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
-            session, Options, new NbdReplyWriter(_sender, session.Structured), Release, MarkBroken, _log, _peer, _abort);
+            session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _abort);
+        metrics.ConnectionOpened();
         try
         {
             await ReadRequestsAsync(new NbdRequestReader(_reader), dispatcher);
@@ -133,9 +136,16 @@ internal sealed class NbdConnection
         finally
         {
             _sender.Uncork();
-            // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
-            // stop never drops acknowledged work on the floor; only a hard abort cuts this short.
-            for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(_abort);
+            try
+            {
+                // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
+                // stop never drops acknowledged work on the floor; only a hard abort cuts this short.
+                for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(_abort);
+            }
+            finally
+            {
+                metrics.ConnectionClosed();
+            }
         }
     }
 
