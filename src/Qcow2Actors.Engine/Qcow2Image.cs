@@ -167,6 +167,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         }
         _abandoned.TrySetResult();
         _locks?.Dispose();
+        _ctx?.Allocator?.CloseSpace();
     }
 
     /// <summary>Closes the image and its backing chain.</summary>
@@ -187,6 +188,8 @@ public sealed partial class Qcow2Image : IAsyncDisposable
             {
                 _locks?.Dispose();
                 _host?.Forget(this);
+                // Its quota charge goes back as the close returns (the image actor's stop does it too, later).
+                _ctx?.Allocator?.CloseSpace();
             }
         }
     }

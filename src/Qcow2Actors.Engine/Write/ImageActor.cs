@@ -78,6 +78,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     protected override void PostStop()
     {
+        // Closed, failed or stopped with its host: its clusters no longer count (Qcow2Image.DisposeAsync does the same, first).
+        _ctx?.Allocator?.CloseSpace();
         _checkpointTimer?.Dispose();
         _sweepTimer?.Dispose();
         foreach (var i in _inspectors) i.TrySetException(new ObjectDisposedException(_path, "the image is closed"));
@@ -141,6 +143,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
             ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
+            // Charged last: nothing below can fail, and a failed open must not leave a charge behind.
+            if (_options.Quota is { } quota) ctx.Allocator.OpenSpace(quota);
             return new OpenedImage(ctx, opened, ActorRefs.Nobody);
         }
         catch

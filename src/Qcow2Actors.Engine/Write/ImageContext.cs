@@ -98,6 +98,11 @@ internal sealed class ImageContext
     /// <summary>The one owner of the image's refcounts (set once the image is open); every refcount change goes through it.</summary>
     public RefcountAllocator? Allocator { get; set; }
 
+    /// <summary>The image's mapping policy (stateless), for planning outside a table actor (quota estimates).</summary>
+    public WritePlanner Planner => _planner ??= new WritePlanner(Geometry, Backing?.Size ?? -1);
+
+    private WritePlanner? _planner;
+
     /// <summary>Host clusters the lock-free fast path is writing: freed clusters wait for them before punch and reuse.</summary>
     public ClusterLeases Leases { get; } = new();
 

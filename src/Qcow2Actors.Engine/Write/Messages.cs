@@ -7,17 +7,20 @@ namespace Qcow2Actors.Engine.Write;
 // several times the round trips per second of Ask, and the caller's continuation never
 // runs on an actor's thread.
 
-/// <summary>Guest write of bytes that all fall inside one L2 table's range.</summary>
-internal sealed record WriteOp(long Offset, ReadOnlyMemory<byte> Data, TaskCompletionSource Done);
+/// <summary>
+/// Guest write of bytes that all fall inside one L2 table's range; <paramref name="Space"/> is the
+/// quota reserved for the whole request (null without a quota), which the table operation draws from.
+/// </summary>
+internal sealed record WriteOp(long Offset, ReadOnlyMemory<byte> Data, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Guest write-zeroes inside one L2 table's range; <paramref name="Unmap"/> allows freeing clusters.</summary>
-internal sealed record ZeroOp(long Offset, long Length, bool Unmap, TaskCompletionSource Done);
+internal sealed record ZeroOp(long Offset, long Length, bool Unmap, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Guest discard inside one L2 table's range.</summary>
 internal sealed record DiscardOp(long Offset, long Length, TaskCompletionSource Done);
 
 /// <summary>Writes one whole guest cluster compressed (falls back to a normal write if it does not shrink).</summary>
-internal sealed record CompressedWriteOp(long Offset, ReadOnlyMemory<byte> Cluster, TaskCompletionSource Done);
+internal sealed record CompressedWriteOp(long Offset, ReadOnlyMemory<byte> Cluster, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Finish the current operation, then hold every later mutation until <see cref="ResumeMutations"/>.</summary>
 internal sealed record PauseMutations(TaskCompletionSource Done);
