@@ -41,6 +41,7 @@ public sealed partial class Qcow2Image
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
         if (data.Length > 0)
         {
@@ -74,7 +75,7 @@ public sealed partial class Qcow2Image
             }
             if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
         }
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -166,6 +167,7 @@ public sealed partial class Qcow2Image
     public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
@@ -185,6 +187,13 @@ public sealed partial class Qcow2Image
     /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // The flush of a request already through the gate (a FUA write), and of FlushAsync.
+    private async ValueTask FlushAdmittedAsync(CancellationToken cancellationToken)
+    {
         var ctx = _ctx;
         if (ctx is null) return; // read-only: nothing to make durable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
@@ -203,15 +212,18 @@ public sealed partial class Qcow2Image
     public async ValueTask ResizeAsync(long newSize, CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new ResizeRequest(newSize, done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        RefreshInfo();
     }
 
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
     public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new CheckpointRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -220,6 +232,7 @@ public sealed partial class Qcow2Image
     private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, CancellationToken cancellationToken)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, length);
         var g = ctx.Geometry;
         var tasks = new List<Task>();
@@ -232,7 +245,7 @@ public sealed partial class Qcow2Image
             pos = tableEnd;
         }
         await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
 
     private ImageContext Writer()
