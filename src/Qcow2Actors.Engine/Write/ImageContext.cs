@@ -33,6 +33,18 @@ internal sealed class ImageContext
         Metadata = new MetadataMap(Geometry.ClusterBits);
     }
 
+    /// <summary>
+    /// The snapshot table as of open or the last online snapshot edit (the only times it changes);
+    /// entries are never changed once published here: readers clone them.
+    /// </summary>
+    public IReadOnlyList<SnapshotEntry> Snapshots
+    {
+        get => Volatile.Read(ref _snapshots);
+        set => Volatile.Write(ref _snapshots, value);
+    }
+
+    private IReadOnlyList<SnapshotEntry> _snapshots = [];
+
     /// <summary>Where the image's metadata lives (overlap checks).</summary>
     public MetadataMap Metadata { get; }
 
