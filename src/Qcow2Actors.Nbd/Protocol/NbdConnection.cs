@@ -30,6 +30,12 @@ internal sealed class NbdConnection
     private readonly CancellationToken _abort;
     private readonly string _peer;
 
+    // Fires when no reply can reach the client any more (it hung up, a send failed, hard abort):
+    // requests still waiting (in a throttle group, say) stop waiting instead of running for nobody.
+    // Not linked to the server's abort token (that would leave a registration per connection on it)
+    // and never disposed: late requests may still look at it, and without a timer or wait handle
+    // it holds nothing to free.
+    private readonly CancellationTokenSource _gone = new();
     private SemaphoreSlim _slots = null!;
     private AsyncByteGate _bytes = null!;
     private ReplySender _sender = null!;
@@ -86,6 +92,7 @@ internal sealed class NbdConnection
     public void Abort()
     {
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
     }
 
@@ -96,7 +103,7 @@ internal sealed class NbdConnection
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
         _sender = new ReplySender(_socket, Release, MarkBroken, _abort);
         var dispatcher = new NbdCommandDispatcher(
-            session, Options, new NbdReplyWriter(_sender, session.Structured), Release, MarkBroken, _log, _peer, _abort);
+            session, Options, new NbdReplyWriter(_sender, session.Structured), Release, MarkBroken, _log, _peer, _gone.Token);
         try
         {
             await ReadRequestsAsync(new NbdRequestReader(_reader), dispatcher);
@@ -123,6 +130,7 @@ internal sealed class NbdConnection
             {
                 case RequestReadStatus.HungUp:
                     _log.LogDebug("NBD {Peer}: client hung up", _peer);
+                    await _gone.CancelAsync();
                     return;
                 case RequestReadStatus.Truncated:
                     _log.LogInformation("NBD {Peer}: truncated request header; disconnecting", _peer);
@@ -201,6 +209,7 @@ internal sealed class NbdConnection
     {
         if (_broken) return;
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
     }
 }
