@@ -80,6 +80,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         _checkpointTimer?.Dispose();
         _sweepTimer?.Dispose();
+        _ctx?.Metrics.Untrack();
         foreach (var i in _inspectors) i.TrySetException(new ObjectDisposedException(_path, "the image is closed"));
         _opened.TrySetException(new IOException($"'{_path}' was closed while opening"));
     }
@@ -436,6 +437,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 ctx.Device.Flush();
             });
             await Send(ctx.Journal, d => new TruncateJournal(d));
+            ctx.Metrics.Checkpoint();
         }
         catch (Exception ex) when (ex is IOException)
         {
