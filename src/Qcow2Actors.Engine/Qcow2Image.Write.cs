@@ -229,9 +229,11 @@ public sealed partial class Qcow2Image
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         // After a failed fsync or journal write the journal actor may be gone: fail at once.
         ctx.ThrowIfReadOnly();
+        var started = Metrics.ImageMetrics.FlushStarted();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ctx.Journal.Tell(new FlushRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        ctx.Metrics.FlushDone(started);
     }
 
     /// <summary>

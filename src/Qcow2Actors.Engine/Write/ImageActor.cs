@@ -82,6 +82,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         _ctx?.Allocator?.CloseSpace();
         _checkpointTimer?.Dispose();
         _sweepTimer?.Dispose();
+        _ctx?.Metrics.Untrack();
         foreach (var i in _inspectors) i.TrySetException(new ObjectDisposedException(_path, "the image is closed"));
         _opened.TrySetException(new IOException($"'{_path}' was closed while opening"));
     }
@@ -442,6 +443,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 ctx.Device.Flush();
             });
             await Send(ctx.Journal, d => new TruncateJournal(d));
+            ctx.Metrics.Checkpoint();
         }
         catch (Exception ex) when (ex is IOException)
         {

@@ -32,6 +32,20 @@ internal sealed class RefcountAllocator
         _ctx = ctx;
         _state = state;
         _clusterBits = (int)Math.Log2(state.ClusterSize);
+        // Counted at open (the caller is on an I/O thread) when a metrics listener wants the number;
+        // otherwise on the first observation.
+        if (Metrics.ImageMetrics.AllocatedObserved) state.CountAllocated();
+    }
+
+    /// <summary>
+    /// Clusters with a nonzero refcount, for the metrics gauge: a lock-free read of the count the
+    /// state keeps. The first call on an image not counted at open counts it under the lock, once.
+    /// </summary>
+    public long ObserveAllocatedClusters()
+    {
+        var count = _state.AllocatedClusters;
+        if (count >= 0) return count;
+        lock (_lock) return _state.AllocatedClusters >= 0 ? _state.AllocatedClusters : _state.CountAllocated();
     }
 
     /// <summary>
