@@ -15,6 +15,7 @@ internal static class Verbs
         ("info", () => [Commands.InfoCommand.Create()]),
         ("check", () => [Commands.CheckCommand.Create()]),
         ("serve", () => [Commands.ServeCommand.Create()]),
+        ("host", () => [Commands.HostCommand.Create()]),
         ("create", () => [Commands.CreateCommand.Create()]),
         ("io", () => [Commands.IoCommand.Create()]),
         ("resize", () => [Commands.ResizeCommand.Create()]),

@@ -87,6 +87,19 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public SpaceQuota? Quota { get; init; }
 
+    /// <summary>
+    /// The value of the <c>image</c> tag on this image's metrics (<see cref="Metrics.EngineMetrics"/>);
+    /// null: the image's full path. A host serving tenants may give a stable name such as
+    /// <c>acme/disk1</c> instead of a path.
+    /// </summary>
+    public string? MetricsName { get; init; }
+
+    /// <summary>
+    /// Extra tags on this image's metrics (e.g. <c>tenant=acme</c>), added to the <c>image</c> tag;
+    /// the keys <c>image</c> and <c>kind</c> belong to the engine and are ignored here.
+    /// </summary>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

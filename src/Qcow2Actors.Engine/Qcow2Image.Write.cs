@@ -41,6 +41,7 @@ public sealed partial class Qcow2Image
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
         if (data.Length > 0)
         {
@@ -89,7 +90,7 @@ public sealed partial class Qcow2Image
                 }
             }
         }
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -173,6 +174,8 @@ public sealed partial class Qcow2Image
     public async ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, bool fua = false, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        // Admitted before the reservation, so a snapshot edit cannot change the tables it was planned on.
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, length);
         var space = await ReserveSpaceAsync(ctx, offset, length,
             (planner, table, from, to) => planner.NewClustersForZero(table, from, to - from, unmap), cancellationToken).ConfigureAwait(false);
@@ -183,13 +186,18 @@ public sealed partial class Qcow2Image
     /// Discards whole clusters in the range: their space is freed; reads then follow the spec (backing file, or zeros).
     /// A discard is never refused by a quota (it frees space; a table it must copy is charged whatever the limit).
     /// </summary>
-    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default) =>
-        PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, null, cancellationToken);
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, null, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <summary>Writes one whole, aligned guest cluster compressed (as <c>qemu-img convert -c</c>); stored normally if it does not shrink.</summary>
     public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
@@ -209,14 +217,23 @@ public sealed partial class Qcow2Image
     /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // The flush of a request already through the gate (a FUA write), and of FlushAsync.
+    private async ValueTask FlushAdmittedAsync(CancellationToken cancellationToken)
+    {
         var ctx = _ctx;
         if (ctx is null) return; // read-only: nothing to make durable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         // After a failed fsync or journal write the journal actor may be gone: fail at once.
         ctx.ThrowIfReadOnly();
+        var started = Metrics.ImageMetrics.FlushStarted();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ctx.Journal.Tell(new FlushRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        ctx.Metrics.FlushDone(started);
     }
 
     /// <summary>
@@ -227,20 +244,24 @@ public sealed partial class Qcow2Image
     public async ValueTask ResizeAsync(long newSize, CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new ResizeRequest(newSize, done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        RefreshInfo();
     }
 
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
     public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new CheckpointRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>Routes one operation per L2 table; the caller holds an admission (snapshot edits wait for it).</summary>
     private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, SpaceReservation? space, CancellationToken cancellationToken)
     {
         Task all;
@@ -269,7 +290,7 @@ public sealed partial class Qcow2Image
         // caller stops waiting; the operations go on).
         if (space is not null) _ = all.ContinueWith(_ => space.Dispose(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         await all.WaitAsync(cancellationToken).ConfigureAwait(false);
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>

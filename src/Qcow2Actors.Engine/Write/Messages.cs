@@ -88,5 +88,13 @@ internal sealed record StayAlive(int L1Index);
 /// <summary>Grow the virtual disk to <paramref name="NewSize"/> bytes (growing the L1 table if needed).</summary>
 internal sealed record ResizeRequest(long NewSize, TaskCompletionSource Done);
 
+/// <summary>
+/// Run <paramref name="Edit"/> on the image file with the image to itself: every table paused and the
+/// image checkpointed as at a clean close (tables, refcounts and header on disk, journal empty), then,
+/// when <paramref name="ChangesImage"/>, every table actor stopped, the edit run under the engine's own
+/// dirty bit and the in-memory state reloaded from the file. The caller keeps requests out meanwhile.
+/// </summary>
+internal sealed record OnlineEditRequest(Func<Device.IBlockDevice, object?> Edit, bool ChangesImage, TaskCompletionSource<object?> Done);
+
 /// <summary>A clean table actor agreed to stop; the parent stops it (messages for it are held meanwhile).</summary>
 internal sealed record ReadyToStop(int L1Index, Akka.Actor.IActorRef Table);

@@ -21,7 +21,7 @@ internal sealed class RefcountAllocator
 {
     private readonly object _lock = new();
     private readonly ImageContext _ctx;
-    private readonly RefcountState _state;
+    private RefcountState _state;
     private readonly int _clusterBits;
     // Compressed clusters are packed at byte granularity into the tail of the last cluster
     // allocated for compressed data, as QEMU does; each use adds one reference.
@@ -32,6 +32,33 @@ internal sealed class RefcountAllocator
         _ctx = ctx;
         _state = state;
         _clusterBits = (int)Math.Log2(state.ClusterSize);
+        // Counted at open (the caller is on an I/O thread) when a metrics listener wants the number;
+        // otherwise on the first observation.
+        if (Metrics.ImageMetrics.AllocatedObserved) state.CountAllocated();
+    }
+
+    /// <summary>
+    /// Clusters with a nonzero refcount, for the metrics gauge: a lock-free read of the count the
+    /// state keeps. The first call on an image not counted at open counts it under the lock, once.
+    /// </summary>
+    public long ObserveAllocatedClusters()
+    {
+        var count = _state.AllocatedClusters;
+        if (count >= 0) return count;
+        lock (_lock) return _state.AllocatedClusters >= 0 ? _state.AllocatedClusters : _state.CountAllocated();
+    }
+
+    /// <summary>
+    /// Takes the refcounts as an online snapshot edit left them on disk (every table actor is
+    /// stopped, the journal is empty and nothing is quarantined: the image was checkpointed first).
+    /// </summary>
+    public void Reload(RefcountState state)
+    {
+        lock (_lock)
+        {
+            _state = state;
+            _compressedCursor = 0;
+        }
     }
 
     /// <summary>Cluster size of the image.</summary>

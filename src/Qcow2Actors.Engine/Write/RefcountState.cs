@@ -68,6 +68,38 @@ internal sealed class RefcountState
 
     public ulong MaxRefcount => _max;
 
+    // Clusters with a nonzero refcount, kept from CountAllocated on (-1 before): written by the
+    // owner only, read without a lock by the metrics gauge.
+    private long _allocated = -1;
+
+    /// <summary>Clusters with a nonzero refcount, or -1 until <see cref="CountAllocated"/> has run.</summary>
+    public long AllocatedClusters => Volatile.Read(ref _allocated);
+
+    /// <summary>
+    /// Counts the clusters with a nonzero refcount (blocks not cached are read into one scratch
+    /// buffer, not kept) and keeps the count as refcounts change from then on.
+    /// </summary>
+    public long CountAllocated()
+    {
+        long count = 0;
+        byte[]? scratch = null;
+        for (long ti = 0; ti < _table.Length; ti++)
+        {
+            if (_table[ti] == 0) continue;
+            if (!_blocks.TryGetValue(ti, out var block))
+            {
+                long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
+                block = scratch ??= new byte[ClusterSize];
+                if (_device.Read(block, offset) < block.Length)
+                    throw new Qcow2ImageCorruptException($"refcount block {ti} at 0x{offset:X} lies past the end of {_device.Name}");
+            }
+            for (long i = 0; i < _entriesPerBlock; i++)
+                if (RefcountBlock.Get(block, i, _order) != 0) count++;
+        }
+        Volatile.Write(ref _allocated, count);
+        return count;
+    }
+
     public ulong Get(long cluster)
     {
         long ti = cluster / _entriesPerBlock;
@@ -89,7 +121,11 @@ internal sealed class RefcountState
         }
         var block = LoadBlock(ti);
         ulong old = RefcountBlock.Get(block, cluster % _entriesPerBlock, _order);
-        if ((old == 0) != (value == 0)) AllocatedDelta += value == 0 ? -1 : 1;
+        if ((old == 0) != (value == 0))
+        {
+            AllocatedDelta += value == 0 ? -1 : 1; // the quota's account (budget)
+            if (_allocated >= 0) Volatile.Write(ref _allocated, _allocated + (value == 0 ? -1 : 1)); // the metrics gauge
+        }
         RefcountBlock.Set(block, cluster % _entriesPerBlock, _order, value);
         _dirtyBlocks.Add(ti);
         records.Add(new SetRefcount(cluster, value));

@@ -42,7 +42,6 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         Discard = discard;
         Name = name;
         Description = description ?? Describe(image);
-        Size = image.VirtualSize;
         _zeroGranularity = FastZeroGranularity(image);
     }
 
@@ -77,7 +76,8 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
 
     /// <inheritdoc/>
-    public long Size { get; }
+    /// <remarks>The image's size now: a resize (or snapshot apply) of the served image shows to the next client that connects.</remarks>
+    public long Size => _image.VirtualSize;
 
     /// <inheritdoc/>
     /// <remarks>

@@ -33,6 +33,12 @@ internal sealed class NbdConnection
     private volatile INbdExport? _export;
     private readonly string _peer;
 
+    // Fires when no reply can reach the client any more (it hung up, a send failed, hard abort):
+    // requests still waiting (in a throttle group, say) stop waiting instead of running for nobody.
+    // Not linked to the server's abort token (that would leave a registration per connection on it)
+    // and never disposed: late requests may still look at it, and without a timer or wait handle
+    // it holds nothing to free.
+    private readonly CancellationTokenSource _gone = new();
     private SemaphoreSlim _slots = null!;
     private AsyncByteGate _bytes = null!;
     private ReplySender _sender = null!;
@@ -116,6 +122,7 @@ internal sealed class NbdConnection
     public void Abort()
     {
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
     }
 
@@ -127,7 +134,7 @@ internal sealed class NbdConnection
         _sender = new ReplySender(_socket, Release, MarkBroken, _abort);
         var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
-            session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _abort);
+            session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);
         metrics.ConnectionOpened();
         try
         {
@@ -162,6 +169,7 @@ internal sealed class NbdConnection
             {
                 case RequestReadStatus.HungUp:
                     _log.LogDebug("NBD {Peer}: client hung up", _peer);
+                    await _gone.CancelAsync();
                     return;
                 case RequestReadStatus.Truncated:
                     _log.LogInformation("NBD {Peer}: truncated request header; disconnecting", _peer);
@@ -240,6 +248,7 @@ internal sealed class NbdConnection
     {
         if (_broken) return;
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
     }
 }

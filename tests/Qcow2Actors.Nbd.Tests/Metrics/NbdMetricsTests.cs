@@ -113,6 +113,33 @@ public sealed class NbdMetricsTests
         Assert.Equal(1, recorder.Sum(NbdMetrics.Connections));
     }
 
+    [NbdFact]
+    public async Task The_counters_equal_the_ops_and_bytes_fio_reports()
+    {
+        var name = UniqueName();
+        using var recorder = MetricRecorder.ForTag(NbdMetrics.MeterName, NbdMetrics.ExportTag, name);
+        await using var server = await TestServers.StartTcpAsync(new MemoryExport(name, 16 * MiB));
+        var r = QemuTools.Run("fio", [
+            "--name=metrics", "--ioengine=nbd", $"--uri={server.GetUri(name)}",
+            "--rw=randrw", "--rwmixread=40", "--bsrange=512-64k", "--iodepth=8", "--size=8m", "--io_size=6m",
+            "--randseed=7", "--output-format=json",
+        ], timeoutSeconds: 60);
+        Assert.True(r.ExitCode == 0, r.StdErr + r.StdOut);
+        await TestServers.WaitForNoConnectionsAsync(server);
+
+        using var json = System.Text.Json.JsonDocument.Parse(r.StdOut[r.StdOut.IndexOf('{')..]);
+        var job = json.RootElement.GetProperty("jobs")[0];
+        long Ios(string dir) => job.GetProperty(dir).GetProperty("total_ios").GetInt64();
+        long Bytes(string dir) => job.GetProperty(dir).GetProperty("io_bytes").GetInt64();
+        Assert.True(Ios("read") > 0 && Ios("write") > 0, r.StdOut);
+        Assert.Equal(Ios("read"), recorder.Sum(NbdMetrics.Requests, (NbdMetrics.OpTag, "read")));
+        Assert.Equal(Ios("write"), recorder.Sum(NbdMetrics.Requests, (NbdMetrics.OpTag, "write")));
+        Assert.Equal(Bytes("read"), recorder.Sum(NbdMetrics.Io, (NbdMetrics.DirectionTag, "read")));
+        Assert.Equal(Bytes("write"), recorder.Sum(NbdMetrics.Io, (NbdMetrics.DirectionTag, "write")));
+        Assert.Equal(0, recorder.Sum(NbdMetrics.Errors));
+        Assert.Equal(0, recorder.Sum(NbdMetrics.RequestsInFlight));
+    }
+
     [Fact]
     public async Task Accepted_and_refused_connections_are_counted_with_the_reason()
     {
