@@ -17,9 +17,12 @@ public sealed class HostEndToEndTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private static void Io(string target, string format, params string[] commands)
+    private static void Io(string target, string format, params string[] commands) => Io(target, format, false, commands);
+
+    private static void Io(string target, string format, bool readOnly, params string[] commands)
     {
         var args = new List<string> { "-f", format };
+        if (readOnly) args.Add("-r");
         foreach (var c in commands) { args.Add("-c"); args.Add(c); }
         args.Add(target);
         var r = QemuTools.Run("qemu-io", args);
@@ -110,7 +113,7 @@ public sealed class HostEndToEndTests : IDisposable
         Io(host.Uri("acme/a1"), "raw", "write -P 0xa1 0 1M", "write -P 0xa2 10M 64k", "flush", "read -P 0xa1 0 1M", "read -P 0 1M 1M");
         var refused = QemuTools.QemuIo("-f", "raw", host.Uri("globex/g3"), "-c", "write -P 1 0 4k");
         Assert.NotEqual(0, refused.ExitCode);
-        Io(host.Uri("globex/g3"), "raw", "read -P 0 0 1M");
+        Io(host.Uri("globex/g3"), "raw", readOnly: true, "read -P 0 0 1M");
 
         // nbdcopy copies a file in; fio verifies its own writes.
         var source = _dir.File("source.raw");
