@@ -76,8 +76,9 @@ internal sealed class RefcountState
     public long AllocatedClusters => Volatile.Read(ref _allocated);
 
     /// <summary>
-    /// Counts the clusters with a nonzero refcount (blocks not cached are read into one scratch
-    /// buffer, not kept) and keeps the count as refcounts change from then on.
+    /// Counts the clusters with a nonzero refcount (what qemu-img check counts as allocated; blocks not
+    /// cached are read into one scratch buffer, not kept) and keeps the count as refcounts change from
+    /// then on (the metrics gauge; the quota account follows <see cref="AllocatedDelta"/>). Blocking I/O.
     /// </summary>
     public long CountAllocated()
     {
@@ -193,30 +194,6 @@ internal sealed class RefcountState
     /// object was created (what an image's quota account follows; see <see cref="CountAllocated"/>).
     /// </summary>
     public long AllocatedDelta { get; private set; }
-
-    /// <summary>
-    /// Clusters with a refcount above 0 now (what qemu-img check counts as allocated), read from every
-    /// refcount block; blocks not loaded yet are read into a scratch buffer and not kept. Blocking I/O.
-    /// </summary>
-    public long CountAllocated()
-    {
-        long count = 0;
-        byte[]? scratch = null;
-        for (long ti = 0; ti < _table.Length; ti++)
-        {
-            if (_table[ti] == 0) continue;
-            if (!_blocks.TryGetValue(ti, out var block))
-            {
-                block = scratch ??= new byte[ClusterSize];
-                long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
-                if (_device.Read(block, offset) < block.Length)
-                    throw new Qcow2ImageCorruptException($"refcount block {ti} at 0x{offset:X} lies past the end of {_device.Name}");
-            }
-            for (long i = 0; i < _entriesPerBlock; i++)
-                if (RefcountBlock.Get(block, i, _order) != 0) count++;
-        }
-        return count;
-    }
 
     /// <summary>
     /// At most how many clusters allocating the run at <paramref name="start"/> takes from 0 to a

@@ -61,7 +61,11 @@ public static class HostApplication
         builder.Services.AddQcow2Actors(o =>
         {
             o.ActorSystemName = "q2a-host";
-            o.Hocon = settings.ConfigFile is null ? null : File.ReadAllText(settings.ConfigFile);
+            // The registry closes the images in the service-unbind phase (RegistryService): give it the stop timeout and
+            // a minute for the checkpoints rather than Akka's default 5 s per phase.
+            var unbind = (long)(settings.StopTimeout + TimeSpan.FromMinutes(1)).TotalSeconds;
+            o.Hocon = (settings.ConfigFile is null ? "" : File.ReadAllText(settings.ConfigFile))
+                + $"\nakka.coordinated-shutdown.phases.service-unbind.timeout = {unbind}s\n";
         });
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton<HostRegistry>();

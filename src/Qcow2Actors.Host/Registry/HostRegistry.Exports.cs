@@ -26,9 +26,9 @@ internal sealed partial class HostRegistry
         {
             MetricTags = [new("tenant", entry.Tenant)],
         };
-#pragma warning restore CA2000
         var served = Throttle(export);
         var exportEntry = new ExportEntry(name, entry, readOnly, export, served);
+#pragma warning restore CA2000
         _nbd!.AddExport(served);
         _exports[name] = exportEntry;
         entry.Exports.Add(name);

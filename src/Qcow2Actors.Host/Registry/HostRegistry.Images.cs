@@ -179,6 +179,8 @@ internal sealed partial class HostRegistry
             Cache = Settings.Cache,
             Quota = tenant.Quota,
             OnFault = fault => OnFault(entry, fault),
+            MetricsName = entry.Key,
+            MetricTags = [new("tenant", entry.Tenant)],
         };
         try
         {

@@ -100,6 +100,7 @@ internal sealed partial class HostRegistry
                 await _nbd.StopAsync(Settings.StopTimeout, CancellationToken.None);
                 await _nbd.DisposeAsync();
             }
+            DisposeThrottles();
             bool clean = true;
             foreach (var tenant in _tenants.Values)
                 foreach (var entry in tenant.Images.Values)

@@ -1,12 +1,14 @@
 using Microsoft.Extensions.Logging;
 using Qcow2Actors.Host.Api.Contracts;
 using Qcow2Actors.Nbd;
+using Qcow2Actors.Nbd.Throttling;
 
 namespace Qcow2Actors.Host.Registry;
 
 /// <summary>
-/// Limits: one throttle group per tenant limit (shared by all its exports) and one per export limit;
-/// an export is held back by both. Wired to the throttle slice's ThrottleGroup/ThrottledExport.
+/// Limits: one <see cref="ThrottleGroup"/> per tenant limit (shared by all its exports) and one per export
+/// limit; an export is held back by both. Every export is served through a <see cref="ThrottledExport"/>, so
+/// a change of limits (API, SIGHUP) takes effect on connected clients without a reconnect.
 /// </summary>
 internal sealed partial class HostRegistry
 {
@@ -15,7 +17,6 @@ internal sealed partial class HostRegistry
         var values = LimitValues.From(request);
         if (!_exports.TryGetValue(name, out var export))
             throw HostApiException.NotFound(ErrorCodes.ExportNotFound, $"no export named '{name}'");
-        RequireThrottle();
         export.Limit = values;
         ApplyLimits();
         _log.LogInformation("limit of export {Export} set: {Limit}", name, values);
@@ -26,7 +27,6 @@ internal sealed partial class HostRegistry
     {
         var values = LimitValues.From(request);
         var tenant = Tenant(tenantName);
-        RequireThrottle();
         tenant.Limit = values;
         ApplyLimits();
         _log.LogInformation("limit of tenant {Tenant} set: {Limit}", tenantName, values);
@@ -57,12 +57,55 @@ internal sealed partial class HostRegistry
         return Task.CompletedTask;
     });
 
-    // Until the throttle slice lands: limits are refused (501) and exports are served unwrapped.
-    private static void RequireThrottle() => throw HostApiException.NotImplemented("throttling (limits)");
+    /// <summary>Every export is served throttled (with no group until a limit applies).</summary>
+    private static ThrottledExport Throttle(INbdExport export) => new(export);
 
-    private static INbdExport Throttle(INbdExport export) => export;
+    /// <summary>After an export was removed: its own group and its throttle wrapper go.</summary>
+    private static void ForgetThrottle(ExportEntry export)
+    {
+        export.Group?.Dispose();
+        export.Group = null;
+        export.Served.Dispose();
+    }
 
-    private static void ForgetThrottle(ExportEntry export) { }
+    /// <summary>
+    /// Brings the groups in line with the limits: creates, updates (in place, for queued and new requests)
+    /// or drops each tenant's and export's group, then gives every export its tenant's group and its own.
+    /// </summary>
+    private void ApplyLimits()
+    {
+        foreach (var tenant in _tenants.Values)
+            tenant.Group = Sync(tenant.Group, tenant.Limit, $"tenant:{tenant.Name}");
+        foreach (var export in _exports.Values)
+        {
+            export.Group = Sync(export.Group, export.Limit, $"export:{export.Name}");
+            var tenantGroup = _tenants.GetValueOrDefault(export.Image.Tenant)?.Group;
+            ThrottleGroup[] groups = [.. new[] { tenantGroup, export.Group }.OfType<ThrottleGroup>()];
+            export.Served.SetGroups(groups);
+        }
+        // A tenant removed while its group was in use by nobody: nothing holds it any more.
+    }
 
-    private void ApplyLimits() { }
+    private static ThrottleGroup? Sync(ThrottleGroup? group, LimitValues? limit, string name)
+    {
+        if (limit is null || limit.ToThrottle().IsUnlimited)
+        {
+            group?.Dispose();
+            return null;
+        }
+        if (group is null) return new ThrottleGroup(name, limit.ToThrottle());
+        group.Update(limit.ToThrottle());
+        return group;
+    }
+
+    /// <summary>At stop, after the NBD server: the groups' timers go.</summary>
+    private void DisposeThrottles()
+    {
+        foreach (var export in _exports.Values) ForgetThrottle(export);
+        foreach (var tenant in _tenants.Values)
+        {
+            tenant.Group?.Dispose();
+            tenant.Group = null;
+        }
+    }
 }

@@ -37,6 +37,7 @@ internal sealed partial class HostRegistry
         if (!entry.Images.IsEmpty)
             throw HostApiException.Conflict(ErrorCodes.TenantNotEmpty, $"tenant '{name}' still has {entry.Images.Count} image(s); delete them first");
         _tenants.TryRemove(name, out _);
+        entry.Group?.Dispose(); // no export uses it: the tenant has no images
         try
         {
             Directory.Delete(Path.Combine(Settings.DataDir, name)); // only when empty: stray files stay for the operator

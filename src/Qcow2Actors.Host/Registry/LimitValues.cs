@@ -1,4 +1,5 @@
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Nbd.Throttling;
 
 namespace Qcow2Actors.Host.Registry;
 
@@ -32,14 +33,20 @@ internal sealed record LimitValues
         return values;
     }
 
-    /// <summary>Refuses negative values and bursts below their base rate, naming the field.</summary>
+    /// <summary>Refuses what QEMU's throttle groups refuse (negative values, a burst without its rate, ...), naming the field.</summary>
     public void Validate()
     {
         foreach (var (name, value) in Fields())
             if (value < 0) throw HostApiException.BadRequest($"{name} must not be negative ({value})");
-        if (BurstIops > 0 && Iops > 0 && BurstIops < Iops) throw HostApiException.BadRequest($"burstIops ({BurstIops}) must not be below iops ({Iops})");
-        if (BurstBps > 0 && Bps > 0 && BurstBps < Bps) throw HostApiException.BadRequest($"burstBps ({BurstBps}) must not be below bps ({Bps})");
+        if (ToThrottle().Problem() is { } problem) throw HostApiException.BadRequest(problem);
     }
+
+    /// <summary>The NBD throttle's limits (a burst length of 0: QEMU's default of one second).</summary>
+    public ThrottleLimits ToThrottle() => new()
+    {
+        Iops = Iops, Bps = Bps, ReadIops = ReadIops, WriteIops = WriteIops, ReadBps = ReadBps, WriteBps = WriteBps,
+        BurstIops = BurstIops, BurstBps = BurstBps, BurstLength = TimeSpan.FromSeconds(BurstSeconds),
+    };
 
     private IEnumerable<(string Name, long Value)> Fields() =>
     [

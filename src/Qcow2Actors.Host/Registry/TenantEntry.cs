@@ -16,5 +16,8 @@ internal sealed class TenantEntry(string name, long? quota, int? maxImages)
     /// <summary>The tenant-wide throttle (one group shared by its exports); null: none.</summary>
     public LimitValues? Limit { get; set; }
 
+    /// <summary>The group <see cref="Limit"/> runs as; null while there is no limit.</summary>
+    public Qcow2Actors.Nbd.Throttling.ThrottleGroup? Group { get; set; }
+
     public ConcurrentDictionary<string, ImageEntry> Images { get; } = new(StringComparer.Ordinal);
 }

@@ -99,15 +99,20 @@ public class ImageApiTests
         Assert.True((await host.GetAsync<TenantReply>(Routes.TenantPath("tiny"))).UsedBytes > 4096);
     }
 
-    [Fact]
-    public async Task Checking_an_open_image_is_refused_as_in_use_until_the_online_check_exists()
+    [QemuFact]
+    public async Task An_open_image_is_checked_without_closing_it()
     {
         using var dir = new TempDir();
         await using var host = await WithTenantAsync(dir);
-        await host.PostAsync<ImageReply>(Routes.TenantImagesPath("acme"), new ImageCreateRequest { Name = "disk1", Size = 1 << 20 });
+        await host.PostAsync<ImageReply>(Routes.TenantImagesPath("acme"), new ImageCreateRequest { Name = "disk1", Size = 4 << 20 });
+        var export = await host.PostAsync<ExportReply>(Routes.Exports, new ExportAddRequest { Tenant = "acme", Image = "disk1" });
+        var write = QemuTools.QemuIo("-f", "raw", export.Uri, "-c", "write -P 0x11 0 1M");
+        Assert.True(write.ExitCode == 0, write.StdErr + write.StdOut);
 
-        var inUse = await HostHarness.ErrorAsync(host.Client.PostAsync(Routes.ImagePath("acme", "disk1", "check"), null), HttpStatusCode.Conflict);
+        var check = await host.PostAsync<CheckReply>(Routes.ImagePath("acme", "disk1", "check"));
 
-        Assert.Equal(ErrorCodes.ImageInUse, inUse.Code);
+        Assert.Equal((0L, 0L, 0L), (check.Errors, check.Leaks, check.Corruptions));
+        Assert.Equal(16, check.AllocatedClusters);
+        Assert.Equal(ImageState.Open, (await host.GetAsync<ImageReply>(Routes.ImagePath("acme", "disk1"))).State);
     }
 }

@@ -111,10 +111,10 @@ public class HostLifecycleTests
     {
         using var dir = new TempDir();
         var socket = Path.Combine(dir.Path, "control.sock");
-        using (var stale = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
-        {
-            stale.Bind(new UnixDomainSocketEndPoint(socket)); // bound, never listening: what a dead host leaves
-        }
+        // Bound, never listening: connecting is refused, as on the file a dead host left (kept open, since
+        // .NET removes the file when it disposes a socket it bound).
+        using var stale = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        stale.Bind(new UnixDomainSocketEndPoint(socket));
         Assert.True(File.Exists(socket));
 
         await using var host = await HostHarness.StartAsync(dir.Path);
@@ -134,8 +134,9 @@ public class HostLifecycleTests
         var before = await host.GetAsync<TenantReply>(Routes.TenantPath("acme"));
         Assert.Equal((1L << 30, 2), (before.Quota!.Value, before.MaxImages!.Value));
 
-        await File.WriteAllTextAsync(Path.Combine(dir.Path, "host.conf"),
-            "qcow2actors.host.tenants { acme { quota = 2GiB, max-images = 5 }, globex { quota = 1MiB } }");
+        var conf = Path.Combine(dir.Path, "host.conf");
+        await File.WriteAllTextAsync(conf, "qcow2actors.host.tenants {\n  acme { quota = 2GiB, max-images = 5 }\n  globex { quota = 1MiB }\n}");
+        Assert.Equal(2, HostSettings.ReadTenants(HostSettings.ReadConfig(conf)).Count);
         var settings = host.App.Services.GetRequiredService<HostSettings>();
         await HostApplication.ReloadAsync(settings, host.Registry, NullLogger.Instance);
 
