@@ -26,6 +26,17 @@ public class NbdPathBenchmarks
     [Params(1, 32)]
     public int Depth { get; set; }
 
+    /// <summary>
+    /// With a <see cref="System.Diagnostics.Metrics.MeterListener"/> enabling every instrument of the
+    /// "Qcow2Actors.Nbd" meter (callbacks that only add up), as an exporter would; without, the
+    /// instruments are idle and the request path only reads their Enabled flags.
+    /// </summary>
+    [Params(false, true)]
+    public bool Listening { get; set; }
+
+    private System.Diagnostics.Metrics.MeterListener? _listener;
+    private long _measured;
+
     private string _dir = "";
     private NbdServer _server = null!;
     private Socket _client = null!;
@@ -36,6 +47,19 @@ public class NbdPathBenchmarks
     [GlobalSetup]
     public async Task Setup()
     {
+        if (Listening)
+        {
+            _listener = new System.Diagnostics.Metrics.MeterListener
+            {
+                InstrumentPublished = (instrument, l) =>
+                {
+                    if (instrument.Meter.Name == "Qcow2Actors.Nbd") l.EnableMeasurementEvents(instrument);
+                },
+            };
+            _listener.SetMeasurementEventCallback<long>((_, v, _, _) => Interlocked.Add(ref _measured, v));
+            _listener.SetMeasurementEventCallback<double>((_, _, _, _) => Interlocked.Increment(ref _measured));
+            _listener.Start();
+        }
         _dir = Path.Combine(Path.GetTempPath(), $"q2a-bench-nbd-{Environment.ProcessId}");
         Directory.CreateDirectory(_dir);
         var export = new MemoryExport("bench", ExportSize);
@@ -67,6 +91,7 @@ public class NbdPathBenchmarks
     {
         _client.Dispose();
         await _server.DisposeAsync();
+        _listener?.Dispose();
         Directory.Delete(_dir, recursive: true);
     }
 

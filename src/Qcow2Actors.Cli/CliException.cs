@@ -2,7 +2,7 @@ namespace Qcow2Actors.Cli;
 
 /// <summary>
 /// A user error whose message is already the exact line qemu-img or qemu-io would print
-/// (without the tool prefix); <see cref="CliRunner"/> prints it after "q2a: ".
+/// (without the tool prefix); <c>CliRunner</c> prints it after "q2a: ".
 /// </summary>
 internal sealed class CliException : Exception
 {

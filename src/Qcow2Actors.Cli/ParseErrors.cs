@@ -18,10 +18,17 @@ internal static class ParseErrors
     public static string? Describe(ParseResult parse, IReadOnlyList<string> args)
     {
         var command = parse.CommandResult.Command;
-        var verb = command is RootCommand ? "q2a" : $"q2a {command.Name}";
+        var verb = Path(parse.CommandResult);
         if (UnknownOption(parse, args) is { } option) return $"{verb}: unrecognized option '{option}'";
         if (parse.Errors.Count == 0 || args.Count == 0) return null;
         if (command is RootCommand) return $"q2a: unrecognized command '{args[0]}' (q2a --help lists them)";
+        if (command.Subcommands.Count > 0 && command.Action is null)
+        {
+            // A command that only groups others (q2a ctl, q2a ctl tenant): name the word it did not know, or what it takes.
+            return parse.UnmatchedTokens.Count > 0
+                ? $"{verb}: unrecognized command '{parse.UnmatchedTokens[0]}' ({verb} --help lists them)"
+                : $"{verb}: missing command, one of: {string.Join(", ", command.Subcommands.Select(c => c.Name))}";
+        }
         return $"{verb}: {parse.Errors[0].Message.ReplaceLineEndings(" ")}";
     }
 
@@ -41,6 +48,16 @@ internal static class ParseErrors
             if (token.Type == TokenType.Argument && !optionValues.Contains(token) && LooksLikeOption(token.Value)) return token.Value;
         }
         return UnknownClusterLetter(parse, args, optionValues);
+    }
+
+    // "q2a VERB", or "q2a ctl GROUP VERB" for the commands nested under a verb.
+    private static string Path(CommandResult result)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = result; r is CommandResult c && c.Parent is not null; r = c.Parent) names.Add(c.Command.Name);
+        names.Add("q2a");
+        names.Reverse();
+        return string.Join(' ', names);
     }
 
     private static bool LooksLikeOption(string text) => text.Length > 1 && text[0] == '-' && !char.IsAsciiDigit(text[1]);

@@ -15,6 +15,7 @@ internal static class Verbs
         ("info", () => [Commands.InfoCommand.Create()]),
         ("check", () => [Commands.CheckCommand.Create()]),
         ("serve", () => [Commands.ServeCommand.Create()]),
+        ("host", () => [Commands.HostCommand.Create()]),
         ("create", () => [Commands.CreateCommand.Create()]),
         ("io", () => [Commands.IoCommand.Create()]),
         ("resize", () => [Commands.ResizeCommand.Create()]),
@@ -22,6 +23,7 @@ internal static class Verbs
         ("chaos", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos")]),
         ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
+        ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>

@@ -77,6 +77,29 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public Action<Qcow2ImageFault>? OnFault { get; init; }
 
+    /// <summary>
+    /// Read-write opens: the byte quota this image's allocated clusters count against, shared with
+    /// every image opened with the same object (one per tenant). The image charges its allocated
+    /// clusters (refcount above 0, metadata included) at open, reserves every new cluster before it is
+    /// mapped, releases clusters whose refcount reaches 0 and everything at close. A write or
+    /// write-zeroes that would pass the limit fails whole with <see cref="Qcow2NoSpaceException"/>
+    /// (nothing mapped; the image stays writable). Null: no quota.
+    /// </summary>
+    public SpaceQuota? Quota { get; init; }
+
+    /// <summary>
+    /// The value of the <c>image</c> tag on this image's metrics (<see cref="Metrics.EngineMetrics"/>);
+    /// null: the image's full path. A host serving tenants may give a stable name such as
+    /// <c>acme/disk1</c> instead of a path.
+    /// </summary>
+    public string? MetricsName { get; init; }
+
+    /// <summary>
+    /// Extra tags on this image's metrics (e.g. <c>tenant=acme</c>), added to the <c>image</c> tag;
+    /// the keys <c>image</c> and <c>kind</c> belong to the engine and are ignored here.
+    /// </summary>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

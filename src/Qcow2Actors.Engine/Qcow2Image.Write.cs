@@ -41,6 +41,7 @@ public sealed partial class Qcow2Image
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
         if (data.Length > 0)
         {
@@ -48,33 +49,48 @@ public sealed partial class Qcow2Image
             long end = offset + data.Length;
             List<Task>? pending = null;
             long pos = offset;
-            while (pos < end)
+            // With a quota, the clusters of every table the write touches are reserved before any is mapped.
+            var space = await ReserveSpaceAsync(ctx, offset, data.Length,
+                static (planner, table, from, to) => planner.NewClustersForWrite(table, from, to), cancellationToken).ConfigureAwait(false);
+            try
             {
-                long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
-                // Fast path: clusters we own are overwritten in place with no actor hop.
-                long fastEnd;
-                try
+                while (pos < end)
                 {
-                    fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                    long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
+                    // Fast path: clusters we own are overwritten in place with no actor hop.
+                    long fastEnd;
+                    try
+                    {
+                        fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
+                    {
+                        // An owned cluster whose space was given back (a hole) needs new space to be written.
+                        var noSpace = new Qcow2NoSpaceException($"'{ctx.Path}': no space left on the host for the write at {pos}: {ex.Message}", ex);
+                        ctx.Report(Qcow2ImageFaultKind.NoSpace, noSpace.Message);
+                        throw noSpace;
+                    }
+                    if (fastEnd < tableEnd)
+                    {
+                        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space)));
+                        (pending ??= new List<Task>()).Add(done.Task);
+                    }
+                    pos = tableEnd;
                 }
-                catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
-                {
-                    // An owned cluster whose space was given back (a hole) needs new space to be written.
-                    var noSpace = new Qcow2NoSpaceException($"'{ctx.Path}': no space left on the host for the write at {pos}: {ex.Message}", ex);
-                    ctx.Report(Qcow2ImageFaultKind.NoSpace, noSpace.Message);
-                    throw noSpace;
-                }
-                if (fastEnd < tableEnd)
-                {
-                    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done)));
-                    (pending ??= new List<Task>()).Add(done.Task);
-                }
-                pos = tableEnd;
+                if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
             }
-            if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
+            finally
+            {
+                if (space is not null)
+                {
+                    // Only once every table operation drawing from it has ended.
+                    if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                    space.Dispose();
+                }
+            }
         }
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -155,17 +171,33 @@ public sealed partial class Qcow2Image
     /// Makes [offset, offset + length) read as zeros. Whole clusters (or subclusters) are zeroed
     /// in metadata; with <paramref name="unmap"/> their space may be freed, without it it stays allocated.
     /// </summary>
-    public ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, bool fua = false, CancellationToken cancellationToken = default) =>
-        PerTableAsync(offset, length, (o, l, done) => new ZeroOp(o, l, unmap, done), fua, cancellationToken);
+    public async ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, bool fua = false, CancellationToken cancellationToken = default)
+    {
+        var ctx = Writer();
+        // Admitted before the reservation, so a snapshot edit cannot change the tables it was planned on.
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        CheckRange(offset, length);
+        var space = await ReserveSpaceAsync(ctx, offset, length,
+            (planner, table, from, to) => planner.NewClustersForZero(table, from, to - from, unmap), cancellationToken).ConfigureAwait(false);
+        await PerTableAsync(offset, length, (o, l, done) => new ZeroOp(o, l, unmap, done, space), fua, space, cancellationToken).ConfigureAwait(false);
+    }
 
-    /// <summary>Discards whole clusters in the range: their space is freed; reads then follow the spec (backing file, or zeros).</summary>
-    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default) =>
-        PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, cancellationToken);
+    /// <summary>
+    /// Discards whole clusters in the range: their space is freed; reads then follow the spec (backing file, or zeros).
+    /// A discard is never refused by a quota (it frees space; a table it must copy is charged whatever the limit).
+    /// </summary>
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, null, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <summary>Writes one whole, aligned guest cluster compressed (as <c>qemu-img convert -c</c>); stored normally if it does not shrink.</summary>
     public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
@@ -185,14 +217,23 @@ public sealed partial class Qcow2Image
     /// <summary>Makes every completed write durable: data (fdatasync), then the journal batch, then returns.</summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // The flush of a request already through the gate (a FUA write), and of FlushAsync.
+    private async ValueTask FlushAdmittedAsync(CancellationToken cancellationToken)
+    {
         var ctx = _ctx;
         if (ctx is null) return; // read-only: nothing to make durable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         // After a failed fsync or journal write the journal actor may be gone: fail at once.
         ctx.ThrowIfReadOnly();
+        var started = Metrics.ImageMetrics.FlushStarted();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ctx.Journal.Tell(new FlushRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        ctx.Metrics.FlushDone(started);
     }
 
     /// <summary>
@@ -203,36 +244,89 @@ public sealed partial class Qcow2Image
     public async ValueTask ResizeAsync(long newSize, CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new ResizeRequest(newSize, done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        RefreshInfo();
     }
 
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
     public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
     {
         Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new CheckpointRequest(done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, CancellationToken cancellationToken)
+    /// <summary>Routes one operation per L2 table; the caller holds an admission (snapshot edits wait for it).</summary>
+    private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, SpaceReservation? space, CancellationToken cancellationToken)
     {
-        var ctx = Writer();
-        CheckRange(offset, length);
+        Task all;
+        try
+        {
+            var ctx = Writer();
+            CheckRange(offset, length);
+            var g = ctx.Geometry;
+            var tasks = new List<Task>();
+            for (long pos = offset, end = offset + length; pos < end;)
+            {
+                long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
+                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _imageActor!.Tell(new RouteToTable((int)g.L1Index(pos), make(pos, tableEnd - pos, done)));
+                tasks.Add(done.Task);
+                pos = tableEnd;
+            }
+            all = Task.WhenAll(tasks);
+        }
+        catch
+        {
+            space?.Dispose();
+            throw;
+        }
+        // The reservation goes back once every table operation drawing from it has ended (a cancelled
+        // caller stops waiting; the operations go on).
+        if (space is not null) _ = all.ContinueWith(_ => space.Dispose(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        await all.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// With a quota: reserves, before any table operation is routed, the new clusters the request
+    /// takes in every L2 table it touches (as planned on the tables published now, plus the refcount
+    /// metadata they could need), so a request that would pass the limit fails whole and maps nothing.
+    /// Null without a quota or when the request takes no new cluster.
+    /// </summary>
+    private static async ValueTask<SpaceReservation?> ReserveSpaceAsync(ImageContext ctx, long offset, long length,
+        Func<WritePlanner, TableEntries, long, long, long> estimate, CancellationToken cancellationToken)
+    {
+        if (ctx.Allocator?.Space is not { } account || length == 0) return null;
         var g = ctx.Geometry;
-        var tasks = new List<Task>();
+        var view = ctx.Layer.Views.Current;
+        long clusters = 0;
         for (long pos = offset, end = offset + length; pos < end;)
         {
             long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
-            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _imageActor!.Tell(new RouteToTable((int)g.L1Index(pos), make(pos, tableEnd - pos, done)));
-            tasks.Add(done.Task);
+            // Clusters we own take nothing: an overwrite plans nothing at all.
+            long from = g.ExternalDataFile ? pos : OwnedRuns(ctx, pos, tableEnd, null);
+            if (from < tableEnd)
+            {
+                var l1 = new L1Entry(view.L1Entry(g.L1Index(from)));
+                var l2 = l1.L2Offset == 0 ? null : await ctx.Layer.GetL2Async(view, from, cancellationToken).ConfigureAwait(false);
+                clusters += estimate(ctx.Planner, new TableEntries(l2?.SharedWords, g.ExtendedL2, l2 is not null && !l1.IsCopied), from, tableEnd);
+            }
             pos = tableEnd;
         }
-        await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
-        if (fua) await FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (clusters == 0) return null;
+        clusters += ctx.Allocator.MetadataMarginFor(clusters);
+        var space = new SpaceReservation(account.Quota);
+        if (space.TryEnsure(clusters * g.ClusterSize, unlimited: false)) return space;
+        space.Dispose();
+        var refusal = account.Quota.Refusal(ctx.Path, clusters * g.ClusterSize);
+        ctx.Report(Qcow2ImageFaultKind.NoSpace, refusal.Message);
+        throw refusal;
     }
 
     private ImageContext Writer()

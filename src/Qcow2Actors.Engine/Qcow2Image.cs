@@ -24,7 +24,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         _locks = opened.Locks;
         _qcow2 = opened.Layer as Qcow2Layer;
         _openedHeader = opened.HeaderBlock?.Header.Clone();
-        Info = new Qcow2ImageInfo(
+        _info = new Qcow2ImageInfo(
             opened.Layer.FileName,
             opened.Layer.Format,
             opened.Layer.Size,
@@ -72,8 +72,10 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     // The header as opened (read-only images, whose header never changes).
     private readonly Qcow2Header? _openedHeader;
 
-    /// <summary>What the image is and what it refers to.</summary>
-    public Qcow2ImageInfo Info { get; }
+    /// <summary>What the image is and what it refers to (its size and snapshots as of the last resize or snapshot edit).</summary>
+    public Qcow2ImageInfo Info => _info;
+
+    private volatile Qcow2ImageInfo _info;
 
     /// <summary>
     /// Fills <paramref name="buffer"/> with guest bytes from <paramref name="offset"/>: stored data,
@@ -84,6 +86,8 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        // A writable image's reads pass the request gate (an online snapshot edit waits for them).
+        if (_ctx is not null) return ReadAdmittedAsync(offset, buffer, cancellationToken);
         CheckRange(offset, buffer.Length);
         return buffer.Length == 0 ? ValueTask.CompletedTask : _top.ReadAsync(offset, buffer, cancellationToken);
     }
@@ -101,7 +105,13 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         ImageExtent? current = null;
         for (long pos = offset; pos < end;)
         {
-            var next = await BlockStatusAsync(pos, end - pos, cancellationToken).ConfigureAwait(false);
+            ImageExtent? next = null;
+            using (await EnterAsync(cancellationToken).ConfigureAwait(false))
+            {
+                // An online snapshot apply may have shrunk the disk since the range was checked.
+                if (pos < VirtualSize) next = await BlockStatusAsync(pos, Math.Min(end, VirtualSize) - pos, cancellationToken).ConfigureAwait(false);
+            }
+            if (next is null) break;
             pos += next.Length;
             if (current is not null && Mergeable(current, next))
             {
@@ -167,6 +177,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         }
         _abandoned.TrySetResult();
         _locks?.Dispose();
+        _ctx?.Allocator?.CloseSpace();
     }
 
     /// <summary>Closes the image and its backing chain.</summary>
@@ -187,6 +198,8 @@ public sealed partial class Qcow2Image : IAsyncDisposable
             {
                 _locks?.Dispose();
                 _host?.Forget(this);
+                // Its quota charge goes back as the close returns (the image actor's stop does it too, later).
+                _ctx?.Allocator?.CloseSpace();
             }
         }
     }

@@ -19,6 +19,16 @@ public interface INbdExport
     /// <summary>Optional human-readable text sent with NBD_OPT_LIST and NBD_INFO_DESCRIPTION.</summary>
     string? Description => null;
 
+    /// <summary>
+    /// Extra tags for this export's metrics (<see cref="Metrics.NbdMetrics"/>), added to the
+    /// <c>export</c> tag on every per-export instrument; a multi-tenant host puts
+    /// <c>tenant=NAME</c> here. Read once when a client starts transmission on the export, so
+    /// keep it fixed while the export is served. The keys <c>export</c>, <c>op</c>,
+    /// <c>direction</c> and <c>errno</c> belong to the server and are ignored here. An export that
+    /// wraps another should forward its inner export's tags. Default: none.
+    /// </summary>
+    IReadOnlyList<KeyValuePair<string, object?>> MetricTags => [];
+
     /// <summary>Size in bytes; fixed while the export is served.</summary>
     long Size { get; }
 

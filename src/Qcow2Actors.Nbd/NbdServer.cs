@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Qcow2Actors.Nbd.Metrics;
 using Qcow2Actors.Nbd.Protocol;
 
 namespace Qcow2Actors.Nbd;
@@ -17,10 +18,15 @@ namespace Qcow2Actors.Nbd;
 /// Lifecycle: <see cref="StartAsync"/> binds and starts accepting; <see cref="StopAsync(CancellationToken)"/> stops
 /// accepting, lets requests already read complete and reply, then closes every connection. The
 /// exports belong to the caller, who flushes and closes them after the stop.
+/// The set of exports can change while the server runs (<see cref="AddExport"/>, <see cref="RemoveExportAsync"/>);
+/// NBD_OPT_LIST and the handshake always see the current set.
 /// </remarks>
 public sealed class NbdServer : IAsyncDisposable
 {
-    private readonly Dictionary<string, INbdExport> _byName = new(StringComparer.Ordinal);
+    // The export set is replaced whole under _exportsLock and read without a lock: handshakes see one
+    // consistent set, and removal can tell which connections entered an export that is gone.
+    private readonly Lock _exportsLock = new();
+    private volatile ExportSet _exports = ExportSet.Empty;
     private readonly ConcurrentDictionary<NbdConnection, Task> _connections = new();
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
@@ -33,23 +39,26 @@ public sealed class NbdServer : IAsyncDisposable
     private int _state; // 0 new, 1 started, 2 stopped
 
     /// <summary>Creates a server; nothing is bound until <see cref="StartAsync"/>.</summary>
-    /// <exception cref="ArgumentException">No exports, duplicate names, or a name longer than the protocol allows.</exception>
+    /// <exception cref="ArgumentException">
+    /// No exports (unless <see cref="NbdServerOptions.AllowNoExports"/>), duplicate names, or a name longer than the protocol allows.
+    /// </exception>
     public NbdServer(NbdServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Exports.Count == 0) throw new ArgumentException("at least one export is required", nameof(options));
+        if (options.Exports.Count == 0 && !options.AllowNoExports) throw new ArgumentException("at least one export is required", nameof(options));
         if (options.MaxBlockSize < 512) throw new ArgumentException("MaxBlockSize must be at least 512", nameof(options));
         if (options.MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", nameof(options));
         if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
             throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
+        var exports = ExportSet.Empty;
         foreach (var export in options.Exports)
         {
-            if (Encoding.UTF8.GetByteCount(export.Name) > NbdProtocol.MaxStringLength)
-                throw new ArgumentException($"export name longer than {NbdProtocol.MaxStringLength} bytes", nameof(options));
-            if (export.Size < 0) throw new ArgumentException($"export '{export.Name}' has a negative size", nameof(options));
-            if (!_byName.TryAdd(export.Name, export))
+            Validate(export, nameof(options));
+            if (exports.ByName.ContainsKey(export.Name))
                 throw new ArgumentException($"two exports are named '{export.Name}'", nameof(options));
+            exports = exports.With(export);
         }
+        _exports = exports;
         Options = options;
         _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
         _refusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
@@ -65,8 +74,99 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
 
-    /// <summary>The exports in configuration order; the first is the default export.</summary>
-    public IReadOnlyList<INbdExport> Exports => Options.Exports;
+    /// <summary>The exports served now, in the order they were added; the first is the default export.</summary>
+    public IReadOnlyList<INbdExport> Exports => _exports.InOrder;
+
+    /// <summary>
+    /// Starts serving <paramref name="export"/> at once (before or after <see cref="StartAsync"/>): new clients can
+    /// select it and NBD_OPT_LIST shows it. The server never disposes, flushes or closes it.
+    /// </summary>
+    /// <exception cref="ArgumentException">An export of that name is served, the name is longer than the protocol allows, or the size is negative.</exception>
+    public void AddExport(INbdExport export)
+    {
+        ArgumentNullException.ThrowIfNull(export);
+        Validate(export, nameof(export));
+        lock (_exportsLock)
+        {
+            if (_exports.ByName.ContainsKey(export.Name))
+                throw new ArgumentException($"an export named '{export.Name}' is already served", nameof(export));
+            _exports = _exports.With(export);
+        }
+        _log.LogInformation("NBD: export '{Export}' added", export.Name);
+    }
+
+    /// <summary>
+    /// Stops serving the export named <paramref name="name"/>: new clients get "unknown export" at once; clients
+    /// connected to it stop being read from, their requests already read finish and reply, and then they are
+    /// disconnected. Completes when they are gone (or, if <paramref name="cancellationToken"/> fires first, cuts them off).
+    /// </summary>
+    /// <returns>False when no export of that name was served.</returns>
+    public async Task<bool> RemoveExportAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        INbdExport? removed;
+        lock (_exportsLock)
+        {
+            if (!_exports.ByName.TryGetValue(name, out removed)) return false;
+            _exports = _exports.Without(removed);
+        }
+        var leaving = new List<(NbdConnection Connection, Task Served)>();
+        foreach (var (connection, served) in _connections)
+        {
+            if (!ReferenceEquals(connection.Export, removed)) continue;
+            connection.Leave();
+            leaving.Add((connection, served));
+        }
+        try
+        {
+            await Task.WhenAll(leaving.Select(c => c.Served)).WaitAsync(cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            foreach (var (connection, _) in leaving) connection.Abort();
+            await Task.WhenAll(leaving.Select(c => c.Served));
+        }
+        _log.LogInformation("NBD: export '{Export}' removed; {Count} client(s) disconnected", name, leaving.Count);
+        return true;
+    }
+
+    /// <summary>Connections that have selected the export named <paramref name="exportName"/> and are being served.</summary>
+    public int GetConnectionCount(string exportName)
+    {
+        var count = 0;
+        foreach (var connection in _connections.Keys)
+            if (connection.Export?.Name == exportName && IsServed(connection.Export)) count++;
+        return count;
+    }
+
+    /// <summary>True while <paramref name="export"/> (this very instance) is in the served set.</summary>
+    internal bool IsServed(INbdExport export) =>
+        _exports.ByName.TryGetValue(export.Name, out var current) && ReferenceEquals(current, export);
+
+    private static void Validate(INbdExport export, string parameter)
+    {
+        if (Encoding.UTF8.GetByteCount(export.Name) > NbdProtocol.MaxStringLength)
+            throw new ArgumentException($"export name longer than {NbdProtocol.MaxStringLength} bytes", parameter);
+        if (export.Size < 0) throw new ArgumentException($"export '{export.Name}' has a negative size", parameter);
+    }
+
+    /// <summary>An immutable snapshot of the served exports: insertion order and lookup by name.</summary>
+    private sealed class ExportSet(IReadOnlyList<INbdExport> inOrder, Dictionary<string, INbdExport> byName)
+    {
+        public static readonly ExportSet Empty = new([], new(StringComparer.Ordinal));
+        public IReadOnlyList<INbdExport> InOrder { get; } = inOrder;
+        public IReadOnlyDictionary<string, INbdExport> ByName { get; } = byName;
+
+        public ExportSet With(INbdExport export) =>
+            new([.. InOrder, export], new(ByName, StringComparer.Ordinal) { [export.Name] = export });
+
+        public ExportSet Without(INbdExport export)
+        {
+            var byName = new Dictionary<string, INbdExport>(ByName, StringComparer.Ordinal);
+            byName.Remove(export.Name);
+            return new([.. InOrder.Where(e => !ReferenceEquals(e, export))], byName);
+        }
+    }
 
     /// <summary>The endpoint actually bound (with the real port when 0 was asked for); null before start.</summary>
     public EndPoint? LocalEndPoint { get; private set; }
@@ -81,7 +181,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// <exception cref="InvalidOperationException">The server has not been started.</exception>
     public string GetUri(string? exportName = null)
     {
-        var name = Uri.EscapeDataString(exportName ?? Exports[0].Name);
+        var exports = Exports;
+        var name = Uri.EscapeDataString(exportName ?? (exports.Count > 0 ? exports[0].Name : ""));
         return LocalEndPoint switch
         {
             IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"nbd://[{ip.Address}]:{ip.Port}/{name}",
@@ -156,9 +257,11 @@ public sealed class NbdServer : IAsyncDisposable
             if (_refusals.TryEnter(out var more))
                 _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
                     socket.RemoteEndPoint?.ToString() ?? "unix-client", _connections.Count, LogThrottle.More(more));
+            NbdMetrics.Refused(LocalEndPoint, "max-connections");
             socket.Dispose();
             return;
         }
+        NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
         // Registered before it runs, so a client that leaves at once is still removed (and never
@@ -197,13 +300,17 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
     internal void ReportHandshakeTimeout(string peer)
     {
+        NbdMetrics.Refused(LocalEndPoint, "handshake-timeout");
         if (_handshakeTimeouts.TryEnter(out var more))
             _log.LogWarning("NBD: closed {Peer}: no export negotiated within {Seconds} s (handshake-timeout){More}",
                 peer, Options.HandshakeTimeout.TotalSeconds, LogThrottle.More(more));
     }
 
-    internal INbdExport? FindExport(string name) =>
-        name.Length == 0 ? Exports[0] : _byName.GetValueOrDefault(name);
+    internal INbdExport? FindExport(string name)
+    {
+        var exports = _exports;
+        return name.Length == 0 ? (exports.InOrder.Count > 0 ? exports.InOrder[0] : null) : exports.ByName.GetValueOrDefault(name);
+    }
 
     /// <summary>
     /// Stops accepting, stops reading new requests, waits for the requests already read to

@@ -20,6 +20,12 @@ public sealed record NbdServerOptions
     public required IReadOnlyList<INbdExport> Exports { get; init; }
 
     /// <summary>
+    /// True to let the server start with no exports (a daemon that adds them at run time with
+    /// <see cref="NbdServer.AddExport"/>); a client asking for one then gets "unknown export".
+    /// </summary>
+    public bool AllowNoExports { get; init; }
+
+    /// <summary>
     /// Where to listen: an <see cref="IPEndPoint"/> (default 127.0.0.1:10809; port 0 picks a free
     /// one) or a <see cref="UnixDomainSocketEndPoint"/>.
     /// </summary>

@@ -227,6 +227,7 @@ internal sealed class JournalFile : IDisposable
         HighestSequenceNr = Math.Max(HighestSequenceNr, added[^1].Last);
         _reservedEnd = Math.Max(_reservedEnd, GoodEnd);
         _reservation?.Update(GoodEnd, _reservedEnd);
+        _reservation?.Appended(buffer.WrittenCount);
     }
 
     /// <summary>Delivers stored events with from ≤ seq ≤ to, skipping deleted ones, at most <paramref name="max"/>.</summary>

@@ -71,6 +71,14 @@ internal sealed class JournalReservation
         Update(0, 0);
     }
 
+    private Metrics.ImageMetrics? _metrics;
+
+    /// <summary>Where the bytes the file appends are counted (the image open on this journal now).</summary>
+    internal void CountAppendsIn(Metrics.ImageMetrics metrics) => Volatile.Write(ref _metrics, metrics);
+
+    /// <summary>The file appended <paramref name="bytes"/> (called under the file's lock).</summary>
+    internal void Appended(long bytes) => Volatile.Read(ref _metrics)?.JournalAppended(bytes);
+
     /// <summary>The file's append position and the end of its reserved region (called under the file's lock).</summary>
     internal void Update(long end, long reservedEnd)
     {

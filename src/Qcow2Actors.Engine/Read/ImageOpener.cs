@@ -38,7 +38,9 @@ internal static class ImageOpener
     public static async Task<OpenedLayer> OpenAsync(string path, Qcow2OpenOptions options, ImageLockSet locks, CancellationToken cancellationToken)
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        var opened = await OpenLayerAsync(path, path, options.Format, options.Snapshot, options, locks, seen, 0, cancellationToken).ConfigureAwait(false);
+        // One set of metrics for the whole chain: a backing file's lookups count toward the image opened on top.
+        var metrics = Metrics.ImageMetrics.For(path, options);
+        var opened = await OpenLayerAsync(path, path, options.Format, options.Snapshot, options, locks, seen, 0, metrics, cancellationToken).ConfigureAwait(false);
         return opened with { Locks = locks };
     }
 
@@ -59,7 +61,7 @@ internal static class ImageOpener
     }
 
     private static async Task<OpenedLayer> OpenLayerAsync(string path, string displayName, string? format, string? snapshot,
-        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, Metrics.ImageMetrics metrics, CancellationToken cancellationToken)
     {
         if (depth > options.MaxBackingDepth)
             throw new InvalidDataException($"backing chain of '{displayName}' is deeper than {options.MaxBackingDepth} images");
@@ -89,7 +91,7 @@ internal static class ImageOpener
         {
             // A journal-pending image reads as recovery will leave it (applied in memory only).
             if (!writable) file = PendingJournal.Overlay(file, path, options.JournalSource, options.RebuildWithoutJournal);
-            return await OpenQcow2Async(file, path, displayName, snapshot, options, locks, seen, depth, cancellationToken).ConfigureAwait(false);
+            return await OpenQcow2Async(file, path, displayName, snapshot, options, locks, seen, depth, metrics, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -99,7 +101,7 @@ internal static class ImageOpener
     }
 
     private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string path, string displayName, string? snapshot,
-        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, CancellationToken cancellationToken)
+        Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, Metrics.ImageMetrics metrics, CancellationToken cancellationToken)
     {
         long fileLength = file.Length;
         var first = new byte[Math.Min(4096, fileLength)];
@@ -180,13 +182,13 @@ internal static class ImageOpener
                 if (!File.Exists(backingPath))
                     throw new FileNotFoundException($"Could not open backing file '{backingPath}': No such file or directory", backingPath);
                 var opened = await OpenLayerAsync(backingPath, CombinePath(displayName, backingName), block.BackingFormat, null,
-                    options, locks, seen, depth + 1, cancellationToken).ConfigureAwait(false);
+                    options, locks, seen, depth + 1, metrics, cancellationToken).ConfigureAwait(false);
                 backing = opened.Layer;
             }
             var view = new ImageView(geometry, size, l1);
 #pragma warning disable CA2000 // The layer moves into the returned OpenedLayer; its caller owns and disposes it.
             var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(L2CacheCapacity(options, cs)),
-                CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName);
+                CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName, metrics);
             return new OpenedLayer(layer, block, snapshots, chosen);
 #pragma warning restore CA2000
         }

@@ -44,6 +44,12 @@ internal sealed class L2View
         return new L2View(hostOffset, words, extended);
     }
 
+    /// <summary>
+    /// The raw words themselves, for planning on the table without a copy (the write engine's quota
+    /// estimate): never written through.
+    /// </summary>
+    public ulong[] SharedWords => _words;
+
     /// <summary>A copy of the raw words, for a writer that derives the next version of the table.</summary>
     public ulong[] CopyWords() => (ulong[])_words.Clone();
 

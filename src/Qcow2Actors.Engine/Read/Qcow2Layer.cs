@@ -26,8 +26,9 @@ internal sealed class Qcow2Layer : IImageLayer
     private DecompressedCluster? _lastDecompressed;
 
     public Qcow2Layer(string fileName, IBlockDevice file, ImageViewCell views, L2Cache l2Tables, ICompressionCodec codec,
-        IImageLayer? backing, IBlockDevice? dataFile, string? dataFileName)
+        IImageLayer? backing, IBlockDevice? dataFile, string? dataFileName, Metrics.ImageMetrics metrics)
     {
+        Metrics = metrics;
         FileName = fileName;
         _file = file;
         Views = views;
@@ -46,6 +47,9 @@ internal sealed class Qcow2Layer : IImageLayer
 
     /// <summary>Where the writer publishes a new header-level view (L1, size).</summary>
     public ImageViewCell Views { get; }
+
+    /// <summary>Where this image's (and its chain's) measurements go.</summary>
+    public Metrics.ImageMetrics Metrics { get; }
 
     /// <summary>Where the writer publishes changed L2 tables.</summary>
     public L2Cache L2Tables { get; }
@@ -67,7 +71,12 @@ internal sealed class Qcow2Layer : IImageLayer
     {
         long l2Offset = GuestMapper.L2Offset(view, guestOffset);
         if (l2Offset == 0) return new ValueTask<L2View?>((L2View?)null);
-        if (L2Tables.TryGet(l2Offset, out var cached)) return new ValueTask<L2View?>(cached);
+        if (L2Tables.TryGet(l2Offset, out var cached))
+        {
+            Metrics.L2Hit();
+            return new ValueTask<L2View?>(cached);
+        }
+        Metrics.L2Miss();
         return LoadViaCacheAsync(l2Offset, guestOffset, cancellationToken);
     }
 

@@ -80,14 +80,15 @@ public static class SnapshotEditor
         return s.Snapshots;
     }
 
-    internal static SnapshotEntry Create(IBlockDevice device, string name, DateTimeOffset now)
+    // online: the open image's engine runs the edit and holds the dirty bit meanwhile (SnapshotSession.Open).
+    internal static SnapshotEntry Create(IBlockDevice device, string name, DateTimeOffset now, bool online = false)
     {
         ArgumentNullException.ThrowIfNull(name);
         string verb = $"create snapshot '{name}'";
         // qemu-img keeps the name in a 256-byte buffer and silently cuts it; refuse instead.
         if (System.Text.Encoding.UTF8.GetByteCount(name) > MaxNameBytes)
-            throw new SnapshotEditException($"Could not {verb}: the name is longer than {MaxNameBytes} bytes");
-        var s = SnapshotSession.Open(device, forWrite: true, verb);
+            throw new SnapshotEditException($"Could not {verb}: the name is longer than {MaxNameBytes} bytes", SnapshotEditException.BadNameCode);
+        var s = SnapshotSession.Open(device, forWrite: true, verb, online);
         s.RequireSharing(verb);
         var h = s.Header;
         if (s.Snapshots.Count >= Qcow2Header.MaxSnapshots)
@@ -144,13 +145,13 @@ public static class SnapshotEditor
         return entry;
     }
 
-    internal static SnapshotEntry Apply(IBlockDevice device, string idOrName)
+    internal static SnapshotEntry Apply(IBlockDevice device, string idOrName, bool online = false)
     {
         ArgumentNullException.ThrowIfNull(idOrName);
         string verb = $"apply snapshot '{idOrName}'";
-        var s = SnapshotSession.Open(device, forWrite: true, verb);
+        var s = SnapshotSession.Open(device, forWrite: true, verb, online);
         var sn = s.Snapshots.FirstOrDefault(e => e.Id == idOrName) ?? s.Snapshots.FirstOrDefault(e => e.Name == idOrName)
-            ?? throw new SnapshotEditException($"Could not {verb}: Failed to load snapshot: No such file or directory");
+            ?? throw new SnapshotEditException($"Could not {verb}: Failed to load snapshot: No such file or directory", SnapshotEditException.NotFoundCode);
         s.RequireSharing(verb);
         var h = s.Header;
         long newSize = sn.DiskSize ?? h.Size;
@@ -199,13 +200,15 @@ public static class SnapshotEditor
         return sn;
     }
 
-    internal static SnapshotEntry Delete(IBlockDevice device, string name)
+    // byIdFirst: look the name up as an ID first, then as a name (the online API); else by name only
+    // (qemu-img snapshot -d). online: the open image's engine runs the edit and holds the dirty bit.
+    internal static SnapshotEntry Delete(IBlockDevice device, string name, bool byIdFirst = false, bool online = false)
     {
         ArgumentNullException.ThrowIfNull(name);
         string verb = $"delete snapshot '{name}'";
-        var s = SnapshotSession.Open(device, forWrite: true, verb);
-        var sn = s.Snapshots.FirstOrDefault(e => e.Name == name)
-            ?? throw new SnapshotEditException($"Could not {verb}: snapshot not found");
+        var s = SnapshotSession.Open(device, forWrite: true, verb, online);
+        var sn = (byIdFirst ? s.Snapshots.FirstOrDefault(e => e.Id == name) : null) ?? s.Snapshots.FirstOrDefault(e => e.Name == name)
+            ?? throw new SnapshotEditException($"Could not {verb}: snapshot not found", SnapshotEditException.NotFoundCode);
         var h = s.Header;
 
         var snapshotL1 = s.ReadL1(sn.L1TableOffset, sn.L1Size, $"L1 table of snapshot {sn.Id}");

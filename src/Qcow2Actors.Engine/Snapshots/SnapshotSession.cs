@@ -43,7 +43,14 @@ internal sealed class SnapshotSession
     public RefcountState Refcounts => _refcounts ??= new RefcountState(_device, Header);
 
     /// <summary>Reads cluster 0 and the snapshot table, refusing states a snapshot edit must not touch.</summary>
-    public static SnapshotSession Open(IBlockDevice device, bool forWrite, string verb)
+    /// <param name="device">The image.</param>
+    /// <param name="forWrite">An edit (refuses corrupt and dirty images), not a list.</param>
+    /// <param name="verb">What is being done, for messages.</param>
+    /// <param name="online">
+    /// The image is open in our engine, which checkpointed it and then set the dirty bit itself so a
+    /// crash during the edit is repaired at the next open: that dirty bit is the engine's, not a crash's.
+    /// </param>
+    public static SnapshotSession Open(IBlockDevice device, bool forWrite, string verb, bool online = false)
     {
         var cluster0 = new byte[(int)Math.Min(device.Length, 1L << Qcow2Header.MaxClusterBits)];
         int n = device.Read(cluster0, 0);
@@ -56,13 +63,24 @@ internal sealed class SnapshotSession
         {
             if (h.IsCorrupt)
                 throw new SnapshotEditException($"Could not {verb}: '{name}' is marked corrupt; run 'q2a check -r all' first");
-            if (h.IsDirty)
+            if (h.IsDirty && !online)
                 throw new SnapshotEditException($"Could not {verb}: '{name}' was not closed cleanly (dirty bit); run 'q2a recover' first");
         }
-        var (snapshots, tableBytes) = ReadSnapshotTable(device, h);
+        var (snapshots, tableBytes) = ReadSnapshotTable(device, h, V2Promotion.IsPromoted(block) ? 2 : h.Version);
         // QEMU fills in the current size for entries too old to record theirs (and writes it back).
         foreach (var e in snapshots) e.DiskSize ??= h.Size;
         return new SnapshotSession(device, block, snapshots, tableBytes);
+    }
+
+    /// <summary>
+    /// The snapshot table of the image <paramref name="h"/> heads, with sizes filled in as <see cref="Open"/>
+    /// does (for listing the snapshots of an open image).
+    /// </summary>
+    public static List<SnapshotEntry> ReadSnapshots(IBlockDevice device, Qcow2Header h)
+    {
+        var (snapshots, _) = ReadSnapshotTable(device, h, h.Version);
+        foreach (var e in snapshots) e.DiskSize ??= h.Size;
+        return snapshots;
     }
 
     /// <summary>Refuses what cannot share clusters: 1-bit refcounts and external data files (as QEMU does).</summary>
@@ -74,7 +92,8 @@ internal sealed class SnapshotSession
             throw new SnapshotEditException($"Could not {verb}: with 1-bit refcounts no cluster can be shared (convert with -o refcount_bits=16)");
     }
 
-    private static (List<SnapshotEntry> Entries, long Bytes) ReadSnapshotTable(IBlockDevice device, Qcow2Header h)
+    // version: the image's own (a v2 image the engine stores as v3 while it edits keeps v2's table rules).
+    private static (List<SnapshotEntry> Entries, long Bytes) ReadSnapshotTable(IBlockDevice device, Qcow2Header h, int version)
     {
         if (h.NbSnapshots == 0) return ([], 0);
         long cap = Math.Min(SnapshotTable.MaxTableSize, device.Length - h.SnapshotsOffset);
@@ -87,7 +106,7 @@ internal sealed class SnapshotSession
             int n = device.Read(buffer, h.SnapshotsOffset);
             try
             {
-                var entries = SnapshotTable.Read(buffer.AsSpan(0, n), h.NbSnapshots, h.Version, h.SnapshotsOffset);
+                var entries = SnapshotTable.Read(buffer.AsSpan(0, n), h.NbSnapshots, version, h.SnapshotsOffset);
                 return (entries, TableBytes(buffer, h.NbSnapshots));
             }
             catch (Qcow2FormatException) when (size < cap)

@@ -16,7 +16,7 @@ internal sealed class HeaderWriter
 {
     private readonly object _lock = new();
     private readonly IBlockDevice _device;
-    private readonly ImageHeaderBlock _block;
+    private ImageHeaderBlock _block;
     private volatile Qcow2Header _snapshot;
 
     public HeaderWriter(IBlockDevice device, ImageHeaderBlock block)
@@ -67,6 +67,34 @@ internal sealed class HeaderWriter
             V2Promotion.Restore(_block);
             WriteLocked();
             BitsOnDisk = false;
+        }
+    }
+
+    /// <summary>
+    /// Sets the dirty bit alone (promoting a v2 header) before an online snapshot edit of the
+    /// checkpointed image; the caller flushes. A crash during the edit then leaves an image whose
+    /// next open rebuilds refcounts and COPIED flags, as after QEMU's lazy-refcount crash.
+    /// </summary>
+    public void MarkEditing()
+    {
+        lock (_lock)
+        {
+            V2Promotion.Promote(_block);
+            _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Dirty;
+            WriteLocked();
+        }
+    }
+
+    /// <summary>
+    /// Takes the header block as an edit outside this writer (an online snapshot edit) left it on
+    /// disk; from now on changes start from it.
+    /// </summary>
+    public void Reload(ImageHeaderBlock block)
+    {
+        lock (_lock)
+        {
+            _block = block;
+            _snapshot = block.Header.Clone();
         }
     }
 

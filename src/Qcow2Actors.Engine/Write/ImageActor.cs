@@ -20,7 +20,7 @@ internal sealed record OpenedImage(ImageContext Context, OpenedLayer Layer, IAct
 /// </summary>
 // No ConfigureAwait(false) here: code after an await in a ReceiveAsync handler calls
 // Become/Context, which exist only on the actor's own context.
-internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
+internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
 {
     private sealed record Recovered(ImageHeaderBlock Block, bool HadJournal);
     private sealed record Opened(OpenedImage Image);
@@ -78,8 +78,11 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
 
     protected override void PostStop()
     {
+        // Closed, failed or stopped with its host: its clusters no longer count (Qcow2Image.DisposeAsync does the same, first).
+        _ctx?.Allocator?.CloseSpace();
         _checkpointTimer?.Dispose();
         _sweepTimer?.Dispose();
+        _ctx?.Metrics.Untrack();
         foreach (var i in _inspectors) i.TrySetException(new ObjectDisposedException(_path, "the image is closed"));
         _opened.TrySetException(new IOException($"'{_path}' was closed while opening"));
     }
@@ -137,10 +140,12 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
             var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
                 Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
             // The map of metadata clusters every write is checked against, as the image is now on disk.
-            await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
+            ctx.Snapshots = await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
             ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
+            // Charged last: nothing below can fail, and a failed open must not leave a charge behind.
+            if (_options.Quota is { } quota) ctx.Allocator.OpenSpace(quota);
             return new OpenedImage(ctx, opened, ActorRefs.Nobody);
         }
         catch
@@ -213,6 +218,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 m.Done.TrySetException(ex);
             }
         });
+        ReceiveAsync<OnlineEditRequest>(OnlineEditAsync);
         ReceiveAsync<CloseRequest>(async m =>
         {
             try
@@ -244,6 +250,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 case RouteToTable { Message: DiscardOp d }: d.Done.TrySetException(error); break;
                 case RouteToTable { Message: CompressedWriteOp c }: c.Done.TrySetException(error); break;
                 case InspectTables i: i.Reply.TrySetException(error); break;
+                case OnlineEditRequest e: e.Done.TrySetException(error); break;
             }
         });
     }
@@ -436,6 +443,7 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
                 ctx.Device.Flush();
             });
             await Send(ctx.Journal, d => new TruncateJournal(d));
+            ctx.Metrics.Checkpoint();
         }
         catch (Exception ex) when (ex is IOException)
         {

@@ -33,6 +33,18 @@ internal sealed class ImageContext
         Metadata = new MetadataMap(Geometry.ClusterBits);
     }
 
+    /// <summary>
+    /// The snapshot table as of open or the last online snapshot edit (the only times it changes);
+    /// entries are never changed once published here: readers clone them.
+    /// </summary>
+    public IReadOnlyList<SnapshotEntry> Snapshots
+    {
+        get => Volatile.Read(ref _snapshots);
+        set => Volatile.Write(ref _snapshots, value);
+    }
+
+    private IReadOnlyList<SnapshotEntry> _snapshots = [];
+
     /// <summary>Where the image's metadata lives (overlap checks).</summary>
     public MetadataMap Metadata { get; }
 
@@ -93,10 +105,38 @@ internal sealed class ImageContext
     public IActorRef Journal { get; set; } = ActorRefs.Nobody;
 
     /// <summary>Journal space reserved ahead (file journal only; null for other plugins): checked before a request produces records.</summary>
-    public Journal.JournalReservation? JournalSpace { get; set; }
+    public Journal.JournalReservation? JournalSpace
+    {
+        get => _journalSpace;
+        set
+        {
+            _journalSpace = value;
+            value?.CountAppendsIn(Metrics); // the file reports the bytes it appends for this image
+        }
+    }
+
+    private Journal.JournalReservation? _journalSpace;
 
     /// <summary>The one owner of the image's refcounts (set once the image is open); every refcount change goes through it.</summary>
-    public RefcountAllocator? Allocator { get; set; }
+    public RefcountAllocator? Allocator
+    {
+        get => _allocator;
+        set
+        {
+            _allocator = value;
+            if (value is not null) Metrics.Track(value.ObserveAllocatedClusters);
+        }
+    }
+
+    private RefcountAllocator? _allocator;
+
+    /// <summary>Where this image's measurements go (the read side's).</summary>
+    public Metrics.ImageMetrics Metrics => Layer.Metrics;
+
+    /// <summary>The image's mapping policy (stateless), for planning outside a table actor (quota estimates).</summary>
+    public WritePlanner Planner => _planner ??= new WritePlanner(Geometry, Backing?.Size ?? -1);
+
+    private WritePlanner? _planner;
 
     /// <summary>Host clusters the lock-free fast path is writing: freed clusters wait for them before punch and reuse.</summary>
     public ClusterLeases Leases { get; } = new();
@@ -119,6 +159,7 @@ internal sealed class ImageContext
     /// <summary>Tells the owner of the image about a fault (no space, unclean close) without changing its state.</summary>
     public void Report(Qcow2ImageFaultKind kind, string reason)
     {
+        Metrics.Fault(kind);
         try
         {
             _onFault?.Invoke(new Qcow2ImageFault(Path, kind, reason.ReplaceLineEndings(" ")));

@@ -21,6 +21,23 @@ internal sealed partial class L2TableActor
 
     private RefcountAllocator Refcounts => _ctx.Allocator!;
 
+    // The quota reservation of the operation running now (null without a quota), and whether it is a
+    // discard (which may take the table it needs whatever the limit).
+    private SpaceReservation? _space;
+    private bool _unlimited;
+
+    /// <summary>
+    /// With a quota: holds the clusters this operation will take (as planned on the table now, plus
+    /// the refcount metadata they could need) before anything is mapped, or refuses the whole operation.
+    /// </summary>
+    private void EnsureQuota(long newClusters)
+    {
+        if (_space is not { } space || newClusters == 0) return;
+        long clusters = newClusters + Refcounts.MetadataMarginFor(newClusters);
+        if (!space.TryEnsure(clusters * _g.ClusterSize, _unlimited))
+            throw space.Quota.Refusal(_ctx.Path, clusters * _g.ClusterSize);
+    }
+
     // ---------------------------------------------------------------- table state
 
     private void SetEntry(int i, L2Entry e, List<MetadataRecord> records)
@@ -58,7 +75,7 @@ internal sealed partial class L2TableActor
     {
         await LoadAsync();
         if (_words is not null && !_tableShared) return false;
-        var alloc = Refcounts.Allocate(1);
+        var alloc = Refcounts.Allocate(1, _space, _unlimited);
         try
         {
             // The table reaches its cluster only at a checkpoint: its space is taken now, so that
@@ -148,6 +165,7 @@ internal sealed partial class L2TableActor
     private async Task WriteAsync(long offset, ReadOnlyMemory<byte> data)
     {
         await LoadAsync();
+        if (_space is not null) EnsureQuota(Planner.NewClustersForWrite(Table, offset, offset + data.Length));
         var records = new List<MetadataRecord>();
         var release = new List<long>();
         bool newTable = false;
@@ -208,7 +226,7 @@ internal sealed partial class L2TableActor
                 case WriteStepKind.Allocate:
                 {
                     newTable |= await EnsureWritableTableAsync(records, release);
-                    var alloc = Refcounts.Allocate(step.Count);
+                    var alloc = Refcounts.Allocate(step.Count, _space, _unlimited);
                     _ctx.CheckDataWrite(alloc.Offset, step.Count * _g.ClusterSize);
                     try
                     {
@@ -303,6 +321,7 @@ internal sealed partial class L2TableActor
     private async Task ZeroAsync(long offset, long length, bool unmap)
     {
         await LoadAsync();
+        if (_space is not null) EnsureQuota(Planner.NewClustersForZero(Table, offset, length, unmap));
         foreach (var chunk in Planner.PlanZero(offset, length))
         {
             if (!chunk.ByMetadata || !await ZeroByMetadataAsync(chunk, unmap))
@@ -410,8 +429,9 @@ internal sealed partial class L2TableActor
             await LoadAsync();
             var records = new List<MetadataRecord>();
             var release = new List<long>();
+            EnsureQuota((written + _g.ClusterSize - 1) / _g.ClusterSize + (Table.Missing || Table.Shared ? 1 : 0));
             bool newTable = await EnsureWritableTableAsync(records, release);
-            long at = Refcounts.AllocateCompressed(written);
+            long at = Refcounts.AllocateCompressed(written, _space);
             _ctx.CheckDataWrite(at, written);
             await _ctx.Device.WriteAsync(output.AsMemory(0, written), at);
             // The read side remembers the last decompressed cluster by host offset, which this may reuse.

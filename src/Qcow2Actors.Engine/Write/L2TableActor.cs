@@ -57,10 +57,10 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Active()
     {
-        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, () => WriteAsync(m.Offset, m.Data)));
-        ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
-        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, () => DiscardAsync(m.Offset, m.Length)));
-        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data)));
+        ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
+        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length)));
+        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
         ReceiveAsync<PunchDataClusters>(_ => _io.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
@@ -102,8 +102,12 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAny(_ => Stash.Stash());
     }
 
-    private async Task Guard(TaskCompletionSource done, bool freeingOnly, Func<Task> body)
+    private async Task Guard(TaskCompletionSource done, bool freeingOnly, SpaceReservation? request, bool unlimited, Func<Task> body)
     {
+        // With a quota, this operation's allocations draw from a reservation of its own under the
+        // request's (EnsureQuota), given back when it ends.
+        _space = Refcounts.Space is { } account ? new SpaceReservation(account.Quota, request) : null;
+        _unlimited = unlimited;
         try
         {
             _ctx.ThrowIfReadOnly();
@@ -121,6 +125,11 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
                 ex = new Qcow2NoSpaceException($"'{_ctx.Path}': no space left on the host for this request: {ex.Message}", ex);
             if (ex is Qcow2NoSpaceException) _ctx.Report(Qcow2ImageFaultKind.NoSpace, ex.Message);
             done.TrySetException(ex);
+        }
+        finally
+        {
+            _space?.Dispose();
+            _space = null;
         }
     }
 

@@ -7,17 +7,20 @@ namespace Qcow2Actors.Engine.Write;
 // several times the round trips per second of Ask, and the caller's continuation never
 // runs on an actor's thread.
 
-/// <summary>Guest write of bytes that all fall inside one L2 table's range.</summary>
-internal sealed record WriteOp(long Offset, ReadOnlyMemory<byte> Data, TaskCompletionSource Done);
+/// <summary>
+/// Guest write of bytes that all fall inside one L2 table's range; <paramref name="Space"/> is the
+/// quota reserved for the whole request (null without a quota), which the table operation draws from.
+/// </summary>
+internal sealed record WriteOp(long Offset, ReadOnlyMemory<byte> Data, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Guest write-zeroes inside one L2 table's range; <paramref name="Unmap"/> allows freeing clusters.</summary>
-internal sealed record ZeroOp(long Offset, long Length, bool Unmap, TaskCompletionSource Done);
+internal sealed record ZeroOp(long Offset, long Length, bool Unmap, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Guest discard inside one L2 table's range.</summary>
 internal sealed record DiscardOp(long Offset, long Length, TaskCompletionSource Done);
 
 /// <summary>Writes one whole guest cluster compressed (falls back to a normal write if it does not shrink).</summary>
-internal sealed record CompressedWriteOp(long Offset, ReadOnlyMemory<byte> Cluster, TaskCompletionSource Done);
+internal sealed record CompressedWriteOp(long Offset, ReadOnlyMemory<byte> Cluster, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Finish the current operation, then hold every later mutation until <see cref="ResumeMutations"/>.</summary>
 internal sealed record PauseMutations(TaskCompletionSource Done);
@@ -84,6 +87,14 @@ internal sealed record StayAlive(int L1Index);
 
 /// <summary>Grow the virtual disk to <paramref name="NewSize"/> bytes (growing the L1 table if needed).</summary>
 internal sealed record ResizeRequest(long NewSize, TaskCompletionSource Done);
+
+/// <summary>
+/// Run <paramref name="Edit"/> on the image file with the image to itself: every table paused and the
+/// image checkpointed as at a clean close (tables, refcounts and header on disk, journal empty), then,
+/// when <paramref name="ChangesImage"/>, every table actor stopped, the edit run under the engine's own
+/// dirty bit and the in-memory state reloaded from the file. The caller keeps requests out meanwhile.
+/// </summary>
+internal sealed record OnlineEditRequest(Func<Device.IBlockDevice, object?> Edit, bool ChangesImage, TaskCompletionSource<object?> Done);
 
 /// <summary>A clean table actor agreed to stop; the parent stops it (messages for it are held meanwhile).</summary>
 internal sealed record ReadyToStop(int L1Index, Akka.Actor.IActorRef Table);

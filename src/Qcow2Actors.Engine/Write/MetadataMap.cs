@@ -84,6 +84,16 @@ internal sealed class MetadataMap
         }
     }
 
+    /// <summary>Forgets every structure (before the map is built again from an image an online snapshot edit changed).</summary>
+    public void Clear()
+    {
+        lock (_gate)
+        {
+            foreach (var c in _kinds.Keys) _present.Clear(c);
+            _kinds.Clear();
+        }
+    }
+
     /// <summary>What [offset, offset + length) holds, or None (for tests and diagnostics).</summary>
     public MetadataKind KindsAt(long offset, long length)
     {

@@ -9,12 +9,14 @@ namespace Qcow2Actors.Engine.Write;
 /// starts (after recovery): header, active L1 and L2 tables, refcount table and blocks,
 /// snapshot table, each snapshot's L1 table and the L2 tables it reaches, bitmap directory
 /// and bitmap tables. From then on the actors that move or free a table keep the map right;
-/// snapshots change only while no engine has the image open.
+/// snapshots change only in an online snapshot edit, which clears the map and builds it again.
 /// </summary>
 internal static class MetadataMapBuilder
 {
-    public static async Task RegisterAsync(MetadataMap map, IBlockDevice device, ImageHeaderBlock block, ImageView active, CancellationToken ct)
+    /// <returns>The snapshot table as read on the way (sizes of entries too old to record one filled in with the disk's).</returns>
+    public static async Task<List<SnapshotEntry>> RegisterAsync(MetadataMap map, IBlockDevice device, ImageHeaderBlock block, ImageView active, CancellationToken ct)
     {
+        List<SnapshotEntry> snapshotList = [];
         var h = block.Header;
         long cs = h.ClusterSize;
         map.Add(0, cs, MetadataKind.Header);
@@ -33,6 +35,8 @@ internal static class MetadataMapBuilder
         if (h.NbSnapshots > 0)
         {
             var (snapshots, tableBytes) = await ReadSnapshotTableAsync(device, h, ct).ConfigureAwait(false);
+            snapshotList = snapshots;
+            foreach (var s in snapshots) s.DiskSize ??= h.Size;
             map.Add(h.SnapshotsOffset, tableBytes, MetadataKind.SnapshotTable);
             foreach (var s in snapshots)
             {
@@ -60,6 +64,7 @@ internal static class MetadataMapBuilder
             foreach (var e in entries)
                 map.Add(e.TableOffset, (long)e.TableSize * BitmapTableEntry.Size, MetadataKind.BitmapTable);
         }
+        return snapshotList;
     }
 
     private static void AddL2Tables(MetadataMap map, ReadOnlySpan<ulong> l1, long clusterSize, MetadataKind kind)

@@ -21,7 +21,7 @@ internal sealed class RefcountAllocator
 {
     private readonly object _lock = new();
     private readonly ImageContext _ctx;
-    private readonly RefcountState _state;
+    private RefcountState _state;
     private readonly int _clusterBits;
     // Compressed clusters are packed at byte granularity into the tail of the last cluster
     // allocated for compressed data, as QEMU does; each use adds one reference.
@@ -32,6 +32,33 @@ internal sealed class RefcountAllocator
         _ctx = ctx;
         _state = state;
         _clusterBits = (int)Math.Log2(state.ClusterSize);
+        // Counted at open (the caller is on an I/O thread) when a metrics listener wants the number;
+        // otherwise on the first observation.
+        if (Metrics.ImageMetrics.AllocatedObserved) state.CountAllocated();
+    }
+
+    /// <summary>
+    /// Clusters with a nonzero refcount, for the metrics gauge: a lock-free read of the count the
+    /// state keeps. The first call on an image not counted at open counts it under the lock, once.
+    /// </summary>
+    public long ObserveAllocatedClusters()
+    {
+        var count = _state.AllocatedClusters;
+        if (count >= 0) return count;
+        lock (_lock) return _state.AllocatedClusters >= 0 ? _state.AllocatedClusters : _state.CountAllocated();
+    }
+
+    /// <summary>
+    /// Takes the refcounts as an online snapshot edit left them on disk (every table actor is
+    /// stopped, the journal is empty and nothing is quarantined: the image was checkpointed first).
+    /// </summary>
+    public void Reload(RefcountState state)
+    {
+        lock (_lock)
+        {
+            _state = state;
+            _compressedCursor = 0;
+        }
     }
 
     /// <summary>Cluster size of the image.</summary>
@@ -43,12 +70,58 @@ internal sealed class RefcountAllocator
         get { lock (_lock) return _state.QuarantineCount; }
     }
 
-    /// <summary>Allocates <paramref name="count"/> contiguous clusters at refcount 1.</summary>
-    public Allocation Allocate(int count) =>
-        Change(records => new Allocation(_state.Allocate(count, records, out var fresh), fresh));
+    /// <summary>
+    /// The image's quota account, or null without a quota. Set once at open (after
+    /// <see cref="RefcountState.CountAllocated"/>), before any request.
+    /// </summary>
+    public ImageSpaceAccount? Space { get; private set; }
+
+    /// <summary>Charges the image's allocated clusters to <paramref name="quota"/> (at open; blocking I/O: reads every refcount block).</summary>
+    public void OpenSpace(SpaceQuota quota)
+    {
+        lock (_lock) Space = new ImageSpaceAccount(quota, _ctx.Path, _state.ClusterSize, _state.CountAllocated(), _state.AllocatedDelta);
+    }
+
+    /// <summary>The image closed: its charge goes back to the quota.</summary>
+    public void CloseSpace()
+    {
+        lock (_lock) Space?.Close();
+    }
+
+    /// <summary>
+    /// At most how many refcount blocks and table clusters <paramref name="clusters"/> new clusters
+    /// could need (reserved with a request, beside its data and L2 tables).
+    /// </summary>
+    public long MetadataMarginFor(long clusters)
+    {
+        lock (_lock) return _state.MetadataMarginFor(clusters);
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="count"/> contiguous clusters at refcount 1. With a quota, the clusters
+    /// it takes (the run, and any refcount block or grown table) are admitted first, from
+    /// <paramref name="space"/> or the quota: a refusal (<see cref="Qcow2NoSpaceException"/>) changes nothing.
+    /// </summary>
+    /// <param name="count">Clusters in the run.</param>
+    /// <param name="space">What the request reserved; null: the quota directly.</param>
+    /// <param name="unlimited">Discards: charged whatever the limit (freeing must work at the limit).</param>
+    public Allocation Allocate(int count, SpaceReservation? space = null, bool unlimited = false) =>
+        Change(space, unlimited, (records, admit) =>
+        {
+            long start = _state.FindFreeRun(count);
+            admit(_state.NewClustersFor(start, count));
+            return new Allocation(_state.AllocateAt(start, count, records, out var fresh), fresh);
+        });
 
     /// <summary>Allocates <paramref name="length"/> bytes for compressed data (possibly in a cluster shared with other compressed data).</summary>
-    public long AllocateCompressed(int length) => Change(records => AllocateBytes(length, records));
+    public long AllocateCompressed(int length, SpaceReservation? space = null) =>
+        Change(space, false, (records, admit) =>
+        {
+            // At most a new run (packing into the last compressed cluster takes none).
+            int clusters = (int)((length + _state.ClusterSize - 1) / _state.ClusterSize);
+            admit(_state.NewClustersFor(_state.FindFreeRun(clusters), clusters));
+            return AllocateBytes(length, records);
+        });
 
     /// <summary>
     /// Adds <paramref name="delta"/> to each cluster's refcount and returns the new counts; a count
@@ -79,6 +152,7 @@ internal sealed class RefcountAllocator
             }
             finally
             {
+                Space?.Settle(_state.AllocatedDelta, null);
                 Publish(records, freed.Count == 0 ? null : [.. freed]);
             }
         }
@@ -116,22 +190,38 @@ internal sealed class RefcountAllocator
     {
         lock (_lock)
         {
-            _state.WriteBack();
-            return (_state.TableOffset, _state.TableClusters);
+            try
+            {
+                _state.WriteBack();
+                return (_state.TableOffset, _state.TableClusters);
+            }
+            finally
+            {
+                Space?.Settle(_state.AllocatedDelta, null);
+            }
         }
     }
 
-    private T Change<T>(Func<List<MetadataRecord>, T> body)
+    // One allocating change under the lock: admit(n) holds n clusters' worth of quota before the body
+    // changes anything; afterwards the image's charge is settled to the clusters really taken and
+    // what was admitted and not used goes back (to the request's reservation, or the quota).
+    private T Change<T>(SpaceReservation? space, bool unlimited, Func<List<MetadataRecord>, Action<long>, T> body)
     {
         var records = new List<MetadataRecord>();
         lock (_lock)
         {
+            SpaceReservation? admitted = null;
             try
             {
-                return body(records);
+                return body(records, clusters =>
+                {
+                    if (Space is { } account) admitted = account.Admit(clusters, space, unlimited);
+                });
             }
             finally
             {
+                Space?.Settle(_state.AllocatedDelta, admitted);
+                admitted?.Dispose();
                 Publish(records, null);
             }
         }

@@ -68,6 +68,39 @@ internal sealed class RefcountState
 
     public ulong MaxRefcount => _max;
 
+    // Clusters with a nonzero refcount, kept from CountAllocated on (-1 before): written by the
+    // owner only, read without a lock by the metrics gauge.
+    private long _allocated = -1;
+
+    /// <summary>Clusters with a nonzero refcount, or -1 until <see cref="CountAllocated"/> has run.</summary>
+    public long AllocatedClusters => Volatile.Read(ref _allocated);
+
+    /// <summary>
+    /// Counts the clusters with a nonzero refcount (what qemu-img check counts as allocated; blocks not
+    /// cached are read into one scratch buffer, not kept) and keeps the count as refcounts change from
+    /// then on (the metrics gauge; the quota account follows <see cref="AllocatedDelta"/>). Blocking I/O.
+    /// </summary>
+    public long CountAllocated()
+    {
+        long count = 0;
+        byte[]? scratch = null;
+        for (long ti = 0; ti < _table.Length; ti++)
+        {
+            if (_table[ti] == 0) continue;
+            if (!_blocks.TryGetValue(ti, out var block))
+            {
+                long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
+                block = scratch ??= new byte[ClusterSize];
+                if (_device.Read(block, offset) < block.Length)
+                    throw new Qcow2ImageCorruptException($"refcount block {ti} at 0x{offset:X} lies past the end of {_device.Name}");
+            }
+            for (long i = 0; i < _entriesPerBlock; i++)
+                if (RefcountBlock.Get(block, i, _order) != 0) count++;
+        }
+        Volatile.Write(ref _allocated, count);
+        return count;
+    }
+
     public ulong Get(long cluster)
     {
         long ti = cluster / _entriesPerBlock;
@@ -88,6 +121,12 @@ internal sealed class RefcountState
             if (Get(cluster) == value) return; // the new block landed on this very cluster
         }
         var block = LoadBlock(ti);
+        ulong old = RefcountBlock.Get(block, cluster % _entriesPerBlock, _order);
+        if ((old == 0) != (value == 0))
+        {
+            AllocatedDelta += value == 0 ? -1 : 1; // the quota's account (budget)
+            if (_allocated >= 0) Volatile.Write(ref _allocated, _allocated + (value == 0 ? -1 : 1)); // the metrics gauge
+        }
         RefcountBlock.Set(block, cluster % _entriesPerBlock, _order, value);
         _dirtyBlocks.Add(ti);
         records.Add(new SetRefcount(cluster, value));
@@ -124,9 +163,12 @@ internal sealed class RefcountState
     /// Allocates <paramref name="count"/> contiguous clusters at refcount 1. Fresh clusters
     /// (past everything the file ever held) are known to read as zeros.
     /// </summary>
-    public long Allocate(int count, List<MetadataRecord> records, out bool fresh)
+    public long Allocate(int count, List<MetadataRecord> records, out bool fresh) =>
+        AllocateAt(FindFreeRun(count), count, records, out fresh);
+
+    /// <summary>Allocates the run <see cref="FindFreeRun"/> found (nothing may have changed in between).</summary>
+    public long AllocateAt(long start, int count, List<MetadataRecord> records, out bool fresh)
     {
-        long start = FindFreeRun(count);
         long startByte = start << _clusterBits;
         fresh = startByte >= AllocatedEnd;
         AllocatedEnd = Math.Max(AllocatedEnd, (start + count) << _clusterBits);
@@ -147,9 +189,60 @@ internal sealed class RefcountState
         return startByte;
     }
 
+    /// <summary>
+    /// Clusters whose refcount went from 0 to above 0, minus those that went back to 0, since this
+    /// object was created (what an image's quota account follows; see <see cref="CountAllocated"/>).
+    /// </summary>
+    public long AllocatedDelta { get; private set; }
+
+    /// <summary>
+    /// At most how many clusters allocating the run at <paramref name="start"/> takes from 0 to a
+    /// refcount above 0: the run, a refcount block for each range of it that has none (two where the
+    /// run fills the block's own range, so the block lands in the next one), and a grown refcount table.
+    /// </summary>
+    public long NewClustersFor(long start, int count)
+    {
+        long n = count;
+        long firstTi = start / _entriesPerBlock, lastTi = (start + count - 1) / _entriesPerBlock, reach = lastTi;
+        for (long ti = firstTi; ti <= lastTi; ti++)
+        {
+            if (ti < _table.Length && _table[ti] != 0) continue;
+            long rangeStart = Math.Max(ti * _entriesPerBlock, 1), rangeEnd = (ti + 1) * _entriesPerBlock;
+            bool spills = start <= rangeStart && start + count >= rangeEnd;
+            n += spills ? 2 : 1;
+            if (spills) reach = Math.Max(reach, ti + 1);
+        }
+        if (reach >= _table.Length) n += GrownTableClusters(reach + 1) + 1;
+        return n;
+    }
+
+    /// <summary>
+    /// At most how many refcount blocks and table clusters allocating <paramref name="clusters"/> new
+    /// clusters (wherever they land) could need: a block for each range without one between the
+    /// lowest free cluster and the end of the allocation, and a grown table past the table's end.
+    /// </summary>
+    public long MetadataMarginFor(long clusters)
+    {
+        if (clusters <= 0) return 0;
+        long last = Math.Max(AllocatedEnd >> _clusterBits, _freeHint) + clusters + 1;
+        long firstTi = _freeHint / _entriesPerBlock, lastTi = last / _entriesPerBlock;
+        long n = 0;
+        for (long ti = firstTi; ti <= lastTi && ti < _table.Length; ti++)
+            if (_table[ti] == 0) n++;
+        if (lastTi >= _table.Length) n += lastTi - _table.Length + 1 + GrownTableClusters(lastTi + 1) + 1;
+        return n;
+    }
+
+    private long GrownTableClusters(long minEntries)
+    {
+        long entries = Math.Max(minEntries + 1, _table.Length * 2L);
+        return AlignUp(entries * 8) >> _clusterBits;
+    }
+
     // A cluster with no refcount block has refcount 0: runs may span ranges whose blocks do
     // not exist yet; Allocate creates them (outside the run) when it sets the refcounts.
-    private long FindFreeRun(int count)
+    /// <summary>The first run of <paramref name="count"/> free clusters (changes nothing but the search hint).</summary>
+    public long FindFreeRun(int count)
     {
         long run = 0, start = _freeHint;
         for (long c = _freeHint; ; c++)

@@ -29,6 +29,9 @@ internal static class V2Promotion
         return true;
     }
 
+    /// <summary>True when <paramref name="block"/> is a v2 image stored as v3 for now.</summary>
+    public static bool IsPromoted(ImageHeaderBlock block) => block.UnknownExtensions.Exists(e => e.Type == ExtensionType);
+
     /// <summary>Turns a promoted header back into v2 (call only once no feature bit is set).</summary>
     public static bool Restore(ImageHeaderBlock block)
     {

@@ -171,6 +171,48 @@ internal sealed class WritePlanner
         return steps;
     }
 
+    /// <summary>
+    /// How many new host clusters a guest write of [<paramref name="offset"/>, <paramref name="end"/>)
+    /// takes (before refcount metadata): its allocating runs, and the table itself when it must be
+    /// created or copied. What a quota reserves before the write maps anything.
+    /// </summary>
+    public long NewClustersForWrite(TableEntries table, long offset, long end)
+    {
+        long n = 0;
+        bool changes = false;
+        foreach (var step in PlanWrite(table, offset, end))
+        {
+            if (step.Kind == WriteStepKind.Allocate) n += step.Count;
+            changes |= step.ChangesTable;
+        }
+        return n + (changes && (table.Missing || table.Shared) ? 1 : 0);
+    }
+
+    /// <summary>
+    /// At most how many new host clusters a write-zeroes of [<paramref name="offset"/>, +<paramref name="length"/>)
+    /// takes: chunks written as data (partial clusters, or what the format cannot say in metadata) and the table.
+    /// </summary>
+    public long NewClustersForZero(TableEntries table, long offset, long length, bool unmap)
+    {
+        long n = 0;
+        bool changes = false;
+        foreach (var chunk in PlanZero(offset, length))
+        {
+            if (chunk.ByMetadata)
+            {
+                var decision = PlanZeroCluster(table, chunk.ClusterStart, chunk.From, chunk.To, unmap);
+                if (decision.Kind == ZeroDecisionKind.Unchanged) continue;
+                if (decision.Kind == ZeroDecisionKind.Set) { changes = true; continue; }
+            }
+            foreach (var step in PlanWrite(table, chunk.From, chunk.To))
+            {
+                if (step.Kind == WriteStepKind.Allocate) n += step.Count;
+                changes |= step.ChangesTable;
+            }
+        }
+        return n + (changes && (table.Missing || table.Shared) ? 1 : 0);
+    }
+
     private bool NeedsNewCluster(L2Entry e, bool shared)
     {
         if (shared) return true;

@@ -34,6 +34,10 @@ public sealed class MemoryExport : INbdExport
     public string? Description { get; }
 
     /// <inheritdoc/>
+    /// <remarks>Set when creating the export, e.g. <c>new(...) { MetricTags = [new("tenant", "acme")] }</c>.</remarks>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
+
+    /// <inheritdoc/>
     public long Size { get; }
 
     /// <inheritdoc/>

@@ -42,7 +42,6 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         Discard = discard;
         Name = name;
         Description = description ?? Describe(image);
-        Size = image.VirtualSize;
         _zeroGranularity = FastZeroGranularity(image);
     }
 
@@ -73,7 +72,12 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     public string? Description { get; }
 
     /// <inheritdoc/>
-    public long Size { get; }
+    /// <remarks>Set when creating the export, e.g. <c>new(...) { MetricTags = [new("tenant", "acme")] }</c>.</remarks>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
+
+    /// <inheritdoc/>
+    /// <remarks>The image's size now: a resize (or snapshot apply) of the served image shows to the next client that connects.</remarks>
+    public long Size => _image.VirtualSize;
 
     /// <inheritdoc/>
     /// <remarks>

@@ -55,6 +55,10 @@ public sealed class RawFileExport : INbdExport, IDisposable
     public string? Description { get; }
 
     /// <inheritdoc/>
+    /// <remarks>Set when creating the export, e.g. <c>new(...) { MetricTags = [new("tenant", "acme")] }</c>.</remarks>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
+
+    /// <inheritdoc/>
     public long Size { get; }
 
     /// <inheritdoc/>

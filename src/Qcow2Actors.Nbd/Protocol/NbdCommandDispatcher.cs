@@ -36,6 +36,8 @@ internal sealed class NbdCommandDispatcher(
     /// </summary>
     public void Dispatch(NbdRequest request, byte[]? payload, long charge)
     {
+        // Metrics: the request is in flight from here until its reply is framed (NbdReplyWriter) or it is abandoned.
+        request = request with { Started = replies.Metrics.Start() };
         // Reads and block status leave the reader loop: they may block on the disk (a page-cache miss),
         // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it:
         // they either complete at once (an owned cluster written into the page cache) or hand off to
@@ -269,7 +271,7 @@ internal sealed class NbdCommandDispatcher(
             // "Allocated, contents unknown" is always a truthful answer when the export said nothing.
             if (count == 0) descriptors[count++] = (r.Length, 0);
             if (reqOne) count = 1;
-            replies.BlockStatus(r.Handle, BaseAllocationId, descriptors.AsSpan(0, count), charge);
+            replies.BlockStatus(r, BaseAllocationId, descriptors.AsSpan(0, count), charge);
         }
         finally
         {
@@ -289,6 +291,7 @@ internal sealed class NbdCommandDispatcher(
     {
         if (ex is not (IOException or SocketException or ObjectDisposedException or OperationCanceledException))
             log.LogError(ex, "NBD {Peer}: internal error handling command {Type}", peer, r.Type);
+        replies.Metrics.Abandon(r);
         markBroken();
         release(charge);
     }

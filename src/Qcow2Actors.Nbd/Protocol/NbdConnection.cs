@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using Qcow2Actors.Nbd.Metrics;
 using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
 
 namespace Qcow2Actors.Nbd.Protocol;
@@ -26,10 +27,18 @@ internal sealed class NbdConnection
     private readonly SocketReceiver _receiver;
     private readonly PipeReader _reader;
     private readonly ILogger _log;
+    private readonly CancellationTokenSource _leave; // the server stopping, or this connection's export removed
     private readonly CancellationToken _stopping;
     private readonly CancellationToken _abort;
+    private volatile INbdExport? _export;
     private readonly string _peer;
 
+    // Fires when no reply can reach the client any more (it hung up, a send failed, hard abort):
+    // requests still waiting (in a throttle group, say) stop waiting instead of running for nobody.
+    // Not linked to the server's abort token (that would leave a registration per connection on it)
+    // and never disposed: late requests may still look at it, and without a timer or wait handle
+    // it holds nothing to free.
+    private readonly CancellationTokenSource _gone = new();
     private SemaphoreSlim _slots = null!;
     private AsyncByteGate _bytes = null!;
     private ReplySender _sender = null!;
@@ -41,7 +50,8 @@ internal sealed class NbdConnection
         _server = server;
         _socket = socket;
         _log = log;
-        _stopping = stopping;
+        _leave = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        _stopping = _leave.Token;
         _abort = abort;
         _peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } p ? p : "unix-client";
         _stream = new NetworkStream(socket, ownsSocket: false);
@@ -51,6 +61,18 @@ internal sealed class NbdConnection
 
     private NbdServerOptions Options => _server.Options;
 
+    /// <summary>The export the client selected; null while it negotiates.</summary>
+    public INbdExport? Export => _export;
+
+    /// <summary>
+    /// Stops reading requests (as a graceful server stop does, for this connection alone): those already
+    /// read finish and reply, then the connection closes. Used when its export is removed.
+    /// </summary>
+    public void Leave()
+    {
+        try { _leave.Cancel(); } catch (ObjectDisposedException) { }
+    }
+
     /// <summary>Serves the client until it leaves, misbehaves, or the server stops; never throws.</summary>
     public async Task RunAsync()
     {
@@ -58,7 +80,19 @@ internal sealed class NbdConnection
         try
         {
             var session = await new NbdHandshake(_server, _stream, _reader, _log, _peer).RunAsync(_stopping);
-            if (session is not null) await TransmissionAsync(session);
+            if (session is not null)
+            {
+                _export = session.Export;
+                // Removal scans the connections after taking the export out of the set; one that entered
+                // it in between sees here that it is gone (the set is read after Export was published).
+                if (!_server.IsServed(session.Export))
+                {
+                    _log.LogInformation("NBD {Peer}: export '{Export}' was removed during the handshake; disconnecting", _peer, session.Export.Name);
+                    return;
+                }
+                _log.LogInformation("NBD {Peer}: connected to export '{Export}'", _peer, session.Export.Name);
+                await TransmissionAsync(session);
+            }
         }
         catch (OperationCanceledException) when (_stopping.IsCancellationRequested || _abort.IsCancellationRequested)
         {
@@ -74,11 +108,13 @@ internal sealed class NbdConnection
         }
         finally
         {
+            if (_export is { } served) _log.LogInformation("NBD {Peer}: disconnected from export '{Export}'", _peer, served.Name);
             await _reader.CompleteAsync();
             try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
             _socket.Dispose();
             await _receiver.Completion; // never faults: the receive loop keeps its errors for the reader
             await _stream.DisposeAsync();
+            _leave.Dispose();
         }
     }
 
@@ -86,6 +122,7 @@ internal sealed class NbdConnection
     public void Abort()
     {
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
     }
 
@@ -95,8 +132,10 @@ internal sealed class NbdConnection
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
         _sender = new ReplySender(_socket, Release, MarkBroken, _abort);
+        var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
-            session, Options, new NbdReplyWriter(_sender, session.Structured), Release, MarkBroken, _log, _peer, _abort);
+            session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);
+        metrics.ConnectionOpened();
         try
         {
             await ReadRequestsAsync(new NbdRequestReader(_reader), dispatcher);
@@ -104,9 +143,16 @@ internal sealed class NbdConnection
         finally
         {
             _sender.Uncork();
-            // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
-            // stop never drops acknowledged work on the floor; only a hard abort cuts this short.
-            for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(_abort);
+            try
+            {
+                // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
+                // stop never drops acknowledged work on the floor; only a hard abort cuts this short.
+                for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(_abort);
+            }
+            finally
+            {
+                metrics.ConnectionClosed();
+            }
         }
     }
 
@@ -123,6 +169,7 @@ internal sealed class NbdConnection
             {
                 case RequestReadStatus.HungUp:
                     _log.LogDebug("NBD {Peer}: client hung up", _peer);
+                    await _gone.CancelAsync();
                     return;
                 case RequestReadStatus.Truncated:
                     _log.LogInformation("NBD {Peer}: truncated request header; disconnecting", _peer);
@@ -201,6 +248,7 @@ internal sealed class NbdConnection
     {
         if (_broken) return;
         _broken = true;
+        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
     }
 }

@@ -137,6 +137,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         {
             // EXPORT_NAME cannot carry an error; the protocol says to drop the session.
             log.LogInformation("NBD {Peer}: EXPORT_NAME for unknown export; disconnecting", peer);
+            Metrics.NbdMetrics.Refused(server.LocalEndPoint, "unknown-export");
             return null;
         }
         var reply = new byte[_noZeroes ? ExportNameReply.ShortLength : ExportNameReply.FullLength];
@@ -199,6 +200,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         var export = server.FindExport(name);
         if (export is null)
         {
+            if (option == OptGo) Metrics.NbdMetrics.Refused(server.LocalEndPoint, "unknown-export");
             await SendErrorAsync(option, RepErrUnknown, $"no export named '{name}'");
             return null;
         }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using Qcow2Actors.Nbd.Metrics;
 using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
 
 namespace Qcow2Actors.Nbd.Protocol;
@@ -10,9 +11,13 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// OFFSET_DATA, OFFSET_HOLE, ERROR, NONE and BLOCK_STATUS chunks. Every reply is one buffer from
 /// the shared pool, handed to the <see cref="ReplySender"/>; every chunk we send is the last of its
 /// reply (one content chunk, one error, or one status list), so each carries the DONE flag.
+/// Every reply framed here completes its request in <see cref="Metrics"/>.
 /// </summary>
-internal sealed class NbdReplyWriter(ReplySender sender, bool structured)
+internal sealed class NbdReplyWriter(ReplySender sender, bool structured, ExportMetrics metrics)
 {
+    /// <summary>Where the connection's requests are counted and timed.</summary>
+    public ExportMetrics Metrics => metrics;
+
     /// <summary>
     /// Room a read leaves in front of its data for the reply header, so header and data leave in one
     /// buffer without a copy: the simple header, or a chunk header plus the OFFSET_DATA offset.
@@ -26,6 +31,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured)
     /// </summary>
     public void ReadData(byte[] buffer, in NbdRequest request, long charge)
     {
+        metrics.Finish(request, NbdError.None, request.Length);
         var length = (int)request.Length;
         if (!structured)
         {
@@ -59,6 +65,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured)
     /// </summary>
     public void Status(in NbdRequest request, NbdError error, string? message, long charge)
     {
+        metrics.Finish(request, error, error == NbdError.None && request.Type == CmdWrite ? request.Length : 0);
         if (structured && (error != NbdError.None || request.Type is CmdRead or CmdBlockStatus))
         {
             if (error == NbdError.None) Chunk(request.Handle, ReplyTypeNone, default, charge);
@@ -71,8 +78,10 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured)
     }
 
     /// <summary>A BLOCK_STATUS chunk for <paramref name="contextId"/> with the given (length, flags) descriptors.</summary>
-    public void BlockStatus(ulong handle, uint contextId, ReadOnlySpan<(uint Length, uint Flags)> descriptors, long charge)
+    public void BlockStatus(in NbdRequest request, uint contextId, ReadOnlySpan<(uint Length, uint Flags)> descriptors, long charge)
     {
+        metrics.Finish(request, NbdError.None, 0);
+        var handle = request.Handle;
         var payloadLength = BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * descriptors.Length;
         var buffer = ArrayPool<byte>.Shared.Rent(ChunkHeader.Size + payloadLength);
         WriteChunkHeader(buffer, ReplyTypeBlockStatus, handle, (uint)payloadLength);

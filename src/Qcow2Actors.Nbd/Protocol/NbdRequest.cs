@@ -13,4 +13,7 @@ internal readonly record struct NbdRequest(ushort Flags, ushort Type, ulong Hand
 
     /// <summary>True when a flag outside <paramref name="allowed"/> is set.</summary>
     public bool HasFlagsBeyond(ushort allowed) => (Flags & ~allowed) != 0;
+
+    /// <summary>Stopwatch timestamp of its dispatch when metrics time it (<see cref="Metrics.ExportMetrics.Start"/>), else 0.</summary>
+    public long Started { get; init; }
 }

@@ -1,0 +1,52 @@
+using System.CommandLine;
+using Qcow2Actors.Host.Api;
+using Qcow2Actors.Host.Api.Contracts;
+
+namespace Qcow2Actors.Cli.Commands.Ctl;
+
+/// <summary><c>q2a ctl export add TENANT IMAGE [--name EXPORT] [--read-only] | list | remove EXPORT</c>.</summary>
+internal static class ExportCommands
+{
+    public static Command Create(CtlGlobals globals)
+    {
+        var group = new Command("export", "add, list or remove NBD exports at run time");
+
+        var (tenant, image) = (new Argument<string>("TENANT"), new Argument<string>("IMAGE"));
+        var name = new Option<string?>("--name") { Description = "export name (default TENANT/IMAGE)" };
+        var readOnly = new Option<bool>("--read-only") { Description = "export it read-only" };
+        var add = new Command("add", "export an image over NBD (opening it if it is closed)") { tenant, image, name, readOnly };
+        globals.SetAction(add, (parse, ctx) => ctx.PrintAsync<ExportReply>(HttpMethod.Post, Routes.Exports,
+            new ExportAddRequest { Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)!, Name = parse.GetValue(name), ReadOnly = parse.GetValue(readOnly) ? true : null },
+            Describe));
+        group.Subcommands.Add(add);
+
+        var list = new Command("list", "list the exports");
+        globals.SetAction(list, (_, ctx) => ctx.PrintAsync<ExportReply[]>(HttpMethod.Get, Routes.Exports, null, Table));
+        group.Subcommands.Add(list);
+
+        var removeName = new Argument<string>("EXPORT");
+        var remove = new Command("remove", "remove an export (its connected clients are disconnected)") { removeName };
+        globals.SetAction(remove, (parse, ctx) => ctx.SendAsync(HttpMethod.Delete, Routes.ExportPath(parse.GetValue(removeName)!)));
+        group.Subcommands.Add(remove);
+        return group;
+    }
+
+    /// <summary>One export as <c>key: value</c> lines.</summary>
+    internal static string Describe(ExportReply e) => CtlFormat.Lines(
+        ("export", e.Name),
+        ("tenant", e.Tenant),
+        ("image", e.Image),
+        ("read-only", e.ReadOnly ? "yes" : "no"),
+        ("uri", e.Uri),
+        ("connections", CtlFormat.Number(e.Connections)),
+        ("state", ImageCommands.Text(e.State)),
+        ("reason", e.Reason));
+
+    /// <summary>The exports as a table.</summary>
+    internal static string Table(IReadOnlyList<ExportReply> exports) => CtlFormat.Table(
+        [new("EXPORT"), new("TENANT"), new("IMAGE"), new("MODE"), new("CONNECTIONS", true), new("STATE"), new("URI")],
+        exports.Select(e => new[]
+        {
+            e.Name, e.Tenant, e.Image, e.ReadOnly ? "ro" : "rw", CtlFormat.Number(e.Connections), ImageCommands.Text(e.State), e.Uri,
+        }));
+}

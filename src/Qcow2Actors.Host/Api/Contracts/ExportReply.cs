@@ -1,0 +1,22 @@
+namespace Qcow2Actors.Host.Api.Contracts;
+
+/// <summary>An NBD export.</summary>
+public sealed record ExportReply
+{
+    /// <summary>Export name clients select.</summary>
+    public required string Name { get; init; }
+    /// <summary>Tenant of the image.</summary>
+    public required string Tenant { get; init; }
+    /// <summary>Image served.</summary>
+    public required string Image { get; init; }
+    /// <summary>Served read-only.</summary>
+    public bool ReadOnly { get; init; }
+    /// <summary>The URI a client connects with (nbd://... or nbd+unix://...).</summary>
+    public required string Uri { get; init; }
+    /// <summary>Clients connected to this export now.</summary>
+    public int Connections { get; init; }
+    /// <summary>Ok or failed.</summary>
+    public required ExportState State { get; init; }
+    /// <summary>Why its image failed; null when ok.</summary>
+    public string? Reason { get; init; }
+}

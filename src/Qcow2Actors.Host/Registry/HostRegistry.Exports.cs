@@ -1,0 +1,78 @@
+using Microsoft.Extensions.Logging;
+using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Nbd.Exports;
+
+namespace Qcow2Actors.Host.Registry;
+
+internal sealed partial class HostRegistry
+{
+    public Task<ExportReply> AddExportAsync(ExportAddRequest request) => ChangeAsync(async () =>
+    {
+        var tenant = Tenant(request.Tenant);
+        var entry = Image(request.Tenant, request.Image);
+        var name = string.IsNullOrEmpty(request.Name) ? $"{request.Tenant}/{request.Image}" : request.Name;
+        Names.CheckExport(name);
+        if (_exports.ContainsKey(name)) throw HostApiException.Conflict(ErrorCodes.ExportExists, $"an export named '{name}' exists");
+        RefuseIfFailed(entry);
+        if (entry.Image is null) await OpenEntryAsync(tenant, entry);
+        return ToReply(AddExportCore(entry, name, request.ReadOnly ?? false));
+    });
+
+    /// <summary>Serves an open image under <paramref name="name"/> (the throttle wraps it when one applies).</summary>
+    private ExportEntry AddExportCore(ImageEntry entry, string name, bool readOnly)
+    {
+#pragma warning disable CA2000 // kept by the export entry and disposed when the export is removed or the host stops
+        var export = new Qcow2Export(entry.Image!, name, readOnly, ownsImage: false, discard: Settings.Discard)
+        {
+            MetricTags = [new("tenant", entry.Tenant)],
+        };
+        var served = Throttle(export);
+        var exportEntry = new ExportEntry(name, entry, readOnly, export, served);
+#pragma warning restore CA2000
+        _nbd!.AddExport(served);
+        _exports[name] = exportEntry;
+        entry.Exports.Add(name);
+        ApplyLimits();
+        _log.LogInformation("export {Export} added for image {Image}{ReadOnly}", name, entry.Key, readOnly ? " (read-only)" : "");
+        return exportEntry;
+    }
+
+    public IReadOnlyList<ExportReply> ListExports() => [.. _exports.Values.OrderBy(e => e.Name, StringComparer.Ordinal).Select(ToReply)];
+
+    /// <summary>Stops serving the export: its clients' requests in flight reply, then they are disconnected; the image is flushed and stays open.</summary>
+    public Task RemoveExportAsync(string name) => ChangeAsync(async () =>
+    {
+        if (!_exports.TryGetValue(name, out var export))
+            throw HostApiException.NotFound(ErrorCodes.ExportNotFound, $"no export named '{name}'");
+        int clients = _nbd!.GetConnectionCount(name);
+        await _nbd.RemoveExportAsync(name);
+        _exports.TryRemove(name, out _);
+        export.Image.Exports.Remove(name);
+        ForgetThrottle(export);
+        await export.Export.DisposeAsync(); // the image is not the export's: it stays open
+        if (export.Image.Image is { IsReadOnly: false } image)
+        {
+            try
+            {
+                await image.FlushAsync();
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                _log.LogError("image {Image}: flush after removing export {Export} failed: {Reason}", export.Image.Key, name, OneLine(ex));
+            }
+        }
+        _log.LogInformation("export {Export} removed; {Clients} client(s) disconnected", name, clients);
+    });
+
+    private ExportReply ToReply(ExportEntry e) => new()
+    {
+        Name = e.Name,
+        Tenant = e.Image.Tenant,
+        Image = e.Image.Name,
+        ReadOnly = e.ReadOnly,
+        Uri = UriOf(e.Name),
+        Connections = _nbd?.GetConnectionCount(e.Name) ?? 0,
+        State = e.Image.Failure is null ? ExportState.Ok : ExportState.Failed,
+        Reason = e.Image.Failure,
+    };
+}

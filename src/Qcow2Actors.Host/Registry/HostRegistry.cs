@@ -1,0 +1,101 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Qcow2Actors.Engine;
+using Qcow2Actors.Host.Config;
+using Qcow2Actors.Nbd;
+
+namespace Qcow2Actors.Host.Registry;
+
+/// <summary>
+/// The one owner of the host's state: tenants, their images, the NBD exports and the limits.
+/// </summary>
+/// <remarks>
+/// Owner model: a lock-guarded registry, not an actor. Every change awaits the engine or the NBD server
+/// (open, create, close, remove an export and wait for its clients) and must see and change tenants, images
+/// and exports together (deleting an image checks its exports; adding an export opens its image), so the
+/// changes run one at a time under one asynchronous gate (<see cref="_gate"/>), each ending with the state
+/// saved. Readers (lists, health, metrics) do not take the gate: the collections are concurrent and the entry
+/// fields they read are volatile, so a slow open never holds up a health probe. The NBD data path never
+/// touches the registry at all.
+/// </remarks>
+internal sealed partial class HostRegistry(HostSettings settings, ImageHost images, ILoggerFactory loggers) : IAsyncDisposable
+{
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly ConcurrentDictionary<string, TenantEntry> _tenants = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, ExportEntry> _exports = new(StringComparer.Ordinal);
+    private readonly StateStore _store = new(settings.DataDir);
+    private readonly ILogger _log = loggers.CreateLogger("Qcow2Actors.Host");
+    private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private NbdServer? _nbd;
+    private bool _stopped;
+
+    public HostSettings Settings { get; } = settings;
+
+    /// <summary>The NBD server; null before start.</summary>
+    public NbdServer? Nbd => _nbd;
+
+    public IEnumerable<TenantEntry> Tenants => _tenants.Values;
+
+    public IEnumerable<ExportEntry> Exports => _exports.Values;
+
+    /// <summary>Runs <paramref name="change"/> alone (the gate), then saves the state.</summary>
+    private async Task<T> ChangeAsync<T>(Func<Task<T>> change, CancellationToken cancellationToken = default)
+    {
+        await _started.Task.WaitAsync(cancellationToken); // the API may be up before the registry has loaded the state
+        await _gate.WaitAsync(cancellationToken);
+        try
+        {
+            if (_stopped) throw new HostApiException(503, Api.Contracts.ErrorCodes.Internal, "the host is stopping");
+            var result = await change();
+            await SaveAsync();
+            return result;
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private Task ChangeAsync(Func<Task> change) => ChangeAsync(async () => { await change(); return true; });
+
+    private Task SaveAsync() => _store.SaveAsync(new HostState
+    {
+        Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages))],
+        Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).OrderBy(i => i.Key, StringComparer.Ordinal)
+            .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null))],
+        Exports = [.. _exports.Values.OrderBy(e => e.Name, StringComparer.Ordinal)
+            .Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly))],
+        Limits = [.. _tenants.Values.Where(t => t.Limit is not null).Select(t => new PersistedLimit("tenant", t.Name, t.Limit!)),
+            .. _exports.Values.Where(e => e.Limit is not null).Select(e => new PersistedLimit("export", e.Name, e.Limit!))],
+    });
+
+    private TenantEntry Tenant(string name) =>
+        _tenants.GetValueOrDefault(name) ?? throw HostApiException.NotFound(Api.Contracts.ErrorCodes.TenantNotFound, $"no tenant named '{name}'");
+
+    private ImageEntry Image(string tenant, string image) =>
+        Tenant(tenant).Images.GetValueOrDefault(image)
+        ?? throw HostApiException.NotFound(Api.Contracts.ErrorCodes.ImageNotFound, $"tenant '{tenant}' has no image named '{image}'");
+
+    private string ImagePath(string tenant, string image) => Path.Combine(Settings.DataDir, tenant, image + ".qcow2");
+
+    /// <summary>The URI a client connects to <paramref name="exportName"/> with ('/' kept, the rest escaped).</summary>
+    public string UriOf(string exportName)
+    {
+        var path = string.Join('/', exportName.Split('/').Select(Uri.EscapeDataString));
+        return _nbd?.LocalEndPoint switch
+        {
+            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"nbd://[{ip.Address}]:{ip.Port}/{path}",
+            IPEndPoint ip => $"nbd://{ip.Address}:{ip.Port}/{path}",
+            UnixDomainSocketEndPoint unix => $"nbd+unix:///{path}?socket={unix}",
+            _ => "",
+        };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(CancellationToken.None);
+        _gate.Dispose();
+    }
+}

@@ -1,0 +1,23 @@
+namespace Qcow2Actors.Host.Registry;
+
+/// <summary>
+/// What the host keeps across restarts (DATA_DIR/host-state.json): everything changed through the API.
+/// Images marked <see cref="PersistedImage.Open"/> are reopened at start, exports re-added, limits reapplied.
+/// </summary>
+internal sealed record HostState
+{
+    public int Version { get; init; } = 1;
+    public List<PersistedTenant> Tenants { get; init; } = [];
+    public List<PersistedImage> Images { get; init; } = [];
+    public List<PersistedExport> Exports { get; init; } = [];
+    public List<PersistedLimit> Limits { get; init; } = [];
+}
+
+internal sealed record PersistedTenant(string Name, long? Quota, int? MaxImages);
+
+internal sealed record PersistedImage(string Tenant, string Name, bool Open);
+
+internal sealed record PersistedExport(string Name, string Tenant, string Image, bool ReadOnly);
+
+/// <summary>A limit: <see cref="Scope"/> "export" or "tenant", its target name, and the values.</summary>
+internal sealed record PersistedLimit(string Scope, string Target, LimitValues Values);
