@@ -80,7 +80,7 @@ internal sealed class MetadataCacheBudget
     private bool AnyAboveFloor()
     {
         foreach (var account in _accounts.Keys)
-            if (account.TableActors > FloorTables) return true;
+            if (account.TableActors > FloorTables && !account.Stuck) return true;
         return false;
     }
 
@@ -269,6 +269,21 @@ internal sealed class MetadataCacheBudget
         }
 
         internal long Needed => Volatile.Read(ref _needed);
+
+        /// <summary>
+        /// True once the image turned read-only: its dirty tables can never be written back, so images
+        /// below their floor no longer wait for it to shed (they take their floor past the budget).
+        /// </summary>
+        public bool Stuck { get; private set; }
+
+        /// <summary>The image cannot shed its dirty tables any more (<see cref="Stuck"/>); waiting images retry.</summary>
+        public void MarkStuck()
+        {
+            if (Stuck) return;
+            Stuck = true;
+            foreach (var account in _budget._waiting.Keys)
+                if (_budget._waiting.TryRemove(account, out _)) account.Wake();
+        }
 
         /// <summary>The image actor handled a shed request: the next one may be sent.</summary>
         public void ShedDone() => Volatile.Write(ref _shedPending, 0);

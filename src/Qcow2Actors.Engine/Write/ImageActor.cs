@@ -314,6 +314,8 @@ internal sealed class ImageActor : ReceiveActor, IWithUnboundedStash
     /// </summary>
     private void ShedForBudget()
     {
+        // A read-only image keeps its dirty tables for recovery: others must not wait for it.
+        if (_ctx!.ReadOnlyReason is not null) _budget?.MarkStuck();
         int excess = _tables.Count - Read.MetadataCacheBudget.FloorTables;
         if (excess > 0)
         {
