@@ -27,6 +27,7 @@ public sealed class ImageHost : IAsyncDisposable
     {
         System = system;
         Settings = settings;
+        MetadataBudget = settings.MetadataCacheBytes > 0 ? new Read.MetadataCacheBudget(settings.MetadataCacheBytes) : null;
         _ownsSystem = ownsSystem;
         _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), supervisorName);
     }
@@ -43,6 +44,12 @@ public sealed class ImageHost : IAsyncDisposable
     /// <summary>Engine settings read from the configuration.</summary>
     public EngineSettings Settings { get; }
 
+    /// <summary>
+    /// The memory budget for L2 metadata shared by every image this host opens
+    /// (<see cref="EngineSettings.MetadataCacheBytes"/>); null when it is 0.
+    /// </summary>
+    internal Read.MetadataCacheBudget? MetadataBudget { get; }
+
     /// <summary>Creates a host; <paramref name="config"/> (HOCON) overrides the reference configuration.</summary>
     /// <param name="config">HOCON over the reference configuration; null: the reference alone.</param>
     /// <param name="name">The actor system's name.</param>
@@ -53,8 +60,10 @@ public sealed class ImageHost : IAsyncDisposable
     public static ImageHost Create(Config? config = null, string name = "qcow2actors", TimeProvider? timeProvider = null)
     {
         var full = (config ?? Config.Empty).WithFallback(ReferenceConfig);
+        // Read first: a bad setting is refused before an actor system starts.
+        var settings = EngineSettings.From(full) with { TimeProvider = timeProvider ?? TimeProvider.System };
         var system = ActorSystem.Create(name, full);
-        return new ImageHost(system, EngineSettings.From(full) with { TimeProvider = timeProvider ?? TimeProvider.System }, ownsSystem: true, "images");
+        return new ImageHost(system, settings, ownsSystem: true, "images");
     }
 
     /// <summary>
@@ -111,7 +120,8 @@ public sealed class ImageHost : IAsyncDisposable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         options ??= new Qcow2OpenOptions { ReadOnly = false };
         if (options.ReadOnly)
-            return await Qcow2Image.OpenAsync(path, options.WithJournalSource(JournalSource()), cancellationToken).ConfigureAwait(false);
+            return await Qcow2Image.OpenAsync(path, options.WithJournalSource(JournalSource()).WithMetadataBudget(MetadataBudget), cancellationToken).ConfigureAwait(false);
+        options = options.WithMetadataBudget(MetadataBudget);
         if (options.DeviceFactory is null && !File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         if (options.ForceShare)

@@ -61,6 +61,18 @@ public sealed class Qcow2OpenOptions
     /// <summary>Where read-only opens find a journal-pending image's journal; null: beside the image.</summary>
     internal PendingJournalSource? JournalSource { get; private set; }
 
+    /// <summary>The host's shared metadata budget every L2 cache of the image charges (null: none; set by <see cref="ImageHost"/>).</summary>
+    internal Read.MetadataCacheBudget? MetadataBudget { get; private set; }
+
+    /// <summary>A copy of these options with <see cref="MetadataBudget"/> set.</summary>
+    internal Qcow2OpenOptions WithMetadataBudget(Read.MetadataCacheBudget? budget)
+    {
+        if (budget is null) return this;
+        var copy = (Qcow2OpenOptions)MemberwiseClone();
+        copy.MetadataBudget = budget;
+        return copy;
+    }
+
     /// <summary>A copy of these options (every setting, whatever is added later) with <see cref="JournalSource"/> set.</summary>
     internal Qcow2OpenOptions WithJournalSource(PendingJournalSource source)
     {

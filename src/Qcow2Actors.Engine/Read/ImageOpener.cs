@@ -187,7 +187,10 @@ internal static class ImageOpener
             }
             var view = new ImageView(geometry, size, l1);
 #pragma warning disable CA2000 // The layer moves into the returned OpenedLayer; its caller owns and disposes it.
-            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), new L2Cache(L2CacheCapacity(options, cs)),
+            var cache = new L2Cache(L2CacheCapacity(options, cs));
+            // Every layer's tables (backing files' too) count against the host's one budget.
+            if (options.MetadataBudget is { } budget) cache.Attach(budget.Register(displayName), cs);
+            var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), cache,
                 CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName, metrics);
             return new OpenedLayer(layer, block, snapshots, chosen);
 #pragma warning restore CA2000

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 
 namespace Qcow2Actors.Engine.Read;
 
@@ -20,7 +21,17 @@ internal sealed class L2Cache
     {
         public readonly L2View View = view;
         public long LastUse = tick;
+        // When it was last used, comparable across images (Stopwatch timestamp): kept only with a budget.
+        public long Stamp = Stopwatch.GetTimestamp();
+        // Published by a live table actor, whose budget charge covers it (the cache's own charge does not).
+        public bool Reserved;
     }
+
+    /// <summary>A cached table the host's metadata budget may drop (<see cref="CollectEvictable"/>).</summary>
+    internal readonly record struct Evictable(L2Cache Cache, long Key, object Slot, long Stamp);
+
+    // The host-wide metadata budget's account of this cache (null: none, or not attached yet).
+    private MetadataCacheBudget.Account? _account;
 
     private readonly ConcurrentDictionary<long, Slot> _slots = new();
     private readonly ConcurrentDictionary<long, Task<L2View>> _loading = new();
@@ -42,6 +53,38 @@ internal sealed class L2Cache
     public int Capacity { get; }
     public int Count => _slots.Count;
 
+    /// <summary>The host's metadata budget account this cache charges (null without one).</summary>
+    public MetadataCacheBudget.Account? Account => _account;
+
+    /// <summary>Bytes of one table (a cluster), for the budget's estimates.</summary>
+    public long TableBytes { get; private set; }
+
+    /// <summary>
+    /// Charges every table cached from now on (and those cached already) to <paramref name="account"/>:
+    /// a loaded table finds room or is used uncached, and the budget may drop this cache's clean tables.
+    /// </summary>
+    public void Attach(MetadataCacheBudget.Account account, long tableBytes)
+    {
+        TableBytes = tableBytes;
+        account.Cache = this;
+        long bytes = 0;
+        lock (_evictLock)
+        {
+            _account = account;
+            foreach (var slot in _slots.Values) bytes += slot.View.SizeInBytes;
+        }
+        // Outside the lock: making room takes the locks of other caches.
+        if (bytes > 0) account.ChargeTable(bytes);
+    }
+
+    /// <summary>The layer closed: whatever this cache charged goes back (the cache is not used again).</summary>
+    public void Detach() => _account?.Close();
+
+    private void Removed(Slot slot)
+    {
+        if (!slot.Reserved) _account?.ReleaseTable(slot.View.SizeInBytes);
+    }
+
     /// <summary>
     /// Changes whenever a table is looked up, loaded or published: the owner compares it over time
     /// to tell an idle image (see <see cref="DropUnpinned"/>).
@@ -54,6 +97,7 @@ internal sealed class L2Cache
         if (_slots.TryGetValue(hostOffset, out var slot))
         {
             slot.LastUse = Interlocked.Increment(ref _clock);
+            if (_account is not null) slot.Stamp = Stopwatch.GetTimestamp();
             view = slot.View;
             return true;
         }
@@ -87,10 +131,11 @@ internal sealed class L2Cache
             try
             {
                 var loaded = await load(hostOffset, cancellationToken).ConfigureAwait(false);
-                if (Volatile.Read(ref _generation) == generation)
+                // With a host budget that has no room even after trimming, the table is used uncached.
+                if (Volatile.Read(ref _generation) == generation && (_account is not { } account || account.TryAdmitTable(loaded.SizeInBytes)))
                 {
-                    _slots.TryAdd(hostOffset, new Slot(loaded, Interlocked.Increment(ref _clock)));
-                    EvictIfNeeded();
+                    if (_slots.TryAdd(hostOffset, new Slot(loaded, Interlocked.Increment(ref _clock)))) EvictIfNeeded();
+                    else _account?.ReleaseTable(loaded.SizeInBytes);
                 }
                 tcs.SetResult(loaded);
                 if (TryGet(hostOffset, out var current)) return current;
@@ -113,11 +158,25 @@ internal sealed class L2Cache
     public bool IsCurrent(long hostOffset, L2View view) =>
         _slots.TryGetValue(hostOffset, out var slot) && ReferenceEquals(slot.View, view);
 
-    /// <summary>Writer side: makes <paramref name="view"/> the table every later read sees.</summary>
+    /// <summary>
+    /// Writer side: makes <paramref name="view"/> the table every later read sees. With a budget, a table
+    /// not cached before is charged to the writer's table actor (which was charged for it when it
+    /// started), so a writer never waits for room; <see cref="Adopt"/> moves it to the cache when the actor stops.
+    /// </summary>
     public void Publish(L2View view)
     {
         Interlocked.Increment(ref _generation);
-        _slots[view.HostOffset] = new Slot(view, Interlocked.Increment(ref _clock));
+        long tick = Interlocked.Increment(ref _clock);
+        while (true)
+        {
+            if (_slots.TryGetValue(view.HostOffset, out var old))
+            {
+                // A new version of the same table (same size): whoever paid for it still does.
+                if (_slots.TryUpdate(view.HostOffset, new Slot(view, tick) { Reserved = old.Reserved }, old)) break;
+                continue;
+            }
+            if (_slots.TryAdd(view.HostOffset, new Slot(view, tick) { Reserved = _account is not null })) break;
+        }
         EvictIfNeeded();
     }
 
@@ -142,7 +201,7 @@ internal sealed class L2Cache
     public void Invalidate(long hostOffset)
     {
         Interlocked.Increment(ref _generation);
-        _slots.TryRemove(hostOffset, out _);
+        if (_slots.TryRemove(hostOffset, out var removed)) Removed(removed);
     }
 
     /// <summary>
@@ -154,7 +213,7 @@ internal sealed class L2Cache
         lock (_evictLock)
         {
             foreach (var slot in _slots)
-                if (!_pinned.ContainsKey(slot.Key)) _slots.TryRemove(slot);
+                if (!_pinned.ContainsKey(slot.Key) && _slots.TryRemove(slot)) Removed(slot.Value);
         }
     }
 
@@ -162,7 +221,53 @@ internal sealed class L2Cache
     public void Clear()
     {
         Interlocked.Increment(ref _generation);
-        _slots.Clear();
+        foreach (var slot in _slots)
+            if (_slots.TryRemove(slot)) Removed(slot.Value);
+    }
+
+    /// <summary>
+    /// The table actor that published the table at <paramref name="hostOffset"/> stopped: the cache
+    /// takes over its charge if the budget has room, else the (clean) table is dropped.
+    /// </summary>
+    public void Adopt(long hostOffset)
+    {
+        if (_account is not { } account || !_slots.TryGetValue(hostOffset, out var slot) || !slot.Reserved) return;
+        if (account.TryAdmitTable(slot.View.SizeInBytes))
+        {
+            var adopted = new Slot(slot.View, slot.LastUse) { Stamp = slot.Stamp };
+            if (!_slots.TryUpdate(hostOffset, adopted, slot)) account.ReleaseTable(slot.View.SizeInBytes);
+            return;
+        }
+        lock (_evictLock)
+        {
+            if (!_pinned.ContainsKey(hostOffset)) _slots.TryRemove(new KeyValuePair<long, Slot>(hostOffset, slot));
+        }
+    }
+
+    /// <summary>
+    /// Adds to <paramref name="into"/> the tables the host budget may drop from this cache: every clean
+    /// (unpinned) table it pays for but the <paramref name="floor"/> most recently used.
+    /// </summary>
+    public void CollectEvictable(int floor, List<Evictable> into)
+    {
+        var clean = new List<Evictable>();
+        foreach (var slot in _slots)
+            if (!_pinned.ContainsKey(slot.Key) && !slot.Value.Reserved) clean.Add(new Evictable(this, slot.Key, slot.Value, slot.Value.Stamp));
+        if (clean.Count <= floor) return;
+        clean.Sort(static (a, b) => b.Stamp.CompareTo(a.Stamp));
+        into.AddRange(clean.Skip(floor));
+    }
+
+    /// <summary>Drops a table <see cref="CollectEvictable"/> offered, unless it was pinned or replaced since.</summary>
+    public bool TryEvict(Evictable candidate)
+    {
+        var slot = (Slot)candidate.Slot;
+        lock (_evictLock)
+        {
+            if (_pinned.ContainsKey(candidate.Key) || !_slots.TryRemove(new KeyValuePair<long, Slot>(candidate.Key, slot))) return false;
+        }
+        Removed(slot);
+        return true;
     }
 
     private void EvictIfNeeded()
@@ -181,7 +286,11 @@ internal sealed class L2Cache
             for (int i = 0, dropped = 0; dropped < drop && i < victims.Length; i++)
             {
                 if (_pinned.ContainsKey(victims[i].Key)) continue;
-                if (_slots.TryRemove(victims[i])) dropped++;
+                if (_slots.TryRemove(victims[i]))
+                {
+                    dropped++;
+                    Removed(victims[i].Value);
+                }
             }
         }
         finally

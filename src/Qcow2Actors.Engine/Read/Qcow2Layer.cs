@@ -232,5 +232,6 @@ internal sealed class Qcow2Layer : IImageLayer
         if (Backing is not null) await Backing.DisposeAsync().ConfigureAwait(false);
         _dataFile?.Dispose();
         _file.Dispose();
+        L2Tables.Detach();
     }
 }

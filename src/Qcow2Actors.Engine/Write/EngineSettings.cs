@@ -26,6 +26,12 @@ public sealed record EngineSettings
     /// not read from HOCON: tests pass a fake one to <see cref="ImageHost.Create(Akka.Configuration.Config?, string, TimeProvider?)"/>.
     /// </summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+    /// <summary>
+    /// One memory budget in bytes for the L2 tables cached and held by table actors across every
+    /// image the host opens (HOCON <c>qcow2actors.host.metadata-cache</c>); 0: none, each image keeps
+    /// its own <see cref="L2CacheSize"/> and <see cref="MaxLiveTableActors"/> only.
+    /// </summary>
+    public long MetadataCacheBytes { get; init; } = 256L << 20;
     /// <summary>Akka.Persistence journal plugin id.</summary>
     public string JournalPluginId { get; init; } = "akka.persistence.journal.qcow2-file";
     /// <summary>Akka.Persistence snapshot plugin id (the engine takes no snapshots).</summary>
@@ -45,8 +51,27 @@ public sealed record EngineSettings
             CacheIdleTimeout = e?.GetTimeSpan("cache-idle-timeout", d.CacheIdleTimeout) ?? d.CacheIdleTimeout,
             CheckpointRecords = e?.GetInt("checkpoint-records", d.CheckpointRecords) ?? d.CheckpointRecords,
             CheckpointInterval = e?.GetTimeSpan("checkpoint-interval", d.CheckpointInterval) ?? d.CheckpointInterval,
+            MetadataCacheBytes = ReadMetadataCache(config, d.MetadataCacheBytes),
             JournalPluginId = j?.GetString("plugin-id", d.JournalPluginId) ?? d.JournalPluginId,
             SnapshotPluginId = j?.GetString("snapshot-plugin-id", d.SnapshotPluginId) ?? d.SnapshotPluginId,
         };
+    }
+
+    private static long ReadMetadataCache(Config config, long fallback)
+    {
+        const string key = "qcow2actors.host.metadata-cache";
+        if (!config.HasPath(key)) return fallback;
+        long? bytes;
+        try
+        {
+            bytes = config.GetByteSize(key);
+        }
+        catch (Exception ex) when (ex is FormatException or ConfigurationException or OverflowException or ArgumentException)
+        {
+            throw new ConfigurationException($"{key} = '{config.GetString(key)}' is not a size (e.g. 256MiB; 0 = no shared budget)");
+        }
+        if (bytes is null or < 0)
+            throw new ConfigurationException($"{key} = '{config.GetString(key)}' is not a size (e.g. 256MiB; 0 = no shared budget)");
+        return bytes.Value;
     }
 }

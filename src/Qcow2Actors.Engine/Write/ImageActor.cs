@@ -25,6 +25,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     private sealed record Recovered(ImageHeaderBlock Block, bool HadJournal);
     private sealed record Opened(OpenedImage Image);
     private sealed record Sweep;
+    // The host's metadata budget asks this image to give table memory back; or says there may be room now.
+    private sealed record ShedTables;
+    private sealed record RoomForTables;
 
     /// <summary>How many table actors are live and L2 tables cached (for tests).</summary>
     internal sealed record TableCounts(int LiveTableActors, int CachedTables, int PinnedTables);
@@ -54,6 +57,12 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     private ITimer? _checkpointTimer;
     private ITimer? _sweepTimer;
     private readonly IdleSweep _idle;
+    // The host-wide metadata budget's account of this image (null without one), what a live table
+    // actor is charged, and requests for tables with no actor held until the budget has room.
+    private Read.MetadataCacheBudget.Account? _budget;
+    private long _actorBytes;
+    private List<RouteToTable> _held = new();
+    private bool _shedAfterCheckpoint;
 
     public ImageActor(string path, Qcow2OpenOptions options, EngineSettings settings, TaskCompletionSource<OpenedImage> opened, ImageLockSet locks)
     {
@@ -80,6 +89,11 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         // Closed, failed or stopped with its host: its clusters no longer count (Qcow2Image.DisposeAsync does the same, first).
         _ctx?.Allocator?.CloseSpace();
+        var closed = new ObjectDisposedException(_path, "the image is closed");
+        foreach (var m in _held) FailHeld(m.Message, closed);
+        _held.Clear();
+        // Its table actors stop with it; the layer's cache gives its share back when the image is disposed.
+        _budget?.Close();
         _checkpointTimer?.Dispose();
         _sweepTimer?.Dispose();
         _ctx?.Metrics.Untrack();
@@ -101,6 +115,14 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, _ctx.Allocator!), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
+            if (_ctx.Layer.L2Tables.Account is { } account)
+            {
+                _budget = account;
+                _actorBytes = Read.MetadataCacheBudget.ActorBytes(_ctx.ClusterSize);
+                var self = Self;
+                account.OnShed = () => self.Tell(new ShedTables());
+                account.OnRoom = () => self.Tell(new RoomForTables());
+            }
             // Akka.Persistence stops a journal actor whose write failed: the image is read-only from then on.
             Context.Watch(_ctx.Journal);
             StartTimers();
@@ -162,6 +184,12 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         Receive<RouteToTable>(Route);
         Receive<Sweep>(_ => SweepIdle());
+        Receive<ShedTables>(_ =>
+        {
+            _budget!.ShedDone();
+            ShedForBudget();
+        });
+        Receive<RoomForTables>(_ => RouteHeld());
         Receive<InspectTables>(m =>
         {
             _inspectors.Add(m.Reply);
@@ -186,11 +214,14 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
+            _budget?.ReleaseActor(_actorBytes);
             if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
             _lastUse.Remove(index);
             _idle.Forget(index);
             if (_passivating.Remove(index, out var held))
                 foreach (var msg in held) Route(new RouteToTable(index, msg));
+            // One actor fewer may be all a held request was waiting for (its image's floor).
+            if (_held.Count > 0) RouteHeld();
             AnswerInspectors();
         });
         ReceiveAsync<CheckpointRequest>(async m =>
@@ -199,6 +230,13 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             {
                 await CheckpointAsync(closing: false);
                 m.Done?.TrySetResult();
+                // Written back: the tables the budget wanted are clean now, and may go.
+                if (_budget is not null && (_shedAfterCheckpoint || _held.Count > 0))
+                {
+                    _shedAfterCheckpoint = false;
+                    PassivateOldest();
+                    _budget.Budget.MakeRoom(0);
+                }
             }
             catch (Exception ex)
             {
@@ -245,14 +283,54 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             var error = new ObjectDisposedException(_path, "the image is closed");
             switch (msg)
             {
-                case RouteToTable { Message: WriteOp w }: w.Done.TrySetException(error); break;
-                case RouteToTable { Message: ZeroOp z }: z.Done.TrySetException(error); break;
-                case RouteToTable { Message: DiscardOp d }: d.Done.TrySetException(error); break;
-                case RouteToTable { Message: CompressedWriteOp c }: c.Done.TrySetException(error); break;
+                case RouteToTable r: FailHeld(r.Message, error); break;
                 case InspectTables i: i.Reply.TrySetException(error); break;
                 case OnlineEditRequest e: e.Done.TrySetException(error); break;
             }
         });
+    }
+
+    private static void FailHeld(object message, Exception error)
+    {
+        switch (message)
+        {
+            case WriteOp w: w.Done.TrySetException(error); break;
+            case ZeroOp z: z.Done.TrySetException(error); break;
+            case DiscardOp d: d.Done.TrySetException(error); break;
+            case CompressedWriteOp c: c.Done.TrySetException(error); break;
+        }
+    }
+
+    /// <summary>Routes the requests held for room in the budget again, in order (those still without room are held again).</summary>
+    private void RouteHeld()
+    {
+        if (_held.Count == 0) return;
+        var held = _held;
+        _held = new List<RouteToTable>();
+        foreach (var m in held) Route(m);
+    }
+
+    /// <summary>
+    /// The budget is short (asked by it, or a request of ours is held): passivate the least recently
+    /// used table actors above the floor (clean ones stop; dirty ones stay), and checkpoint when dirty
+    /// tables hold the memory, after which they are clean and go too.
+    /// </summary>
+    private void ShedForBudget()
+    {
+        // A read-only image keeps its dirty tables for recovery: others must not wait for it.
+        if (_ctx!.ReadOnlyReason is not null) _budget?.MarkStuck();
+        int excess = _tables.Count - Read.MetadataCacheBudget.FloorTables;
+        if (excess > 0)
+        {
+            foreach (var (index, _) in _lastUse.Where(kv => !_passivating.ContainsKey(kv.Key)).OrderBy(kv => kv.Value).Take(Math.Max(1, excess / 2)).ToList())
+                AskToStop(index);
+        }
+        if (_ctx!.Layer.L2Tables.PinnedCount > 0 && (excess > 0 || (_held.Count > 0 && excess == 0)) && !_checkpointQueued)
+        {
+            _checkpointQueued = true;
+            _shedAfterCheckpoint = true;
+            Self.Tell(new CheckpointRequest(null));
+        }
     }
 
     private void Route(RouteToTable m)
@@ -260,12 +338,32 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         if (_passivating.TryGetValue(m.L1Index, out var held)) { held.Add(m.Message); return; }
         if (!_tables.TryGetValue(m.L1Index, out var child))
         {
+            if (_budget is { } budget && (_held.Count > 0 || !budget.TryAdmitActor(_actorBytes)))
+            {
+                // No room in the host's budget (and this image is at its floor or above): hold the
+                // request until there is, making some here too. Held requests keep their order.
+                bool first = _held.Count == 0;
+                _held.Add(m);
+                if (first)
+                {
+                    // At its floor or above, the image makes room among its own tables (least recently used
+                    // first); below it, the neighbours above theirs were asked to shed.
+                    if (_tables.Count >= Read.MetadataCacheBudget.FloorTables)
+                    {
+                        ShedForBudget();
+                        PassivateOldest();
+                    }
+                    budget.WaitForRoom(_actorBytes);
+                }
+                return;
+            }
             if (_tables.Count >= _settings.MaxLiveTableActors) PassivateOldest();
             child = Context.ActorOf(L2TableActor.Props(_ctx!, m.L1Index), $"l2-{m.L1Index}-{++_tick}");
             Context.Watch(child);
             _tables[m.L1Index] = child;
             _tableIndex[child] = m.L1Index;
         }
+        else _budget?.Touch();
         _lastUse[m.L1Index] = ++_tick;
         _idle.Used(m.L1Index);
         child.Tell(m.Message);

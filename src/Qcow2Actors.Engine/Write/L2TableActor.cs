@@ -53,6 +53,12 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     public IStash Stash { get; set; } = null!;
 
+    // The table this actor published is no longer covered by its budget charge: the cache takes it over (or drops it).
+    protected override void PostStop()
+    {
+        if (_tableOffset != 0) _ctx.Layer.L2Tables.Adopt(_tableOffset);
+    }
+
     public static Props Props(ImageContext ctx, int l1Index) => Akka.Actor.Props.Create(() => new L2TableActor(ctx, l1Index));
 
     private void Active()
