@@ -16,6 +16,9 @@ public sealed partial class Qcow2Image
 {
     private readonly RequestGate _gate = new();
 
+    /// <summary>True while an online edit holds the image's requests (for tests).</summary>
+    internal bool EditHoldsRequests => _gate.IsClosed;
+
     /// <summary>
     /// The internal snapshots of the image, in table order (copies: changing them changes nothing).
     /// Works on read-only images too. While a snapshot edit runs, waits for it to finish.

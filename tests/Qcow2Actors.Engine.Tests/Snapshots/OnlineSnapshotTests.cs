@@ -264,6 +264,66 @@ public sealed class OnlineSnapshotTests : HostedImageTests
         await Assert.ThrowsAsync<SnapshotEditException>(() => image.DeleteSnapshotAsync("made-by-qemu").AsTask());
     }
 
+    /// <summary>Once armed, holds the first write (of any handle sharing it) until released, telling the test when it arrived.</summary>
+    private sealed class WriteHold
+    {
+        private int _held;
+        public volatile bool Armed;
+        public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public bool TakeThisOne() => Armed && Interlocked.Exchange(ref _held, 1) == 0;
+    }
+
+    private sealed class HoldOneWrite(IBlockDevice inner, WriteHold hold) : DelegatingDevice(inner)
+    {
+        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
+        {
+            if (hold.TakeThisOne())
+            {
+                hold.Arrived.TrySetResult();
+                await hold.Release.Task;
+            }
+            await base.WriteCoreAsync(buffer, offset, cancellationToken);
+        }
+    }
+
+    [QemuFact]
+    public async Task A_write_in_flight_lands_in_the_snapshot_and_a_read_that_arrives_meanwhile_waits_for_it()
+    {
+        var path = Dir.File("inflight.qcow2");
+        var hold = new WriteHold();
+        var options = new Qcow2OpenOptions
+        {
+            ReadOnly = false,
+            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
+        };
+        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
+        var image = await Host.OpenAsync(path, options);
+        await image.WriteAsync(0, Fill(64 * KiB, 0x01));
+        await image.FlushAsync();
+
+        hold.Armed = true;
+        var inFlight = image.WriteAsync(0, Fill(4 * KiB, 0x02)).AsTask(); // an owned cluster: straight to the device
+        await hold.Arrived.Task.WaitAsync(Timeout);
+        var snapshot = image.CreateSnapshotAsync("s").AsTask();
+        Assert.True(SpinWait.SpinUntil(() => image.EditHoldsRequests, Timeout), "the edit closes the gate");
+        var back = new byte[4 * KiB];
+        var arriving = image.ReadAsync(0, back).AsTask();
+        Assert.False(snapshot.IsCompleted, "the edit waits for the write in flight");
+        Assert.False(arriving.IsCompleted, "a request arriving during the edit waits");
+
+        hold.Release.TrySetResult();
+        await Task.WhenAll(inFlight, snapshot, arriving).WaitAsync(Timeout);
+        Assert.True(back.AsSpan().IndexOfAnyExcept((byte)0x02) < 0);
+        await image.WriteAsync(0, Fill(4 * KiB, 0x03)); // after the snapshot: copied, the snapshot keeps 0x02
+        await image.DisposeAsync();
+
+        QemuTools.AssertCheckClean(path);
+        AssertSnapshotReads(path, "s", Dir.Path, "read -P 0x02 0 4k", "read -P 0x01 4k 60k");
+        var io = QemuTools.QemuIo("-r", "-c", "read -P 0x03 0 4k", path);
+        Assert.True(io.ExitCode == 0 && !io.StdOut.Contains("Pattern verification failed", StringComparison.Ordinal), io.StdOut + io.StdErr);
+    }
+
     /// <summary>
     /// Arms itself when the header gets the online edit's dirty bit alone (bit 0 without our
     /// journal-pending bit 63), then fails the <c>failAt</c>-th write after that and every later one:
