@@ -16,6 +16,9 @@ public sealed partial class Qcow2Image
 {
     private readonly RequestGate _gate = new();
 
+    /// <summary>True while an online edit holds the image's requests (for tests).</summary>
+    internal bool EditHoldsRequests => _gate.IsClosed;
+
     /// <summary>
     /// The internal snapshots of the image, in table order (copies: changing them changes nothing).
     /// Works on read-only images too. While a snapshot edit runs, waits for it to finish.
@@ -57,6 +60,12 @@ public sealed partial class Qcow2Image
             throw new SnapshotEditException($"Could not {verb}: {problem}", SnapshotEditException.BadNameCode);
         var ctx = EditTarget(verb);
         ThrowIfNameTaken(ctx, name, verb);
+        // What the editor would refuse anyway, refused here without pausing the image's clients.
+        var header = ctx.Headers.Snapshot;
+        if (header.HasExternalDataFile || header.RefcountOrder == 0)
+            throw new SnapshotEditException(header.HasExternalDataFile
+                ? $"Could not {verb}: images with an external data file do not support internal snapshots"
+                : $"Could not {verb}: with 1-bit refcounts no cluster can be shared (convert with -o refcount_bits=16)");
         var created = await EditOnlineAsync(device =>
         {
             // Again under the closed gate: another edit may have run since the check above.
