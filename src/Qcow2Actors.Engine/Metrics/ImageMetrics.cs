@@ -39,17 +39,17 @@ internal sealed class ImageMetrics
 
     public void L2Hit()
     {
-        if (L2HitCounter.Enabled) L2HitCounter.Add(1, _tags);
+        if (L2HitCounter.Enabled) Add(L2HitCounter, 1, _tags);
     }
 
     public void L2Miss()
     {
-        if (L2MissCounter.Enabled) L2MissCounter.Add(1, _tags);
+        if (L2MissCounter.Enabled) Add(L2MissCounter, 1, _tags);
     }
 
     public void JournalAppended(long bytes)
     {
-        if (JournalAppendedCounter.Enabled) JournalAppendedCounter.Add(bytes, _tags);
+        if (JournalAppendedCounter.Enabled) Add(JournalAppendedCounter, bytes, _tags);
     }
 
     /// <summary>A flush starts: its timestamp, or 0 when nobody listens to flush durations.</summary>
@@ -58,17 +58,38 @@ internal sealed class ImageMetrics
     /// <summary>A flush that started at <paramref name="started"/> succeeded.</summary>
     public void FlushDone(long started)
     {
-        if (started != 0) FlushHistogram.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, _tags);
+        if (started == 0) return;
+        try
+        {
+            FlushHistogram.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, _tags);
+        }
+        catch (Exception)
+        {
+            // A listener's failure is not the flush's.
+        }
     }
 
     public void Checkpoint()
     {
-        if (CheckpointCounter.Enabled) CheckpointCounter.Add(1, _tags);
+        if (CheckpointCounter.Enabled) Add(CheckpointCounter, 1, _tags);
     }
 
     public void Fault(Qcow2ImageFaultKind kind)
     {
-        if (FaultCounter.Enabled && (int)kind >= 0 && (int)kind < _faultTags.Length) FaultCounter.Add(1, _faultTags[(int)kind]);
+        if (FaultCounter.Enabled && (int)kind >= 0 && (int)kind < _faultTags.Length) Add(FaultCounter, 1, _faultTags[(int)kind]);
+    }
+
+    // A listener that throws loses its measurement, never the I/O or the actor that recorded it.
+    private static void Add(Counter<long> counter, long value, KeyValuePair<string, object?>[] tags)
+    {
+        try
+        {
+            counter.Add(value, tags);
+        }
+        catch (Exception)
+        {
+            // Swallowed on purpose (see above).
+        }
     }
 
     /// <summary>Reports <paramref name="allocatedClusters"/> (a lock-free read of the owner's count; negative: unknown) until <see cref="Untrack"/>.</summary>

@@ -9,7 +9,8 @@ namespace Qcow2Actors.Nbd.Metrics;
 /// Records one connection's requests in the <see cref="NbdMetrics"/> instruments. The tag sets
 /// (export name, the export's extra tags, and the command or direction) are built once when the
 /// connection starts serving, so a request allocates nothing; with no listener attached each call
-/// only reads the instruments' <c>Enabled</c> flags.
+/// only reads the instruments' <c>Enabled</c> flags. A listener that throws loses its measurement,
+/// never the request: every method swallows what a callback throws.
 /// </summary>
 internal sealed class ExportMetrics
 {
@@ -38,10 +39,10 @@ internal sealed class ExportMetrics
     private ReadOnlySpan<KeyValuePair<string, object?>> OpTags(ushort type) => _opTags[type < OtherIndex ? type : OtherIndex];
 
     /// <summary>The connection entered transmission.</summary>
-    public void ConnectionOpened() => ConnectionCounter.Add(1, _exportTags);
+    public void ConnectionOpened() => Guard(() => ConnectionCounter.Add(1, _exportTags));
 
     /// <summary>The connection's transmission ended (paired with <see cref="ConnectionOpened"/> whatever the listeners did meanwhile).</summary>
-    public void ConnectionClosed() => ConnectionCounter.Add(-1, _exportTags);
+    public void ConnectionClosed() => Guard(() => ConnectionCounter.Add(-1, _exportTags));
 
     /// <summary>
     /// A request was dispatched: returns its start timestamp, or 0 when neither the in-flight count
@@ -50,7 +51,14 @@ internal sealed class ExportMetrics
     public long Start()
     {
         if (!InFlightCounter.Enabled && !DurationHistogram.Enabled) return 0;
-        InFlightCounter.Add(1, _exportTags);
+        try
+        {
+            InFlightCounter.Add(1, _exportTags);
+        }
+        catch (Exception)
+        {
+            return 0; // not counted in flight, so not taken out either
+        }
         return Stopwatch.GetTimestamp();
     }
 
@@ -59,6 +67,18 @@ internal sealed class ExportMetrics
     /// (<paramref name="bytes"/>), its error, its duration, and takes it out of the in-flight count.
     /// </summary>
     public void Finish(in NbdRequest request, NbdError error, long bytes)
+    {
+        try
+        {
+            Record(request, error, bytes);
+        }
+        catch (Exception)
+        {
+            // A listener's failure is not the request's.
+        }
+    }
+
+    private void Record(in NbdRequest request, NbdError error, long bytes)
     {
         var ops = OpTags(request.Type);
         if (RequestCounter.Enabled) RequestCounter.Add(1, ops);
@@ -74,7 +94,29 @@ internal sealed class ExportMetrics
     }
 
     /// <summary>A request that will get no reply (the connection is going away): it only leaves the in-flight count.</summary>
-    public void Abandon(in NbdRequest request) => Stop(request, OpTags(request.Type));
+    public void Abandon(in NbdRequest request)
+    {
+        try
+        {
+            Stop(request, OpTags(request.Type));
+        }
+        catch (Exception)
+        {
+            // A listener's failure is not the connection's.
+        }
+    }
+
+    private static void Guard(Action record)
+    {
+        try
+        {
+            record();
+        }
+        catch (Exception)
+        {
+            // A listener's failure is not the connection's.
+        }
+    }
 
     private void Stop(in NbdRequest request, ReadOnlySpan<KeyValuePair<string, object?>> ops)
     {

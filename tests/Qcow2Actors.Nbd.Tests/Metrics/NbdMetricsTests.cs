@@ -141,6 +141,41 @@ public sealed class NbdMetricsTests
     }
 
     [Fact]
+    public async Task A_listener_that_throws_does_not_fail_the_requests()
+    {
+        var name = UniqueName();
+        using var listener = new System.Diagnostics.Metrics.MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == NbdMetrics.MeterName) l.EnableMeasurementEvents(instrument);
+            },
+        };
+        void Throw(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            foreach (var tag in tags)
+                if (tag.Key == NbdMetrics.ExportTag && Equals(tag.Value, name)) throw new InvalidOperationException("listener bug");
+        }
+        listener.SetMeasurementEventCallback<long>((_, _, tags, _) => Throw(tags));
+        listener.SetMeasurementEventCallback<double>((_, _, tags, _) => Throw(tags));
+        listener.Start();
+
+        var export = new MemoryExport(name, MiB);
+        await using var server = await TestServers.StartTcpAsync(export);
+        await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await c.GoAsync(name);
+        var data = TestServers.RandomBytes(4096, 1);
+        await c.SendRequestAsync(0, RawNbdClient.CmdWrite, 1, 0, 4096, data);
+        Assert.Equal((0u, 1UL), ((await c.ReadSimpleReplyAsync()).Error, 1UL));
+        await c.SendRequestAsync(0, RawNbdClient.CmdRead, 2, 0, 4096);
+        var read = await c.ReadSimpleReplyAsync(4096);
+        Assert.Equal((0u, 2UL), (read.Error, read.Handle));
+        Assert.Equal(data, read.Data);
+        await c.SendRequestAsync(0, RawNbdClient.CmdRead, 3, MiB, 4096); // an error reply, recorded with its errno
+        Assert.Equal(EINVAL, (await c.ReadSimpleReplyAsync()).Error);
+    }
+
+    [Fact]
     public async Task Accepted_and_refused_connections_are_counted_with_the_reason()
     {
         var name = UniqueName();
