@@ -122,7 +122,7 @@ internal sealed class NbdConnection
     public void Abort()
     {
         _broken = true;
-        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
+        _ = _gone.CancelAsync(); // its callbacks run off this thread
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
     }
 
@@ -139,6 +139,12 @@ internal sealed class NbdConnection
         try
         {
             await ReadRequestsAsync(new NbdRequestReader(_reader), dispatcher);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or EndOfStreamException or ObjectDisposedException)
+        {
+            // The connection is lost (reset, or the client left mid-payload): nobody will read the replies.
+            await _gone.CancelAsync();
+            throw;
         }
         finally
         {
@@ -248,7 +254,7 @@ internal sealed class NbdConnection
     {
         if (_broken) return;
         _broken = true;
-        _ = _gone.CancelAsync(); // callbacks off this thread: MarkBroken runs inside a failed send
+        _ = _gone.CancelAsync(); // its callbacks run off this thread
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
     }
 }
