@@ -223,6 +223,35 @@ public sealed class SpaceQuotaTests(ITestOutputHelper output) : HostedImageTests
         }
     }
 
+    [QemuFact]
+    public async Task Online_snapshot_create_and_delete_keep_the_charge_equal_to_a_fresh_count()
+    {
+        var path = NewImage("snap.qcow2");
+        var quota = new SpaceQuota("snap", null);
+        long afterCreate, afterOverwrite, afterDelete;
+        await using (var image = await Host.OpenAsync(path, Options(quota)))
+        {
+            await image.WriteAsync(0, Fill(40 * Cs, 1));
+            long before = quota.UsedBytes;
+            await image.CreateSnapshotAsync("s1");
+            afterCreate = quota.UsedBytes;
+            // The snapshot's L1 copy and table are new clusters.
+            Assert.True(afterCreate > before, $"{afterCreate} after the snapshot, {before} before");
+            // Overwriting shared clusters copies them: 40 more data clusters and a new L2 table.
+            await image.WriteAsync(0, Fill(40 * Cs, 2));
+            afterOverwrite = quota.UsedBytes;
+            Assert.True(afterOverwrite >= afterCreate + 40 * Cs, $"{afterOverwrite} after the overwrite");
+            await image.DeleteSnapshotAsync("s1");
+            afterDelete = quota.UsedBytes;
+            Assert.True(afterDelete <= afterOverwrite - 40 * Cs, $"{afterDelete} after the delete");
+        }
+        Assert.Equal(0, quota.UsedBytes);
+        QemuTools.AssertCheckClean(path);
+        var fresh = new SpaceQuota("fresh", null);
+        await using (await Host.OpenAsync(path, Options(fresh)))
+            Assert.Equal(afterDelete, fresh.UsedBytes);
+    }
+
     private static async Task<List<(long Offset, long Length)>> DataExtentsAsync(Qcow2Image image)
     {
         var extents = new List<(long, long)>();

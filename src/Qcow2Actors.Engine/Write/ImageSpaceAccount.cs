@@ -11,7 +11,7 @@ internal sealed class ImageSpaceAccount
     private readonly object _lock = new();
     private readonly string _path;
     private readonly long _clusterSize;
-    private readonly long _baseClusters;
+    private long _baseClusters;
     private long _charged;
     private bool _closed;
 
@@ -74,6 +74,24 @@ internal sealed class ImageSpaceAccount
             {
                 Quota.Release(-diff);
             }
+            _charged = target;
+        }
+    }
+
+    /// <summary>
+    /// The refcounts were reloaded (an online snapshot edit): the charge becomes
+    /// <paramref name="allocatedClusters"/> clusters, whatever the limit (the edit already happened),
+    /// and later settles follow the new state's <paramref name="baseDelta"/>.
+    /// </summary>
+    public void Rebase(long allocatedClusters, long baseDelta)
+    {
+        lock (_lock)
+        {
+            if (_closed) return;
+            _baseClusters = allocatedClusters - baseDelta;
+            long target = allocatedClusters * _clusterSize;
+            if (target > _charged) Quota.Charge(target - _charged);
+            else if (target < _charged) Quota.Release(_charged - target);
             _charged = target;
         }
     }

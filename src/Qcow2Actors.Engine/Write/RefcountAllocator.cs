@@ -58,6 +58,9 @@ internal sealed class RefcountAllocator
         {
             _state = state;
             _compressedCursor = 0;
+            // The edit changed refcounts outside this allocator (a snapshot's tables, freed clusters):
+            // the quota charge follows a fresh count of the reloaded state.
+            Space?.Rebase(state.CountAllocated(), state.AllocatedDelta);
         }
     }
 

@@ -44,6 +44,10 @@ public sealed class ThrottledExport : INbdExport, IDisposable
     /// <inheritdoc/>
     public string? Description => _inner.Description;
 
+    /// <inheritdoc />
+    /// <remarks>The wrapped export's tags (the host's tenant), so throttling does not change what metrics carry.</remarks>
+    public IReadOnlyList<KeyValuePair<string, object?>> MetricTags => _inner.MetricTags;
+
     /// <inheritdoc/>
     public long Size => _inner.Size;
 
