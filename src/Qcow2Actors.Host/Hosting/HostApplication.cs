@@ -107,6 +107,9 @@ public static class HostApplication
     public static async Task<int> RunAsync(HostSettings settings, CancellationToken stop = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        // Owner-only files from the start: the control socket is bound with this mask (so it is never
+        // connectable by others, even before Restrict), and tenants' images and journals are private.
+        if (!OperatingSystem.IsWindows()) NativeUmask.Set(0b000_111_111);
         await using var app = Build(settings);
         var registry = app.Services.GetRequiredService<HostRegistry>();
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Qcow2Actors.Host");

@@ -31,7 +31,7 @@ internal sealed partial class HostRegistry
 #pragma warning restore CA2000
         _nbd!.AddExport(served);
         _exports[name] = exportEntry;
-        entry.Exports.Add(name);
+        entry.Exports = [.. entry.Exports, name];
         ApplyLimits();
         _log.LogInformation("export {Export} added for image {Image}{ReadOnly}", name, entry.Key, readOnly ? " (read-only)" : "");
         return exportEntry;
@@ -45,9 +45,13 @@ internal sealed partial class HostRegistry
         if (!_exports.TryGetValue(name, out var export))
             throw HostApiException.NotFound(ErrorCodes.ExportNotFound, $"no export named '{name}'");
         int clients = _nbd!.GetConnectionCount(name);
-        await _nbd.RemoveExportAsync(name);
+        // Requests waiting in a throttle group go on at once, so a low limit cannot hold the removal
+        // (and with it every control change); clients still busy after stop-timeout are cut off.
+        export.Served.SetGroups();
+        using (var deadline = new CancellationTokenSource(Settings.StopTimeout))
+            await _nbd.RemoveExportAsync(name, deadline.Token);
         _exports.TryRemove(name, out _);
-        export.Image.Exports.Remove(name);
+        export.Image.Exports = [.. export.Image.Exports.Where(e => e != name)];
         ForgetThrottle(export);
         await export.Export.DisposeAsync(); // the image is not the export's: it stays open
         if (export.Image.Image is { IsReadOnly: false } image)

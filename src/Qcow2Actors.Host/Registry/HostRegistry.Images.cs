@@ -46,6 +46,7 @@ internal sealed partial class HostRegistry
         }
         catch (HostApiException)
         {
+            ReleaseClosedCharge(tenant, entry);
             tenant.Images.TryRemove(request.Name, out _);
             File.Delete(path);
             throw;
@@ -119,15 +120,23 @@ internal sealed partial class HostRegistry
         bool wasClosed = entry.Image is null;
         if (wasClosed) await OpenEntryAsync(tenant, entry);
         var opened = entry.Image!;
-        if (request.Size < opened.VirtualSize)
-            throw HostApiException.BadRequest($"shrinking is refused: {request.Size} is below the image's {opened.VirtualSize} bytes");
         try
         {
+            if (request.Size < opened.VirtualSize)
+                throw HostApiException.BadRequest($"shrinking is refused: {request.Size} is below the image's {opened.VirtualSize} bytes");
             await opened.ResizeAsync(request.Size);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or NotSupportedException)
         {
             throw HostApiException.BadRequest($"cannot resize image '{entry.Key}': {OneLine(ex)}");
+        }
+        catch (Qcow2NoSpaceException ex)
+        {
+            throw HostApiException.Conflict(ErrorCodes.QuotaExceeded, $"cannot resize image '{entry.Key}': {OneLine(ex)}");
+        }
+        catch (IOException ex) when (opened.IsReadOnly)
+        {
+            throw HostApiException.Conflict(ErrorCodes.ImageFailed, $"image '{entry.Key}' failed: {OneLine(ex)}");
         }
         finally
         {
@@ -260,7 +269,17 @@ internal sealed partial class HostRegistry
     private static void ChargeClosed(TenantEntry tenant, ImageEntry entry)
     {
         if (entry.ClosedCharge != 0) return;
-        var size = File.Exists(entry.Path) ? new FileInfo(entry.Path).Length : 0;
+        // What the file holds on the host (qemu-img's disk size: freed clusters are punched, holes cost
+        // nothing), close to what the open image charges (its allocated clusters); the length counted holes.
+        long size;
+        try
+        {
+            size = File.Exists(entry.Path) ? ImageInfo.ReadChain(entry.Path, backingChain: false, forceShare: true)[0].ActualSize : 0;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            size = File.Exists(entry.Path) ? new FileInfo(entry.Path).Length : 0; // unreadable (corrupt): the file's length
+        }
         tenant.Quota.Charge(size);
         entry.ClosedCharge = size;
     }

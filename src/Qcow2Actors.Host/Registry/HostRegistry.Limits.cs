@@ -94,7 +94,9 @@ internal sealed partial class HostRegistry
             return null;
         }
         if (group is null) return new ThrottleGroup(name, limit.ToThrottle());
-        group.Update(limit.ToThrottle());
+        // Update empties the buckets: only a changed limit may do that, not every control change.
+        var limits = limit.ToThrottle();
+        if (group.Limits != limits) group.Update(limits);
         return group;
     }
 

@@ -77,6 +77,14 @@ internal sealed partial class HostRegistry
                 _ => HostApiException.Conflict(ErrorCodes.ImageInUse, ex.Message),
             };
         }
+        catch (Qcow2NoSpaceException ex)
+        {
+            throw HostApiException.Conflict(ErrorCodes.QuotaExceeded, $"image '{entry.Key}': {OneLine(ex)}");
+        }
+        catch (IOException ex) when (entry.Image is { IsReadOnly: true })
+        {
+            throw HostApiException.Conflict(ErrorCodes.ImageFailed, $"image '{entry.Key}' failed: {OneLine(ex)}");
+        }
         finally
         {
             if (wasClosed && entry.Image is not null) await CloseEntryAsync(tenant, entry);

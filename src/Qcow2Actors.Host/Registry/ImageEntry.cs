@@ -27,7 +27,14 @@ internal sealed class ImageEntry(string tenant, string name, string path)
     public long ClosedCharge { get; set; }
 
     /// <summary>Names of the exports serving it.</summary>
-    public List<string> Exports { get; } = [];
+    public IReadOnlyList<string> Exports
+    {
+        // Changed under the registry's gate, read without it (lists): replaced whole, never changed in place.
+        get => Volatile.Read(ref _exports);
+        set => Volatile.Write(ref _exports, [.. value]);
+    }
+
+    private string[] _exports = [];
 
     public string Key => $"{Tenant}/{Name}";
 }

@@ -82,7 +82,8 @@ internal sealed class NbdConnection
             var session = await new NbdHandshake(_server, _stream, _reader, _log, _peer).RunAsync(_stopping);
             if (session is not null)
             {
-                _export = session.Export;
+                // A full fence: the store must not pass the read of the served set below (store-load order).
+                Interlocked.Exchange(ref _export, session.Export);
                 // Removal scans the connections after taking the export out of the set; one that entered
                 // it in between sees here that it is gone (the set is read after Export was published).
                 if (!_server.IsServed(session.Export))

@@ -18,7 +18,8 @@ public sealed class ThrottledExport : INbdExport, IDisposable
 {
     private readonly INbdExport _inner;
     private readonly Lock _groupsLock = new();
-    private readonly KeyValuePair<string, object?> _exportTag;
+    // The delay histogram's tags: the export and its own (the host's tenant), built once.
+    private readonly KeyValuePair<string, object?>[] _delayTags;
     private ThrottleMember[] _members;
     private bool _disposed;
 
@@ -28,7 +29,7 @@ public sealed class ThrottledExport : INbdExport, IDisposable
         ArgumentNullException.ThrowIfNull(inner);
         ArgumentNullException.ThrowIfNull(groups);
         _inner = inner;
-        _exportTag = new("export", inner.Name);
+        _delayTags = [new("export", inner.Name), .. inner.MetricTags.Where(t => t.Key != "export")];
         _members = Join(Distinct(groups));
     }
 
@@ -146,7 +147,7 @@ public sealed class ThrottledExport : INbdExport, IDisposable
         {
             if (!members[i].AttemptAcquire(request).IsAcquired) return WaitAsync(request, members, i, cancellationToken);
         }
-        if (members.Length > 0 && ThrottleMetrics.Delay.Enabled) ThrottleMetrics.Delay.Record(0, _exportTag);
+        if (members.Length > 0 && ThrottleMetrics.Delay.Enabled) ThrottleMetrics.Delay.Record(0, _delayTags);
         return ValueTask.CompletedTask;
     }
 
@@ -175,7 +176,7 @@ public sealed class ThrottledExport : INbdExport, IDisposable
             if (ReferenceEquals(current, members)) break;
             members = current;
         }
-        if (ThrottleMetrics.Delay.Enabled) ThrottleMetrics.Delay.Record(waited, _exportTag);
+        if (ThrottleMetrics.Delay.Enabled) ThrottleMetrics.Delay.Record(waited, _delayTags);
     }
 
     private async ValueTask ReadAfter(ValueTask admitted, long offset, Memory<byte> buffer, CancellationToken cancellationToken)

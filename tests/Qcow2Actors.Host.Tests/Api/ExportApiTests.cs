@@ -62,6 +62,26 @@ public class ExportApiTests
     }
 
     [Fact]
+    public async Task Removing_a_throttled_export_does_not_wait_for_the_requests_its_limit_holds_back()
+    {
+        using var dir = new TempDir();
+        await using var host = await WithImageAsync(dir);
+        await host.PostAsync<ExportReply>(Routes.Exports, new ExportAddRequest { Tenant = "acme", Image = "disk1", Name = "slow" });
+        using (var put = await host.Client.PutAsJsonAsync(Routes.ExportLimitPath("slow"), new LimitRequest { Iops = 1 }, HostJson.Options))
+            Assert.Equal(HttpStatusCode.OK, put.StatusCode);
+        await using var client = await RawNbdClient.ConnectAsync(host.Registry.Nbd!.LocalEndPoint!);
+        await client.GoAsync("slow");
+        for (ulong handle = 1; handle <= 30; handle++) await client.SendRequestAsync(0, RawNbdClient.CmdRead, handle, 0, 4096);
+        Assert.Equal(0u, (await client.ReadSimpleReplyAsync(4096)).Error);
+
+        // At 1 IOPS the other 29 reads would hold the removal (and every control change behind it) for half a minute.
+        using var remove = await host.Client.DeleteAsync(Routes.ExportPath("slow")).WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(HttpStatusCode.NoContent, remove.StatusCode);
+        Assert.True(await client.WaitForCloseAsync());
+    }
+
+    [Fact]
     public async Task Export_refusals_carry_their_stable_codes()
     {
         using var dir = new TempDir();
