@@ -42,7 +42,7 @@ internal sealed partial class HostRegistry
                     _log.LogWarning("host state names image '{Image}' of unknown tenant '{Tenant}'; skipped", i.Name, i.Tenant);
                     continue;
                 }
-                var entry = new ImageEntry(i.Tenant, i.Name, ImagePath(i.Tenant, i.Name));
+                var entry = new ImageEntry(i.Tenant, i.Name, ImagePath(i.Tenant, i.Name)) { WantOpen = i.Open };
                 tenant.Images[i.Name] = entry;
                 if (!File.Exists(entry.Path))
                 {
@@ -56,7 +56,8 @@ internal sealed partial class HostRegistry
             {
                 if (_tenants.GetValueOrDefault(e.Tenant)?.Images.GetValueOrDefault(e.Image) is not { } entry || entry.Image is null)
                 {
-                    _log.LogWarning("export '{Export}' not re-added: image {Tenant}/{Image} is missing or did not open", e.Name, e.Tenant, e.Image);
+                    _log.LogWarning("export '{Export}' not re-added: image {Tenant}/{Image} is missing or did not open (kept for the next start)", e.Name, e.Tenant, e.Image);
+                    _pendingExports.Add(e);
                     continue;
                 }
                 AddExportCore(entry, e.Name, e.ReadOnly);
@@ -65,6 +66,7 @@ internal sealed partial class HostRegistry
             {
                 if (l.Scope == "tenant" && _tenants.TryGetValue(l.Target, out var tenant) && tenant.Limit is null) tenant.Limit = l.Values;
                 else if (l.Scope == "export" && _exports.TryGetValue(l.Target, out var export)) export.Limit = l.Values;
+                else if (l.Scope == "export") _pendingLimits.Add(l);
             }
             ApplyLimits();
             await SaveAsync();

@@ -26,6 +26,10 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
     private readonly ConcurrentDictionary<string, TenantEntry> _tenants = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, ExportEntry> _exports = new(StringComparer.Ordinal);
     private readonly StateStore _store = new(settings.DataDir);
+    // Exports and export limits of the saved state whose image did not open at start: kept in the state
+    // (a file briefly missing must not lose them for good) until their image or tenant is deleted.
+    private readonly List<PersistedExport> _pendingExports = [];
+    private readonly List<PersistedLimit> _pendingLimits = [];
     private readonly ILogger _log = loggers.CreateLogger("Qcow2Actors.Host");
     private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private NbdServer? _nbd;
@@ -64,12 +68,17 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
     {
         Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages))],
         Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).OrderBy(i => i.Key, StringComparer.Ordinal)
-            .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null))],
-        Exports = [.. _exports.Values.OrderBy(e => e.Name, StringComparer.Ordinal)
-            .Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly))],
+            .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null || (i.Failure is not null && i.WantOpen)))],
+        Exports = [.. _exports.Values.Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly))
+            .Concat(PendingExports).OrderBy(e => e.Name, StringComparer.Ordinal)],
         Limits = [.. _tenants.Values.Where(t => t.Limit is not null).Select(t => new PersistedLimit("tenant", t.Name, t.Limit!)),
-            .. _exports.Values.Where(e => e.Limit is not null).Select(e => new PersistedLimit("export", e.Name, e.Limit!))],
+            .. _exports.Values.Where(e => e.Limit is not null).Select(e => new PersistedLimit("export", e.Name, e.Limit!)),
+            .. _pendingLimits.Where(l => PendingExports.Any(e => e.Name == l.Target))],
     });
+
+    /// <summary>Saved exports not served now whose image still exists and whose name nobody took since.</summary>
+    private IEnumerable<PersistedExport> PendingExports => _pendingExports.Where(e =>
+        !_exports.ContainsKey(e.Name) && _tenants.GetValueOrDefault(e.Tenant)?.Images.ContainsKey(e.Image) == true);
 
     private TenantEntry Tenant(string name) =>
         _tenants.GetValueOrDefault(name) ?? throw HostApiException.NotFound(Api.Contracts.ErrorCodes.TenantNotFound, $"no tenant named '{name}'");

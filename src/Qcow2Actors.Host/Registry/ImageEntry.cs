@@ -23,6 +23,9 @@ internal sealed class ImageEntry(string tenant, string name, string path)
     /// <summary>The engine reported that the image was closed without a clean checkpoint.</summary>
     public bool ClosedUnclean { get; set; }
 
+    /// <summary>The saved state had it open: a failed open keeps it so (the next start tries again).</summary>
+    public bool WantOpen { get; set; }
+
     /// <summary>Bytes charged to the tenant's quota for the image while it is closed.</summary>
     public long ClosedCharge { get; set; }
 

@@ -44,6 +44,37 @@ public class HostLifecycleTests
     }
 
     [Fact]
+    public async Task An_image_missing_for_one_start_gets_its_export_and_limit_back_at_the_next()
+    {
+        using var dir = new TempDir();
+        var path = Path.Combine(dir.Path, "data", "acme", "disk.qcow2");
+        await using (var first = await HostHarness.StartAsync(dir.Path))
+        {
+            await first.PostAsync<TenantReply>(Routes.Tenants, new TenantCreateRequest { Name = "acme" });
+            await first.PostAsync<ImageReply>(Routes.TenantImagesPath("acme"), new ImageCreateRequest { Name = "disk", Size = 8 << 20 });
+            await first.PostAsync<ExportReply>(Routes.Exports, new ExportAddRequest { Tenant = "acme", Image = "disk", Name = "vm" });
+            using (var put = await first.Client.PutAsJsonAsync(Routes.ExportLimitPath("vm"), new LimitRequest { Iops = 500 }, HostJson.Options))
+                Assert.Equal(System.Net.HttpStatusCode.OK, put.StatusCode);
+            Assert.True(await first.StopAsync());
+        }
+        File.Move(path, path + ".away");
+        await using (var second = await HostHarness.StartAsync(dir.Path))
+        {
+            Assert.Equal(ImageState.Failed, (await second.GetAsync<ImageReply>(Routes.ImagePath("acme", "disk"))).State);
+            Assert.Empty(await second.GetAsync<ExportReply[]>(Routes.Exports));
+            await second.StopAsync();
+        }
+        File.Move(path + ".away", path);
+
+        await using var third = await HostHarness.StartAsync(dir.Path);
+
+        Assert.Equal(ImageState.Open, (await third.GetAsync<ImageReply>(Routes.ImagePath("acme", "disk"))).State);
+        Assert.Equal("vm", Assert.Single(await third.GetAsync<ExportReply[]>(Routes.Exports)).Name);
+        var limit = Assert.Single(await third.GetAsync<LimitReply[]>(Routes.Limits));
+        Assert.Equal(("vm", 500L), (limit.Target, limit.Iops!.Value));
+    }
+
+    [Fact]
     public async Task An_image_whose_file_vanished_is_failed_with_its_reason_and_health_is_degraded()
     {
         using var dir = new TempDir();
