@@ -1,3 +1,4 @@
+using System.CommandLine;
 using Qcow2Actors.Cli;
 using Qcow2Actors.Cli.Commands.Ctl;
 
@@ -10,4 +11,7 @@ if (ParseErrors.Describe(parse, args) is { } error)
     await Console.Error.WriteLineAsync(error).ConfigureAwait(false);
     return 1;
 }
-return await parse.InvokeAsync().ConfigureAwait(false);
+// serve and host handle SIGINT/SIGTERM/SIGHUP themselves and exit once every image is closed clean:
+// System.CommandLine must not answer those signals (it would end the process after a 2 s grace period).
+var invocation = args is ["serve" or "host", ..] ? new InvocationConfiguration { ProcessTerminationTimeout = null } : null;
+return await parse.InvokeAsync(invocation).ConfigureAwait(false);
