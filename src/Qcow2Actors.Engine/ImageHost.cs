@@ -27,6 +27,7 @@ public sealed class ImageHost : IAsyncDisposable
     {
         System = system;
         Settings = settings;
+        ThreadPoolFloor.Apply(system.Settings.Config);
         _ownsSystem = ownsSystem;
         _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), supervisorName);
     }
