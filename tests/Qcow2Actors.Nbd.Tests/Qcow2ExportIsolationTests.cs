@@ -22,12 +22,7 @@ public sealed class Qcow2ExportIsolationTests(ITestOutputHelper output) : IAsync
 
     public Task InitializeAsync()
     {
-        // A's lane is widened to 64 I/O threads so that all 64 of its writes block a thread at once,
-        // as they did before the lanes existed (the default, 16, would block only 16).
-        _host = ImageHost.Create("""
-            qcow2actors.engine.checkpoint-interval = 0s
-            qcow2actors.io-threads-per-image = 64
-            """, name: "isolation-tests");
+        _host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s", name: "isolation-tests");
         return Task.CompletedTask;
     }
 

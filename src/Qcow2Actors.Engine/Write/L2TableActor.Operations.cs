@@ -1,7 +1,6 @@
 using Akka.Actor;
 using Akka.Event;
 using System.Buffers;
-using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Metadata;
 using Qcow2Actors.Engine.Read;
 using Qcow2Actors.Format;
@@ -178,7 +177,7 @@ internal sealed partial class L2TableActor
                 case WriteStepKind.DataFile:
                     // The cluster holds data again: a punch still waiting for its discard to be durable must not run.
                     _dataPunches.Remove(step.ClusterStart);
-                    await DataWriteAsync(_ctx.DataDevice!, slice, step.From);
+                    await _ctx.DataDevice!.WriteAsync(slice, step.From);
                     if (step.NewEntry is { } mapped)
                     {
                         newTable |= await EnsureWritableTableAsync(records, release);
@@ -189,7 +188,7 @@ internal sealed partial class L2TableActor
                 case WriteStepKind.InPlace:
                     // A cluster we own is overwritten in place: unless its entry points at metadata.
                     _ctx.CheckDataWrite(step.Host, step.To - step.From);
-                    await DataWriteAsync(_ctx.Device, slice, step.Host);
+                    await _ctx.Device.WriteAsync(slice, step.Host);
                     break;
                 case WriteStepKind.Subclusters:
                     await WriteSubclustersAsync(step.Host, step.ClusterStart, step.From, step.To, slice);
@@ -201,7 +200,7 @@ internal sealed partial class L2TableActor
                     var buf = new byte[_g.ClusterSize];
                     slice.Span.CopyTo(buf.AsSpan((int)(step.From - step.ClusterStart)));
                     _ctx.CheckDataWrite(step.Host, _g.ClusterSize);
-                    await DataWriteAsync(_ctx.Device, buf, step.Host);
+                    await _ctx.Device.WriteAsync(buf, step.Host);
                     newTable |= await EnsureWritableTableAsync(records, release);
                     SetEntry(step.Index, step.NewEntry!.Value, records);
                     break;
@@ -239,7 +238,7 @@ internal sealed partial class L2TableActor
         switch (fill.Kind)
         {
             case FillKind.DataOnly:
-                await DataWriteAsync(_ctx.Device, data, host + (dataStart - runStart));
+                await _ctx.Device.WriteAsync(data, host + (dataStart - runStart));
                 return;
             case FillKind.Subclusters:
             {
@@ -247,7 +246,7 @@ internal sealed partial class L2TableActor
                 if (fill.From != dataStart || fill.To != dataStart + data.Length)
                     await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, fill.From, part, default);
                 data.Span.CopyTo(part.AsSpan((int)(dataStart - fill.From)));
-                await DataWriteAsync(_ctx.Device, part, host + (fill.From - runStart));
+                await _ctx.Device.WriteAsync(part, host + (fill.From - runStart));
                 return;
             }
         }
@@ -269,7 +268,7 @@ internal sealed partial class L2TableActor
                 else await _ctx.Layer.ReadAsync(view, runStart + runBytes - cs, tail, default);
             }
             data.Span.CopyTo(mem.Span[(int)(dataStart - runStart)..]);
-            await DataWriteAsync(_ctx.Device, mem, host);
+            await _ctx.Device.WriteAsync(mem, host);
         }
         finally
         {
@@ -286,7 +285,7 @@ internal sealed partial class L2TableActor
             await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default);
         data.Span.CopyTo(part.AsSpan((int)(pos - s)));
         _ctx.CheckDataWrite(host + (s - clusterStart), part.Length);
-        await DataWriteAsync(_ctx.Device, part, host + (s - clusterStart));
+        await _ctx.Device.WriteAsync(part, host + (s - clusterStart));
     }
 
     private async Task FillDataFileAsync(long clusterStart, long pos, long chunkEnd, bool restIsZero)
@@ -294,9 +293,9 @@ internal sealed partial class L2TableActor
         long cs = _g.ClusterSize;
         var buf = new byte[cs];
         if (!restIsZero) await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, clusterStart, buf, default);
-        if (pos > clusterStart) await DataWriteAsync(_ctx.DataDevice!, buf.AsMemory(0, (int)(pos - clusterStart)), clusterStart);
+        if (pos > clusterStart) await _ctx.DataDevice!.WriteAsync(buf.AsMemory(0, (int)(pos - clusterStart)), clusterStart);
         long tail = clusterStart + cs - chunkEnd;
-        if (tail > 0) await DataWriteAsync(_ctx.DataDevice!, buf.AsMemory((int)(chunkEnd - clusterStart), (int)tail), chunkEnd);
+        if (tail > 0) await _ctx.DataDevice!.WriteAsync(buf.AsMemory((int)(chunkEnd - clusterStart), (int)tail), chunkEnd);
     }
 
     // ---------------------------------------------------------------- zeroes, discard, compressed
@@ -414,7 +413,7 @@ internal sealed partial class L2TableActor
             bool newTable = await EnsureWritableTableAsync(records, release);
             long at = Refcounts.AllocateCompressed(written);
             _ctx.CheckDataWrite(at, written);
-            await DataWriteAsync(_ctx.Device, output.AsMemory(0, written), at);
+            await _ctx.Device.WriteAsync(output.AsMemory(0, written), at);
             // The read side remembers the last decompressed cluster by host offset, which this may reuse.
             _ctx.Layer.ForgetDecompressed();
             Apply(Planner.MapCompressed(Table, offset, at, written), records, release);
@@ -425,13 +424,4 @@ internal sealed partial class L2TableActor
             ArrayPool<byte>.Shared.Return(output);
         }
     }
-
-    /// <summary>
-    /// Writes guest data on the image's lane of the engine's I/O threads instead of this actor's
-    /// pool thread: a write to a hung disk then blocks one of the image's own I/O threads (at most
-    /// <c>io-threads-per-image</c> of them), its further writes wait in the lane holding no thread,
-    /// and the .NET pool every image's actors run on stays free.
-    /// </summary>
-    private Task DataWriteAsync(IBlockDevice device, ReadOnlyMemory<byte> data, long offset) =>
-        _io.Run(() => device.Write(data.Span, offset));
 }
