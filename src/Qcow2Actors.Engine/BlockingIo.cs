@@ -17,6 +17,10 @@ namespace Qcow2Actors.Engine;
 /// one even while threads sit idle. Here every call gets a thread at once, up to a bound
 /// (HOCON <c>qcow2actors.io-threads</c>, and <c>io-threads</c> of the file journal), threads are
 /// started only when that many calls block at once, and they end with the actor system.
+/// One image's calls go through a lane of its own (<see cref="ForImage"/>): at most
+/// <c>qcow2actors.io-threads-per-image</c> of them hold a thread at once and the rest wait in the
+/// lane's queue, holding no thread, so an image whose disk hangs cannot take every thread of the
+/// pool from the other images.
 /// </remarks>
 internal sealed class BlockingIo
 {
@@ -24,11 +28,30 @@ internal sealed class BlockingIo
     public const string Engine = "engine";
 
     /// <summary>Bound of a pool whose HOCON key is missing.</summary>
-    public const int DefaultMaxThreads = 32;
+    public const int DefaultMaxThreads = 128;
+
+    /// <summary>Bound of one image's lane when <c>qcow2actors.io-threads-per-image</c> is missing.</summary>
+    public const int DefaultMaxThreadsPerImage = 16;
 
     private readonly Pool _pool;
+    private readonly Lane? _lane;
 
-    private BlockingIo(Pool pool) => _pool = pool;
+    private BlockingIo(Pool pool, Lane? lane = null)
+    {
+        _pool = pool;
+        _lane = lane;
+    }
+
+    /// <summary>
+    /// A new lane of the engine's pool for one image: at most <paramref name="maxThreads"/> of its
+    /// calls (default: <c>qcow2actors.io-threads-per-image</c>) run at once; the others wait, in order,
+    /// in the lane's own queue without holding a thread.
+    /// </summary>
+    public static BlockingIo ForImage(ActorSystem system, int? maxThreads = null)
+    {
+        var engine = For(system);
+        return new(engine._pool, new Lane(maxThreads ?? system.Settings.Config.GetInt("qcow2actors.io-threads-per-image", DefaultMaxThreadsPerImage)));
+    }
 
     /// <summary>
     /// The pool <paramref name="name"/> of <paramref name="system"/>, created on first use with at most
@@ -58,23 +81,100 @@ internal sealed class BlockingIo
     {
         // Continuations leave the I/O thread: an actor's go to its mailbox anyway, anyone else's to the pool.
         var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!_pool.TryQueue(() =>
+        void Call()
+        {
+            try
             {
-                try
-                {
-                    done.TrySetResult(work());
-                }
-                catch (Exception ex)
-                {
-                    done.TrySetException(ex);
-                }
-            }))
-            done.TrySetException(new IOException($"no I/O thread to run on: the actor system has stopped ({_pool.Name})"));
+                done.TrySetResult(work());
+            }
+            catch (Exception ex)
+            {
+                done.TrySetException(ex);
+            }
+        }
+        void Stopped() => done.TrySetException(new IOException($"no I/O thread to run on: the actor system has stopped ({_pool.Name})"));
+        if (_lane is null)
+        {
+            if (!_pool.TryQueue(Call)) Stopped();
+        }
+        else _lane.Queue(_pool, Call, Stopped);
         return done.Task;
     }
 
     /// <summary>The number of threads the pool has started (for tests).</summary>
     internal int Threads => _pool.Threads;
+
+    /// <summary>Calls of this lane holding a thread now (for tests; 0 without a lane).</summary>
+    internal int LaneRunning => _lane?.Running ?? 0;
+
+    /// <summary>
+    /// One image's share of the pool: up to its bound its calls go to the pool at once; beyond it
+    /// they wait here, and each call that ends hands the pool the lane's next one.
+    /// </summary>
+    private sealed class Lane(int maxThreads)
+    {
+        private readonly Queue<(Action Call, Action Stopped)> _waiting = new();
+        private readonly int _max = Math.Max(1, maxThreads);
+        private int _running;
+
+        public int Running
+        {
+            get
+            {
+                lock (_waiting) return _running;
+            }
+        }
+
+        public void Queue(Pool pool, Action call, Action stopped)
+        {
+            lock (_waiting)
+            {
+                if (_running >= _max)
+                {
+                    _waiting.Enqueue((call, stopped));
+                    return;
+                }
+                _running++;
+            }
+            Start(pool, call, stopped);
+        }
+
+        private void Start(Pool pool, Action call, Action stopped)
+        {
+            while (true)
+            {
+                if (pool.TryQueue(() =>
+                    {
+                        call();
+                        Next(pool);
+                    }))
+                    return;
+                stopped(); // the pool has stopped: this call, and every one waiting behind it, fails
+                if (!TryTake(out call, out stopped)) return;
+            }
+        }
+
+        private void Next(Pool pool)
+        {
+            // Back of the pool's queue, not on this thread: other lanes waiting for a thread get their turn.
+            if (TryTake(out var call, out var stopped)) Start(pool, call, stopped);
+        }
+
+        private bool TryTake(out Action call, out Action stopped)
+        {
+            lock (_waiting)
+            {
+                if (_waiting.Count == 0)
+                {
+                    _running--;
+                    call = stopped = null!;
+                    return false;
+                }
+                (call, stopped) = _waiting.Dequeue();
+                return true;
+            }
+        }
+    }
 
     /// <summary>
     /// Threads that take queued work in order; a thread is started whenever work is queued and none

@@ -28,6 +28,7 @@ public sealed class ImageHost : IAsyncDisposable
         System = system;
         Settings = settings;
         MetadataBudget = settings.MetadataCacheBytes > 0 ? new Read.MetadataCacheBudget(settings.MetadataCacheBytes) : null;
+        ThreadPoolFloor.Apply(system.Settings.Config);
         _ownsSystem = ownsSystem;
         _supervisor = system.ActorOf(Props.Create(() => new ImageSupervisor()), supervisorName);
     }

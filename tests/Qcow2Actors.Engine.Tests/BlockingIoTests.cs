@@ -92,4 +92,70 @@ public sealed class BlockingIoTests
         var error = await Assert.ThrowsAsync<IOException>(() => io.Run(() => 1).WaitAsync(Timeout));
         Assert.Contains("stopped", error.Message);
     }
+
+    [Fact]
+    public async Task One_image_whose_calls_hang_holds_at_most_its_lane_and_another_images_call_runs_at_once()
+    {
+        var system = ActorSystem.Create("blocking-io-lanes",
+            ConfigurationFactory.ParseString("qcow2actors { io-threads = 8, io-threads-per-image = 3 }").WithFallback(ImageHost.ReferenceConfig));
+        var hung = BlockingIo.ForImage(system);
+        var healthy = BlockingIo.ForImage(system);
+        using var release = new ManualResetEventSlim();
+        using var started = new CountdownEvent(3);
+        int running = 0, peak = 0;
+        try
+        {
+            // Ten calls of one image block (a hung disk): three hold a thread, seven wait in its lane.
+            var stuck = Enumerable.Range(0, 10).Select(i => hung.Run(() =>
+            {
+                InterlockedMax(ref peak, Interlocked.Increment(ref running));
+                if (!started.IsSet) started.Signal();
+                release.Wait(Timeout);
+                Interlocked.Decrement(ref running);
+                return i;
+            })).ToList();
+            Assert.True(await Task.Run(() => started.Wait(Timeout)), "the hung image's first calls did not start");
+            Assert.Equal(3, hung.LaneRunning);
+
+            // The other image's calls run at once, one after another and several together.
+            for (int i = 0; i < 5; i++) Assert.Equal(i, await healthy.Run(() => i).WaitAsync(Timeout));
+            Assert.Equal(new[] { 0, 1, 2, 3 }, await Task.WhenAll(Enumerable.Range(0, 4).Select(i => healthy.Run(() => i))).WaitAsync(Timeout));
+            Assert.Equal(3, Volatile.Read(ref running));
+            Assert.InRange(healthy.Threads, 4, 8); // one pool: the hung image's three threads plus the healthy one's
+
+            // The disk comes back: every queued call runs, in order, never more than three at once.
+            release.Set();
+            Assert.Equal(Enumerable.Range(0, 10), await Task.WhenAll(stuck).WaitAsync(Timeout));
+            Assert.Equal(3, peak);
+            Assert.Equal(0, hung.LaneRunning);
+        }
+        finally
+        {
+            release.Set();
+            await system.Terminate();
+        }
+    }
+
+    [Fact]
+    public async Task Calls_waiting_in_a_lane_when_the_actor_system_stops_fail_instead_of_hanging()
+    {
+        var system = ActorSystem.Create("blocking-io-lane-stopped",
+            ConfigurationFactory.ParseString("qcow2actors.io-threads-per-image = 1").WithFallback(ImageHost.ReferenceConfig));
+        var io = BlockingIo.ForImage(system);
+        using var release = new ManualResetEventSlim();
+        using var started = new ManualResetEventSlim();
+        var first = io.Run(() =>
+        {
+            started.Set();
+            release.Wait(Timeout);
+            return 1;
+        });
+        var queued = io.Run(() => 2);
+        Assert.True(await Task.Run(() => started.Wait(Timeout)));
+        await system.Terminate();
+        release.Set();
+        Assert.Equal(1, await first.WaitAsync(Timeout)); // the call already running finishes
+        var error = await Assert.ThrowsAsync<IOException>(() => queued.WaitAsync(Timeout));
+        Assert.Contains("stopped", error.Message);
+    }
 }

@@ -53,7 +53,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     private readonly List<TaskCompletionSource<TableCounts>> _inspectors = new();
     private long _tick;
     private readonly TimeProvider _time;
-    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+    private readonly BlockingIo _io = BlockingIo.ForImage(Context.System);
     private ITimer? _checkpointTimer;
     private ITimer? _sweepTimer;
     private readonly IdleSweep _idle;
@@ -160,7 +160,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             var layer = (Qcow2Layer)opened.Layer;
             var ctx = new ImageContext(_path, layer.File, layer.DataFile, opened.HeaderBlock!, layer,
-                Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault);
+                Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault) { Io = _io };
             // The map of metadata clusters every write is checked against, as the image is now on disk.
             ctx.Snapshots = await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open

@@ -45,6 +45,12 @@ internal sealed class ImageContext
 
     private IReadOnlyList<SnapshotEntry> _snapshots = [];
 
+    /// <summary>
+    /// The image's lane of the engine's I/O threads (<see cref="BlockingIo.ForImage"/>), which every
+    /// actor of the image runs its blocking file I/O on; null: the shared pool without a lane.
+    /// </summary>
+    public BlockingIo? Io { get; init; }
+
     /// <summary>Where the image's metadata lives (overlap checks).</summary>
     public MetadataMap Metadata { get; }
 

@@ -20,7 +20,7 @@ internal sealed class JournalActor : ReceivePersistentActor
 
     private readonly ImageContext _ctx;
     private readonly Func<bool> _markDirty;
-    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+    private readonly BlockingIo _io;
     private List<MetadataRecord> _pending = new();
     private List<long> _pendingFreed = new();
     private List<TaskCompletionSource> _pendingDurable = new();
@@ -35,6 +35,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     public JournalActor(ImageContext ctx, string persistenceId, Func<bool> markDirty)
     {
         _ctx = ctx;
+        _io = ctx.Io ?? BlockingIo.For(Context.System);
         _markDirty = markDirty;
         PersistenceId = persistenceId;
         JournalPluginId = ctx.Settings.JournalPluginId;

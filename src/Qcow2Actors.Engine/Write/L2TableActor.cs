@@ -39,11 +39,12 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     // is durable, unless a write maps the cluster again first (keyed by guest cluster offset).
     private readonly Dictionary<long, Task> _dataPunches = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+    private readonly BlockingIo _io;
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
         _ctx = ctx;
+        _io = ctx.Io ?? BlockingIo.For(Context.System);
         _l1Index = l1Index;
         _g = ctx.Geometry;
         _entries = _g.L2Entries;

@@ -12,10 +12,11 @@ namespace Qcow2Actors.Engine.Write;
 /// </summary>
 internal sealed class RefcountActor : ReceiveActor
 {
-    private readonly BlockingIo _io = BlockingIo.For(Context.System);
+    private readonly BlockingIo _io;
 
     public RefcountActor(ImageContext ctx, RefcountAllocator refcounts)
     {
+        _io = ctx.Io ?? BlockingIo.For(Context.System);
         Receive<AllocateClusters>(m => Reply(m.Reply, () => refcounts.Allocate(m.Count)));
         Receive<AllocateCompressedBytes>(m => Reply(m.Reply, () => refcounts.AllocateCompressed(m.Length)));
         Receive<AdjustRefcounts>(m =>
