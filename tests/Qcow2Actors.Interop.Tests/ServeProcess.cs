@@ -97,22 +97,8 @@ internal sealed class ServeProcess : IDisposable
     private int? ExitCodeOrNull => _process.HasExited ? _process.ExitCode : null;
 
     /// <summary>Sends <paramref name="signal"/> (TERM, INT, ...) and waits for the exit code.</summary>
-    public int Stop(string signal = "TERM", int timeoutSeconds = 60)
-    {
-        QemuTools.Run("kill", "-" + signal, _process.Id.ToString(CultureInfo.InvariantCulture)).EnsureSuccess();
-        if (!_process.WaitForExit(timeoutSeconds * 1000))
-            throw new TimeoutException($"q2a serve did not exit {timeoutSeconds} s after SIG{signal}; stderr: {StdErr}");
-        _process.WaitForExit(); // drains the output events
-        return _process.ExitCode;
-    }
+    public int Stop(string signal = "TERM", int timeoutSeconds = 60) =>
+        ChildProcess.Stop(_process, "q2a serve", signal, timeoutSeconds, () => "stderr: " + StdErr);
 
-    public void Dispose()
-    {
-        if (!_process.HasExited)
-        {
-            try { _process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            _process.WaitForExit(10_000);
-        }
-        _process.Dispose();
-    }
+    public void Dispose() => ChildProcess.KillAndDispose(_process);
 }

@@ -134,22 +134,8 @@ internal sealed class HostProcess : IDisposable
     public string Uri(string export) => string.Create(CultureInfo.InvariantCulture, $"nbd://127.0.0.1:{NbdPort}/{export}");
 
     /// <summary>Sends SIG<paramref name="signal"/> and waits for the exit code.</summary>
-    public int Stop(string signal = "TERM", int timeoutSeconds = 60)
-    {
-        QemuTools.Run("kill", "-" + signal, _process.Id.ToString(CultureInfo.InvariantCulture)).EnsureSuccess();
-        if (!_process.WaitForExit(timeoutSeconds * 1000))
-            throw new TimeoutException($"q2a host did not exit {timeoutSeconds} s after SIG{signal}:\n{Output}");
-        _process.WaitForExit(); // drains the output events
-        return _process.ExitCode;
-    }
+    public int Stop(string signal = "TERM", int timeoutSeconds = 60) =>
+        ChildProcess.Stop(_process, "q2a host", signal, timeoutSeconds, () => "\n" + Output);
 
-    public void Dispose()
-    {
-        if (!_process.HasExited)
-        {
-            try { _process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            _process.WaitForExit(10_000);
-        }
-        _process.Dispose();
-    }
+    public void Dispose() => ChildProcess.KillAndDispose(_process);
 }
