@@ -1,4 +1,3 @@
-using System.CommandLine;
 using Qcow2Actors.Cli;
 using Qcow2Actors.Cli.Commands.Ctl;
 
@@ -11,7 +10,4 @@ if (ParseErrors.Describe(parse, args) is { } error)
     await Console.Error.WriteLineAsync(error).ConfigureAwait(false);
     return 1;
 }
-// serve and host handle SIGINT/SIGTERM/SIGHUP themselves and exit once every image is closed clean:
-// System.CommandLine must not answer those signals (it would end the process after a 2 s grace period).
-var invocation = args is ["serve" or "host", ..] ? new InvocationConfiguration { ProcessTerminationTimeout = null } : null;
-return await parse.InvokeAsync(invocation).ConfigureAwait(false);
+return await parse.InvokeAsync().ConfigureAwait(false);

@@ -24,9 +24,9 @@ internal static class HostCommand
         var command = new Command("host", "Run the multi-tenant storage daemon (NBD exports managed through the control API) until SIGTERM/SIGINT")
             { config, control, controlPort, port, socket, dataDir };
 
-        // The generic host handles the signals and closes every image before returning (Program.cs keeps
-        // System.CommandLine's own termination handling off for this verb).
-        command.SetAction((parse, _) => CliRunner.RunAsync(async () =>
+        // Synchronous on purpose, as serve: System.CommandLine gives an asynchronous action only a short grace
+        // period after SIGTERM; the generic host handles the signals and closes every image before returning.
+        command.SetAction(parse => CliRunner.RunAsync(async () =>
         {
             var settings = HostSettings.Load(parse.GetValue(config), parse.GetValue(dataDir), parse.GetValue(control),
                 parse.GetValue(controlPort), parse.GetValue(port), parse.GetValue(socket));
@@ -38,7 +38,7 @@ internal static class HostCommand
             {
                 throw new InvalidOperationException($"cannot listen for NBD on {settings.NbdEndPoint}: {ex.Message}", ex);
             }
-        }));
+        }).GetAwaiter().GetResult());
         return command;
     }
 }

@@ -37,9 +37,10 @@ internal static class ServeCommand
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
             { bind, port, socket, exportName, readOnly, discard, cache, create, format, config, images };
 
-        // This verb handles the signals itself and exits 0 once every image is closed (Program.cs
-        // keeps System.CommandLine's own termination handling off for it).
-        command.SetAction((parse, _) => CliRunner.RunAsync(async () =>
+        // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
+        // short grace period after SIGTERM before it returns 143, cutting off the clean close.
+        // This verb handles the signals itself and exits 0 once every image is closed.
+        command.SetAction(parse => CliRunner.RunAsync(async () =>
         {
             var settings = ServeSettings.From(
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
@@ -47,7 +48,7 @@ internal static class ServeCommand
                 parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache));
             using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
-        }));
+        }).GetAwaiter().GetResult());
         return command;
     }
 
