@@ -172,12 +172,8 @@ public sealed partial class Qcow2Image
             ObjectDisposedException.ThrowIf(image._disposed != 0, image);
         }
 
-        private static T Block<T>(ValueTask<T> pending) =>
-            pending.IsCompletedSuccessfully ? pending.Result : pending.AsTask().GetAwaiter().GetResult();
+        private static T Block<T>(ValueTask<T> pending) => Device.SyncCompletion.Wait(pending);
 
-        private static void Block(ValueTask pending)
-        {
-            if (!pending.IsCompletedSuccessfully) pending.AsTask().GetAwaiter().GetResult();
-        }
+        private static void Block(ValueTask pending) => Device.SyncCompletion.Wait(pending);
     }
 }
