@@ -115,6 +115,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         // request's (EnsureQuota), given back when it ends.
         _space = Refcounts.Space is { } account ? new SpaceReservation(account.Quota, request) : null;
         _unlimited = unlimited;
+        Exception? failure = null;
         try
         {
             _ctx.ThrowIfReadOnly();
@@ -123,7 +124,6 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             if (_ctx.JournalSpace is { Unchecked: false } space && space.Headroom < Journal.JournalReservation.Margin)
                 await _io.Run(() => space.EnsureHeadroom(freeingOnly));
             await body();
-            done.TrySetResult();
         }
         catch (Exception ex)
         {
@@ -131,13 +131,17 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             if (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                 ex = new Qcow2NoSpaceException($"'{_ctx.Path}': no space left on the host for this request: {ex.Message}", ex);
             if (ex is Qcow2NoSpaceException) _ctx.Report(Qcow2ImageFaultKind.NoSpace, ex.Message);
-            done.TrySetException(ex);
+            failure = ex;
         }
         finally
         {
             _space?.Dispose();
             _space = null;
         }
+        // Completed only after this operation's reservation went back to the request's: the caller
+        // disposes that one as soon as every operation has completed.
+        if (failure is null) done.TrySetResult();
+        else done.TrySetException(failure);
     }
 
     private async Task WriteBackAsync(WriteBackTable m)

@@ -17,6 +17,7 @@ internal sealed class SpaceReservation : IDisposable
     private readonly object _lock = new();
     private readonly SpaceReservation? _parent;
     private long _remaining;
+    private bool _disposed;
 
     public SpaceReservation(SpaceQuota quota, SpaceReservation? parent = null)
     {
@@ -80,10 +81,19 @@ internal sealed class SpaceReservation : IDisposable
 
     private void Give(long bytes)
     {
-        lock (_lock) _remaining += bytes;
+        lock (_lock)
+        {
+            if (!_disposed)
+            {
+                _remaining += bytes;
+                return;
+            }
+        }
+        // A child that outlived this reservation: its rest goes where this one's went.
+        GiveUp(bytes);
     }
 
-    /// <summary>Gives back what was not used: to the parent reservation, or to the quota.</summary>
+    /// <summary>Gives back what was not used: to the parent reservation, or to the quota. Bytes a child gives back later follow the same way.</summary>
     public void Dispose()
     {
         long rest;
@@ -91,9 +101,14 @@ internal sealed class SpaceReservation : IDisposable
         {
             rest = _remaining;
             _remaining = 0;
+            _disposed = true;
         }
-        if (rest == 0) return;
-        if (_parent is not null) _parent.Give(rest);
-        else Quota.Release(rest);
+        if (rest != 0) GiveUp(rest);
+    }
+
+    private void GiveUp(long bytes)
+    {
+        if (_parent is not null) _parent.Give(bytes);
+        else Quota.Release(bytes);
     }
 }
