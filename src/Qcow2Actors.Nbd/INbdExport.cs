@@ -29,6 +29,14 @@ public interface INbdExport
     /// </summary>
     IReadOnlyList<KeyValuePair<string, object?>> MetricTags => [];
 
+    /// <summary>
+    /// The tenant that owns this export (a multi-tenant host sets it), or null. The server uses it
+    /// to keep tenants apart: <see cref="NbdServer.DisconnectTenantAsync"/> closes a tenant's
+    /// connections, and with client identities a client sees only its own tenant's exports.
+    /// Keep it fixed while the export is served. Default: none.
+    /// </summary>
+    string? Tenant => null;
+
     /// <summary>Size in bytes; fixed while the export is served.</summary>
     long Size { get; }
 

@@ -130,6 +130,26 @@ public sealed class NbdServer : IAsyncDisposable
         return true;
     }
 
+    /// <summary>
+    /// Closes every connection of <paramref name="tenant"/> (those transmitting on one of its exports) at
+    /// once, as a revoked tenant's must be: their requests in flight are cut off, not waited for.
+    /// Completes when they are gone; returns how many were closed.
+    /// </summary>
+    public async Task<int> DisconnectTenantAsync(string tenant)
+    {
+        ArgumentNullException.ThrowIfNull(tenant);
+        var closing = new List<Task>();
+        foreach (var (connection, served) in _connections)
+        {
+            if (connection.Export?.Tenant != tenant) continue;
+            connection.Abort();
+            closing.Add(served);
+        }
+        await Task.WhenAll(closing);
+        if (closing.Count > 0) _log.LogInformation("NBD: tenant '{Tenant}' revoked; {Count} client(s) disconnected", tenant, closing.Count);
+        return closing.Count;
+    }
+
     /// <summary>Connections that have selected the export named <paramref name="exportName"/> and are being served.</summary>
     public int GetConnectionCount(string exportName)
     {

@@ -120,4 +120,40 @@ public class NbdServerRunTimeExportTests
         var (size, _) = await client.GoAsync("");
         Assert.Equal(8192UL, size);
     }
+
+    [Fact]
+    public async Task Disconnecting_a_tenant_closes_its_clients_at_once_and_spares_other_tenants()
+    {
+        var stuck = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await StartEmptyAsync();
+        try
+        {
+            var readStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            server.AddExport(new ScriptedExport(new MemoryExport("acme/disk", 1 << 16) { Tenant = "acme" })
+            {
+                BeforeRead = _ => { readStarted.TrySetResult(); return stuck.Task; },
+            });
+            server.AddExport(new MemoryExport("globex/disk", 1 << 16) { Tenant = "globex" });
+            await using var revoked = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+            await revoked.GoAsync("acme/disk");
+            await using var other = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+            await other.GoAsync("globex/disk");
+            await revoked.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
+            await readStarted.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+            // Not waited for: the read in flight never completes, the connection closes anyway.
+            Assert.Equal(1, await server.DisconnectTenantAsync("acme").WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.True(await revoked.WaitForCloseAsync());
+
+            await other.SendRequestAsync(0, RawNbdClient.CmdRead, 2, 0, 512);
+            var (error, handle, _) = await other.ReadSimpleReplyAsync(512).WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(0u, error);
+            Assert.Equal(2UL, handle);
+            Assert.Equal(0, await server.DisconnectTenantAsync("nobody"));
+        }
+        finally
+        {
+            stuck.TrySetResult(); // however the test ends, the server's disposal must not wait on it
+        }
+    }
 }

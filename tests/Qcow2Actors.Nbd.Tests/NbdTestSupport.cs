@@ -253,6 +253,7 @@ internal sealed class ScriptedExport(INbdExport inner) : INbdExport
     public Func<long, Exception?>? WriteFailure { get; set; }
 
     public string Name => inner.Name;
+    public string? Tenant => inner.Tenant;
     public long Size => inner.Size;
     public bool IsReadOnly => inner.IsReadOnly;
 

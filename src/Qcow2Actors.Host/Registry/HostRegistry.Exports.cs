@@ -25,6 +25,7 @@ internal sealed partial class HostRegistry
         var export = new Qcow2Export(entry.Image!, name, readOnly, ownsImage: false, discard: Settings.Discard)
         {
             MetricTags = [new("tenant", entry.Tenant)],
+            Tenant = entry.Tenant,
         };
         var served = Throttle(export);
         var exportEntry = new ExportEntry(name, entry, readOnly, export, served);

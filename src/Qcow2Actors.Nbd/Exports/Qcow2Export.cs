@@ -76,6 +76,10 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
 
     /// <inheritdoc/>
+    /// <remarks>Set when creating the export, e.g. <c>new(...) { Tenant = "acme" }</c>.</remarks>
+    public string? Tenant { get; init; }
+
+    /// <inheritdoc/>
     /// <remarks>The image's size now: a resize (or snapshot apply) of the served image shows to the next client that connects.</remarks>
     public long Size => _image.VirtualSize;
 

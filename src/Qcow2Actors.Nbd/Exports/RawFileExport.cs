@@ -59,6 +59,10 @@ public sealed class RawFileExport : INbdExport, IDisposable
     public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
 
     /// <inheritdoc/>
+    /// <remarks>Set when creating the export, e.g. <c>new(...) { Tenant = "acme" }</c>.</remarks>
+    public string? Tenant { get; init; }
+
+    /// <inheritdoc/>
     public long Size { get; }
 
     /// <inheritdoc/>

@@ -16,7 +16,7 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// pipelined batch goes out in one send. Anything that goes wrong here ends at most this connection.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001:Types that own disposable fields should be disposable",
-    Justification = "RunAsync is the connection's whole life: its finally closes the socket and disposes _stream. _slots is "
+    Justification = "RunAsync is the connection's whole life: its finally closes the socket and disposes _stream. _cut, like _gone, holds no timer or wait handle. _slots is "
         + "used through WaitAsync/Release only, so it never allocates a wait handle, and after a hard abort a late Release "
         + "from a request still being dispatched must not meet a disposed semaphore.")]
 internal sealed class NbdConnection
@@ -39,6 +39,9 @@ internal sealed class NbdConnection
     // and never disposed: late requests may still look at it, and without a timer or wait handle
     // it holds nothing to free.
     private readonly CancellationTokenSource _gone = new();
+    // Fires on Abort alone (this connection cut off: a revoked tenant, a removal that ran out of
+    // time): the close stops waiting for requests still running, as a server-wide abort does.
+    private readonly CancellationTokenSource _cut = new();
     private SemaphoreSlim _slots = null!;
     private AsyncByteGate _bytes = null!;
     private ReplySender _sender = null!;
@@ -95,7 +98,7 @@ internal sealed class NbdConnection
                 await TransmissionAsync(session);
             }
         }
-        catch (OperationCanceledException) when (_stopping.IsCancellationRequested || _abort.IsCancellationRequested)
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested || _abort.IsCancellationRequested || _cut.IsCancellationRequested)
         {
             _log.LogDebug("NBD {Peer}: closed by server stop", _peer);
         }
@@ -124,6 +127,7 @@ internal sealed class NbdConnection
     {
         _broken = true;
         _ = _gone.CancelAsync(); // its callbacks run off this thread
+        _ = _cut.CancelAsync();
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
     }
 
@@ -154,7 +158,8 @@ internal sealed class NbdConnection
             {
                 // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
                 // stop never drops acknowledged work on the floor; only a hard abort cuts this short.
-                for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(_abort);
+                using var cutOff = CancellationTokenSource.CreateLinkedTokenSource(_abort, _cut.Token);
+                for (var i = 0; i < _maxSlots; i++) await _slots.WaitAsync(cutOff.Token);
             }
             finally
             {

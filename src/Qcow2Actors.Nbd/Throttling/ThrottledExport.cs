@@ -50,6 +50,9 @@ public sealed class ThrottledExport : INbdExport, IDisposable
     public IReadOnlyList<KeyValuePair<string, object?>> MetricTags => _inner.MetricTags;
 
     /// <inheritdoc/>
+    public string? Tenant => _inner.Tenant;
+
+    /// <inheritdoc/>
     public long Size => _inner.Size;
 
     /// <inheritdoc/>
