@@ -30,6 +30,7 @@ internal static class HostCommand
         {
             var settings = HostSettings.Load(parse.GetValue(config), parse.GetValue(dataDir), parse.GetValue(control),
                 parse.GetValue(controlPort), parse.GetValue(port), parse.GetValue(socket));
+            if (IgnoredSignals.Warning("host", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             try
             {
                 return await HostApplication.RunAsync(settings).ConfigureAwait(false);

@@ -46,6 +46,7 @@ internal static class ServeCommand
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
                 parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache));
+            if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
         }).GetAwaiter().GetResult());
