@@ -26,6 +26,8 @@ internal static class Verbs
         ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
         ("rebase", () => [Commands.RebaseCommand.Create()]),
         ("commit", () => [Commands.CommitCommand.Create()]),
+        ("dd", () => [Commands.DdCommand.Create()]),
+        ("bench", () => [Commands.BenchCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>

@@ -44,6 +44,7 @@ internal static class CommitCommand
     public static async Task RunAsync(string topPath, string? format, string? baseName, bool keep, CacheMode cache, bool progress, CancellationToken ct)
     {
         if (format is not null and not "qcow2") throw new CliException("Image does not have a backing file");
+        if (!File.Exists(topPath)) throw new FileNotFoundException($"Could not open '{topPath}': No such file or directory", topPath);
         var hold = TestHold.FromEnvironment();
         // The top image is ours for the whole commit, as qemu-img holds it open for writing; its
         // chain is read with force-share so the base can be opened for writing beside it.
