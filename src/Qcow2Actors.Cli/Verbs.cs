@@ -24,6 +24,10 @@ internal static class Verbs
         ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
         ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
+        ("rebase", () => [Commands.RebaseCommand.Create()]),
+        ("commit", () => [Commands.CommitCommand.Create()]),
+        ("dd", () => [Commands.DdCommand.Create()]),
+        ("bench", () => [Commands.BenchCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>

@@ -129,6 +129,36 @@ internal sealed class HeaderWriter
         }
     }
 
+    /// <summary>
+    /// Sets the backing file name and format (both null: no backing file) and writes cluster 0 in
+    /// one write, zeroing what is left of a longer old name; the caller flushes. Refused, with
+    /// nothing written, when the new name and extensions do not fit in cluster 0.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The header, its extensions and the name need more than one cluster.</exception>
+    public void ChangeBacking(string? name, string? format)
+    {
+        lock (_lock)
+        {
+            int oldLength = _block.EncodedLength;
+            var (oldName, oldFormat) = (_block.BackingFileName, _block.BackingFormat);
+            _block.BackingFileName = name;
+            _block.BackingFormat = name is null ? null : format;
+            var cluster = new byte[_block.Header.ClusterSize];
+            try
+            {
+                _block.Write(cluster);
+            }
+            catch (InvalidOperationException)
+            {
+                (_block.BackingFileName, _block.BackingFormat) = (oldName, oldFormat);
+                _block.Write(cluster);
+                throw;
+            }
+            _snapshot = _block.Header.Clone();
+            _device.Write(cluster.AsSpan(0, Math.Max(oldLength, _block.EncodedLength)), 0);
+        }
+    }
+
     private void WriteLocked()
     {
         _snapshot = _block.Header.Clone();

@@ -343,10 +343,10 @@ internal sealed partial class L2TableActor
         return true;
     }
 
-    private async Task DiscardAsync(long offset, long length)
+    private async Task DiscardAsync(long offset, long length, bool deallocate)
     {
         await LoadAsync();
-        if (_words is null && !Planner.BackingHasData((long)_l1Index << _g.L2CoverageBits)) return;
+        if (_words is null && (deallocate || !Planner.BackingHasData((long)_l1Index << _g.L2CoverageBits))) return;
         if (_g.ExternalDataFile)
         {
             await DiscardDataFileAsync(offset, length);
@@ -355,7 +355,7 @@ internal sealed partial class L2TableActor
         var records = new List<MetadataRecord>();
         var release = new List<long>();
         bool newTable = false;
-        foreach (var change in Planner.PlanDiscard(Table, offset, length))
+        foreach (var change in Planner.PlanDiscard(Table, offset, length, deallocate))
         {
             newTable |= await EnsureWritableTableAsync(records, release);
             Apply(change, records, release);

@@ -66,7 +66,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     {
         ReceiveAsync<WriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data)));
         ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
-        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length)));
+        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length, m.Deallocate)));
         ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
         ReceiveAsync<PunchDataClusters>(_ => _io.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>

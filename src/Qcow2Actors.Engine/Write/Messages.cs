@@ -17,7 +17,7 @@ internal sealed record WriteOp(long Offset, ReadOnlyMemory<byte> Data, TaskCompl
 internal sealed record ZeroOp(long Offset, long Length, bool Unmap, TaskCompletionSource Done, SpaceReservation? Space = null);
 
 /// <summary>Guest discard inside one L2 table's range.</summary>
-internal sealed record DiscardOp(long Offset, long Length, TaskCompletionSource Done);
+internal sealed record DiscardOp(long Offset, long Length, TaskCompletionSource Done, bool Deallocate = false);
 
 /// <summary>Writes one whole guest cluster compressed (falls back to a normal write if it does not shrink).</summary>
 internal sealed record CompressedWriteOp(long Offset, ReadOnlyMemory<byte> Cluster, TaskCompletionSource Done, SpaceReservation? Space = null);

@@ -373,16 +373,20 @@ internal sealed class WritePlanner
     /// Discards the whole clusters inside [offset, offset + length) (discard is advisory: partial
     /// clusters stay). As QEMU: a discarded cluster reads as zeros in v3 even where it was
     /// unallocated over a backing file (v2 cannot say so, and shows the backing file again).
+    /// With <paramref name="deallocate"/> (QEMU's full discard, as qemu-img commit empties the top
+    /// image) every cluster the range touches becomes unallocated, reading from the backing file
+    /// again; the range is then the whole disk, so a last partial cluster goes too.
     /// </summary>
-    public List<EntryChange> PlanDiscard(TableEntries table, long offset, long length)
+    public List<EntryChange> PlanDiscard(TableEntries table, long offset, long length, bool deallocate = false)
     {
         long cs = _g.ClusterSize;
         var changes = new List<EntryChange>();
-        for (long c = (offset + cs - 1) & ~(cs - 1); c + cs <= offset + length; c += cs)
+        long end = deallocate ? (offset + length + cs - 1) & ~(cs - 1) : offset + length;
+        for (long c = (offset + cs - 1) & ~(cs - 1); c + cs <= end; c += cs)
         {
             int index = _g.L2Index(c);
             var e = table[index];
-            L2Entry next = BackingHasData(c)
+            L2Entry next = !deallocate && BackingHasData(c)
                 ? (_g.ExtendedL2 ? L2Entry.Extended(0, false, 0, uint.MaxValue) : _g.Version >= 3 ? L2Entry.Zero() : default)
                 : default;
             if (next == e) continue;

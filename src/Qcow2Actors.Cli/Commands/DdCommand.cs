@@ -1,0 +1,131 @@
+using System.CommandLine;
+using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Device;
+
+namespace Qcow2Actors.Cli.Commands;
+
+/// <summary>
+/// <c>q2a dd [-U] [-f FMT] [-O raw|qcow2] [bs=N] [count=N] [skip=N] if=IN of=OUT</c>, as qemu-img dd:
+/// OUT is created (replaced) with the size of what is copied and every block is written, zeros
+/// included, so a qcow2 OUT is fully allocated as qemu-img leaves it. qemu-img's arithmetic is
+/// kept: count counts from the start of IN, skipped blocks included, so OUT holds
+/// [skip*bs, min(count*bs, size of IN)); a skip past that end gives an empty OUT and a warning.
+/// </summary>
+internal static class DdCommand
+{
+    private const int MaxChunk = 4 * 1024 * 1024;
+    private const string Suffixes = "You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.";
+
+    public static Command Create()
+    {
+        var format = new Option<string?>("-f") { Description = "input format (qcow2 or raw); probed when absent" };
+        var outFormat = new Option<string>("-O") { Description = "output format: raw (default) or qcow2", DefaultValueFactory = _ => "raw" };
+        var forceShare = ForceShareOption.Create();
+        var operands = new Argument<string[]>("operands") { Arity = ArgumentArity.ZeroOrMore, Description = "bs=BLOCK_SIZE count=BLOCKS skip=BLOCKS if=INPUT of=OUTPUT" };
+        var command = new Command("dd", "Copy part of an image into a new image, dd style") { format, outFormat, forceShare, operands };
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
+            RunAsync(Operands.Parse(parse.GetValue(operands) ?? []), parse.GetValue(format), parse.GetValue(outFormat)!, parse.GetValue(forceShare), ct)));
+        return command;
+    }
+
+    /// <summary>dd's operands as qemu-img reads them (the last of a repeated one wins).</summary>
+    internal sealed record Operands(string? Input, string? Output, long BlockSize, long? Count, long? Skip)
+    {
+        public static Operands Parse(IEnumerable<string> args)
+        {
+            string? input = null, output = null;
+            long bs = 512;
+            long? count = null, skip = null;
+            foreach (var arg in args)
+            {
+                int eq = arg.IndexOf('=', StringComparison.Ordinal);
+                string key = eq < 0 ? arg : arg[..eq], value = eq < 0 ? "" : arg[(eq + 1)..];
+                switch (eq < 0 ? null : key)
+                {
+                    case "if": input = value; break;
+                    case "of": output = value; break;
+                    case "bs":
+                        bs = Number("bs", value);
+                        if (bs is < 1 or > int.MaxValue) throw new CliException($"Invalid bs specified. Must be between 1 and {int.MaxValue}.");
+                        break;
+                    case "count": count = Number("count", value); break;
+                    case "skip": skip = Number("skip", value); break;
+                    default: throw new CliException($"unrecognized operand {key}");
+                }
+            }
+            if (input is null || output is null) throw new CliException("Must specify both input and output files");
+            return new Operands(input, output, bs, count, skip);
+        }
+
+        private static long Number(string name, string text)
+        {
+            if (QemuSize.TryParse(text, out var value) != QemuSizeError.None || value > long.MaxValue)
+                throw new CliException($"Invalid {name} specified. {Suffixes}");
+            return (long)value;
+        }
+    }
+
+    public static async Task<int> RunAsync(Operands o, string? format, string outFormat, bool forceShare, CancellationToken ct)
+    {
+        if (outFormat is not ("raw" or "qcow2")) throw new CliException("Unknown file format");
+        await using var src = await Qcow2Image.OpenAsync(o.Input!, new Qcow2OpenOptions { Format = format, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        long size = src.VirtualSize;
+        long bs = o.BlockSize;
+        if (o.Count is { } count && count <= long.MaxValue / bs && count * bs < size) size = count * bs;
+        bool skipPastEnd = o.Skip is { } skip && (skip > long.MaxValue / bs || size < skip * bs);
+        long start = skipPastEnd ? size : (o.Skip ?? 0) * bs;
+        string target = o.Output!;
+        try
+        {
+            if (outFormat == "raw")
+            {
+                using var targetLock = File.Exists(target) ? ImageLock.Acquire(target, LockMode.Creator) : null;
+                using var handle = File.OpenHandle(target, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite);
+                RandomAccess.SetLength(handle, size - start);
+            }
+            else
+            {
+                var options = CreateOptions.Parse("qcow2", [], imagePath: null).ToQcow2Options(size - start, $"{target}: error while creating output image: ");
+                if (File.Exists(target))
+                {
+                    using var inUse = ImageLock.Acquire(target, LockMode.Creator);
+                    File.Delete(target);
+                }
+                ImageCreator.Create(target, options);
+            }
+        }
+        catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"{target}: error while creating output image: {(ex is ImageLockException l ? l.Reason : ex.Message)}", ex);
+        }
+        // Like dd(1): an empty output and a warning, but success.
+        if (skipPastEnd) await Console.Error.WriteLineAsync($"q2a: {o.Input}: cannot skip to specified offset").ConfigureAwait(false);
+        var buffer = new byte[Math.Min(bs, MaxChunk)];
+        if (outFormat == "raw")
+        {
+            using var dst = File.OpenHandle(target, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+            for (long pos = start; pos < size;)
+            {
+                int n = (int)Math.Min(buffer.Length, size - pos);
+                await src.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                await RandomAccess.WriteAsync(dst, buffer.AsMemory(0, n), pos - start, ct).ConfigureAwait(false);
+                pos += n;
+            }
+            return 0;
+        }
+        await using var host = ImageHost.Create();
+        var dstImage = await host.OpenAsync(target, new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
+        await using (dstImage.ConfigureAwait(false))
+        {
+            for (long pos = start; pos < size;)
+            {
+                int n = (int)Math.Min(buffer.Length, size - pos);
+                await src.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                await dstImage.WriteAsync(pos - start, buffer.AsMemory(0, n), cancellationToken: ct).ConfigureAwait(false);
+                pos += n;
+            }
+        }
+        return 0;
+    }
+}
