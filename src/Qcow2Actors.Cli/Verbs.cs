@@ -24,6 +24,7 @@ internal static class Verbs
         ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
         ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
+        ("measure", () => [Commands.MeasureCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>
