@@ -25,6 +25,7 @@ internal static class Verbs
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
         ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
         ("measure", () => [Commands.MeasureCommand.Create()]),
+        ("amend", () => [Commands.AmendCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>
