@@ -8,7 +8,8 @@ namespace Qcow2Actors.Engine.Amend;
 /// Shrinks a closed qcow2 image as <c>qemu-img resize --shrink</c> does: the clusters past the new
 /// end are discarded (their references dropped; shared ones stay for the snapshots that hold them),
 /// the L1 table is cut to what the new size needs, and the file is cut after its last used cluster.
-/// Order: entries past the end in the last kept L2 table go first (data the user asked to drop);
+/// Order: entries past the end in the last kept L2 table go first (data the user asked to drop; a
+/// table a snapshot shares is copied instead of changed);
 /// the new, shorter L1 is written to new clusters; one header write switches size and L1 together;
 /// only then are references dropped, so a crash leaks clusters at worst.
 /// </summary>
@@ -61,8 +62,6 @@ public static class ImageShrinker
             for (int j = first; j < h.L2Entries; j++) L2Table.WriteEntry(kept, j, h.HasExtendedL2, default);
             if (!kept.AsSpan().SequenceEqual(table))
             {
-                if (s.Refcounts.Get(l2 >> cb) != 1)
-                    throw new ImageAmendException("Shrinking into an L2 table a snapshot shares is not supported by q2a");
                 s.AddL2Entries(table, l2, first, -1, decrements);
                 partial = (l2, kept);
             }
@@ -71,6 +70,15 @@ public static class ImageShrinker
 
         var newL1 = l1.Take(newL1Size).ToArray();
         Array.Resize(ref newL1, newL1Size);
+        if (partial is { } shared && s.Refcounts.Get(shared.Offset >> cb) != 1)
+        {
+            // A snapshot shares the last kept L2 table: the disk gets its own copy (copy on write),
+            // and drops its reference to the shared one instead of changing it.
+            long copy = s.AllocateBytes(cs);
+            Add(decrements, shared.Offset >> cb, -1);
+            newL1[newL1Size - 1] = (ulong)copy | L1Entry.CopiedFlag;
+            partial = (copy, shared.Table);
+        }
         long newL1Offset = s.AllocateBytes(newL1Size * 8L);
         s.KeepOldRefcountTable();
         // 1. The last kept L2 table without its entries past the end; the new L1 and its allocation.
@@ -97,6 +105,9 @@ public static class ImageShrinker
             device.Flush();
         }
     }
+
+    private static void Add(Dictionary<long, long> deltas, long cluster, long delta) =>
+        deltas[cluster] = deltas.GetValueOrDefault(cluster) + delta;
 
     private static long LastUsedCluster(SnapshotSession s, long clusters)
     {

@@ -65,6 +65,27 @@ public sealed class ImageAmenderCrashTests : IDisposable
         AssertEveryCrashStateIsCleanAndReadsTheSame(path, device);
     }
 
+    [QemuTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Every_crash_during_a_shrink_leaves_at_most_leaks(bool snapshot)
+    {
+        var path = QemuImage("compat=1.1", "write -P 1 0 1M", "write -c -P 2 3M 64k", "write -P 3 6M 1M");
+        if (snapshot) QemuTools.QemuImg("snapshot", "-c", "s1", path).EnsureSuccess();
+        var initial = File.ReadAllBytes(path);
+        var device = new RecordingDevice(new MemoryBlockDevice(initial));
+        ImageShrinker.Shrink(device, 3200 * 1024);
+        var final = ImageChecker.Check(new MemoryBlockDevice(device.ToArray()), "final");
+        Assert.True(final.Corruptions == 0 && final.Leaks == 0 && final.CheckErrors == 0, string.Join("; ", final.Messages));
+        int n = 0;
+        foreach (var bytes in RecordingDevice.CrashStates(initial, device))
+        {
+            var result = ImageChecker.Check(new MemoryBlockDevice(bytes), $"crash state {n}");
+            Assert.True(result.AbortReason is null && result.CheckErrors == 0 && result.Corruptions == 0, $"crash state {n}: {string.Join("; ", result.Messages)}");
+            n++;
+        }
+    }
+
     [QemuFact]
     public void A_refusal_writes_nothing()
     {
