@@ -28,6 +28,8 @@ internal static class Verbs
         ("commit", () => [Commands.CommitCommand.Create()]),
         ("dd", () => [Commands.DdCommand.Create()]),
         ("bench", () => [Commands.BenchCommand.Create()]),
+        ("measure", () => [Commands.MeasureCommand.Create()]),
+        ("amend", () => [Commands.AmendCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>

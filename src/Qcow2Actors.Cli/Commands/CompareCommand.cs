@@ -4,10 +4,11 @@ using Qcow2Actors.Engine;
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a compare [-f FMT] [-F FMT] [-q] A B</c>: qemu-img compare's messages and exit codes —
+/// <c>q2a compare [-f FMT] [-F FMT] [-q] [-s] [-U] A B</c>: qemu-img compare's messages and exit codes —
 /// 0 "Images are identical.", 1 "Content mismatch at offset N!" (N the first differing byte
 /// rounded down to its 512-byte sector), 2 on any error. Images of different sizes are equal
-/// when the longer one's extra part reads as zeros.
+/// when the longer one's extra part reads as zeros. With <c>-s</c> (strict) a size difference, or
+/// any difference in block status (allocation, zero, data) where the contents agree, is a mismatch.
 /// </summary>
 internal static class CompareCommand
 {
@@ -19,16 +20,17 @@ internal static class CompareCommand
         var formatA = new Option<string?>("-f") { Description = "format of the first image; probed when absent" };
         var formatB = new Option<string?>("-F") { Description = "format of the second image; probed when absent" };
         var quiet = new Option<bool>("-q") { Description = "print nothing, only set the exit code" };
+        var strict = new Option<bool>("-s") { Description = "strict: images of different sizes, or with different allocation where the contents agree, differ" };
         var forceShare = ForceShareOption.Create();
         var a = new Argument<string>("filename1");
         var b = new Argument<string>("filename2");
-        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, forceShare, a, b };
+        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, a, b };
         command.SetAction(async (parse, ct) =>
         {
             try
             {
                 return await RunAsync(parse.GetValue(a)!, parse.GetValue(b)!, parse.GetValue(formatA), parse.GetValue(formatB),
-                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare)).ConfigureAwait(false);
+                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict)).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -41,11 +43,19 @@ internal static class CompareCommand
     }
 
     public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
-        bool forceShare = false)
+        bool forceShare = false, bool strict = false)
     {
         await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA, ForceShare = forceShare }, ct).ConfigureAwait(false);
         await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        if (strict && imgA.VirtualSize != imgB.VirtualSize)
+        {
+            await stdout.WriteLineAsync("Strict mode: Image size mismatch!").ConfigureAwait(false);
+            return 1;
+        }
         long common = Math.Min(imgA.VirtualSize, imgB.VirtualSize);
+        // QEMU's qcow2 block status stops at the end of each L2 table's range; strict mode compares
+        // status pieces, whose end-of-image flag depends on those stops.
+        long spanA = L2Span(imgA), spanB = L2Span(imgB);
         var bufA = new byte[ChunkSize];
         var bufB = new byte[ChunkSize];
 
@@ -59,6 +69,16 @@ internal static class CompareCommand
                 if (ea is null || ea.End <= pos) { await mapA.MoveNextAsync().ConfigureAwait(false); ea = mapA.Current; }
                 if (eb is null || eb.End <= pos) { await mapB.MoveNextAsync().ConfigureAwait(false); eb = mapB.Current; }
                 long end = Math.Min(ea.End, eb.End);
+                if (strict)
+                {
+                    long pieceA = Math.Min(ea.End, NextBoundary(pos, spanA)), pieceB = Math.Min(eb.End, NextBoundary(pos, spanB));
+                    if (Status(ea, pieceA == imgA.VirtualSize) != Status(eb, pieceB == imgB.VirtualSize))
+                    {
+                        await stdout.WriteLineAsync($"Strict mode: Offset {pos} block status mismatch!").ConfigureAwait(false);
+                        return 1;
+                    }
+                    end = Math.Min(pieceA, pieceB);
+                }
                 if (!(ea.Zero && eb.Zero))
                 {
                     for (long p = pos; p < end; p += ChunkSize)
@@ -93,6 +113,18 @@ internal static class CompareCommand
         await stdout.WriteLineAsync("Images are identical.").ConfigureAwait(false);
         return 0;
     }
+
+    // QEMU's BDRV_BLOCK_* bits as bdrv_block_status_above reports them: DATA, ZERO, OFFSET_VALID,
+    // ALLOCATED, and EOF where the piece reaches the end of the image (dropped for data found in a
+    // backing file).
+    private static int Status(ImageExtent e, bool reachesEnd) =>
+        (e.Data ? 0x01 : 0) | (e.Zero ? 0x02 : 0) | (e.Offset.HasValue ? 0x04 : 0) | (e.Present ? 0x10 : 0)
+        | (reachesEnd && (e.Depth == 0 || !e.Present) ? 0x20 : 0);
+
+    private static long L2Span(Qcow2Image image) =>
+        image.Header is { } h ? (long)h.ClusterSize * h.L2Entries : long.MaxValue;
+
+    private static long NextBoundary(long pos, long span) => span == long.MaxValue ? long.MaxValue : (pos / span + 1) * span;
 
     private static async Task<int> MismatchAsync(TextWriter stdout, long offset)
     {

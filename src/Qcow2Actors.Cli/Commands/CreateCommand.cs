@@ -102,7 +102,7 @@ internal static class CreateCommand
         try
         {
             if (opts.Format == "raw") CreateRaw(img, (long)size.Value, opts.Text("preallocation"));
-            else CreateQcow2(img, opts.ToQcow2Options((long)size.Value, $"{img}: "));
+            else CreateQcow2(img, opts.ToQcow2Options((long)size.Value, $"{img}: "), opts.HostPreallocation);
         }
         catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException
             or Qcow2FormatException or NotSupportedException)
@@ -139,7 +139,7 @@ internal static class CreateCommand
         }
     }
 
-    private static void CreateQcow2(string img, Qcow2CreateOptions options)
+    private static void CreateQcow2(string img, Qcow2CreateOptions options, string? hostPreallocation)
     {
         string? dataFile = options.DataFile is null ? null
             : Path.IsPathRooted(options.DataFile) ? options.DataFile
@@ -159,12 +159,38 @@ internal static class CreateCommand
                 RandomAccess.SetLength(data, 0);
                 RandomAccess.SetLength(data, options.Size);
             }
+            if (hostPreallocation is not null)
+            {
+                AllocateHostFile(temp, hostPreallocation);
+                if (dataFile is not null) AllocateHostFile(dataFile, hostPreallocation);
+            }
             File.Move(temp, img, overwrite: true);
         }
         finally
         {
             if (File.Exists(temp)) File.Delete(temp);
         }
+    }
+
+    /// <summary>
+    /// preallocation=falloc|full for qcow2: the file (laid out with metadata preallocation) gets host
+    /// space for every byte, reserved (falloc; where the filesystem cannot, written as for full) or
+    /// written (full: each chunk rewritten with what it holds, so metadata stays and holes become zeros).
+    /// </summary>
+    private static void AllocateHostFile(string path, string mode)
+    {
+        using var device = FileBlockDevice.Open(path, writable: true);
+        long length = device.Length;
+        if (mode == "falloc" && device.ReserveSpace(0, length)) { device.Flush(); return; }
+        var chunk = new byte[1 << 20];
+        for (long pos = 0; pos < length; pos += chunk.Length)
+        {
+            int n = (int)Math.Min(chunk.Length, length - pos);
+            int read = device.Read(chunk.AsSpan(0, n), pos);
+            chunk.AsSpan(read, n - read).Clear();
+            device.Write(chunk.AsSpan(0, n), pos);
+        }
+        device.Flush();
     }
 
     private static void CreateRaw(string img, long size, string? preallocation)

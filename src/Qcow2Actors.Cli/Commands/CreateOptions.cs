@@ -44,7 +44,7 @@ internal sealed class CreateOptions
     [
         new("cluster_size", CreateOptionType.Size, "65536", "qcow2 cluster size"),
         new("extended_l2", CreateOptionType.Bool, "off", "Extended L2 tables"),
-        new("preallocation", CreateOptionType.String, null, "Preallocation mode (allowed values: off, metadata)"),
+        new("preallocation", CreateOptionType.String, null, "Preallocation mode (allowed values: off, metadata, falloc, full)"),
         new("compression_type", CreateOptionType.String, "zlib", "Compression method used for image cluster compression"),
         new("size", CreateOptionType.Size, null, "Virtual disk size"),
         new("compat", CreateOptionType.String, null, "Compatibility level (v2 [0.10] or v3 [1.1])"),
@@ -253,8 +253,8 @@ internal sealed class CreateOptions
         var preallocation = Text("preallocation") switch
         {
             null or "off" => Preallocation.Off,
-            "metadata" => Preallocation.Metadata,
-            "falloc" or "full" => throw new CliException($"{errorPrefix}preallocation={Text("preallocation")} is not supported by q2a for qcow2 (off or metadata)"),
+            // falloc and full are metadata preallocation plus host space (HostPreallocation).
+            "metadata" or "falloc" or "full" => Preallocation.Metadata,
             var other => throw new CliException($"{errorPrefix}Parameter 'preallocation' does not accept value '{other}'"),
         };
         if (Bool("data_file_raw") == true && Text("data_file") is null)
@@ -276,6 +276,12 @@ internal sealed class CreateOptions
             Preallocation = preallocation,
         };
     }
+
+    /// <summary>
+    /// What a qcow2 image's host file gets beyond metadata preallocation: "falloc" (space reserved
+    /// with fallocate, reading as zeros) or "full" (every byte written), or null for neither.
+    /// </summary>
+    public string? HostPreallocation => Text("preallocation") is "falloc" or "full" ? Text("preallocation") : null;
 
     private CreateOptionDescriptor? Find(string key) => Array.Find(_descriptors, d => d.Name == key);
 

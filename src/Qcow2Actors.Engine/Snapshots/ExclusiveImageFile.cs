@@ -54,6 +54,8 @@ internal sealed class ExclusiveImageFile : BlockDevice
 
     public override void SetLength(long length) => _file.SetLength(length);
 
+    public override void PunchHole(long offset, long length) => _file.PunchHole(offset, length);
+
     protected override void Dispose(bool disposing)
     {
         base.Dispose(disposing);

@@ -169,22 +169,31 @@ internal sealed class SnapshotSession
             long l2Offset = (long)(l1[i] & L1Entry.OffsetMask);
             if (l2Offset == 0) continue;
             Add(deltas, l2Offset >> ClusterBits, sign);
-            var l2 = LoadL2(l2Offset, i);
-            for (int j = 0; j < entries; j++)
+            AddL2Entries(LoadL2(l2Offset, i), l2Offset, 0, sign, deltas);
+        }
+    }
+
+    /// <summary>
+    /// Adds <paramref name="sign"/> for each host cluster the entries of <paramref name="l2"/> (the table
+    /// at <paramref name="l2Offset"/>) from index <paramref name="first"/> on reach, the table itself not counted.
+    /// </summary>
+    public void AddL2Entries(byte[] l2, long l2Offset, int first, int sign, Dictionary<long, long> deltas)
+    {
+        bool extended = Header.HasExtendedL2;
+        for (int j = first; j < Header.L2Entries; j++)
+        {
+            var e = L2Table.ReadEntry(l2, j, extended);
+            switch (e.GetKind(Header.Version, extended))
             {
-                var e = L2Table.ReadEntry(l2, j, extended);
-                switch (e.GetKind(Header.Version, extended))
-                {
-                    case L2EntryKind.Compressed:
-                        AddClusters(e.CompressedHostOffset(ClusterBits), e.CompressedReadLength(ClusterBits), sign, deltas);
-                        break;
-                    case L2EntryKind.Normal:
-                    case L2EntryKind.ZeroAllocated:
-                        if ((e.HostOffset & (ClusterSize - 1)) != 0)
-                            throw new Qcow2ImageCorruptException($"L2 table at 0x{l2Offset:X} entry {j} maps unaligned host offset 0x{e.HostOffset:X}");
-                        Add(deltas, e.HostOffset >> ClusterBits, sign);
-                        break;
-                }
+                case L2EntryKind.Compressed:
+                    AddClusters(e.CompressedHostOffset(ClusterBits), e.CompressedReadLength(ClusterBits), sign, deltas);
+                    break;
+                case L2EntryKind.Normal:
+                case L2EntryKind.ZeroAllocated:
+                    if ((e.HostOffset & (ClusterSize - 1)) != 0)
+                        throw new Qcow2ImageCorruptException($"L2 table at 0x{l2Offset:X} entry {j} maps unaligned host offset 0x{e.HostOffset:X}");
+                    Add(deltas, e.HostOffset >> ClusterBits, sign);
+                    break;
             }
         }
     }

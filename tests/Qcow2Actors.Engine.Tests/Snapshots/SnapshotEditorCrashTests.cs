@@ -20,25 +20,6 @@ public sealed class SnapshotEditorCrashTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    /// <summary>A memory device that remembers every write with the number of flushes before it.</summary>
-    private sealed class RecordingDevice(MemoryBlockDevice inner) : DelegatingDevice(inner)
-    {
-        public List<(int Epoch, long Offset, byte[] Data)> Writes { get; } = [];
-        public int Epoch { get; private set; }
-        public override bool IsReadOnly => false;
-        public override string Name => "recording";
-        protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
-        {
-            Writes.Add((Epoch, offset, buffer.ToArray()));
-            return Inner.WriteAsync(buffer, offset, cancellationToken);
-        }
-        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
-        {
-            Epoch++;
-            return ValueTask.CompletedTask;
-        }
-    }
-
     private byte[] QemuImage(string options, string size, params string[] io)
     {
         var path = _dir.File($"i{Guid.NewGuid():N}.qcow2");
@@ -47,32 +28,10 @@ public sealed class SnapshotEditorCrashTests : IDisposable
         return File.ReadAllBytes(path);
     }
 
-    private static IEnumerable<byte[]> CrashStates(byte[] initial, RecordingDevice recorded)
-    {
-        var epochs = recorded.Writes.GroupBy(w => w.Epoch).OrderBy(g => g.Key).Select(g => g.ToList()).ToList();
-        var durable = new MemoryBlockDevice(initial);
-        foreach (var epoch in epochs)
-        {
-            yield return durable.ToArray();
-            for (int skip = 0; skip < epoch.Count; skip++)
-            {
-                var only = new MemoryBlockDevice(durable.ToArray());
-                only.Write(epoch[skip].Data, epoch[skip].Offset);
-                yield return only.ToArray();
-                var allBut = new MemoryBlockDevice(durable.ToArray());
-                for (int i = 0; i < epoch.Count; i++)
-                    if (i != skip) allBut.Write(epoch[i].Data, epoch[i].Offset);
-                yield return allBut.ToArray();
-            }
-            foreach (var w in epoch) durable.Write(w.Data, w.Offset);
-        }
-        yield return durable.ToArray();
-    }
-
     private static void AssertEveryCrashOnlyLeaks(byte[] initial, RecordingDevice recorded)
     {
         int n = 0;
-        foreach (var state in CrashStates(initial, recorded))
+        foreach (var state in RecordingDevice.CrashStates(initial, recorded))
         {
             var result = ImageChecker.Check(new MemoryBlockDevice(state), $"crash state {n}");
             Assert.True(result.AbortReason is null && result.CheckErrors == 0, $"crash state {n}: {string.Join("; ", result.Messages)}");
