@@ -62,7 +62,8 @@ internal sealed class ControlAuthentication(RequestDelegate next, ControlAuthSet
         if (context.Connection.ClientCertificate is { } certificate)
         {
             var subject = CertificateSubject.Of(certificate);
-            var op = settings.Operators.FirstOrDefault(o => o.Subject is not null && string.Equals(o.Subject, subject, StringComparison.Ordinal));
+            var normalized = CertificateSubject.TryNormalize(subject);
+            var op = settings.Operators.FirstOrDefault(o => o.Subject is not null && string.Equals(o.Subject, normalized, StringComparison.Ordinal));
             if (op is null) throw Forbidden($"client certificate '{subject}' is not an operator's (qcow2actors.host.control.operators)");
             return Caller.Operator(op.Name);
         }

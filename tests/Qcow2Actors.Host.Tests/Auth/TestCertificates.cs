@@ -8,7 +8,7 @@ namespace Qcow2Actors.Host.Tests.Auth;
 /// A CA, a server certificate for 127.0.0.1 and client certificates, made in process and written as PEM files
 /// (ca.pem, server-cert.pem, server-key.pem, NAME-cert.pem, NAME-key.pem) to a directory.
 /// </summary>
-internal sealed class TestCertificates
+public sealed class TestCertificates
 {
     private readonly ECDsa _caKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
     private readonly X509Certificate2 _ca;
@@ -67,7 +67,13 @@ internal sealed class TestCertificates
         authorities.ImportFromPemFile(CaFile);
         var handler = new SocketsHttpHandler();
         handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
-            certificate is X509Certificate2 c && Qcow2Actors.Host.Auth.ControlTls.Verify(c, authorities);
+        {
+            using var chain = new X509Chain();
+            chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+            chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
+            chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+            return certificate is X509Certificate2 c && chain.Build(c);
+        };
         if (client is not null) handler.SslOptions.ClientCertificates = [X509Certificate2.CreateFromPemFile(issuer.CertFile(client), issuer.KeyFile(client))];
         var http = new HttpClient(handler) { BaseAddress = new Uri($"https://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
         if (token is not null) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
