@@ -5,8 +5,8 @@ namespace Qcow2Actors.Host.Auth;
 
 /// <summary>
 /// Distinguished names compared part by part: attribute types case-insensitive, blanks around ',' and '='
-/// ignored, values exact, so "CN=ops,O=Acme" in the config matches a certificate whose subject .NET prints
-/// as "CN=ops, O=Acme".
+/// ignored, values exact, the order of the parts ignored (openssl, certtool and .NET print them in different
+/// orders), so "CN=ops,O=Acme" in the config matches a certificate whose subject .NET prints as "O=Acme, CN=ops".
 /// </summary>
 internal static class CertificateSubject
 {
@@ -46,6 +46,7 @@ internal static class CertificateSubject
             if (eq <= 0) return null;
             normalized.Add(p[..eq].Trim().ToUpperInvariant() + "=" + p[(eq + 1)..].Trim());
         }
+        normalized.Sort(StringComparer.Ordinal);
         return string.Join(",", normalized);
     }
 }
