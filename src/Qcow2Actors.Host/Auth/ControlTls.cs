@@ -16,7 +16,7 @@ internal static class ControlTls
         X509Certificate2 server;
         try
         {
-            server = X509Certificate2.CreateFromPemFile(settings.TlsCert!, settings.TlsKey!);
+            server = PemCertificates.LoadWithKey(settings.TlsCert!, settings.TlsKey!);
         }
         catch (CryptographicException ex)
         {

@@ -30,7 +30,7 @@ public sealed class ControlAuthInteropTests : IDisposable
         File.WriteAllText(P("ca.info"), "cn = q2a interop CA\nca\ncert_signing_key\nexpiration_days = 2\n");
         File.WriteAllText(P("server.info"), "cn = 127.0.0.1\nip_address = 127.0.0.1\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n");
         File.WriteAllText(P("ops.info"), "cn = ops\norganization = Q2A Interop\ntls_www_client\nsigning_key\nexpiration_days = 2\n");
-        foreach (var name in new[] { "ca", "server", "ops" }) Certtool("--generate-privkey", "--outfile", P(name + "-key.pem"));
+        foreach (var name in new[] { "ca", "server", "ops" }) Certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", P(name + "-key.pem"));
         Certtool("--generate-self-signed", "--load-privkey", P("ca-key.pem"), "--template", P("ca.info"), "--outfile", P("ca-cert.pem"));
         foreach (var name in new[] { "server", "ops" })
             Certtool("--generate-certificate", "--load-privkey", P(name + "-key.pem"), "--load-ca-certificate", P("ca-cert.pem"),

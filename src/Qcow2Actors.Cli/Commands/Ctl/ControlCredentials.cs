@@ -54,7 +54,7 @@ internal sealed record ControlCredentials
         {
             try
             {
-                client = X509Certificate2.CreateFromPemFile(cert, key);
+                client = Qcow2Actors.Host.Auth.PemCertificates.LoadWithKey(cert, key!);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
             {
