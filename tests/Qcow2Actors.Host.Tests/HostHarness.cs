@@ -33,8 +33,13 @@ internal sealed class HostHarness : IAsyncDisposable
     public HostRegistry Registry => App.Services.GetRequiredService<HostRegistry>();
     private bool _stopped;
 
-    /// <summary>Starts a host on <paramref name="dataDir"/>; <paramref name="config"/> is HOCON written to a file beside it.</summary>
-    public static async Task<HostHarness> StartAsync(string dataDir, string? config = null)
+    /// <summary>
+    /// Starts a host on <paramref name="dataDir"/>; <paramref name="config"/> is HOCON written to a file beside it,
+    /// <paramref name="controlPort"/> the TCP control port (TLS: the config must say how), <paramref name="services"/>
+    /// the last say on the host's services.
+    /// </summary>
+    public static async Task<HostHarness> StartAsync(string dataDir, string? config = null, int? controlPort = null,
+        Action<IServiceCollection>? services = null)
     {
         var socket = Path.Combine(dataDir, "control.sock");
         string? configFile = null;
@@ -43,10 +48,28 @@ internal sealed class HostHarness : IAsyncDisposable
             configFile = Path.Combine(dataDir, "host.conf");
             await File.WriteAllTextAsync(configFile, config);
         }
-        var settings = HostSettings.Load(configFile, dataDir: Path.Combine(dataDir, "data"), controlSocket: socket, nbdPort: 0);
-        var app = HostApplication.Build(settings, logging => logging.ClearProviders());
+        var settings = HostSettings.Load(configFile, dataDir: Path.Combine(dataDir, "data"), controlSocket: socket, controlPort: controlPort, nbdPort: 0);
+        var app = HostApplication.Build(settings, logging => logging.ClearProviders(), services);
         await app.StartAsync();
         return new HostHarness(settings.DataDir, socket, app);
+    }
+
+    /// <summary>A client of the control socket that sends <paramref name="token"/> as its bearer token.</summary>
+    public HttpClient ClientWithToken(string token)
+    {
+        var client = ClientFor(Socket);
+        client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        return client;
+    }
+
+    /// <summary>The audit log's lines so far, parsed.</summary>
+    public IReadOnlyList<JsonElement> AuditLines()
+    {
+        using var file = new FileStream(Path.Combine(DataDir, "audit.log"), FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(file);
+        var lines = new List<JsonElement>();
+        while (reader.ReadLine() is { } line) lines.Add(JsonDocument.Parse(line).RootElement.Clone());
+        return lines;
     }
 
     public static HttpClient ClientFor(string socket) => new(new SocketsHttpHandler

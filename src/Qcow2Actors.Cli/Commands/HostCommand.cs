@@ -17,7 +17,7 @@ internal static class HostCommand
     {
         var config = new Option<string?>("--config") { Description = "HOCON file (qcow2actors.host section; engine and akka keys too)" };
         var control = new Option<string?>("--control") { Description = "control API Unix socket (default: $Q2A_CONTROL, /run/q2a/control.sock as root, else $XDG_RUNTIME_DIR/q2a/control.sock)" };
-        var controlPort = new Option<int?>("--control-port") { Description = "also serve the control API on TCP 127.0.0.1:N" };
+        var controlPort = new Option<int?>("--control-port") { Description = "also serve the control API on TCP 127.0.0.1:N, TLS only (qcow2actors.host.control.tls in --config)" };
         var port = new Option<int?>("--port", "-p") { Description = "NBD TCP port (default 10809; 0 picks a free one)" };
         var socket = new Option<string?>("--socket", "-k") { Description = "serve NBD on this Unix socket instead of TCP" };
         var dataDir = new Option<string?>("--data-dir") { Description = "directory of the images (DIR/TENANT/NAME.qcow2) and host-state.json" };

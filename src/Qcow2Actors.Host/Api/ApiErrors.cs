@@ -40,6 +40,7 @@ internal sealed class ApiErrors(RequestDelegate next, ILogger<ApiErrors> log)
     private static async Task WriteAsync(HttpContext context, int status, string code, string message)
     {
         if (context.Response.HasStarted) return;
+        Auth.ControlAuthentication.SetErrorCode(context, code);
         context.Response.Clear();
         context.Response.StatusCode = status;
         await context.Response.WriteAsJsonAsync(new ErrorReply { Code = code, Message = message.ReplaceLineEndings(" ") }, HostJson.Options);

@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Host.Auth;
 using Qcow2Actors.Host.Registry;
 
 namespace Qcow2Actors.Host.Api;
@@ -17,7 +18,7 @@ internal static class ExportEndpoints
             var export = await registry.AddExportAsync(request);
             return TypedResults.Created(Routes.ExportPath(export.Name), export);
         });
-        group.MapGet(Routes.Exports, (HostRegistry registry) => TypedResults.Ok(registry.ListExports()));
+        group.MapGet(Routes.Exports, (Caller caller, HostRegistry registry) => TypedResults.Ok(registry.ListExports(caller.Tenant)));
         group.MapDelete(Routes.Export, async (string name, HostRegistry registry) =>
         {
             await registry.RemoveExportAsync(Uri.UnescapeDataString(name));

@@ -9,5 +9,5 @@ namespace Qcow2Actors.Host.Api;
 internal static class HealthEndpoints
 {
     public static void Map(IEndpointRouteBuilder app) =>
-        app.MapGet(Routes.Health, (HostRegistry registry) => TypedResults.Ok(registry.Health())).WithTags("health");
+        app.MapGet(Routes.Health, (HostRegistry registry) => TypedResults.Ok(registry.Health())).WithTags("health").WithMetadata(Auth.OperatorOnly.Instance);
 }

@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Host.Auth;
 using Qcow2Actors.Host.Registry;
 
 namespace Qcow2Actors.Host.Api;
@@ -17,7 +18,8 @@ internal static class ImageEndpoints
             var image = await registry.CreateImageAsync(tenant, request);
             return TypedResults.Created(Routes.ImagePath(tenant, image.Name), image);
         });
-        group.MapGet(Routes.Images, (string? tenant, HostRegistry registry) => TypedResults.Ok(registry.ListImages(tenant)));
+        group.MapGet(Routes.Images, (string? tenant, Caller caller, HostRegistry registry) =>
+            TypedResults.Ok(registry.ListImages(caller.Tenant ?? tenant)));
         group.MapGet(Routes.TenantImages, (string tenant, HostRegistry registry) => TypedResults.Ok(registry.ListImages(tenant)));
         group.MapGet(Routes.Image, (string tenant, string image, HostRegistry registry) => TypedResults.Ok(registry.GetImage(tenant, image)));
         group.MapPost(Routes.ImageOpen, async (string tenant, string image, HostRegistry registry) =>

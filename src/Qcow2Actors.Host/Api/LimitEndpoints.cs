@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Host.Auth;
 using Qcow2Actors.Host.Registry;
 
 namespace Qcow2Actors.Host.Api;
@@ -11,8 +12,10 @@ internal static class LimitEndpoints
 {
     public static void Map(IEndpointRouteBuilder app)
     {
-        var group = app.MapGroup("").WithTags("limits");
-        group.MapGet(Routes.Limits, (HostRegistry registry) => TypedResults.Ok(registry.ListLimits()));
+        app.MapGroup("").WithTags("limits")
+            .MapGet(Routes.Limits, (Caller caller, HostRegistry registry) => TypedResults.Ok(registry.ListLimits(caller.Tenant)));
+        // Setting and clearing limits is host administration.
+        var group = app.MapGroup("").WithTags("limits").WithMetadata(OperatorOnly.Instance);
         group.MapPut(Routes.ExportLimit, async (string name, LimitRequest request, HostRegistry registry) =>
             TypedResults.Ok(await registry.SetExportLimitAsync(Uri.UnescapeDataString(name), request)));
         group.MapPut(Routes.TenantLimit, async (string tenant, LimitRequest request, HostRegistry registry) =>

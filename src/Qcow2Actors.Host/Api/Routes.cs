@@ -17,6 +17,14 @@ public static class Routes
     public const string Tenants = "/v1/tenants";
     /// <summary>GET, PATCH, DELETE one tenant.</summary>
     public const string Tenant = "/v1/tenants/{tenant}";
+    /// <summary>POST: revoke a tenant (its tokens refused, its NBD clients cut off).</summary>
+    public const string TenantRevoke = Tenant + "/revoke";
+    /// <summary>POST: restore a revoked tenant.</summary>
+    public const string TenantRestore = Tenant + "/restore";
+    /// <summary>POST (create), GET (list) a tenant's API tokens.</summary>
+    public const string TenantTokens = Tenant + "/tokens";
+    /// <summary>DELETE (revoke) one token.</summary>
+    public const string TenantToken = TenantTokens + "/{id}";
 
     /// <summary>GET every image (optionally ?tenant=T).</summary>
     public const string Images = "/v1/images";
@@ -54,6 +62,12 @@ public static class Routes
 
     /// <summary>/v1/tenants/T.</summary>
     public static string TenantPath(string tenant) => $"{Tenants}/{Escape(tenant)}";
+
+    /// <summary>/v1/tenants/T/revoke or /v1/tenants/T/restore.</summary>
+    public static string TenantActionPath(string tenant, bool revoke) => $"{TenantPath(tenant)}/{(revoke ? "revoke" : "restore")}";
+
+    /// <summary>/v1/tenants/T/tokens[/ID].</summary>
+    public static string TenantTokensPath(string tenant, string? id = null) => $"{TenantPath(tenant)}/tokens" + (id is null ? "" : "/" + Escape(id));
 
     /// <summary>/v1/tenants/T/images.</summary>
     public static string TenantImagesPath(string tenant) => $"{TenantPath(tenant)}/images";

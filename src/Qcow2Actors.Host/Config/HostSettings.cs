@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Akka.Configuration;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Host.Auth;
 using Qcow2Actors.Host.Registry;
 using Qcow2Actors.Nbd;
 
@@ -50,6 +51,9 @@ public sealed record HostSettings
     /// <summary>The whole configuration (file over reference), handed to the engine too.</summary>
     public required Akka.Configuration.Config Config { get; init; }
 
+    /// <summary>Who may use the control API (<c>qcow2actors.host.control</c>); null: the defaults for <see cref="DataDir"/>.</summary>
+    internal ControlAuthSettings? Auth { get; init; }
+
     /// <summary>Tenants the config file states.</summary>
     internal IReadOnlyList<TenantConfig> Tenants { get; init; } = [];
 
@@ -84,8 +88,10 @@ public sealed record HostSettings
         var stop = host.GetTimeSpan("stop-timeout", TimeSpan.FromSeconds(30), allowInfinite: false);
         var logFormat = host.GetString("log-format", "text");
         if (logFormat is not ("text" or "json")) throw new ArgumentException($"qcow2actors.host.log-format '{logFormat}' is invalid (text or json)");
+        var auth = ControlAuthSettings.Read(config, Path.GetFullPath(dataDir), tcp: controlPort is not null);
         return new HostSettings
         {
+            Auth = auth,
             DataDir = Path.GetFullPath(dataDir),
             ControlSocket = Path.GetFullPath(controlSocket),
             ControlPort = controlPort,

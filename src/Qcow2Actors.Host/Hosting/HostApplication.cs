@@ -5,11 +5,13 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 using Qcow2Actors.Host.Api;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Host.Auth;
 using Qcow2Actors.Host.Config;
 using Qcow2Actors.Host.Registry;
 using Qcow2Actors.Hosting;
@@ -31,9 +33,14 @@ public static class HostApplication
     /// a stale file is removed, a live one refuses.
     /// </summary>
     /// <exception cref="InvalidOperationException">Another host listens on the control socket.</exception>
-    public static WebApplication Build(HostSettings settings, Action<ILoggingBuilder>? logging = null)
+    public static WebApplication Build(HostSettings settings, Action<ILoggingBuilder>? logging = null) => Build(settings, logging, services: null);
+
+    /// <summary><see cref="Build(HostSettings, Action{ILoggingBuilder}?)"/> with a last say on the services (tests: a fake clock).</summary>
+    internal static WebApplication Build(HostSettings settings, Action<ILoggingBuilder>? logging, Action<IServiceCollection>? services)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        var auth = settings.Auth ?? ControlAuthSettings.Read(settings.Config, settings.DataDir, tcp: settings.ControlPort is not null);
+        var tls = settings.ControlPort is null ? null : ControlTls.Options(auth);
         ControlListener.Prepare(settings.ControlSocket);
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Host.UseSystemd(); // Type=notify when systemd started us; nothing otherwise
@@ -52,11 +59,15 @@ public static class HostApplication
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.ListenUnixSocket(settings.ControlSocket);
-            if (settings.ControlPort is { } port) kestrel.Listen(IPAddress.Loopback, port);
+            // TCP is TLS only: who calls is proved by a client certificate or a bearer token (ControlAuthentication).
+            if (settings.ControlPort is { } port) kestrel.Listen(IPAddress.Loopback, port, listen => listen.UseHttps(tls!));
         });
         builder.Services.ConfigureHttpJsonOptions(o => HostJson.Configure(o.SerializerOptions));
         builder.Services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
-        builder.Services.AddOpenApi();
+        builder.Services.AddOpenApi(o => o.AddDocumentTransformer<BearerSchemeTransformer>());
+        builder.Services.TryAddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton(auth);
+        builder.Services.AddSingleton(sp => new AuditLog(auth.AuditLog, sp.GetRequiredService<TimeProvider>()));
 
         builder.Services.AddQcow2Actors(o =>
         {
@@ -75,22 +86,30 @@ public static class HostApplication
             .AddMeter(EngineMeterName, Nbd.Metrics.NbdMetrics.MeterName, HostMetrics.MeterName)
             .AddPrometheusExporter());
 
+        services?.Invoke(builder.Services);
+
         var app = builder.Build();
         app.UseMiddleware<ApiErrors>();
+        app.UseRouting(); // the authentication sees the endpoint (OperatorOnly) and the route of the audit line
+        app.UseMiddleware<ControlAuthentication>();
         app.MapOpenApi();
-        app.MapPrometheusScrapingEndpoint(Routes.Metrics);
-        HealthEndpoints.Map(app);
-        TenantEndpoints.Map(app);
-        ImageEndpoints.Map(app);
-        SnapshotEndpoints.Map(app);
-        ExportEndpoints.Map(app);
-        LimitEndpoints.Map(app);
+        app.MapPrometheusScrapingEndpoint(Routes.Metrics).WithMetadata(OperatorOnly.Instance);
+        // Every API route lives under one group whose filter confines tenant tokens to their tenant.
+        var api = app.MapGroup("").AddEndpointFilter<TenantScopeFilter>();
+        HealthEndpoints.Map(api);
+        TenantEndpoints.Map(api);
+        TokenEndpoints.Map(api);
+        ImageEndpoints.Map(api);
+        SnapshotEndpoints.Map(api);
+        ExportEndpoints.Map(api);
+        LimitEndpoints.Map(api);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             ControlListener.Restrict(settings.ControlSocket);
             _ = app.Services.GetRequiredService<HostMetrics>(); // instruments exist from the start
             app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Qcow2Actors.Host")
-                .LogInformation("control API on {Socket}{Tcp}", settings.ControlSocket, settings.ControlPort is { } p ? $" and 127.0.0.1:{p}" : "");
+                .LogInformation("control API on {Socket}{Tcp}; audit log {Audit}", settings.ControlSocket,
+                    settings.ControlPort is { } p ? $" and https://127.0.0.1:{p}" : "", auth.AuditLog);
         });
         app.Lifetime.ApplicationStopped.Register(() =>
         {

@@ -38,7 +38,12 @@ internal sealed partial class HostRegistry
         return exportEntry;
     }
 
-    public IReadOnlyList<ExportReply> ListExports() => [.. _exports.Values.OrderBy(e => e.Name, StringComparer.Ordinal).Select(ToReply)];
+    /// <summary>Every export, or only <paramref name="tenant"/>'s (a tenant token's view).</summary>
+    public IReadOnlyList<ExportReply> ListExports(string? tenant = null) =>
+        [.. _exports.Values.Where(e => tenant is null || e.Image.Tenant == tenant).OrderBy(e => e.Name, StringComparer.Ordinal).Select(ToReply)];
+
+    /// <summary>The tenant of export <paramref name="name"/>; null when there is no such export.</summary>
+    public string? ExportTenant(string name) => _exports.GetValueOrDefault(name)?.Image.Tenant;
 
     /// <summary>Stops serving the export: its clients' requests in flight reply, then they are disconnected; the image is flushed and stays open.</summary>
     public Task RemoveExportAsync(string name) => ChangeAsync(async () =>

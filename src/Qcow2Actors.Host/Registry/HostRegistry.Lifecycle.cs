@@ -21,7 +21,8 @@ internal sealed partial class HostRegistry
         {
             Directory.CreateDirectory(Settings.DataDir);
             var state = _store.Load();
-            foreach (var t in state.Tenants) _tenants[t.Name] = new TenantEntry(t.Name, t.Quota, t.MaxImages);
+            foreach (var t in state.Tenants) _tenants[t.Name] = new TenantEntry(t.Name, t.Quota, t.MaxImages) { Revoked = t.Revoked };
+            LoadTokens(state.Tokens);
             ApplyConfig(Settings.Tenants);
 
             _nbd = new NbdServer(new NbdServerOptions

@@ -33,10 +33,11 @@ internal sealed partial class HostRegistry
         return Task.FromResult(values.ToReply(LimitScope.Tenant, tenantName));
     });
 
-    public IReadOnlyList<LimitReply> ListLimits() =>
+    /// <summary>Every limit, or only those on <paramref name="tenant"/> and its exports (a tenant token's view).</summary>
+    public IReadOnlyList<LimitReply> ListLimits(string? tenant = null) =>
     [
-        .. _tenants.Values.Where(t => t.Limit is not null).OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => t.Limit!.ToReply(LimitScope.Tenant, t.Name)),
-        .. _exports.Values.Where(e => e.Limit is not null).OrderBy(e => e.Name, StringComparer.Ordinal).Select(e => e.Limit!.ToReply(LimitScope.Export, e.Name)),
+        .. _tenants.Values.Where(t => t.Limit is not null && (tenant is null || t.Name == tenant)).OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => t.Limit!.ToReply(LimitScope.Tenant, t.Name)),
+        .. _exports.Values.Where(e => e.Limit is not null && (tenant is null || e.Image.Tenant == tenant)).OrderBy(e => e.Name, StringComparer.Ordinal).Select(e => e.Limit!.ToReply(LimitScope.Export, e.Name)),
     ];
 
     public Task ClearExportLimitAsync(string name) => ChangeAsync(() =>

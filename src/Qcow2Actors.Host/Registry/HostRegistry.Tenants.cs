@@ -17,7 +17,9 @@ internal sealed partial class HostRegistry
         return Task.FromResult(ToReply(entry));
     });
 
-    public IReadOnlyList<TenantReply> ListTenants() => [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(ToReply)];
+    /// <summary>Every tenant, or only <paramref name="only"/> (a tenant token's view).</summary>
+    public IReadOnlyList<TenantReply> ListTenants(string? only = null) =>
+        [.. _tenants.Values.Where(t => only is null || t.Name == only).OrderBy(t => t.Name, StringComparer.Ordinal).Select(ToReply)];
 
     public TenantReply GetTenant(string name) => ToReply(Tenant(name));
 
@@ -37,6 +39,7 @@ internal sealed partial class HostRegistry
         if (!entry.Images.IsEmpty)
             throw HostApiException.Conflict(ErrorCodes.TenantNotEmpty, $"tenant '{name}' still has {entry.Images.Count} image(s); delete them first");
         _tenants.TryRemove(name, out _);
+        ForgetTokens(name);
         entry.Group?.Dispose(); // no export uses it: the tenant has no images
         try
         {
@@ -61,5 +64,6 @@ internal sealed partial class HostRegistry
         MaxImages = t.MaxImages,
         UsedBytes = t.Quota.UsedBytes,
         Images = t.Images.Count,
+        Revoked = t.Revoked,
     };
 }

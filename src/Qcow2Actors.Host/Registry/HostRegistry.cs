@@ -20,7 +20,7 @@ namespace Qcow2Actors.Host.Registry;
 /// fields they read are volatile, so a slow open never holds up a health probe. The NBD data path never
 /// touches the registry at all.
 /// </remarks>
-internal sealed partial class HostRegistry(HostSettings settings, ImageHost images, ILoggerFactory loggers) : IAsyncDisposable
+internal sealed partial class HostRegistry(HostSettings settings, ImageHost images, ILoggerFactory loggers, TimeProvider time) : IAsyncDisposable
 {
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly ConcurrentDictionary<string, TenantEntry> _tenants = new(StringComparer.Ordinal);
@@ -66,7 +66,7 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
 
     private Task SaveAsync() => _store.SaveAsync(new HostState
     {
-        Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages))],
+        Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages, t.Revoked))],
         Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).OrderBy(i => i.Key, StringComparer.Ordinal)
             .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null || (i.Failure is not null && i.WantOpen)))],
         Exports = [.. _exports.Values.Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly))
@@ -74,6 +74,8 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
         Limits = [.. _tenants.Values.Where(t => t.Limit is not null).Select(t => new PersistedLimit("tenant", t.Name, t.Limit!)),
             .. _exports.Values.Where(e => e.Limit is not null).Select(e => new PersistedLimit("export", e.Name, e.Limit!)),
             .. _pendingLimits.Where(l => PendingExports.Any(e => e.Name == l.Target))],
+        Tokens = [.. _tokens.Values.OrderBy(t => t.Tenant, StringComparer.Ordinal).ThenBy(t => t.Created)
+            .Select(t => new PersistedToken(t.Id, t.Tenant, Convert.ToHexStringLower(t.Hash), t.Created))],
     });
 
     /// <summary>Saved exports not served now whose image still exists and whose name nobody took since.</summary>

@@ -11,9 +11,13 @@ internal sealed record HostState
     public List<PersistedImage> Images { get; init; } = [];
     public List<PersistedExport> Exports { get; init; } = [];
     public List<PersistedLimit> Limits { get; init; } = [];
+    public List<PersistedToken> Tokens { get; init; } = [];
 }
 
-internal sealed record PersistedTenant(string Name, long? Quota, int? MaxImages);
+internal sealed record PersistedTenant(string Name, long? Quota, int? MaxImages, bool Revoked = false);
+
+/// <summary>A tenant's API token: only the SHA-256 of the token is kept (hex), never the token.</summary>
+internal sealed record PersistedToken(string Id, string Tenant, string Sha256, DateTimeOffset Created);
 
 internal sealed record PersistedImage(string Tenant, string Name, bool Open);
 

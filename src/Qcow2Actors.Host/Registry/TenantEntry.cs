@@ -13,6 +13,9 @@ internal sealed class TenantEntry(string name, long? quota, int? maxImages)
 
     public int? MaxImages { get; set; } = maxImages;
 
+    /// <summary>Revoked (API): its tokens are refused and its NBD clients were cut off, until restored.</summary>
+    public volatile bool Revoked;
+
     /// <summary>The tenant-wide throttle (one group shared by its exports); null: none.</summary>
     public LimitValues? Limit { get; set; }
 

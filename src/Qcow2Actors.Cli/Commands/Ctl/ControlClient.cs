@@ -15,22 +15,36 @@ internal sealed class ControlClient : IDisposable
 {
     private readonly HttpClient _http;
 
-    /// <summary>Connects (lazily, per request) to <paramref name="endpoint"/>; each request may take up to <paramref name="timeout"/>.</summary>
-    public ControlClient(ControlEndpoint endpoint, TimeSpan timeout)
+    /// <summary>
+    /// Connects (lazily, per request) to <paramref name="endpoint"/> (TCP: HTTPS) with <paramref name="credentials"/>;
+    /// each request may take up to <paramref name="timeout"/>.
+    /// </summary>
+    public ControlClient(ControlEndpoint endpoint, TimeSpan timeout, ControlCredentials? credentials = null)
     {
         Endpoint = endpoint;
+        credentials ??= new ControlCredentials();
         // Over the socket the URI names no address (only the Host header comes from it): the callback connects to the path.
-        var baseAddress = endpoint.SocketPath is null ? new UriBuilder(Uri.UriSchemeHttp, endpoint.Host, endpoint.Port).Uri : new Uri("http://localhost/");
+        var baseAddress = endpoint.SocketPath is null ? new UriBuilder(Uri.UriSchemeHttps, endpoint.Host, endpoint.Port).Uri : new Uri("http://localhost/");
 #pragma warning disable CA2000 // the client owns the handler (disposeHandler: true) and disposes it with itself
-        _http = new HttpClient(CreateHandler(endpoint.SocketPath), disposeHandler: true);
+        _http = new HttpClient(CreateHandler(endpoint.SocketPath, credentials), disposeHandler: true);
 #pragma warning restore CA2000
         _http.BaseAddress = baseAddress;
         _http.Timeout = timeout;
+        if (credentials.Token is { } token)
+            _http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
     }
 
-    private static SocketsHttpHandler CreateHandler(string? socketPath)
+    private static SocketsHttpHandler CreateHandler(string? socketPath, ControlCredentials credentials)
     {
         var handler = new SocketsHttpHandler { UseProxy = false, AllowAutoRedirect = false, UseCookies = false };
+        if (credentials.ClientCertificate is { } certificate) handler.SslOptions.ClientCertificates = [certificate];
+        if (credentials.Authorities is not null)
+        {
+            // The host's chain is checked against --cacert alone; its name must still match.
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, errors) =>
+                (errors & ~System.Net.Security.SslPolicyErrors.RemoteCertificateChainErrors) == System.Net.Security.SslPolicyErrors.None
+                && presented is System.Security.Cryptography.X509Certificates.X509Certificate2 c && credentials.Trusts(c);
+        }
         if (socketPath is not null)
         {
             handler.ConnectCallback = async (_, ct) =>

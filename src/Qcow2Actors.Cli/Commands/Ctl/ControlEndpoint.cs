@@ -5,7 +5,8 @@ namespace Qcow2Actors.Cli.Commands.Ctl;
 
 /// <summary>
 /// Where the host's control API listens: a Unix socket (the default, <see cref="ControlSocket.DefaultPath"/>)
-/// or a TCP port (<c>--control HOST:PORT</c>, <c>--control-port N</c> for 127.0.0.1).
+/// or the TCP port, which the host serves over TLS only (<c>--control-url https://HOST:PORT</c>, <c>--control HOST:PORT</c>,
+/// <c>--control-port N</c> for 127.0.0.1).
 /// </summary>
 internal sealed record ControlEndpoint
 {
@@ -29,10 +30,18 @@ internal sealed record ControlEndpoint
     /// <paramref name="control"/> is TCP when it reads HOST:PORT (no '/', digits after the last ':'),
     /// else a socket path; neither is the default socket path.
     /// </summary>
-    public static ControlEndpoint From(string? control, string? controlPort)
+    public static ControlEndpoint From(string? control, string? controlPort, string? controlUrl = null)
     {
-        if (control is not null && controlPort is not null)
-            throw new CtlUsageException("--control and --control-port name the same thing: give one of them");
+        if (new[] { control, controlPort, controlUrl }.Count(o => o is not null) > 1)
+            throw new CtlUsageException(controlUrl is null
+                ? "--control and --control-port name the same thing: give one of them"
+                : "--control, --control-port and --control-url name the same thing: give one of them");
+        if (controlUrl is not null)
+        {
+            if (!Uri.TryCreate(controlUrl, UriKind.Absolute, out var url) || url.Scheme != Uri.UriSchemeHttps || url.AbsolutePath != "/" || url.Query.Length > 0)
+                throw new CtlUsageException($"--control-url: '{controlUrl}' is not https://HOST:PORT (the control port is TLS only)");
+            return Tcp(url.IdnHost, url.Port);
+        }
         if (controlPort is not null) return Tcp("127.0.0.1", ParsePort(controlPort, "--control-port"));
         if (control is null) return Unix(ControlSocket.DefaultPath());
         if (control.Length == 0) throw new CtlUsageException("--control: empty path");

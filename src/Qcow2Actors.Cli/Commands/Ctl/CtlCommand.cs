@@ -3,7 +3,8 @@ using System.CommandLine;
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
 /// <summary>
-/// <c>q2a ctl [--control PATH|HOST:PORT | --control-port N] [--output human|json] GROUP VERB ...</c>: the
+/// <c>q2a ctl [--control PATH|HOST:PORT | --control-port N | --control-url https://HOST:PORT] [--token T | --token-file F]
+/// [--cacert F] [--cert F --key F] [--output human|json] GROUP VERB ...</c>: the
 /// command-line client of <c>q2a host</c>'s control API (HOST-API.md; docs/CLI.md lists every spelling).
 /// Exit codes: 0 done; 1 the host answered with an error (<c>q2a ctl: MESSAGE (CODE)</c>); 2 a usage error
 /// or a host that cannot be reached (one line naming the socket or port); <c>image check</c> 3 when the
@@ -23,6 +24,7 @@ internal static class CtlCommand
         var command = new Command("ctl", "control a running q2a host (tenants, images, exports, snapshots, limits)");
         foreach (var option in globals.All) command.Options.Add(option);
         command.Subcommands.Add(TenantCommands.Create(globals));
+        command.Subcommands.Add(TokenCommands.Create(globals));
         command.Subcommands.Add(ImageCommands.Create(globals));
         command.Subcommands.Add(ExportCommands.Create(globals));
         command.Subcommands.Add(SnapshotCommands.Create(globals));

@@ -26,8 +26,50 @@ internal sealed class CtlGlobals
         Recursive = true,
     };
 
+    /// <summary><c>--control-url https://HOST:PORT</c>: the TCP control port by URL.</summary>
+    public Option<string?> ControlUrl { get; } = new("--control-url")
+    {
+        Description = "the host's control port as https://HOST:PORT (the TCP port is TLS only)",
+        Recursive = true,
+    };
+
+    /// <summary><c>--token TOKEN</c>.</summary>
+    public Option<string?> Token { get; } = new("--token")
+    {
+        Description = "bearer token to present (an operator's or a tenant's; default: --token-file, else $Q2A_TOKEN)",
+        Recursive = true,
+    };
+
+    /// <summary><c>--token-file FILE</c>.</summary>
+    public Option<string?> TokenFile { get; } = new("--token-file")
+    {
+        Description = "read the bearer token from FILE",
+        Recursive = true,
+    };
+
+    /// <summary><c>--cacert FILE</c>.</summary>
+    public Option<string?> CaCert { get; } = new("--cacert")
+    {
+        Description = "PEM CA certificate that signed the host's TLS certificate (default: the system's roots)",
+        Recursive = true,
+    };
+
+    /// <summary><c>--cert FILE</c>.</summary>
+    public Option<string?> Cert { get; } = new("--cert")
+    {
+        Description = "PEM client certificate to present over TLS (an operator's; with --key)",
+        Recursive = true,
+    };
+
+    /// <summary><c>--key FILE</c>.</summary>
+    public Option<string?> Key { get; } = new("--key")
+    {
+        Description = "PEM private key of --cert",
+        Recursive = true,
+    };
+
     /// <summary>Every global option.</summary>
-    public IEnumerable<Option> All => [Control, ControlPort, Output];
+    public IEnumerable<Option> All => [Control, ControlPort, ControlUrl, Output, Token, TokenFile, CaCert, Cert, Key];
 
     /// <summary>
     /// Sets <paramref name="command"/>'s action: builds the client from the global options, runs

@@ -22,8 +22,10 @@ internal static class CtlRunner
                 "json" => true,
                 var other => throw new CtlUsageException($"--output must be 'human' or 'json', not '{other}'"),
             };
-            var endpoint = ControlEndpoint.From(parse.GetValue(globals.Control), parse.GetValue(globals.ControlPort));
-            using var client = new ControlClient(endpoint, CtlCommand.RequestTimeout);
+            var endpoint = ControlEndpoint.From(parse.GetValue(globals.Control), parse.GetValue(globals.ControlPort), parse.GetValue(globals.ControlUrl));
+            var credentials = ControlCredentials.From(parse.GetValue(globals.Token), parse.GetValue(globals.TokenFile),
+                parse.GetValue(globals.CaCert), parse.GetValue(globals.Cert), parse.GetValue(globals.Key));
+            using var client = new ControlClient(endpoint, CtlCommand.RequestTimeout, credentials);
             return await body(parse, new CtlContext(client, json, parse.InvocationConfiguration.Output, ct)).ConfigureAwait(false);
         }
         catch (CtlHostException e)

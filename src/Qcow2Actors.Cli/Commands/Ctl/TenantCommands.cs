@@ -5,7 +5,8 @@ using Qcow2Actors.Host.Api.Contracts;
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
 /// <summary>
-/// <c>q2a ctl tenant add NAME [--quota SIZE] [--max-images N] | list | info NAME | set NAME [--quota SIZE] [--max-images N] | remove NAME</c>.
+/// <c>q2a ctl tenant add NAME [--quota SIZE] [--max-images N] | list | info NAME | set NAME [--quota SIZE] [--max-images N] | remove NAME
+/// | revoke NAME | restore NAME</c>.
 /// </summary>
 internal static class TenantCommands
 {
@@ -54,6 +55,16 @@ internal static class TenantCommands
         var remove = new Command("remove", "remove a tenant that has no images") { removeName };
         globals.SetAction(remove, (parse, ctx) => ctx.SendAsync(HttpMethod.Delete, Routes.TenantPath(parse.GetValue(removeName)!)));
         group.Subcommands.Add(remove);
+
+        foreach (var revoke in new[] { true, false })
+        {
+            var name = new Argument<string>("NAME");
+            var command = new Command(revoke ? "revoke" : "restore", revoke
+                ? "revoke a tenant: its NBD clients are cut off and its tokens refused until restored"
+                : "restore a revoked tenant") { name };
+            globals.SetAction(command, (parse, ctx) => ctx.PrintAsync<TenantReply>(HttpMethod.Post, Routes.TenantActionPath(parse.GetValue(name)!, revoke), null, Describe));
+            group.Subcommands.Add(command);
+        }
         return group;
     }
 
@@ -69,7 +80,8 @@ internal static class TenantCommands
         ("quota", t.Quota is null or 0 ? "none" : CtlFormat.SizeAndBytes(t.Quota.Value)),
         ("used", CtlFormat.SizeAndBytes(t.UsedBytes)),
         ("max images", t.MaxImages is null or 0 ? "none" : CtlFormat.Number(t.MaxImages.Value)),
-        ("images", CtlFormat.Number(t.Images)));
+        ("images", CtlFormat.Number(t.Images)),
+        ("revoked", t.Revoked ? "yes" : null));
 
     /// <summary>The tenants as a table.</summary>
     internal static string Table(IReadOnlyList<TenantReply> tenants) => CtlFormat.Table(

@@ -13,6 +13,12 @@ public static class ErrorCodes
     public const string ExportNotFound = "export-not-found";
     /// <summary>404: no snapshot of that id or name in the image.</summary>
     public const string SnapshotNotFound = "snapshot-not-found";
+    /// <summary>404: the tenant has no token of that id.</summary>
+    public const string TokenNotFound = "token-not-found";
+    /// <summary>401: no credentials, or credentials the host does not know (TCP; a token anywhere).</summary>
+    public const string Unauthorized = "unauthorized";
+    /// <summary>403: known caller, not allowed (a uid not allowed on the socket, a tenant token on host administration, a revoked tenant).</summary>
+    public const string Forbidden = "forbidden";
     /// <summary>409: a tenant of that name exists.</summary>
     public const string TenantExists = "tenant-exists";
     /// <summary>409: an image of that name exists in the tenant.</summary>

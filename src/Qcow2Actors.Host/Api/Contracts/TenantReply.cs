@@ -13,4 +13,6 @@ public sealed record TenantReply
     public long UsedBytes { get; init; }
     /// <summary>Images the tenant has.</summary>
     public int Images { get; init; }
+    /// <summary>Revoked: its tokens are refused and its NBD clients cut off until it is restored.</summary>
+    public bool Revoked { get; init; }
 }

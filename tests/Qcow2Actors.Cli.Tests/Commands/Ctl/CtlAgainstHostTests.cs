@@ -27,10 +27,23 @@ public sealed class InProcessHost : IAsyncLifetime
     /// <summary>The data directory.</summary>
     public string DataDir => _dir.File("data");
 
+    /// <summary>The control port's CA, server certificate and the operator's client certificate ("ops").</summary>
+    public Host.Tests.Auth.TestCertificates Certificates { get; private set; } = null!;
+
+    /// <summary>The file holding the operator's bearer token.</summary>
+    public string TokenFile => _dir.File("ops.token");
+
     public async Task InitializeAsync()
     {
         Directory.CreateDirectory(DataDir);
-        var settings = HostSettings.Load(null, DataDir, Socket, ControlPort, nbdPort: 0);
+        Certificates = new Host.Tests.Auth.TestCertificates(_dir.File("pki"));
+        Certificates.Issue("ops", "CN=ops,O=Q2A Test");
+        await File.WriteAllTextAsync(TokenFile, "ops-token-0123456789abcdef\n");
+        var config = _dir.File("host.conf");
+        await File.WriteAllTextAsync(config, Certificates.HostConfig($$"""
+            operators.ops { subject = "CN=ops,O=Q2A Test", token-file = "{{TokenFile}}" }
+            """));
+        var settings = HostSettings.Load(config, DataDir, Socket, ControlPort, nbdPort: 0);
         _app = HostApplication.Build(settings, logging => logging.ClearProviders());
         await _app.StartAsync();
     }
@@ -211,15 +224,51 @@ public sealed class CtlAgainstHostTests(InProcessHost host) : IClassFixture<InPr
     }
 
     [Fact]
-    public async Task The_tcp_control_port_serves_the_same_api()
+    public async Task The_tcp_control_port_serves_the_same_api_over_tls_to_an_operator_token_or_certificate()
     {
         var port = host.ControlPort.ToString(CultureInfo.InvariantCulture);
-        foreach (string[] control in (string[][])[["--control-port", port], ["--control", $"127.0.0.1:{port}"]])
+        var ca = host.Certificates.CaFile;
+        string[] byToken = ["--cacert", ca, "--token-file", host.TokenFile];
+        string[] byCertificate = ["--cacert", ca, "--cert", host.Certificates.CertFile("ops"), "--key", host.Certificates.KeyFile("ops")];
+        foreach (string[] control in (string[][])[["--control-port", port, .. byToken], ["--control", $"127.0.0.1:{port}", .. byCertificate],
+            ["--control-url", $"https://127.0.0.1:{port}", .. byToken]])
         {
             var (stdout, stderr) = (new StringWriter(), new StringWriter());
             var exit = await CtlCommand.RunAsync(["ctl", .. control, "health"], stdout, stderr);
             Assert.True(exit == 0, stderr.ToString());
             Assert.StartsWith("status: ok\n", stdout.ToString());
         }
+        var (exit2, _, stderr2) = await RunBareAsync("--control-port", port, "--cacert", ca, "health");
+        Assert.Equal(1, exit2);
+        Assert.Equal("q2a ctl: no credentials: give an Authorization: Bearer token or a client certificate (unauthorized)\n", stderr2);
+    }
+
+    private static async Task<(int Exit, string Out, string Err)> RunBareAsync(params string[] args)
+    {
+        var (stdout, stderr) = (new StringWriter(), new StringWriter());
+        var exit = await CtlCommand.RunAsync(["ctl", .. args], stdout, stderr);
+        return (exit, stdout.ToString(), stderr.ToString());
+    }
+
+    [Fact]
+    public async Task Tokens_are_created_listed_and_revoked_and_a_tenant_is_revoked_and_restored()
+    {
+        await OkAsync("tenant", "add", "k-acme");
+        var token = await JsonAsync<TokenReply>("token", "create", "k-acme");
+        Assert.StartsWith("q2a_", token.Token);
+        Assert.Matches($@"^ID +TENANT +CREATED\n{token.Id} +k-acme +\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n$", await OkAsync("token", "list", "k-acme"));
+
+        // The token acts as the tenant: its own images yes, host administration no (the host's line, exit 1).
+        await OkAsync("--token", token.Token!, "image", "list", "k-acme");
+        await AssertRefusedAsync("forbidden", "--token", token.Token!, "tenant", "add", "k-other");
+        await AssertRefusedAsync("tenant-not-found", "--token", token.Token!, "image", "list", "no-such-tenant");
+
+        Assert.Contains("revoked: yes\n", await OkAsync("tenant", "revoke", "k-acme"));
+        await AssertRefusedAsync("forbidden", "--token", token.Token!, "image", "list", "k-acme");
+        Assert.DoesNotContain("revoked", await OkAsync("tenant", "restore", "k-acme"));
+        Assert.Equal("", await OkAsync("token", "revoke", "k-acme", token.Id));
+        await AssertRefusedAsync("unauthorized", "--token", token.Token!, "image", "list", "k-acme");
+        await AssertRefusedAsync("token-not-found", "token", "revoke", "k-acme", token.Id);
+        await OkAsync("tenant", "remove", "k-acme");
     }
 }

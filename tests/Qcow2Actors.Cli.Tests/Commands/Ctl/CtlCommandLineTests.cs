@@ -33,7 +33,7 @@ public sealed class CtlCommandLineTests : IDisposable
     [InlineData("q2a ctl tenant add: unrecognized option '--quotta'", "tenant", "add", "acme", "--quotta", "1G")]
     [InlineData("q2a ctl: unrecognized command 'tenants' (q2a ctl --help lists them)", "tenants", "list")]
     [InlineData("q2a ctl tenant: unrecognized command 'ls' (q2a ctl tenant --help lists them)", "tenant", "ls")]
-    [InlineData("q2a ctl: missing command, one of: tenant, image, export, snapshot, limit, health, metrics, openapi")]
+    [InlineData("q2a ctl: missing command, one of: tenant, token, image, export, snapshot, limit, health, metrics, openapi")]
     [InlineData("q2a ctl image create: Required argument 'SIZE' missing for command: 'create'.", "image", "create", "acme", "disk")]
     [InlineData("q2a ctl: SIZE: invalid size '1Q' (bytes, or a number with a k, M, G, T, P or E suffix)", "--control", "/nonexistent/c.sock", "image", "create", "acme", "disk", "1Q")]
     [InlineData("q2a ctl: --quota: invalid size '-1G' (bytes, or a number with a k, M, G, T, P or E suffix)", "--control", "/nonexistent/c.sock", "tenant", "add", "acme", "--quota", "-1G")]
@@ -46,6 +46,11 @@ public sealed class CtlCommandLineTests : IDisposable
     [InlineData("q2a ctl: --output must be 'human' or 'json', not 'yaml'", "--output", "yaml", "health")]
     [InlineData("q2a ctl: --control-port: '70000' is not a TCP port (1..65535)", "--control-port", "70000", "health")]
     [InlineData("q2a ctl: --control and --control-port name the same thing: give one of them", "--control", "/x.sock", "--control-port", "1", "health")]
+    [InlineData("q2a ctl: --control-url: 'http://127.0.0.1:1' is not https://HOST:PORT (the control port is TLS only)", "--control-url", "http://127.0.0.1:1", "health")]
+    [InlineData("q2a ctl: --control, --control-port and --control-url name the same thing: give one of them", "--control-port", "1", "--control-url", "https://127.0.0.1:1", "health")]
+    [InlineData("q2a ctl: --token and --token-file name the same thing: give one of them", "--token", "t", "--token-file", "/t", "health")]
+    [InlineData("q2a ctl: --cert needs --key", "--cert", "/c.pem", "health")]
+    [InlineData("q2a ctl: --token-file: '/dev/null' is empty", "--token-file", "/dev/null", "health")]
     public async Task A_usage_error_is_one_line_and_exit_2(string expected, params string[] args) =>
         AssertOneLine(expected, await RunAsync(args));
 
@@ -91,9 +96,11 @@ public sealed class CtlCommandLineTests : IDisposable
     [InlineData("127.0.0.1:7001", null, null, "127.0.0.1", 7001)]
     [InlineData("[::1]:7002", null, null, "::1", 7002)]
     [InlineData(null, "7003", null, "127.0.0.1", 7003)]
-    public void Control_names_a_socket_path_or_a_tcp_host_and_port(string? control, string? port, string? socket, string? host, int tcpPort)
+    [InlineData(null, null, null, "127.0.0.1", 7004, "https://127.0.0.1:7004")]
+    [InlineData(null, null, null, "host.example", 7005, "https://host.example:7005/")]
+    public void Control_names_a_socket_path_or_a_tcp_host_and_port(string? control, string? port, string? socket, string? host, int tcpPort, string? url = null)
     {
-        var endpoint = ControlEndpoint.From(control, port);
+        var endpoint = ControlEndpoint.From(control, port, url);
         Assert.Equal(socket, endpoint.SocketPath);
         Assert.Equal(host, endpoint.Host);
         Assert.Equal(tcpPort, endpoint.Port);

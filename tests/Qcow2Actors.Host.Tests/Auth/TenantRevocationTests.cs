@@ -1,0 +1,54 @@
+using System.Net;
+using Qcow2Actors.Host.Api;
+using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Nbd.Tests;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Host.Tests.Auth;
+
+/// <summary>Revoking a tenant cuts its NBD clients off and refuses its tokens until it is restored; it survives a restart.</summary>
+public class TenantRevocationTests
+{
+    [Fact]
+    public async Task Revoking_a_tenant_closes_its_nbd_connections_and_refuses_its_tokens_until_restored()
+    {
+        using var dir = new TempDir();
+        string token;
+        await using (var host = await HostHarness.StartAsync(dir.Path))
+        {
+            foreach (var t in new[] { "acme", "globex" })
+            {
+                await host.PostAsync<TenantReply>(Routes.Tenants, new TenantCreateRequest { Name = t });
+                await host.PostAsync<ImageReply>(Routes.TenantImagesPath(t), new ImageCreateRequest { Name = "disk", Size = 1 << 20 });
+                await host.PostAsync<ExportReply>(Routes.Exports, new ExportAddRequest { Tenant = t, Image = "disk" });
+            }
+            token = (await host.PostAsync<TokenReply>(Routes.TenantTokensPath("acme"), new { })).Token!;
+            await using var acmeNbd = await RawNbdClient.ConnectAsync(host.Registry.Nbd!.LocalEndPoint!);
+            await acmeNbd.GoAsync("acme/disk");
+            await using var globexNbd = await RawNbdClient.ConnectAsync(host.Registry.Nbd!.LocalEndPoint!);
+            await globexNbd.GoAsync("globex/disk");
+
+            var revoked = await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: true));
+
+            Assert.True(revoked.Revoked);
+            Assert.True(await acmeNbd.WaitForCloseAsync());
+            Assert.Equal(1, (await host.GetAsync<ExportReply[]>(Routes.Exports)).Single(e => e.Name == "globex/disk").Connections);
+            using var client = host.ClientWithToken(token);
+            var refused = await HostHarness.ErrorAsync(client.GetAsync(Routes.TenantImagesPath("acme")), HttpStatusCode.Forbidden);
+            Assert.Equal(ErrorCodes.Forbidden, refused.Code);
+            Assert.Contains("revoked", refused.Message);
+            Assert.Contains(host.AuditLines(), l => l.GetProperty("route").GetString() == Routes.TenantRevoke && l.GetProperty("status").GetInt32() == 200);
+        }
+
+        // Persisted: still revoked after a restart, until restored.
+        await using (var host = await HostHarness.StartAsync(dir.Path))
+        {
+            Assert.True((await host.GetAsync<TenantReply>(Routes.TenantPath("acme"))).Revoked);
+            using var client = host.ClientWithToken(token);
+            await HostHarness.ErrorAsync(client.GetAsync(Routes.TenantImagesPath("acme")), HttpStatusCode.Forbidden);
+            Assert.False((await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: false))).Revoked);
+            using var ok = await client.GetAsync(Routes.TenantImagesPath("acme"));
+            Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+        }
+    }
+}
