@@ -206,18 +206,20 @@ public sealed class NbdServer : IAsyncDisposable
 
     /// <summary>
     /// The URI a client (qemu, libnbd) connects with, e.g. <c>nbd://127.0.0.1:10809/name</c> or
-    /// <c>nbd+unix:///name?socket=/run/x.sock</c>. The export defaults to the first one.
+    /// <c>nbd+unix:///name?socket=/run/x.sock</c> (<c>nbds</c> when TLS is required). The export defaults to the first one.
     /// </summary>
     /// <exception cref="InvalidOperationException">The server has not been started.</exception>
     public string GetUri(string? exportName = null)
     {
         var exports = Exports;
         var name = Uri.EscapeDataString(exportName ?? (exports.Count > 0 ? exports[0].Name : ""));
+        // nbds: the client must speak TLS (libnbd's scheme); an optional-TLS server is reachable either way.
+        var scheme = Options.TlsMode == NbdTlsMode.Required ? "nbds" : "nbd";
         return LocalEndPoint switch
         {
-            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"nbd://[{ip.Address}]:{ip.Port}/{name}",
-            IPEndPoint ip => $"nbd://{ip.Address}:{ip.Port}/{name}",
-            UnixDomainSocketEndPoint unix => $"nbd+unix:///{name}?socket={unix}",
+            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"{scheme}://[{ip.Address}]:{ip.Port}/{name}",
+            IPEndPoint ip => $"{scheme}://{ip.Address}:{ip.Port}/{name}",
+            UnixDomainSocketEndPoint unix => $"{scheme}+unix:///{name}?socket={unix}",
             _ => throw new InvalidOperationException("the server is not listening"),
         };
     }
