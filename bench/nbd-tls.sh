@@ -37,10 +37,10 @@ for _ in $(seq 100); do grep -q Serving serve.out 2>/dev/null && break; sleep 0.
 as=()
 if [ "$(id -u)" = 0 ]; then chmod -R a+rX "$work"; as=(setpriv --reuid=65534 --regid=65534 --clear-groups); fi
 
-run() { # scheme rw bs depth
+run() { # scheme rw bs depth (fio's nbd engine prints a line before its JSON)
   "${as[@]}" env HOME="$work/home" fio --name=b --ioengine=nbd --uri="$1://127.0.0.1:$port/disk.qcow2" --rw="$2" --bs="$3" \
-    --iodepth="$4" --size=512m --time_based --runtime="$secs" --ramp_time=1 --output-format=json \
-  | python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(f"{r[\"bw_bytes\"]/1048576:9.1f} MiB/s {r[\"iops\"]:9.0f} IOPS")'
+    --iodepth="$4" --size=512m --time_based --runtime="$secs" --ramp_time=1 --output-format=json 2>>"$work/fio.err" \
+  | python3 -c 'import json,sys; t=sys.stdin.read(); r=json.loads(t[t.index("{"):])["jobs"][0]["read"]; print("%9.1f MiB/s %9.0f IOPS" % (r["bw_bytes"]/1048576, r["iops"]))' || { cat "$work/fio.err" >&2; exit 1; }
 }
 printf '%-8s %-9s %s\n' workload transport result
 for w in "read 1M 8 seqread" "randread 4k 32 randread"; do
