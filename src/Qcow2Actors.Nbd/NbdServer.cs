@@ -10,7 +10,7 @@ using Qcow2Actors.Nbd.Protocol;
 namespace Qcow2Actors.Nbd;
 
 /// <summary>
-/// An NBD server (fixed newstyle, no TLS) serving one or more <see cref="INbdExport"/>s over TCP
+/// An NBD server (fixed newstyle, with optional or required TLS by NBD_OPT_STARTTLS) serving one or more <see cref="INbdExport"/>s over TCP
 /// or a Unix domain socket. Each connection is independent: a protocol violation or a failing
 /// export request ends at most that connection, never the server or other clients.
 /// </summary>
@@ -50,6 +50,12 @@ public sealed class NbdServer : IAsyncDisposable
         if (options.MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", nameof(options));
         if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
             throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
+        if (!Enum.IsDefined(options.TlsMode)) throw new ArgumentException($"unknown TlsMode {options.TlsMode}", nameof(options));
+        if (options.TlsMode != NbdTlsMode.Off)
+        {
+            if (options.TlsCredentials is null) throw new ArgumentException($"TlsMode {options.TlsMode} needs TlsCredentials", nameof(options));
+            Tls = new Tls.TlsUpgrade(options.TlsCredentials);
+        }
         var exports = ExportSet.Empty;
         foreach (var export in options.Exports)
         {
@@ -73,6 +79,9 @@ public sealed class NbdServer : IAsyncDisposable
 
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
+
+    /// <summary>The TLS handshake STARTTLS runs; null when the listener offers no TLS.</summary>
+    internal Tls.TlsUpgrade? Tls { get; }
 
     /// <summary>The exports served now, in the order they were added; the first is the default export.</summary>
     public IReadOnlyList<INbdExport> Exports => _exports.InOrder;
@@ -131,9 +140,10 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Closes every connection of <paramref name="tenant"/> (those transmitting on one of its exports) at
-    /// once, as a revoked tenant's must be: their requests in flight are cut off, not waited for.
-    /// Completes when they are gone; returns how many were closed.
+    /// Closes every connection of <paramref name="tenant"/> at once, as a revoked tenant's must be: those
+    /// transmitting on one of its exports, and (with <see cref="NbdServerOptions.TenantOf"/>) those whose client
+    /// resolved to it, still negotiating or on a shared export. Their requests in flight are cut off, not
+    /// waited for. Completes when they are gone; returns how many were closed.
     /// </summary>
     public async Task<int> DisconnectTenantAsync(string tenant)
     {
@@ -141,7 +151,7 @@ public sealed class NbdServer : IAsyncDisposable
         var closing = new List<Task>();
         foreach (var (connection, served) in _connections)
         {
-            if (connection.Export?.Tenant != tenant) continue;
+            if (connection.Export?.Tenant != tenant && connection.Tenant != tenant) continue;
             connection.Abort();
             closing.Add(served);
         }
@@ -196,18 +206,20 @@ public sealed class NbdServer : IAsyncDisposable
 
     /// <summary>
     /// The URI a client (qemu, libnbd) connects with, e.g. <c>nbd://127.0.0.1:10809/name</c> or
-    /// <c>nbd+unix:///name?socket=/run/x.sock</c>. The export defaults to the first one.
+    /// <c>nbd+unix:///name?socket=/run/x.sock</c> (<c>nbds</c> when TLS is required). The export defaults to the first one.
     /// </summary>
     /// <exception cref="InvalidOperationException">The server has not been started.</exception>
     public string GetUri(string? exportName = null)
     {
         var exports = Exports;
         var name = Uri.EscapeDataString(exportName ?? (exports.Count > 0 ? exports[0].Name : ""));
+        // nbds: the client must speak TLS (libnbd's scheme); an optional-TLS server is reachable either way.
+        var scheme = Options.TlsMode == NbdTlsMode.Required ? "nbds" : "nbd";
         return LocalEndPoint switch
         {
-            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"nbd://[{ip.Address}]:{ip.Port}/{name}",
-            IPEndPoint ip => $"nbd://{ip.Address}:{ip.Port}/{name}",
-            UnixDomainSocketEndPoint unix => $"nbd+unix:///{name}?socket={unix}",
+            IPEndPoint ip when ip.AddressFamily == AddressFamily.InterNetworkV6 => $"{scheme}://[{ip.Address}]:{ip.Port}/{name}",
+            IPEndPoint ip => $"{scheme}://{ip.Address}:{ip.Port}/{name}",
+            UnixDomainSocketEndPoint unix => $"{scheme}+unix:///{name}?socket={unix}",
             _ => throw new InvalidOperationException("the server is not listening"),
         };
     }

@@ -122,6 +122,30 @@ public sealed record NbdServerOptions
         return fallback;
     }
 
+    /// <summary>
+    /// Whether clients may (<see cref="NbdTlsMode.Optional"/>) or must (<see cref="NbdTlsMode.Required"/>) move to TLS
+    /// with NBD_OPT_STARTTLS; <see cref="NbdTlsMode.Off"/> (the default) answers STARTTLS as unsupported.
+    /// </summary>
+    public NbdTlsMode TlsMode { get; init; }
+
+    /// <summary>The server's certificate and the authorities client certificates must chain to; required unless <see cref="TlsMode"/> is Off.</summary>
+    public NbdTlsCredentials? TlsCredentials { get; init; }
+
+    /// <summary>
+    /// Null (the default): no tenant isolation, every client sees every export. Set: called with the client's identity
+    /// as soon as it is known (at once for a plain-text client, again after STARTTLS) to name its tenant; the client
+    /// then sees only exports whose <see cref="INbdExport.Tenant"/> is that tenant, plus exports with no tenant. Any
+    /// other export answers NBD_OPT_LIST, INFO, GO, EXPORT_NAME and the meta-context options exactly as a missing
+    /// one, so names do not leak. A null tenant sees only exports with no tenant. Must be quick and must not throw.
+    /// </summary>
+    public Func<NbdClientIdentity, string?>? TenantOf { get; init; }
+
+    /// <summary>
+    /// Called after a successful TLS handshake (as qemu's tls-authz): false ends the connection, logged and counted
+    /// as refused (<c>tls-authz</c>). Null: every client whose certificate the CA signed is accepted.
+    /// </summary>
+    public Func<NbdClientIdentity, bool>? Authorize { get; init; }
+
     /// <summary>Logs connections, protocol violations and failed requests; silent when null.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 

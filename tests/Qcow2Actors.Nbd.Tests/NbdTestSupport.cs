@@ -1,6 +1,9 @@
 using System.Buffers.Binary;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Qcow2Actors.Tests.Shared;
 
@@ -64,12 +67,14 @@ internal sealed class RawNbdClient : IAsyncDisposable
 {
     public const ushort CmdRead = 0, CmdWrite = 1, CmdDisc = 2, CmdFlush = 3, CmdTrim = 4, CmdWriteZeroes = 6, CmdBlockStatus = 7;
     public const ushort FlagFua = 1, FlagNoHole = 2, FlagDf = 4, FlagReqOne = 8, FlagFastZero = 16;
-    public const uint OptExportName = 1, OptAbort = 2, OptList = 3, OptInfo = 6, OptGo = 7, OptStructuredReply = 8, OptListMeta = 9, OptSetMeta = 10;
+    public const uint OptExportName = 1, OptAbort = 2, OptList = 3, OptStartTls = 5, OptInfo = 6, OptGo = 7, OptStructuredReply = 8, OptListMeta = 9, OptSetMeta = 10;
     public const uint RepAck = 1, RepServer = 2, RepInfo = 3, RepMetaContext = 4;
-    public const uint RepErrUnsup = 0x80000001, RepErrInvalid = 0x80000003, RepErrUnknown = 0x80000006;
+    public const uint RepErrUnsup = 0x80000001, RepErrInvalid = 0x80000003, RepErrTlsReqd = 0x80000005, RepErrUnknown = 0x80000006;
 
     private readonly Socket _socket;
-    public NetworkStream Stream { get; }
+
+    /// <summary>The connection: the socket's stream, or the TLS stream after <see cref="StartTlsAsync"/>.</summary>
+    public Stream Stream { get; private set; }
     public ushort HandshakeFlags { get; private set; }
 
     private RawNbdClient(Socket socket)
@@ -208,6 +213,27 @@ internal sealed class RawNbdClient : IAsyncDisposable
             BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8)), await ReadAsync((int)length));
     }
 
+    /// <summary>
+    /// Sends NBD_OPT_STARTTLS and, on its ACK, runs a TLS handshake presenting <paramref name="clientCertificate"/>
+    /// (none when null) and trusting only <paramref name="authority"/> for the server.
+    /// </summary>
+    /// <exception cref="AuthenticationException">The server refused the handshake.</exception>
+    public async Task StartTlsAsync(X509Certificate2? clientCertificate, X509Certificate2 authority)
+    {
+        Assert.Equal(RepAck, (await OptionAsync(OptStartTls, [])).Single().Type);
+        var ssl = new SslStream(Stream, leaveInnerStreamOpen: true);
+        var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
+        policy.CustomTrustStore.Add(authority);
+        await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = "localhost",
+            ClientCertificates = clientCertificate is null ? null : [clientCertificate],
+            CertificateChainPolicy = policy,
+            EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+        });
+        Stream = ssl;
+    }
+
     public async Task WriteAsync(byte[] data) => await Stream.WriteAsync(data);
 
     public async Task<byte[]> ReadAsync(int count)
@@ -232,6 +258,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
         }
         catch (OperationCanceledException) { return false; }
         catch (IOException) { return true; }
+        catch (AuthenticationException) { return true; } // TLS 1.3: the server's alert for our certificate arrives on the first read
     }
 
     public void HardClose() => _socket.Close(0);

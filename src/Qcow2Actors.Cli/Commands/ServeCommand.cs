@@ -13,7 +13,8 @@ namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
 /// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
-/// [--discard=ignore|unmap] [--cache=none|writeback] [--create SIZE] [-f FMT] [--config FILE] IMG...</c>: serves each
+/// [--discard=ignore|unmap] [--cache=none|writeback] [--create SIZE] [-f FMT] [--config FILE]
+/// [--tls-creds DIR [--tls off|optional|required] [--tls-authz SUBJECT]...] IMG...</c>: serves each
 /// image as an NBD export named after its file, prints one <c>Serving URI</c> line per export,
 /// and runs until SIGINT, SIGTERM or SIGHUP, which stop the server, flush and close every image.
 /// An image fault (turned read-only, corrupt, out of space, not closed clean) is one stderr line
@@ -33,9 +34,12 @@ internal static class ServeCommand
         var create = new Option<string?>("--create") { Description = "create missing images with this virtual size (qcow2 defaults; e.g. 10G)" };
         var format = new Option<string?>("-f", "--format") { Description = "image format (qcow2 or raw); probed when absent" };
         var config = new Option<string?>("--config") { Description = "HOCON file with q2a.serve settings and exports" };
+        var tlsCreds = new Option<string?>("--tls-creds") { Description = "directory of x509 credentials as QEMU lays them out (ca-cert.pem, server-cert.pem, server-key.pem): offer TLS, clients need a certificate the CA signed" };
+        var tls = new Option<string?>("--tls") { Description = "off, optional (plain text allowed) or required (the default with --tls-creds, as qemu-nbd)" };
+        var tlsAuthz = new Option<string[]>("--tls-authz") { Description = "serve only clients whose certificate subject is this distinguished name (repeatable), as qemu's authz-simple", AllowMultipleArgumentsPerToken = false };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
-            { bind, port, socket, exportName, readOnly, discard, cache, create, format, config, images };
+            { bind, port, socket, exportName, readOnly, discard, cache, create, format, config, tlsCreds, tls, tlsAuthz, images };
 
         // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
         // short grace period after SIGTERM before it returns 143, cutting off the clean close.
@@ -46,6 +50,7 @@ internal static class ServeCommand
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
                 parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache));
+            settings = ServeTls.Apply(settings, parse.GetValue(tlsCreds), parse.GetValue(tls), parse.GetValue(tlsAuthz));
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
@@ -81,6 +86,9 @@ internal static class ServeCommand
                 EndPoint = settings.EndPoint,
                 HandshakeTimeout = settings.HandshakeTimeout,
                 MaxConnections = settings.MaxConnections,
+                TlsMode = settings.TlsMode,
+                TlsCredentials = settings.TlsCredentials,
+                Authorize = ServeTls.Authorize(settings.TlsAuthz),
                 LoggerFactory = logs,
             });
             await server.StartAsync().ConfigureAwait(false);

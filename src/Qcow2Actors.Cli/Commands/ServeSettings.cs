@@ -52,6 +52,15 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
     /// <summary>Most connections at once; 0: <see cref="NbdServerOptions.DefaultMaxConnections"/>.</summary>
     public int MaxConnections { get; init; }
 
+    /// <summary>Whether clients may or must use TLS (<c>--tls</c>); Off unless <c>--tls-creds</c> is given.</summary>
+    public NbdTlsMode TlsMode { get; init; }
+
+    /// <summary>The server's x509 credentials (<c>--tls-creds DIR</c>); null without TLS.</summary>
+    public NbdTlsCredentials? TlsCredentials { get; init; }
+
+    /// <summary>Client certificate subjects allowed in (<c>--tls-authz</c>); empty: any certificate the CA signed.</summary>
+    public IReadOnlyList<string> TlsAuthz { get; init; } = [];
+
     /// <summary>Opens the qcow2 images' files instead of the host file system (tests inject faults); null: host files.</summary>
     public Func<string, bool, Engine.Device.IBlockDevice>? DeviceFactory { get; init; }
 

@@ -33,6 +33,12 @@ public sealed record HostSettings
     /// <summary>NBD connections at once; 0: the server's default.</summary>
     public int MaxConnections { get; init; }
 
+    /// <summary>NBD TLS (<c>qcow2actors.host.nbd.tls.mode</c>): off, optional or required; with TLS, clients are mapped to tenants by their certificates.</summary>
+    public NbdTlsMode NbdTlsMode { get; init; }
+
+    /// <summary>The NBD server's x509 credentials (<c>qcow2actors.host.nbd.tls.x509-dir</c>, QEMU's layout); null with TLS off.</summary>
+    public NbdTlsCredentials? NbdTlsCredentials { get; init; }
+
     /// <summary>Host page cache mode of the images opened.</summary>
     public CacheMode Cache { get; init; } = CacheMode.Writeback;
 
@@ -85,6 +91,7 @@ public sealed record HostSettings
         if (handshake < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.handshake-timeout must not be negative");
         int maxConnections = host.GetInt("nbd.max-connections", 0);
         if (maxConnections < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections must not be negative");
+        var (tlsMode, tlsCredentials) = ReadNbdTls(host);
         var stop = host.GetTimeSpan("stop-timeout", TimeSpan.FromSeconds(30), allowInfinite: false);
         var logFormat = host.GetString("log-format", "text");
         if (logFormat is not ("text" or "json")) throw new ArgumentException($"qcow2actors.host.log-format '{logFormat}' is invalid (text or json)");
@@ -98,6 +105,8 @@ public sealed record HostSettings
             NbdEndPoint = nbd,
             HandshakeTimeout = handshake,
             MaxConnections = maxConnections,
+            NbdTlsMode = tlsMode,
+            NbdTlsCredentials = tlsCredentials,
             Cache = host.GetString("cache", "writeback") switch
             {
                 "writeback" => CacheMode.Writeback,
@@ -116,6 +125,29 @@ public sealed record HostSettings
             Config = config,
             Tenants = ReadTenants(config),
         };
+    }
+
+    /// <summary><c>qcow2actors.host.nbd.tls { mode, x509-dir }</c>: the mode, and the credentials it needs unless off.</summary>
+    private static (NbdTlsMode Mode, NbdTlsCredentials? Credentials) ReadNbdTls(Akka.Configuration.Config host)
+    {
+        var mode = host.GetString("nbd.tls.mode", "off") switch
+        {
+            "off" => NbdTlsMode.Off,
+            "optional" => NbdTlsMode.Optional,
+            "required" => NbdTlsMode.Required,
+            var other => throw new ArgumentException($"qcow2actors.host.nbd.tls.mode '{other}' is invalid (off, optional or required)"),
+        };
+        if (mode == NbdTlsMode.Off) return (mode, null);
+        var dir = NonEmpty(host.GetString("nbd.tls.x509-dir", null))
+            ?? throw new ArgumentException($"qcow2actors.host.nbd.tls.x509-dir is required when qcow2actors.host.nbd.tls.mode is {host.GetString("nbd.tls.mode")}");
+        try
+        {
+            return (mode, NbdTlsCredentials.LoadX509Directory(dir));
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ArgumentException($"qcow2actors.host.nbd.tls.x509-dir: {ex.Message}");
+        }
     }
 
     /// <summary>The file over the reference configuration; a file that cannot be read or parsed is one line.</summary>
@@ -185,7 +217,9 @@ public sealed record HostSettings
                     throw new ArgumentException($"{key}.limits: {ex.Message}");
                 }
             }
-            tenants.Add(new TenantConfig(entry, quota, maxImages, limits));
+            IReadOnlyList<string> identities = t.HasPath("identities") ? [.. t.GetStringList("identities")] : [];
+            if (identities.Any(string.IsNullOrWhiteSpace)) throw new ArgumentException($"{key}.identities must not hold an empty name");
+            tenants.Add(new TenantConfig(entry, quota, maxImages, limits) { Identities = identities });
         }
         return tenants;
     }

@@ -32,6 +32,10 @@ internal sealed partial class HostRegistry
                 EndPoint = Settings.NbdEndPoint,
                 HandshakeTimeout = Settings.HandshakeTimeout,
                 MaxConnections = Settings.MaxConnections,
+                TlsMode = Settings.NbdTlsMode,
+                TlsCredentials = Settings.NbdTlsCredentials,
+                // With TLS, a client is the tenant its certificate names and sees only that tenant's exports.
+                TenantOf = Settings.NbdTlsMode != NbdTlsMode.Off ? ResolveTenant : null,
                 LoggerFactory = loggers,
             });
             await _nbd.StartAsync(cancellationToken);
@@ -130,6 +134,7 @@ internal sealed partial class HostRegistry
     /// <summary>Creates the tenants the config names and sets what it states for them.</summary>
     private void ApplyConfig(IReadOnlyList<TenantConfig> tenants)
     {
+        SetIdentities(tenants);
         foreach (var t in tenants)
         {
             var entry = _tenants.GetOrAdd(t.Name, name => new TenantEntry(name, null, null));

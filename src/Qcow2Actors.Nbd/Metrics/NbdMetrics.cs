@@ -33,7 +33,10 @@ public static class NbdMetrics
     /// <summary>Tag of <see cref="Errors"/>: the errno the client got (<c>EIO</c>, <c>ENOSPC</c>, <c>EINVAL</c>, ...).</summary>
     public const string ErrnoTag = "errno";
 
-    /// <summary>Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>handshake-timeout</c> or <c>unknown-export</c>.</summary>
+    /// <summary>
+    /// Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>handshake-timeout</c>, <c>unknown-export</c>,
+    /// <c>tls-required</c>, <c>tls-handshake</c> or <c>tls-authz</c>.
+    /// </summary>
     public const string ReasonTag = "reason";
 
     /// <summary>Tag of <see cref="ConnectionsAccepted"/> and <see cref="ConnectionsRefused"/>: the listening endpoint (<c>127.0.0.1:10809</c>, a socket path).</summary>
@@ -63,8 +66,11 @@ public static class NbdMetrics
     /// <summary>
     /// Counter (<c>{connection}</c>; endpoint, reason): clients turned away: closed at once because
     /// <see cref="NbdServerOptions.MaxConnections"/> were open (<c>max-connections</c>), closed for not
-    /// negotiating in time (<c>handshake-timeout</c>), or told an export they asked to enter
-    /// (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>).
+    /// negotiating in time (<c>handshake-timeout</c>), told an export they asked to enter
+    /// (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>), asking to enter one in plain
+    /// text when TLS is required (<c>tls-required</c>), failing the TLS handshake, e.g. with no client
+    /// certificate or one another CA signed (<c>tls-handshake</c>), or presenting a certificate the
+    /// authorization list does not name (<c>tls-authz</c>).
     /// </summary>
     public const string ConnectionsRefused = "qcow2actors.nbd.connections.refused";
 

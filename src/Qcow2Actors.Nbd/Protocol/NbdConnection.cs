@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Net.Security;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Qcow2Actors.Nbd.Metrics;
@@ -31,6 +32,8 @@ internal sealed class NbdConnection
     private readonly CancellationToken _stopping;
     private readonly CancellationToken _abort;
     private volatile INbdExport? _export;
+    private volatile string? _tenant;
+    private SslStream? _tls; // set by STARTTLS; from then on every byte in and out goes through it
     private readonly string _peer;
 
     // Fires when no reply can reach the client any more (it hung up, a send failed, hard abort):
@@ -68,6 +71,51 @@ internal sealed class NbdConnection
     public INbdExport? Export => _export;
 
     /// <summary>
+    /// The client's tenant: with <see cref="NbdServerOptions.TenantOf"/>, the one resolved from its identity (as soon as
+    /// it is known, while still negotiating); without, the selected export's. Null: none (yet).
+    /// </summary>
+    public string? Tenant
+    {
+        get => _tenant ?? (Options.TenantOf is null ? _export?.Tenant : null);
+        internal set => _tenant = value;
+    }
+
+    /// <summary>Where the handshake writes: the socket, or the TLS stream once STARTTLS succeeded.</summary>
+    internal Stream Output => (Stream?)_tls ?? _stream;
+
+    /// <summary>The client's address as the socket reports it (null on an unnamed Unix socket).</summary>
+    internal System.Net.EndPoint? RemoteEndPoint
+    {
+        get
+        {
+            try { return _socket.RemoteEndPoint; }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException) { return null; }
+        }
+    }
+
+    /// <summary>
+    /// After NBD_OPT_STARTTLS: stops the plain receive loop, sends <paramref name="ack"/> in plain text, runs the TLS
+    /// handshake on the socket and moves both directions onto the TLS stream. Null (nothing sent) when the client
+    /// already sent more bytes behind STARTTLS or hung up, which no conforming client does.
+    /// </summary>
+    /// <exception cref="System.Security.Authentication.AuthenticationException">The TLS handshake failed.</exception>
+    internal async Task<NbdClientIdentity?> StartTlsAsync(Tls.TlsUpgrade upgrade, ReadOnlyMemory<byte> ack, CancellationToken cancellationToken)
+    {
+        await _receiver.PauseAsync();
+        if (_reader.TryRead(out var pending))
+        {
+            var early = pending.Buffer.Length > 0 || pending.IsCompleted;
+            _reader.AdvanceTo(pending.Buffer.Start);
+            if (early) return null;
+        }
+        await _stream.WriteAsync(ack, cancellationToken);
+        var (tls, identity) = await upgrade.AuthenticateAsync(_stream, RemoteEndPoint, cancellationToken);
+        _tls = tls;
+        _receiver.Start(tls);
+        return identity;
+    }
+
+    /// <summary>
     /// Stops reading requests (as a graceful server stop does, for this connection alone): those already
     /// read finish and reply, then the connection closes. Used when its export is removed.
     /// </summary>
@@ -79,10 +127,11 @@ internal sealed class NbdConnection
     /// <summary>Serves the client until it leaves, misbehaves, or the server stops; never throws.</summary>
     public async Task RunAsync()
     {
-        _receiver.Start();
+        _receiver.Start(pausable: Options.TlsMode != NbdTlsMode.Off);
         try
         {
-            var session = await new NbdHandshake(_server, _stream, _reader, _log, _peer).RunAsync(_stopping);
+            var session = await new NbdHandshake(_server, this, _reader, _log, _peer).RunAsync(_stopping);
+            _receiver.EndPausable();
             if (session is not null)
             {
                 // A full fence: the store must not pass the read of the served set below (store-load order).
@@ -114,6 +163,7 @@ internal sealed class NbdConnection
         {
             if (_export is { } served) _log.LogInformation("NBD {Peer}: disconnected from export '{Export}'", _peer, served.Name);
             await _reader.CompleteAsync();
+            if (_tls is { } tls) await CloseTlsAsync(tls);
             try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
             _socket.Dispose();
             await _receiver.Completion; // never faults: the receive loop keeps its errors for the reader
@@ -121,6 +171,29 @@ internal sealed class NbdConnection
             _leave.Dispose();
         }
     }
+
+    /// <summary>
+    /// Ends the TLS session with close_notify, as the protocol asks before the TCP close, unless the connection
+    /// broke or was cut off; bounded, so a client that stopped reading cannot hold the close.
+    /// </summary>
+    private async Task CloseTlsAsync(SslStream tls)
+    {
+        if (!_broken && !_abort.IsCancellationRequested && !_cut.IsCancellationRequested)
+        {
+            try
+            {
+                await tls.ShutdownAsync().WaitAsync(TlsCloseTimeout, Options.TimeProvider);
+            }
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException or InvalidOperationException or NotSupportedException or TimeoutException or SocketException)
+            {
+                // The peer is gone or not listening: the TCP close below ends it all the same.
+            }
+        }
+        try { await tls.DisposeAsync(); } catch (Exception ex) when (ex is IOException or ObjectDisposedException) { }
+    }
+
+    /// <summary>Longest wait for the TLS close_notify to leave before the socket is closed anyway.</summary>
+    private static readonly TimeSpan TlsCloseTimeout = TimeSpan.FromSeconds(1);
 
     /// <summary>Closes the socket at once, failing any pending read or send; used on hard abort.</summary>
     public void Abort()
@@ -136,7 +209,7 @@ internal sealed class NbdConnection
         _maxSlots = Math.Max(1, Options.MaxInFlightRequests);
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
-        _sender = new ReplySender(_socket, Release, MarkBroken, _abort);
+        _sender = new ReplySender(_socket, _tls, Release, MarkBroken, _abort);
         var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
             session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);

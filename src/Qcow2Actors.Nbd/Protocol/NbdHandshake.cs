@@ -9,9 +9,12 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// <summary>
 /// The fixed-newstyle handshake and option haggling, up to the client choosing an export
 /// (NBD_OPT_GO or NBD_OPT_EXPORT_NAME), under <see cref="NbdServerOptions.HandshakeTimeout"/>
-/// timed by <see cref="NbdServerOptions.TimeProvider"/>.
+/// timed by <see cref="NbdServerOptions.TimeProvider"/>. With TLS offered, NBD_OPT_STARTTLS moves the
+/// connection onto TLS (and, with <see cref="NbdTlsMode.Required"/>, nothing else is answered before it).
+/// With <see cref="NbdServerOptions.TenantOf"/>, the client sees only its tenant's exports (and shared
+/// ones); any other answers exactly as a name nobody serves.
 /// </summary>
-internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader reader, ILogger log, string peer)
+internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, PipeReader reader, ILogger log, string peer)
 {
     /// <summary>Option data beyond this is drained and refused rather than buffered.</summary>
     private const int MaxOptionLength = 64 * 1024;
@@ -27,6 +30,10 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
     private bool _structured;
     private INbdExport? _metaExport; // export the last successful SET_META_CONTEXT selected base:allocation for
     private CancellationToken _cancel;
+    private bool _tls;
+    private string? _tenant;
+
+    private Stream Output => connection.Output;
 
     /// <summary>
     /// Negotiates; null when the client left, aborted, misbehaved or ran out of time. A client that
@@ -58,7 +65,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         BinaryPrimitives.WriteUInt64BigEndian(hello.AsSpan(ServerHello.PasswdOffset), InitPasswd);
         BinaryPrimitives.WriteUInt64BigEndian(hello.AsSpan(ServerHello.OptMagicOffset), OptMagic);
         BinaryPrimitives.WriteUInt16BigEndian(hello.AsSpan(ServerHello.FlagsOffset), FlagFixedNewstyle | FlagNoZeroes);
-        await stream.WriteAsync(hello, _cancel);
+        await Output.WriteAsync(hello, _cancel);
 
         var flagsField = new byte[ClientFlagsField.Size];
         if (!await PipeReading.ReadExactAsync(reader, flagsField, allowEof: true, _cancel)) return null;
@@ -69,6 +76,8 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
             return null;
         }
         _noZeroes = (clientFlags & ClientFlagNoZeroes) != 0;
+        // A plain-text client is who its address says; STARTTLS replaces this with the certificate's identity.
+        if (!Identify(new NbdClientIdentity { RemoteEndPoint = connection.RemoteEndPoint })) return null;
 
         var header = new byte[OptionHeader.Size];
         while (true)
@@ -89,6 +98,20 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
             }
             var data = new byte[length];
             await PipeReading.ReadExactAsync(reader, data, allowEof: false, _cancel);
+
+            if (Options.TlsMode == NbdTlsMode.Required && !_tls && option is not (OptStartTls or OptAbort))
+            {
+                if (option == OptExportName)
+                {
+                    // EXPORT_NAME cannot carry an error: the protocol says to end the session.
+                    log.LogInformation("NBD {Peer}: EXPORT_NAME before STARTTLS while TLS is required; disconnecting", peer);
+                    Metrics.NbdMetrics.Refused(server.LocalEndPoint, "tls-required");
+                    return null;
+                }
+                if (option is OptGo) Metrics.NbdMetrics.Refused(server.LocalEndPoint, "tls-required");
+                await SendErrorAsync(option, RepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+                continue;
+            }
 
             switch (option)
             {
@@ -116,12 +139,74 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
                 case OptSetMetaContext:
                     await MetaContextAsync(option, data);
                     break;
+                case OptStartTls when Options.TlsMode != NbdTlsMode.Off:
+                    if (_tls) await SendErrorAsync(option, RepErrInvalid, "TLS is already in use");
+                    else if (length != 0) await SendErrorAsync(option, RepErrInvalid, "STARTTLS takes no data");
+                    else if (!await StartTlsAsync()) return null;
+                    break;
                 default:
-                    // STARTTLS lands here too: this server runs in NOTLS mode.
+                    // STARTTLS lands here too when the listener runs without TLS (NOTLS mode).
                     await SendErrorAsync(option, RepErrUnsup, $"option {option} is not supported");
                     break;
             }
         }
+    }
+
+    /// <summary>
+    /// Acknowledges STARTTLS and runs the TLS handshake; false when the connection must end (the handshake
+    /// failed, or the verified client is not authorized), which is logged and counted as a refusal.
+    /// </summary>
+    private async Task<bool> StartTlsAsync()
+    {
+        NbdClientIdentity? identity;
+        try
+        {
+            identity = await connection.StartTlsAsync(server.Tls!, OptionReply(OptStartTls, RepAck, default), _cancel);
+        }
+        catch (Exception ex) when (ex is System.Security.Authentication.AuthenticationException or IOException)
+        {
+            log.LogWarning("NBD {Peer}: TLS handshake failed ({Reason}); disconnecting", peer, ex.InnerException?.Message ?? ex.Message);
+            Metrics.NbdMetrics.Refused(server.LocalEndPoint, "tls-handshake");
+            return false;
+        }
+        if (identity is null)
+        {
+            log.LogInformation("NBD {Peer}: sent data behind STARTTLS before its reply; disconnecting", peer);
+            return false;
+        }
+        _tls = true;
+        // Whatever was negotiated in plain text does not carry over into the protected session.
+        _structured = false;
+        _metaExport = null;
+        if (Options.Authorize is { } authorize && !authorize(identity))
+        {
+            log.LogWarning("NBD {Peer}: client certificate '{Subject}' is not authorized (tls-authz); disconnecting", peer, identity.Subject);
+            Metrics.NbdMetrics.Refused(server.LocalEndPoint, "tls-authz");
+            return false;
+        }
+        log.LogDebug("NBD {Peer}: TLS established for '{Subject}'", peer, identity.Subject);
+        return Identify(identity);
+    }
+
+    /// <summary>Resolves the client's tenant from <paramref name="identity"/> (when the server isolates tenants); false to disconnect.</summary>
+    private bool Identify(NbdClientIdentity identity)
+    {
+        if (Options.TenantOf is not { } tenantOf) return true;
+        _tenant = tenantOf(identity);
+        connection.Tenant = _tenant;
+        return true;
+    }
+
+    /// <summary>True when this client may know <paramref name="export"/> exists: no isolation, a shared export, or its own tenant's.</summary>
+    private bool Visible(INbdExport export) =>
+        Options.TenantOf is null || export.Tenant is null || string.Equals(export.Tenant, _tenant, StringComparison.Ordinal);
+
+    /// <summary>The export named <paramref name="name"/> as this client may see it (the empty name: the first it may see); null as for a missing one.</summary>
+    private INbdExport? FindExport(string name)
+    {
+        if (Options.TenantOf is null) return server.FindExport(name);
+        if (name.Length == 0) return server.Exports.FirstOrDefault(Visible);
+        return server.FindExport(name) is { } export && Visible(export) ? export : null;
     }
 
     private NbdSession Enter(INbdExport export)
@@ -132,7 +217,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
 
     private async Task<NbdSession?> ExportNameAsync(byte[] data)
     {
-        var export = data.Length <= MaxStringLength ? server.FindExport(Encoding.UTF8.GetString(data)) : null;
+        var export = data.Length <= MaxStringLength ? FindExport(Encoding.UTF8.GetString(data)) : null;
         if (export is null)
         {
             // EXPORT_NAME cannot carry an error; the protocol says to drop the session.
@@ -143,7 +228,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         var reply = new byte[_noZeroes ? ExportNameReply.ShortLength : ExportNameReply.FullLength];
         BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(ExportNameReply.SizeOffset), (ulong)export.Size);
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(ExportNameReply.FlagsOffset), TransmissionFlags(export));
-        await stream.WriteAsync(reply, _cancel);
+        await Output.WriteAsync(reply, _cancel);
         return Enter(export);
     }
 
@@ -156,6 +241,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         }
         foreach (var export in server.Exports)
         {
+            if (!Visible(export)) continue;
             var name = Encoding.UTF8.GetBytes(export.Name);
             var description = Encoding.UTF8.GetBytes(export.Description ?? "");
             var payload = new byte[ServerListPayload.NameOffset + name.Length + description.Length];
@@ -197,7 +283,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
             wantDescription |= type == InfoDescription;
         }
 
-        var export = server.FindExport(name);
+        var export = FindExport(name);
         if (export is null)
         {
             if (option == OptGo) Metrics.NbdMetrics.Refused(server.LocalEndPoint, "unknown-export");
@@ -250,7 +336,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
             await SendErrorAsync(option, RepErrInvalid, "malformed metadata context request");
             return;
         }
-        var export = server.FindExport(name);
+        var export = FindExport(name);
         if (export is null)
         {
             await SendErrorAsync(option, RepErrUnknown, $"no export named '{name}'");
@@ -308,7 +394,10 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         return flags;
     }
 
-    private async Task SendReplyAsync(uint option, uint type, ReadOnlyMemory<byte> data)
+    private async Task SendReplyAsync(uint option, uint type, ReadOnlyMemory<byte> data) =>
+        await Output.WriteAsync(OptionReply(option, type, data), _cancel);
+
+    private static byte[] OptionReply(uint option, uint type, ReadOnlyMemory<byte> data)
     {
         var buffer = new byte[OptionReplyHeader.Size + data.Length];
         BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(OptionReplyHeader.MagicOffset), OptReplyMagic);
@@ -316,7 +405,7 @@ internal sealed class NbdHandshake(NbdServer server, Stream stream, PipeReader r
         BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(OptionReplyHeader.TypeOffset), type);
         BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(OptionReplyHeader.LengthOffset), (uint)data.Length);
         data.Span.CopyTo(buffer.AsSpan(OptionReplyHeader.Size));
-        await stream.WriteAsync(buffer, _cancel);
+        return buffer;
     }
 
     private Task SendErrorAsync(uint option, uint type, string message) =>

@@ -10,8 +10,10 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// requests buffered), queue up and leave together: small ones copied into one buffer, large ones
 /// in one gather send, so a pipelined batch costs one system call rather than one per reply.
 /// After each send the reply's buffer goes back to the pool and its request's budget is released.
+/// On a TLS connection (<paramref name="tls"/> set) the same batches go through the TLS stream instead
+/// of the socket; a plain connection writes to the socket directly, with no stream in between.
 /// </summary>
-internal sealed class ReplySender(Socket socket, Action<long> released, Action broken, CancellationToken abort)
+internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> released, Action broken, CancellationToken abort)
 {
     /// <summary>Batches up to this many bytes are copied into one buffer; larger ones go out as a gather send.</summary>
     private const int CoalesceLimit = 16 * 1024;
@@ -130,6 +132,12 @@ internal sealed class ReplySender(Socket socket, Action<long> released, Action b
             }
             return;
         }
+        if (tls is not null)
+        {
+            // A stream has no gather write: each reply goes in order (the TLS layer frames them into records anyway).
+            foreach (var reply in batch) await SendAllAsync(reply.Buffer.AsMemory(0, reply.Length));
+            return;
+        }
         _segments.Clear();
         foreach (var reply in batch) _segments.Add(new ArraySegment<byte>(reply.Buffer, 0, reply.Length));
         long sent = await socket.SendAsync(_segments, SocketFlags.None);
@@ -146,6 +154,11 @@ internal sealed class ReplySender(Socket socket, Action<long> released, Action b
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> memory)
     {
+        if (tls is not null)
+        {
+            await tls.WriteAsync(memory, abort);
+            return;
+        }
         while (memory.Length > 0)
         {
             int n = await socket.SendAsync(memory, SocketFlags.None, abort);

@@ -9,11 +9,17 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// continuation runs inline when bytes arrive (no thread hop between the socket and the parser).
 /// The pipe pauses the loop when the reader falls behind (its request slots are full), so a client
 /// that floods the connection is held back by TCP rather than buffered.
+/// After NBD_OPT_STARTTLS the loop is paused (<see cref="PauseAsync"/>) and restarted on the TLS
+/// stream (<see cref="Start(Stream)"/>): the same pipe then carries the decrypted bytes, so the
+/// readers never notice, and a plain connection keeps receiving straight from the socket.
 /// </summary>
 internal sealed class SocketReceiver
 {
     /// <summary>Smallest buffer handed to a receive (as the stream reader before it): a pipelined batch of small requests in one call.</summary>
     private const int MinimumReceiveSize = 64 * 1024;
+
+    /// <summary>Buffer asked of the pipe per TLS read: a TLS record's plaintext is at most 16 KiB, so a read never fills more.</summary>
+    private const int TlsRecordSize = 16 * 1024;
 
     private readonly Socket _socket;
     private readonly Pipe _pipe = new(new PipeOptions(
@@ -24,19 +30,52 @@ internal sealed class SocketReceiver
         writerScheduler: PipeScheduler.Inline,
         useSynchronizationContext: false));
     private Task _loop = Task.CompletedTask;
+    private CancellationTokenSource? _pause;
+    private volatile bool _pausable;
 
     public SocketReceiver(Socket socket) => _socket = socket;
 
     /// <summary>What the peer sent; completes when it closes (with the error when the socket failed).</summary>
     public PipeReader Reader => _pipe.Reader;
 
-    /// <summary>Starts receiving.</summary>
-    public void Start() => _loop = ReceiveAsync();
+    /// <summary>
+    /// Starts receiving from the socket; <paramref name="pausable"/> when STARTTLS may come (each receive then
+    /// carries the pause token until <see cref="EndPausable"/>, a registration a plain listener never pays for).
+    /// </summary>
+    public void Start(bool pausable)
+    {
+        _pausable = pausable;
+        _pause = pausable ? new CancellationTokenSource() : null;
+        _loop = ReceiveAsync(null, _pause?.Token ?? CancellationToken.None);
+    }
+
+    /// <summary>Negotiation is over: later receives go without the pause token.</summary>
+    public void EndPausable() => _pausable = false;
+
+    /// <summary>Resumes receiving, now from <paramref name="source"/> (the TLS stream over the socket), into the same pipe.</summary>
+    public void Start(Stream source)
+    {
+        _pause = null; // a TLS connection is never paused again
+        _loop = ReceiveAsync(source, CancellationToken.None);
+    }
+
+    /// <summary>
+    /// Stops the socket loop without completing the pipe and without losing a byte: a receive cancelled
+    /// while waiting has taken nothing from the kernel, and one that completed has put its bytes in the pipe.
+    /// </summary>
+    public async Task PauseAsync()
+    {
+        if (_pause is not { } pause) throw new InvalidOperationException("the receive loop cannot pause");
+        await pause.CancelAsync();
+        await _loop;
+        pause.Dispose();
+        _pause = null;
+    }
 
     /// <summary>Ends when the peer closed, the socket failed, or the reader completed.</summary>
     public Task Completion => _loop;
 
-    private async Task ReceiveAsync()
+    private async Task ReceiveAsync(Stream? source, CancellationToken pause)
     {
         var writer = _pipe.Writer;
         Exception? error = null;
@@ -44,13 +83,27 @@ internal sealed class SocketReceiver
         {
             while (true)
             {
-                var memory = writer.GetMemory(MinimumReceiveSize);
-                int received = await _socket.ReceiveAsync(memory, SocketFlags.None);
+                int received;
+                if (source is null)
+                {
+                    var memory = writer.GetMemory(MinimumReceiveSize);
+                    received = await _socket.ReceiveAsync(memory, SocketFlags.None, _pausable ? pause : CancellationToken.None);
+                }
+                else
+                {
+                    var memory = writer.GetMemory(TlsRecordSize);
+                    received = await source.ReadAsync(memory, CancellationToken.None); // a TLS loop ends with the socket, never paused
+                }
                 if (received == 0) break;
                 writer.Advance(received);
-                var flushed = await writer.FlushAsync();
+                var flushed = await writer.FlushAsync(CancellationToken.None); // pausing never interrupts a flush: its bytes are the reader's
                 if (flushed.IsCompleted || flushed.IsCanceled) break;
+                if (pause.IsCancellationRequested) return;
             }
+        }
+        catch (OperationCanceledException) when (pause.IsCancellationRequested)
+        {
+            return; // paused for STARTTLS: the pipe stays open for the TLS loop
         }
         catch (Exception ex)
         {

@@ -1,0 +1,65 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using Qcow2Actors.Host.Config;
+using Qcow2Actors.Host.Hosting;
+using Qcow2Actors.Nbd;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Host.Tests.Registry;
+
+/// <summary>Which tenant an NBD client's certificate is (qcow2actors.host.tenants.NAME.identities), at start and after SIGHUP.</summary>
+public sealed class HostRegistryIdentitiesTests
+{
+    private static NbdClientIdentity Certificate(string subject, params string[] alternativeNames) =>
+        new() { Tls = true, Subject = subject, AlternativeNames = alternativeNames };
+
+    [Fact]
+    public async Task A_certificate_is_the_tenant_naming_its_subject_else_one_naming_a_san_and_a_reload_changes_it()
+    {
+        using var dir = new TempDir();
+        await using var host = await HostHarness.StartAsync(dir.Path, """
+            qcow2actors.host.tenants {
+              acme { identities = ["CN=acme-vm1,O=Acme"] }
+              globex { identities = ["vm1.globex.example", "CN=shared-name,O=Globex"] }
+            }
+            """);
+        var registry = host.Registry;
+        Assert.Equal("acme", registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme")));
+        Assert.Equal("globex", registry.ResolveTenant(Certificate("CN=whatever, O=Globex", "VM1.globex.example")));
+        // The subject wins over a SAN another tenant names.
+        Assert.Equal("acme", registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme", "vm1.globex.example")));
+        Assert.Null(registry.ResolveTenant(Certificate("CN=stranger, O=Nobody", "stranger.example")));
+        Assert.Null(registry.ResolveTenant(new NbdClientIdentity { Tls = false }));
+
+        var conf = Path.Combine(dir.Path, "host.conf");
+        await File.WriteAllTextAsync(conf, """
+            qcow2actors.host.tenants {
+              acme { identities = ["CN=acme-vm2,O=Acme"] }
+              globex { }
+            }
+            """);
+        await HostApplication.ReloadAsync(host.App.Services.GetRequiredService<HostSettings>(), registry, NullLogger.Instance);
+        Assert.Null(registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme")));
+        Assert.Equal("acme", registry.ResolveTenant(Certificate("CN=acme-vm2, O=Acme")));
+        Assert.Null(registry.ResolveTenant(Certificate("CN=whatever, O=Globex", "vm1.globex.example")));
+    }
+
+    [Fact]
+    public void Bad_tls_settings_are_one_line_naming_the_key()
+    {
+        using var dir = new TempDir();
+        var conf = Path.Combine(dir.Path, "bad.conf");
+        File.WriteAllText(conf, "qcow2actors.host.nbd.tls.mode = sometimes");
+        Assert.Equal("qcow2actors.host.nbd.tls.mode 'sometimes' is invalid (off, optional or required)",
+            Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+        File.WriteAllText(conf, "qcow2actors.host.nbd.tls.mode = required");
+        Assert.Equal("qcow2actors.host.nbd.tls.x509-dir is required when qcow2actors.host.nbd.tls.mode is required",
+            Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+        File.WriteAllText(conf, $"qcow2actors.host.nbd.tls {{ mode = optional, x509-dir = \"{dir.Path}\" }}");
+        Assert.Equal($"qcow2actors.host.nbd.tls.x509-dir: {Path.Combine(dir.Path, "ca-cert.pem")}: file not found",
+            Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+        File.WriteAllText(conf, "qcow2actors.host.tenants.acme.identities = [\"\"]");
+        Assert.Equal("qcow2actors.host.tenants.acme.identities must not hold an empty name",
+            Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+    }
+}
