@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Qcow2Actors.Nbd;
 
 namespace Qcow2Actors.Host.Auth;
 

@@ -30,7 +30,8 @@ internal sealed partial class HostRegistry
         var served = Throttle(export);
         var exportEntry = new ExportEntry(name, entry, readOnly, export, served);
 #pragma warning restore CA2000
-        _nbd!.AddExport(served);
+        // A revoked tenant's exports are kept but served to nobody until it is restored.
+        if (_tenants.GetValueOrDefault(entry.Tenant) is not { Revoked: true }) _nbd!.AddExport(served);
         _exports[name] = exportEntry;
         entry.Exports = [.. entry.Exports, name];
         ApplyLimits();

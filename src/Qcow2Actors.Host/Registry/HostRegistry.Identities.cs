@@ -25,8 +25,8 @@ internal sealed partial class HostRegistry
         var identities = _identities;
         var tenant = identities.FirstOrDefault(t => t.Names.Any(identity.SubjectIs)).Tenant
             ?? identities.FirstOrDefault(t => t.Names.Any(n => identity.AlternativeNames.Contains(n, StringComparer.OrdinalIgnoreCase))).Tenant;
-        if (tenant is null || !_tenants.ContainsKey(tenant)) return null;
-        // revoked: api-auth (a revoked tenant resolves to null)
+        // A revoked tenant's certificates are no one's until it is restored.
+        if (tenant is null || _tenants.GetValueOrDefault(tenant) is not { Revoked: false }) return null;
         return tenant;
     }
 }

@@ -49,14 +49,25 @@ internal sealed partial class HostRegistry
     public bool IsRevoked(string tenantName) => _tenants.GetValueOrDefault(tenantName)?.Revoked ?? true;
 
     /// <summary>
-    /// Revokes the tenant: its tokens are refused from now on and every NBD connection to its exports is cut
-    /// off (before the reply). Its images and exports stay; they serve nobody of the tenant until restored.
+    /// Revokes the tenant: its tokens are refused from now on, its exports leave the NBD server (new clients get
+    /// "unknown export", TLS or not) and every NBD connection of it is cut off, all before the reply. Its images
+    /// and exports stay in the registry and are served again when it is restored.
     /// </summary>
     public Task<TenantReply> RevokeTenantAsync(string name) => ChangeAsync(async () =>
     {
         var entry = Tenant(name);
         entry.Revoked = true;
-        int cut = _nbd is null ? 0 : await _nbd.DisconnectTenantAsync(name);
+        int cut = 0;
+        if (_nbd is not null)
+        {
+            foreach (var export in _exports.Values.Where(e => e.Image.Tenant == name))
+            {
+                cut += _nbd.GetConnectionCount(export.Name);
+                // Already cancelled: its clients are cut off at once, not waited for.
+                await _nbd.RemoveExportAsync(export.Name, new CancellationToken(canceled: true));
+            }
+            cut += await _nbd.DisconnectTenantAsync(name); // those still negotiating
+        }
         _log.LogWarning("tenant {Tenant} revoked; {Connections} NBD connection(s) closed", name, cut);
         return ToReply(entry);
     });
@@ -64,6 +75,8 @@ internal sealed partial class HostRegistry
     public Task<TenantReply> RestoreTenantAsync(string name) => ChangeAsync(() =>
     {
         var entry = Tenant(name);
+        if (entry.Revoked && _nbd is not null)
+            foreach (var export in _exports.Values.Where(e => e.Image.Tenant == name)) _nbd.AddExport(export.Served);
         entry.Revoked = false;
         _log.LogInformation("tenant {Tenant} restored", name);
         return Task.FromResult(ToReply(entry));

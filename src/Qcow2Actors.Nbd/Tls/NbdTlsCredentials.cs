@@ -73,11 +73,11 @@ public sealed class NbdTlsCredentials
         X509Certificate2 server;
         try
         {
-            server = X509Certificate2.CreateFromPemFile(certPath, keyPath);
+            server = PemCertificates.LoadWithKey(certPath, keyPath); // certtool's EC keys too
         }
         catch (Exception ex) when (ex is CryptographicException or IOException or UnauthorizedAccessException or ArgumentException)
         {
-            // CreateFromPemFile does not say which of the two files it choked on: the certificate alone tells.
+            // The loader does not say which of the two files it choked on: the certificate alone tells.
             var culprit = CertificateLoads(certPath) ? keyPath : certPath;
             throw new ArgumentException($"{culprit}: {OneLine(ex.Message)}", ex);
         }

@@ -38,6 +38,11 @@ public class TenantRevocationTests
             Assert.Equal(ErrorCodes.Forbidden, refused.Code);
             Assert.Contains("revoked", refused.Message);
             Assert.Contains(host.AuditLines(), l => l.GetProperty("route").GetString() == Routes.TenantRevoke && l.GetProperty("status").GetInt32() == 200);
+            // Without TLS too, the revoked tenant's export is unknown to new clients; the other tenant's is not.
+            await using var again = await RawNbdClient.ConnectAsync(host.Registry.Nbd!.LocalEndPoint!);
+            var go = await again.OptionAsync(RawNbdClient.OptGo, RawNbdClient.InfoRequest("acme/disk"));
+            Assert.Equal(RawNbdClient.RepErrUnknown, go[^1].Type);
+            Assert.Contains("acme/disk", (await host.GetAsync<ExportReply[]>(Routes.Exports)).Select(e => e.Name));
         }
 
         // Persisted: still revoked after a restart, until restored.
@@ -49,6 +54,9 @@ public class TenantRevocationTests
             Assert.False((await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: false))).Revoked);
             using var ok = await client.GetAsync(Routes.TenantImagesPath("acme"));
             Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+            await using var restored = await RawNbdClient.ConnectAsync(host.Registry.Nbd!.LocalEndPoint!);
+            var (size, _) = await restored.GoAsync("acme/disk");
+            Assert.Equal(1UL << 20, size);
         }
     }
 }

@@ -1,5 +1,7 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
+using Qcow2Actors.Host.Api;
+using Qcow2Actors.Host.Api.Contracts;
 using Qcow2Actors.Host.Config;
 using Qcow2Actors.Host.Hosting;
 using Qcow2Actors.Nbd;
@@ -30,6 +32,11 @@ public sealed class HostRegistryIdentitiesTests
         Assert.Equal("acme", registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme", "vm1.globex.example")));
         Assert.Null(registry.ResolveTenant(Certificate("CN=stranger, O=Nobody", "stranger.example")));
         Assert.Null(registry.ResolveTenant(new NbdClientIdentity { Tls = false }));
+        // A revoked tenant's certificates are no one's until it is restored.
+        await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: true));
+        Assert.Null(registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme")));
+        await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: false));
+        Assert.Equal("acme", registry.ResolveTenant(Certificate("CN=acme-vm1, O=Acme")));
 
         var conf = Path.Combine(dir.Path, "host.conf");
         await File.WriteAllTextAsync(conf, """

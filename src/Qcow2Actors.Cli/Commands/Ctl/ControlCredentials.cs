@@ -54,7 +54,7 @@ internal sealed record ControlCredentials
         {
             try
             {
-                client = Qcow2Actors.Host.Auth.PemCertificates.LoadWithKey(cert, key!);
+                client = Qcow2Actors.Nbd.PemCertificates.LoadWithKey(cert, key!);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
             {

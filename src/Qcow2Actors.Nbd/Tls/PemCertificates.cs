@@ -2,7 +2,7 @@ using System.Formats.Asn1;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
-namespace Qcow2Actors.Host.Auth;
+namespace Qcow2Actors.Nbd;
 
 /// <summary>
 /// Loads a PEM certificate with its PEM private key, including the EC keys GnuTLS's certtool writes: about half

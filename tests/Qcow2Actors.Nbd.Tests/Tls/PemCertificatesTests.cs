@@ -1,10 +1,10 @@
 using System.Formats.Asn1;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using Qcow2Actors.Host.Auth;
+using Qcow2Actors.Nbd;
 using Qcow2Actors.Tests.Shared;
 
-namespace Qcow2Actors.Host.Tests.Auth;
+namespace Qcow2Actors.Nbd.Tests.Tls;
 
 public class PemCertificatesTests
 {
