@@ -33,6 +33,11 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly ILogger _log;
     private readonly LogThrottle _refusals;
     private readonly LogThrottle _handshakeTimeouts;
+    private readonly LogThrottle _idleTimeouts;
+    private readonly LogThrottle _tenantRefusals;
+    private readonly Lock _tenantLock = new();
+    private readonly Dictionary<string, int> _tenantConnections = new(StringComparer.Ordinal);
+    private int _negotiating;
     private TaskCompletionSource _connectionClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Socket? _listener;
     private Task? _acceptLoop;
@@ -50,6 +55,12 @@ public sealed class NbdServer : IAsyncDisposable
         if (options.MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", nameof(options));
         if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
             throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
+        if (options.IdleTimeout < TimeSpan.Zero && options.IdleTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentException("IdleTimeout must not be negative", nameof(options));
+        if (options.MaxNegotiatingConnections < 0) throw new ArgumentException("MaxNegotiatingConnections must not be negative", nameof(options));
+        if (options.MaxConnectionsPerTenant < 0) throw new ArgumentException("MaxConnectionsPerTenant must not be negative", nameof(options));
+        if (options.MaxInFlightRequests < 1) throw new ArgumentException("MaxInFlightRequests must be at least 1", nameof(options));
+        if (options.MaxInFlightBytes < 1) throw new ArgumentException("MaxInFlightBytes must be at least 1", nameof(options));
         var exports = ExportSet.Empty;
         foreach (var export in options.Exports)
         {
@@ -63,6 +74,8 @@ public sealed class NbdServer : IAsyncDisposable
         _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
         _refusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
         _handshakeTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
+        _idleTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
+        _tenantRefusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
     }
 
     /// <summary>
@@ -70,6 +83,12 @@ public sealed class NbdServer : IAsyncDisposable
     /// <see cref="NbdServerOptions.MaxConnections"/> or its default, within the descriptors free then.
     /// </summary>
     public int MaxConnections { get; private set; }
+
+    /// <summary>
+    /// The bound on connections still negotiating in force from <see cref="StartAsync"/> on: the configured
+    /// <see cref="NbdServerOptions.MaxNegotiatingConnections"/> or its default, never above <see cref="MaxConnections"/>.
+    /// </summary>
+    public int MaxNegotiatingConnections { get; private set; }
 
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
@@ -245,6 +264,7 @@ public sealed class NbdServer : IAsyncDisposable
         if (lowered)
             _log.LogWarning("NBD: max-connections {Configured} lowered to {Max}: the file descriptor limit ({Limit}) leaves no more with {Headroom} kept free",
                 Options.MaxConnections, MaxConnections, softLimit, NbdServerOptions.DescriptorHeadroom);
+        MaxNegotiatingConnections = NbdServerOptions.EffectiveMaxNegotiating(Options.MaxNegotiatingConnections, MaxConnections);
         _log.LogInformation("NBD server listening on {EndPoint} with {Count} export(s)", LocalEndPoint, Exports.Count);
         var loop = new AcceptLoop(listener.AcceptAsync, Admit, Options.TimeProvider, _log);
         _acceptLoop = Task.Run(() => loop.RunAsync(_stopping.Token), CancellationToken.None);
@@ -269,18 +289,28 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts serving a client the accept loop got, or closes it at once when the server is full.</summary>
+    /// <summary>
+    /// Starts serving a client the accept loop got, or closes it at once when the server is full or
+    /// too many clients are still negotiating.
+    /// </summary>
     private void Admit(Socket socket)
     {
+        string? refusal = null, reason = null;
         if (_connections.Count >= MaxConnections)
+            (reason, refusal) = ("max-connections", $"{_connections.Count} connections open, the most allowed");
+        else if (Volatile.Read(ref _negotiating) >= MaxNegotiatingConnections)
+            (reason, refusal) = ("max-negotiating", $"{Volatile.Read(ref _negotiating)} connections still negotiating, the most allowed");
+        if (refusal is not null)
         {
+            // One throttle for both: under a flood they alternate, and one line per interval is enough.
             if (_refusals.TryEnter(out var more))
-                _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
-                    socket.RemoteEndPoint?.ToString() ?? "unix-client", _connections.Count, LogThrottle.More(more));
-            NbdMetrics.Refused(LocalEndPoint, "max-connections");
+                _log.LogWarning("NBD: refused a connection from {Peer}: {Refusal} ({Reason}){More}",
+                    socket.RemoteEndPoint?.ToString() ?? "unix-client", refusal, reason, LogThrottle.More(more));
+            NbdMetrics.Refused(LocalEndPoint, reason!);
             socket.Dispose();
             return;
         }
+        Interlocked.Increment(ref _negotiating); // only the accept loop adds, so the check above holds
         NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
@@ -300,6 +330,8 @@ public sealed class NbdServer : IAsyncDisposable
         }
         finally
         {
+            EndNegotiation(connection);
+            if (connection.CountedTenant is { } tenant) LeaveTenant(tenant);
             _connections.TryRemove(connection, out _);
             Interlocked.Exchange(ref _connectionClosed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
@@ -316,6 +348,70 @@ public sealed class NbdServer : IAsyncDisposable
     /// <see cref="NbdServerOptions.MaxInFlightRequests"/> slots: the bound is holding the client back.
     /// </summary>
     internal Action? ReaderWaitingForSlot { get; set; }
+
+    /// <summary>
+    /// Called when a connection's reader holds a request and must wait for its share of
+    /// <see cref="NbdServerOptions.MaxInFlightBytes"/>: the byte bound is holding the client back.
+    /// </summary>
+    internal Action? ReaderWaitingForBytes { get; set; }
+
+    /// <summary>Connections accepted that have not yet chosen an export (or left).</summary>
+    internal int NegotiatingCount => Volatile.Read(ref _negotiating);
+
+    /// <summary>The connection chose an export or closed: it no longer counts against the negotiating bound (once).</summary>
+    internal void EndNegotiation(NbdConnection connection)
+    {
+        if (connection.EndNegotiation()) Interlocked.Decrement(ref _negotiating);
+    }
+
+    /// <summary>
+    /// Counts a connection toward <paramref name="tenant"/>'s bound, or returns the one-line reason it
+    /// may not (logged through a throttle and counted as <c>max-connections-per-tenant</c>).
+    /// </summary>
+    internal string? TryEnterTenant(string tenant, string peer)
+    {
+        var max = Options.MaxConnectionsPerTenant;
+        lock (_tenantLock)
+        {
+            var count = _tenantConnections.GetValueOrDefault(tenant);
+            if (max == 0 || count < max)
+            {
+                _tenantConnections[tenant] = count + 1;
+                return null;
+            }
+        }
+        NbdMetrics.Refused(LocalEndPoint, "max-connections-per-tenant");
+        if (_tenantRefusals.TryEnter(out var more))
+            _log.LogWarning("NBD: refused {Peer}: tenant '{Tenant}' has {Max} connections open, the most allowed (max-connections-per-tenant){More}",
+                peer, tenant, max, LogThrottle.More(more));
+        return $"too many connections for this tenant ({max} open, the most allowed)";
+    }
+
+    private void LeaveTenant(string tenant)
+    {
+        lock (_tenantLock)
+        {
+            var count = _tenantConnections.GetValueOrDefault(tenant) - 1;
+            if (count > 0) _tenantConnections[tenant] = count;
+            else _tenantConnections.Remove(tenant);
+        }
+    }
+
+    /// <summary>Connections counted toward <paramref name="tenant"/>'s <see cref="NbdServerOptions.MaxConnectionsPerTenant"/>.</summary>
+    public int GetTenantConnectionCount(string tenant)
+    {
+        ArgumentNullException.ThrowIfNull(tenant);
+        lock (_tenantLock) return _tenantConnections.GetValueOrDefault(tenant);
+    }
+
+    /// <summary>A transmitting client had nothing in flight for the idle timeout; its connection is being closed.</summary>
+    internal void ReportIdleTimeout(string peer)
+    {
+        NbdMetrics.Refused(LocalEndPoint, "idle-timeout");
+        if (_idleTimeouts.TryEnter(out var more))
+            _log.LogWarning("NBD: closed {Peer}: no request for {Seconds} s (idle-timeout){More}",
+                peer, Options.IdleTimeout.TotalSeconds, LogThrottle.More(more));
+    }
 
     /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
     internal void ReportHandshakeTimeout(string peer)
