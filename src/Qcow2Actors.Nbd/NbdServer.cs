@@ -37,7 +37,10 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly LogThrottle _tenantRefusals;
     private readonly Lock _tenantLock = new();
     private readonly Dictionary<string, int> _tenantConnections = new(StringComparer.Ordinal);
-    private int _negotiating;
+    // Connections still negotiating, oldest first: when there are too many the oldest goes, so a flood
+    // of idle handshakes cannot keep a client that negotiates at once from getting in.
+    private readonly Lock _negotiatingLock = new();
+    private readonly LinkedList<NbdConnection> _negotiating = new();
     private TaskCompletionSource _connectionClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Socket? _listener;
     private Task? _acceptLoop;
@@ -295,25 +298,42 @@ public sealed class NbdServer : IAsyncDisposable
     /// </summary>
     private void Admit(Socket socket)
     {
-        string? refusal = null, reason = null;
+        var peer = socket.RemoteEndPoint?.ToString() ?? "unix-client";
         if (_connections.Count >= MaxConnections)
-            (reason, refusal) = ("max-connections", $"{_connections.Count} connections open, the most allowed");
-        else if (Volatile.Read(ref _negotiating) >= MaxNegotiatingConnections)
-            (reason, refusal) = ("max-negotiating", $"{Volatile.Read(ref _negotiating)} connections still negotiating, the most allowed");
-        if (refusal is not null)
         {
-            // One throttle for both: under a flood they alternate, and one line per interval is enough.
+            // One throttle for refusals and evictions: under a flood one line per interval is enough.
             if (_refusals.TryEnter(out var more))
-                _log.LogWarning("NBD: refused a connection from {Peer}: {Refusal} ({Reason}){More}",
-                    socket.RemoteEndPoint?.ToString() ?? "unix-client", refusal, reason, LogThrottle.More(more));
-            NbdMetrics.Refused(LocalEndPoint, reason!);
+                _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
+                    peer, _connections.Count, LogThrottle.More(more));
+            NbdMetrics.Refused(LocalEndPoint, "max-connections");
             socket.Dispose();
             return;
         }
-        Interlocked.Increment(ref _negotiating); // only the accept loop adds, so the check above holds
+        NbdConnection? evicted = null;
+        int negotiating;
+        lock (_negotiatingLock)
+        {
+            negotiating = _negotiating.Count;
+            if (negotiating >= MaxNegotiatingConnections && _negotiating.First is { } oldest)
+            {
+                _negotiating.RemoveFirst();
+                oldest.Value.NegotiationNode = null;
+                evicted = oldest.Value;
+            }
+        }
+        if (evicted is not null)
+        {
+            // The oldest handshake is the likeliest to be idle or dribbling; a real client negotiates in milliseconds.
+            evicted.Abort();
+            NbdMetrics.Refused(LocalEndPoint, "max-negotiating");
+            if (_refusals.TryEnter(out var more))
+                _log.LogWarning("NBD: closed {Evicted}, the oldest of {Count} connections still negotiating (max-negotiating), to admit {Peer}{More}",
+                    evicted.Peer, negotiating, peer, LogThrottle.More(more));
+        }
         NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
+        lock (_negotiatingLock) connection.NegotiationNode = _negotiating.AddLast(connection);
         // Registered before it runs, so a client that leaves at once is still removed (and never
         // counts against MaxConnections for ever).
         var registered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -356,12 +376,20 @@ public sealed class NbdServer : IAsyncDisposable
     internal Action? ReaderWaitingForBytes { get; set; }
 
     /// <summary>Connections accepted that have not yet chosen an export (or left).</summary>
-    internal int NegotiatingCount => Volatile.Read(ref _negotiating);
+    internal int NegotiatingCount
+    {
+        get { lock (_negotiatingLock) return _negotiating.Count; }
+    }
 
-    /// <summary>The connection chose an export or closed: it no longer counts against the negotiating bound (once).</summary>
+    /// <summary>The connection chose an export or closed: it no longer counts against the negotiating bound.</summary>
     internal void EndNegotiation(NbdConnection connection)
     {
-        if (connection.EndNegotiation()) Interlocked.Decrement(ref _negotiating);
+        lock (_negotiatingLock)
+        {
+            if (connection.NegotiationNode is not { } node) return;
+            _negotiating.Remove(node);
+            connection.NegotiationNode = null;
+        }
     }
 
     /// <summary>

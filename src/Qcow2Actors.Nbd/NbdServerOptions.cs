@@ -77,8 +77,9 @@ public sealed record NbdServerOptions
 
     /// <summary>
     /// Most connections still negotiating (connected, no export chosen yet) at once; a client beyond
-    /// it is accepted and closed at once. A flood of idle or dribbling handshakes can so hold only
-    /// this share of <see cref="MaxConnections"/>, and clients that negotiate keep the rest.
+    /// it closes the one that has been negotiating longest, which a client that negotiates at once
+    /// never is. A flood of idle or dribbling handshakes so holds only this share of
+    /// <see cref="MaxConnections"/> and cannot keep other clients from getting in.
     /// 0 (the default): a quarter of the connection bound in force, or all of it up to 16.
     /// </summary>
     public int MaxNegotiatingConnections { get; init; }

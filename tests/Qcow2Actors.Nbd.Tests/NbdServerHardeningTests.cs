@@ -44,12 +44,15 @@ public sealed class NbdServerHardeningTests
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
         Assert.Equal((0u, 1ul), ((await c.ReadSimpleReplyAsync(512)).Error, 1ul));
 
-        // The check at 30 s finds 10 s of quiet: it looks again when the 30 s would be up.
+        // The check at 30 s finds the client active at 20 s (the request) or at 30 s (its reply leaving, which
+        // may trail the client reading it): it looks again when 30 s of quiet would be up.
         time.Advance(TimeSpan.FromSeconds(10));
-        Assert.Equal(TimeSpan.FromSeconds(20), await time.NextArmedAsync());
+        var again = await time.NextArmedAsync();
+        Assert.InRange(again, TimeSpan.FromSeconds(20), TimeSpan.FromSeconds(30));
         Assert.Empty(log.Warnings);
+        Assert.Equal(1, server.ConnectionCount);
 
-        time.Advance(TimeSpan.FromSeconds(20));
+        time.Advance(again);
         Assert.True(await c.WaitForCloseAsync(), "an idle client outlived the idle timeout");
         Assert.Contains("no request for 30 s (idle-timeout)", Assert.Single(log.Warnings));
     }
@@ -154,7 +157,7 @@ public sealed class NbdServerHardeningTests
     }
 
     [Fact]
-    public async Task Clients_beyond_the_negotiating_bound_are_closed_and_one_that_chose_an_export_frees_its_place()
+    public async Task A_client_beyond_the_negotiating_bound_closes_the_oldest_handshake_and_transmitting_clients_are_untouched()
     {
         var time = new ArmedTimerProvider();
         var log = new CollectingLoggerFactory();
@@ -167,20 +170,28 @@ public sealed class NbdServerHardeningTests
             LoggerFactory = log,
         });
         Assert.Equal(2, server.MaxNegotiatingConnections);
-        await using var first = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        await using var second = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        for (var i = 0; i < 3; i++)
-        {
-            await using var surplus = await RawNbdClient.ConnectAsync(server.LocalEndPoint!, handshake: false);
-            Assert.True(await surplus.WaitForCloseAsync(), "a client beyond max-negotiating was kept");
-        }
+        await using var working = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await working.GoAsync("disk"); // transmitting: not negotiating any more
 
-        await first.GoAsync("disk"); // transmitting now: no longer negotiating
-        await using var third = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        await third.GoAsync("disk");
-        await first.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
-        Assert.Equal(0u, (await first.ReadSimpleReplyAsync(512)).Error);
-        Assert.Contains("2 connections still negotiating, the most allowed (max-negotiating)", Assert.Single(log.Warnings));
+        // Two idle handshakes fill the bound; each newcomer closes the oldest of them.
+        var idle = new List<RawNbdClient>();
+        for (var i = 0; i < 4; i++) idle.Add(await RawNbdClient.ConnectAsync(server.LocalEndPoint!));
+        Assert.True(await idle[0].WaitForCloseAsync(), "the oldest handshake was kept past max-negotiating");
+        Assert.True(await idle[1].WaitForCloseAsync(), "the second oldest handshake was kept past max-negotiating");
+
+        // A client that negotiates gets in although idle handshakes fill the bound.
+        await using var late = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await late.GoAsync("disk");
+        Assert.True(await idle[2].WaitForCloseAsync(), "the oldest handshake was kept when a client that negotiates came");
+        await idle[3].GoAsync("disk"); // the newest one was left alone
+
+        foreach (var c in new[] { working, late, idle[3] })
+        {
+            await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
+            Assert.Equal(0u, (await c.ReadSimpleReplyAsync(512)).Error);
+        }
+        foreach (var c in idle) await c.DisposeAsync();
+        Assert.Contains("the oldest of 2 connections still negotiating (max-negotiating)", Assert.Single(log.Warnings));
     }
 
     [Theory]

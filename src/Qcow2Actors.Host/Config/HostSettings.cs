@@ -32,6 +32,37 @@ public sealed record HostSettings
     /// <summary>NBD connections at once; 0: the server's default.</summary>
     public int MaxConnections { get; init; }
 
+    /// <summary>NBD connections still negotiating at once; 0: the server's default (<see cref="NbdServerOptions.MaxNegotiatingConnections"/>).</summary>
+    public int MaxNegotiating { get; init; }
+
+    /// <summary>NBD connections on one tenant's exports at once; 0: no bound.</summary>
+    public int MaxConnectionsPerTenant { get; init; }
+
+    /// <summary>A transmitting NBD client with nothing in flight this long is closed; zero: never.</summary>
+    public TimeSpan IdleTimeout { get; init; }
+
+    /// <summary>Requests one NBD connection may have unanswered at once.</summary>
+    public int MaxInFlightRequests { get; init; } = NbdServerOptions.DefaultMaxInFlightRequests;
+
+    /// <summary>Payload bytes one NBD connection may hold at once (data read or written, replies not yet sent).</summary>
+    public long MaxInFlightBytes { get; init; } = NbdServerOptions.DefaultMaxInFlightBytes;
+
+    /// <summary>The NBD server's options for these settings (exports are added at run time).</summary>
+    internal NbdServerOptions NbdOptions(Microsoft.Extensions.Logging.ILoggerFactory? loggers) => new()
+    {
+        Exports = [],
+        AllowNoExports = true,
+        EndPoint = NbdEndPoint,
+        HandshakeTimeout = HandshakeTimeout,
+        MaxConnections = MaxConnections,
+        MaxNegotiatingConnections = MaxNegotiating,
+        MaxConnectionsPerTenant = MaxConnectionsPerTenant,
+        IdleTimeout = IdleTimeout,
+        MaxInFlightRequests = MaxInFlightRequests,
+        MaxInFlightBytes = MaxInFlightBytes,
+        LoggerFactory = loggers,
+    };
+
     /// <summary>Host page cache mode of the images opened.</summary>
     public CacheMode Cache { get; init; } = CacheMode.Writeback;
 
@@ -81,6 +112,18 @@ public sealed record HostSettings
         if (handshake < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.handshake-timeout must not be negative");
         int maxConnections = host.GetInt("nbd.max-connections", 0);
         if (maxConnections < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections must not be negative");
+        int maxNegotiating = host.GetInt("nbd.max-negotiating", 0);
+        if (maxNegotiating < 0) throw new ArgumentException("qcow2actors.host.nbd.max-negotiating must not be negative");
+        int perTenant = host.GetInt("nbd.max-connections-per-tenant", 0);
+        if (perTenant < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections-per-tenant must not be negative");
+        var idle = host.GetTimeSpan("nbd.idle-timeout", TimeSpan.Zero, allowInfinite: false);
+        if (idle < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.idle-timeout must not be negative");
+        int inFlightRequests = host.GetInt("nbd.max-in-flight-requests", NbdServerOptions.DefaultMaxInFlightRequests);
+        if (inFlightRequests < 1) throw new ArgumentException("qcow2actors.host.nbd.max-in-flight-requests must be at least 1");
+        long inFlightBytes = host.HasPath("nbd.max-in-flight-bytes")
+            ? host.GetByteSize("nbd.max-in-flight-bytes") ?? NbdServerOptions.DefaultMaxInFlightBytes
+            : NbdServerOptions.DefaultMaxInFlightBytes;
+        if (inFlightBytes < 1) throw new ArgumentException("qcow2actors.host.nbd.max-in-flight-bytes must be at least 1 byte");
         var stop = host.GetTimeSpan("stop-timeout", TimeSpan.FromSeconds(30), allowInfinite: false);
         var logFormat = host.GetString("log-format", "text");
         if (logFormat is not ("text" or "json")) throw new ArgumentException($"qcow2actors.host.log-format '{logFormat}' is invalid (text or json)");
@@ -92,6 +135,11 @@ public sealed record HostSettings
             NbdEndPoint = nbd,
             HandshakeTimeout = handshake,
             MaxConnections = maxConnections,
+            MaxNegotiating = maxNegotiating,
+            MaxConnectionsPerTenant = perTenant,
+            IdleTimeout = idle,
+            MaxInFlightRequests = inFlightRequests,
+            MaxInFlightBytes = inFlightBytes,
             Cache = host.GetString("cache", "writeback") switch
             {
                 "writeback" => CacheMode.Writeback,

@@ -24,15 +24,7 @@ internal sealed partial class HostRegistry
             foreach (var t in state.Tenants) _tenants[t.Name] = new TenantEntry(t.Name, t.Quota, t.MaxImages);
             ApplyConfig(Settings.Tenants);
 
-            _nbd = new NbdServer(new NbdServerOptions
-            {
-                Exports = [],
-                AllowNoExports = true,
-                EndPoint = Settings.NbdEndPoint,
-                HandshakeTimeout = Settings.HandshakeTimeout,
-                MaxConnections = Settings.MaxConnections,
-                LoggerFactory = loggers,
-            });
+            _nbd = new NbdServer(Settings.NbdOptions(loggers));
             await _nbd.StartAsync(cancellationToken);
 
             foreach (var i in state.Images)

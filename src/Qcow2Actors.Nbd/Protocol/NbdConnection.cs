@@ -47,7 +47,6 @@ internal sealed class NbdConnection
     private ReplySender _sender = null!;
     private int _maxSlots;
     private volatile bool _broken;
-    private int _negotiationEnded;
     private volatile string? _countedTenant;
     // Idle timeout (only when configured): when the last request was read or answered, and the timer that checks it.
     private ITimer? _idleTimer;
@@ -75,8 +74,11 @@ internal sealed class NbdConnection
     /// <summary>The tenant this connection counts toward (<see cref="NbdServerOptions.MaxConnectionsPerTenant"/>); null when none.</summary>
     public string? CountedTenant => _countedTenant;
 
-    /// <summary>True the first time it is called: the connection stops counting as negotiating.</summary>
-    public bool EndNegotiation() => Interlocked.Exchange(ref _negotiationEnded, 1) == 0;
+    /// <summary>Its place in the server's list of connections still negotiating; null once out of it. Guarded by the server.</summary>
+    public LinkedListNode<NbdConnection>? NegotiationNode { get; set; }
+
+    /// <summary>The client's address, for log lines.</summary>
+    public string Peer => _peer;
 
     /// <summary>
     /// Called by the handshake before it accepts NBD_OPT_GO or EXPORT_NAME for <paramref name="export"/>: counts
