@@ -90,7 +90,8 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
 
     /// <summary>
     /// A client that sends two million 1 MiB READs (56 MB of headers) and reads no reply: the server holds
-    /// at most <c>--max-in-flight-bytes 16M</c> of replies, stops reading the client (so its send never
+    /// at most <c>--max-in-flight-bytes 16M</c> of replies (with 1,024 requests allowed in flight, the byte bound
+    /// is what holds: 1,024 reads would be 1 GiB), stops reading the client (so its send never
     /// completes), and stays within 96 MiB of where it started, while a qemu-io client of export <c>b</c>
     /// writes and reads back 32 MiB correctly. The flooding client, reading at last, gets correct data.
     /// </summary>
@@ -99,7 +100,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
     {
         var a = NewImage("a.qcow2", 0x44);
         var b = NewImage("b.qcow2", 0x55);
-        using var server = await ServeProcess.StartAsync(2, "--port", "0", "--max-in-flight-bytes", "16M", "--max-in-flight-requests", "64", a, b);
+        using var server = await ServeProcess.StartAsync(2, "--port", "0", "--max-in-flight-bytes", "16M", "--max-in-flight-requests", "1024", a, b);
         var endPoint = new IPEndPoint(IPAddress.Loopback, new Uri(server.Uri).Port);
         // Warm up: the same qemu-io run as below and reads of export a, so what pools and caches keep for them is in the baseline.
         string[] victim = ["-f", "raw", server.Uris[1], "-c", "write -P 0x66 0 32M", "-c", "read -P 0x66 0 32M", "-c", "read -P 0x55 32M 32M"];
@@ -120,11 +121,14 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
         Assert.False(server.HasExited, $"serve died: {server.StdErr}");
         Assert.True(during.Peak - before.Rss < 96L * MiB, $"serve grew from {before.Rss >> 20} MiB to a peak of {during.Peak >> 20} MiB");
 
-        // The replies were held, not lost: the first ones carry the right handles and data.
-        for (ulong i = 0; i < 4; i++)
+        // The replies were held, not lost: the first ones (in completion order) answer distinct early requests with the right data.
+        var handles = new HashSet<ulong>();
+        for (var i = 0; i < 4; i++)
         {
             var reply = await ReceiveExactAsync(flood, 16 + MiB);
-            Assert.Equal((0u, i), (BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)), BinaryPrimitives.ReadUInt64BigEndian(reply.AsSpan(8))));
+            Assert.Equal((0x67446698u, 0u), (BinaryPrimitives.ReadUInt32BigEndian(reply), BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4))));
+            var handle = BinaryPrimitives.ReadUInt64BigEndian(reply.AsSpan(8));
+            Assert.True(handle < 1000 && handles.Add(handle), $"reply {i} has handle {handle}");
             Assert.True(reply.AsSpan(16).IndexOfAnyExcept((byte)0x44) < 0, $"reply {i} carried wrong data");
         }
         flood.Close(0);
