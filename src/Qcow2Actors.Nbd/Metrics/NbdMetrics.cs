@@ -33,7 +33,10 @@ public static class NbdMetrics
     /// <summary>Tag of <see cref="Errors"/>: the errno the client got (<c>EIO</c>, <c>ENOSPC</c>, <c>EINVAL</c>, ...).</summary>
     public const string ErrnoTag = "errno";
 
-    /// <summary>Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>handshake-timeout</c> or <c>unknown-export</c>.</summary>
+    /// <summary>
+    /// Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>max-negotiating</c> (the oldest handshake closed
+    /// for a newcomer), <c>max-connections-per-tenant</c>, <c>handshake-timeout</c>, <c>idle-timeout</c> or <c>unknown-export</c>.
+    /// </summary>
     public const string ReasonTag = "reason";
 
     /// <summary>Tag of <see cref="ConnectionsAccepted"/> and <see cref="ConnectionsRefused"/>: the listening endpoint (<c>127.0.0.1:10809</c>, a socket path).</summary>
