@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Text;
 using Qcow2Actors.Nbd.Exports;
+using Qcow2Actors.Nbd.Metrics;
+using Qcow2Actors.Tests.Shared;
 using Qcow2Actors.Nbd.Protocol;
 
 namespace Qcow2Actors.Nbd.Tests;
@@ -23,6 +25,10 @@ public sealed class NbdServerHardeningTests
         return server;
     }
 
+    /// <summary>Records what <paramref name="server"/> (alone, by its endpoint) counts.</summary>
+    private static MetricRecorder Refusals(NbdServer server) =>
+        MetricRecorder.ForTag(NbdMetrics.MeterName, NbdMetrics.EndpointTag, server.LocalEndPoint!.ToString()!);
+
     [Fact]
     public async Task A_transmitting_client_with_nothing_in_flight_is_closed_after_the_idle_timeout()
     {
@@ -36,6 +42,7 @@ public sealed class NbdServerHardeningTests
             TimeProvider = time,
             LoggerFactory = log,
         });
+        using var recorder = Refusals(server);
         await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await c.GoAsync("disk");
         Assert.Equal(TimeSpan.FromSeconds(30), await time.NextArmedAsync());
@@ -55,6 +62,7 @@ public sealed class NbdServerHardeningTests
         time.Advance(again);
         Assert.True(await c.WaitForCloseAsync(), "an idle client outlived the idle timeout");
         Assert.Contains("no request for 30 s (idle-timeout)", Assert.Single(log.Warnings));
+        Assert.Equal(1, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "idle-timeout")));
     }
 
     [Fact]
@@ -119,6 +127,7 @@ public sealed class NbdServerHardeningTests
             TimeProvider = time,
             LoggerFactory = log,
         });
+        using var recorder = Refusals(server);
         await using var first = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await first.GoAsync("a1");
         await using var second = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
@@ -154,6 +163,7 @@ public sealed class NbdServerHardeningTests
 
         var line = Assert.Single(log.Warnings); // the EXPORT_NAME refusal fell within the throttle's interval
         Assert.Contains("tenant 'acme' has 2 connections open, the most allowed (max-connections-per-tenant)", line);
+        Assert.Equal(2, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "max-connections-per-tenant")));
     }
 
     [Fact]
@@ -170,6 +180,7 @@ public sealed class NbdServerHardeningTests
             LoggerFactory = log,
         });
         Assert.Equal(2, server.MaxNegotiatingConnections);
+        using var recorder = Refusals(server);
         await using var working = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
         await working.GoAsync("disk"); // transmitting: not negotiating any more
 
@@ -192,6 +203,7 @@ public sealed class NbdServerHardeningTests
         }
         foreach (var c in idle) await c.DisposeAsync();
         Assert.Contains("the oldest of 2 connections still negotiating (max-negotiating)", Assert.Single(log.Warnings));
+        Assert.Equal(3, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "max-negotiating")));
     }
 
     [Theory]

@@ -66,8 +66,11 @@ public static class NbdMetrics
     /// <summary>
     /// Counter (<c>{connection}</c>; endpoint, reason): clients turned away: closed at once because
     /// <see cref="NbdServerOptions.MaxConnections"/> were open (<c>max-connections</c>), closed for not
-    /// negotiating in time (<c>handshake-timeout</c>), or told an export they asked to enter
-    /// (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>).
+    /// negotiating in time (<c>handshake-timeout</c>), closed as the oldest handshake when a newcomer came past
+    /// <see cref="NbdServerOptions.MaxNegotiatingConnections"/> (<c>max-negotiating</c>), refused entry to an export
+    /// of a tenant at <see cref="NbdServerOptions.MaxConnectionsPerTenant"/> (<c>max-connections-per-tenant</c>),
+    /// closed for having nothing in flight for <see cref="NbdServerOptions.IdleTimeout"/> (<c>idle-timeout</c>), or
+    /// told an export they asked to enter (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>).
     /// </summary>
     public const string ConnectionsRefused = "qcow2actors.nbd.connections.refused";
 
