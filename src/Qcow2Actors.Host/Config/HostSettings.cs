@@ -84,6 +84,21 @@ public sealed record HostSettings
     /// <summary>Tenants the config file states.</summary>
     internal IReadOnlyList<TenantConfig> Tenants { get; init; } = [];
 
+    /// <summary>A duration key of <c>qcow2actors.host</c>; one that is not a duration (or is negative) is one line naming it.</summary>
+    private static TimeSpan Duration(Akka.Configuration.Config host, string key, TimeSpan fallback)
+    {
+        TimeSpan value;
+        try
+        {
+            value = host.GetTimeSpan(key, fallback, allowInfinite: false);
+        }
+        catch (FormatException)
+        {
+            throw new ArgumentException($"qcow2actors.host.{key} '{host.GetString(key)}' is not a duration (e.g. 30s, 5m)");
+        }
+        return value >= TimeSpan.Zero ? value : throw new ArgumentException($"qcow2actors.host.{key} must not be negative");
+    }
+
     /// <summary>
     /// Reads <paramref name="configFile"/> (optional) and applies the command-line overrides.
     /// </summary>
@@ -108,7 +123,7 @@ public sealed record HostSettings
         EndPoint nbd = nbdSocket is not null
             ? new UnixDomainSocketEndPoint(Path.GetFullPath(nbdSocket))
             : new IPEndPoint(IPAddress.Parse(bind.Trim('[', ']')), port);
-        var handshake = host.GetTimeSpan("nbd.handshake-timeout", NbdServerOptions.DefaultHandshakeTimeout, allowInfinite: false);
+        var handshake = Duration(host, "nbd.handshake-timeout", NbdServerOptions.DefaultHandshakeTimeout);
         if (handshake < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.handshake-timeout must not be negative");
         int maxConnections = host.GetInt("nbd.max-connections", 0);
         if (maxConnections < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections must not be negative");
@@ -116,8 +131,7 @@ public sealed record HostSettings
         if (maxNegotiating < 0) throw new ArgumentException("qcow2actors.host.nbd.max-negotiating must not be negative");
         int perTenant = host.GetInt("nbd.max-connections-per-tenant", 0);
         if (perTenant < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections-per-tenant must not be negative");
-        var idle = host.GetTimeSpan("nbd.idle-timeout", TimeSpan.Zero, allowInfinite: false);
-        if (idle < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.idle-timeout must not be negative");
+        var idle = Duration(host, "nbd.idle-timeout", TimeSpan.Zero);
         int inFlightRequests = host.GetInt("nbd.max-in-flight-requests", NbdServerOptions.DefaultMaxInFlightRequests);
         if (inFlightRequests < 1) throw new ArgumentException("qcow2actors.host.nbd.max-in-flight-requests must be at least 1");
         long inFlightBytes = host.HasPath("nbd.max-in-flight-bytes")

@@ -39,7 +39,8 @@ public sealed class HostSettingsNbdLimitsTests
     [Theory]
     [InlineData("max-negotiating = -1", "qcow2actors.host.nbd.max-negotiating must not be negative")]
     [InlineData("max-connections-per-tenant = -2", "qcow2actors.host.nbd.max-connections-per-tenant must not be negative")]
-    [InlineData("idle-timeout = -5s", "qcow2actors.host.nbd.idle-timeout must not be negative")]
+    [InlineData("idle-timeout = -5s", "qcow2actors.host.nbd.idle-timeout '-5s' is not a duration (e.g. 30s, 5m)")]
+    [InlineData("idle-timeout = soon", "qcow2actors.host.nbd.idle-timeout 'soon' is not a duration (e.g. 30s, 5m)")]
     [InlineData("max-in-flight-requests = 0", "qcow2actors.host.nbd.max-in-flight-requests must be at least 1")]
     [InlineData("max-in-flight-bytes = 0", "qcow2actors.host.nbd.max-in-flight-bytes must be at least 1 byte")]
     public void A_bad_limit_is_one_line_naming_its_key(string line, string message)
