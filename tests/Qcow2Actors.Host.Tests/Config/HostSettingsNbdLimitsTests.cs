@@ -34,6 +34,9 @@ public sealed class HostSettingsNbdLimitsTests
         var settings = HostSettings.Load(conf, dataDir: dir.Path, nbdPort: 0);
         Assert.Equal((500, 40, 8, TimeSpan.FromMinutes(15), 16, 8L << 20),
             (settings.MaxConnections, settings.MaxNegotiating, settings.MaxConnectionsPerTenant, settings.IdleTimeout, settings.MaxInFlightRequests, settings.MaxInFlightBytes));
+        var nbd = settings.NbdOptions(null); // what the host's NBD server is started with
+        Assert.Equal((500, 40, 8, TimeSpan.FromMinutes(15), 16, 8L << 20),
+            (nbd.MaxConnections, nbd.MaxNegotiatingConnections, nbd.MaxConnectionsPerTenant, nbd.IdleTimeout, nbd.MaxInFlightRequests, nbd.MaxInFlightBytes));
     }
 
     [Theory]
