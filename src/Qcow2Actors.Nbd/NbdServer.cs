@@ -33,6 +33,14 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly ILogger _log;
     private readonly LogThrottle _refusals;
     private readonly LogThrottle _handshakeTimeouts;
+    private readonly LogThrottle _idleTimeouts;
+    private readonly LogThrottle _tenantRefusals;
+    private readonly Lock _tenantLock = new();
+    private readonly Dictionary<string, int> _tenantConnections = new(StringComparer.Ordinal);
+    // Connections still negotiating, oldest first: when there are too many the oldest goes, so a flood
+    // of idle handshakes cannot keep a client that negotiates at once from getting in.
+    private readonly Lock _negotiatingLock = new();
+    private readonly LinkedList<NbdConnection> _negotiating = new();
     private TaskCompletionSource _connectionClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Socket? _listener;
     private Task? _acceptLoop;
@@ -56,6 +64,12 @@ public sealed class NbdServer : IAsyncDisposable
             if (options.TlsCredentials is null) throw new ArgumentException($"TlsMode {options.TlsMode} needs TlsCredentials", nameof(options));
             Tls = new Tls.TlsUpgrade(options.TlsCredentials);
         }
+        if (options.IdleTimeout < TimeSpan.Zero && options.IdleTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentException("IdleTimeout must not be negative", nameof(options));
+        if (options.MaxNegotiatingConnections < 0) throw new ArgumentException("MaxNegotiatingConnections must not be negative", nameof(options));
+        if (options.MaxConnectionsPerTenant < 0) throw new ArgumentException("MaxConnectionsPerTenant must not be negative", nameof(options));
+        if (options.MaxInFlightRequests < 1) throw new ArgumentException("MaxInFlightRequests must be at least 1", nameof(options));
+        if (options.MaxInFlightBytes < 1) throw new ArgumentException("MaxInFlightBytes must be at least 1", nameof(options));
         var exports = ExportSet.Empty;
         foreach (var export in options.Exports)
         {
@@ -69,6 +83,8 @@ public sealed class NbdServer : IAsyncDisposable
         _log = options.LoggerFactory?.CreateLogger<NbdServer>() ?? NullLogger<NbdServer>.Instance;
         _refusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
         _handshakeTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
+        _idleTimeouts = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
+        _tenantRefusals = new LogThrottle(options.TimeProvider, TimeSpan.FromSeconds(10));
     }
 
     /// <summary>
@@ -76,6 +92,12 @@ public sealed class NbdServer : IAsyncDisposable
     /// <see cref="NbdServerOptions.MaxConnections"/> or its default, within the descriptors free then.
     /// </summary>
     public int MaxConnections { get; private set; }
+
+    /// <summary>
+    /// The bound on connections still negotiating in force from <see cref="StartAsync"/> on: the configured
+    /// <see cref="NbdServerOptions.MaxNegotiatingConnections"/> or its default, never above <see cref="MaxConnections"/>.
+    /// </summary>
+    public int MaxNegotiatingConnections { get; private set; }
 
     /// <summary>The options the server was created with.</summary>
     public NbdServerOptions Options { get; }
@@ -257,6 +279,7 @@ public sealed class NbdServer : IAsyncDisposable
         if (lowered)
             _log.LogWarning("NBD: max-connections {Configured} lowered to {Max}: the file descriptor limit ({Limit}) leaves no more with {Headroom} kept free",
                 Options.MaxConnections, MaxConnections, softLimit, NbdServerOptions.DescriptorHeadroom);
+        MaxNegotiatingConnections = NbdServerOptions.EffectiveMaxNegotiating(Options.MaxNegotiatingConnections, MaxConnections);
         _log.LogInformation("NBD server listening on {EndPoint} with {Count} export(s)", LocalEndPoint, Exports.Count);
         var loop = new AcceptLoop(listener.AcceptAsync, Admit, Options.TimeProvider, _log);
         _acceptLoop = Task.Run(() => loop.RunAsync(_stopping.Token), CancellationToken.None);
@@ -281,21 +304,48 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts serving a client the accept loop got, or closes it at once when the server is full.</summary>
+    /// <summary>
+    /// Starts serving a client the accept loop got, or closes it at once when the server is full or
+    /// too many clients are still negotiating.
+    /// </summary>
     private void Admit(Socket socket)
     {
+        var peer = socket.RemoteEndPoint?.ToString() ?? "unix-client";
         if (_connections.Count >= MaxConnections)
         {
+            // One throttle for refusals and evictions: under a flood one line per interval is enough.
             if (_refusals.TryEnter(out var more))
                 _log.LogWarning("NBD: refused a connection from {Peer}: {Count} connections open, the most allowed (max-connections){More}",
-                    socket.RemoteEndPoint?.ToString() ?? "unix-client", _connections.Count, LogThrottle.More(more));
+                    peer, _connections.Count, LogThrottle.More(more));
             NbdMetrics.Refused(LocalEndPoint, "max-connections");
             socket.Dispose();
             return;
         }
+        NbdConnection? evicted = null;
+        int negotiating;
+        lock (_negotiatingLock)
+        {
+            negotiating = _negotiating.Count;
+            if (negotiating >= MaxNegotiatingConnections && _negotiating.First is { } oldest)
+            {
+                _negotiating.RemoveFirst();
+                oldest.Value.NegotiationNode = null;
+                evicted = oldest.Value;
+            }
+        }
+        if (evicted is not null)
+        {
+            // The oldest handshake is the likeliest to be idle or dribbling; a real client negotiates in milliseconds.
+            evicted.Abort();
+            NbdMetrics.Refused(LocalEndPoint, "max-negotiating");
+            if (_refusals.TryEnter(out var more))
+                _log.LogWarning("NBD: closed {Evicted}, the oldest of {Count} connections still negotiating (max-negotiating), to admit {Peer}{More}",
+                    evicted.Peer, negotiating, peer, LogThrottle.More(more));
+        }
         NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
+        lock (_negotiatingLock) connection.NegotiationNode = _negotiating.AddLast(connection);
         // Registered before it runs, so a client that leaves at once is still removed (and never
         // counts against MaxConnections for ever).
         var registered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -312,6 +362,8 @@ public sealed class NbdServer : IAsyncDisposable
         }
         finally
         {
+            EndNegotiation(connection);
+            if (connection.CountedTenant is { } tenant) LeaveTenant(tenant);
             _connections.TryRemove(connection, out _);
             Interlocked.Exchange(ref _connectionClosed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
@@ -328,6 +380,78 @@ public sealed class NbdServer : IAsyncDisposable
     /// <see cref="NbdServerOptions.MaxInFlightRequests"/> slots: the bound is holding the client back.
     /// </summary>
     internal Action? ReaderWaitingForSlot { get; set; }
+
+    /// <summary>
+    /// Called when a connection's reader holds a request and must wait for its share of
+    /// <see cref="NbdServerOptions.MaxInFlightBytes"/>: the byte bound is holding the client back.
+    /// </summary>
+    internal Action? ReaderWaitingForBytes { get; set; }
+
+    /// <summary>Connections accepted that have not yet chosen an export (or left).</summary>
+    internal int NegotiatingCount
+    {
+        get { lock (_negotiatingLock) return _negotiating.Count; }
+    }
+
+    /// <summary>The connection chose an export or closed: it no longer counts against the negotiating bound.</summary>
+    internal void EndNegotiation(NbdConnection connection)
+    {
+        lock (_negotiatingLock)
+        {
+            if (connection.NegotiationNode is not { } node) return;
+            _negotiating.Remove(node);
+            connection.NegotiationNode = null;
+        }
+    }
+
+    /// <summary>
+    /// Counts a connection toward <paramref name="tenant"/>'s bound, or returns the one-line reason it
+    /// may not (logged through a throttle and counted as <c>max-connections-per-tenant</c>).
+    /// </summary>
+    internal string? TryEnterTenant(string tenant, string peer)
+    {
+        var max = Options.MaxConnectionsPerTenant;
+        lock (_tenantLock)
+        {
+            var count = _tenantConnections.GetValueOrDefault(tenant);
+            if (max == 0 || count < max)
+            {
+                _tenantConnections[tenant] = count + 1;
+                return null;
+            }
+        }
+        NbdMetrics.Refused(LocalEndPoint, "max-connections-per-tenant");
+        if (_tenantRefusals.TryEnter(out var more))
+            _log.LogWarning("NBD: refused {Peer}: tenant '{Tenant}' has {Max} connections open, the most allowed (max-connections-per-tenant){More}",
+                peer, tenant, max, LogThrottle.More(more));
+        return $"too many connections for this tenant ({max} open, the most allowed)";
+    }
+
+    private void LeaveTenant(string tenant)
+    {
+        lock (_tenantLock)
+        {
+            var count = _tenantConnections.GetValueOrDefault(tenant) - 1;
+            if (count > 0) _tenantConnections[tenant] = count;
+            else _tenantConnections.Remove(tenant);
+        }
+    }
+
+    /// <summary>Connections counted toward <paramref name="tenant"/>'s <see cref="NbdServerOptions.MaxConnectionsPerTenant"/>.</summary>
+    public int GetTenantConnectionCount(string tenant)
+    {
+        ArgumentNullException.ThrowIfNull(tenant);
+        lock (_tenantLock) return _tenantConnections.GetValueOrDefault(tenant);
+    }
+
+    /// <summary>A transmitting client had nothing in flight for the idle timeout; its connection is being closed.</summary>
+    internal void ReportIdleTimeout(string peer)
+    {
+        NbdMetrics.Refused(LocalEndPoint, "idle-timeout");
+        if (_idleTimeouts.TryEnter(out var more))
+            _log.LogWarning("NBD: closed {Peer}: no request for {Seconds} s (idle-timeout){More}",
+                peer, Options.IdleTimeout.TotalSeconds, LogThrottle.More(more));
+    }
 
     /// <summary>A client did not finish negotiating in time; its connection is being closed.</summary>
     internal void ReportHandshakeTimeout(string peer)

@@ -33,15 +33,29 @@ public sealed record NbdServerOptions
 
     /// <summary>
     /// Largest READ or WRITE accepted (advertised in NBD_INFO_BLOCK_SIZE). A larger READ gets
-    /// EINVAL; a larger WRITE ends the connection, since its payload would have to be swallowed.
+    /// EINVAL; a larger WRITE gets EOVERFLOW and then the connection closes, since its payload
+    /// cannot be skipped without reading it all.
     /// </summary>
     public int MaxBlockSize { get; init; } = DefaultMaxBlockSize;
 
-    /// <summary>Requests one connection may have executing at once before the server stops reading from it.</summary>
-    public int MaxInFlightRequests { get; init; } = 64;
+    /// <summary>
+    /// Requests one connection may have unanswered at once (executing, or with a reply waiting for the
+    /// client to read it) before the server stops reading from it; the client is then held back by TCP.
+    /// </summary>
+    public int MaxInFlightRequests { get; init; } = DefaultMaxInFlightRequests;
 
-    /// <summary>Payload bytes (write data held plus read data being produced) one connection may hold at once.</summary>
-    public long MaxInFlightBytes { get; init; } = 64L * 1024 * 1024;
+    /// <summary>The default of <see cref="MaxInFlightRequests"/>.</summary>
+    public const int DefaultMaxInFlightRequests = 64;
+
+    /// <summary>
+    /// Payload bytes one connection may hold at once: write data read, read data produced and block-status
+    /// replies (charged at their largest size), until the reply has left. A client that pipelines requests
+    /// and never reads its replies so pins at most this much (plus 512 KiB of receive buffer).
+    /// </summary>
+    public long MaxInFlightBytes { get; init; } = DefaultMaxInFlightBytes;
+
+    /// <summary>The default of <see cref="MaxInFlightBytes"/>: 64 MiB.</summary>
+    public const long DefaultMaxInFlightBytes = 64L * 1024 * 1024;
 
     /// <summary>How long a client may take from connecting to finishing option negotiation, as qemu-nbd's handshake limit.</summary>
     public static readonly TimeSpan DefaultHandshakeTimeout = TimeSpan.FromSeconds(10);
@@ -62,7 +76,35 @@ public sealed record NbdServerOptions
     public int MaxConnections { get; init; }
 
     /// <summary>
-    /// Clock of the handshake timeout, the stop deadline (<see cref="NbdServer.StopAsync(TimeSpan, CancellationToken)"/>),
+    /// Most connections still negotiating (connected, no export chosen yet) at once; a client beyond
+    /// it closes the one that has been negotiating longest, which a client that negotiates at once
+    /// never is. A flood of idle or dribbling handshakes so holds only this share of
+    /// <see cref="MaxConnections"/> and cannot keep other clients from getting in.
+    /// 0 (the default): a quarter of the connection bound in force, or all of it up to 16.
+    /// </summary>
+    public int MaxNegotiatingConnections { get; init; }
+
+    /// <summary>
+    /// Most connections transmitting on the exports of one tenant (<see cref="INbdExport.Tenant"/>)
+    /// at once, so one tenant cannot take every slot from the others. A client beyond it gets
+    /// NBD_REP_ERR_POLICY with a one-line message to NBD_OPT_GO (NBD_OPT_EXPORT_NAME, which cannot
+    /// carry an error, is dropped). Exports without a tenant are not counted. 0 (the default): no bound.
+    /// </summary>
+    public int MaxConnectionsPerTenant { get; init; }
+
+    /// <summary>
+    /// A transmitting connection with no request in flight for this long is closed (timed by
+    /// <see cref="TimeProvider"/>). <see cref="TimeSpan.Zero"/> (the default) or
+    /// <see cref="Timeout.InfiniteTimeSpan"/>: never, since a VM's idle disk is a legitimate client.
+    /// </summary>
+    public TimeSpan IdleTimeout { get; init; }
+
+    /// <summary>The bound on negotiating connections in force for <paramref name="configured"/> (0: the default) under <paramref name="maxConnections"/>.</summary>
+    internal static int EffectiveMaxNegotiating(int configured, int maxConnections) =>
+        configured > 0 ? Math.Min(configured, maxConnections) : Math.Max(Math.Min(maxConnections, 16), maxConnections / 4);
+
+    /// <summary>
+    /// Clock of the handshake and idle timeouts, the stop deadline (<see cref="NbdServer.StopAsync(TimeSpan, CancellationToken)"/>),
     /// the accept retry delays and the log throttles; tests pass a fake one.
     /// </summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;

@@ -278,6 +278,7 @@ internal sealed class ScriptedExport(INbdExport inner) : INbdExport
 {
     public Func<long, Task>? BeforeRead { get; set; }
     public Func<long, Exception?>? WriteFailure { get; set; }
+    public Func<long, Task>? BeforeBlockStatus { get; set; }
 
     public string Name => inner.Name;
     public string? Tenant => inner.Tenant;
@@ -303,6 +304,9 @@ internal sealed class ScriptedExport(INbdExport inner) : INbdExport
 
     public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
 
-    public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-        inner.GetBlockStatusAsync(offset, length, cancellationToken);
+    public async ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        if (BeforeBlockStatus is not null) await BeforeBlockStatus(offset);
+        return await inner.GetBlockStatusAsync(offset, length, cancellationToken);
+    }
 }

@@ -14,7 +14,9 @@ namespace Qcow2Actors.Cli.Commands;
 /// <summary>
 /// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
 /// [--discard=ignore|unmap] [--cache=none|writeback] [--create SIZE] [-f FMT] [--config FILE]
-/// [--tls-creds DIR [--tls off|optional|required] [--tls-authz SUBJECT]...] IMG...</c>: serves each
+/// [--tls-creds DIR [--tls off|optional|required] [--tls-authz SUBJECT]...] [LIMITS] IMG...</c>
+/// (LIMITS: --max-connections, --max-negotiating, --handshake-timeout, --idle-timeout, --max-in-flight-requests,
+/// --max-in-flight-bytes): serves each
 /// image as an NBD export named after its file, prints one <c>Serving URI</c> line per export,
 /// and runs until SIGINT, SIGTERM or SIGHUP, which stop the server, flush and close every image.
 /// An image fault (turned read-only, corrupt, out of space, not closed clean) is one stderr line
@@ -37,9 +39,19 @@ internal static class ServeCommand
         var tlsCreds = new Option<string?>("--tls-creds") { Description = "directory of x509 credentials as QEMU lays them out (ca-cert.pem, server-cert.pem, server-key.pem): offer TLS, clients need a certificate the CA signed" };
         var tls = new Option<string?>("--tls") { Description = "off, optional (plain text allowed) or required (the default with --tls-creds, as qemu-nbd)" };
         var tlsAuthz = new Option<string[]>("--tls-authz") { Description = "serve only clients whose certificate subject is this distinguished name (repeatable), as qemu's authz-simple", AllowMultipleArgumentsPerToken = false };
+        var maxConnections = new Option<int?>("--max-connections", "--shared", "-e") { Description = "most connections at once, as qemu-nbd's --shared (default 0: half the descriptors free at start, 1..1024)" };
+        var maxNegotiating = new Option<int?>("--max-negotiating") { Description = "most connections still negotiating at once (default 0: a quarter of max-connections, all of it up to 16)" };
+        var handshakeTimeout = new Option<string?>("--handshake-timeout") { Description = "close clients that have not chosen an export by then (default 10s; 0: never)" };
+        var idleTimeout = new Option<string?>("--idle-timeout") { Description = "close clients with no request in flight this long (default 0: never)" };
+        var maxInFlightRequests = new Option<int?>("--max-in-flight-requests") { Description = "requests one connection may have unanswered at once (default 64)" };
+        var maxInFlightBytes = new Option<string?>("--max-in-flight-bytes") { Description = "payload bytes one connection may hold, replies not yet read included (default 64M)" };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
-            { bind, port, socket, exportName, readOnly, discard, cache, create, format, config, tlsCreds, tls, tlsAuthz, images };
+            {
+                bind, port, socket, exportName, readOnly, discard, cache, create, format, config,
+                tlsCreds, tls, tlsAuthz,
+                maxConnections, maxNegotiating, handshakeTimeout, idleTimeout, maxInFlightRequests, maxInFlightBytes, images,
+            };
 
         // A synchronous action on purpose: System.CommandLine gives an asynchronous action only a
         // short grace period after SIGTERM before it returns 143, cutting off the clean close.
@@ -49,7 +61,9 @@ internal static class ServeCommand
             var settings = ServeSettings.From(
                 parse.GetValue(images) ?? [], parse.GetValue(bind), parse.GetValue(port), parse.GetValue(socket),
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
-                parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache));
+                parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache),
+                new ServeLimitOptions(parse.GetValue(maxConnections), parse.GetValue(maxNegotiating), parse.GetValue(handshakeTimeout),
+                    parse.GetValue(idleTimeout), parse.GetValue(maxInFlightRequests), parse.GetValue(maxInFlightBytes)));
             settings = ServeTls.Apply(settings, parse.GetValue(tlsCreds), parse.GetValue(tls), parse.GetValue(tlsAuthz));
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             using var signals = new ShutdownSignals();
@@ -89,6 +103,10 @@ internal static class ServeCommand
                 TlsMode = settings.TlsMode,
                 TlsCredentials = settings.TlsCredentials,
                 Authorize = ServeTls.Authorize(settings.TlsAuthz),
+                MaxNegotiatingConnections = settings.MaxNegotiating,
+                IdleTimeout = settings.IdleTimeout,
+                MaxInFlightRequests = settings.MaxInFlightRequests,
+                MaxInFlightBytes = settings.MaxInFlightBytes,
                 LoggerFactory = logs,
             });
             await server.StartAsync().ConfigureAwait(false);

@@ -7,6 +7,11 @@ using Qcow2Actors.Nbd;
 
 namespace Qcow2Actors.Cli.Commands;
 
+/// <summary>The NBD limits given on the command line; a null one comes from the config file, else its default.</summary>
+internal sealed record ServeLimitOptions(
+    int? MaxConnections = null, int? MaxNegotiating = null, string? HandshakeTimeout = null, string? IdleTimeout = null,
+    int? MaxInFlightRequests = null, string? MaxInFlightBytes = null);
+
 /// <summary>One image to serve: where it is, what clients call it, and how to open it.</summary>
 /// <param name="Path">The image file.</param>
 /// <param name="Name">The export name.</param>
@@ -29,6 +34,10 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   cache = writeback           # or none (O_DIRECT): the page cache, default for every export
 ///   handshake-timeout = 10s     # close clients that have not chosen an export by then (0s: never)
 ///   max-connections = 0         # 0: half the descriptors free at start (1..1024); 64 always stay free
+///   max-negotiating = 0         # of those, still negotiating at once; 0: a quarter (all up to 16)
+///   idle-timeout = 0s           # close transmitting clients with nothing in flight this long (0s: never)
+///   max-in-flight-requests = 64 # per connection: requests unanswered at once
+///   max-in-flight-bytes = 64M   # per connection: payload bytes held (replies not read yet included)
 ///   exports {
 ///     disk { path = "disk.qcow2", create = 10G, discard = ignore, cache = none }
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
@@ -60,13 +69,26 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
 
     /// <summary>Client certificate subjects allowed in (<c>--tls-authz</c>); empty: any certificate the CA signed.</summary>
     public IReadOnlyList<string> TlsAuthz { get; init; } = [];
+    /// <summary>Most connections still negotiating at once; 0: the server's default.</summary>
+    public int MaxNegotiating { get; init; }
+
+    /// <summary>Transmitting clients with nothing in flight this long are closed; zero: never.</summary>
+    public TimeSpan IdleTimeout { get; init; }
+
+    /// <summary>Requests one connection may have unanswered at once.</summary>
+    public int MaxInFlightRequests { get; init; } = NbdServerOptions.DefaultMaxInFlightRequests;
+
+    /// <summary>Payload bytes one connection may hold at once.</summary>
+    public long MaxInFlightBytes { get; init; } = NbdServerOptions.DefaultMaxInFlightBytes;
 
     /// <summary>Opens the qcow2 images' files instead of the host file system (tests inject faults); null: host files.</summary>
     public Func<string, bool, Engine.Device.IBlockDevice>? DeviceFactory { get; init; }
 
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
-        bool readOnly, string? create, string? format, string? configFile, string? discard = null, string? cache = null)
+        bool readOnly, string? create, string? format, string? configFile, string? discard = null, string? cache = null,
+        ServeLimitOptions? limits = null)
     {
+        limits ??= new ServeLimitOptions();
         var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
         var file = whole?.GetConfig("q2a.serve");
         bind ??= NonEmpty(file?.GetString("bind", null));
@@ -75,12 +97,32 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         bool defaultReadOnly = readOnly || (file?.GetBoolean("read-only", false) ?? false);
         var defaultDiscard = ParseDiscard(discard ?? NonEmpty(file?.GetString("discard", null)), discard is null ? "q2a.serve.discard" : "--discard");
         var defaultCache = ParseCache(cache ?? NonEmpty(file?.GetString("cache", null)), cache is null ? "q2a.serve.cache" : "--cache");
-        var handshakeTimeout = file?.HasPath("handshake-timeout") == true
-            ? file.GetTimeSpan("handshake-timeout", null, allowInfinite: false)
+        var handshakeTimeout = limits.HandshakeTimeout is { } ht ? ParseDuration(ht, "--handshake-timeout")
+            : file?.HasPath("handshake-timeout") == true ? file.GetTimeSpan("handshake-timeout", null, allowInfinite: false)
             : NbdServerOptions.DefaultHandshakeTimeout;
         if (handshakeTimeout < TimeSpan.Zero) throw new ArgumentException($"q2a.serve.handshake-timeout must not be negative in {configFile}");
-        int maxConnections = file?.HasPath("max-connections") == true ? file.GetInt("max-connections") : 0;
-        if (maxConnections < 0) throw new ArgumentException($"q2a.serve.max-connections must not be negative in {configFile}");
+        var idleTimeout = limits.IdleTimeout is { } it ? ParseDuration(it, "--idle-timeout")
+            : file?.HasPath("idle-timeout") == true ? file.GetTimeSpan("idle-timeout", null, allowInfinite: false)
+            : TimeSpan.Zero;
+        if (idleTimeout < TimeSpan.Zero) throw new ArgumentException($"q2a.serve.idle-timeout must not be negative in {configFile}");
+        int maxConnections = Bound(limits.MaxConnections, "max-connections", 0, 0);
+        int maxNegotiating = Bound(limits.MaxNegotiating, "max-negotiating", 0, 0);
+        int maxInFlightRequests = Bound(limits.MaxInFlightRequests, "max-in-flight-requests", NbdServerOptions.DefaultMaxInFlightRequests, 1);
+        long maxInFlightBytes = limits.MaxInFlightBytes is { } mb ? ParseSize(mb)
+            : file?.HasPath("max-in-flight-bytes") == true ? file.GetByteSize("max-in-flight-bytes") ?? NbdServerOptions.DefaultMaxInFlightBytes
+            : NbdServerOptions.DefaultMaxInFlightBytes;
+        if (maxInFlightBytes < 1) throw new ArgumentException($"q2a.serve.max-in-flight-bytes must be at least 1 byte in {configFile}");
+
+        // A command-line count, else the file's, else the default; below the minimum is one line naming where it came from.
+        int Bound(int? given, string key, int fallback, int minimum)
+        {
+            int value = given ?? (file?.HasPath(key) == true ? file.GetInt(key) : fallback);
+            if (value < minimum)
+                throw new ArgumentException(given is not null
+                    ? $"--{key} must be at least {minimum}"
+                    : $"q2a.serve.{key} must be at least {minimum} in {configFile}");
+            return value;
+        }
         if (socket is not null && (bind is not null || port is not null))
             throw new ArgumentException("--socket cannot be combined with --bind or --port");
         if (exportName is not null && images.Length != 1)
@@ -129,7 +171,33 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
             FileConfig = whole,
             HandshakeTimeout = handshakeTimeout,
             MaxConnections = maxConnections,
+            MaxNegotiating = maxNegotiating,
+            IdleTimeout = idleTimeout,
+            MaxInFlightRequests = maxInFlightRequests,
+            MaxInFlightBytes = maxInFlightBytes,
         };
+    }
+
+    /// <summary>
+    /// A duration from the command line: whole seconds (<c>30</c>) or a HOCON duration as in the file
+    /// (<c>30s</c>, <c>500ms</c>, <c>5m</c>, <c>1h</c>).
+    /// </summary>
+    internal static TimeSpan ParseDuration(string text, string option)
+    {
+        var s = text.Trim();
+        if (long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds <= int.MaxValue)
+            return TimeSpan.FromSeconds(seconds);
+        var fail = new ArgumentException($"invalid {option} '{text}': give a duration such as 30s, 500ms, 5m or 1h (0: never)");
+        if (s.Length == 0 || !s.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or ' ')) throw fail;
+        try
+        {
+            var value = ConfigurationFactory.ParseString($"v = {s}").GetTimeSpan("v", null, allowInfinite: false);
+            return value >= TimeSpan.Zero ? value : throw fail;
+        }
+        catch (Exception ex) when (ex is not ArgumentException)
+        {
+            throw fail;
+        }
     }
 
     /// <summary>qemu-nbd's --discard spellings: ignore/off (TRIM does nothing), unmap/on (TRIM frees); null: unmap.</summary>

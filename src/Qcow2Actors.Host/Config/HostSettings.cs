@@ -38,6 +38,38 @@ public sealed record HostSettings
 
     /// <summary>The NBD server's x509 credentials (<c>qcow2actors.host.nbd.tls.x509-dir</c>, QEMU's layout); null with TLS off.</summary>
     public NbdTlsCredentials? NbdTlsCredentials { get; init; }
+    /// <summary>NBD connections still negotiating at once; 0: the server's default (<see cref="NbdServerOptions.MaxNegotiatingConnections"/>).</summary>
+    public int MaxNegotiating { get; init; }
+
+    /// <summary>NBD connections on one tenant's exports at once; 0: no bound.</summary>
+    public int MaxConnectionsPerTenant { get; init; }
+
+    /// <summary>A transmitting NBD client with nothing in flight this long is closed; zero: never.</summary>
+    public TimeSpan IdleTimeout { get; init; }
+
+    /// <summary>Requests one NBD connection may have unanswered at once.</summary>
+    public int MaxInFlightRequests { get; init; } = NbdServerOptions.DefaultMaxInFlightRequests;
+
+    /// <summary>Payload bytes one NBD connection may hold at once (data read or written, replies not yet sent).</summary>
+    public long MaxInFlightBytes { get; init; } = NbdServerOptions.DefaultMaxInFlightBytes;
+
+    /// <summary>The NBD server's options for these settings (exports are added at run time).</summary>
+    internal NbdServerOptions NbdOptions(Microsoft.Extensions.Logging.ILoggerFactory? loggers) => new()
+    {
+        Exports = [],
+        AllowNoExports = true,
+        EndPoint = NbdEndPoint,
+        HandshakeTimeout = HandshakeTimeout,
+        MaxConnections = MaxConnections,
+        MaxNegotiatingConnections = MaxNegotiating,
+        MaxConnectionsPerTenant = MaxConnectionsPerTenant,
+        IdleTimeout = IdleTimeout,
+        MaxInFlightRequests = MaxInFlightRequests,
+        MaxInFlightBytes = MaxInFlightBytes,
+        TlsMode = NbdTlsMode,
+        TlsCredentials = NbdTlsCredentials,
+        LoggerFactory = loggers,
+    };
 
     /// <summary>Host page cache mode of the images opened.</summary>
     public CacheMode Cache { get; init; } = CacheMode.Writeback;
@@ -63,6 +95,21 @@ public sealed record HostSettings
     /// <summary>Tenants the config file states.</summary>
     internal IReadOnlyList<TenantConfig> Tenants { get; init; } = [];
 
+    /// <summary>A duration key of <c>qcow2actors.host</c>; one that is not a duration (or is negative) is one line naming it.</summary>
+    private static TimeSpan Duration(Akka.Configuration.Config host, string key, TimeSpan fallback)
+    {
+        TimeSpan value;
+        try
+        {
+            value = host.GetTimeSpan(key, fallback, allowInfinite: false);
+        }
+        catch (FormatException)
+        {
+            throw new ArgumentException($"qcow2actors.host.{key} '{host.GetString(key)}' is not a duration (e.g. 30s, 5m)");
+        }
+        return value >= TimeSpan.Zero ? value : throw new ArgumentException($"qcow2actors.host.{key} must not be negative");
+    }
+
     /// <summary>
     /// Reads <paramref name="configFile"/> (optional) and applies the command-line overrides.
     /// </summary>
@@ -87,11 +134,22 @@ public sealed record HostSettings
         EndPoint nbd = nbdSocket is not null
             ? new UnixDomainSocketEndPoint(Path.GetFullPath(nbdSocket))
             : new IPEndPoint(IPAddress.Parse(bind.Trim('[', ']')), port);
-        var handshake = host.GetTimeSpan("nbd.handshake-timeout", NbdServerOptions.DefaultHandshakeTimeout, allowInfinite: false);
+        var handshake = Duration(host, "nbd.handshake-timeout", NbdServerOptions.DefaultHandshakeTimeout);
         if (handshake < TimeSpan.Zero) throw new ArgumentException("qcow2actors.host.nbd.handshake-timeout must not be negative");
         int maxConnections = host.GetInt("nbd.max-connections", 0);
         if (maxConnections < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections must not be negative");
         var (tlsMode, tlsCredentials) = ReadNbdTls(host);
+        int maxNegotiating = host.GetInt("nbd.max-negotiating", 0);
+        if (maxNegotiating < 0) throw new ArgumentException("qcow2actors.host.nbd.max-negotiating must not be negative");
+        int perTenant = host.GetInt("nbd.max-connections-per-tenant", 0);
+        if (perTenant < 0) throw new ArgumentException("qcow2actors.host.nbd.max-connections-per-tenant must not be negative");
+        var idle = Duration(host, "nbd.idle-timeout", TimeSpan.Zero);
+        int inFlightRequests = host.GetInt("nbd.max-in-flight-requests", NbdServerOptions.DefaultMaxInFlightRequests);
+        if (inFlightRequests < 1) throw new ArgumentException("qcow2actors.host.nbd.max-in-flight-requests must be at least 1");
+        long inFlightBytes = host.HasPath("nbd.max-in-flight-bytes")
+            ? host.GetByteSize("nbd.max-in-flight-bytes") ?? NbdServerOptions.DefaultMaxInFlightBytes
+            : NbdServerOptions.DefaultMaxInFlightBytes;
+        if (inFlightBytes < 1) throw new ArgumentException("qcow2actors.host.nbd.max-in-flight-bytes must be at least 1 byte");
         var stop = host.GetTimeSpan("stop-timeout", TimeSpan.FromSeconds(30), allowInfinite: false);
         var logFormat = host.GetString("log-format", "text");
         if (logFormat is not ("text" or "json")) throw new ArgumentException($"qcow2actors.host.log-format '{logFormat}' is invalid (text or json)");
@@ -107,6 +165,11 @@ public sealed record HostSettings
             MaxConnections = maxConnections,
             NbdTlsMode = tlsMode,
             NbdTlsCredentials = tlsCredentials,
+            MaxNegotiating = maxNegotiating,
+            MaxConnectionsPerTenant = perTenant,
+            IdleTimeout = idle,
+            MaxInFlightRequests = inFlightRequests,
+            MaxInFlightBytes = inFlightBytes,
             Cache = host.GetString("cache", "writeback") switch
             {
                 "writeback" => CacheMode.Writeback,

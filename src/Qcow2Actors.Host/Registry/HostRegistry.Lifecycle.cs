@@ -25,18 +25,10 @@ internal sealed partial class HostRegistry
             LoadTokens(state.Tokens);
             ApplyConfig(Settings.Tenants);
 
-            _nbd = new NbdServer(new NbdServerOptions
+            _nbd = new NbdServer(Settings.NbdOptions(loggers) with
             {
-                Exports = [],
-                AllowNoExports = true,
-                EndPoint = Settings.NbdEndPoint,
-                HandshakeTimeout = Settings.HandshakeTimeout,
-                MaxConnections = Settings.MaxConnections,
-                TlsMode = Settings.NbdTlsMode,
-                TlsCredentials = Settings.NbdTlsCredentials,
                 // With TLS, a client is the tenant its certificate names and sees only that tenant's exports.
                 TenantOf = Settings.NbdTlsMode != NbdTlsMode.Off ? ResolveTenant : null,
-                LoggerFactory = loggers,
             });
             await _nbd.StartAsync(cancellationToken);
 

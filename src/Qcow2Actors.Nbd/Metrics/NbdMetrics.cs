@@ -34,7 +34,8 @@ public static class NbdMetrics
     public const string ErrnoTag = "errno";
 
     /// <summary>
-    /// Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>handshake-timeout</c>, <c>unknown-export</c>,
+    /// Tag of <see cref="ConnectionsRefused"/>: <c>max-connections</c>, <c>max-negotiating</c> (the oldest handshake closed
+    /// for a newcomer), <c>max-connections-per-tenant</c>, <c>handshake-timeout</c>, <c>idle-timeout</c>, <c>unknown-export</c>,
     /// <c>tls-required</c>, <c>tls-handshake</c> or <c>tls-authz</c>.
     /// </summary>
     public const string ReasonTag = "reason";
@@ -66,10 +67,13 @@ public static class NbdMetrics
     /// <summary>
     /// Counter (<c>{connection}</c>; endpoint, reason): clients turned away: closed at once because
     /// <see cref="NbdServerOptions.MaxConnections"/> were open (<c>max-connections</c>), closed for not
-    /// negotiating in time (<c>handshake-timeout</c>), told an export they asked to enter
-    /// (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>), asking to enter one in plain
-    /// text when TLS is required (<c>tls-required</c>), failing the TLS handshake, e.g. with no client
-    /// certificate or one another CA signed (<c>tls-handshake</c>), or presenting a certificate the
+    /// negotiating in time (<c>handshake-timeout</c>), closed as the oldest handshake when a newcomer came past
+    /// <see cref="NbdServerOptions.MaxNegotiatingConnections"/> (<c>max-negotiating</c>), refused entry to an export
+    /// of a tenant at <see cref="NbdServerOptions.MaxConnectionsPerTenant"/> (<c>max-connections-per-tenant</c>),
+    /// closed for having nothing in flight for <see cref="NbdServerOptions.IdleTimeout"/> (<c>idle-timeout</c>),
+    /// told an export they asked to enter (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) does not exist (<c>unknown-export</c>),
+    /// asking to enter one in plain text when TLS is required (<c>tls-required</c>), failing the TLS handshake, e.g.
+    /// with no client certificate or one another CA signed (<c>tls-handshake</c>), or presenting a certificate the
     /// authorization list does not name (<c>tls-authz</c>).
     /// </summary>
     public const string ConnectionsRefused = "qcow2actors.nbd.connections.refused";

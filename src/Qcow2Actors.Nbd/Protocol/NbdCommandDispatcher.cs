@@ -24,6 +24,10 @@ internal sealed class NbdCommandDispatcher(
     /// <summary>Cap on descriptors in one block-status reply; clients ask again from where it stops.</summary>
     private const int MaxExtentsPerReply = 64 * 1024;
 
+    /// <summary>The largest BLOCK_STATUS reply (chunk header, context id, <see cref="MaxExtentsPerReply"/> descriptors): what one is charged against the byte budget.</summary>
+    public const int MaxBlockStatusReplyLength =
+        ChunkHeader.Size + BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * MaxExtentsPerReply;
+
     private readonly INbdExport _export = session.Export;
 
     // Read hand-offs to the thread pool, reused: at most MaxInFlightRequests exist per connection.
@@ -54,6 +58,13 @@ internal sealed class NbdCommandDispatcher(
                 _ = RunInlineAsync(request, payload, charge);
                 break;
         }
+    }
+
+    /// <summary>Answers <paramref name="request"/> with <paramref name="error"/> without running it (a WRITE too large to read); never throws.</summary>
+    public void Refuse(NbdRequest request, NbdError error, string message)
+    {
+        request = request with { Started = replies.Metrics.Start() };
+        replies.Status(request, error, message, 0);
     }
 
     private static bool InRange(ulong offset, uint length, long size) =>

@@ -50,6 +50,10 @@ internal sealed class NbdConnection
     private ReplySender _sender = null!;
     private int _maxSlots;
     private volatile bool _broken;
+    private volatile string? _countedTenant;
+    // Idle timeout (only when configured): when the last request was read or answered, and the timer that checks it.
+    private ITimer? _idleTimer;
+    private long _lastActivity;
 
     public NbdConnection(NbdServer server, Socket socket, ILogger log, CancellationToken stopping, CancellationToken abort)
     {
@@ -69,6 +73,33 @@ internal sealed class NbdConnection
 
     /// <summary>The export the client selected; null while it negotiates.</summary>
     public INbdExport? Export => _export;
+
+    /// <summary>The tenant this connection counts toward (<see cref="NbdServerOptions.MaxConnectionsPerTenant"/>); null when none.</summary>
+    public string? CountedTenant => _countedTenant;
+
+    /// <summary>Its place in the server's list of connections still negotiating; null once out of it. Guarded by the server.</summary>
+    public LinkedListNode<NbdConnection>? NegotiationNode { get; set; }
+
+    /// <summary>The client's address, for log lines.</summary>
+    public string Peer => _peer;
+
+    /// <summary>
+    /// Called by the handshake before it accepts NBD_OPT_GO or EXPORT_NAME for <paramref name="export"/>: counts
+    /// the connection toward the export's tenant, or returns the one-line reason it may not enter.
+    /// </summary>
+    private string? AdmitTenant(INbdExport export)
+    {
+        // The export's tenant: with TenantOf it is the client's own (or the export is shared, with none);
+        // a connection enters one export only.
+        if (export.Tenant is { } tenant && _countedTenant is null)
+        {
+            if (_server.TryEnterTenant(tenant, _peer) is { } refusal) return refusal;
+            _countedTenant = tenant;
+        }
+        // Before the reply that lets the client in, so a client that saw it may count on the slot being free.
+        _server.EndNegotiation(this);
+        return null;
+    }
 
     /// <summary>
     /// The client's tenant: with <see cref="NbdServerOptions.TenantOf"/>, the one resolved from its identity (as soon as
@@ -130,7 +161,7 @@ internal sealed class NbdConnection
         _receiver.Start(pausable: Options.TlsMode != NbdTlsMode.Off);
         try
         {
-            var session = await new NbdHandshake(_server, this, _reader, _log, _peer).RunAsync(_stopping);
+            var session = await new NbdHandshake(_server, this, _reader, _log, _peer, AdmitTenant).RunAsync(_stopping);
             _receiver.EndPausable();
             if (session is not null)
             {
@@ -206,6 +237,7 @@ internal sealed class NbdConnection
 
     private async Task TransmissionAsync(NbdSession session)
     {
+        _server.EndNegotiation(this);
         _maxSlots = Math.Max(1, Options.MaxInFlightRequests);
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
@@ -214,6 +246,7 @@ internal sealed class NbdConnection
         var dispatcher = new NbdCommandDispatcher(
             session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);
         metrics.ConnectionOpened();
+        StartIdleTimer();
         try
         {
             await ReadRequestsAsync(new NbdRequestReader(_reader), dispatcher);
@@ -226,6 +259,7 @@ internal sealed class NbdConnection
         }
         finally
         {
+            _idleTimer?.Dispose();
             _sender.Uncork();
             try
             {
@@ -265,6 +299,7 @@ internal sealed class NbdConnection
                     return;
             }
 
+            if (_idleTimer is not null) Volatile.Write(ref _lastActivity, Options.TimeProvider.GetTimestamp());
             if (request.Type == CmdDisc)
             {
                 _log.LogDebug("NBD {Peer}: soft disconnect", _peer);
@@ -272,7 +307,12 @@ internal sealed class NbdConnection
             }
             if (request.Type == CmdWrite && request.Length > (uint)Options.MaxBlockSize)
             {
-                _log.LogInformation("NBD {Peer}: write of {Length} bytes exceeds the {Max} byte limit; disconnecting", _peer, request.Length, Options.MaxBlockSize);
+                // Its payload cannot be skipped without reading it all, so the connection ends; but the client
+                // is told why first, as the protocol asks (the close waits for this reply to leave).
+                _log.LogInformation("NBD {Peer}: write of {Length} bytes exceeds the {Max} byte limit; answering EOVERFLOW and disconnecting",
+                    _peer, request.Length, Options.MaxBlockSize);
+                await _slots.WaitAsync(_stopping);
+                dispatcher.Refuse(request, NbdError.Overflow, $"write of {request.Length} bytes exceeds the maximum block size {Options.MaxBlockSize}");
                 return;
             }
 
@@ -287,11 +327,19 @@ internal sealed class NbdConnection
             byte[]? payload = null;
             try
             {
-                if (request.Type is CmdRead or CmdWrite)
+                if (request.Type is CmdRead or CmdWrite or CmdBlockStatus)
                 {
-                    var want = Math.Min(Math.Min(request.Length, (uint)Options.MaxBlockSize), Math.Max(1, Options.MaxInFlightBytes));
+                    // A block-status reply's size is known only once the export answers: charge its largest.
+                    long size = request.Type == CmdBlockStatus
+                        ? NbdCommandDispatcher.MaxBlockStatusReplyLength
+                        : Math.Min(request.Length, (uint)Options.MaxBlockSize);
+                    var want = Math.Min(size, Math.Max(1, Options.MaxInFlightBytes));
                     var gate = _bytes.WaitAsync(want, _stopping);
-                    if (!gate.IsCompleted) _sender.Uncork();
+                    if (!gate.IsCompleted)
+                    {
+                        _sender.Uncork();
+                        _server.ReaderWaitingForBytes?.Invoke();
+                    }
                     await gate;
                     charge = want;
                 }
@@ -324,8 +372,42 @@ internal sealed class NbdConnection
     /// <summary>A request is done (its reply sent, or no reply possible): give back its slot and its bytes.</summary>
     private void Release(long charge)
     {
+        if (_idleTimer is not null) Volatile.Write(ref _lastActivity, Options.TimeProvider.GetTimestamp());
         _bytes.Release(charge);
         _slots.Release();
+    }
+
+    /// <summary>Arms the idle check when <see cref="NbdServerOptions.IdleTimeout"/> is set.</summary>
+    private void StartIdleTimer()
+    {
+        var idle = Options.IdleTimeout;
+        if (idle <= TimeSpan.Zero || idle == Timeout.InfiniteTimeSpan) return;
+        _lastActivity = Options.TimeProvider.GetTimestamp();
+        _idleTimer = Options.TimeProvider.CreateTimer(_ => CheckIdle(), null, idle, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>
+    /// The idle timer fired: close the connection if nothing is in flight and nothing happened for the
+    /// whole timeout, else look again when the timeout would next run out. One timer per connection,
+    /// re-armed here, so the request path only stores a timestamp.
+    /// </summary>
+    private void CheckIdle()
+    {
+        var idle = Options.IdleTimeout;
+        var time = Options.TimeProvider;
+        var due = idle;
+        if (_slots.CurrentCount == _maxSlots)
+        {
+            var quiet = time.GetElapsedTime(Volatile.Read(ref _lastActivity));
+            if (quiet >= idle)
+            {
+                _server.ReportIdleTimeout(_peer);
+                Leave(); // the reader stops; nothing is in flight, so the connection closes at once
+                return;
+            }
+            due = idle - quiet;
+        }
+        try { _idleTimer?.Change(due, Timeout.InfiniteTimeSpan); } catch (ObjectDisposedException) { }
     }
 
     /// <summary>After a failed send the reply stream is out of step; close so the reader loop ends too.</summary>

@@ -14,7 +14,9 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// With <see cref="NbdServerOptions.TenantOf"/>, the client sees only its tenant's exports (and shared
 /// ones); any other answers exactly as a name nobody serves.
 /// </summary>
-internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, PipeReader reader, ILogger log, string peer)
+// admit: asked before a client enters an export (GO, EXPORT_NAME): null lets it in, else the one-line reason it
+// may not (the bound per tenant); GO answers that with NBD_REP_ERR_POLICY, EXPORT_NAME drops the client.
+internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, PipeReader reader, ILogger log, string peer, Func<INbdExport, string?>? admit = null)
 {
     /// <summary>Option data beyond this is drained and refused rather than buffered.</summary>
     private const int MaxOptionLength = 64 * 1024;
@@ -225,6 +227,11 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
             Metrics.NbdMetrics.Refused(server.LocalEndPoint, "unknown-export");
             return null;
         }
+        if (admit?.Invoke(export) is { } refusal)
+        {
+            log.LogInformation("NBD {Peer}: EXPORT_NAME '{Export}' refused: {Refusal}; disconnecting", peer, export.Name, refusal);
+            return null;
+        }
         var reply = new byte[_noZeroes ? ExportNameReply.ShortLength : ExportNameReply.FullLength];
         BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(ExportNameReply.SizeOffset), (ulong)export.Size);
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(ExportNameReply.FlagsOffset), TransmissionFlags(export));
@@ -288,6 +295,11 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
         {
             if (option == OptGo) Metrics.NbdMetrics.Refused(server.LocalEndPoint, "unknown-export");
             await SendErrorAsync(option, RepErrUnknown, $"no export named '{name}'");
+            return null;
+        }
+        if (option == OptGo && admit?.Invoke(export) is { } refusal)
+        {
+            await SendErrorAsync(option, RepErrPolicy, refusal);
             return null;
         }
 
