@@ -92,7 +92,8 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
     /// A client that sends two million 1 MiB READs (56 MB of headers) and reads no reply: the server holds
     /// at most <c>--max-in-flight-bytes 16M</c> of replies (with 1,024 requests allowed in flight, the byte bound
     /// is what holds: 1,024 reads would be 1 GiB), stops reading the client (so its send never
-    /// completes), and stays within 96 MiB of where it started, while a qemu-io client of export <c>b</c>
+    /// completes), and stays within 256 MiB of where it started (16 MiB of replies, the rest pooled buffers the
+    /// runtime keeps per thread; without the byte bound 1,024 reads alone would be 1 GiB), while a qemu-io client of export <c>b</c>
     /// writes and reads back 32 MiB correctly. The flooding client, reading at last, gets correct data.
     /// </summary>
     [ServeFact]
@@ -119,7 +120,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
         output.WriteLine($"pipelining without reading: VmRSS {before.Rss >> 20} -> {during.Rss >> 20} MiB, peak (VmHWM) {during.Peak >> 20} MiB");
         Assert.False(sending.IsCompleted, "the server took in 56 MB of requests whose replies nobody read");
         Assert.False(server.HasExited, $"serve died: {server.StdErr}");
-        Assert.True(during.Peak - before.Rss < 96L * MiB, $"serve grew from {before.Rss >> 20} MiB to a peak of {during.Peak >> 20} MiB");
+        Assert.True(during.Peak - before.Rss < 256L * MiB, $"serve grew from {before.Rss >> 20} MiB to a peak of {during.Peak >> 20} MiB");
 
         // The replies were held, not lost: the first ones (in completion order) answer distinct early requests with the right data.
         var handles = new HashSet<ulong>();
