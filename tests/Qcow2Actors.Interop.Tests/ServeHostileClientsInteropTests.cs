@@ -139,7 +139,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
     }
 
     /// <summary>VmRSS and VmHWM (the peak resident set) of a process, in bytes.</summary>
-    private static (long Rss, long Peak) Memory(int pid)
+    internal static (long Rss, long Peak) Memory(int pid)
     {
         long rss = 0, peak = 0;
         foreach (var line in File.ReadLines($"/proc/{pid}/status"))
@@ -153,7 +153,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
             1024 * long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
     }
 
-    private static async Task<Socket> ConnectAndReadHelloAsync(EndPoint endPoint)
+    internal static async Task<Socket> ConnectAndReadHelloAsync(EndPoint endPoint)
     {
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(endPoint);
@@ -205,7 +205,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
         }
     }
 
-    private static byte[] Request(ushort type, ulong handle, ulong offset, uint length)
+    internal static byte[] Request(ushort type, ulong handle, ulong offset, uint length)
     {
         var r = new byte[28];
         BinaryPrimitives.WriteUInt32BigEndian(r, 0x25609513);
@@ -216,7 +216,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
         return r;
     }
 
-    private static async Task<byte[]> ReceiveExactAsync(Socket socket, int count)
+    internal static async Task<byte[]> ReceiveExactAsync(Socket socket, int count)
     {
         var buffer = new byte[count];
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));

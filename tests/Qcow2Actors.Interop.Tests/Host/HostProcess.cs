@@ -49,6 +49,9 @@ internal sealed class HostProcess : IDisposable
     /// <summary>The NBD TCP port on 127.0.0.1.</summary>
     public int NbdPort { get; }
 
+    /// <summary>The host's process id.</summary>
+    public int Pid => _process.Id;
+
     /// <summary>What the host printed on stdout and stderr so far.</summary>
     public string Output { get { lock (_output) return _output.ToString(); } }
 
