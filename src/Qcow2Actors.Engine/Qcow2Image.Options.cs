@@ -13,6 +13,15 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public bool ForceShare { get; init; }
 
+    /// <summary>
+    /// Share the backing chain with writers: its files are opened as force-share readers (only
+    /// "consistent read" claimed), whatever <see cref="ReadOnly"/> says of the image itself. What
+    /// <c>qemu-img commit</c> needs: the image stays open for writing while another open of this
+    /// process writes into one of its backing files (OFD locks of two opens conflict even within one
+    /// process). Reads reaching the backing chain may then see it change underneath.
+    /// </summary>
+    public bool ShareBackingChain { get; init; }
+
     /// <summary>Read this internal snapshot (matched by id first, then by name) instead of the active image.</summary>
     public string? Snapshot { get; init; }
 

@@ -76,44 +76,41 @@ internal static class DdCommand
         bool skipPastEnd = o.Skip is { } skip && (skip > long.MaxValue / bs || size < skip * bs);
         long start = skipPastEnd ? size : (o.Skip ?? 0) * bs;
         string target = o.Output!;
+        var hold = TestHold.FromEnvironment();
+        if (outFormat == "raw")
+        {
+            // A raw OUT is held (QEMU's write lock) from its creation to the end and flushed before exit 0.
+            using var raw = CreateRaw(target, size - start);
+            if (skipPastEnd) await WarnSkipAsync(o).ConfigureAwait(false);
+            var rawBuffer = new byte[Math.Min(bs, MaxChunk)];
+            for (long pos = start; pos < size;)
+            {
+                int n = (int)Math.Min(rawBuffer.Length, size - pos);
+                await src.ReadAsync(pos, rawBuffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                await RandomAccess.WriteAsync(raw.Handle, rawBuffer.AsMemory(0, n), pos - start, ct).ConfigureAwait(false);
+                await hold.WrittenAsync(n).ConfigureAwait(false);
+                pos += n;
+            }
+            await hold.EndAsync().ConfigureAwait(false);
+            RandomAccess.FlushToDisk(raw.Handle);
+            return 0;
+        }
         try
         {
-            if (outFormat == "raw")
+            var options = CreateOptions.Parse("qcow2", [], imagePath: null).ToQcow2Options(size - start, $"{target}: error while creating output image: ");
+            if (File.Exists(target))
             {
-                using var targetLock = File.Exists(target) ? ImageLock.Acquire(target, LockMode.Creator) : null;
-                using var handle = File.OpenHandle(target, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite);
-                RandomAccess.SetLength(handle, size - start);
+                using var inUse = ImageLock.Acquire(target, LockMode.Creator);
+                File.Delete(target);
             }
-            else
-            {
-                var options = CreateOptions.Parse("qcow2", [], imagePath: null).ToQcow2Options(size - start, $"{target}: error while creating output image: ");
-                if (File.Exists(target))
-                {
-                    using var inUse = ImageLock.Acquire(target, LockMode.Creator);
-                    File.Delete(target);
-                }
-                ImageCreator.Create(target, options);
-            }
+            ImageCreator.Create(target, options);
         }
         catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException)
         {
-            throw new CliException($"{target}: error while creating output image: {(ex is ImageLockException l ? l.Reason : ex.Message)}", ex);
+            throw CreateFailed(target, ex);
         }
-        // Like dd(1): an empty output and a warning, but success.
-        if (skipPastEnd) await Console.Error.WriteLineAsync($"q2a: {o.Input}: cannot skip to specified offset").ConfigureAwait(false);
+        if (skipPastEnd) await WarnSkipAsync(o).ConfigureAwait(false);
         var buffer = new byte[Math.Min(bs, MaxChunk)];
-        if (outFormat == "raw")
-        {
-            using var dst = File.OpenHandle(target, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
-            for (long pos = start; pos < size;)
-            {
-                int n = (int)Math.Min(buffer.Length, size - pos);
-                await src.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                await RandomAccess.WriteAsync(dst, buffer.AsMemory(0, n), pos - start, ct).ConfigureAwait(false);
-                pos += n;
-            }
-            return 0;
-        }
         await using var host = ImageHost.Create();
         var dstImage = await host.OpenAsync(target, new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
         await using (dstImage.ConfigureAwait(false))
@@ -127,5 +124,48 @@ internal static class DdCommand
             }
         }
         return 0;
+    }
+
+    // Like dd(1): an empty output and a warning, but success.
+    private static Task WarnSkipAsync(Operands o) => Console.Error.WriteLineAsync($"q2a: {o.Input}: cannot skip to specified offset");
+
+    private static CliException CreateFailed(string target, Exception ex) =>
+        new($"{target}: error while creating output image: {(ex is ImageLockException l ? l.Reason : ex.Message)}", ex);
+
+    /// <summary>
+    /// Creates (or opens, never truncating) <paramref name="target"/>, takes its write lock, and only
+    /// then cuts it to <paramref name="length"/> zero bytes: a file another process holds is refused
+    /// before anything of it changes.
+    /// </summary>
+    private static RawTarget CreateRaw(string target, long length)
+    {
+        Microsoft.Win32.SafeHandles.SafeFileHandle? handle = null;
+        ImageLock? imageLock = null;
+        try
+        {
+#pragma warning disable CA2000 // Moves into the returned RawTarget, whose caller disposes it; the failure path below disposes it.
+            handle = File.OpenHandle(target, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
+#pragma warning restore CA2000
+            imageLock = ImageLock.Acquire(target, LockMode.Writer);
+            RandomAccess.SetLength(handle, 0);
+            RandomAccess.SetLength(handle, length);
+            return new RawTarget(handle, imageLock);
+        }
+        catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            imageLock?.Dispose();
+            handle?.Dispose();
+            throw CreateFailed(target, ex);
+        }
+    }
+
+    /// <summary>A raw output file and the write lock held on it; disposing releases the lock, then closes the file.</summary>
+    private sealed record RawTarget(Microsoft.Win32.SafeHandles.SafeFileHandle Handle, ImageLock Lock) : IDisposable
+    {
+        public void Dispose()
+        {
+            Lock.Dispose();
+            Handle.Dispose();
+        }
     }
 }

@@ -63,7 +63,7 @@ public static class ImageAmender
         if (newOrder != oldOrder)
         {
             old = RefcountRebuild.Read(device, h);
-            if (newOrder < oldOrder && RefcountRebuild.FirstOverflow(old, newOrder) is var (cluster, count))
+            if (newOrder < oldOrder && RefcountRebuild.FirstOverflow(device, old, newOrder) is var (cluster, count))
                 throw new ImageAmendException(string.Create(CultureInfo.InvariantCulture,
                     $"Cannot decrease refcount entry width to {1 << newOrder} bits: Cluster at offset 0x{cluster << h.ClusterBits:x} has a refcount of {count}"));
         }

@@ -48,7 +48,7 @@ internal static class ImageOpener
     private static LockMode ModeFor(Qcow2OpenOptions options, int depth, bool dataFile)
     {
         bool writable = depth == 0 && !options.ReadOnly;
-        if (!writable && options.ForceShare) return LockMode.ForceShareReader;
+        if (!writable && (options.ForceShare || (depth > 0 && options.ShareBackingChain))) return LockMode.ForceShareReader;
         if (dataFile) return writable ? LockMode.DataFileWriter : LockMode.DataFileReader;
         return writable ? LockMode.Writer : LockMode.Reader;
     }

@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Text;
 using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Interop.Tests.Chain;
@@ -19,34 +17,8 @@ public sealed class ChainCrashInteropTests : IDisposable
     /// <summary>Starts q2a with Q2A_TEST_HOLD, waits for its hold line, SIGKILLs it.</summary>
     private static void KillAtHold(string hold, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "q2a.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["Q2A_TEST_HOLD"] = hold;
-        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var stderr = new StringBuilder();
-        using var process = new Process { StartInfo = psi };
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is null) return;
-            lock (stderr) stderr.AppendLine(e.Data);
-            if (e.Data == "q2a: test hold") held.TrySetResult();
-        };
-        process.Exited += (_, _) => held.TrySetException(new InvalidOperationException("q2a exited before its hold"));
-        process.EnableRaisingEvents = true;
-        process.Start();
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
-        try
-        {
-            if (!held.Task.Wait(TimeSpan.FromSeconds(120))) throw new TimeoutException("no hold within 120 s");
-        }
-        catch (AggregateException ex)
-        {
-            throw new InvalidOperationException($"q2a {string.Join(' ', args)}: {stderr}", ex.InnerException);
-        }
-        QemuTools.Run("kill", "-KILL", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)).EnsureSuccess();
-        Assert.True(process.WaitForExit(30_000), "q2a did not die after SIGKILL");
+        using var held = HeldQ2a.Start(hold, args);
+        held.Kill();
     }
 
     private static void Recover(params string[] images)

@@ -90,6 +90,38 @@ public sealed class ChainVerbInteropTests : IDisposable
             Assert.DoesNotContain("top.qcow2", QemuTools.QemuImg("map", Path.Combine(Ours, ChainImages.Top)).EnsureSuccess().StdOut, StringComparison.Ordinal);
     }
 
+    /// <summary>A raw base (4 MiB) under a qcow2 top (6 MiB: the base grows) in <paramref name="dir"/>, made by qemu-img.</summary>
+    private static void MakeRawChain(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        string P(string name) => Path.Combine(dir, name);
+        QemuTools.QemuImg("create", "-q", "-f", "raw", P("base.raw"), "4M").EnsureSuccess();
+        QemuTools.QemuIo("-f", "raw", "-c", "write -P 0x11 0 2M", P("base.raw")).EnsureSuccess();
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", P(ChainImages.Top), "6M").EnsureSuccess();
+        QemuTools.QemuIo("-c", "write -P 0x33 512k 1M", "-c", "write -z 1600k 64k", "-c", "write -P 0x34 7000 1000", "-c", "write -P 0x35 5M 100k",
+            P(ChainImages.Top)).EnsureSuccess();
+    }
+
+    [QemuFact]
+    public void Commit_into_a_raw_base_leaves_what_qemu_img_leaves()
+    {
+        MakeRawChain(Ours);
+        MakeRawChain(Theirs);
+        var before = ChainImages.View(Path.Combine(Ours, ChainImages.Top), "before.raw");
+        var ours = QemuTools.Q2a("commit", Path.Combine(Ours, ChainImages.Top));
+        var theirs = QemuTools.QemuImg("commit", Path.Combine(Theirs, ChainImages.Top));
+        Assert.True(ours.ExitCode == 0 && theirs.ExitCode == 0, $"q2a exit {ours.ExitCode} ({ours.StdErr}), qemu-img exit {theirs.ExitCode} ({theirs.StdErr})");
+        Assert.Equal(theirs.StdOut, ours.StdOut);
+        string ourBase = Path.Combine(Ours, "base.raw"), theirBase = Path.Combine(Theirs, "base.raw");
+        Assert.Equal(new FileInfo(theirBase).Length, new FileInfo(ourBase).Length);
+        var cmp = QemuTools.QemuImg("compare", "-f", "raw", "-F", "raw", ourBase, theirBase);
+        Assert.True(cmp.ExitCode == 0, cmp.StdOut + cmp.StdErr);
+        // The top, emptied, reads the same through the base as it did before.
+        ChainImages.AssertSameContent(Path.Combine(Ours, ChainImages.Top), before);
+        ChainImages.AssertSameContent(Path.Combine(Ours, ChainImages.Top), Path.Combine(Theirs, ChainImages.Top));
+        ChainImages.AssertCheckClean(Path.Combine(Ours, ChainImages.Top));
+    }
+
     [QemuTheory]
     [InlineData("-b", "nope")]
     [InlineData("-b", "top.qcow2")]
