@@ -14,11 +14,14 @@ internal sealed record Caller
     /// <summary>The tenant a tenant token confines the caller to; null: full access.</summary>
     public string? Tenant { get; init; }
 
+    /// <summary>The id of the tenant token the caller presented; null for other callers.</summary>
+    public string? TokenId { get; init; }
+
     public static Caller User(uint uid) => new() { Who = $"uid:{uid}" };
 
     public static Caller Operator(string name) => new() { Who = $"operator:{name}" };
 
-    public static Caller TenantToken(string tenant, string id) => new() { Who = $"tenant:{tenant}/{id}", Tenant = tenant };
+    public static Caller TenantToken(string tenant, string id) => new() { Who = $"tenant:{tenant}/{id}", Tenant = tenant, TokenId = id };
 
     private static readonly object Key = new();
 
