@@ -8,7 +8,7 @@ namespace Qcow2Actors.Host.Auth;
 /// </summary>
 internal sealed record Caller
 {
-    /// <summary>The audit log's "who": <c>uid:N</c>, <c>operator:NAME</c> or <c>tenant:NAME/TOKEN-ID</c>.</summary>
+    /// <summary>The audit log's "who": <c>uid:N</c>, <c>operator:NAME</c>, <c>tenant:NAME/TOKEN-ID</c>, or <c>cert:SUBJECT</c> for a refused certificate.</summary>
     public required string Who { get; init; }
 
     /// <summary>The tenant a tenant token confines the caller to; null: full access.</summary>

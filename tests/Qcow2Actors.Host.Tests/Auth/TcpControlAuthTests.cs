@@ -55,6 +55,7 @@ public class TcpControlAuthTests
 
         var who = host.AuditLines().Select(l => (Who: l.GetProperty("who").GetString(), Status: l.GetProperty("status").GetInt32())).ToList();
         Assert.Contains(("anonymous:127.0.0.1", 401), who);
+        Assert.Contains(("cert:CN=stranger, O=Q2A Test", 403), who);
         Assert.Contains(("operator:alice", 201), who);
         Assert.Contains(("operator:bob", 201), who);
     }
