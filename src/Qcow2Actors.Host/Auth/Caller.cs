@@ -8,17 +8,20 @@ namespace Qcow2Actors.Host.Auth;
 /// </summary>
 internal sealed record Caller
 {
-    /// <summary>The audit log's "who": <c>uid:N</c>, <c>operator:NAME</c> or <c>tenant:NAME/TOKEN-ID</c>.</summary>
+    /// <summary>The audit log's "who": <c>uid:N</c>, <c>operator:NAME</c>, <c>tenant:NAME/TOKEN-ID</c>, or <c>cert:SUBJECT</c> for a refused certificate.</summary>
     public required string Who { get; init; }
 
     /// <summary>The tenant a tenant token confines the caller to; null: full access.</summary>
     public string? Tenant { get; init; }
 
+    /// <summary>The id of the tenant token the caller presented; null for other callers.</summary>
+    public string? TokenId { get; init; }
+
     public static Caller User(uint uid) => new() { Who = $"uid:{uid}" };
 
     public static Caller Operator(string name) => new() { Who = $"operator:{name}" };
 
-    public static Caller TenantToken(string tenant, string id) => new() { Who = $"tenant:{tenant}/{id}", Tenant = tenant };
+    public static Caller TenantToken(string tenant, string id) => new() { Who = $"tenant:{tenant}/{id}", Tenant = tenant, TokenId = id };
 
     private static readonly object Key = new();
 

@@ -64,7 +64,11 @@ internal sealed class ControlAuthentication(RequestDelegate next, ControlAuthSet
             var subject = CertificateSubject.Of(certificate);
             var normalized = CertificateSubject.TryNormalize(subject);
             var op = settings.Operators.FirstOrDefault(o => o.Subject is not null && string.Equals(o.Subject, normalized, StringComparison.Ordinal));
-            if (op is null) throw Forbidden($"client certificate '{subject}' is not an operator's (qcow2actors.host.control.operators)");
+            if (op is null)
+            {
+                new Caller { Who = $"cert:{subject}" }.Attach(context); // the audit line names the certificate refused
+                throw Forbidden($"client certificate '{subject}' is not an operator's (qcow2actors.host.control.operators)");
+            }
             return Caller.Operator(op.Name);
         }
         throw new HostApiException(401, ErrorCodes.Unauthorized, "no credentials: give an Authorization: Bearer token or a client certificate");

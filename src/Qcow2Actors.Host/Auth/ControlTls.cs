@@ -1,3 +1,4 @@
+using System.Net.Security;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
@@ -37,7 +38,15 @@ internal static class ControlTls
             }
             if (authorities.Count == 0) throw new ArgumentException($"qcow2actors.host.control.tls.ca '{caFile}' holds no certificate");
             options.ClientCertificateMode = ClientCertificateMode.AllowCertificate; // a token is the other way in
-            options.ClientCertificateValidation = (certificate, _, _) => Verify(certificate, authorities);
+            options.CheckCertificateRevocation = false;
+            // SslStream builds the client's chain before any callback runs: with its default policy an unauthenticated
+            // client's certificate could make the host fetch its AIA URLs. Our policy: the CA alone, no downloads.
+            options.OnAuthenticate = (_, ssl) =>
+            {
+                ssl.CertificateRevocationCheckMode = X509RevocationMode.NoCheck;
+                ssl.CertificateChainPolicy = Policy(authorities);
+            };
+            options.ClientCertificateValidation = (certificate, _, errors) => errors == SslPolicyErrors.None && Verify(certificate, authorities);
         }
         return options;
     }
@@ -45,11 +54,21 @@ internal static class ControlTls
     /// <summary>True when <paramref name="certificate"/> chains to one of <paramref name="authorities"/>.</summary>
     public static bool Verify(X509Certificate2 certificate, X509Certificate2Collection authorities)
     {
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.VerificationFlags = X509VerificationFlags.NoFlag;
+        using var chain = new X509Chain { ChainPolicy = Policy(authorities) };
         return chain.Build(certificate);
+    }
+
+    /// <summary>Trust <paramref name="authorities"/> alone; never fetch anything a certificate names (AIA, CRL).</summary>
+    private static X509ChainPolicy Policy(X509Certificate2Collection authorities)
+    {
+        var policy = new X509ChainPolicy
+        {
+            TrustMode = X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = X509RevocationMode.NoCheck,
+            VerificationFlags = X509VerificationFlags.NoFlag,
+            DisableCertificateDownloads = true,
+        };
+        policy.CustomTrustStore.AddRange(authorities);
+        return policy;
     }
 }

@@ -15,7 +15,13 @@ internal sealed class TenantScopeFilter(HostRegistry registry) : IEndpointFilter
     public async ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         var http = context.HttpContext;
-        if (Caller.Of(http).Tenant is { } own) Check(http, own, context.Arguments);
+        var caller = Caller.Of(http);
+        if (caller.Tenant is { } own)
+        {
+            Check(http, own, context.Arguments);
+            // The token was checked before the request queued for the registry's gate; a revoke may run first.
+            HostRegistry.ActingToken.Value = (own, caller.TokenId!);
+        }
         return await next(context);
     }
 

@@ -282,10 +282,19 @@ public sealed record HostSettings
             }
             IReadOnlyList<string> identities = t.HasPath("identities") ? [.. t.GetStringList("identities")] : [];
             if (identities.Any(string.IsNullOrWhiteSpace)) throw new ArgumentException($"{key}.identities must not hold an empty name");
+            // One certificate name, one tenant: an NBD client must never depend on which tenant is looked at first.
+            foreach (var identity in identities)
+                if (tenants.FirstOrDefault(o => o.Identities.Any(n => SameIdentity(n, identity))) is { } other)
+                    throw new ArgumentException($"qcow2actors.host.tenants: identity '{identity}' is listed for both '{other.Name}' and '{entry}'");
             tenants.Add(new TenantConfig(entry, quota, maxImages, limits) { Identities = identities });
         }
         return tenants;
     }
 
     private static string? NonEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
+
+    /// <summary>The same certificate name: equal ignoring case (DNS names), or one distinguished name however spaced.</summary>
+    private static bool SameIdentity(string a, string b) =>
+        string.Equals(a, b, StringComparison.OrdinalIgnoreCase)
+        || (Qcow2Actors.Host.Auth.CertificateSubject.TryNormalize(a) is { } x && string.Equals(x, Qcow2Actors.Host.Auth.CertificateSubject.TryNormalize(b), StringComparison.Ordinal));
 }

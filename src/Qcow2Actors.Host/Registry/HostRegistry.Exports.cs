@@ -12,7 +12,14 @@ internal sealed partial class HostRegistry
         var entry = Image(request.Tenant, request.Image);
         var name = string.IsNullOrEmpty(request.Name) ? $"{request.Tenant}/{request.Image}" : request.Name;
         Names.CheckExport(name);
-        if (_exports.ContainsKey(name)) throw HostApiException.Conflict(ErrorCodes.ExportExists, $"an export named '{name}' exists");
+        if (_exports.TryGetValue(name, out var existing))
+        {
+            // A tenant is not told that another tenant's export has this name (an operator may have given it one
+            // under TENANT/): the refusal is the 403 a name outside its prefix gets, not export-exists.
+            if (ActingToken.Value is { } acting && existing.Image.Tenant != acting.Tenant)
+                throw new HostApiException(403, ErrorCodes.Forbidden, $"the export name '{name}' is not available to tenant '{acting.Tenant}'");
+            throw HostApiException.Conflict(ErrorCodes.ExportExists, $"an export named '{name}' exists");
+        }
         RefuseIfFailed(entry);
         if (entry.Image is null) await OpenEntryAsync(tenant, entry);
         return ToReply(AddExportCore(entry, name, request.ReadOnly ?? false));

@@ -64,6 +64,9 @@ internal sealed partial class HostRegistry
             if (parsed.HelpRequested) throw HostApiException.BadRequest("options: 'help' lists options only on the command line (q2a create -o help)");
             foreach (var key in RefusedOptions)
                 if (parsed.Text(key) is not null) throw HostApiException.BadRequest($"option '{key}' is not allowed for images the host manages");
+            // Host space (falloc, full) is the CLI's alone for now: refused rather than silently made metadata-only.
+            if (parsed.HostPreallocation is { } mode)
+                throw HostApiException.BadRequest($"option 'preallocation={mode}' is not supported for images the host manages (use off or metadata)");
             return parsed.ToQcow2Options(size, "");
         }
         catch (CliException ex)

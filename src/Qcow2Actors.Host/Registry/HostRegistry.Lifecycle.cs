@@ -134,6 +134,9 @@ internal sealed partial class HostRegistry
             if (t.MaxImages is { } max) entry.MaxImages = max == 0 ? null : max;
             if (t.Limits is not null) entry.Limit = t.Limits;
         }
+        // The API hides tenants from each other; NBD without TLS cannot tell who connects, so say so once.
+        if (Settings.NbdTlsMode == NbdTlsMode.Off && (tenants.Any(t => t.Identities.Count > 0) || !_tokens.IsEmpty))
+            _log.LogWarning("tenants are not isolated over NBD: qcow2actors.host.nbd.tls.mode is off; every NBD client can list and open every tenant's exports (set it to required and give each tenant its identities)");
     }
 
     public int OpenImageCount => _tenants.Values.Sum(t => t.Images.Values.Count(i => i.Image is not null));

@@ -52,6 +52,7 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
         try
         {
             if (_stopped) throw new HostApiException(503, Api.Contracts.ErrorCodes.Internal, "the host is stopping");
+            RefuseIfRevoked(ActingToken.Value);
             var result = await change();
             await SaveAsync();
             return result;
@@ -60,6 +61,20 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
         {
             _gate.Release();
         }
+    }
+
+    /// <summary>
+    /// The tenant token the current request acts with (<see cref="Auth.TenantScopeFilter"/> sets it); a change
+    /// checks it again under the gate, so a request authenticated just before a revoke does not run after it.
+    /// </summary>
+    internal static readonly AsyncLocal<(string Tenant, string TokenId)?> ActingToken = new();
+
+    private void RefuseIfRevoked((string Tenant, string TokenId)? acting)
+    {
+        if (acting is not { } a) return;
+        if (IsRevoked(a.Tenant)) throw new HostApiException(403, Api.Contracts.ErrorCodes.Forbidden, $"tenant '{a.Tenant}' is revoked");
+        if (!_tokens.TryGetValue(a.TokenId, out var token) || token.Tenant != a.Tenant)
+            throw new HostApiException(401, Api.Contracts.ErrorCodes.Unauthorized, "the bearer token is not valid");
     }
 
     private Task ChangeAsync(Func<Task> change) => ChangeAsync(async () => { await change(); return true; });

@@ -99,6 +99,20 @@ public class ImageApiTests
         Assert.True((await host.GetAsync<TenantReply>(Routes.TenantPath("tiny"))).UsedBytes > 4096);
     }
 
+    [Theory]
+    [InlineData("falloc")]
+    [InlineData("full")]
+    public async Task Host_space_preallocation_is_refused_naming_the_option_not_silently_dropped(string mode)
+    {
+        using var dir = new TempDir();
+        await using var host = await WithTenantAsync(dir);
+        var refused = await HostHarness.ErrorAsync(host.Client.PostAsJsonAsync(Routes.TenantImagesPath("acme"),
+            new ImageCreateRequest { Name = "disk", Size = 1 << 20, Options = $"preallocation={mode}" }, HostJson.Options), HttpStatusCode.BadRequest);
+        Assert.Contains($"'preallocation={mode}'", refused.Message);
+        Assert.False(File.Exists(host.ImagePath("acme", "disk")));
+        await host.PostAsync<ImageReply>(Routes.TenantImagesPath("acme"), new ImageCreateRequest { Name = "disk", Size = 1 << 20, Options = "preallocation=metadata" });
+    }
+
     [QemuFact]
     public async Task An_open_image_is_checked_without_closing_it()
     {

@@ -55,7 +55,27 @@ public class TcpControlAuthTests
 
         var who = host.AuditLines().Select(l => (Who: l.GetProperty("who").GetString(), Status: l.GetProperty("status").GetInt32())).ToList();
         Assert.Contains(("anonymous:127.0.0.1", 401), who);
+        Assert.Contains(("cert:CN=stranger, O=Q2A Test", 403), who);
         Assert.Contains(("operator:alice", 201), who);
         Assert.Contains(("operator:bob", 201), who);
+    }
+
+    [Fact]
+    public async Task A_client_certificate_from_another_ca_is_refused_without_fetching_its_aia_url()
+    {
+        using var dir = new TempDir();
+        var certs = new TestCertificates(dir.File("pki"));
+        using var lure = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        lure.Start();
+        int lurePort = ((IPEndPoint)lure.LocalEndpoint).Port;
+        var rogue = new TestCertificates(dir.File("rogue"), "CN=rogue CA");
+        rogue.Issue("ops", "CN=ops,O=Q2A Test", caIssuers: $"http://127.0.0.1:{lurePort}/rogue-ca.cer");
+        int port = TestCertificates.FreePort();
+        await using var host = await HostHarness.StartAsync(dir.Path, certs.HostConfig("""operators { alice { subject = "CN=ops, O=Q2A Test" } }"""), controlPort: port);
+
+        using (var forged = certs.Client(port, client: "ops", issuer: rogue))
+            await Assert.ThrowsAsync<HttpRequestException>(() => forged.GetAsync(Routes.Tenants));
+        // The host decided before the client saw the refusal: a fetch would have left a connection in the backlog.
+        Assert.False(lure.Pending(), "the host connected to the certificate's caIssuers URL");
     }
 }

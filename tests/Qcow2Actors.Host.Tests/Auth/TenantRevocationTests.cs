@@ -1,6 +1,7 @@
 using System.Net;
 using Qcow2Actors.Host.Api;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Host.Registry;
 using Qcow2Actors.Nbd.Tests;
 using Qcow2Actors.Tests.Shared;
 
@@ -58,5 +59,37 @@ public class TenantRevocationTests
             var (size, _) = await restored.GoAsync("acme/disk");
             Assert.Equal(1UL << 20, size);
         }
+    }
+
+    [Fact]
+    public async Task A_tenant_request_whose_change_runs_after_a_revoke_is_refused()
+    {
+        using var dir = new TempDir();
+        await using var host = await HostHarness.StartAsync(dir.Path);
+        await host.PostAsync<TenantReply>(Routes.Tenants, new TenantCreateRequest { Name = "acme" });
+        var token = await host.PostAsync<TokenReply>(Routes.TenantTokensPath("acme"), new { });
+        var other = await host.PostAsync<TokenReply>(Routes.TenantTokensPath("acme"), new { });
+        using (var deleted = await host.Client.DeleteAsync(Routes.TenantTokensPath("acme", other.Id)))
+            Assert.True(deleted.IsSuccessStatusCode);
+        await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: true));
+
+        // As a request authenticated before the revoke: the token was good then, its change reaches the gate now.
+        var refused = await Assert.ThrowsAsync<HostApiException>(() => AsTenant("acme", token.Id,
+            () => host.Registry.CreateImageAsync("acme", new ImageCreateRequest { Name = "late", Size = 1 << 20 })));
+        Assert.Equal((403, ErrorCodes.Forbidden), (refused.Status, refused.Code));
+        await host.PostAsync<TenantReply>(Routes.TenantActionPath("acme", revoke: false));
+        var gone = await Assert.ThrowsAsync<HostApiException>(() => AsTenant("acme", other.Id,
+            () => host.Registry.CreateImageAsync("acme", new ImageCreateRequest { Name = "late", Size = 1 << 20 })));
+        Assert.Equal(401, gone.Status);
+        Assert.False(File.Exists(host.ImagePath("acme", "late")));
+        await AsTenant("acme", token.Id, () => host.Registry.CreateImageAsync("acme", new ImageCreateRequest { Name = "late", Size = 1 << 20 }));
+        Assert.True(File.Exists(host.ImagePath("acme", "late")));
+    }
+
+    /// <summary>Runs <paramref name="change"/> as TenantScopeFilter has a tenant token's request run.</summary>
+    private static async Task AsTenant(string tenant, string tokenId, Func<Task> change)
+    {
+        Qcow2Actors.Host.Registry.HostRegistry.ActingToken.Value = (tenant, tokenId);
+        await change();
     }
 }

@@ -95,4 +95,33 @@ public class TenantTokenTests
         var missing = await HostHarness.ErrorAsync(host.Client.DeleteAsync(Routes.TenantTokensPath("acme", token.Id)), HttpStatusCode.NotFound);
         Assert.Equal(ErrorCodes.TokenNotFound, missing.Code);
     }
+
+    [Fact]
+    public async Task A_tenant_adding_an_export_name_another_tenant_holds_is_refused_as_outside_its_prefix_not_told_it_exists()
+    {
+        using var dir = new TempDir();
+        await using var host = await HostHarness.StartAsync(dir.Path);
+        foreach (var t in new[] { "acme", "globex" })
+        {
+            await host.PostAsync<TenantReply>(Routes.Tenants, new TenantCreateRequest { Name = t });
+            await host.PostAsync<ImageReply>(Routes.TenantImagesPath(t), new ImageCreateRequest { Name = "disk", Size = 1 << 20 });
+        }
+        // The operator may name globex's export anything, even under acme/.
+        await host.PostAsync<ExportReply>(Routes.Exports, new ExportAddRequest { Tenant = "globex", Image = "disk", Name = "acme/shared" });
+        var token = (await host.PostAsync<TokenReply>(Routes.TenantTokensPath("acme"), new { })).Token!;
+        using var acme = host.ClientWithToken(token);
+
+        var hidden = await HostHarness.ErrorAsync(acme.PostAsJsonAsync(Routes.Exports,
+            new ExportAddRequest { Tenant = "acme", Image = "disk", Name = "acme/shared" }, HostJson.Options), HttpStatusCode.Forbidden);
+        var outside = await HostHarness.ErrorAsync(acme.PostAsJsonAsync(Routes.Exports,
+            new ExportAddRequest { Tenant = "acme", Image = "disk", Name = "globex/x" }, HostJson.Options), HttpStatusCode.Forbidden);
+        Assert.Equal(ErrorCodes.Forbidden, hidden.Code);
+        Assert.Equal(outside.Code, hidden.Code);
+        Assert.DoesNotContain("globex", hidden.Message);
+        // Its own existing export still answers export-exists.
+        await acme.PostAsJsonAsync(Routes.Exports, new ExportAddRequest { Tenant = "acme", Image = "disk", Name = "acme/mine" }, HostJson.Options);
+        var exists = await HostHarness.ErrorAsync(acme.PostAsJsonAsync(Routes.Exports,
+            new ExportAddRequest { Tenant = "acme", Image = "disk", Name = "acme/mine" }, HostJson.Options), HttpStatusCode.Conflict);
+        Assert.Equal(ErrorCodes.ExportExists, exists.Code);
+    }
 }

@@ -31,8 +31,11 @@ public sealed class TestCertificates
     public string CertFile(string name) => Path.Combine(Directory, name + "-cert.pem");
     public string KeyFile(string name) => Path.Combine(Directory, name + "-key.pem");
 
-    /// <summary>Issues a certificate for <paramref name="subject"/> signed by this CA and writes NAME-cert.pem and NAME-key.pem.</summary>
-    public void Issue(string name, string subject, bool server = false)
+    /// <summary>
+    /// Issues a certificate for <paramref name="subject"/> signed by this CA and writes NAME-cert.pem and NAME-key.pem;
+    /// <paramref name="caIssuers"/>: an authorityInfoAccess caIssuers URL it carries.
+    /// </summary>
+    public void Issue(string name, string subject, bool server = false, string? caIssuers = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest(subject, key, HashAlgorithmName.SHA256);
@@ -43,7 +46,10 @@ public sealed class TestCertificates
         request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension(
             [new Oid(server ? "1.3.6.1.5.5.7.3.1" : "1.3.6.1.5.5.7.3.2")], false));
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_ca, true, false));
-        using var certificate = request.Create(_ca, DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30), RandomNumberGenerator.GetBytes(8));
+        if (caIssuers is not null) request.CertificateExtensions.Add(new X509AuthorityInformationAccessExtension(null, [caIssuers]));
+        var serial = RandomNumberGenerator.GetBytes(8);
+        serial[0] = (byte)((serial[0] & 0x7F) | 0x01); // positive and minimally encoded, or Create may refuse it
+        using var certificate = request.Create(_ca, DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30), serial);
         File.WriteAllText(CertFile(name), certificate.ExportCertificatePem());
         File.WriteAllText(KeyFile(name), key.ExportPkcs8PrivateKeyPem());
     }
@@ -74,7 +80,10 @@ public sealed class TestCertificates
             chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
             return certificate is X509Certificate2 c && chain.Build(c);
         };
-        if (client is not null) handler.SslOptions.ClientCertificates = [X509Certificate2.CreateFromPemFile(issuer.CertFile(client), issuer.KeyFile(client))];
+        // Offline: the client must not fetch its own certificate's AIA URLs either (a test watches who does).
+        if (client is not null)
+            handler.SslOptions.ClientCertificateContext = System.Net.Security.SslStreamCertificateContext.Create(
+                X509Certificate2.CreateFromPemFile(issuer.CertFile(client), issuer.KeyFile(client)), null, offline: true);
         var http = new HttpClient(handler) { BaseAddress = new Uri($"https://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
         if (token is not null) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
         return http;

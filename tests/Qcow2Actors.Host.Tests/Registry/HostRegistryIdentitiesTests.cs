@@ -1,4 +1,5 @@
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Qcow2Actors.Host.Api;
 using Qcow2Actors.Host.Api.Contracts;
@@ -68,5 +69,48 @@ public sealed class HostRegistryIdentitiesTests
         File.WriteAllText(conf, "qcow2actors.host.tenants.acme.identities = [\"\"]");
         Assert.Equal("qcow2actors.host.tenants.acme.identities must not hold an empty name",
             Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+    }
+
+    [Theory]
+    [InlineData("CN=vm1,O=Acme", "CN=vm1, O=Acme")]
+    [InlineData("vm1.example", "VM1.example")]
+    public void An_identity_listed_for_two_tenants_is_refused_naming_both(string first, string second)
+    {
+        using var dir = new TempDir();
+        var conf = Path.Combine(dir.Path, "twice.conf");
+        File.WriteAllText(conf, $$"""
+            qcow2actors.host.tenants {
+              acme { identities = ["{{first}}"] }
+              globex { identities = ["other.example", "{{second}}"] }
+            }
+            """);
+        Assert.Equal($"qcow2actors.host.tenants: identity '{second}' is listed for both 'acme' and 'globex'",
+            Assert.Throws<ArgumentException>(() => HostSettings.Load(conf, dataDir: dir.Path)).Message);
+    }
+
+    [Fact]
+    public async Task With_nbd_tls_off_tenant_identities_log_that_nbd_does_not_isolate_tenants()
+    {
+        using var dir = new TempDir();
+        var logs = new WarningCollector();
+        await using var host = await HostHarness.StartAsync(dir.Path, services: s => s.AddSingleton<ILoggerProvider>(logs));
+        Assert.DoesNotContain(logs.Warnings, w => w.Contains("not isolated over NBD", StringComparison.Ordinal));
+        await host.Registry.ReloadAsync([new TenantConfig("acme", null, null, null) { Identities = ["CN=vm1,O=Acme"] }]);
+        Assert.Single(logs.Warnings, w => w.StartsWith("tenants are not isolated over NBD: qcow2actors.host.nbd.tls.mode is off; ", StringComparison.Ordinal));
+    }
+
+    /// <summary>Keeps the text of every warning the host logs.</summary>
+    private sealed class WarningCollector : ILoggerProvider, ILogger
+    {
+        private readonly System.Collections.Concurrent.ConcurrentQueue<string> _warnings = new();
+        public IReadOnlyList<string> Warnings => [.. _warnings];
+        public ILogger CreateLogger(string categoryName) => this;
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Warning;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (logLevel == LogLevel.Warning) _warnings.Enqueue(formatter(state, exception));
+        }
+        public void Dispose() { }
     }
 }

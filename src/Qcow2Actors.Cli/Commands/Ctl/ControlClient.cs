@@ -40,7 +40,9 @@ internal sealed class ControlClient : IDisposable
         if (credentials.ClientCertificate is { } certificate) handler.SslOptions.ClientCertificates = [certificate];
         if (credentials.Authorities is not null)
         {
-            // The host's chain is checked against --cacert alone; its name must still match.
+            // The host's chain is checked against --cacert alone (SslStream builds it so, fetching nothing); its name must still match.
+            handler.SslOptions.CertificateChainPolicy = credentials.ChainPolicy();
+            handler.SslOptions.CertificateRevocationCheckMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck;
             handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, errors) =>
                 (errors & ~System.Net.Security.SslPolicyErrors.RemoteCertificateChainErrors) == System.Net.Security.SslPolicyErrors.None
                 && presented is System.Security.Cryptography.X509Certificates.X509Certificate2 c && credentials.Trusts(c);

@@ -67,10 +67,23 @@ internal sealed record ControlCredentials
     /// <summary>True when the host's certificate chains to one of <see cref="Authorities"/> (and names the host).</summary>
     public bool Trusts(X509Certificate2 certificate)
     {
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(Authorities!);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        using var chain = new X509Chain { ChainPolicy = ChainPolicy() };
         return chain.Build(certificate);
+    }
+
+    /// <summary>
+    /// <see cref="Authorities"/> alone, revocation unchecked, and nothing fetched: a certificate's AIA URLs must not
+    /// make us connect anywhere.
+    /// </summary>
+    public X509ChainPolicy ChainPolicy()
+    {
+        var policy = new X509ChainPolicy
+        {
+            TrustMode = X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = X509RevocationMode.NoCheck,
+            DisableCertificateDownloads = true,
+        };
+        policy.CustomTrustStore.AddRange(Authorities!);
+        return policy;
     }
 }
