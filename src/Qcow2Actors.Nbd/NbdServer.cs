@@ -59,6 +59,8 @@ public sealed class NbdServer : IAsyncDisposable
         if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
             throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
         if (!Enum.IsDefined(options.TlsMode)) throw new ArgumentException($"unknown TlsMode {options.TlsMode}", nameof(options));
+        if (options.TlsMode == NbdTlsMode.Off && options.Authorize is not null)
+            throw new ArgumentException("Authorize needs TLS: set TlsMode Required (no plain-text client has a certificate to authorize)", nameof(options));
         if (options.TlsMode != NbdTlsMode.Off)
         {
             if (options.TlsCredentials is null) throw new ArgumentException($"TlsMode {options.TlsMode} needs TlsCredentials", nameof(options));

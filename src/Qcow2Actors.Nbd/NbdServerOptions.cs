@@ -184,7 +184,10 @@ public sealed record NbdServerOptions
 
     /// <summary>
     /// Called after a successful TLS handshake (as qemu's tls-authz): false ends the connection, logged and counted
-    /// as refused (<c>tls-authz</c>). Null: every client whose certificate the CA signed is accepted.
+    /// as refused (<c>tls-authz</c>). Null: every client whose certificate the CA signed is accepted. Set, it makes TLS
+    /// required even when <see cref="TlsMode"/> is <see cref="NbdTlsMode.Optional"/> (a plain-text client has no
+    /// certificate to authorize, so it is answered as under <see cref="NbdTlsMode.Required"/>); with
+    /// <see cref="NbdTlsMode.Off"/> the server refuses to start.
     /// </summary>
     public Func<NbdClientIdentity, bool>? Authorize { get; init; }
 

@@ -21,6 +21,9 @@ internal static class ServeTls
             return settings;
         }
         if (credentialsDirectory is null) throw new ArgumentException($"--tls {mode} needs --tls-creds DIR");
+        // As qemu-nbd: an allow-list means every client must show a certificate, which --tls optional does not ask for.
+        if (tlsMode == NbdTlsMode.Optional && authz.Length > 0)
+            throw new ArgumentException("--tls-authz needs --tls required (with --tls optional a plain-text client shows no certificate)");
         var credentials = NbdTlsCredentials.LoadX509Directory(credentialsDirectory);
         foreach (var subject in authz)
         {

@@ -132,18 +132,25 @@ internal sealed class NbdConnection
     /// <exception cref="System.Security.Authentication.AuthenticationException">The TLS handshake failed.</exception>
     internal async Task<NbdClientIdentity?> StartTlsAsync(Tls.TlsUpgrade upgrade, ReadOnlyMemory<byte> ack, CancellationToken cancellationToken)
     {
-        await _receiver.PauseAsync();
-        if (_reader.TryRead(out var pending))
-        {
-            var early = pending.Buffer.Length > 0 || pending.IsCompleted;
-            _reader.AdvanceTo(pending.Buffer.Start);
-            if (early) return null;
-        }
+        // Checked before pausing as well as after: bytes already behind STARTTLS end the connection at once, and a
+        // client that fills the pipe that way never gets to hold the pause.
+        if (SentEarly()) return null;
+        await _receiver.PauseAsync(cancellationToken);
+        if (SentEarly()) return null;
         await _stream.WriteAsync(ack, cancellationToken);
         var (tls, identity) = await upgrade.AuthenticateAsync(_stream, RemoteEndPoint, cancellationToken);
         _tls = tls;
         _receiver.Start(tls);
         return identity;
+    }
+
+    /// <summary>True when the client sent bytes behind STARTTLS (or hung up) before its reply: nothing of them is consumed.</summary>
+    private bool SentEarly()
+    {
+        if (!_reader.TryRead(out var pending)) return false;
+        var early = pending.Buffer.Length > 0 || pending.IsCompleted;
+        _reader.AdvanceTo(pending.Buffer.Start);
+        return early;
     }
 
     /// <summary>
@@ -233,6 +240,7 @@ internal sealed class NbdConnection
         _ = _gone.CancelAsync(); // its callbacks run off this thread
         _ = _cut.CancelAsync();
         try { _socket.Dispose(); } catch (ObjectDisposedException) { }
+        _receiver.Abort(); // a receive loop held by a full pipe meets the closed socket instead of waiting on the reader
     }
 
     private async Task TransmissionAsync(NbdSession session)

@@ -38,6 +38,12 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
     private Stream Output => connection.Output;
 
     /// <summary>
+    /// Nothing but STARTTLS before TLS: in <see cref="NbdTlsMode.Required"/>, and with an allow-list in any mode that offers TLS
+    /// (a plain-text client has no certificate to check, so an optional listener must not let it past the list either).
+    /// </summary>
+    private bool TlsRequired => Options.TlsMode == NbdTlsMode.Required || (Options.TlsMode != NbdTlsMode.Off && Options.Authorize is not null);
+
+    /// <summary>
     /// Negotiates; null when the client left, aborted, misbehaved or ran out of time. A client that
     /// has not chosen an export within the handshake timeout is dropped, so idle connections cannot
     /// pile up to the descriptor limit.
@@ -101,7 +107,7 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
             var data = new byte[length];
             await PipeReading.ReadExactAsync(reader, data, allowEof: false, _cancel);
 
-            if (Options.TlsMode == NbdTlsMode.Required && !_tls && option is not (OptStartTls or OptAbort))
+            if (TlsRequired && !_tls && option is not (OptStartTls or OptAbort))
             {
                 if (option == OptExportName)
                 {

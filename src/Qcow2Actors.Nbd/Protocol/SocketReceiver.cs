@@ -62,15 +62,25 @@ internal sealed class SocketReceiver
     /// <summary>
     /// Stops the socket loop without completing the pipe and without losing a byte: a receive cancelled
     /// while waiting has taken nothing from the kernel, and one that completed has put its bytes in the pipe.
+    /// A flush held by a full pipe is released too (its bytes are already the reader's): otherwise a client
+    /// that sent more than the pipe holds behind STARTTLS would wedge the pause, the reader being the pauser.
     /// </summary>
-    public async Task PauseAsync()
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> fired first (the loop is then left to the close).</exception>
+    public async Task PauseAsync(CancellationToken cancellationToken)
     {
         if (_pause is not { } pause) throw new InvalidOperationException("the receive loop cannot pause");
         await pause.CancelAsync();
-        await _loop;
+        _pipe.Writer.CancelPendingFlush();
+        await _loop.WaitAsync(cancellationToken);
         pause.Dispose();
         _pause = null;
     }
+
+    /// <summary>
+    /// Releases a flush waiting on a reader that will never read again (the connection is being cut off): the
+    /// loop then meets the closed socket and ends, so the close never waits on it.
+    /// </summary>
+    public void Abort() => _pipe.Writer.CancelPendingFlush();
 
     /// <summary>Ends when the peer closed, the socket failed, or the reader completed.</summary>
     public Task Completion => _loop;
@@ -96,9 +106,12 @@ internal sealed class SocketReceiver
                 }
                 if (received == 0) break;
                 writer.Advance(received);
-                var flushed = await writer.FlushAsync(CancellationToken.None); // pausing never interrupts a flush: its bytes are the reader's
-                if (flushed.IsCompleted || flushed.IsCanceled) break;
+                // Not cancelled by token: a token cancelled before the call would skip committing the bytes. A cancelled
+                // flush (CancelPendingFlush, from a pause or an abort) has committed them: they are the reader's.
+                var flushed = await writer.FlushAsync(CancellationToken.None);
+                if (flushed.IsCompleted) break;
                 if (pause.IsCancellationRequested) return;
+                // Otherwise a cancel left over from a pause that found the loop receiving, or an abort: the socket says which.
             }
         }
         catch (OperationCanceledException) when (pause.IsCancellationRequested)

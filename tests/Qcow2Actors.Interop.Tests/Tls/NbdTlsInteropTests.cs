@@ -188,6 +188,10 @@ public sealed class NbdTlsInteropTests : IDisposable
         var mode = QemuTools.Q2a("serve", "--port", "0", "--tls", "sometimes", image);
         Assert.Equal(1, mode.ExitCode);
         Assert.Matches(@"^q2a: --tls 'sometimes' is not off, optional or required\n$", mode.StdErr);
+        Directory.CreateDirectory(_dir.File("unread-creds"));
+        var optionalAuthz = QemuTools.Q2a("serve", "--port", "0", "--tls-creds", _dir.File("unread-creds"), "--tls", "optional", "--tls-authz", "CN=acme", image);
+        Assert.Equal(1, optionalAuthz.ExitCode);
+        Assert.Matches(@"^q2a: --tls-authz needs --tls required \(.*\)\n$", optionalAuthz.StdErr);
         Directory.CreateDirectory(_dir.File("creds"));
         File.WriteAllText(_dir.File("creds/ca-cert.pem"), "not a certificate");
         File.WriteAllText(_dir.File("creds/server-cert.pem"), "");

@@ -36,6 +36,15 @@ public sealed class NbdTlsTests
     private static List<string> Names(List<(uint Type, byte[] Data)> list) =>
         [.. list.Where(r => r.Type == RawNbdClient.RepServer).Select(r => Encoding.UTF8.GetString(r.Data, 4, (int)BinaryPrimitives.ReadUInt32BigEndian(r.Data)))];
 
+    private static byte[] OptionHeader(uint option, uint length)
+    {
+        var header = new byte[16];
+        BinaryPrimitives.WriteUInt64BigEndian(header, 0x49484156454F5054); // IHAVEOPT
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), option);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(12), length);
+        return header;
+    }
+
     [Fact]
     public async Task Required_tls_answers_every_option_but_starttls_and_abort_with_tls_reqd_then_serves_over_tls()
     {
@@ -146,6 +155,57 @@ public sealed class NbdTlsTests
         await acme.StartTlsAsync(Pki.AcmeClient, Pki.Authority);
         Assert.Equal(["disk"], Names(await acme.OptionAsync(RawNbdClient.OptList, [])));
         Assert.Equal(1, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "tls-authz")));
+    }
+
+    [Fact]
+    public async Task With_an_allow_list_optional_tls_lets_no_plain_text_client_list_or_enter_an_export()
+    {
+        await using var server = await StartAsync(NbdTlsMode.Optional, o => o with { Authorize = id => id.SubjectIs(TestPki.AcmeSubject) }, new MemoryExport("disk", MiB));
+        await using (var plain = await RawNbdClient.ConnectAsync(server.LocalEndPoint!))
+        {
+            Assert.Equal(RawNbdClient.RepErrTlsReqd, (await plain.OptionAsync(RawNbdClient.OptList, [])).Single().Type);
+            Assert.Equal(RawNbdClient.RepErrTlsReqd, (await plain.OptionAsync(RawNbdClient.OptInfo, RawNbdClient.InfoRequest("disk"))).Single().Type);
+            Assert.Equal(RawNbdClient.RepErrTlsReqd, (await plain.OptionAsync(RawNbdClient.OptGo, RawNbdClient.InfoRequest("disk"))).Single().Type);
+            await plain.SendOptionAsync(RawNbdClient.OptExportName, Encoding.UTF8.GetBytes("disk"));
+            Assert.True(await plain.WaitForCloseAsync());
+        }
+        await using var acme = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await acme.StartTlsAsync(Pki.AcmeClient, Pki.Authority);
+        await acme.GoAsync("disk");
+    }
+
+    [Fact]
+    public void An_allow_list_without_tls_is_refused()
+    {
+        var options = NbdServerOptions.Tcp([new MemoryExport("disk", MiB)], port: 0) with { Authorize = _ => true };
+        Assert.Contains("Authorize needs TLS", Assert.Throws<ArgumentException>(() => new NbdServer(options)).Message);
+    }
+
+    [Fact]
+    public async Task A_client_flooding_past_starttls_without_reading_is_closed_and_the_server_still_stops()
+    {
+        var time = new ArmedTimerProvider();
+        var server = await StartAsync(NbdTlsMode.Optional, o => o with { HandshakeTimeout = TimeSpan.FromSeconds(10), TimeProvider = time }, new MemoryExport("disk", MiB));
+        try
+        {
+            await using var c = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+            Assert.Equal(TimeSpan.FromSeconds(10), await time.NextArmedAsync());
+            // Many options whose replies go unread, STARTTLS, then more than the receive pipe holds, all before any reply.
+            var burst = new List<byte>();
+            for (var i = 0; i < 60_000; i++) burst.AddRange(OptionHeader(RawNbdClient.OptList, 0));
+            burst.AddRange(OptionHeader(RawNbdClient.OptStartTls, 0));
+            burst.AddRange(new byte[2 * MiB]);
+            var sending = c.WriteAsync([.. burst]); // may never finish: the client never reads
+
+            time.Advance(TimeSpan.FromSeconds(10));
+            Assert.True(await c.WaitForCloseAsync(10_000), "the connection outlived the handshake timeout");
+            try { await sending; } catch (IOException) { } // cut off mid-send, or all sent before the close: either way it ended
+        }
+        finally
+        {
+            await server.StopAsync().WaitAsync(TimeSpan.FromSeconds(30));
+            await server.DisposeAsync();
+        }
     }
 
     [Fact]
