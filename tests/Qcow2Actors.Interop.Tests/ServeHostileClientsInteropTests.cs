@@ -166,6 +166,14 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
     private static async Task<Socket> ConnectAndGoAsync(EndPoint endPoint, string export)
     {
         var socket = await ConnectAndReadHelloAsync(endPoint);
+        var reply = await GoAsync(socket, export);
+        Assert.True(reply == 1, $"NBD_OPT_GO answered 0x{reply:x}"); // NBD_REP_ACK
+        return socket;
+    }
+
+    /// <summary>Sends the client flags and NBD_OPT_GO for <paramref name="export"/>; returns the final reply type (NBD_REP_ACK = 1, or the error).</summary>
+    internal static async Task<uint> GoAsync(Socket socket, string export)
+    {
         var name = Encoding.UTF8.GetBytes(export);
         var option = new byte[4 + 16 + 4 + name.Length + 2];
         BinaryPrimitives.WriteUInt32BigEndian(option, 3); // client flags: fixed newstyle, no zeroes
@@ -180,8 +188,7 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
             var header = await ReceiveExactAsync(socket, 20);
             var type = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
             await ReceiveExactAsync(socket, (int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16)));
-            if (type == 1) return socket; // NBD_REP_ACK
-            Assert.True(type == 3, $"NBD_OPT_GO answered 0x{type:x}"); // NBD_REP_INFO
+            if (type != 3) return type; // NBD_REP_INFO comes before the final reply
         }
     }
 

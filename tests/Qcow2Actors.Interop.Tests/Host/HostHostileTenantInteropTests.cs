@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using Qcow2Actors.Tests.Shared;
 using Xunit.Abstractions;
 using static Qcow2Actors.Interop.Tests.ServeHostileClientsInteropTests;
@@ -76,26 +75,5 @@ public sealed class HostHostileTenantInteropTests(ITestOutputHelper output) : ID
         Assert.Contains("max-connections-per-tenant", host.Output);
         QemuTools.AssertCheckClean(host.ImagePath("globex", "disk"));
         QemuTools.QemuIo("-r", "-c", "read -P 0x33 0 16M", host.ImagePath("globex", "disk")).EnsureSuccess();
-    }
-
-    /// <summary>Sends NBD_OPT_GO for <paramref name="export"/> and returns the final reply type (ACK, or the error).</summary>
-    private static async Task<uint> GoAsync(Socket socket, string export)
-    {
-        var name = Encoding.UTF8.GetBytes(export);
-        var option = new byte[4 + 16 + 4 + name.Length + 2];
-        BinaryPrimitives.WriteUInt32BigEndian(option, 3); // client flags: fixed newstyle, no zeroes
-        BinaryPrimitives.WriteUInt64BigEndian(option.AsSpan(4), 0x49484156454F5054); // IHAVEOPT
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(12), 7); // NBD_OPT_GO
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(16), (uint)(4 + name.Length + 2));
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(20), (uint)name.Length);
-        name.CopyTo(option, 24);
-        await socket.SendAsync(option);
-        while (true)
-        {
-            var header = await ReceiveExactAsync(socket, 20);
-            var type = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
-            await ReceiveExactAsync(socket, (int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16)));
-            if (type != 3) return type; // anything but NBD_REP_INFO ends the option
-        }
     }
 }
