@@ -86,18 +86,9 @@ public static class ImageShrinker
         s.WriteL1(newL1Offset, newL1, copied: true);
         s.Refcounts.WriteBack();
         device.Flush();
-        // 2. One header write: size, L1 offset and L1 size together.
-        var next = h.Clone();
-        next.Size = newSize;
-        next.L1TableOffset = newL1Offset;
-        next.L1Size = newL1Size;
-        s.WriteHeader(next);
-        device.Flush();
-        // 3. Drop the references the image no longer holds, then cut the file after its last used cluster.
-        s.ApplyDeltas(decrements);
-        s.ReleaseOldRefcountTable();
-        s.Refcounts.WriteBack();
-        device.Flush();
+        // 2. One header write: size, L1 offset and L1 size together; then drop the references the image no longer holds.
+        s.SwitchActiveL1(newSize, newL1Offset, newL1Size, decrements);
+        // 3. Cut the file after its last used cluster.
         long last = LastUsedCluster(s, device.Length >> cb);
         if ((last + 1) * cs < device.Length)
         {

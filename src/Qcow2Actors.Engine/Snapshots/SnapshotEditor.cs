@@ -181,18 +181,8 @@ public static class SnapshotEditor
         s.WriteL1(newL1Offset, newActive, copied: false);
         rc.WriteBack();
         device.Flush();
-        // 2. One header write: size, L1 size and L1 offset together.
-        var next = h.Clone();
-        next.Size = newSize;
-        next.L1Size = l1Size;
-        next.L1TableOffset = newL1Offset;
-        s.WriteHeader(next);
-        device.Flush();
-        // 3. Drop the old active tree and its L1.
-        s.ApplyDeltas(decrements);
-        s.ReleaseOldRefcountTable();
-        rc.WriteBack();
-        device.Flush();
+        // 2. One header write: size, L1 size and L1 offset together; 3. then drop the old active tree and its L1.
+        s.SwitchActiveL1(newSize, newL1Offset, l1Size, decrements);
         // 4. COPIED from the final refcounts (the snapshot's own flags are stale).
         s.RecomputeCopied(newActive);
         s.WriteActiveTables(newL1Offset, newActive);

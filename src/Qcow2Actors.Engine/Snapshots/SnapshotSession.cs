@@ -313,6 +313,26 @@ internal sealed class SnapshotSession
         HeaderWriter.WriteChangedFields(_device, Header, next);
     }
 
+    /// <summary>
+    /// With the new active L1 (at <paramref name="l1Offset"/>, <paramref name="l1Size"/> entries) and its
+    /// refcounts already durable: one header write switches size and L1 together, then the references only
+    /// the old tree held (<paramref name="decrements"/>) and a moved refcount table's old clusters are dropped.
+    /// Flushed after each step, so a crash leaves either the old image or the new one.
+    /// </summary>
+    public void SwitchActiveL1(long newSize, long l1Offset, int l1Size, Dictionary<long, long> decrements)
+    {
+        var next = Header.Clone();
+        next.Size = newSize;
+        next.L1TableOffset = l1Offset;
+        next.L1Size = l1Size;
+        WriteHeader(next);
+        _device.Flush();
+        ApplyDeltas(decrements);
+        ReleaseOldRefcountTable();
+        Refcounts.WriteBack();
+        _device.Flush();
+    }
+
     /// <summary>Frees the clusters of the snapshot table as read.</summary>
     public void FreeOldSnapshotTable()
     {
