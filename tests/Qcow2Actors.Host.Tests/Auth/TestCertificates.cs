@@ -49,7 +49,7 @@ public sealed class TestCertificates
         if (caIssuers is not null) request.CertificateExtensions.Add(new X509AuthorityInformationAccessExtension(null, [caIssuers]));
         var serial = RandomNumberGenerator.GetBytes(8);
         serial[0] = (byte)((serial[0] & 0x7F) | 0x01); // positive and minimally encoded, or Create may refuse it
-        using var certificate = request.Create(_ca, DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30), serial);
+        using var certificate = request.Create(_ca, _ca.NotBefore, _ca.NotAfter, serial);
         File.WriteAllText(CertFile(name), certificate.ExportCertificatePem());
         File.WriteAllText(KeyFile(name), key.ExportPkcs8PrivateKeyPem());
     }
