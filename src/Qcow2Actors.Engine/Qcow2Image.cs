@@ -60,6 +60,37 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         return new Qcow2Image(opened);
     }
 
+    /// <summary>
+    /// Opens the image stored on <paramref name="device"/> read-only: a device that is not a host file,
+    /// such as an NBD export (<c>Qcow2Actors.Nbd.Client.NbdBlockDevice</c>). The format is
+    /// <see cref="Qcow2OpenOptions.Format"/> or probed from the device's first bytes (qcow2 magic, else
+    /// raw); the image's name (<see cref="Qcow2ImageInfo.FileName"/>) is the device's
+    /// <see cref="Device.IBlockDevice.Name"/>. No host-file lock or stat is attempted for the device. A
+    /// raw image takes its block status from the device when it is an <see cref="Device.IAllocationStatusDevice"/>
+    /// (otherwise every byte is data). Backing and data files named by an absolute path open from the host
+    /// (locked as usual); relative names are refused, as a device has no directory to resolve them in.
+    /// The image owns the device from this call on: it is disposed with the image, or here when the open fails.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><see cref="Qcow2OpenOptions.ReadOnly"/> is false, or the format is unknown.</exception>
+    /// <exception cref="InvalidDataException">Not a valid qcow2 image, or a relative backing or data file name.</exception>
+    public static async Task<Qcow2Image> OpenOnDeviceAsync(Device.IBlockDevice device, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        options ??= new Qcow2OpenOptions();
+        try
+        {
+            if (!options.ReadOnly)
+                throw new NotSupportedException($"Could not open '{device.Name}': images on a device open read-only");
+            var opened = await ImageOpener.OpenDeviceAsync(device, options, cancellationToken).ConfigureAwait(false);
+            return new Qcow2Image(opened);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Guest size in bytes (a snapshot's own size when reading a snapshot).</summary>
     public long VirtualSize => _top.Size;
 

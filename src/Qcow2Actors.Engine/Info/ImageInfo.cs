@@ -13,6 +13,11 @@ public sealed record ImageInfo
     public required long VirtualSize { get; init; }
     /// <summary>Bytes of storage the host file occupies (stat blocks × 512).</summary>
     public required long ActualSize { get; init; }
+    /// <summary>
+    /// False for an image on a device that is not a host file (an NBD export): its storage use is
+    /// unknown, <see cref="ActualSize"/> is 0, and qemu-img's "actual-size" is left out.
+    /// </summary>
+    public bool ActualSizeAvailable { get; init; } = true;
     /// <summary>Cluster size in bytes.</summary>
     public required long ClusterSize { get; init; }
     /// <summary>Incompatible bit 0: refcounts may be stale.</summary>
@@ -83,7 +88,23 @@ public sealed record ImageInfo
 
     /// <summary>Reads the header, snapshots and bitmaps of the image on <paramref name="device"/>.</summary>
     /// <exception cref="Qcow2FormatException">The image is not one a qcow2 opener may accept.</exception>
-    public static ImageInfo Read(IBlockDevice device, string filename)
+    public static ImageInfo Read(IBlockDevice device, string filename) =>
+        Read(device, filename, hostFile: true);
+
+    /// <summary>
+    /// Reads the header, snapshots and bitmaps of the qcow2 image on <paramref name="device"/>, a device
+    /// that is not a host file (an NBD export), named by its <see cref="IBlockDevice.Name"/>. Nothing on
+    /// the host is looked at: <see cref="ActualSizeAvailable"/> is false, as qemu-img says "disk size:
+    /// unavailable" for such an image, and a relative backing name has no <see cref="FullBackingFilename"/>.
+    /// </summary>
+    /// <exception cref="Qcow2FormatException">The image is not one a qcow2 opener may accept.</exception>
+    public static ImageInfo ReadOnDevice(IBlockDevice device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        return Read(device, device.Name, hostFile: false);
+    }
+
+    private static ImageInfo Read(IBlockDevice device, string filename, bool hostFile)
     {
         var m = ImageMetadata.Load(device, ValidationProfile.Info);
         var h = m.Header;
@@ -101,7 +122,8 @@ public sealed record ImageInfo
         {
             Filename = filename,
             VirtualSize = h.Size,
-            ActualSize = AllocatedBytes(filename, device.Length),
+            ActualSize = hostFile ? AllocatedBytes(filename, device.Length) : 0,
+            ActualSizeAvailable = hostFile,
             ClusterSize = m.ClusterSize,
             DirtyFlag = h.IsDirty,
             Version = h.Version,
@@ -114,7 +136,8 @@ public sealed record ImageInfo
             DataFile = m.Block.DataFile,
             DataFileRaw = (h.AutoclearFeatures & AutoclearFeatures.RawExternalData) != 0,
             BackingFilename = backing,
-            FullBackingFilename = backing is null ? null : ResolveBacking(filename, backing),
+            FullBackingFilename = backing is null ? null
+                : hostFile || backing.StartsWith('/') ? ResolveBacking(filename, backing) : null,
             BackingFormat = backing is null ? null : m.Block.BackingFormat,
             Snapshots = [.. m.Snapshots.Select(SnapshotInfo.From)],
             Bitmaps = [.. bitmaps.Select(BitmapInfo.From)],
@@ -146,11 +169,13 @@ public sealed record ImageInfo
             }).ToList());
         }
         o.Add("virtual-size", VirtualSize).Add("filename", Filename).Add("cluster-size", ClusterSize)
-            .Add("format", "qcow2").Add("actual-size", ActualSize);
+            .Add("format", "qcow2");
+        if (ActualSizeAvailable) o.Add("actual-size", ActualSize);
         o.Add("format-specific", new QemuJsonObject().Add("type", "qcow2").Add("data", FormatSpecific()));
         if (BackingFilename is not null)
         {
-            o.Add("full-backing-filename", FullBackingFilename!).Add("backing-filename", BackingFilename);
+            if (FullBackingFilename is not null) o.Add("full-backing-filename", FullBackingFilename);
+            o.Add("backing-filename", BackingFilename);
             if (BackingFormat is not null) o.Add("backing-filename-format", BackingFormat);
         }
         o.Add("dirty-flag", DirtyFlag);

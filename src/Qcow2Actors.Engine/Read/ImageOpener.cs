@@ -44,6 +44,44 @@ internal static class ImageOpener
         return opened with { Locks = locks };
     }
 
+    /// <summary>
+    /// Opens the image on <paramref name="device"/> (not a host file: an NBD export, memory) read-only:
+    /// no host-file lock or stat for it, the format probed from its first bytes. Backing and data files it
+    /// names by an absolute path open from the host as usual (locked); relative names are refused, since a
+    /// device has no directory to resolve them in. The device belongs to the returned layer (and is not
+    /// disposed here when the open fails: the caller that handed it over does that).
+    /// </summary>
+    public static async Task<OpenedLayer> OpenDeviceAsync(IBlockDevice device, Qcow2OpenOptions options, CancellationToken cancellationToken)
+    {
+        var locks = new ImageLockSet();
+        try
+        {
+            string name = device.Name;
+            string format = options.Format ?? await ProbeAsync(device, cancellationToken).ConfigureAwait(false);
+            switch (format)
+            {
+                case "raw":
+                    if (options.Snapshot is not null) throw new InvalidOperationException($"'{name}' is a raw image: it has no snapshots");
+#pragma warning disable CA2000 // The layer moves into the returned OpenedLayer; its caller owns and disposes it.
+                    return new OpenedLayer(RawLayer.Over(device, name), null, [], null) { Locks = locks };
+#pragma warning restore CA2000
+                case "qcow2":
+                    // The device's name is not a host path: the metrics tag takes it as it is.
+                    var metrics = new Metrics.ImageMetrics(options.MetricsName ?? name, options.MetricTags);
+                    var opened = await OpenQcow2Async(device, path: null, name, options.Snapshot, options, locks,
+                        new HashSet<string>(StringComparer.Ordinal), 0, metrics, cancellationToken).ConfigureAwait(false);
+                    return opened with { Locks = locks };
+                default:
+                    throw new NotSupportedException($"Unknown image format '{format}' for '{name}' (q2a reads qcow2 and raw)");
+            }
+        }
+        catch
+        {
+            locks.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>How an open of this options' chain claims a file: the top image, a data file, or a backing file.</summary>
     private static LockMode ModeFor(Qcow2OpenOptions options, int depth, bool dataFile)
     {
@@ -100,7 +138,8 @@ internal static class ImageOpener
         }
     }
 
-    private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string path, string displayName, string? snapshot,
+    // path: the host path of file; null for a device that is not a host file.
+    private static async Task<OpenedLayer> OpenQcow2Async(IBlockDevice file, string? path, string displayName, string? snapshot,
         Qcow2OpenOptions options, ImageLockSet locks, HashSet<string> seen, int depth, Metrics.ImageMetrics metrics, CancellationToken cancellationToken)
     {
         long fileLength = file.Length;
@@ -172,13 +211,13 @@ internal static class ImageOpener
                 if (block.DataFile is null)
                     throw new InvalidDataException($"'{displayName}' needs an external data file but names none");
                 dataFileName = CombinePath(displayName, block.DataFile);
-                string dataPath = CombinePath(path, block.DataFile);
+                string dataPath = HostPath(path, displayName, block.DataFile);
                 if (File.Exists(dataPath)) Lock(locks, options, dataPath, dataFileName, ModeFor(options, depth, dataFile: true));
                 dataFile = options.OpenDevice(dataPath, writable: depth == 0 && !options.ReadOnly);
             }
             if (block.BackingFileName is { } backingName)
             {
-                string backingPath = CombinePath(path, backingName);
+                string backingPath = HostPath(path, displayName, backingName);
                 if (!File.Exists(backingPath))
                     throw new FileNotFoundException($"Could not open backing file '{backingPath}': No such file or directory", backingPath);
                 var opened = await OpenLayerAsync(backingPath, CombinePath(displayName, backingName), block.BackingFormat, null,
@@ -203,6 +242,15 @@ internal static class ImageOpener
         }
     }
 
+    // A name an image refers to, on the host: relative to the image's directory, or (for an image on a
+    // device, which has no directory) only when absolute.
+    private static string HostPath(string? imagePath, string displayName, string name)
+    {
+        if (imagePath is not null) return CombinePath(imagePath, name);
+        if (name.StartsWith('/')) return name;
+        throw new InvalidDataException($"Cannot generate a base directory for '{displayName}' to find '{name}' in");
+    }
+
     private static int L2CacheCapacity(Qcow2OpenOptions options, long clusterSize) =>
         (int)Math.Clamp(Math.Min(options.L2CacheSize, options.L2CacheBytes / clusterSize), 4, int.MaxValue);
 
@@ -213,6 +261,14 @@ internal static class ImageOpener
         Span<byte> magic = stackalloc byte[4];
         int n = RandomAccess.Read(handle, magic, 0);
         return Qcow2Header.HasMagic(magic[..n]) ? "qcow2" : "raw";
+    }
+
+    /// <summary>Probe over a device: qcow2 when it starts with the qcow2 magic, raw otherwise.</summary>
+    private static async Task<string> ProbeAsync(IBlockDevice device, CancellationToken cancellationToken)
+    {
+        var magic = new byte[(int)Math.Min(4, device.Length)];
+        int n = magic.Length == 0 ? 0 : await device.ReadAsync(magic, 0, cancellationToken).ConfigureAwait(false);
+        return Qcow2Header.HasMagic(magic.AsSpan(0, n)) ? "qcow2" : "raw";
     }
 
     /// <summary>
