@@ -50,6 +50,8 @@ internal static class NbdProtocol
     public const uint RepErrUnknown = 0x80000006;
     public const uint RepErrShutdown = 0x80000007;
     public const uint RepErrTooBig = 0x80000009;
+    /// <summary>Every option error reply has this bit set.</summary>
+    public const uint RepErrorBit = 0x80000000;
 
     // NBD_INFO_* types.
     public const ushort InfoExport = 0;
@@ -80,6 +82,12 @@ internal static class NbdProtocol
     public const ushort ReplyTypeOffsetHole = 2;
     public const ushort ReplyTypeBlockStatus = 5;
     public const ushort ReplyTypeError = 0x8001;
+    public const ushort ReplyTypeErrorOffset = 0x8002;
+    /// <summary>Every error chunk type has this bit set, so a client can read one it does not know.</summary>
+    public const ushort ReplyTypeErrorBit = 0x8000;
+
+    /// <summary>The magic an oldstyle server sends where a newstyle one sends IHAVEOPT.</summary>
+    public const ulong OldstyleMagic = 0x00420281861253;
 
     public const string BaseAllocation = "base:allocation";
 
