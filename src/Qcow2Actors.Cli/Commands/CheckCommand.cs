@@ -27,11 +27,18 @@ internal static class CheckCommand
         command.Options.Add(output);
         command.Options.Add(forceShare);
         command.Arguments.Add(file);
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((ParseResult parse, CancellationToken ct) => CliRunner.RunAsync(async () =>
         {
-            var path = parse.GetValue(file)!;
-            Formats.RequireQcow2(parse.GetValue(format));
+            var spec = sources.Resolve(parse, parse.GetValue(file)!, parse.GetValue(format));
             var json = Formats.IsJson(parse.GetValue(output));
+            if (!spec.IsHostFile)
+            {
+                var checkedOnDevice = await Sources.DeviceCheck.RunAsync(spec, parse.GetValue(repair) is not null, Console.Error, ct).ConfigureAwait(false);
+                return checkedOnDevice is null ? Sources.DeviceCheck.NotSupportedExitCode : Report(checkedOnDevice, json);
+            }
+            var path = spec.Path!;
+            Formats.RequireQcow2(spec.Format);
             // Said on stderr under --output json, so stdout stays one JSON document.
             var note = json ? Console.Error : Console.Out;
             bool pending = File.Exists(path) && PendingJournal.IsPending(path);
@@ -60,14 +67,19 @@ internal static class CheckCommand
             if (pending)
                 await note.WriteLineAsync($"'{path}' has a journal pending: checked as 'q2a recover' will leave it (nothing was written)")
                     .ConfigureAwait(false);
-            foreach (var line in result.Messages) Console.Error.WriteLine(line);
-            if (result.AbortReason is null)
-                Console.Out.Write(json ? Json(result).ToJson() + "\n" : Human(result));
-            if (result.ExitCode == 1)
-                Console.Error.WriteLine(result.AbortReason is null ? "q2a: Check failed" : $"q2a: Check failed: {result.AbortReason}");
-            return result.ExitCode;
+            return Report(result, json);
         }));
         return command;
+    }
+
+    private static int Report(CheckResult result, bool json)
+    {
+        foreach (var line in result.Messages) Console.Error.WriteLine(line);
+        if (result.AbortReason is null)
+            Console.Out.Write(json ? Json(result).ToJson() + "\n" : Human(result));
+        if (result.ExitCode == 1)
+            Console.Error.WriteLine(result.AbortReason is null ? "q2a: Check failed" : $"q2a: Check failed: {result.AbortReason}");
+        return result.ExitCode;
     }
 
     private static RepairMode ParseMode(string value) => value switch

@@ -25,11 +25,12 @@ internal static class CompareCommand
         var a = new Argument<string>("filename1");
         var b = new Argument<string>("filename2");
         var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, a, b };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction(async (parse, ct) =>
         {
             try
             {
-                return await RunAsync(parse.GetValue(a)!, parse.GetValue(b)!, parse.GetValue(formatA), parse.GetValue(formatB),
+                return await RunAsync(sources.Resolve(parse, parse.GetValue(a)!, parse.GetValue(formatA)), sources.Resolve(parse, parse.GetValue(b)!, parse.GetValue(formatB)),
                     parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict)).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
@@ -42,11 +43,16 @@ internal static class CompareCommand
         return command;
     }
 
-    public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
+    public static Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
+        bool forceShare = false, bool strict = false) =>
+        RunAsync(Sources.ImageSpec.Resolve(pathA, false, formatA, Sources.SourceObjects.Empty),
+            Sources.ImageSpec.Resolve(pathB, false, formatB, Sources.SourceObjects.Empty), stdout, ct, forceShare, strict);
+
+    public static async Task<int> RunAsync(Sources.ImageSpec specA, Sources.ImageSpec specB, TextWriter stdout, CancellationToken ct,
         bool forceShare = false, bool strict = false)
     {
-        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA, ForceShare = forceShare }, ct).ConfigureAwait(false);
-        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        await using var imgA = await Sources.ImageSources.OpenReadOnlyAsync(specA, forceShare, snapshot: null, ct).ConfigureAwait(false);
+        await using var imgB = await Sources.ImageSources.OpenReadOnlyAsync(specB, forceShare, snapshot: null, ct).ConfigureAwait(false);
         if (strict && imgA.VirtualSize != imgB.VirtualSize)
         {
             await stdout.WriteLineAsync("Strict mode: Image size mismatch!").ConfigureAwait(false);

@@ -35,6 +35,7 @@ internal static class ConvertCommand
         var target = new Argument<string>("output_filename") { Description = "target file" };
         var command = new Command("convert", "Convert an image (or one of its snapshots) to a raw or qcow2 image")
             { format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare, source, target };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(
             new ConvertRequest(parse.GetValue(source)!, parse.GetValue(target)!)
             {
@@ -47,6 +48,7 @@ internal static class ConvertCommand
                 BackingFile = parse.GetValue(backing),
                 BackingFormat = parse.GetValue(backingFormat),
                 ForceShare = parse.GetValue(forceShare),
+                SourceSpec = sources.Resolve(parse, parse.GetValue(source)!, parse.GetValue(format)),
             }, ct)));
         return command;
     }
@@ -91,8 +93,8 @@ internal static class ConvertCommand
 
         if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
             throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
-        await using var src = await Qcow2Image.OpenAsync(request.Source,
-            new Qcow2OpenOptions { Format = request.Format, Snapshot = SnapshotSelector(request.Snapshot), ForceShare = request.ForceShare }, ct).ConfigureAwait(false);
+        await using var src = await Sources.ImageSources.OpenReadOnlyAsync(request.SourceSpec ?? Sources.ImageSpec.Resolve(request.Source, false, request.Format, Sources.SourceObjects.Empty),
+            request.ForceShare, SnapshotSelector(request.Snapshot), ct).ConfigureAwait(false);
         // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
         // match it, zeros past the snapshot's own end, cut at the active size.
         long size = request.Snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;

@@ -16,6 +16,8 @@ internal sealed record ConvertRequest(string Source, string Target)
     public string? BackingFormat { get; init; }
     /// <summary>-U: read the source sharing it with its writer.</summary>
     public bool ForceShare { get; init; }
+    /// <summary>The source as resolved from its spelling (nbd://, json:, --image-opts); null: <see cref="Source"/> as a plain argument.</summary>
+    public Sources.ImageSpec? SourceSpec { get; init; }
 }
 
 /// <summary>

@@ -15,26 +15,37 @@ internal static class InfoCommand
         var output = new Option<string>("--output") { Description = "human or json", DefaultValueFactory = _ => "human" };
         var chain = new Option<bool>("--backing-chain") { Description = "also show every backing file" };
         var forceShare = ForceShareOption.Create();
-        var file = new Argument<string>("filename") { Description = "the image" };
+        var file = new Argument<string>("filename") { Description = "the image: a path, nbd://..., nbd+unix://..., json:{...}, or with --image-opts key=value,..." };
         var command = new Command("info", "show the image's header, snapshots and format-specific information");
+        var sources = Sources.SourceOptions.AddTo(command);
         command.Options.Add(format);
         command.Options.Add(output);
         command.Options.Add(chain);
         command.Options.Add(forceShare);
         command.Arguments.Add(file);
-        command.SetAction((ParseResult parse, CancellationToken _) => CliRunner.Run(() =>
+        command.SetAction((ParseResult parse, CancellationToken ct) => CliRunner.RunAsync(async () =>
         {
-            var path = parse.GetValue(file)!;
-            Formats.RequireQcow2(parse.GetValue(format));
+            var spec = sources.Resolve(parse, parse.GetValue(file)!, parse.GetValue(format));
+            var path = spec.Path;
             var json = Formats.IsJson(parse.GetValue(output));
             IReadOnlyList<ImageInfo> infos;
-            try
+            if (!spec.IsHostFile)
             {
-                infos = ImageInfo.ReadChain(path, parse.GetValue(chain), parse.GetValue(forceShare));
+                var read = await Sources.DeviceInfo.ReadAsync(spec, parse.GetValue(chain), parse.GetValue(forceShare), Console.Out, json, ct).ConfigureAwait(false);
+                if (read is null) return 0;
+                infos = read;
             }
-            catch (Exception e) when (e is not FileNotFoundException and not ImageLockException)
+            else
             {
-                throw new InvalidOperationException($"Could not open '{path}': {e.Message}", e);
+                Formats.RequireQcow2(spec.Format);
+                try
+                {
+                    infos = ImageInfo.ReadChain(path!, parse.GetValue(chain), parse.GetValue(forceShare));
+                }
+                catch (Exception e) when (e is not FileNotFoundException and not ImageLockException)
+                {
+                    throw new InvalidOperationException($"Could not open '{spec.Argument}': {e.Message}", e);
+                }
             }
             if (json)
             {
@@ -57,12 +68,14 @@ internal static class InfoCommand
     {
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"image: {i.Filename}\nfile format: qcow2\nvirtual size: {Formats.SizeToString(i.VirtualSize)} ({i.VirtualSize} bytes)\n");
-        sb.Append(CultureInfo.InvariantCulture, $"disk size: {Formats.SizeToString(i.ActualSize)}\ncluster_size: {i.ClusterSize}\n");
+        var disk = i.ActualSizeAvailable ? Formats.SizeToString(i.ActualSize) : "unavailable";
+        sb.Append(CultureInfo.InvariantCulture, $"disk size: {disk}\ncluster_size: {i.ClusterSize}\n");
         if (i.DirtyFlag) sb.Append("cleanly shut down: no\n");
         if (i.BackingFilename is not null)
         {
             sb.Append("backing file: ").Append(i.BackingFilename);
-            if (i.FullBackingFilename != i.BackingFilename) sb.Append(" (actual path: ").Append(i.FullBackingFilename).Append(')');
+            if (i.FullBackingFilename is null) sb.Append(" (cannot determine actual path)");
+            else if (i.FullBackingFilename != i.BackingFilename) sb.Append(" (actual path: ").Append(i.FullBackingFilename).Append(')');
             sb.Append('\n');
             if (i.BackingFormat is not null) sb.Append("backing file format: ").Append(i.BackingFormat).Append('\n');
         }

@@ -22,24 +22,34 @@ internal static class IoCommand
         var path = new Argument<string>("filename");
         var command = new Command("io", "Run qemu-io commands (read, write, discard, flush, abort) against an image")
             { format, readOnly, forceShare, commands, path };
-        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(parse.GetValue(path)!, parse.GetValue(format),
+        var sources = Sources.SourceOptions.AddTo(command);
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(sources.Resolve(parse, parse.GetValue(path)!, parse.GetValue(format)),
             parse.GetValue(readOnly), parse.GetValue(commands) ?? [], Console.Out, Console.Error, ct, parse.GetValue(forceShare))));
         return command;
     }
 
-    public static async Task<int> RunAsync(string path, string? format, bool readOnly, IReadOnlyList<string> commands,
+    public static Task<int> RunAsync(string path, string? format, bool readOnly, IReadOnlyList<string> commands,
+        TextWriter stdout, TextWriter stderr, CancellationToken ct, bool forceShare = false) =>
+        RunAsync(Sources.ImageSpec.Resolve(path, false, format, Sources.SourceObjects.Empty), readOnly, commands, stdout, stderr, ct, forceShare);
+
+    public static async Task<int> RunAsync(Sources.ImageSpec spec, bool readOnly, IReadOnlyList<string> commands,
         TextWriter stdout, TextWriter stderr, CancellationToken ct, bool forceShare = false)
     {
+        string path = spec.Argument;
         IIoTarget target;
         try
         {
             if (forceShare && !readOnly)
                 throw new ArgumentException("force-share=on can only be used with read-only images");
-            target = await Qcow2IoTarget.OpenAsync(path, format, readOnly, ct, forceShare).ConfigureAwait(false);
+            target = await Sources.IoSource.OpenAsync(spec, readOnly, forceShare, ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
         {
-            throw new CliException($"can't open device {path}: {(ex is ImageLockException l ? l.Reason : ex.Message)}", ex);
+            // qemu-io words an NBD failure "can't open device X: REASON", without qemu-img's "Could not open 'X': ".
+            string reason = ex is ImageLockException l ? l.Reason : ex.Message;
+            string prefix = $"Could not open '{path}': ";
+            if (!spec.IsHostFile && reason.StartsWith(prefix, StringComparison.Ordinal)) reason = reason[prefix.Length..];
+            throw new CliException($"can't open device {path}: {reason}", ex);
         }
         await using (target.ConfigureAwait(false))
         {

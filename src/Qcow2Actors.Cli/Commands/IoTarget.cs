@@ -59,6 +59,9 @@ internal sealed class Qcow2IoTarget : IIoTarget
         return new Qcow2IoTarget(image, readOnly);
     }
 
+    /// <summary>A read-only target over an image already open (one on an NBD export).</summary>
+    public static IIoTarget Over(Qcow2Image image) => new Qcow2IoTarget(image, readOnly: true);
+
     /// <inheritdoc/>
     public long Length => _image.VirtualSize;
 

@@ -19,14 +19,18 @@ internal static class MapCommand
         var forceShare = ForceShareOption.Create();
         var image = new Argument<string>("filename") { Description = "the image" };
         var command = new Command("map", "Dump the metadata of an image: which guest ranges are stored where") { format, output, forceShare, image };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
-            RunAsync(parse.GetValue(image)!, parse.GetValue(format), parse.GetValue(output)!, Console.Out, ct, parse.GetValue(forceShare))));
+            RunAsync(sources.Resolve(parse, parse.GetValue(image)!, parse.GetValue(format)), parse.GetValue(output)!, Console.Out, ct, parse.GetValue(forceShare))));
         return command;
     }
 
-    public static async Task<int> RunAsync(string path, string? format, string output, TextWriter stdout, CancellationToken ct, bool forceShare = false)
+    public static Task<int> RunAsync(string path, string? format, string output, TextWriter stdout, CancellationToken ct, bool forceShare = false) =>
+        RunAsync(Sources.ImageSpec.Resolve(path, false, format, Sources.SourceObjects.Empty), output, stdout, ct, forceShare);
+
+    public static async Task<int> RunAsync(Sources.ImageSpec spec, string output, TextWriter stdout, CancellationToken ct, bool forceShare = false)
     {
-        await using var img = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { Format = format, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        await using var img = await Sources.ImageSources.OpenReadOnlyAsync(spec, forceShare, snapshot: null, ct).ConfigureAwait(false);
         var text = new StringBuilder();
         bool json = output == "json";
         if (json) text.Append('[');
