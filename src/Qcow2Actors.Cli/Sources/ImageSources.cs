@@ -55,6 +55,13 @@ internal static class ImageSources
         {
             return await NbdClient.ConnectAsync(options, ct).ConfigureAwait(false);
         }
+        catch (IOException ex) when (ex.InnerException is System.Net.Sockets.SocketException socket)
+        {
+            // Nothing listening (or no such socket): qemu's wording, the server named, the OS reason (.NET
+            // reports a missing socket file as EADDRNOTAVAIL; connect(2) said ENOENT).
+            string why = nbd.Socket is { } path && !File.Exists(path) ? "No such file or directory" : socket.Message;
+            throw new CliException($"Could not open '{spec.Argument}': Failed to connect to '{nbd.ServerName}': {why}", ex);
+        }
         catch (Exception ex) when (ex is IOException or System.Net.Sockets.SocketException or System.Security.Authentication.AuthenticationException
             or InvalidDataException or NotSupportedException or UnauthorizedAccessException)
         {

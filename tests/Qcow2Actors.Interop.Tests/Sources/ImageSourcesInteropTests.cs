@@ -122,10 +122,8 @@ public sealed class ImageSourcesInteropTests : IDisposable
     public void An_unreachable_server_or_a_missing_export_is_one_line_naming_it()
     {
         int port = HostProcess.FreePort();
-        var refused = QemuTools.Q2a("info", string.Create(CultureInfo.InvariantCulture, $"nbd://127.0.0.1:{port}/exp"));
-        Assert.Equal(1, refused.ExitCode);
-        var line = Assert.Single(refused.StdErr.Trim().Split('\n'));
-        Assert.Contains(string.Create(CultureInfo.InvariantCulture, $"127.0.0.1:{port}"), line, StringComparison.Ordinal);
+        Assert.Equal(1, Same("info", string.Create(CultureInfo.InvariantCulture, $"nbd://127.0.0.1:{port}/exp")).ExitCode);
+        Assert.Equal(1, Same("map", $"nbd+unix:///exp?socket={_dir.File("nobody.sock")}").ExitCode);
 
         using var server = QemuNbdUnix(Image(), "qcow2", "exp");
         string missing = server.Uri.Replace("///exp?", "///nope?", StringComparison.Ordinal);
