@@ -13,10 +13,10 @@ internal sealed class QemuNbdProcess : IDisposable
     private readonly int _pid;
     private bool _stopped;
 
-    private QemuNbdProcess(int pid, string socket)
+    private QemuNbdProcess(int pid, string uri)
     {
         _pid = pid;
-        Uri = $"nbd+unix:///?socket={socket}";
+        Uri = uri;
     }
 
     /// <summary>The export's URI for qemu-io/nbdinfo.</summary>
@@ -28,7 +28,18 @@ internal sealed class QemuNbdProcess : IDisposable
         var socket = dir.File("qemu-nbd.sock");
         var pidFile = dir.File("qemu-nbd.pid");
         QemuTools.Run("qemu-nbd", "-t", "-f", "qcow2", "--fork", "--pid-file", pidFile, "-k", socket, image).EnsureSuccess();
-        return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), socket);
+        return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), $"nbd+unix:///?socket={socket}");
+    }
+
+    /// <summary>
+    /// Starts <c>qemu-nbd -t --fork</c> with <paramref name="args"/> (format, export name, socket or address, TLS, the image),
+    /// its pid file in <paramref name="dir"/>; <paramref name="uri"/> is what <see cref="Uri"/> reports.
+    /// </summary>
+    public static QemuNbdProcess StartWith(TempDir dir, string uri, params string[] args)
+    {
+        var pidFile = dir.File($"qemu-nbd-{Guid.NewGuid():N}.pid");
+        QemuTools.Run("qemu-nbd", ["-t", "--fork", "--pid-file", pidFile, .. args]).EnsureSuccess();
+        return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), uri);
     }
 
     /// <summary>SIGTERM, then blocks until the process has exited (its image locks are gone with it).</summary>
