@@ -32,13 +32,13 @@ internal sealed class QemuNbdProcess : IDisposable
     }
 
     /// <summary>
-    /// Starts <c>qemu-nbd -t --fork ARGS</c> (the caller gives the format, export name, socket or port, TLS
-    /// objects and the image), its pid file in <paramref name="dir"/>; <paramref name="uri"/> is what clients open.
+    /// Starts <c>qemu-nbd -t --fork</c> with <paramref name="args"/> (format, export name, socket or address, TLS, the image),
+    /// its pid file in <paramref name="dir"/>; <paramref name="uri"/> is what <see cref="Uri"/> reports.
     /// </summary>
     public static QemuNbdProcess StartWith(TempDir dir, string uri, params string[] args)
     {
         var pidFile = dir.File($"qemu-nbd-{Guid.NewGuid():N}.pid");
-        QemuTools.Run("qemu-nbd", new[] { "-t", "--fork", "--pid-file", pidFile }.Concat(args)).EnsureSuccess();
+        QemuTools.Run("qemu-nbd", ["-t", "--fork", "--pid-file", pidFile, .. args]).EnsureSuccess();
         return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), uri);
     }
 
