@@ -163,6 +163,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault) { Io = _io };
             // The map of metadata clusters every write is checked against, as the image is now on disk.
             ctx.Snapshots = await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
+            // Enabled bitmaps are loaded and marked in use before the first write can change the disk.
+            ctx.Bitmaps = await Bitmaps.BitmapSet.OpenAsync(ctx.Device, ctx.Headers.Block, track: true, default);
+            Bitmaps.BitmapWriter.MarkInUse(ctx);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
             ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
@@ -517,6 +520,13 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         try
         {
             if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null) return;
+            // Tracked bitmaps go to new clusters now; the clean header below switches to them, and
+            // their old clusters are released in the same checkpoint's refcounts.
+            if (closing)
+            {
+                var oldBitmapClusters = await Bitmaps.BitmapWriter.StoreAsync(ctx, _io, closing);
+                if (oldBitmapClusters.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(oldBitmapClusters, -1, null));
+            }
             await Send(ctx.Journal, d => new FlushRequest(d));
             await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d))));
             var table = new TaskCompletionSource<(long Offset, int Clusters)>(TaskCreationOptions.RunContinuationsAsynchronously);
