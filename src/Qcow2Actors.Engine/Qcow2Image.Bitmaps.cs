@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Akka.Actor;
 using Qcow2Actors.Engine.Bitmaps;
 using Qcow2Actors.Format;
 
@@ -47,6 +48,69 @@ public sealed partial class Qcow2Image
         var set = BitmapState ?? throw new KeyNotFoundException($"Dirty bitmap '{name}' not found");
         var bits = await set.GetBitsAsync(set.Find(name), cancellationToken).ConfigureAwait(false);
         foreach (var extent in bits.Extents(offset, length)) yield return extent;
+    }
+
+    /// <summary>
+    /// Adds an empty persistent bitmap (stored before this returns). <paramref name="granularity"/>
+    /// defaults as qemu-img's does: the cluster size, clamped to 4 KiB..64 KiB. An enabled bitmap is
+    /// tracked from now on.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The name is taken or too long, the granularity is not a power of two of at least 512, or the image is v2 (qemu-img's words).</exception>
+    public ValueTask AddBitmapAsync(string name, long? granularity = null, bool enabled = true, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        long g = granularity ?? Math.Clamp((long)ClusterSize, 4096, 65536);
+        int version = Header?.Version ?? 3;
+        return EditBitmapsAsync(set => { set.Add(name, g, enabled, version); return Task.CompletedTask; }, cancellationToken);
+    }
+
+    /// <summary>Removes bitmap <paramref name="name"/> and frees its clusters.</summary>
+    /// <exception cref="KeyNotFoundException">No such bitmap (named).</exception>
+    public ValueTask RemoveBitmapAsync(string name, CancellationToken cancellationToken = default) =>
+        EditBitmapsAsync(set => { set.Remove(name); return Task.CompletedTask; }, cancellationToken);
+
+    /// <summary>Clears every bit of bitmap <paramref name="name"/>.</summary>
+    /// <exception cref="KeyNotFoundException">No such bitmap (named).</exception>
+    /// <exception cref="InvalidOperationException">The bitmap is inconsistent.</exception>
+    public ValueTask ClearBitmapAsync(string name, CancellationToken cancellationToken = default) =>
+        EditBitmapsAsync(set => { set.Clear(name); return Task.CompletedTask; }, cancellationToken);
+
+    /// <summary>Sets (tracks writes from now on) or clears bitmap <paramref name="name"/>'s auto flag.</summary>
+    /// <exception cref="KeyNotFoundException">No such bitmap (named).</exception>
+    /// <exception cref="InvalidOperationException">The bitmap is inconsistent.</exception>
+    public ValueTask SetBitmapEnabledAsync(string name, bool enabled, CancellationToken cancellationToken = default) =>
+        EditBitmapsAsync(set => set.SetEnabledAsync(name, enabled, cancellationToken), cancellationToken);
+
+    /// <summary>
+    /// Sets in bitmap <paramref name="target"/> every bit set in bitmap <paramref name="source"/> of
+    /// <paramref name="sourceImage"/> (this image when null), whatever the two granularities.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">Either bitmap does not exist (named).</exception>
+    /// <exception cref="InvalidOperationException">Either bitmap is inconsistent.</exception>
+    public ValueTask MergeBitmapAsync(string target, string source, Qcow2Image? sourceImage = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(target);
+        ArgumentNullException.ThrowIfNull(source);
+        if (sourceImage is not null && sourceImage != this)
+        {
+            if (sourceImage._bitmapsProblem is { } problem) throw new Qcow2ImageCorruptException(problem);
+            var from = sourceImage.BitmapState ?? throw new KeyNotFoundException($"Dirty bitmap '{source}' not found");
+            return EditBitmapsAsync(async set =>
+                await set.MergeAsync(target, await from.DirtyRunsAsync(source, cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false),
+                cancellationToken);
+        }
+        return EditBitmapsAsync(async set =>
+            await set.MergeAsync(target, await set.DirtyRunsAsync(source, cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false),
+            cancellationToken);
+    }
+
+    private async ValueTask EditBitmapsAsync(Func<BitmapSet, Task> edit, CancellationToken cancellationToken)
+    {
+        Writer();
+        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _imageActor!.Tell(new Write.BitmapEditRequest(edit, done));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     // Read-only opens: the directory now, each bitmap's bits when first asked for.

@@ -21,6 +21,8 @@ internal sealed class BitmapSet
         public Task<DirtyBitmap>? Loading;
         public bool Inconsistent { get; } = inconsistent;
         public bool Tracked { get; } = tracked;
+        /// <summary>The bits in memory differ from what the image stores (a store must write them).</summary>
+        public bool NeedsStore { get; set; }
         public string Name => Directory.Name;
     }
 
@@ -39,7 +41,7 @@ internal sealed class BitmapSet
         _tracked = [.. entries.Where(e => e.Tracked).Select(e => e.Bits!)];
     }
 
-    public long VirtualSize { get; }
+    public long VirtualSize { get; private set; }
 
     public IReadOnlyList<Entry> Entries => _entries;
 
@@ -57,7 +59,15 @@ internal sealed class BitmapSet
     public void Mark(long offset, long length)
     {
         var tracked = _tracked;
-        for (int i = 0; i < tracked.Length; i++) tracked[i].Mark(offset, length);
+        while (true)
+        {
+            for (int i = 0; i < tracked.Length; i++) tracked[i].Mark(offset, length);
+            // The owner replaced the bitmaps meanwhile (a resize): mark the new ones too. The owner
+            // ORs the old bits into the new after publishing them, so no mark falls between.
+            var now = _tracked;
+            if (ReferenceEquals(now, tracked)) return;
+            tracked = now;
+        }
     }
 
     /// <summary>
@@ -79,6 +89,109 @@ internal sealed class BitmapSet
         }
         return new BitmapSet(device, h.ClusterSize, h.Size, entries);
     }
+
+    /// <summary>
+    /// The disk grew (the owner only): every bitmap gets a bigger array with the same bits, the new
+    /// space clean; marks that raced with the switch are carried over.
+    /// </summary>
+    public void Resize(long newSize)
+    {
+        var old = _entries;
+        var next = old.Select(e => e.Bits is { } bits
+            ? new Entry(e.Directory, bits.Resized(newSize), e.Inconsistent, e.Tracked) { NeedsStore = true }
+            : new Entry(e.Directory, null, e.Inconsistent, e.Tracked) { NeedsStore = e.NeedsStore }).ToList();
+        VirtualSize = newSize;
+        Publish(next);
+        foreach (var (o, n) in old.Zip(next))
+            if (o.Bits is { } ob) n.Bits!.OrPrefix(ob);
+    }
+
+    // Stored bitmaps removed since the last store: their clusters go back at the next store.
+    private readonly List<BitmapDirectoryEntry> _removed = [];
+
+    /// <summary>Directory entries of removed bitmaps whose clusters the next store releases (the owner only).</summary>
+    public List<BitmapDirectoryEntry> Removed => _removed;
+
+    /// <summary>Something must be written at the next checkpoint: changed bits or flags, added or removed bitmaps.</summary>
+    public bool NeedsStore => _removed.Count > 0 || _entries.Any(e => e.NeedsStore);
+
+    private static string Inconsistent(string name) =>
+        $"Bitmap '{name}' is inconsistent and cannot be used";
+
+    /// <summary>Adds an empty bitmap (the owner only); tracked when <paramref name="enabled"/>.</summary>
+    /// <exception cref="InvalidOperationException">The name is taken, too long, or the granularity is wrong (qemu-img's words).</exception>
+    public void Add(string name, long granularity, bool enabled, int imageVersion)
+    {
+        if (_entries.Any(e => e.Name == name)) throw new InvalidOperationException($"Bitmap already exists: {name}");
+        if (granularity < 512 || (granularity & (granularity - 1)) != 0)
+            throw new InvalidOperationException("Granularity must be power of 2 and at least 512");
+        if (granularity > 1L << BitmapDirectoryEntry.MaxGranularityBits)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: granularity is too big");
+        if (System.Text.Encoding.UTF8.GetByteCount(name) > BitmapDirectoryEntry.MaxNameSize)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: name length exceeds maximum ({BitmapDirectoryEntry.MaxNameSize} characters)");
+        if (name.Length == 0) throw new InvalidOperationException("Bitmap name cannot be empty");
+        if (imageVersion < 3) throw new InvalidOperationException("Cannot store dirty bitmaps in qcow2 v2 files");
+        if (_entries.Count >= BitmapsExtension.MaxBitmaps)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: maximum number of persistent bitmaps is already reached");
+        int bits = System.Numerics.BitOperations.Log2((ulong)granularity);
+        var directory = new BitmapDirectoryEntry { Name = name, GranularityBits = (byte)bits, Flags = enabled ? BitmapFlags.Auto : BitmapFlags.None };
+        Publish([.. _entries, new Entry(directory, new DirtyBitmap(bits, VirtualSize), false, enabled) { NeedsStore = true }]);
+    }
+
+    /// <summary>Removes a bitmap (the owner only); a stored one's clusters go back at the next store.</summary>
+    public void Remove(string name)
+    {
+        var e = Find(name);
+        if (e.Directory.TableOffset != 0) _removed.Add(e.Directory);
+        Publish([.. _entries.Where(x => x != e)]);
+    }
+
+    /// <summary>Clears every bit of a bitmap (the owner only).</summary>
+    public void Clear(string name)
+    {
+        var e = Find(name);
+        if (e.Inconsistent) throw new InvalidOperationException(Inconsistent(name));
+        var cleared = new Entry(e.Directory, new DirtyBitmap(e.Directory.GranularityBits, VirtualSize), false, e.Tracked) { NeedsStore = true };
+        Publish([.. _entries.Select(x => x == e ? cleared : x)]);
+    }
+
+    /// <summary>Sets or clears a bitmap's auto flag (the owner only); an enabled one is tracked from now on.</summary>
+    public async Task SetEnabledAsync(string name, bool enabled, CancellationToken cancellationToken)
+    {
+        var e = Find(name);
+        if (e.Inconsistent) throw new InvalidOperationException(Inconsistent(name));
+        var bits = await GetBitsAsync(e, cancellationToken).ConfigureAwait(false);
+        var directory = Clone(e.Directory);
+        directory.Flags = enabled ? directory.Flags | BitmapFlags.Auto : directory.Flags & ~BitmapFlags.Auto;
+        var changed = new Entry(directory, bits, false, enabled) { NeedsStore = true };
+        Publish([.. _entries.Select(x => x == e ? changed : x)]);
+    }
+
+    /// <summary>Sets in bitmap <paramref name="target"/> every granule a dirty extent of <paramref name="source"/> touches (the owner only).</summary>
+    public async Task MergeAsync(string target, IEnumerable<BitmapExtent> source, CancellationToken cancellationToken)
+    {
+        var e = Find(target);
+        if (e.Inconsistent) throw new InvalidOperationException(Inconsistent(target));
+        var bits = await GetBitsAsync(e, cancellationToken).ConfigureAwait(false);
+        foreach (var x in source)
+            if (x.Dirty) bits.Mark(x.Start, Math.Min(x.Length, VirtualSize - x.Start));
+        e.NeedsStore = true;
+    }
+
+    /// <summary>The source bitmap's dirty runs, for a merge: refused when inconsistent, as QEMU refuses it.</summary>
+    public async Task<List<BitmapExtent>> DirtyRunsAsync(string name, CancellationToken cancellationToken)
+    {
+        var e = Find(name);
+        if (e.Inconsistent) throw new InvalidOperationException(Inconsistent(name));
+        var bits = await GetBitsAsync(e, cancellationToken).ConfigureAwait(false);
+        return [.. bits.Extents(0, VirtualSize).Where(x => x.Dirty)];
+    }
+
+    private static BitmapDirectoryEntry Clone(BitmapDirectoryEntry d) => new()
+    {
+        TableOffset = d.TableOffset, TableSize = d.TableSize, Flags = d.Flags, Type = d.Type,
+        GranularityBits = d.GranularityBits, Name = d.Name, ExtraData = d.ExtraData,
+    };
 
     /// <summary>The public description of each bitmap, in directory order.</summary>
     public IReadOnlyList<Qcow2Bitmap> Describe() =>

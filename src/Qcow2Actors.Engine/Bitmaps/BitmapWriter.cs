@@ -37,27 +37,31 @@ internal static class BitmapWriter
     }
 
     /// <summary>
-    /// Writes the tracked bitmaps' bits to new clusters and a new directory (in-use cleared when
-    /// <paramref name="closing"/>), and makes the header's bitmaps extension point at it in memory: the
-    /// checkpoint's clean header write that follows carries it. Returns the clusters the old tables,
-    /// data and directory used, which the caller releases once the new ones are referenced.
+    /// Writes every bitmap whose bits changed (the tracked ones, and those edited) to new clusters and
+    /// a new directory (in-use kept only on bitmaps still tracked, so cleared on a <paramref name="closing"/>
+    /// store), and makes the header's bitmaps extension point at it in memory: the checkpoint's clean
+    /// header write that follows carries it. Returns the clusters the old tables, data and directory
+    /// used (and those of removed bitmaps), which the caller releases in the same checkpoint.
     /// </summary>
     public static async Task<long[]> StoreAsync(ImageContext ctx, BlockingIo io, bool closing)
     {
         var set = ctx.Bitmaps;
-        if (set is null || !set.Tracking || ctx.Headers.Block.Bitmaps is not { } oldExt) return [];
+        if (set is null || !(set.NeedsStore || (closing && set.Tracking))) return [];
+        var oldExt = ctx.Headers.Block.Bitmaps;
         int cs = (int)ctx.ClusterSize;
         int clusterBits = ctx.Geometry.ClusterBits;
         var release = new List<long>();
+        var replaced = new List<BitmapDirectoryEntry>();
         var writes = new List<(long Offset, byte[] Bytes)>();
         var entries = new List<BitmapSet.Entry>(set.Entries.Count);
         foreach (var entry in set.Entries)
         {
-            if (!entry.Tracked)
+            if (!entry.Tracked && !entry.NeedsStore)
             {
                 entries.Add(entry);
                 continue;
             }
+            bool stillTracked = entry.Tracked && !closing;
             var bits = entry.Bits!;
             int tableSize = bits.TableSize(cs);
             // Snapshot of the bits now: bits writers set later stay in memory for the next store.
@@ -79,32 +83,44 @@ internal static class BitmapWriter
             }
             writes.Add((tableOffset, table));
             var old = entry.Directory;
-            release.AddRange(await OldClustersAsync(ctx, old));
+            if (old.TableOffset != 0) replaced.Add(old);
             var directory = new BitmapDirectoryEntry
             {
                 TableOffset = tableOffset,
                 TableSize = tableSize,
-                Flags = closing ? old.Flags & ~BitmapFlags.InUse : old.Flags | BitmapFlags.InUse,
+                Flags = stillTracked ? old.Flags | BitmapFlags.InUse : old.Flags & ~BitmapFlags.InUse,
                 Type = old.Type,
                 GranularityBits = old.GranularityBits,
                 Name = old.Name,
                 ExtraData = old.ExtraData,
             };
-            entries.Add(new BitmapSet.Entry(directory, bits, inconsistent: false, tracked: !closing));
+            entries.Add(new BitmapSet.Entry(directory, bits, inconsistent: false, tracked: stillTracked));
         }
-        var dirBytes = new byte[BitmapDirectory.ComputeSize(entries.Select(e => e.Directory))];
-        BitmapDirectory.Write([.. entries.Select(e => e.Directory)], dirBytes);
-        int dirClusters = (dirBytes.Length + cs - 1) / cs;
-        long dirOffset = await AllocateAsync(ctx, dirClusters);
-        var dirCluster = new byte[(long)dirClusters * cs];
-        dirBytes.CopyTo(dirCluster, 0);
-        writes.Add((dirOffset, dirCluster));
-        long oldDirStart = oldExt.DirectoryOffset >> clusterBits;
-        long oldDirEnd = (oldExt.DirectoryOffset + oldExt.DirectorySize + cs - 1) >> clusterBits;
-        for (long c = oldDirStart; c < oldDirEnd; c++) release.Add(c);
+        var removed = set.Removed.ToList();
+        replaced.AddRange(removed);
+
+        BitmapsExtension? newExt = null;
+        if (entries.Count > 0)
+        {
+            var dirBytes = new byte[BitmapDirectory.ComputeSize(entries.Select(e => e.Directory))];
+            BitmapDirectory.Write([.. entries.Select(e => e.Directory)], dirBytes);
+            int dirClusters = (dirBytes.Length + cs - 1) / cs;
+            long dirOffset = await AllocateAsync(ctx, dirClusters);
+            var dirCluster = new byte[(long)dirClusters * cs];
+            dirBytes.CopyTo(dirCluster, 0);
+            writes.Add((dirOffset, dirCluster));
+            newExt = new BitmapsExtension(entries.Count, dirBytes.Length, dirOffset);
+        }
+        if (oldExt is not null)
+        {
+            long oldDirStart = oldExt.DirectoryOffset >> clusterBits;
+            long oldDirEnd = (oldExt.DirectoryOffset + oldExt.DirectorySize + cs - 1) >> clusterBits;
+            for (long c = oldDirStart; c < oldDirEnd; c++) release.Add(c);
+        }
 
         await io.Run(() =>
         {
+            foreach (var old in replaced) release.AddRange(OldClusters(ctx, old));
             foreach (var (offset, bytes) in writes)
             {
                 ctx.CheckDataWrite(offset, bytes.Length);
@@ -113,28 +129,28 @@ internal static class BitmapWriter
             ctx.Device.Flush();
         });
         // The overlap map follows the tables and the directory to their new places.
-        ctx.Metadata.Remove(oldExt.DirectoryOffset, oldExt.DirectorySize, MetadataKind.BitmapDirectory);
-        ctx.Metadata.Add(dirOffset, dirBytes.Length, MetadataKind.BitmapDirectory);
-        foreach (var (oldEntry, newEntry) in set.Entries.Zip(entries))
-        {
-            if (ReferenceEquals(oldEntry, newEntry)) continue;
-            ctx.Metadata.Remove(oldEntry.Directory.TableOffset, (long)oldEntry.Directory.TableSize * BitmapTableEntry.Size, MetadataKind.BitmapTable);
-            ctx.Metadata.Add(newEntry.Directory.TableOffset, (long)newEntry.Directory.TableSize * BitmapTableEntry.Size, MetadataKind.BitmapTable);
-        }
-        ctx.Headers.ChangeBitmaps(new BitmapsExtension(entries.Count, dirBytes.Length, dirOffset));
+        if (oldExt is not null) ctx.Metadata.Remove(oldExt.DirectoryOffset, oldExt.DirectorySize, MetadataKind.BitmapDirectory);
+        if (newExt is not null) ctx.Metadata.Add(newExt.DirectoryOffset, newExt.DirectorySize, MetadataKind.BitmapDirectory);
+        foreach (var old in set.Entries.Where(e => e.Directory.TableOffset != 0 && !entries.Contains(e)).Select(e => e.Directory).Concat(removed))
+            ctx.Metadata.Remove(old.TableOffset, (long)old.TableSize * BitmapTableEntry.Size, MetadataKind.BitmapTable);
+        foreach (var stored in entries.Where(e => !set.Entries.Contains(e)))
+            ctx.Metadata.Add(stored.Directory.TableOffset, (long)stored.Directory.TableSize * BitmapTableEntry.Size, MetadataKind.BitmapTable);
+        ctx.Headers.ChangeBitmaps(newExt);
+        set.Removed.Clear();
         set.Publish(entries);
         return [.. release];
     }
 
     // The clusters of a stored bitmap: its table's and its data clusters (read from its table on disk).
-    private static async Task<List<long>> OldClustersAsync(ImageContext ctx, BitmapDirectoryEntry e)
+    private static List<long> OldClusters(ImageContext ctx, BitmapDirectoryEntry e)
     {
         int cs = (int)ctx.ClusterSize;
         int bits = ctx.Geometry.ClusterBits;
         var result = new List<long>();
         long tableBytes = (long)e.TableSize * BitmapTableEntry.Size;
         var table = new byte[tableBytes];
-        await ctx.Device.ReadAsync(table, e.TableOffset);
+        if (ctx.Device.Read(table, e.TableOffset) < table.Length)
+            throw new Qcow2ImageCorruptException($"'{ctx.Path}': bitmap '{e.Name}' table at 0x{e.TableOffset:X} lies past the end of the image");
         for (int i = 0; i < e.TableSize; i++)
         {
             var t = BitmapTableEntry.Read(table, i);

@@ -83,6 +83,26 @@ internal sealed class DirtyBitmap
         }
     }
 
+    /// <summary>A copy for a disk of <paramref name="newSize"/> bytes (at least the current size); the new space clean.</summary>
+    public DirtyBitmap Resized(long newSize)
+    {
+        var copy = new DirtyBitmap(GranularityBits, newSize);
+        copy.OrPrefix(this);
+        return copy;
+    }
+
+    /// <summary>ORs the bits of a smaller (or equal) bitmap of the same granularity into the start of this one.</summary>
+    public void OrPrefix(DirtyBitmap smaller)
+    {
+        if (smaller.GranularityBits != GranularityBits || smaller._words.Length > _words.Length)
+            throw new ArgumentException("only a smaller bitmap of the same granularity fits", nameof(smaller));
+        for (int i = 0; i < smaller._words.Length; i++)
+        {
+            ulong w = Volatile.Read(ref smaller._words[i]);
+            if (w != 0) SetWord(i, w);
+        }
+    }
+
     /// <summary>Bits one bitmap table entry (one cluster of bitmap data) covers.</summary>
     public static long BitsPerCluster(int clusterSize) => (long)clusterSize * 8;
 
