@@ -131,6 +131,27 @@ public sealed class PersistentBitmapTests : IDisposable
         Assert.Equal(Runs(2 * Size, (1 << 20, 65536), ((3 << 20) + 8192, 4096), (Size + 65536, 65536)), await ExtentsAsync(reopened, "off", 0, 2 * Size));
     }
 
+    [QemuFact]
+    public async Task A_disabled_bitmap_read_from_disk_takes_a_merge_and_grows_with_the_disk()
+    {
+        var path = QemuImageWithBitmaps();
+        await using (var host = ImageHost.Create("qcow2actors.engine.checkpoint-interval = 0s"))
+        await using (var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false }))
+        {
+            Assert.False(image.Bitmaps[1].Tracked);
+            await image.MergeBitmapAsync("off", "b0");
+            await image.ResizeAsync(2 * Size);
+            await image.WriteAsync(Size, new byte[1]); // "off" is disabled: not in it
+        }
+
+        QemuTools.AssertCheckClean(path);
+        QemuTools.QemuImg("bitmap", "--add", path, "check").EnsureSuccess();
+        QemuTools.QemuImg("bitmap", "--merge", "off", path, "check").EnsureSuccess();
+        await using var reopened = await Qcow2Image.OpenAsync(path);
+        Assert.Equal(Runs(2 * Size, (0, 65536), (1 << 20, 131072)), await ExtentsAsync(reopened, "off", 0, 2 * Size));
+        Assert.Equal(Runs(2 * Size, (0, 65536), (1 << 20, 131072), (Size, 65536)), await ExtentsAsync(reopened, "b0", 0, 2 * Size));
+    }
+
     // The extents of a disk of `total` bytes whose dirty runs are `dirty` (in order).
     private static List<BitmapExtent> Runs(long total, params (long Start, long Length)[] dirty)
     {
