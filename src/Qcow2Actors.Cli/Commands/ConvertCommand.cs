@@ -50,6 +50,7 @@ internal static class ConvertCommand
                 ForceShare = parse.GetValue(forceShare),
                 SourceSpec = sources.Resolve(parse, parse.GetValue(source)!, parse.GetValue(format)),
             }, ct)));
+        ConvertBitmaps.Attach(command, source, target, format, outFormat, options);
         return command;
     }
 
