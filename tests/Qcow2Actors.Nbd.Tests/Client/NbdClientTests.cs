@@ -73,6 +73,26 @@ public sealed class NbdClientTests : IDisposable
     }
 
     [Fact]
+    public async Task The_device_walks_runs_from_one_block_status_reply_until_a_write_through_it()
+    {
+        var memory = new MemoryExport("disk", MiB, pageSize: 4 * KiB);
+        memory.Write(8 * KiB, new byte[8 * KiB].Select(_ => (byte)7).ToArray());
+        var queries = 0;
+        var export = new ScriptedExport(memory) { BeforeBlockStatus = _ => { Interlocked.Increment(ref queries); return Task.CompletedTask; } };
+        await using var server = await TestServers.StartTcpAsync(export);
+        await using var device = new NbdBlockDevice(await NbdClient.ConnectAsync(Tcp(server)), "nbd://test/disk");
+
+        var runs = new List<DeviceExtent>();
+        for (long at = 0; at < MiB; at += runs[^1].Length) runs.Add(await device.GetAllocationAsync(at, MiB - at));
+        Assert.Equal([new(8 * KiB, false, true), new(8 * KiB, true, false), new(MiB - 16 * KiB, false, true)], runs);
+        Assert.Equal(1, queries);
+
+        await device.WriteAsync(new byte[] { 1 }, 64 * KiB);
+        Assert.Equal(new DeviceExtent(4 * KiB, Allocated: true, Zero: false), await device.GetAllocationAsync(64 * KiB, 64 * KiB));
+        Assert.Equal(2, queries);
+    }
+
+    [Fact]
     public async Task Without_base_allocation_the_device_reports_everything_allocated_and_block_status_is_refused()
     {
         var export = new MemoryExport("disk", MiB);
