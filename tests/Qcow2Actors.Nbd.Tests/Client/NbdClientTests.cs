@@ -322,6 +322,36 @@ public sealed class NbdClientTests : IDisposable
     }
 
     [Fact]
+    public async Task A_reply_under_a_cookie_never_sent_ends_the_connection_with_a_protocol_error()
+    {
+        await using var server = new OldServer(new byte[64 * KiB], wrongCookie: true);
+        await using var client = await NbdClient.ConnectAsync(new NbdClientOptions { Host = "127.0.0.1", Port = server.Port, ExportName = "old" });
+
+        var ex = await Assert.ThrowsAnyAsync<IOException>(async () => await client.ReadAsync(0, new byte[512]));
+        Assert.StartsWith($"nbd server 127.0.0.1:{server.Port} export 'old': protocol error: reply to unknown cookie ", ex.Message);
+        await Assert.ThrowsAnyAsync<IOException>(async () => await client.ReadAsync(0, new byte[1])); // nothing on the stream can be trusted now
+    }
+
+    [Fact]
+    public async Task Something_that_is_not_an_nbd_server_is_named_as_such()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        var talker = Task.Run(async () =>
+        {
+            using var peer = await listener.AcceptAsync();
+            await peer.SendAsync("HTTP/1.1 400 Bad Request\r\n\r\n"u8.ToArray());
+            await peer.ReceiveAsync(new byte[1]); // until the client hangs up
+        });
+
+        var ex = await Assert.ThrowsAsync<IOException>(() => NbdClient.ConnectAsync(new NbdClientOptions { Host = "127.0.0.1", Port = port }));
+        Assert.Equal($"nbd server 127.0.0.1:{port} is not an NBD server (no NBDMAGIC in its greeting)", ex.Message);
+        await talker;
+    }
+
+    [Fact]
     public async Task The_block_device_reads_and_writes_through_its_sync_and_async_forms()
     {
         var export = new MemoryExport("disk", MiB);
