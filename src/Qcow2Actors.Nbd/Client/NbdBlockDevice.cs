@@ -22,6 +22,13 @@ public sealed class NbdBlockDevice : BlockDevice, IAllocationStatusDevice, IAsyn
     private readonly NbdClient _client;
     private readonly bool _hasAllocation;
 
+    // The last block-status reply, so walking an export run by run costs one round trip per reply rather
+    // than per run. Writes through the device bump the generation, dropping it and any reply in flight.
+    private readonly Lock _cacheGate = new();
+    private long _generation;
+    private long _cachedStart;
+    private IReadOnlyList<NbdExtent>? _cached;
+
     /// <summary>A device over <paramref name="client"/>'s export, named <paramref name="name"/> in messages (the URI it was opened by).</summary>
     public NbdBlockDevice(NbdClient client, string name)
     {
@@ -59,7 +66,24 @@ public sealed class NbdBlockDevice : BlockDevice, IAllocationStatusDevice, IAsyn
             throw new IOException(FormattableString.Invariant(
                 $"{Name}: write at {offset} length {buffer.Length} is past the end of the nbd export (size {Length}); an export cannot grow"))
             { HResult = (int)NbdError.NoSpace };
-        await _client.WriteAsync(offset, buffer, fua: false, cancellationToken);
+        Invalidate();
+        try
+        {
+            await _client.WriteAsync(offset, buffer, fua: false, cancellationToken);
+        }
+        finally
+        {
+            Invalidate();
+        }
+    }
+
+    private void Invalidate()
+    {
+        lock (_cacheGate)
+        {
+            _generation++;
+            _cached = null;
+        }
     }
 
     /// <inheritdoc />
@@ -85,10 +109,39 @@ public sealed class NbdBlockDevice : BlockDevice, IAllocationStatusDevice, IAsyn
         if (length <= 0)
             throw new ArgumentOutOfRangeException(nameof(offset), FormattableString.Invariant($"{Name}: offset {offset} is at or past the end (size {Length})"));
         if (!_hasAllocation) return new DeviceExtent(length, Allocated: true, Zero: false);
+        long generation;
+        lock (_cacheGate)
+        {
+            if (Cached(offset, length) is { } hit) return hit;
+            generation = _generation;
+        }
         var extents = await _client.BlockStatusAsync(BaseAllocation, offset, length, cancellationToken);
-        var first = extents[0];
-        return new DeviceExtent(Math.Min(first.Length, length), Allocated: (first.Flags & StateHole) == 0, Zero: (first.Flags & StateZero) != 0);
+        lock (_cacheGate)
+        {
+            if (generation == _generation)
+            {
+                _cachedStart = offset;
+                _cached = extents;
+            }
+        }
+        return Run(extents[0], length);
     }
+
+    /// <summary>The cached run holding <paramref name="offset"/>, clipped to start there; null on a miss. Call under the cache lock.</summary>
+    private DeviceExtent? Cached(long offset, long length)
+    {
+        if (_cached is null || offset < _cachedStart) return null;
+        var start = _cachedStart;
+        foreach (var extent in _cached)
+        {
+            if (offset < start + extent.Length) return Run(extent with { Length = start + extent.Length - offset }, length);
+            start += extent.Length;
+        }
+        return null;
+    }
+
+    private static DeviceExtent Run(NbdExtent extent, long length) =>
+        new(Math.Min(extent.Length, length), Allocated: (extent.Flags & StateHole) == 0, Zero: (extent.Flags & StateZero) != 0);
 
     /// <summary>Disconnects (NBD_CMD_DISC) and waits for the server to close its side.</summary>
     public ValueTask DisposeAsync()

@@ -73,6 +73,26 @@ public sealed class NbdClientTests : IDisposable
     }
 
     [Fact]
+    public async Task The_device_walks_runs_from_one_block_status_reply_until_a_write_through_it()
+    {
+        var memory = new MemoryExport("disk", MiB, pageSize: 4 * KiB);
+        memory.Write(8 * KiB, new byte[8 * KiB].Select(_ => (byte)7).ToArray());
+        var queries = 0;
+        var export = new ScriptedExport(memory) { BeforeBlockStatus = _ => { Interlocked.Increment(ref queries); return Task.CompletedTask; } };
+        await using var server = await TestServers.StartTcpAsync(export);
+        await using var device = new NbdBlockDevice(await NbdClient.ConnectAsync(Tcp(server)), "nbd://test/disk");
+
+        var runs = new List<DeviceExtent>();
+        for (long at = 0; at < MiB; at += runs[^1].Length) runs.Add(await device.GetAllocationAsync(at, MiB - at));
+        Assert.Equal([new(8 * KiB, false, true), new(8 * KiB, true, false), new(MiB - 16 * KiB, false, true)], runs);
+        Assert.Equal(1, queries);
+
+        await device.WriteAsync(new byte[] { 1 }, 64 * KiB);
+        Assert.Equal(new DeviceExtent(4 * KiB, Allocated: true, Zero: false), await device.GetAllocationAsync(64 * KiB, 64 * KiB));
+        Assert.Equal(2, queries);
+    }
+
+    [Fact]
     public async Task Without_base_allocation_the_device_reports_everything_allocated_and_block_status_is_refused()
     {
         var export = new MemoryExport("disk", MiB);
@@ -299,6 +319,36 @@ public sealed class NbdClientTests : IDisposable
         Assert.Equal($"nbd server 127.0.0.1:{server.Port} export 'old': the server closed the connection", ex.Message);
         var after = await Assert.ThrowsAnyAsync<IOException>(async () => await client.ReadAsync(0, new byte[1]));
         Assert.Equal(ex.Message, after.Message);
+    }
+
+    [Fact]
+    public async Task A_reply_under_a_cookie_never_sent_ends_the_connection_with_a_protocol_error()
+    {
+        await using var server = new OldServer(new byte[64 * KiB], wrongCookie: true);
+        await using var client = await NbdClient.ConnectAsync(new NbdClientOptions { Host = "127.0.0.1", Port = server.Port, ExportName = "old" });
+
+        var ex = await Assert.ThrowsAnyAsync<IOException>(async () => await client.ReadAsync(0, new byte[512]));
+        Assert.StartsWith($"nbd server 127.0.0.1:{server.Port} export 'old': protocol error: reply to unknown cookie ", ex.Message);
+        await Assert.ThrowsAnyAsync<IOException>(async () => await client.ReadAsync(0, new byte[1])); // nothing on the stream can be trusted now
+    }
+
+    [Fact]
+    public async Task Something_that_is_not_an_nbd_server_is_named_as_such()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        var talker = Task.Run(async () =>
+        {
+            using var peer = await listener.AcceptAsync();
+            await peer.SendAsync("HTTP/1.1 400 Bad Request\r\n\r\n"u8.ToArray());
+            await peer.ReceiveAsync(new byte[1]); // until the client hangs up
+        });
+
+        var ex = await Assert.ThrowsAsync<IOException>(() => NbdClient.ConnectAsync(new NbdClientOptions { Host = "127.0.0.1", Port = port }));
+        Assert.Equal($"nbd server 127.0.0.1:{port} is not an NBD server (no NBDMAGIC in its greeting)", ex.Message);
+        await talker;
     }
 
     [Fact]

@@ -15,10 +15,11 @@ internal sealed class OldServer : IAsyncDisposable
     private readonly byte[] _disk;
     private readonly Task _serving;
 
-    public OldServer(byte[] disk, int closeAfterRequests = int.MaxValue)
+    public OldServer(byte[] disk, int closeAfterRequests = int.MaxValue, bool wrongCookie = false)
     {
         _disk = disk;
         CloseAfterRequests = closeAfterRequests;
+        WrongCookie = wrongCookie;
         _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _listener.Listen();
         _serving = ServeAsync();
@@ -26,6 +27,9 @@ internal sealed class OldServer : IAsyncDisposable
 
     public int Port => ((IPEndPoint)_listener.LocalEndPoint!).Port;
     public int CloseAfterRequests { get; }
+
+    /// <summary>Answers every request under a cookie the client never used.</summary>
+    public bool WrongCookie { get; }
     public string? ExportNameAsked { get; private set; }
 
     private async Task ServeAsync()
@@ -73,6 +77,7 @@ internal sealed class OldServer : IAsyncDisposable
             var reply = new byte[16];
             BinaryPrimitives.WriteUInt32BigEndian(reply, 0x67446698);
             request.AsSpan(8, 8).CopyTo(reply.AsSpan(8));
+            if (WrongCookie) reply[15] ^= 0xff;
             if (type != 0) BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(4), 22); // EINVAL for anything but READ
             await stream.WriteAsync(reply);
             if (type == 0) await stream.WriteAsync(_disk.AsMemory(offset, length));
