@@ -81,10 +81,21 @@ internal static class NbdProtocol
     public const ushort ReplyTypeBlockStatus = 5;
     public const ushort ReplyTypeError = 0x8001;
 
+    // Metadata context names and namespaces (qemu-nbd's spelling).
+    public const string BaseNamespace = "base:";
     public const string BaseAllocation = "base:allocation";
+    public const string QemuNamespace = "qemu:";
+    public const string AllocationDepthContext = "qemu:allocation-depth";
+    public const string DirtyBitmapPrefix = "qemu:dirty-bitmap:";
 
     /// <summary>The id we hand out for base:allocation; any nonzero value would do.</summary>
     public const uint BaseAllocationId = 1;
+
+    /// <summary>The id of qemu:allocation-depth.</summary>
+    public const uint AllocationDepthId = 2;
+
+    /// <summary>The id of the first exported bitmap's qemu:dirty-bitmap:NAME; the next ones follow in export order.</summary>
+    public const uint FirstDirtyBitmapId = 3;
 
     /// <summary>Strings (names, queries, messages) are capped at 4096 bytes by the protocol.</summary>
     public const int MaxStringLength = 4096;
