@@ -23,11 +23,14 @@ internal sealed class QemuNbdProcess : IDisposable
     public string Uri { get; }
 
     /// <summary>Starts <c>qemu-nbd -t -f qcow2 --fork</c> on <paramref name="image"/>, its socket and pid file in <paramref name="dir"/>.</summary>
-    public static QemuNbdProcess Start(string image, TempDir dir)
+    /// <param name="image">The image.</param>
+    /// <param name="dir">Where the socket and pid file go.</param>
+    /// <param name="options">More qemu-nbd options (e.g. <c>-r</c>, <c>-A</c>, <c>-B NAME</c>).</param>
+    public static QemuNbdProcess Start(string image, TempDir dir, params string[] options)
     {
         var socket = dir.File("qemu-nbd.sock");
         var pidFile = dir.File("qemu-nbd.pid");
-        QemuTools.Run("qemu-nbd", "-t", "-f", "qcow2", "--fork", "--pid-file", pidFile, "-k", socket, image).EnsureSuccess();
+        QemuTools.Run("qemu-nbd", ["-t", "-f", "qcow2", "--fork", "--pid-file", pidFile, "-k", socket, .. options, image]).EnsureSuccess();
         return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), socket);
     }
 
