@@ -23,6 +23,7 @@ internal static class Verbs
         ("chaos", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos")]),
         ("chaos-child", () => [.. Commands.ChaosCommand.Create().Where(c => c.Name == "chaos-child")]),
         ("snapshot", () => [Commands.SnapshotCommand.Create()]),
+        ("bitmap", () => [Commands.BitmapCommand.Create()]),
         ("ctl", () => [Commands.Ctl.CtlCommand.Create()]),
         ("rebase", () => [Commands.RebaseCommand.Create()]),
         ("commit", () => [Commands.CommitCommand.Create()]),

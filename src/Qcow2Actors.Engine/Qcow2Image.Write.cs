@@ -43,6 +43,8 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
+        // Bits first: a bitmap must cover every write that may reach the disk, acknowledged or not.
+        ctx.Bitmaps?.Mark(offset, data.Length);
         if (data.Length > 0)
         {
             var g = ctx.Geometry;
@@ -199,6 +201,7 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
+        ctx.Bitmaps?.Mark(offset, cluster.Length);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
             // The last cluster of a disk whose size is not cluster aligned: compressed padded with zeros, as qemu-img does.
@@ -269,6 +272,8 @@ public sealed partial class Qcow2Image
         {
             var ctx = Writer();
             CheckRange(offset, length);
+            // Write-zeroes and discard change what the guest reads: their granules are dirty too.
+            ctx.Bitmaps?.Mark(offset, length);
             var g = ctx.Geometry;
             var tasks = new List<Task>();
             for (long pos = offset, end = offset + length; pos < end;)

@@ -57,7 +57,9 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         if (!File.Exists(path))
             throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         var opened = await ImageOpener.OpenAsync(path, options, cancellationToken).ConfigureAwait(false);
-        return new Qcow2Image(opened);
+        var image = new Qcow2Image(opened);
+        await image.LoadStoredBitmapsAsync(opened, cancellationToken).ConfigureAwait(false);
+        return image;
     }
 
     /// <summary>Guest size in bytes (a snapshot's own size when reading a snapshot).</summary>

@@ -23,14 +23,14 @@ internal sealed class QemuNbdProcess : IDisposable
     public string Uri { get; }
 
     /// <summary>Starts <c>qemu-nbd -t -f qcow2 --fork</c> on <paramref name="image"/>, its socket and pid file in <paramref name="dir"/>.</summary>
-    /// <param name="image">The image.</param>
+    /// <param name="image">The qcow2 image.</param>
     /// <param name="dir">Where the socket and pid file go.</param>
-    /// <param name="options">More qemu-nbd options (e.g. <c>-r</c>, <c>-A</c>, <c>-B NAME</c>).</param>
-    public static QemuNbdProcess Start(string image, TempDir dir, params string[] options)
+    /// <param name="extra">More qemu-nbd options (-r, -B BITMAP ...).</param>
+    public static QemuNbdProcess Start(string image, TempDir dir, params string[] extra)
     {
         var socket = dir.File("qemu-nbd.sock");
         var pidFile = dir.File("qemu-nbd.pid");
-        QemuTools.Run("qemu-nbd", ["-t", "-f", "qcow2", "--fork", "--pid-file", pidFile, "-k", socket, .. options, image]).EnsureSuccess();
+        QemuTools.Run("qemu-nbd", ["-t", "-f", "qcow2", "--fork", "--pid-file", pidFile, "-k", socket, .. extra, image]).EnsureSuccess();
         return new QemuNbdProcess(int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture), socket);
     }
 

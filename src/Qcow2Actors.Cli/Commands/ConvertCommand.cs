@@ -48,6 +48,7 @@ internal static class ConvertCommand
                 BackingFormat = parse.GetValue(backingFormat),
                 ForceShare = parse.GetValue(forceShare),
             }, ct)));
+        ConvertBitmaps.Attach(command, source, target, format, outFormat, options);
         return command;
     }
 

@@ -119,6 +119,22 @@ internal sealed class HeaderWriter
         }
     }
 
+    /// <summary>
+    /// Points the bitmaps extension (and autoclear bit 0) at a new directory (null: none), in memory only: the
+    /// next header write (the checkpoint's clean mark) carries it.
+    /// </summary>
+    public void ChangeBitmaps(BitmapsExtension? extension)
+    {
+        lock (_lock)
+        {
+            // No bitmaps left: no extension and no autoclear bit, as QEMU leaves such an image.
+            _block.Bitmaps = extension;
+            if (extension is null) _block.Header.AutoclearFeatures &= ~AutoclearFeatures.Bitmaps;
+            else _block.Header.AutoclearFeatures |= AutoclearFeatures.Bitmaps;
+            _snapshot = _block.Header.Clone();
+        }
+    }
+
     /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>
     public void Update(Action<Qcow2Header> change)
     {

@@ -163,6 +163,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault) { Io = _io };
             // The map of metadata clusters every write is checked against, as the image is now on disk.
             ctx.Snapshots = await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
+            // Enabled bitmaps are loaded and marked in use before the first write can change the disk.
+            ctx.Bitmaps = await Bitmaps.BitmapSet.OpenAsync(ctx.Device, ctx.Headers.Block, track: true, default);
+            Bitmaps.BitmapWriter.MarkInUse(ctx);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
             ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
@@ -257,6 +260,22 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             }
         });
         ReceiveAsync<OnlineEditRequest>(OnlineEditAsync);
+        ReceiveAsync<BitmapEditRequest>(async m =>
+        {
+            try
+            {
+                _ctx!.ThrowIfReadOnly();
+                var bitmaps = _ctx.Bitmaps!;
+                // An edit may read a bitmap's bits from the file: on an I/O thread.
+                await _io.RunAsync(async () => { await m.Edit(bitmaps); return true; });
+                await CheckpointAsync(closing: false);
+                m.Done.TrySetResult();
+            }
+            catch (Exception ex)
+            {
+                m.Done.TrySetException(ex);
+            }
+        });
         ReceiveAsync<CloseRequest>(async m =>
         {
             try
@@ -455,6 +474,18 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         long required = Qcow2Header.RequiredL1Size(newSize, g.ClusterBits, g.ExtendedL2);
         if (required > Qcow2Header.MaxL1Size)
             throw new ArgumentException($"{newSize} bytes need {required} L1 entries, above QEMU's limit of {Qcow2Header.MaxL1Size}");
+        if (ctx.Bitmaps is { } bitmaps && bitmaps.Entries.Count > 0)
+        {
+            // Every bitmap grows with the disk and is stored by the checkpoint below: QEMU refuses a
+            // bitmap whose table does not fit the disk size. One in use elsewhere cannot be resized.
+            if (bitmaps.Entries.FirstOrDefault(e => e.Inconsistent) is { } bad)
+                throw new InvalidOperationException($"Cannot resize '{_path}': bitmap '{bad.Name}' is inconsistent (remove it first)");
+            await _io.RunAsync(async () =>
+            {
+                foreach (var e in bitmaps.Entries) await bitmaps.GetBitsAsync(e, default);
+                return true;
+            });
+        }
         var tables = await PauseTablesAsync();
         try
         {
@@ -491,6 +522,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             ctx.Journal.Tell(new AppendRecords(records));
             if (release.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(release, -1, null));
             ctx.PublishView(new ImageView(g, newSize, l1));
+            ctx.Bitmaps?.Resize(newSize);
             long size = newSize, newOffset = l1Offset;
             int newL1Size = l1Size;
             _pendingHeader = h => { h.Size = size; h.L1TableOffset = newOffset; h.L1Size = newL1Size; };
@@ -516,7 +548,14 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         var tables = paused ?? await PauseTablesAsync();
         try
         {
-            if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null) return;
+            if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null && ctx.Bitmaps?.NeedsStore != true) return;
+            // Tracked bitmaps go to new clusters now; the clean header below switches to them, and
+            // their old clusters are released in the same checkpoint's refcounts.
+            if (closing || ctx.Bitmaps?.NeedsStore == true)
+            {
+                var oldBitmapClusters = await Bitmaps.BitmapWriter.StoreAsync(ctx, _io, closing);
+                if (oldBitmapClusters.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(oldBitmapClusters, -1, null));
+            }
             await Send(ctx.Journal, d => new FlushRequest(d));
             await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d))));
             var table = new TaskCompletionSource<(long Offset, int Clusters)>(TaskCreationOptions.RunContinuationsAsynchronously);

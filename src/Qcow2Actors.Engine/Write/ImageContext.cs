@@ -51,6 +51,9 @@ internal sealed class ImageContext
     /// </summary>
     public BlockingIo? Io { get; init; }
 
+    /// <summary>The image's persistent dirty bitmaps (set once at open, before the first write).</summary>
+    public Bitmaps.BitmapSet? Bitmaps { get; set; }
+
     /// <summary>Where the image's metadata lives (overlap checks).</summary>
     public MetadataMap Metadata { get; }
 

@@ -6,7 +6,7 @@ namespace Qcow2Actors.Engine.Write;
 
 /// <summary>
 /// What opening an image for writing does to it before its tables are loaded: replay a pending
-/// journal in place, mark persistent bitmaps in use, clear the dirty and journal-pending bits
+/// journal in place, clear the dirty and journal-pending bits
 /// and make every refcount exact. One implementation for both users: the write open (on the
 /// image file) and read-only opens of a journal-pending image (on a copy-on-write overlay, so
 /// readers see byte for byte what <c>q2a recover</c> will leave, and nothing is written).
@@ -70,10 +70,6 @@ internal static class ImageRecovery
             RecordApplier.Apply(device, block, batches);
             device.Flush();
         }
-        // We do not track writes in persistent bitmaps: mark them in use (inconsistent), as QEMU
-        // does for an image it has open, so nobody trusts them; clear autoclear bits we do not know.
-        if (block.Bitmaps is { } bitmaps && (h.AutoclearFeatures & AutoclearFeatures.Bitmaps) != 0)
-            MarkBitmapsInUse(device, bitmaps);
         const AutoclearFeatures known = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
         bool wasDirty = h.IsDirty || h.IsJournalPending;
         if (wasDirty || (h.AutoclearFeatures & ~known) != 0)
@@ -97,18 +93,5 @@ internal static class ImageRecovery
             device.Flush();
         }
         return block;
-    }
-
-    private static void MarkBitmapsInUse(IBlockDevice device, BitmapsExtension bitmaps)
-    {
-        var bytes = new byte[bitmaps.DirectorySize];
-        if (device.Read(bytes, bitmaps.DirectoryOffset) < bytes.Length)
-            throw new Qcow2ImageCorruptException($"bitmap directory at 0x{bitmaps.DirectoryOffset:X} lies past the end of the image");
-        var entries = BitmapDirectory.Read(bytes, (int)bitmaps.NbBitmaps, bitmaps.DirectoryOffset);
-        if (entries.All(e => (e.Flags & BitmapFlags.InUse) != 0)) return;
-        foreach (var e in entries) e.Flags |= BitmapFlags.InUse;
-        BitmapDirectory.Write(entries, bytes);
-        device.Write(bytes, bitmaps.DirectoryOffset);
-        device.Flush();
     }
 }

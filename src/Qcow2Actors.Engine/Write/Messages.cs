@@ -98,3 +98,6 @@ internal sealed record OnlineEditRequest(Func<Device.IBlockDevice, object?> Edit
 
 /// <summary>A clean table actor agreed to stop; the parent stops it (messages for it are held meanwhile).</summary>
 internal sealed record ReadyToStop(int L1Index, Akka.Actor.IActorRef Table);
+
+/// <summary>Runs an edit of the image's bitmaps on the image actor (their owner), then a checkpoint that stores it.</summary>
+internal sealed record BitmapEditRequest(Func<Bitmaps.BitmapSet, Task> Edit, TaskCompletionSource Done);
