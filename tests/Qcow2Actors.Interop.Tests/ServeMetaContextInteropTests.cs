@@ -86,6 +86,36 @@ public sealed class ServeMetaContextInteropTests : IDisposable
     }
 
     [ServeFact]
+    public async Task Dirty_bitmap_maps_and_context_list_match_qemu_nbd_for_bitmaps_qemu_kept()
+    {
+        string img = _dir.File("bm.qcow2");
+        Qemu("create", "-q", "-f", "qcow2", img, "16M");
+        Io(img, ["write -P 1 0 4M"]);
+        Qemu("bitmap", "--add", "-g", "131072", img, "b0");
+        Io(img, ["write -P 2 1000 3000", "write -P 3 3M 300k", "write -z 8M 64k", "discard 2M 64k"]);
+        Qemu("bitmap", "--add", img, "b1");
+        Io(img, ["write -P 4 12M 4k", "write -P 5 16775168 1024"]);
+
+        var maps = new List<string>();
+        List<string> qemuContexts;
+        using (var qemu = QemuNbdProcess.Start(img, _dir, "-r", "-A", "-B", "b0", "-B", "b1"))
+        {
+            maps.Add(Map(qemu.Uri, "qemu:dirty-bitmap:b0"));
+            maps.Add(Map(qemu.Uri, "qemu:dirty-bitmap:b1"));
+            qemuContexts = Contexts(qemu.Uri);
+        }
+        Assert.Contains("dirty", maps[0]);
+        Assert.Contains("dirty", maps[1]);
+
+        using var serve = await ServeProcess.StartAsync(1, "-r", "-A", "-B", "b0", "-B", "b1", "--socket", _dir.File("q2a.sock"), img);
+        Assert.Equal(maps[0], Map(serve.Uri, "qemu:dirty-bitmap:b0"));
+        Assert.Equal(maps[1], Map(serve.Uri, "qemu:dirty-bitmap:b1"));
+        // qemu-nbd lists the -B bitmaps last given first.
+        Assert.Equal(qemuContexts, Contexts(serve.Uri));
+        Assert.Equal(["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:b1", "qemu:dirty-bitmap:b0"], qemuContexts);
+    }
+
+    [ServeFact]
     public void A_missing_bitmap_is_qemu_nbd_s_error_line_and_exit_1()
     {
         string img = _dir.File("nob.qcow2");
