@@ -11,6 +11,7 @@ Targets (each served from a freshly created 4 GiB qcow2, 64 KiB clusters unless 
   q2a      q2a serve (this checkout, Release build) with --q2a-args (default: none)
   qemu     qemu-nbd --cache=none --aio=native   (O_DIRECT, the safe production mode)
   qemu-wb  qemu-nbd --cache=writeback --aio=threads (page cache; flushes still honoured)
+  q2a-bitmap  q2a serve as above, the image carrying one enabled persistent dirty bitmap (its cost)
 
 Workloads (fio, one job, one connection, --randrepeat=1 so every target gets the same offsets):
   seqwrite   1 MiB writes, QD8, 1 GiB, one flush at the end (allocating)
@@ -160,7 +161,7 @@ class Server:
 
 
 def server_argv(target: str, image: Path, port: int, args: argparse.Namespace, work: Path) -> list[str]:
-    if target == "q2a":
+    if target.startswith("q2a"):
         extra = shlex.split(args.q2a_args)
         if args.l2_cache_tables:
             # The same cache for both sides: q2a counts tables, qemu counts bytes (tables x cluster size).
@@ -241,6 +242,9 @@ def run_target(target: str, args: argparse.Namespace, work: Path, iolog: Path, o
         image.unlink(missing_ok=True)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={args.cluster_bytes}",
                         str(image), args.image_size], check=True)
+        if target == "q2a-bitmap":
+            # The same q2a, with one enabled persistent bitmap every write must keep.
+            subprocess.run(["qemu-img", "bitmap", "--add", str(image), "backup"], check=True)
         port = free_port()
         server = Server(target, server_argv(target, image, port, args, work), port, outdir / f"{target}-{phase}.log")
         try:
@@ -315,8 +319,8 @@ def main() -> int:
 
     targets = args.targets.split(",")
     for t in targets:
-        if t not in ("q2a", "qemu", "qemu-wb"):
-            print(f"nbd-race: unknown target '{t}' (q2a, qemu, qemu-wb)", file=sys.stderr)
+        if t not in ("q2a", "q2a-bitmap", "qemu", "qemu-wb"):
+            print(f"nbd-race: unknown target '{t}' (q2a, q2a-bitmap, qemu, qemu-wb)", file=sys.stderr)
             return 2
     for tool in ("fio", "qemu-img", "qemu-nbd", "nbdinfo", "dotnet"):
         if shutil.which(tool) is None:

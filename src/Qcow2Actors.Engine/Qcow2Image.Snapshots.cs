@@ -112,7 +112,15 @@ public sealed partial class Qcow2Image
         ArgumentNullException.ThrowIfNull(idOrName);
         string verb = $"apply snapshot '{idOrName}'";
         var ctx = EditTarget(verb);
-        Find(ctx, idOrName, verb);
+        var snapshot = Find(ctx, idOrName, verb);
+        if (ctx.Bitmaps is { Entries.Count: > 0 } bitmaps)
+        {
+            // Persistent bitmaps cover the disk as it is: one of another size would no longer fit it.
+            if ((snapshot.DiskSize ?? VirtualSize) != VirtualSize)
+                throw new SnapshotEditException($"Could not {verb}: its disk size differs and '{ctx.Path}' has persistent bitmaps (remove them first)");
+            // The revert may change any byte of the disk: every granule is dirty for a tracked bitmap.
+            bitmaps.Mark(0, VirtualSize);
+        }
         var applied = await EditOnlineAsync(device =>
             SnapshotEditor.Apply(device, Find(ctx, idOrName, verb).Id, online: true),
             changesImage: true, cancellationToken).ConfigureAwait(false);

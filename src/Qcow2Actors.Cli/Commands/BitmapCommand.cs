@@ -13,6 +13,51 @@ internal static class BitmapCommand
 {
     private static readonly string[] ActionNames = ["--add", "--remove", "--clear", "--enable", "--disable", "--merge"];
 
+    /// <summary>
+    /// What the command line asks for, checked as qemu-img checks it before opening anything: the
+    /// actions in command-line order (with --merge's SOURCE), the granularity (null: the default),
+    /// the image and the bitmap.
+    /// </summary>
+    /// <exception cref="CliException">qemu-img's line for what is wrong.</exception>
+    internal static (List<(string Op, string? Source)> Actions, long? Granularity, string Path, string Name) Plan(ParseResult parse)
+    {
+        // The actions run in the order given, as qemu-img runs them.
+        var actions = new List<(string Op, string? Source)>();
+        var tokens = parse.Tokens;
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            if (Array.IndexOf(ActionNames, tokens[i].Value) < 0 || tokens[i].Type != System.CommandLine.Parsing.TokenType.Option) continue;
+            bool isMerge = tokens[i].Value == "--merge";
+            actions.Add((tokens[i].Value[2..], isMerge && i + 1 < tokens.Count ? tokens[++i].Value : null));
+        }
+        if (actions.Count == 0)
+            throw new CliException("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
+        long? bytes = null;
+        if (parse.GetValue<string?>("-g") is { } g)
+        {
+            if (actions.All(a => a.Op != "add")) throw new CliException("granularity only supported with --add");
+            if (QemuSize.TryParse(g, out var value) != QemuSizeError.None || value > int.MaxValue + 1UL)
+                throw new CliException("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+            bytes = value == 0 ? null : (long)value;
+        }
+        var b = parse.GetValue<string?>("-b");
+        if (b is not null && actions.All(a => a.Op != "merge")) throw new CliException("Merge bitmap source file only supported with --merge");
+        if (parse.GetValue<string?>("-F") is { } sf)
+        {
+            if (b is null) throw new CliException("-F only supported with -b");
+            Formats.RequireQcow2(sf);
+        }
+        var path = parse.GetValue<string?>("FILENAME");
+        var name = parse.GetValue<string?>("BITMAP");
+        if (path is null || name is null) throw new CliException("Expecting filename and bitmap name");
+        if (parse.GetValue<string?>("-f") is { } f && f != "qcow2")
+        {
+            if (f != "raw") Formats.RequireQcow2(f);
+            throw new CliException($"Operation {actions[0].Op} on bitmap {name} failed: Can't store persistent bitmaps to '{path}': Operation not supported");
+        }
+        return (actions, bytes, path, name);
+    }
+
     public static Command Create()
     {
         var add = new Option<bool>("--add") { Description = "create BITMAP (enabled unless --disable)" };
@@ -31,43 +76,9 @@ internal static class BitmapCommand
             { add, remove, clear, enable, disable, merge, sourceFile, sourceFormat, granularity, format, file, bitmap };
         command.SetAction(parse => CliRunner.RunAsync(async () =>
         {
-            // The actions run in the order given, as qemu-img runs them.
-            var actions = new List<(string Op, string? Source)>();
-            var tokens = parse.Tokens;
-            for (int i = 0; i < tokens.Count; i++)
-            {
-                if (Array.IndexOf(ActionNames, tokens[i].Value) < 0 || tokens[i].Type != System.CommandLine.Parsing.TokenType.Option) continue;
-                bool isMerge = tokens[i].Value == "--merge";
-                actions.Add((tokens[i].Value[2..], isMerge && i + 1 < tokens.Count ? tokens[++i].Value : null));
-            }
-            if (actions.Count == 0)
-                throw new CliException("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
-            var g = parse.GetValue(granularity);
-            long? bytes = null;
-            if (g is not null)
-            {
-                if (actions.All(a => a.Op != "add")) throw new CliException("granularity only supported with --add");
-                if (QemuSize.TryParse(g, out var value) != QemuSizeError.None || value > int.MaxValue + 1UL)
-                    throw new CliException("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-                bytes = value == 0 ? null : (long)value;
-            }
+            var (actions, bytes, path, name) = Plan(parse);
             var b = parse.GetValue(sourceFile);
-            if (b is not null && actions.All(a => a.Op != "merge")) throw new CliException("Merge bitmap source file only supported with --merge");
-            if (parse.GetValue(sourceFormat) is { } sf)
-            {
-                if (b is null) throw new CliException("-F only supported with -b");
-                Formats.RequireQcow2(sf);
-            }
-            var path = parse.GetValue(file);
-            var name = parse.GetValue(bitmap);
-            if (path is null || name is null) throw new CliException("Expecting filename and bitmap name");
             var f = parse.GetValue(format);
-            if (f is not null && f != "qcow2")
-            {
-                if (f != "raw") Formats.RequireQcow2(f);
-                throw new CliException($"Operation {actions[0].Op} on bitmap {name} failed: Can't store persistent bitmaps to '{path}': Operation not supported");
-            }
-
             await using var host = ImageHost.Create();
             await using var image = await host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false, Format = f });
             Qcow2Image? source = null;

@@ -215,6 +215,9 @@ internal sealed class BitmapSet
             var started = BitmapReader.ReadBitsAsync(_device, entry.Directory, VirtualSize, _clusterSize, CancellationToken.None).AsTask();
             loading = Interlocked.CompareExchange(ref entry.Loading, started, null) ?? started;
         }
-        return await loading.WaitAsync(cancellationToken).ConfigureAwait(false);
+        var loaded = await loading.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // Kept: an edit, a resize or a store of this bitmap works on these bits from now on.
+        entry.Bits ??= loaded;
+        return entry.Bits;
     }
 }

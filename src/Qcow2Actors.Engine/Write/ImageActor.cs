@@ -280,7 +280,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             try
             {
-                if (_ctx!.ReadOnlyReason is null) await CheckpointAsync(closing: true);
+                if (_ctx!.ReadOnlyReason is null) await CheckpointAsync(closing: true, finalClose: true);
                 m.Done.TrySetResult();
             }
             catch (Exception ex)
@@ -534,7 +534,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
-    private async Task CheckpointAsync(bool closing, List<IActorRef>? paused = null)
+    // closing: forced (a close, or an online edit that needs the image checkpointed); finalClose: the
+    // image closes, so tracked bitmaps are stored for good (in-use cleared) instead of kept tracked.
+    private async Task CheckpointAsync(bool closing, List<IActorRef>? paused = null, bool finalClose = false)
     {
         _checkpointQueued = false;
         var ctx = _ctx!;
@@ -551,9 +553,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null && ctx.Bitmaps?.NeedsStore != true) return;
             // Tracked bitmaps go to new clusters now; the clean header below switches to them, and
             // their old clusters are released in the same checkpoint's refcounts.
-            if (closing || ctx.Bitmaps?.NeedsStore == true)
+            if (finalClose || ctx.Bitmaps?.NeedsStore == true)
             {
-                var oldBitmapClusters = await Bitmaps.BitmapWriter.StoreAsync(ctx, _io, closing);
+                var oldBitmapClusters = await Bitmaps.BitmapWriter.StoreAsync(ctx, _io, finalClose);
                 if (oldBitmapClusters.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(oldBitmapClusters, -1, null));
             }
             await Send(ctx.Journal, d => new FlushRequest(d));
