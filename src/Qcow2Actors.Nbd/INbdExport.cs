@@ -69,6 +69,38 @@ public interface INbdExport
     /// <paramref name="length"/> (at least one extent) or run past it; the server trims it.
     /// </summary>
     ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// True to offer the <c>qemu:allocation-depth</c> metadata context (qemu-nbd's <c>-A</c>): for each
+    /// extent, 0 when no layer of the backing chain allocates it, 1 when this image does, N when the
+    /// (N-1)th backing file does. Read when a client negotiates; keep it fixed while served. Default: false.
+    /// </summary>
+    bool AllocationDepth => false;
+
+    /// <summary>
+    /// The dirty bitmaps offered as <c>qemu:dirty-bitmap:NAME</c> metadata contexts (qemu-nbd's <c>-B</c>),
+    /// in the order NBD_OPT_LIST_META_CONTEXT names them. Read when a client negotiates; keep it fixed
+    /// while served. Default: none.
+    /// </summary>
+    IReadOnlyList<string> DirtyBitmaps => [];
+
+    /// <summary>
+    /// The <c>qemu:allocation-depth</c> of the range starting at <paramref name="offset"/>, as consecutive
+    /// extents whose <see cref="NbdMetaExtent.Flags"/> is the depth (see <see cref="AllocationDepth"/>).
+    /// Called only when <see cref="AllocationDepth"/> is true; may cover less or more than
+    /// <paramref name="length"/> (the server trims), at least one extent.
+    /// </summary>
+    ValueTask<IReadOnlyList<NbdMetaExtent>> GetAllocationDepthAsync(long offset, long length, CancellationToken cancellationToken) =>
+        ValueTask.FromException<IReadOnlyList<NbdMetaExtent>>(new NbdException(NbdError.InvalidArgument, $"export '{Name}' has no allocation depth"));
+
+    /// <summary>
+    /// The dirty bitmap <paramref name="bitmap"/> (one of <see cref="DirtyBitmaps"/>) over the range starting
+    /// at <paramref name="offset"/>, as consecutive extents whose <see cref="NbdMetaExtent.Flags"/> is
+    /// <see cref="NbdMetaExtent.Dirty"/> where a bit is set and 0 where clear. May cover less or more than
+    /// <paramref name="length"/> (the server trims), at least one extent.
+    /// </summary>
+    ValueTask<IReadOnlyList<NbdMetaExtent>> GetDirtyBitmapAsync(string bitmap, long offset, long length, CancellationToken cancellationToken) =>
+        ValueTask.FromException<IReadOnlyList<NbdMetaExtent>>(new NbdException(NbdError.InvalidArgument, $"export '{Name}' has no bitmap '{bitmap}'"));
 }
 
 /// <summary><c>base:allocation</c> state bits of an extent (NBD_STATE_*).</summary>
@@ -89,3 +121,15 @@ public enum NbdExtentFlags : uint
 /// <param name="Length">Bytes in the run; positive.</param>
 /// <param name="Flags">The run's state.</param>
 public readonly record struct NbdExtent(long Length, NbdExtentFlags Flags);
+
+/// <summary>
+/// One run of bytes sharing a value in a <c>qemu:</c> metadata context: the allocation depth for
+/// <c>qemu:allocation-depth</c>, <see cref="Dirty"/> or 0 for <c>qemu:dirty-bitmap:NAME</c>.
+/// </summary>
+/// <param name="Length">Bytes in the run; positive.</param>
+/// <param name="Flags">The 32-bit status value sent on the wire for the run.</param>
+public readonly record struct NbdMetaExtent(long Length, uint Flags)
+{
+    /// <summary>NBD_STATE_DIRTY of <c>qemu:dirty-bitmap:NAME</c>: the run's bits are set (changed since the bitmap was cleared).</summary>
+    public const uint Dirty = 1;
+}

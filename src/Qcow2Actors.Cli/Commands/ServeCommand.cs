@@ -45,10 +45,12 @@ internal static class ServeCommand
         var idleTimeout = new Option<string?>("--idle-timeout") { Description = "close clients with no request in flight this long (default 0: never)" };
         var maxInFlightRequests = new Option<int?>("--max-in-flight-requests") { Description = "requests one connection may have unanswered at once (default 64)" };
         var maxInFlightBytes = new Option<string?>("--max-in-flight-bytes") { Description = "payload bytes one connection may hold, replies not yet read included (default 64M)" };
+        var bitmap = new Option<string[]>("--bitmap", "-B") { Description = "offer this persistent dirty bitmap as the NBD context qemu:dirty-bitmap:NAME (repeatable; one image), as qemu-nbd", AllowMultipleArgumentsPerToken = false };
+        var allocationDepth = new Option<bool>("--allocation-depth", "-A") { Description = "offer the NBD context qemu:allocation-depth (0 unallocated, 1 this image, N the (N-1)th backing file), as qemu-nbd" };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
             {
-                bind, port, socket, exportName, readOnly, discard, cache, create, format, config,
+                bind, port, socket, exportName, readOnly, discard, cache, create, format, config, bitmap, allocationDepth,
                 tlsCreds, tls, tlsAuthz,
                 maxConnections, maxNegotiating, handshakeTimeout, idleTimeout, maxInFlightRequests, maxInFlightBytes, images,
             };
@@ -63,7 +65,8 @@ internal static class ServeCommand
                 parse.GetValue(exportName), parse.GetValue(readOnly), parse.GetValue(create), parse.GetValue(format),
                 parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache),
                 new ServeLimitOptions(parse.GetValue(maxConnections), parse.GetValue(maxNegotiating), parse.GetValue(handshakeTimeout),
-                    parse.GetValue(idleTimeout), parse.GetValue(maxInFlightRequests), parse.GetValue(maxInFlightBytes)));
+                    parse.GetValue(idleTimeout), parse.GetValue(maxInFlightRequests), parse.GetValue(maxInFlightBytes)),
+                parse.GetValue(bitmap), parse.GetValue(allocationDepth));
             settings = ServeTls.Apply(settings, parse.GetValue(tlsCreds), parse.GetValue(tls), parse.GetValue(tlsAuthz));
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             using var signals = new ShutdownSignals();
@@ -178,10 +181,28 @@ internal static class ServeCommand
         }
         // The write engine drives qcow2; a raw image is served as the plain file it is.
         if (!spec.ReadOnly && IsRaw(spec))
-            return RawFileExport.Open(spec.Path, spec.Name, cache: spec.Cache);
-        return await Qcow2Export.OpenAsync(spec.Path, spec.Name,
-            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory, Cache = spec.Cache },
-            host, spec.Discard).ConfigureAwait(false);
+        {
+            // A raw file has no bitmaps: the first one asked for is missing, as qemu-nbd says.
+            if (spec.Bitmaps is [var missing, ..]) throw new ArgumentException($"Bitmap '{missing}' is not found");
+            return RawFileExport.Open(spec.Path, spec.Name, cache: spec.Cache, allocationDepth: spec.AllocationDepth);
+        }
+        var image = await host.OpenAsync(spec.Path,
+            new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory, Cache = spec.Cache })
+            .ConfigureAwait(false);
+        try
+        {
+            return new Qcow2Export(image, spec.Name, spec.ReadOnly, ownsImage: true, discard: spec.Discard)
+            {
+                AllocationDepth = spec.AllocationDepth,
+                DirtyBitmaps = spec.Bitmaps ?? [],
+            };
+        }
+        catch
+        {
+            // A bitmap the image does not have (or cannot export): close what was opened, then say which.
+            await image.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
     }
 
     private static bool IsRaw(ExportSpec spec)

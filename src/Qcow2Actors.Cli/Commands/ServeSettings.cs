@@ -20,8 +20,11 @@ internal sealed record ServeLimitOptions(
 /// <param name="CreateSize">Create the image with this virtual size when the file is missing.</param>
 /// <param name="Discard">What NBD TRIM does to the image (qemu-nbd's --discard).</param>
 /// <param name="Cache">How the image's files use the host page cache (qemu-nbd's --cache).</param>
+/// <param name="Bitmaps">Persistent dirty bitmaps offered as <c>qemu:dirty-bitmap:NAME</c> (qemu-nbd's -B), in listing order.</param>
+/// <param name="AllocationDepth">Offer <c>qemu:allocation-depth</c> (qemu-nbd's -A).</param>
 internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize,
-    DiscardMode Discard = DiscardMode.Unmap, CacheMode Cache = CacheMode.Writeback);
+    DiscardMode Discard = DiscardMode.Unmap, CacheMode Cache = CacheMode.Writeback,
+    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false);
 
 /// <summary>
 /// What <c>q2a serve</c> serves and where, from the command line and optionally a HOCON file:
@@ -38,8 +41,10 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   idle-timeout = 0s           # close transmitting clients with nothing in flight this long (0s: never)
 ///   max-in-flight-requests = 64 # per connection: requests unanswered at once
 ///   max-in-flight-bytes = 64M   # per connection: payload bytes held (replies not read yet included)
+///   allocation-depth = off      # offer qemu:allocation-depth on every export (as -A)
 ///   exports {
 ///     disk { path = "disk.qcow2", create = 10G, discard = ignore, cache = none }
+///     vm { path = "vm.qcow2", bitmaps = [backup-1], allocation-depth = on }  # qemu:dirty-bitmap:backup-1
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
 ///   }
 /// }
@@ -86,8 +91,9 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
 
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
         bool readOnly, string? create, string? format, string? configFile, string? discard = null, string? cache = null,
-        ServeLimitOptions? limits = null)
+        ServeLimitOptions? limits = null, IReadOnlyList<string>? bitmaps = null, bool allocationDepth = false)
     {
+        bitmaps ??= [];
         limits ??= new ServeLimitOptions();
         var whole = configFile is null ? null : ConfigurationFactory.ParseString(File.ReadAllText(configFile));
         var file = whole?.GetConfig("q2a.serve");
@@ -95,6 +101,7 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         socket ??= NonEmpty(file?.GetString("socket", null));
         if (port is null && file?.HasPath("port") == true) port = file.GetInt("port");
         bool defaultReadOnly = readOnly || (file?.GetBoolean("read-only", false) ?? false);
+        bool defaultAllocationDepth = allocationDepth || (file?.GetBoolean("allocation-depth", false) ?? false);
         var defaultDiscard = ParseDiscard(discard ?? NonEmpty(file?.GetString("discard", null)), discard is null ? "q2a.serve.discard" : "--discard");
         var defaultCache = ParseCache(cache ?? NonEmpty(file?.GetString("cache", null)), cache is null ? "q2a.serve.cache" : "--cache");
         var handshakeTimeout = limits.HandshakeTimeout is { } ht ? ParseDuration(ht, "--handshake-timeout")
@@ -128,6 +135,8 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         if (exportName is not null && images.Length != 1)
             throw new ArgumentException("--export-name needs exactly one image");
         if (exportName is { Length: 0 }) throw new ArgumentException("--export-name must not be empty");
+        if (bitmaps.Count > 0 && images.Length != 1)
+            throw new ArgumentException("--bitmap needs exactly one image on the command line (per-export bitmaps go in --config)");
         long? createSize = create is null ? null : ParseSize(create);
 
         var exports = new List<ExportSpec>();
@@ -148,14 +157,20 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
                 var exportCache = cache is null && NonEmpty(e.GetString("cache", null)) is { } c
                     ? ParseCache(c, $"cache of export '{entry.Key}'")
                     : defaultCache;
+                var exportBitmaps = e.HasPath("bitmaps") ? e.GetStringList("bitmaps") : [];
+                if (exportBitmaps.FirstOrDefault(string.IsNullOrEmpty) is not null)
+                    throw new ArgumentException($"bitmaps of export '{entry.Key}' in {configFile} has an empty name");
                 exports.Add(new ExportSpec(path, NonEmpty(e.GetString("name", null)) ?? entry.Key,
                     readOnly || e.GetBoolean("read-only", defaultReadOnly),
                     format ?? NonEmpty(e.GetString("format", null)),
-                    size is null ? createSize : ParseSize(size), exportDiscard, exportCache));
+                    size is null ? createSize : ParseSize(size), exportDiscard, exportCache,
+                    exportBitmaps.ToArray(), allocationDepth || e.GetBoolean("allocation-depth", defaultAllocationDepth)));
             }
         }
         foreach (var image in images)
-            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard, defaultCache));
+            exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard, defaultCache,
+                // qemu-nbd lists -B bitmaps last given first; so do we.
+                bitmaps.Reverse().Distinct(StringComparer.Ordinal).ToArray(), defaultAllocationDepth));
         if (exports.Count == 0) throw new ArgumentException("no image to serve: name one or more, or give --config with exports");
         if (exports.Select(e => e.Name).GroupBy(n => n, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } duplicate)
             throw new ArgumentException($"two exports are named '{duplicate.Key}'; serve them from one directory per name or use --config");

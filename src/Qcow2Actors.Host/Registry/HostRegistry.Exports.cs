@@ -22,18 +22,31 @@ internal sealed partial class HostRegistry
         }
         RefuseIfFailed(entry);
         if (entry.Image is null) await OpenEntryAsync(tenant, entry);
-        return ToReply(AddExportCore(entry, name, request.ReadOnly ?? false));
+        return ToReply(AddExportCore(entry, name, request.ReadOnly ?? false, request.Bitmaps ?? [], request.AllocationDepth ?? false));
     });
 
     /// <summary>Serves an open image under <paramref name="name"/> (the throttle wraps it when one applies).</summary>
-    private ExportEntry AddExportCore(ImageEntry entry, string name, bool readOnly)
+    /// <exception cref="HostApiException">400 bad-request: a bitmap the image does not have, or cannot export (qemu-nbd's message).</exception>
+    private ExportEntry AddExportCore(ImageEntry entry, string name, bool readOnly, IReadOnlyList<string> bitmaps, bool allocationDepth)
     {
+        if (bitmaps.FirstOrDefault(string.IsNullOrEmpty) is not null)
+            throw HostApiException.BadRequest("bitmaps: a bitmap name must not be empty");
 #pragma warning disable CA2000 // kept by the export entry and disposed when the export is removed or the host stops
-        var export = new Qcow2Export(entry.Image!, name, readOnly, ownsImage: false, discard: Settings.Discard)
+        Qcow2Export export;
+        try
         {
-            MetricTags = [new("tenant", entry.Tenant)],
-            Tenant = entry.Tenant,
-        };
+            export = new Qcow2Export(entry.Image!, name, readOnly, ownsImage: false, discard: Settings.Discard)
+            {
+                MetricTags = [new("tenant", entry.Tenant)],
+                Tenant = entry.Tenant,
+                AllocationDepth = allocationDepth,
+                DirtyBitmaps = bitmaps,
+            };
+        }
+        catch (ArgumentException ex)
+        {
+            throw HostApiException.BadRequest($"image {entry.Key}: {ex.Message}");
+        }
         var served = Throttle(export);
         var exportEntry = new ExportEntry(name, entry, readOnly, export, served);
 #pragma warning restore CA2000
@@ -88,6 +101,8 @@ internal sealed partial class HostRegistry
         Tenant = e.Image.Tenant,
         Image = e.Image.Name,
         ReadOnly = e.ReadOnly,
+        Bitmaps = e.Export.DirtyBitmaps,
+        AllocationDepth = e.Export.AllocationDepth,
         Uri = UriOf(e.Name),
         Connections = _nbd?.GetConnectionCount(e.Name) ?? 0,
         State = e.Image.Failure is null ? ExportState.Ok : ExportState.Failed,

@@ -57,7 +57,16 @@ internal sealed partial class HostRegistry
                     _pendingExports.Add(e);
                     continue;
                 }
-                AddExportCore(entry, e.Name, e.ReadOnly);
+                try
+                {
+                    AddExportCore(entry, e.Name, e.ReadOnly, e.Bitmaps ?? [], e.AllocationDepth);
+                }
+                catch (HostApiException ex)
+                {
+                    // A bitmap removed meanwhile: the export waits, kept, as for a missing image.
+                    _log.LogWarning("export '{Export}' not re-added: {Reason} (kept for the next start)", e.Name, ex.Message);
+                    _pendingExports.Add(e);
+                }
             }
             foreach (var l in state.Limits)
             {

@@ -21,7 +21,9 @@ internal sealed record PersistedToken(string Id, string Tenant, string Sha256, D
 
 internal sealed record PersistedImage(string Tenant, string Name, bool Open);
 
-internal sealed record PersistedExport(string Name, string Tenant, string Image, bool ReadOnly);
+/// <summary>An export; <see cref="Bitmaps"/> and <see cref="AllocationDepth"/> are its extra NBD metadata contexts (absent in older files: none).</summary>
+internal sealed record PersistedExport(string Name, string Tenant, string Image, bool ReadOnly,
+    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false);
 
 /// <summary>A limit: <see cref="Scope"/> "export" or "tenant", its target name, and the values.</summary>
 internal sealed record PersistedLimit(string Scope, string Target, LimitValues Values);

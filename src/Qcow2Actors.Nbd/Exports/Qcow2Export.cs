@@ -14,7 +14,7 @@ namespace Qcow2Actors.Nbd.Exports;
 /// reads as zeroes. An unallocated cluster of an image without a backing file is therefore
 /// hole and zero, a zero cluster (allocated or not) hole and zero, a data cluster neither.
 /// </remarks>
-public sealed class Qcow2Export : INbdExport, IAsyncDisposable
+public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
 {
     /// <summary>Most extents one block status reply carries; the client asks again for the rest.</summary>
     public const int MaxExtentsPerReply = 1024;
@@ -23,6 +23,7 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
     private readonly bool _ownsImage;
     private readonly bool _readOnly;
     private readonly int _zeroGranularity;
+    private readonly IReadOnlyList<string> _dirtyBitmaps = [];
     private int _disposed;
 
     /// <summary>
@@ -209,6 +210,50 @@ public sealed class Qcow2Export : INbdExport, IAsyncDisposable
         if (pendingLength > 0) extents.Add(new NbdExtent(pendingLength, pendingFlags));
         // A zero-length request is refused by the server; a well-formed map always covers the range.
         if (extents.Count == 0) extents.Add(new NbdExtent(Math.Max(length, 1), NbdExtentFlags.None));
+        return extents;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Set when creating the export (<c>q2a serve -A</c>, or the host's <c>allocation-depth</c>).</remarks>
+    public bool AllocationDepth { get; init; }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Set when creating the export (<c>q2a serve -B NAME</c>, or the host's <c>bitmaps</c>); each must be a
+    /// persistent bitmap of the image that QEMU would export: present, and not inconsistent (left in use).
+    /// </remarks>
+    /// <exception cref="ArgumentException">A bitmap is missing or inconsistent; the message is qemu-nbd's.</exception>
+    public IReadOnlyList<string> DirtyBitmaps
+    {
+        get => _dirtyBitmaps;
+        init => _dirtyBitmaps = CheckBitmaps(value);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>From <see cref="Qcow2Image.GetAllocationDepthAsync"/>, whose rules are qemu-nbd's.</remarks>
+    public async ValueTask<IReadOnlyList<NbdMetaExtent>> GetAllocationDepthAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        length = Math.Min(length, Size - offset);
+        var extents = new List<NbdMetaExtent>();
+        try
+        {
+            await foreach (var e in _image.GetAllocationDepthAsync(offset, length, cancellationToken).ConfigureAwait(false))
+            {
+                var depth = (uint)e.Depth;
+                if (extents.Count > 0 && extents[^1].Flags == depth)
+                {
+                    extents[^1] = extents[^1] with { Length = extents[^1].Length + e.Length };
+                    continue;
+                }
+                // Enough for one reply: the client asks again from where this one ends.
+                if (extents.Count == MaxExtentsPerReply) break;
+                extents.Add(new NbdMetaExtent(e.Length, depth));
+            }
+        }
+        catch (Exception ex) when (Translate(ex) is { } mapped)
+        {
+            throw mapped;
+        }
         return extents;
     }
 

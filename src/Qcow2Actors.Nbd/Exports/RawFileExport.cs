@@ -30,8 +30,13 @@ public sealed class RawFileExport : INbdExport, IDisposable
     /// holding QEMU's image lock on it as qemu-nbd does (the write lock unless read-only), through the
     /// page cache or around it (<paramref name="cache"/>, as qemu-nbd's <c>--cache</c>).
     /// </summary>
+    /// <param name="path">The file.</param>
+    /// <param name="name">The export name.</param>
+    /// <param name="readOnly">Open and export read-only.</param>
+    /// <param name="cache">Through the page cache or around it.</param>
+    /// <param name="allocationDepth">Offer <c>qemu:allocation-depth</c> (see <see cref="AllocationDepth"/>).</param>
     /// <exception cref="ImageLockException">Another process holds the file.</exception>
-    public static RawFileExport Open(string path, string name, bool readOnly = false, CacheMode cache = CacheMode.Writeback)
+    public static RawFileExport Open(string path, string name, bool readOnly = false, CacheMode cache = CacheMode.Writeback, bool allocationDepth = false)
     {
         var imageLock = ImageLock.Acquire(path, readOnly ? LockMode.Reader : LockMode.Writer);
         try
@@ -39,7 +44,7 @@ public sealed class RawFileExport : INbdExport, IDisposable
             IBlockDevice device = cache == CacheMode.None
                 ? DirectFileBlockDevice.Open(path, writable: !readOnly)
                 : FileBlockDevice.Open(path, writable: !readOnly);
-            return new(name, device) { _lock = imageLock };
+            return new(name, device) { _lock = imageLock, AllocationDepth = allocationDepth };
         }
         catch
         {
@@ -133,6 +138,14 @@ public sealed class RawFileExport : INbdExport, IDisposable
     /// <inheritdoc/>
     public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
         ValueTask.FromResult<IReadOnlyList<NbdExtent>>([new NbdExtent(length, NbdExtentFlags.None)]);
+
+    /// <inheritdoc/>
+    /// <remarks>Set when creating the export (<c>q2a serve -A</c>); a raw file has no backing chain, so every byte is at depth 1, as qemu-nbd reports it.</remarks>
+    public bool AllocationDepth { get; init; }
+
+    /// <inheritdoc/>
+    public ValueTask<IReadOnlyList<NbdMetaExtent>> GetAllocationDepthAsync(long offset, long length, CancellationToken cancellationToken) =>
+        ValueTask.FromResult<IReadOnlyList<NbdMetaExtent>>([new NbdMetaExtent(length, 1)]);
 
     private void ThrowIfFlushFailed()
     {

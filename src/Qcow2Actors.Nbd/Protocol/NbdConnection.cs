@@ -339,7 +339,7 @@ internal sealed class NbdConnection
                 {
                     // A block-status reply's size is known only once the export answers: charge its largest.
                     long size = request.Type == CmdBlockStatus
-                        ? NbdCommandDispatcher.MaxBlockStatusReplyLength
+                        ? dispatcher.BlockStatusCharge
                         : Math.Min(request.Length, (uint)Options.MaxBlockSize);
                     var want = Math.Min(size, Math.Max(1, Options.MaxInFlightBytes));
                     var gate = _bytes.WaitAsync(want, _stopping);

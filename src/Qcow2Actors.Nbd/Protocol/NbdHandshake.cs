@@ -30,7 +30,8 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
     private NbdServerOptions Options => server.Options;
     private bool _noZeroes;
     private bool _structured;
-    private INbdExport? _metaExport; // export the last successful SET_META_CONTEXT selected base:allocation for
+    private INbdExport? _metaExport; // export the last successful SET_META_CONTEXT was for
+    private IReadOnlyList<NbdMetaContext> _metaContexts = []; // what it selected there
     private CancellationToken _cancel;
     private bool _tls;
     private string? _tenant;
@@ -186,6 +187,7 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
         // Whatever was negotiated in plain text does not carry over into the protected session.
         _structured = false;
         _metaExport = null;
+        _metaContexts = [];
         if (Options.Authorize is { } authorize && !authorize(identity))
         {
             log.LogWarning("NBD {Peer}: client certificate '{Subject}' is not authorized (tls-authz); disconnecting", peer, identity.Subject);
@@ -220,7 +222,9 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
     private NbdSession Enter(INbdExport export)
     {
         log.LogDebug("NBD {Peer}: serving '{Export}' (structured={Structured})", peer, export.Name, _structured);
-        return new NbdSession(export, _structured, _structured && ReferenceEquals(_metaExport, export));
+        // Contexts selected for another export do not carry over to this one (as qemu-nbd).
+        var contexts = _structured && ReferenceEquals(_metaExport, export) ? _metaContexts : [];
+        return new NbdSession(export, _structured, contexts);
     }
 
     private async Task<NbdSession?> ExportNameAsync(byte[] data)
@@ -343,7 +347,12 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
     private async Task MetaContextAsync(uint option, byte[] data)
     {
         var set = option == OptSetMetaContext;
-        if (set) _metaExport = null; // a SET replaces the selection even when it fails
+        if (set)
+        {
+            // A SET replaces the selection even when it fails.
+            _metaExport = null;
+            _metaContexts = [];
+        }
         if (!_structured)
         {
             await SendErrorAsync(option, RepErrInvalid, "negotiate structured replies first");
@@ -361,19 +370,22 @@ internal sealed class NbdHandshake(NbdServer server, NbdConnection connection, P
             return;
         }
 
-        // base:allocation is our only context. LIST treats no query and "base:" as wildcards;
-        // SET selects only the exact name. Unknown namespaces and leaves are ignored, as required.
-        var match = set
-            ? queries.Contains(BaseAllocation)
-            : queries.Count == 0 || queries.Contains("base:") || queries.Contains(BaseAllocation);
-        if (match)
+        // base:allocation, and qemu:allocation-depth and qemu:dirty-bitmap:NAME where the export offers
+        // them; unknown namespaces and leaves are skipped, as the protocol requires.
+        var selected = NbdMetaSelection.Select(export, queries, list: !set);
+        foreach (var context in selected)
         {
-            var nameBytes = Encoding.UTF8.GetBytes(BaseAllocation);
+            var nameBytes = Encoding.UTF8.GetBytes(context.Name);
             var payload = new byte[MetaContextPayload.NameOffset + nameBytes.Length];
-            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(MetaContextPayload.IdOffset), set ? BaseAllocationId : 0);
+            // LIST names contexts without handing out ids: the id field is 0 there.
+            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(MetaContextPayload.IdOffset), set ? context.Id : 0);
             nameBytes.CopyTo(payload, MetaContextPayload.NameOffset);
             await SendReplyAsync(option, RepMetaContext, payload);
-            if (set) _metaExport = export;
+        }
+        if (set && selected.Count > 0)
+        {
+            _metaExport = export;
+            _metaContexts = selected;
         }
         await SendReplyAsync(option, RepAck, default);
     }

@@ -89,10 +89,21 @@ internal static class NbdProtocol
     /// <summary>The magic an oldstyle server sends where a newstyle one sends IHAVEOPT.</summary>
     public const ulong OldstyleMagic = 0x00420281861253;
 
+    // Metadata context names and namespaces (qemu-nbd's spelling).
+    public const string BaseNamespace = "base:";
     public const string BaseAllocation = "base:allocation";
+    public const string QemuNamespace = "qemu:";
+    public const string AllocationDepthContext = "qemu:allocation-depth";
+    public const string DirtyBitmapPrefix = "qemu:dirty-bitmap:";
 
     /// <summary>The id we hand out for base:allocation; any nonzero value would do.</summary>
     public const uint BaseAllocationId = 1;
+
+    /// <summary>The id of qemu:allocation-depth.</summary>
+    public const uint AllocationDepthId = 2;
+
+    /// <summary>The id of the first exported bitmap's qemu:dirty-bitmap:NAME; the next ones follow in export order.</summary>
+    public const uint FirstDirtyBitmapId = 3;
 
     /// <summary>Strings (names, queries, messages) are capped at 4096 bytes by the protocol.</summary>
     public const int MaxStringLength = 4096;

@@ -9,8 +9,9 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// <summary>
 /// Frames transmission replies: simple replies, and with structured replies negotiated the
 /// OFFSET_DATA, OFFSET_HOLE, ERROR, NONE and BLOCK_STATUS chunks. Every reply is one buffer from
-/// the shared pool, handed to the <see cref="ReplySender"/>; every chunk we send is the last of its
-/// reply (one content chunk, one error, or one status list), so each carries the DONE flag.
+/// the shared pool, handed to the <see cref="ReplySender"/>; a reply is one chunk with the DONE flag
+/// (one content chunk, one error, or one status list), except BLOCK_STATUS with several metadata
+/// contexts: one status chunk per context, DONE on the last.
 /// Every reply framed here completes its request in <see cref="Metrics"/>.
 /// </summary>
 internal sealed class NbdReplyWriter(ReplySender sender, bool structured, ExportMetrics metrics)
@@ -77,23 +78,35 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size, charge));
     }
 
-    /// <summary>A BLOCK_STATUS chunk for <paramref name="contextId"/> with the given (length, flags) descriptors.</summary>
-    public void BlockStatus(in NbdRequest request, uint contextId, ReadOnlySpan<(uint Length, uint Flags)> descriptors, long charge)
+    /// <summary>
+    /// A BLOCK_STATUS reply: one chunk per entry of <paramref name="chunks"/> (a context id and how many of
+    /// <paramref name="descriptors"/>, taken in order, are its), all in one buffer; only the last chunk
+    /// carries the DONE flag.
+    /// </summary>
+    public void BlockStatus(in NbdRequest request, ReadOnlySpan<(uint Length, uint Flags)> descriptors,
+        ReadOnlySpan<(uint ContextId, int Count)> chunks, long charge)
     {
         metrics.Finish(request, NbdError.None, 0);
-        var handle = request.Handle;
-        var payloadLength = BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * descriptors.Length;
-        var buffer = ArrayPool<byte>.Shared.Rent(ChunkHeader.Size + payloadLength);
-        WriteChunkHeader(buffer, ReplyTypeBlockStatus, handle, (uint)payloadLength);
-        var payload = buffer.AsSpan(ChunkHeader.Size, payloadLength);
-        BinaryPrimitives.WriteUInt32BigEndian(payload[BlockStatusPayload.ContextIdOffset..], contextId);
-        for (var i = 0; i < descriptors.Length; i++)
+        var total = chunks.Length * (ChunkHeader.Size + BlockStatusPayload.DescriptorsOffset) + BlockStatusPayload.DescriptorSize * descriptors.Length;
+        var buffer = ArrayPool<byte>.Shared.Rent(total);
+        int at = 0, next = 0;
+        for (var c = 0; c < chunks.Length; c++)
         {
-            var descriptor = payload[(BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * i)..];
-            BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorLengthOffset..], descriptors[i].Length);
-            BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorFlagsOffset..], descriptors[i].Flags);
+            var (contextId, count) = chunks[c];
+            var payloadLength = BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * count;
+            WriteChunkHeader(buffer.AsSpan(at), ReplyTypeBlockStatus, request.Handle, (uint)payloadLength, last: c == chunks.Length - 1);
+            var payload = buffer.AsSpan(at + ChunkHeader.Size, payloadLength);
+            BinaryPrimitives.WriteUInt32BigEndian(payload[BlockStatusPayload.ContextIdOffset..], contextId);
+            for (var i = 0; i < count; i++)
+            {
+                var descriptor = payload[(BlockStatusPayload.DescriptorsOffset + BlockStatusPayload.DescriptorSize * i)..];
+                BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorLengthOffset..], descriptors[next + i].Length);
+                BinaryPrimitives.WriteUInt32BigEndian(descriptor[BlockStatusPayload.DescriptorFlagsOffset..], descriptors[next + i].Flags);
+            }
+            next += count;
+            at += ChunkHeader.Size + payloadLength;
         }
-        sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payloadLength, charge));
+        sender.Send(new OutgoingReply(buffer, total, charge));
     }
 
     private void Error(ulong handle, NbdError error, string? message, long charge)
@@ -122,10 +135,10 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         BinaryPrimitives.WriteUInt64BigEndian(buffer[SimpleReplyHeader.HandleOffset..], handle);
     }
 
-    private static void WriteChunkHeader(Span<byte> buffer, ushort type, ulong handle, uint length)
+    private static void WriteChunkHeader(Span<byte> buffer, ushort type, ulong handle, uint length, bool last = true)
     {
         BinaryPrimitives.WriteUInt32BigEndian(buffer[ChunkHeader.MagicOffset..], StructuredReplyMagic);
-        BinaryPrimitives.WriteUInt16BigEndian(buffer[ChunkHeader.FlagsOffset..], ReplyFlagDone);
+        BinaryPrimitives.WriteUInt16BigEndian(buffer[ChunkHeader.FlagsOffset..], last ? ReplyFlagDone : (ushort)0);
         BinaryPrimitives.WriteUInt16BigEndian(buffer[ChunkHeader.TypeOffset..], type);
         BinaryPrimitives.WriteUInt64BigEndian(buffer[ChunkHeader.HandleOffset..], handle);
         BinaryPrimitives.WriteUInt32BigEndian(buffer[ChunkHeader.LengthOffset..], length);

@@ -127,6 +127,22 @@ public sealed class ThrottledExport : INbdExport, IDisposable
     public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
         _inner.GetBlockStatusAsync(offset, length, cancellationToken);
 
+    /// <inheritdoc/>
+    public bool AllocationDepth => _inner.AllocationDepth;
+
+    /// <inheritdoc/>
+    public IReadOnlyList<string> DirtyBitmaps => _inner.DirtyBitmaps;
+
+    /// <inheritdoc/>
+    /// <remarks>Not throttled, as block status.</remarks>
+    public ValueTask<IReadOnlyList<NbdMetaExtent>> GetAllocationDepthAsync(long offset, long length, CancellationToken cancellationToken) =>
+        _inner.GetAllocationDepthAsync(offset, length, cancellationToken);
+
+    /// <inheritdoc/>
+    /// <remarks>Not throttled, as block status.</remarks>
+    public ValueTask<IReadOnlyList<NbdMetaExtent>> GetDirtyBitmapAsync(string bitmap, long offset, long length, CancellationToken cancellationToken) =>
+        _inner.GetDirtyBitmapAsync(bitmap, offset, length, cancellationToken);
+
     /// <summary>Leaves every group; requests still waiting go through unthrottled. <see cref="Inner"/> stays open.</summary>
     public void Dispose()
     {

@@ -4,7 +4,7 @@ using Qcow2Actors.Host.Api.Contracts;
 
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
-/// <summary><c>q2a ctl export add TENANT IMAGE [--name EXPORT] [--read-only] | list | remove EXPORT</c>.</summary>
+/// <summary><c>q2a ctl export add TENANT IMAGE [--name EXPORT] [--read-only] [-B BITMAP]... [-A] | list | remove EXPORT</c>.</summary>
 internal static class ExportCommands
 {
     public static Command Create(CtlGlobals globals)
@@ -14,9 +14,16 @@ internal static class ExportCommands
         var (tenant, image) = (new Argument<string>("TENANT"), new Argument<string>("IMAGE"));
         var name = new Option<string?>("--name") { Description = "export name (default TENANT/IMAGE)" };
         var readOnly = new Option<bool>("--read-only") { Description = "export it read-only" };
-        var add = new Command("add", "export an image over NBD (opening it if it is closed)") { tenant, image, name, readOnly };
+        var bitmap = new Option<string[]>("--bitmap", "-B") { Description = "offer this persistent dirty bitmap as qemu:dirty-bitmap:NAME (repeatable), as qemu-nbd -B", AllowMultipleArgumentsPerToken = false };
+        var allocationDepth = new Option<bool>("--allocation-depth", "-A") { Description = "offer qemu:allocation-depth, as qemu-nbd -A" };
+        var add = new Command("add", "export an image over NBD (opening it if it is closed)") { tenant, image, name, readOnly, bitmap, allocationDepth };
         globals.SetAction(add, (parse, ctx) => ctx.PrintAsync<ExportReply>(HttpMethod.Post, Routes.Exports,
-            new ExportAddRequest { Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)!, Name = parse.GetValue(name), ReadOnly = parse.GetValue(readOnly) ? true : null },
+            new ExportAddRequest
+            {
+                Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)!, Name = parse.GetValue(name), ReadOnly = parse.GetValue(readOnly) ? true : null,
+                Bitmaps = parse.GetValue(bitmap) is { Length: > 0 } names ? names : null,
+                AllocationDepth = parse.GetValue(allocationDepth) ? true : null,
+            },
             Describe));
         group.Subcommands.Add(add);
 
@@ -37,6 +44,8 @@ internal static class ExportCommands
         ("tenant", e.Tenant),
         ("image", e.Image),
         ("read-only", e.ReadOnly ? "yes" : "no"),
+        ("bitmaps", e.Bitmaps.Count > 0 ? string.Join(", ", e.Bitmaps) : null),
+        ("allocation-depth", e.AllocationDepth ? "yes" : null),
         ("uri", e.Uri),
         ("connections", CtlFormat.Number(e.Connections)),
         ("state", ImageCommands.Text(e.State)),

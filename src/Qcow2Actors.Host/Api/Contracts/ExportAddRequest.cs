@@ -11,4 +11,11 @@ public sealed record ExportAddRequest
     public string? Name { get; init; }
     /// <summary>True to serve it read-only.</summary>
     public bool? ReadOnly { get; init; }
+    /// <summary>
+    /// Persistent dirty bitmaps of the image to offer as NBD metadata contexts <c>qemu:dirty-bitmap:NAME</c>
+    /// (as qemu-nbd's <c>-B</c>), listed in this order; a missing or inconsistent one is 400 bad-request.
+    /// </summary>
+    public IReadOnlyList<string>? Bitmaps { get; init; }
+    /// <summary>True to offer the NBD metadata context <c>qemu:allocation-depth</c> (as qemu-nbd's <c>-A</c>).</summary>
+    public bool? AllocationDepth { get; init; }
 }

@@ -11,6 +11,10 @@ public sealed record ExportReply
     public required string Image { get; init; }
     /// <summary>Served read-only.</summary>
     public bool ReadOnly { get; init; }
+    /// <summary>The dirty bitmaps offered as <c>qemu:dirty-bitmap:NAME</c>.</summary>
+    public IReadOnlyList<string> Bitmaps { get; init; } = [];
+    /// <summary><c>qemu:allocation-depth</c> is offered.</summary>
+    public bool AllocationDepth { get; init; }
     /// <summary>The URI a client connects with (nbd://... or nbd+unix://...).</summary>
     public required string Uri { get; init; }
     /// <summary>Clients connected to this export now.</summary>
