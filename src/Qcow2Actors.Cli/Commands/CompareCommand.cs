@@ -1,10 +1,11 @@
 using System.CommandLine;
 using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Device;
 
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a compare [-f FMT] [-F FMT] [-q] [-s] [-U] A B</c>: qemu-img compare's messages and exit codes —
+/// <c>q2a compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-p] [-q] [-s] [-U] A B</c>: qemu-img compare's messages and exit codes —
 /// 0 "Images are identical.", 1 "Content mismatch at offset N!" (N the first differing byte
 /// rounded down to its 512-byte sector), 2 on any error. Images of different sizes are equal
 /// when the longer one's extra part reads as zeros. With <c>-s</c> (strict) a size difference, or
@@ -22,15 +23,20 @@ internal static class CompareCommand
         var quiet = new Option<bool>("-q") { Description = "print nothing, only set the exit code" };
         var strict = new Option<bool>("-s") { Description = "strict: images of different sizes, or with different allocation where the contents agree, differ" };
         var forceShare = ForceShareOption.Create();
+        var progress = new Option<bool>("-p") { Description = "show progress" };
+        var sourceCache = new Option<string?>("-T") { Description = "cache mode of both images: none, writeback (default), writethrough, directsync, unsafe" };
         var a = new Argument<string>("filename1");
         var b = new Argument<string>("filename2");
-        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, a, b };
+        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, progress, sourceCache, a, b };
         command.SetAction(async (parse, ct) =>
         {
             try
             {
+                var cache = ConvertRequest.ParseCache(parse.GetValue(sourceCache), source: true);
+                bool quietly = parse.GetValue(quiet);
                 return await RunAsync(parse.GetValue(a)!, parse.GetValue(b)!, parse.GetValue(formatA), parse.GetValue(formatB),
-                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict)).ConfigureAwait(false);
+                    quietly ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict),
+                    parse.GetValue(progress) && !quietly, cache).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -43,10 +49,21 @@ internal static class CompareCommand
     }
 
     public static async Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
-        bool forceShare = false, bool strict = false)
+        bool forceShare = false, bool strict = false, bool progress = false, CacheMode cache = CacheMode.Writeback)
     {
-        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA, ForceShare = forceShare }, ct).ConfigureAwait(false);
-        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB, ForceShare = forceShare }, ct).ConfigureAwait(false);
+        await using var imgA = await Qcow2Image.OpenAsync(pathA, new Qcow2OpenOptions { Format = formatA, ForceShare = forceShare, Cache = cache }, ct).ConfigureAwait(false);
+        await using var imgB = await Qcow2Image.OpenAsync(pathB, new Qcow2OpenOptions { Format = formatB, ForceShare = forceShare, Cache = cache }, ct).ConfigureAwait(false);
+        // qemu-img compare -p: the progress line over the larger image, the result after it, then a newline.
+        var meter = progress ? new ConvertCommand.ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize)) : null;
+        meter?.Print(0);
+        int result = await CompareAsync(imgA, imgB, stdout, strict, meter, ct).ConfigureAwait(false);
+        if (meter is not null) await stdout.WriteLineAsync().ConfigureAwait(false);
+        return result;
+    }
+
+    private static async Task<int> CompareAsync(Qcow2Image imgA, Qcow2Image imgB, TextWriter stdout, bool strict, ConvertCommand.ProgressMeter? meter,
+        CancellationToken ct)
+    {
         if (strict && imgA.VirtualSize != imgB.VirtualSize)
         {
             await stdout.WriteLineAsync("Strict mode: Image size mismatch!").ConfigureAwait(false);
@@ -91,6 +108,7 @@ internal static class CompareCommand
                     }
                 }
                 pos = end;
+                meter?.Advance(pos);
             }
         }
 
@@ -110,6 +128,7 @@ internal static class CompareCommand
                 }
             }
         }
+        meter?.Print(100);
         await stdout.WriteLineAsync("Images are identical.").ConfigureAwait(false);
         return 0;
     }
