@@ -19,6 +19,9 @@ internal static class ParseErrors
     {
         var command = parse.CommandResult.Command;
         var verb = Path(parse.CommandResult);
+        // An unknown verb first: `q2a frob --x` is about frob, not --x.
+        if (command is RootCommand && args.Count > 0 && !LooksLikeOption(args[0]))
+            return $"q2a: unrecognized command '{args[0]}' (q2a --help lists them)";
         if (UnknownOption(parse, args) is { } option) return $"{verb}: unrecognized option '{option}'";
         if (parse.Errors.Count == 0 || args.Count == 0) return null;
         if (command is RootCommand) return $"q2a: unrecognized command '{args[0]}' (q2a --help lists them)";

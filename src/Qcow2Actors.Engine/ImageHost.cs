@@ -134,7 +134,12 @@ public sealed class ImageHost : IAsyncDisposable
         Task<OpenedImage>? opening = null;
         try
         {
-            if (options.DeviceFactory is null || File.Exists(path)) locks.Acquire(path, Device.LockMode.Writer);
+            if (options.WriteLock is { } held)
+            {
+                if (held.Mode != Device.LockMode.Writer) throw new ArgumentException("Qcow2OpenOptions.WriteLock must be a LockMode.Writer lock", nameof(options));
+                locks.Adopt(path, held);
+            }
+            else if (options.DeviceFactory is null || File.Exists(path)) locks.Acquire(path, Device.LockMode.Writer);
             var opened = new TaskCompletionSource<OpenedImage>(TaskCreationOptions.RunContinuationsAsynchronously);
             _supervisor.Tell(new ImageSupervisor.Start(ImageActor.Props(path, options, Settings, opened, locks)));
             opening = opened.Task;

@@ -121,6 +121,15 @@ public sealed class Qcow2OpenOptions
     /// </summary>
     public IReadOnlyList<KeyValuePair<string, object?>> MetricTags { get; init; } = [];
 
+    /// <summary>
+    /// Read-write opens through <see cref="ImageHost.OpenAsync"/>: a <see cref="Device.LockMode.Writer"/>
+    /// lock the caller already holds on the image's file, which the open takes over instead of taking
+    /// one (the image releases it at close; a failed open releases it too). What a creator needs so
+    /// that no other process can open the new image between its creation and this open. Null: the
+    /// open takes the write lock itself.
+    /// </summary>
+    public Device.ImageLock? WriteLock { get; init; }
+
     /// <summary>Backing chains deeper than this are refused (a loop is refused at any depth).</summary>
     public int MaxBackingDepth { get; init; } = 64;
 }

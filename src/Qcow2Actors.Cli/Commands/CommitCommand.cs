@@ -5,7 +5,7 @@ using Qcow2Actors.Engine.Device;
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] IMG</c>, as qemu-img commit: every range
+/// <c>q2a commit [-f FMT] [-t CACHE] [-b BASE] [-r RATE] [-d] [-p] [-q] IMG</c>, as qemu-img commit: every range
 /// IMG's view holds above BASE (its backing file unless <c>-b</c> names one deeper in the chain)
 /// is written into BASE through the write engine (zeros as zeros; a raw BASE directly, under its
 /// write lock), BASE is flushed and closed, and
@@ -25,26 +25,30 @@ internal static class CommitCommand
         var baseOption = new Option<string?>("-b") { Description = "the image of IMG's backing chain to commit into (implies -d)" };
         var keep = new Option<bool>("-d") { Description = "do not empty IMG afterwards" };
         var progress = new Option<bool>("-p") { Description = "show progress" };
+        var rate = new Option<string?>("-r") { Description = "rate limit in bytes per second (suffixes k, M, G...; 0: none)" };
         var quiet = new Option<bool>("-q") { Description = "quiet: print nothing" };
         var image = new Argument<string[]>("filename") { Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("commit", "Write an image's changes into its backing file")
-            { format, cache, baseOption, keep, progress, quiet, image };
+            { format, cache, baseOption, keep, progress, rate, quiet, image };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var files = parse.GetValue(image) ?? [];
             if (files.Length != 1) throw new CliException("Expecting one image file name");
             var cacheMode = CacheModes.Parse(parse.GetValue(cache)) ?? throw new CliException($"Invalid cache option: {parse.GetValue(cache)}");
+            long rateLimit = parse.GetValue(rate) is { } r ? ConvertRequest.ParseRateLimit(r) : 0;
             bool q = parse.GetValue(quiet);
             await RunAsync(files[0], parse.GetValue(format), parse.GetValue(baseOption), parse.GetValue(keep), cacheMode,
-                parse.GetValue(progress) && !q, ct).ConfigureAwait(false);
+                parse.GetValue(progress) && !q, ct, rateLimit).ConfigureAwait(false);
             if (!q) Console.WriteLine("Image committed.");
             return 0;
         }));
         return command;
     }
 
-    public static async Task RunAsync(string topPath, string? format, string? baseName, bool keep, CacheMode cache, bool progress, CancellationToken ct)
+    public static async Task RunAsync(string topPath, string? format, string? baseName, bool keep, CacheMode cache, bool progress, CancellationToken ct,
+        long rateLimit = 0)
     {
+        var rate = new RateLimit(rateLimit);
         if (format is not null and not "qcow2") throw new CliException("Image does not have a backing file");
         if (!File.Exists(topPath)) throw new FileNotFoundException($"Could not open '{topPath}': No such file or directory", topPath);
         var hold = TestHold.FromEnvironment();
@@ -67,7 +71,7 @@ internal static class CommitCommand
             var meter = progress ? new ConvertCommand.ProgressMeter(top.VirtualSize) : null;
             meter?.Print(0);
             if (await FormatOfAsync(target, ct).ConfigureAwait(false) == "raw")
-                await CommitIntoRawAsync(top, target, meter, hold, ct).ConfigureAwait(false);
+                await CommitIntoRawAsync(top, target, meter, hold, rate, ct).ConfigureAwait(false);
             else
             {
                 var baseImage = await host.OpenAsync(target.Path, new Qcow2OpenOptions { ReadOnly = false, Format = target.Format, Cache = cache }, ct).ConfigureAwait(false);
@@ -75,7 +79,7 @@ internal static class CommitCommand
                 {
                     // A shorter base grows to the top's size first, as QEMU's commit job does.
                     if (baseImage.VirtualSize < top.VirtualSize) await baseImage.ResizeAsync(top.VirtualSize, ct).ConfigureAwait(false);
-                    await CopyAboveAsync(top, target.Depth, meter, hold,
+                    await CopyAboveAsync(top, target.Depth, meter, hold, rate,
                         (pos, data) => baseImage.WriteAsync(pos, data, cancellationToken: ct),
                         (pos, length) => baseImage.WriteZeroesAsync(pos, length, unmap: true, cancellationToken: ct), ct).ConfigureAwait(false);
                     // Durable in the base before the top lets go of anything.
@@ -121,13 +125,14 @@ internal static class CommitCommand
     /// Commits into a raw base: the file is held with QEMU's write lock, grown to the top's size if
     /// shorter, written at the guest offsets (zeros as zero bytes) and flushed before the top is emptied.
     /// </summary>
-    private static async Task CommitIntoRawAsync(Qcow2Image top, BackingChain.Layer target, ConvertCommand.ProgressMeter? meter, TestHold hold, CancellationToken ct)
+    private static async Task CommitIntoRawAsync(Qcow2Image top, BackingChain.Layer target, ConvertCommand.ProgressMeter? meter, TestHold hold, RateLimit rate,
+        CancellationToken ct)
     {
         using var rawLock = ImageLock.Acquire(target.Path, LockMode.Writer);
         using var file = File.OpenHandle(target.Path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
         if (RandomAccess.GetLength(file) < top.VirtualSize) RandomAccess.SetLength(file, top.VirtualSize);
         var zeros = new byte[ChunkSize];
-        await CopyAboveAsync(top, target.Depth, meter, hold,
+        await CopyAboveAsync(top, target.Depth, meter, hold, rate,
             (pos, data) => RandomAccess.WriteAsync(file, data, pos, ct),
             async (pos, length) =>
             {
@@ -141,7 +146,7 @@ internal static class CommitCommand
     /// Writes every range of <paramref name="top"/>'s view that lies above depth <paramref name="depth"/>
     /// through <paramref name="write"/> (data) and <paramref name="writeZeroes"/> (zero ranges).
     /// </summary>
-    private static async Task CopyAboveAsync(Qcow2Image top, int depth, ConvertCommand.ProgressMeter? meter, TestHold hold,
+    private static async Task CopyAboveAsync(Qcow2Image top, int depth, ConvertCommand.ProgressMeter? meter, TestHold hold, RateLimit rate,
         Func<long, ReadOnlyMemory<byte>, ValueTask> write, Func<long, long, ValueTask> writeZeroes, CancellationToken ct)
     {
         var buffer = new byte[ChunkSize];
@@ -152,6 +157,7 @@ internal static class CommitCommand
             if (extent.Depth >= depth || !extent.Present) { meter?.Advance(extent.End); continue; }
             if (extent.Zero)
             {
+                await rate.WaitAsync(extent.Length, ct).ConfigureAwait(false);
                 await writeZeroes(extent.Start, extent.Length).ConfigureAwait(false);
                 await hold.WrittenAsync(extent.Length).ConfigureAwait(false);
                 meter?.Advance(extent.End);
@@ -160,6 +166,7 @@ internal static class CommitCommand
             for (long pos = extent.Start; pos < extent.End; pos += ChunkSize)
             {
                 int n = (int)Math.Min(ChunkSize, extent.End - pos);
+                await rate.WaitAsync(n, ct).ConfigureAwait(false);
                 await top.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
                 await write(pos, buffer.AsMemory(0, n)).ConfigureAwait(false);
                 await hold.WrittenAsync(n).ConfigureAwait(false);

@@ -1,10 +1,11 @@
 using System.CommandLine;
 using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Device;
 
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a compare [-f FMT] [-F FMT] [-q] [-s] [-U] A B</c>: qemu-img compare's messages and exit codes —
+/// <c>q2a compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-p] [-q] [-s] [-U] A B</c>: qemu-img compare's messages and exit codes —
 /// 0 "Images are identical.", 1 "Content mismatch at offset N!" (N the first differing byte
 /// rounded down to its 512-byte sector), 2 on any error. Images of different sizes are equal
 /// when the longer one's extra part reads as zeros. With <c>-s</c> (strict) a size difference, or
@@ -22,16 +23,21 @@ internal static class CompareCommand
         var quiet = new Option<bool>("-q") { Description = "print nothing, only set the exit code" };
         var strict = new Option<bool>("-s") { Description = "strict: images of different sizes, or with different allocation where the contents agree, differ" };
         var forceShare = ForceShareOption.Create();
+        var progress = new Option<bool>("-p") { Description = "show progress" };
+        var sourceCache = new Option<string?>("-T") { Description = "cache mode of both images: none, writeback (default), writethrough, directsync, unsafe" };
         var a = new Argument<string>("filename1");
         var b = new Argument<string>("filename2");
-        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, a, b };
+        var command = new Command("compare", "Check whether two images have the same guest content") { formatA, formatB, quiet, strict, forceShare, progress, sourceCache, a, b };
         var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction(async (parse, ct) =>
         {
             try
             {
+                var cache = ConvertRequest.ParseCache(parse.GetValue(sourceCache), source: true);
+                bool quietly = parse.GetValue(quiet);
                 return await RunAsync(sources.Resolve(parse, parse.GetValue(a)!, parse.GetValue(formatA)), sources.Resolve(parse, parse.GetValue(b)!, parse.GetValue(formatB)),
-                    parse.GetValue(quiet) ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict)).ConfigureAwait(false);
+                    quietly ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict),
+                    parse.GetValue(progress) && !quietly, cache).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -44,15 +50,26 @@ internal static class CompareCommand
     }
 
     public static Task<int> RunAsync(string pathA, string pathB, string? formatA, string? formatB, TextWriter stdout, CancellationToken ct,
-        bool forceShare = false, bool strict = false) =>
+        bool forceShare = false, bool strict = false, bool progress = false, CacheMode cache = CacheMode.Writeback) =>
         RunAsync(Sources.ImageSpec.Resolve(pathA, false, formatA, Sources.SourceObjects.Empty),
-            Sources.ImageSpec.Resolve(pathB, false, formatB, Sources.SourceObjects.Empty), stdout, ct, forceShare, strict);
+            Sources.ImageSpec.Resolve(pathB, false, formatB, Sources.SourceObjects.Empty), stdout, ct, forceShare, strict, progress, cache);
 
     public static async Task<int> RunAsync(Sources.ImageSpec specA, Sources.ImageSpec specB, TextWriter stdout, CancellationToken ct,
-        bool forceShare = false, bool strict = false)
+        bool forceShare = false, bool strict = false, bool progress = false, CacheMode cache = CacheMode.Writeback)
     {
-        await using var imgA = await Sources.ImageSources.OpenReadOnlyAsync(specA, forceShare, snapshot: null, ct).ConfigureAwait(false);
-        await using var imgB = await Sources.ImageSources.OpenReadOnlyAsync(specB, forceShare, snapshot: null, ct).ConfigureAwait(false);
+        await using var imgA = await Sources.ImageSources.OpenReadOnlyAsync(specA, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
+        await using var imgB = await Sources.ImageSources.OpenReadOnlyAsync(specB, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
+        // qemu-img compare -p: the progress line over the larger image, the result after it, then a newline.
+        var meter = progress ? new ConvertCommand.ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize)) : null;
+        meter?.Print(0);
+        int result = await CompareAsync(imgA, imgB, stdout, strict, meter, ct).ConfigureAwait(false);
+        if (meter is not null) await stdout.WriteLineAsync().ConfigureAwait(false);
+        return result;
+    }
+
+    private static async Task<int> CompareAsync(Qcow2Image imgA, Qcow2Image imgB, TextWriter stdout, bool strict, ConvertCommand.ProgressMeter? meter,
+        CancellationToken ct)
+    {
         if (strict && imgA.VirtualSize != imgB.VirtualSize)
         {
             await stdout.WriteLineAsync("Strict mode: Image size mismatch!").ConfigureAwait(false);
@@ -97,6 +114,7 @@ internal static class CompareCommand
                     }
                 }
                 pos = end;
+                meter?.Advance(pos);
             }
         }
 
@@ -116,6 +134,7 @@ internal static class CompareCommand
                 }
             }
         }
+        meter?.Print(100);
         await stdout.WriteLineAsync("Images are identical.").ConfigureAwait(false);
         return 0;
     }

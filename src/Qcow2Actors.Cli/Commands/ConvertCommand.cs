@@ -7,18 +7,13 @@ using Qcow2Actors.Engine.Create;
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-B BACKING -F FMT] [-l SNAPSHOT] [-p] SRC DST</c>.
-/// Raw output is a sparse file: zero and unallocated ranges, and zero 4 KiB blocks inside data,
-/// are left as holes. Qcow2 output is created with the engine's image creator and written
-/// through the write engine: only data is copied (qemu-img's default <c>-S 4k</c>: zero blocks
-/// inside data are skipped too), with <c>-c</c> every cluster compressed; with <c>-B</c> only
-/// what the source's top image allocates is copied, and its zeros are written as zeros.
+/// <c>q2a convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-B BACKING -F FMT] [-l SNAPSHOT] [-n] [-S SIZE] [-W] [-m N]
+/// [-t CACHE] [-T SRC_CACHE] [--target-is-zero] [--salvage] [-C] [-r RATE] [-p] [-q] [-U] SRC DST</c>, as qemu-img convert.
+/// The request (<see cref="ConvertRequest"/>) is checked first; the target is created or, with -n, opened
+/// (<see cref="IConvertTarget"/>, locked before it changes); <see cref="ConvertCopier"/> decides what to write.
 /// </summary>
 internal static class ConvertCommand
 {
-    private const int ChunkSize = 2 * 1024 * 1024;
-    private const int ZeroBlock = 4096;
-
     public static Command Create()
     {
         var format = new Option<string?>("-f") { Description = "source format (qcow2 or raw); probed when absent" };
@@ -31,13 +26,28 @@ internal static class ConvertCommand
         var backing = new Option<string?>("-B") { Description = "backing file of the target: only what the source's top image holds is copied" };
         var backingFormat = new Option<string?>("-F") { Description = "format of the target's backing file" };
         var forceShare = ForceShareOption.Create();
+        var noCreate = new Option<bool>("-n") { Description = "the target exists: write into it, do not create it (it must be at least as large)" };
+        var sparse = new Option<string?>("-S") { Description = "sparse detection: zero runs of this size are not written (default 4k; 0 writes everything)" };
+        var outOfOrder = new Option<bool>("-W") { Description = "let writes reach the target out of order" };
+        var parallel = new Option<string?>("-m") { Description = "copy requests in flight (1 to 16, default 8)" };
+        var cache = new Option<string?>("-t") { Description = "target cache mode: none, writeback (default), writethrough, directsync, unsafe" };
+        var sourceCache = new Option<string?>("-T") { Description = "source cache mode: none, writeback (default), writethrough, directsync, unsafe" };
+        var targetIsZero = new Option<bool>("--target-is-zero") { Description = "with -n: the target reads zeros, so zeros are not written" };
+        var salvage = new Option<bool>("--salvage") { Description = "source read errors become zeros, with a warning" };
+        var copyOffload = new Option<bool>("-C") { Description = "copy offloading (accepted as qemu-img accepts it; copies normally)" };
+        var rate = new Option<string?>("-r") { Description = "rate limit in bytes per second (suffixes k, M, G...; 0: none)" };
         var source = new Argument<string>("filename") { Description = "source image" };
         var target = new Argument<string>("output_filename") { Description = "target file" };
         var command = new Command("convert", "Convert an image (or one of its snapshots) to a raw or qcow2 image")
-            { format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare, source, target };
+        {
+            format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare,
+            noCreate, sparse, outOfOrder, parallel, cache, sourceCache, targetIsZero, salvage, copyOffload, rate, source, target,
+        };
         var sources = Sources.SourceOptions.AddTo(command);
-        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(
-            new ConvertRequest(parse.GetValue(source)!, parse.GetValue(target)!)
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
+        {
+            var sparseText = parse.GetValue(sparse);
+            return RunAsync(new ConvertRequest(parse.GetValue(source)!, parse.GetValue(target)!)
             {
                 Format = parse.GetValue(format),
                 OutFormat = parse.GetValue(outFormat)!,
@@ -48,8 +58,20 @@ internal static class ConvertCommand
                 BackingFile = parse.GetValue(backing),
                 BackingFormat = parse.GetValue(backingFormat),
                 ForceShare = parse.GetValue(forceShare),
+                NoCreate = parse.GetValue(noCreate),
+                SparseSize = sparseText is null ? ConvertRequest.DefaultSparseSize : ConvertRequest.ParseSparseSize(sparseText),
+                SparseSizeGiven = sparseText is not null,
+                OutOfOrder = parse.GetValue(outOfOrder),
+                Parallel = parse.GetValue(parallel) is { } m ? ConvertRequest.ParseParallel(m) : ConvertRequest.DefaultParallel,
+                TargetCache = ConvertRequest.ParseCache(parse.GetValue(cache), source: false),
+                SourceCache = ConvertRequest.ParseCache(parse.GetValue(sourceCache), source: true),
+                TargetIsZero = parse.GetValue(targetIsZero),
+                Salvage = parse.GetValue(salvage),
+                CopyOffload = parse.GetValue(copyOffload),
+                RateLimit = parse.GetValue(rate) is { } r ? ConvertRequest.ParseRateLimit(r) : 0,
                 SourceSpec = sources.Resolve(parse, parse.GetValue(source)!, parse.GetValue(format)),
-            }, ct)));
+            }, ct);
+        }));
         ConvertBitmaps.Attach(command, source, target, format, outFormat, options);
         return command;
     }
@@ -70,17 +92,18 @@ internal static class ConvertCommand
 
     public static async Task<int> RunAsync(ConvertRequest request, CancellationToken ct)
     {
+        request.Validate();
         if (request.OutFormat is not ("raw" or "qcow2"))
             throw new NotSupportedException($"output format '{request.OutFormat}' is not supported (raw or qcow2)");
         if (request.OutFormat == "raw")
         {
             if (request.Compress) throw new NotSupportedException("Compression not supported for this file format");
-            if (request.BackingFile is not null) throw new NotSupportedException("Backing file not supported for file format 'raw'");
+            if (request.BackingFile is not null && !request.NoCreate) throw new NotSupportedException("Backing file not supported for file format 'raw'");
             if (request.Options.Count > 0) throw new NotSupportedException("q2a convert -O raw takes no -o options");
         }
         // Parse the target's options before touching anything, as qemu-img does (its parse errors
         // name no file; the shared -o parser is create's).
-        var targetOptions = request.OutFormat == "qcow2" ? CreateOptions.Parse("qcow2", request.Options, imagePath: null) : null;
+        var targetOptions = request.OutFormat == "qcow2" && !request.NoCreate ? CreateOptions.Parse("qcow2", request.Options, imagePath: null) : null;
         if (targetOptions is { HelpRequested: true })
         {
             await Console.Out.WriteAsync(targetOptions.HelpText()).ConfigureAwait(false);
@@ -95,106 +118,68 @@ internal static class ConvertCommand
         if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
             throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
         await using var src = await Sources.ImageSources.OpenReadOnlyAsync(request.SourceSpec ?? Sources.ImageSpec.Resolve(request.Source, false, request.Format, Sources.SourceObjects.Empty),
-            request.ForceShare, SnapshotSelector(request.Snapshot), ct).ConfigureAwait(false);
+            request.ForceShare, SnapshotSelector(request.Snapshot), ct, request.SourceCache).ConfigureAwait(false);
         // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
         // match it, zeros past the snapshot's own end, cut at the active size.
         long size = request.Snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;
         long contentEnd = Math.Min(size, src.VirtualSize);
-        var meter = request.Progress ? new ProgressMeter(size) : null;
-        meter?.Print(0);
-        if (targetOptions is null)
-            await ToRawAsync(src, request.Target, size, contentEnd, meter, ct).ConfigureAwait(false);
-        else
+        bool hasBacking = targetOptions?.Text("backing_file") is not null || (request.NoCreate && request.BackingFile is not null);
+        var target = await OpenTargetAsync(request, targetOptions, size, ct).ConfigureAwait(false);
+        await using (target.ConfigureAwait(false))
         {
-            Qcow2CreateOptions create;
-            try
+            var meter = request.Progress ? new ProgressMeter(size) : null;
+            meter?.Print(0);
+            var plan = new ConvertPlan(size, contentEnd)
             {
-                // The source decides the size, as in qemu-img convert (a size= option is ignored).
-                create = targetOptions.ToQcow2Options(size, $"{request.Target}: error while converting qcow2: ");
-                if (create.DataFile is not null && request.Compress)
-                    throw new NotSupportedException("Compression is not supported with an external data file");
-                // qemu-img convert replaces the target, but never one another process has open.
-                if (File.Exists(request.Target))
-                {
-                    using var inUse = ImageLock.Acquire(request.Target, LockMode.Creator);
-                    File.Delete(request.Target);
-                }
-                ImageCreator.Create(request.Target, create);
-            }
-            catch (ArgumentException ex)
-            {
-                throw new ArgumentException($"{request.Target}: error while converting qcow2: {ex.Message}", ex);
-            }
-            await ToQcow2Async(src, request.Target, size, contentEnd, request.Compress, create.BackingFile is not null, meter, ct).ConfigureAwait(false);
+                SkipBelowTop = hasBacking,
+                WriteZeros = hasBacking || (request.NoCreate && !request.TargetIsZero),
+                SparseSize = request.SparseSize,
+                Parallel = request.Parallel,
+                InOrder = !request.OutOfOrder,
+                Compress = request.Compress,
+                Salvage = request.Salvage,
+                Rate = new RateLimit(request.RateLimit),
+            };
+            await new ConvertCopier(src, target, plan, meter, ct).RunAsync().ConfigureAwait(false);
+            if (target is RawConvertTarget raw) raw.Flush();
+            meter?.Finish();
         }
-        meter?.Finish();
         return 0;
     }
 
-    private static async Task ToRawAsync(Qcow2Image src, string targetPath, long size, long contentEnd, ProgressMeter? meter, CancellationToken ct)
+    /// <summary>Creates the target (or with -n opens the existing one), locked from before it changes to the end.</summary>
+    private static async Task<IConvertTarget> OpenTargetAsync(ConvertRequest request, CreateOptions? targetOptions, long size, CancellationToken ct)
     {
-        // The target is truncated: refuse one that another process holds (qemu-img's create lock).
-        using var targetLock = File.Exists(targetPath) ? ImageLock.Acquire(targetPath, LockMode.Creator) : null;
-        using var dst = File.OpenHandle(targetPath, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite);
-        RandomAccess.SetLength(dst, size);
-        var buffer = new byte[ChunkSize];
-        await foreach (var extent in src.GetMapAsync(0, contentEnd, ct).ConfigureAwait(false))
+        if (request.OutFormat == "raw") return RawConvertTarget.Open(request.Target, size, request.NoCreate);
+        if (request.NoCreate)
         {
-            if (!extent.Zero)
-            {
-                for (long pos = extent.Start; pos < extent.End; pos += ChunkSize)
-                {
-                    int n = (int)Math.Min(ChunkSize, extent.End - pos);
-                    await src.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                    await WriteSparseAsync(dst, buffer.AsMemory(0, n), pos, ct).ConfigureAwait(false);
-                    meter?.Advance(pos + n);
-                }
-            }
-            meter?.Advance(extent.End);
+            var existing = await Qcow2ConvertTarget.OpenAsync(request.Target, request.TargetCache, null, ct).ConfigureAwait(false);
+            if (existing.Size >= size) return existing;
+            await existing.DisposeAsync().ConfigureAwait(false);
+            throw new CliException("output file is smaller than input file");
         }
-    }
-
-    private static async Task ToQcow2Async(Qcow2Image src, string targetPath, long size, long contentEnd, bool compress, bool targetHasBacking,
-        ProgressMeter? meter, CancellationToken ct)
-    {
-        var host = ImageHost.Create();
+        Qcow2CreateOptions create;
         try
         {
-            var dst = await host.OpenAsync(targetPath, new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
-            try
-            {
-                var copier = new Qcow2Copier(src, dst, size, contentEnd, targetHasBacking, meter, ct);
-                await copier.RunAsync(compress).ConfigureAwait(false);
-            }
-            finally
-            {
-                // A clean close: checkpoint, journal truncated, header bits cleared.
-                await dst.DisposeAsync().ConfigureAwait(false);
-            }
+            // The source decides the size, as in qemu-img convert (a size= option is ignored).
+            create = targetOptions!.ToQcow2Options(size, $"{request.Target}: error while converting qcow2: ");
+            if (create.DataFile is not null && request.Compress)
+                throw new NotSupportedException("Compression is not supported with an external data file");
         }
-        finally
+        catch (ArgumentException ex)
         {
-            await host.DisposeAsync().ConfigureAwait(false);
+            throw new ArgumentException($"{request.Target}: error while converting qcow2: {ex.Message}", ex);
+        }
+        var hold = TestHold.FromEnvironment();
+        try
+        {
+            return await Qcow2ConvertTarget.CreateAsync(request.Target, create, request.TargetCache, () => hold.AtAsync("created"), ct).ConfigureAwait(false);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ArgumentException($"{request.Target}: error while converting qcow2: {ex.Message}", ex);
         }
     }
-
-    // Writes only the 4 KiB blocks that hold a non-zero byte; the rest stays a hole.
-    private static async ValueTask WriteSparseAsync(Microsoft.Win32.SafeHandles.SafeFileHandle dst, ReadOnlyMemory<byte> data, long offset, CancellationToken ct)
-    {
-        int start = 0;
-        while (start < data.Length)
-        {
-            while (start < data.Length && IsZero(data.Span.Slice(start, Math.Min(ZeroBlock, data.Length - start)))) start += ZeroBlock;
-            if (start >= data.Length) break;
-            int end = start;
-            while (end < data.Length && !IsZero(data.Span.Slice(end, Math.Min(ZeroBlock, data.Length - end)))) end += ZeroBlock;
-            end = Math.Min(end, data.Length);
-            await RandomAccess.WriteAsync(dst, data[start..end], offset + start, ct).ConfigureAwait(false);
-            start = end;
-        }
-    }
-
-    private static bool IsZero(ReadOnlySpan<byte> span) => !span.ContainsAnyExcept((byte)0);
 
     /// <summary>qemu-img's progress line: "    (12.34/100%)" rewritten in place with a carriage return.</summary>
     internal sealed class ProgressMeter(long total)

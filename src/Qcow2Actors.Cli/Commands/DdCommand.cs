@@ -95,31 +95,26 @@ internal static class DdCommand
             RandomAccess.FlushToDisk(raw.Handle);
             return 0;
         }
+        Qcow2ConvertTarget dst;
         try
         {
             var options = CreateOptions.Parse("qcow2", [], imagePath: null).ToQcow2Options(size - start, $"{target}: error while creating output image: ");
-            if (File.Exists(target))
-            {
-                using var inUse = ImageLock.Acquire(target, LockMode.Creator);
-                File.Delete(target);
-            }
-            ImageCreator.Create(target, options);
+            // Created and opened under one write lock: no other process gets in between.
+            dst = await Qcow2ConvertTarget.CreateAsync(target, options, CacheMode.Writeback, () => hold.AtAsync("created"), ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException)
         {
             throw CreateFailed(target, ex);
         }
-        if (skipPastEnd) await WarnSkipAsync(o).ConfigureAwait(false);
-        var buffer = new byte[Math.Min(bs, MaxChunk)];
-        await using var host = ImageHost.Create();
-        var dstImage = await host.OpenAsync(target, new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
-        await using (dstImage.ConfigureAwait(false))
+        await using (dst.ConfigureAwait(false))
         {
+            if (skipPastEnd) await WarnSkipAsync(o).ConfigureAwait(false);
+            var buffer = new byte[Math.Min(bs, MaxChunk)];
             for (long pos = start; pos < size;)
             {
                 int n = (int)Math.Min(buffer.Length, size - pos);
                 await src.ReadAsync(pos, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                await dstImage.WriteAsync(pos - start, buffer.AsMemory(0, n), cancellationToken: ct).ConfigureAwait(false);
+                await dst.Image.WriteAsync(pos - start, buffer.AsMemory(0, n), cancellationToken: ct).ConfigureAwait(false);
                 pos += n;
             }
         }

@@ -6,7 +6,8 @@ namespace Qcow2Actors.Cli.Commands;
 /// <c>q2a: test hold</c> on stderr and waits to be killed; with <c>Q2A_TEST_HOLD=end</c> it
 /// does so after its last write, before it closes the images; with <c>Q2A_TEST_HOLD=at:NAME</c>
 /// it does so at the point the verb names NAME (commit: <c>committed</c>, after the base is
-/// written and closed, before the top is emptied). Unset, nothing happens.
+/// written and closed, before the top is emptied; convert and dd with a qcow2 target: <c>created</c>, after the
+/// target is created and locked, before the engine opens it). Unset, nothing happens.
 /// </summary>
 internal sealed class TestHold
 {

@@ -13,10 +13,12 @@ namespace Qcow2Actors.Cli.Sources;
 internal static class ImageSources
 {
     /// <summary>Opens the image read-only (<paramref name="forceShare"/> is -U; it only matters for host files, as NBD takes no locks).</summary>
-    public static async Task<Qcow2Image> OpenReadOnlyAsync(ImageSpec spec, bool forceShare, string? snapshot, CancellationToken ct)
+    public static async Task<Qcow2Image> OpenReadOnlyAsync(ImageSpec spec, bool forceShare, string? snapshot, CancellationToken ct,
+        Qcow2Actors.Engine.Device.CacheMode cache = Qcow2Actors.Engine.Device.CacheMode.Writeback)
     {
+        // The cache mode (-T) applies to host files only: an export's caching is the server's.
         if (spec.IsHostFile)
-            return await Qcow2Image.OpenAsync(spec.Path!, new Qcow2OpenOptions { Format = spec.Format, ForceShare = forceShare, Snapshot = snapshot }, ct)
+            return await Qcow2Image.OpenAsync(spec.Path!, new Qcow2OpenOptions { Format = spec.Format, ForceShare = forceShare, Snapshot = snapshot, Cache = cache }, ct)
                 .ConfigureAwait(false);
 #pragma warning disable CA2000 // The image owns the device from the open on (and disposes it when the open fails).
         var device = await ConnectAsync(spec, readOnly: true, ct).ConfigureAwait(false);

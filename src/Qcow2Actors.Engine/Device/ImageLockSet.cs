@@ -24,6 +24,27 @@ public sealed class ImageLockSet : IDisposable
         }
     }
 
+    /// <summary>
+    /// Takes over <paramref name="held"/>, a lock the caller took on <paramref name="path"/>'s file
+    /// (e.g. before creating it, so no other process gets in between creation and open): the set
+    /// owns it from here on and releases it with the others, also when the open fails.
+    /// </summary>
+    public void Adopt(string path, ImageLock held)
+    {
+        ArgumentNullException.ThrowIfNull(held);
+        string key = Path.GetFullPath(path);
+        lock (_gate)
+        {
+            if (_disposed || _locks.ContainsKey(key))
+            {
+                held.Dispose();
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                return;
+            }
+            _locks.Add(key, held);
+        }
+    }
+
     /// <summary>True when this set holds a lock on <paramref name="path"/>.</summary>
     public bool Holds(string path)
     {
