@@ -21,7 +21,34 @@ internal sealed class NbdPendingRequest(ushort command, long offset, long length
     public List<NbdExtent>? Extents { get; set; }
 
     /// <summary>Bytes of a structured read that data or hole chunks covered.</summary>
-    public long Covered { get; set; }
+    public long Covered { get; private set; }
+
+    // The [start, end) ranges (relative to Offset) the chunks covered, sorted by start and never overlapping. A read
+    // gets few chunks, so a sorted list is cheap; summing lengths alone would let two overlapping chunks pass for a
+    // full read while part of the buffer was never written.
+    private List<(long Start, long End)>? _covered;
+
+    /// <summary>
+    /// Records a chunk over [start, start+length) of the read; false (recording nothing) when it overlaps a range an
+    /// earlier chunk covered, which the NBD spec forbids. <paramref name="overlapped"/> is that earlier range.
+    /// </summary>
+    public bool TryCover(long start, long length, out (long Start, long End) overlapped)
+    {
+        _covered ??= [];
+        var end = start + length;
+        // The first range ending after start is the only one that can overlap without an earlier one doing so too.
+        var at = 0;
+        while (at < _covered.Count && _covered[at].End <= start) at++;
+        if (at < _covered.Count && _covered[at].Start < end)
+        {
+            overlapped = _covered[at];
+            return false;
+        }
+        _covered.Insert(at, (start, end));
+        Covered += length;
+        overlapped = default;
+        return true;
+    }
 
     public uint Error { get; private set; }
     public string? ErrorMessage { get; private set; }

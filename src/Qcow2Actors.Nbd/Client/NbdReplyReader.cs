@@ -111,8 +111,8 @@ internal sealed class NbdReplyReader(Stream stream, NbdInFlight inFlight, string
         var at = await ReadOffsetAsync();
         long dataLength = length - OffsetDataPayload.DataOffset;
         var start = CheckInside(request, at, dataLength, "OFFSET_DATA");
+        Cover(request, start, dataLength);
         await ReadExactlyAsync(request.Buffer.Slice((int)start, (int)dataLength));
-        request.Covered += dataLength;
     }
 
     private async Task OffsetHoleAsync(NbdPendingRequest request, uint length)
@@ -123,8 +123,8 @@ internal sealed class NbdReplyReader(Stream stream, NbdInFlight inFlight, string
         long holeLength = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(OffsetHolePayload.HoleSizeOffset));
         if (holeLength == 0) throw Closed("protocol error: empty NBD_REPLY_TYPE_OFFSET_HOLE");
         var start = CheckInside(request, at, holeLength, "OFFSET_HOLE");
+        Cover(request, start, holeLength);
         request.Buffer.Span.Slice((int)start, (int)holeLength).Clear();
-        request.Covered += holeLength;
     }
 
     private long CheckInside(NbdPendingRequest request, ulong at, long length, string chunk)
@@ -132,6 +132,14 @@ internal sealed class NbdReplyReader(Stream stream, NbdInFlight inFlight, string
         if (at < (ulong)request.Offset || at - (ulong)request.Offset + (ulong)length > (ulong)request.Length)
             throw Closed(FormattableString.Invariant($"protocol error: {chunk} chunk at {at} length {length} outside the read at {request.Offset} length {request.Length}"));
         return (long)(at - (ulong)request.Offset);
+    }
+
+    /// <summary>Overlapping chunks break the protocol: fail the connection rather than trust any byte count.</summary>
+    private void Cover(NbdPendingRequest request, long start, long length)
+    {
+        if (request.TryCover(start, length, out var earlier)) return;
+        throw Closed(FormattableString.Invariant(
+            $"protocol error: the server sent overlapping read chunks at {request.Offset + start} length {length} and at {request.Offset + earlier.Start} length {earlier.End - earlier.Start} for the read at {request.Offset} length {request.Length}"));
     }
 
     private async Task<ulong> ReadOffsetAsync()
