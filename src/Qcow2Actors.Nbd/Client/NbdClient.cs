@@ -29,10 +29,17 @@ public sealed class NbdClient : IAsyncDisposable
     /// <summary>How long disposal waits for the server to take the disconnect and close its side.</summary>
     private static readonly TimeSpan DisconnectGrace = TimeSpan.FromSeconds(5);
 
+    /// <summary>How long the synchronous disconnect's blocking NBD_CMD_DISC write may take before it gives up.</summary>
+    private static readonly TimeSpan DisconnectSendTimeout = TimeSpan.FromMilliseconds(500);
+
     private readonly Socket _socket;
     private readonly Stream _stream;
     private readonly NbdInFlight _inFlight = new();
+    // Never disposed (it holds no wait handle unless AvailableWaitHandle is asked for): a request may still hold or wait
+    // on it when the client is disposed, and must end with the close reason, not an ObjectDisposedException.
+#pragma warning disable CA2213
     private readonly SemaphoreSlim _writeGate = new(1, 1);
+#pragma warning restore CA2213
     private readonly IReadOnlyDictionary<string, uint> _contexts;
     private readonly ushort _flags;
     private readonly Task _reader;
@@ -255,11 +262,12 @@ public sealed class NbdClient : IAsyncDisposable
             _inFlight.Remove(cookie);
             throw;
         }
-        catch (ObjectDisposedException)
+        // Disposal may have begun (and NBD_CMD_DISC gone out) while this request queued on the gate: nothing may follow it.
+        if (Volatile.Read(ref _disposed) != 0 || _inFlight.ClosedReason is not null)
         {
-            // Disposed meanwhile: the request already failed with the connection's end.
-            await request.Completion;
-            throw;
+            _writeGate.Release();
+            _inFlight.Remove(cookie);
+            throw _inFlight.ClosedReason ?? Disconnected();
         }
         try
         {
@@ -324,39 +332,47 @@ public sealed class NbdClient : IAsyncDisposable
                 // A server already gone or too slow to close: the connection is torn down below either way.
             }
         }
-        _inFlight.Close(NbdClientErrors.Closed(Endpoint, ExportName, "the client disconnected"));
+        _inFlight.Close(Disconnected());
         await _stream.DisposeAsync();
         await _reader; // ends on the closed stream; it never throws (failures go to the waiting requests)
-        _writeGate.Dispose();
+        // _writeGate is never disposed: a request may still hold it or wait on it, and must end with the close reason.
     }
 
     /// <summary>
-    /// The synchronous <see cref="DisposeAsync"/> for <see cref="NbdBlockDevice"/>'s Dispose: sends NBD_CMD_DISC with a
-    /// blocking write and closes the connection without waiting for the server to close its side.
+    /// The synchronous <see cref="DisposeAsync"/> for <see cref="NbdBlockDevice"/>'s Dispose: sends NBD_CMD_DISC only when
+    /// no request is being written (never waiting for the gate, and with a short send timeout), then closes the
+    /// connection without waiting for the server. Requests still waiting fail with "the client disconnected".
     /// </summary>
     internal void Disconnect()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        if (_inFlight.ClosedReason is null && _writeGate.Wait(DisconnectGrace))
+        // A zero wait: blocking a pool thread behind a stalled writer is worse than skipping the DISC (closing the
+        // socket ends the session for the server just the same).
+        if (_inFlight.ClosedReason is null && _writeGate.Wait(0))
         {
             try
             {
+                _socket.SendTimeout = (int)DisconnectSendTimeout.TotalMilliseconds;
                 _stream.Write(DisconnectRequest());
                 _socket.Shutdown(SocketShutdown.Both);
             }
             catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException)
             {
-                // The server is already gone.
+                // The server is already gone or not reading.
             }
             finally
             {
                 _writeGate.Release();
             }
         }
-        _inFlight.Close(NbdClientErrors.Closed(Endpoint, ExportName, "the client disconnected"));
+        // Fail the waiters first, so a writer that the close below interrupts reports this reason, not its own.
+        _inFlight.Close(Disconnected());
         _stream.Dispose();
-        _writeGate.Dispose();
+        // The reader ends on the closed stream and never throws (its failures go to the requests), so nothing awaits it
+        // here: a synchronous wait would block the caller's thread. _writeGate stays undisposed for its holders.
     }
+
+    private IOException Disconnected() => NbdClientErrors.Closed(Endpoint, ExportName, "the client disconnected");
 
     private static byte[] DisconnectRequest()
     {

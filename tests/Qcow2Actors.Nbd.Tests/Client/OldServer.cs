@@ -32,6 +32,9 @@ internal sealed class OldServer : IAsyncDisposable
     public bool WrongCookie { get; }
     public string? ExportNameAsked { get; private set; }
 
+    /// <summary>The command types of the requests it read, in order.</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<ushort> Commands { get; } = new();
+
     private async Task ServeAsync()
     {
         using var socket = await _listener.AcceptAsync();
@@ -69,8 +72,9 @@ internal sealed class OldServer : IAsyncDisposable
             var request = new byte[28];
             try { await stream.ReadExactlyAsync(request); }
             catch (EndOfStreamException) { return; }
-            if (served + 1 >= CloseAfterRequests) return; // hang up without a reply
             var type = BinaryPrimitives.ReadUInt16BigEndian(request.AsSpan(6));
+            Commands.Enqueue(type);
+            if (served + 1 >= CloseAfterRequests) return; // hang up without a reply
             if (type == 2) return; // DISC
             var offset = (int)BinaryPrimitives.ReadUInt64BigEndian(request.AsSpan(16));
             var length = (int)BinaryPrimitives.ReadUInt32BigEndian(request.AsSpan(24));
