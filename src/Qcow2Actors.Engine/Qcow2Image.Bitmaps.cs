@@ -104,10 +104,15 @@ public sealed partial class Qcow2Image
             cancellationToken);
     }
 
+    // Every bitmap edit closes the request gate, as a snapshot edit does: a write sets its bits before
+    // its data lands, so a clear (or a swap of a bitmap's bits) that ran while a write was inside could
+    // drop the bit of data that lands after it. With the gate closed, each write in flight finishes
+    // first (its bit then belongs to the state before the edit) and writes arriving meanwhile wait.
     private async ValueTask EditBitmapsAsync(Func<BitmapSet, Task> edit, CancellationToken cancellationToken)
     {
         Writer();
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        using var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
+        Writer();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new Write.BitmapEditRequest(edit, done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
