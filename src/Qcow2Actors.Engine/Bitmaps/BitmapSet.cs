@@ -134,6 +134,11 @@ internal sealed class BitmapSet
         if (_entries.Count >= BitmapsExtension.MaxBitmaps)
             throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: maximum number of persistent bitmaps is already reached");
         int bits = System.Numerics.BitOperations.Log2((ulong)granularity);
+        // QEMU's cap on a bitmap's data, checked before the bits are allocated (a huge disk at a fine
+        // granularity would otherwise ask for gigabytes of memory).
+        long dataBytes = (((VirtualSize + granularity - 1) >> bits) + 7) / 8;
+        if (dataBytes > BitmapDirectoryEntry.MaxDataSize || dataBytes > (long)BitmapDirectoryEntry.MaxTableSize * _clusterSize)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: Too much space will be occupied by the bitmap. Use larger granularity");
         var directory = new BitmapDirectoryEntry { Name = name, GranularityBits = (byte)bits, Flags = enabled ? BitmapFlags.Auto : BitmapFlags.None };
         Publish([.. _entries, new Entry(directory, new DirtyBitmap(bits, VirtualSize), false, enabled) { NeedsStore = true }]);
     }
