@@ -55,13 +55,17 @@ public sealed partial class Qcow2Image
     /// defaults as qemu-img's does: the cluster size, clamped to 4 KiB..64 KiB. An enabled bitmap is
     /// tracked from now on.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The name is taken or too long, the granularity is not a power of two of at least 512, or the image is v2 (qemu-img's words).</exception>
+    /// <exception cref="InvalidOperationException">The name is taken or too long, the granularity is not a power of two of at least 512, the bitmap's data would pass QEMU's 512 MiB cap, the image is v2 (qemu-img's words), or cluster 0 has no room for the bitmaps extension.</exception>
     public ValueTask AddBitmapAsync(string name, long? granularity = null, bool enabled = true, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
         long g = granularity ?? Math.Clamp((long)ClusterSize, 4096, 65536);
         int version = Header?.Version ?? 3;
-        return EditBitmapsAsync(set => { set.Add(name, g, enabled, version); return Task.CompletedTask; }, cancellationToken);
+        return EditBitmapsAsync(set =>
+        {
+            set.Add(name, g, enabled, version, _ctx!.Headers.BitmapsExtensionFits());
+            return Task.CompletedTask;
+        }, cancellationToken);
     }
 
     /// <summary>Removes bitmap <paramref name="name"/> and frees its clusters.</summary>
