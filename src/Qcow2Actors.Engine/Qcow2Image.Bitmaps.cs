@@ -55,13 +55,17 @@ public sealed partial class Qcow2Image
     /// defaults as qemu-img's does: the cluster size, clamped to 4 KiB..64 KiB. An enabled bitmap is
     /// tracked from now on.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The name is taken or too long, the granularity is not a power of two of at least 512, or the image is v2 (qemu-img's words).</exception>
+    /// <exception cref="InvalidOperationException">The name is taken or too long, the granularity is not a power of two of at least 512, the bitmap's data would pass QEMU's 512 MiB cap, the image is v2 (qemu-img's words), or cluster 0 has no room for the bitmaps extension.</exception>
     public ValueTask AddBitmapAsync(string name, long? granularity = null, bool enabled = true, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
         long g = granularity ?? Math.Clamp((long)ClusterSize, 4096, 65536);
         int version = Header?.Version ?? 3;
-        return EditBitmapsAsync(set => { set.Add(name, g, enabled, version); return Task.CompletedTask; }, cancellationToken);
+        return EditBitmapsAsync(set =>
+        {
+            set.Add(name, g, enabled, version, _ctx!.Headers.BitmapsExtensionFits());
+            return Task.CompletedTask;
+        }, cancellationToken);
     }
 
     /// <summary>Removes bitmap <paramref name="name"/> and frees its clusters.</summary>
@@ -104,10 +108,15 @@ public sealed partial class Qcow2Image
             cancellationToken);
     }
 
+    // Every bitmap edit closes the request gate, as a snapshot edit does: a write sets its bits before
+    // its data lands, so a clear (or a swap of a bitmap's bits) that ran while a write was inside could
+    // drop the bit of data that lands after it. With the gate closed, each write in flight finishes
+    // first (its bit then belongs to the state before the edit) and writes arriving meanwhile wait.
     private async ValueTask EditBitmapsAsync(Func<BitmapSet, Task> edit, CancellationToken cancellationToken)
     {
         Writer();
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        using var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
+        Writer();
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new Write.BitmapEditRequest(edit, done));
         await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);

@@ -47,6 +47,8 @@ public sealed class BitmapDirectoryEntry
     public const int MaxGranularityBits = 31;
     /// <summary>QEMU's limit on bitmap_table_size.</summary>
     public const int MaxTableSize = 0x8000000;
+    /// <summary>QEMU's limit on a bitmap's data (bitmap_table_size clusters, 512 MiB), which bounds the memory it takes.</summary>
+    public const long MaxDataSize = 0x20000000;
 
     private byte[] _extraData = [];
 
@@ -83,6 +85,8 @@ public sealed class BitmapDirectoryEntry
         if (GranularityBits is < MinGranularityBits or > MaxGranularityBits) return $"bitmap '{Name}' granularity_bits {GranularityBits} outside {MinGranularityBits}..{MaxGranularityBits}";
         if (TableSize == 0 || TableOffset == 0) return $"bitmap '{Name}' has no bitmap table";
         if ((uint)TableSize > MaxTableSize) return $"bitmap '{Name}' table size {TableSize} exceeds {MaxTableSize}";
+        if ((long)TableSize << clusterBits > MaxDataSize)
+            return $"bitmap '{Name}' data of {(long)TableSize << clusterBits} bytes exceeds the {MaxDataSize}-byte limit";
         if ((TableOffset & ((1L << clusterBits) - 1)) != 0) return $"bitmap '{Name}' table offset 0x{TableOffset:X} is not cluster aligned";
         return null;
     }

@@ -118,9 +118,12 @@ internal sealed class BitmapSet
     private static string Inconsistent(string name) =>
         $"Bitmap '{name}' is inconsistent and cannot be used";
 
-    /// <summary>Adds an empty bitmap (the owner only); tracked when <paramref name="enabled"/>.</summary>
+    /// <summary>
+    /// Adds an empty bitmap (the owner only); tracked when <paramref name="enabled"/>. Refused when
+    /// <paramref name="headerHasRoom"/> is false: cluster 0 cannot carry the bitmaps extension.
+    /// </summary>
     /// <exception cref="InvalidOperationException">The name is taken, too long, or the granularity is wrong (qemu-img's words).</exception>
-    public void Add(string name, long granularity, bool enabled, int imageVersion)
+    public void Add(string name, long granularity, bool enabled, int imageVersion, bool headerHasRoom = true)
     {
         if (_entries.Any(e => e.Name == name)) throw new InvalidOperationException($"Bitmap already exists: {name}");
         if (granularity < 512 || (granularity & (granularity - 1)) != 0)
@@ -133,7 +136,14 @@ internal sealed class BitmapSet
         if (imageVersion < 3) throw new InvalidOperationException("Cannot store dirty bitmaps in qcow2 v2 files");
         if (_entries.Count >= BitmapsExtension.MaxBitmaps)
             throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: maximum number of persistent bitmaps is already reached");
+        if (!headerHasRoom)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: the {_clusterSize}-byte header cluster has no room for the bitmaps extension (a shorter backing file name would make room)");
         int bits = System.Numerics.BitOperations.Log2((ulong)granularity);
+        // QEMU's cap on a bitmap's data, checked before the bits are allocated (a huge disk at a fine
+        // granularity would otherwise ask for gigabytes of memory).
+        long dataBytes = (((VirtualSize + granularity - 1) >> bits) + 7) / 8;
+        if (dataBytes > BitmapDirectoryEntry.MaxDataSize || dataBytes > (long)BitmapDirectoryEntry.MaxTableSize * _clusterSize)
+            throw new InvalidOperationException($"Can't make bitmap '{name}' persistent: Too much space will be occupied by the bitmap. Use larger granularity");
         var directory = new BitmapDirectoryEntry { Name = name, GranularityBits = (byte)bits, Flags = enabled ? BitmapFlags.Auto : BitmapFlags.None };
         Publish([.. _entries, new Entry(directory, new DirtyBitmap(bits, VirtualSize), false, enabled) { NeedsStore = true }]);
     }

@@ -135,6 +135,20 @@ internal sealed class HeaderWriter
         }
     }
 
+    /// <summary>
+    /// True when cluster 0 has room for the bitmaps extension (or already carries it). Asked before a
+    /// first bitmap is added, so a header that cannot take it refuses the add before any cluster is
+    /// allocated, instead of failing the checkpoint's header write afterwards.
+    /// </summary>
+    public bool BitmapsExtensionFits()
+    {
+        lock (_lock)
+        {
+            if (_block.Bitmaps is not null) return true;
+            return _block.EncodedLength + HeaderExtension.StoredSizeOf(BitmapsExtension.DataLength) <= _block.Header.ClusterSize;
+        }
+    }
+
     /// <summary>Changes header fields and writes cluster 0 in place (the caller flushes).</summary>
     public void Update(Action<Qcow2Header> change)
     {

@@ -1,0 +1,82 @@
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
+
+namespace Qcow2Actors.Engine.Tests.Bitmaps;
+
+/// <summary>
+/// Bitmap edits racing writes: a write sets its bits before its data lands, so an edit that clears
+/// bits must not run between the two, or the next incremental backup misses data that changed.
+/// </summary>
+public sealed class BitmapEditRaceTests : HostedImageTests
+{
+    private const int KiB = 1024, MiB = 1024 * KiB;
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    private static byte[] Fill(int length, byte value) => Enumerable.Repeat(value, length).ToArray();
+
+    /// <summary>Once armed, holds the first device write until released, telling the test when it arrived.</summary>
+    private sealed class WriteHold
+    {
+        private int _held;
+        public volatile bool Armed;
+        public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public bool TakeThisOne() => Armed && Interlocked.Exchange(ref _held, 1) == 0;
+    }
+
+    private sealed class HoldOneWrite(IBlockDevice inner, WriteHold hold) : DelegatingDevice(inner)
+    {
+        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
+        {
+            if (hold.TakeThisOne())
+            {
+                hold.Arrived.TrySetResult();
+                await hold.Release.Task;
+            }
+            await base.WriteCoreAsync(buffer, offset, cancellationToken);
+        }
+    }
+
+    private static async Task<List<BitmapExtent>> ExtentsAsync(Qcow2Image image, string name)
+    {
+        var list = new List<BitmapExtent>();
+        await foreach (var e in image.GetBitmapExtentsAsync(name, 0, image.VirtualSize)) list.Add(e);
+        return list;
+    }
+
+    [Fact]
+    public async Task A_clear_waits_for_the_write_in_flight_and_a_write_arriving_meanwhile_lands_in_the_cleared_bitmap()
+    {
+        var path = Dir.File("clear.qcow2");
+        var hold = new WriteHold();
+        var options = new Qcow2OpenOptions
+        {
+            ReadOnly = false,
+            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
+        };
+        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
+        await using var image = await Host.OpenAsync(path, options);
+        await image.WriteAsync(0, Fill(64 * KiB, 0x01));
+        await image.FlushAsync();
+        await image.AddBitmapAsync("b", 65536);
+
+        hold.Armed = true;
+        // An owned cluster: its bit is set, then its data waits at the device.
+        var inFlight = image.WriteAsync(0, Fill(4 * KiB, 0x02)).AsTask();
+        await hold.Arrived.Task.WaitAsync(Timeout);
+        var clear = image.ClearBitmapAsync("b").AsTask();
+        // Before the fix the clear finished here, and the held data landed after it with no bit set.
+        Assert.True(SpinWait.SpinUntil(() => image.EditHoldsRequests || clear.IsCompleted, Timeout));
+        Assert.False(clear.IsCompleted, "the clear waits for the write in flight");
+        var arriving = image.WriteAsync(1 * MiB, Fill(512, 0x03)).AsTask();
+        Assert.False(arriving.IsCompleted, "a write arriving during the clear waits for it");
+
+        hold.Release.TrySetResult();
+        await Task.WhenAll(inFlight, clear, arriving).WaitAsync(Timeout);
+        // The write in flight belongs to the state before the clear; the one that waited, after it.
+        Assert.Equal(
+            [new(0, 1 * MiB, false), new(1 * MiB, 64 * KiB, true), new(1 * MiB + 64 * KiB, 3 * MiB - 64 * KiB, false)],
+            await ExtentsAsync(image, "b"));
+    }
+}
