@@ -15,29 +15,6 @@ public sealed class BitmapEditRaceTests : HostedImageTests
 
     private static byte[] Fill(int length, byte value) => Enumerable.Repeat(value, length).ToArray();
 
-    /// <summary>Once armed, holds the first device write until released, telling the test when it arrived.</summary>
-    private sealed class WriteHold
-    {
-        private int _held;
-        public volatile bool Armed;
-        public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public bool TakeThisOne() => Armed && Interlocked.Exchange(ref _held, 1) == 0;
-    }
-
-    private sealed class HoldOneWrite(IBlockDevice inner, WriteHold hold) : DelegatingDevice(inner)
-    {
-        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
-        {
-            if (hold.TakeThisOne())
-            {
-                hold.Arrived.TrySetResult();
-                await hold.Release.Task;
-            }
-            await base.WriteCoreAsync(buffer, offset, cancellationToken);
-        }
-    }
-
     private static async Task<List<BitmapExtent>> ExtentsAsync(Qcow2Image image, string name)
     {
         var list = new List<BitmapExtent>();

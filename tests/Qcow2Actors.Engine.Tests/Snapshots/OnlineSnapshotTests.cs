@@ -264,29 +264,6 @@ public sealed class OnlineSnapshotTests : HostedImageTests
         await Assert.ThrowsAsync<SnapshotEditException>(() => image.DeleteSnapshotAsync("made-by-qemu").AsTask());
     }
 
-    /// <summary>Once armed, holds the first write (of any handle sharing it) until released, telling the test when it arrived.</summary>
-    private sealed class WriteHold
-    {
-        private int _held;
-        public volatile bool Armed;
-        public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public bool TakeThisOne() => Armed && Interlocked.Exchange(ref _held, 1) == 0;
-    }
-
-    private sealed class HoldOneWrite(IBlockDevice inner, WriteHold hold) : DelegatingDevice(inner)
-    {
-        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
-        {
-            if (hold.TakeThisOne())
-            {
-                hold.Arrived.TrySetResult();
-                await hold.Release.Task;
-            }
-            await base.WriteCoreAsync(buffer, offset, cancellationToken);
-        }
-    }
-
     [QemuFact]
     public async Task A_write_in_flight_lands_in_the_snapshot_and_a_read_that_arrives_meanwhile_waits_for_it()
     {
