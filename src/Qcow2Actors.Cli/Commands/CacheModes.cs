@@ -15,4 +15,11 @@ internal static class CacheModes
         "none" or "off" or "directsync" => CacheMode.None,
         _ => null,
     };
+
+    /// <summary>
+    /// Parses <c>-t</c> (<paramref name="source"/> false) or <c>-T</c> of convert, compare and commit,
+    /// refusing an unknown mode in qemu-img's words.
+    /// </summary>
+    public static CacheMode ParseOrRefuse(string? text, bool source) =>
+        Parse(text) ?? throw new CliException($"Invalid {(source ? "source " : "")}cache option: {text}");
 }

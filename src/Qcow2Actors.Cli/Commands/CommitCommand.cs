@@ -34,7 +34,7 @@ internal static class CommitCommand
         {
             var files = parse.GetValue(image) ?? [];
             if (files.Length != 1) throw new CliException("Expecting one image file name");
-            var cacheMode = CacheModes.Parse(parse.GetValue(cache)) ?? throw new CliException($"Invalid cache option: {parse.GetValue(cache)}");
+            var cacheMode = CacheModes.ParseOrRefuse(parse.GetValue(cache), source: false);
             long rateLimit = parse.GetValue(rate) is { } r ? ConvertRequest.ParseRateLimit(r) : 0;
             bool q = parse.GetValue(quiet);
             await RunAsync(files[0], parse.GetValue(format), parse.GetValue(baseOption), parse.GetValue(keep), cacheMode,

@@ -33,7 +33,7 @@ internal static class CompareCommand
         {
             try
             {
-                var cache = ConvertRequest.ParseCache(parse.GetValue(sourceCache), source: true);
+                var cache = CacheModes.ParseOrRefuse(parse.GetValue(sourceCache), source: true);
                 bool quietly = parse.GetValue(quiet);
                 return await RunAsync(sources.Resolve(parse, parse.GetValue(a)!, parse.GetValue(formatA)), sources.Resolve(parse, parse.GetValue(b)!, parse.GetValue(formatB)),
                     quietly ? TextWriter.Null : Console.Out, ct, parse.GetValue(forceShare), parse.GetValue(strict),

@@ -88,10 +88,6 @@ internal sealed record ConvertRequest(string Source, string Target)
             ? (long)value
             : throw new CliException("Invalid rate limit specified. " + SuffixHint);
 
-    /// <summary>Parses <c>-t</c> (<paramref name="source"/> false) or <c>-T</c>.</summary>
-    public static CacheMode ParseCache(string? text, bool source) =>
-        CacheModes.Parse(text) ?? throw new CliException($"Invalid {(source ? "source " : "")}cache option: {text}");
-
     // qemu-img prints this on two lines; q2a's errors are one line.
     private const string SuffixHint = "You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.";
 }

@@ -39,10 +39,10 @@ public sealed class ConvertRequestTests
     [Fact]
     public void Cache_modes_map_onto_the_engine_s_and_name_the_bad_one()
     {
-        Assert.Equal(CacheMode.None, ConvertRequest.ParseCache("directsync", source: false));
-        Assert.Equal(CacheMode.Writeback, ConvertRequest.ParseCache("unsafe", source: true));
-        Assert.Equal("Invalid source cache option: x", Assert.Throws<CliException>(() => ConvertRequest.ParseCache("x", source: true)).Message);
-        Assert.Equal("Invalid cache option: x", Assert.Throws<CliException>(() => ConvertRequest.ParseCache("x", source: false)).Message);
+        Assert.Equal(CacheMode.None, CacheModes.ParseOrRefuse("directsync", source: false));
+        Assert.Equal(CacheMode.Writeback, CacheModes.ParseOrRefuse("unsafe", source: true));
+        Assert.Equal("Invalid source cache option: x", Assert.Throws<CliException>(() => CacheModes.ParseOrRefuse("x", source: true)).Message);
+        Assert.Equal("Invalid cache option: x", Assert.Throws<CliException>(() => CacheModes.ParseOrRefuse("x", source: false)).Message);
     }
 
     [Fact]
