@@ -51,16 +51,26 @@ public sealed class NbdServerHardeningTests
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
         Assert.Equal((0u, 1ul), ((await c.ReadSimpleReplyAsync(512)).Error, 1ul));
 
-        // The check at 30 s finds the client active at 20 s (the request) or at 30 s (its reply leaving, which
-        // may trail the client reading it): it looks again when 30 s of quiet would be up.
+        // The server stamps activity when the request arrives (20 s) and when its reply has gone, which may trail
+        // the client reading it, even past the next advance. Each check re-arms for the rest of 30 s of quiet, so
+        // the close comes 30 s after the last stamp: never before 50 s, and after a bounded number of checks.
+        var now = TimeSpan.FromSeconds(30);
         time.Advance(TimeSpan.FromSeconds(10));
-        var again = await time.NextArmedAsync();
-        Assert.InRange(again, TimeSpan.FromSeconds(20), TimeSpan.FromSeconds(30));
-        Assert.Empty(log.Warnings);
-        Assert.Equal(1, server.ConnectionCount);
-
-        time.Advance(again);
-        Assert.True(await c.WaitForCloseAsync(), "an idle client outlived the idle timeout");
+        var closed = c.WaitForCloseAsync(30_000);
+        for (var checks = 0; ; checks++)
+        {
+            Assert.True(checks < 4, "the idle check kept re-arming without closing the idle client");
+            var armed = time.NextArmedAsync();
+            if (await Task.WhenAny(closed, armed) == closed) break;
+            var again = await armed;
+            Assert.InRange(again, TimeSpan.FromTicks(1), TimeSpan.FromSeconds(30));
+            Assert.True(now + again >= TimeSpan.FromSeconds(50), $"the client would be closed at {now + again} though it asked at 20 s");
+            Assert.Empty(log.Warnings);
+            Assert.Equal(1, server.ConnectionCount);
+            now += again;
+            time.Advance(again);
+        }
+        Assert.True(await closed, "an idle client outlived the idle timeout");
         Assert.Contains("no request for 30 s (idle-timeout)", Assert.Single(log.Warnings));
         Assert.Equal(1, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "idle-timeout")));
     }
