@@ -31,6 +31,7 @@ internal static class Verbs
         ("bench", () => [Commands.BenchCommand.Create()]),
         ("measure", () => [Commands.MeasureCommand.Create()]),
         ("amend", () => [Commands.AmendCommand.Create()]),
+        ("crash", () => [Commands.CrashCommand.Create()]),
     ];
 
     /// <summary>The q2a command line: every verb under one root.</summary>
