@@ -1,0 +1,119 @@
+using Qcow2Actors.CrashLab.Materialize;
+using Qcow2Actors.CrashLab.States;
+using Qcow2Actors.Engine;
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.CrashLab.Tests.Materialize;
+
+public sealed class CrashStateDeltaTests : IAsyncLifetime
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("q2a-delta-").FullName;
+    private ImageHost _host = null!;
+
+    public Task InitializeAsync()
+    {
+        _host = ImageHost.Create();
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _host.DisposeAsync();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    // An image whose snapshot "base" holds 0x11 in its first 64 KiB, with different live data after it.
+    private async Task<string> ImageWithSnapshotAsync()
+    {
+        var path = Path.Combine(_dir, "img.qcow2");
+        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = 1 << 20 }))
+        {
+            await image.WriteAsync(0, Enumerable.Repeat((byte)0x11, 65536).ToArray());
+            await image.CreateSnapshotAsync("base");
+            await image.WriteAsync(0, Enumerable.Repeat((byte)0x99, 65536).ToArray());
+        }
+
+        return path;
+    }
+
+    private async Task<(CrashStateSpace Space, CrashBase Base)> SetUpAsync(Action<CrashLogWriter> workload)
+    {
+        var image = await ImageWithSnapshotAsync();
+        var logPath = Path.Combine(_dir, "rec.log");
+        await using (var writer = CrashLogWriter.Create(logPath, new CrashLogHeader(image, "base", 1 << 20, DateTimeOffset.UnixEpoch)))
+            workload(writer);
+        var space = CrashStateSpace.Build(CrashLogReader.Read(logPath), 512);
+        var baseImage = await CrashBase.ExtractAsync(_host, space.Log.Header, Path.Combine(_dir, "base.raw"));
+        return (space, baseImage);
+    }
+
+    [Fact]
+    public async Task The_base_is_the_snapshot_not_the_live_image()
+    {
+        var (_, baseImage) = await SetUpAsync(_ => { });
+        using (baseImage)
+        {
+            var bytes = new byte[65536];
+            baseImage.Read(0, bytes);
+            Assert.All(bytes, b => Assert.Equal(0x11, b));
+        }
+    }
+
+    [Fact]
+    public async Task Only_sectors_that_differ_from_the_base_are_in_the_delta()
+    {
+        var (space, baseImage) = await SetUpAsync(w =>
+        {
+            // Rewrites base bytes unchanged in its first sector, changes the second.
+            var data = new byte[1024];
+            data.AsSpan(0, 512).Fill(0x11);
+            data.AsSpan(512).Fill(0x22);
+            w.Complete(w.BeginWrite(0, data, fua: false), ok: true);
+            w.Complete(w.BeginWriteZeroes(8192, 512, mayUnmap: false, fua: false), ok: true);
+            w.Complete(w.BeginFlush(), ok: true);
+        });
+        using (baseImage)
+        {
+            var delta = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage);
+
+            Assert.Equal([512L, 8192L], delta.Runs.Select(r => r.Offset));
+            Assert.All(delta.Runs, r => Assert.Equal(512, r.Data.Length));
+            Assert.All(delta.Runs[0].Data, b => Assert.Equal(0x22, b));
+            Assert.All(delta.Runs[1].Data, b => Assert.Equal(0, b));
+        }
+    }
+
+    [QemuFact]
+    public async Task A_state_written_as_an_overlay_reads_as_base_plus_its_kept_sectors_and_passes_qemu_img_check()
+    {
+        var (space, baseImage) = await SetUpAsync(w =>
+        {
+            var data = new byte[4096];
+            data.AsSpan().Fill(0x33);
+            w.Complete(w.BeginWrite(131072, data, fua: false), ok: true);
+        });
+        using (baseImage)
+        {
+            // Torn keeping the first 3 of 8 sectors (digit 2 + 2 = 4 in exhaustive numbering).
+            var state = space.Resolve("p0x4");
+            Assert.Equal((CrashWriteFate.Torn, 3), (state.Choices[0].Fate, state.Choices[0].SectorsKept));
+            var overlay = Path.Combine(_dir, "state.qcow2");
+            var raw = Path.Combine(_dir, "state.raw");
+            var standalone = Path.Combine(_dir, "standalone.qcow2");
+            var delta = CrashStateDelta.Build(state, baseImage);
+            await CrashStateWriter.WriteAsync(_host, baseImage, delta, overlay, CrashStateImageFormat.Overlay);
+            await CrashStateWriter.WriteAsync(_host, baseImage, delta, raw, CrashStateImageFormat.Raw);
+            await CrashStateWriter.WriteAsync(_host, baseImage, delta, standalone, CrashStateImageFormat.Standalone);
+
+            QemuTools.QemuImg("check", overlay).EnsureSuccess();
+            QemuTools.QemuImg("check", standalone).EnsureSuccess();
+            foreach (var (path, format) in new[] { (overlay, "qcow2"), (raw, "raw"), (standalone, "qcow2") })
+            {
+                QemuTools.QemuIo("-r", "-f", format, "-c", "read -P 0x11 0 65536", path).EnsureSuccess();
+                QemuTools.QemuIo("-r", "-f", format, "-c", "read -P 0x33 131072 1536", path).EnsureSuccess();
+                QemuTools.QemuIo("-r", "-f", format, "-c", "read -P 0 132608 2560", path).EnsureSuccess();
+            }
+        }
+    }
+}
