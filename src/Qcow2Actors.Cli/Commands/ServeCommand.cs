@@ -3,6 +3,7 @@ using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using Qcow2Actors.CrashLab;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Create;
 using Qcow2Actors.Format;
@@ -14,7 +15,7 @@ namespace Qcow2Actors.Cli.Commands;
 /// <summary>
 /// <c>q2a serve [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--read-only]
 /// [--discard=ignore|unmap] [--cache=none|writeback] [--create SIZE] [-f FMT] [--config FILE]
-/// [--tls-creds DIR [--tls off|optional|required] [--tls-authz SUBJECT]...] [LIMITS] IMG...</c>
+/// [--tls-creds DIR [--tls off|optional|required] [--tls-authz SUBJECT]...] [--record LOG] [LIMITS] IMG...</c>
 /// (LIMITS: --max-connections, --max-negotiating, --handshake-timeout, --idle-timeout, --max-in-flight-requests,
 /// --max-in-flight-bytes): serves each
 /// image as an NBD export named after its file, prints one <c>Serving URI</c> line per export,
@@ -47,10 +48,11 @@ internal static class ServeCommand
         var maxInFlightBytes = new Option<string?>("--max-in-flight-bytes") { Description = "payload bytes one connection may hold, replies not yet read included (default 64M)" };
         var bitmap = new Option<string[]>("--bitmap", "-B") { Description = "offer this persistent dirty bitmap as the NBD context qemu:dirty-bitmap:NAME (repeatable; one image), as qemu-nbd", AllowMultipleArgumentsPerToken = false };
         var allocationDepth = new Option<bool>("--allocation-depth", "-A") { Description = "offer the NBD context qemu:allocation-depth (0 unallocated, 1 this image, N the (N-1)th backing file), as qemu-nbd" };
+        var record = new Option<string?>("--record") { Description = "record every write, zero, trim, flush and FUA of the guest into this new crash-lab log, from an internal snapshot taken at start (one qcow2 image; for q2a crash)" };
         var images = new Argument<string[]>("filename") { Description = "images to serve", Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("serve", "Serve images over NBD until SIGINT, SIGTERM or SIGHUP")
             {
-                bind, port, socket, exportName, readOnly, discard, cache, create, format, config, bitmap, allocationDepth,
+                bind, port, socket, exportName, readOnly, discard, cache, create, format, config, bitmap, allocationDepth, record,
                 tlsCreds, tls, tlsAuthz,
                 maxConnections, maxNegotiating, handshakeTimeout, idleTimeout, maxInFlightRequests, maxInFlightBytes, images,
             };
@@ -66,7 +68,7 @@ internal static class ServeCommand
                 parse.GetValue(config), parse.GetValue(discard), parse.GetValue(cache),
                 new ServeLimitOptions(parse.GetValue(maxConnections), parse.GetValue(maxNegotiating), parse.GetValue(handshakeTimeout),
                     parse.GetValue(idleTimeout), parse.GetValue(maxInFlightRequests), parse.GetValue(maxInFlightBytes)),
-                parse.GetValue(bitmap), parse.GetValue(allocationDepth));
+                parse.GetValue(bitmap), parse.GetValue(allocationDepth), parse.GetValue(record));
             settings = ServeTls.Apply(settings, parse.GetValue(tlsCreds), parse.GetValue(tls), parse.GetValue(tlsAuthz));
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             using var signals = new ShutdownSignals();
@@ -114,7 +116,11 @@ internal static class ServeCommand
             });
             await server.StartAsync().ConfigureAwait(false);
             foreach (var export in exports)
+            {
+                if (export is RecordingExport recording)
+                    await stdout.WriteLineAsync($"Recording '{export.Name}' into {recording.LogPath} from snapshot {recording.BaseSnapshot}").ConfigureAwait(false);
                 await stdout.WriteLineAsync($"Serving {server.GetUri(export.Name)}").ConfigureAwait(false);
+            }
             await stdout.FlushAsync().ConfigureAwait(false);
 
             await stop.ConfigureAwait(false);
@@ -141,8 +147,10 @@ internal static class ServeCommand
         bool clean = true;
         try
         {
-            // An image that turned read-only cannot flush; its journal keeps what was acknowledged.
-            if (!export.IsReadOnly && !faults.TurnedReadOnly(path)) await export.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+            // An image that turned read-only cannot flush; its journal keeps what was acknowledged. A recording's
+            // image is flushed past the recorder: this flush is the server's, not the guest's.
+            var target = export is RecordingExport recording ? recording.Inner : export;
+            if (!export.IsReadOnly && !faults.TurnedReadOnly(path)) await target.FlushAsync(CancellationToken.None).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
@@ -153,8 +161,8 @@ internal static class ServeCommand
         }
         try
         {
-            // A clean close: checkpoint, journal truncated, header bits cleared. Close the others anyway
-            // when this one fails: the journal makes the next open recover it.
+            // A clean close: checkpoint, journal truncated, header bits cleared (a recording's log is closed first).
+            // Close the others anyway when this one fails: the journal makes the next open recover it.
             if (export is IAsyncDisposable async) await async.DisposeAsync().ConfigureAwait(false);
             else (export as IDisposable)?.Dispose();
         }
@@ -179,6 +187,13 @@ internal static class ServeCommand
                 RandomAccess.SetLength(created, size);
             }
         }
+        // Before the image is opened: a recording never overwrites a log, and needs a qcow2 image's snapshot.
+        if (spec.Record is { } log)
+        {
+            RecordingExport.RefuseExisting(Path.GetFullPath(log));
+            if (IsRaw(spec))
+                throw new ArgumentException($"--record cannot record '{spec.Path}': a raw image has no internal snapshot to start from (convert it to qcow2)");
+        }
         // The write engine drives qcow2; a raw image is served as the plain file it is.
         if (!spec.ReadOnly && IsRaw(spec))
         {
@@ -189,18 +204,32 @@ internal static class ServeCommand
         var image = await host.OpenAsync(spec.Path,
             new Qcow2OpenOptions { ReadOnly = spec.ReadOnly, Format = spec.Format, OnFault = onFault, DeviceFactory = deviceFactory, Cache = spec.Cache })
             .ConfigureAwait(false);
+        Qcow2Export export;
         try
         {
-            return new Qcow2Export(image, spec.Name, spec.ReadOnly, ownsImage: true, discard: spec.Discard)
+#pragma warning disable CA2000 // returned to the caller, or closed below when the recording cannot start
+            export = new Qcow2Export(image, spec.Name, spec.ReadOnly, ownsImage: true, discard: spec.Discard)
             {
                 AllocationDepth = spec.AllocationDepth,
                 DirtyBitmaps = spec.Bitmaps ?? [],
             };
+#pragma warning restore CA2000
         }
         catch
         {
             // A bitmap the image does not have (or cannot export): close what was opened, then say which.
             await image.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+        if (spec.Record is null) return export;
+        try
+        {
+            // The base snapshot is taken here, before the server starts: no guest request can come first.
+            return await RecordingExport.StartAsync(export, spec.Record, ownsInner: true).ConfigureAwait(false);
+        }
+        catch
+        {
+            await export.DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }

@@ -22,9 +22,10 @@ internal sealed record ServeLimitOptions(
 /// <param name="Cache">How the image's files use the host page cache (qemu-nbd's --cache).</param>
 /// <param name="Bitmaps">Persistent dirty bitmaps offered as <c>qemu:dirty-bitmap:NAME</c> (qemu-nbd's -B), in listing order.</param>
 /// <param name="AllocationDepth">Offer <c>qemu:allocation-depth</c> (qemu-nbd's -A).</param>
+/// <param name="Record">Record the guest's writes and flushes into this new crash-lab log (<c>--record</c>); null: no recording.</param>
 internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, string? Format, long? CreateSize,
     DiscardMode Discard = DiscardMode.Unmap, CacheMode Cache = CacheMode.Writeback,
-    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false);
+    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false, string? Record = null);
 
 /// <summary>
 /// What <c>q2a serve</c> serves and where, from the command line and optionally a HOCON file:
@@ -45,6 +46,7 @@ internal sealed record ExportSpec(string Path, string Name, bool ReadOnly, strin
 ///   exports {
 ///     disk { path = "disk.qcow2", create = 10G, discard = ignore, cache = none }
 ///     vm { path = "vm.qcow2", bitmaps = [backup-1], allocation-depth = on }  # qemu:dirty-bitmap:backup-1
+///     lab { path = "lab.qcow2", record = "lab.crashlog" }  # as --record: a new crash-lab log
 ///     base { path = "/images/base.qcow2", read-only = true, format = qcow2 }
 ///   }
 /// }
@@ -91,7 +93,7 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
 
     public static ServeSettings From(string[] images, string? bind, int? port, string? socket, string? exportName,
         bool readOnly, string? create, string? format, string? configFile, string? discard = null, string? cache = null,
-        ServeLimitOptions? limits = null, IReadOnlyList<string>? bitmaps = null, bool allocationDepth = false)
+        ServeLimitOptions? limits = null, IReadOnlyList<string>? bitmaps = null, bool allocationDepth = false, string? record = null)
     {
         bitmaps ??= [];
         limits ??= new ServeLimitOptions();
@@ -137,6 +139,9 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
         if (exportName is { Length: 0 }) throw new ArgumentException("--export-name must not be empty");
         if (bitmaps.Count > 0 && images.Length != 1)
             throw new ArgumentException("--bitmap needs exactly one image on the command line (per-export bitmaps go in --config)");
+        if (record is not null && images.Length != 1)
+            throw new ArgumentException("--record needs exactly one image on the command line (per-export logs go in --config)");
+        if (record is { Length: 0 }) throw new ArgumentException("--record must name a log file");
         long? createSize = create is null ? null : ParseSize(create);
 
         var exports = new List<ExportSpec>();
@@ -160,20 +165,30 @@ internal sealed record ServeSettings(IReadOnlyList<ExportSpec> Exports, EndPoint
                 var exportBitmaps = e.HasPath("bitmaps") ? e.GetStringList("bitmaps") : [];
                 if (exportBitmaps.FirstOrDefault(string.IsNullOrEmpty) is not null)
                     throw new ArgumentException($"bitmaps of export '{entry.Key}' in {configFile} has an empty name");
+                var exportRecord = NonEmpty(e.GetString("record", null));
+                if (exportRecord is not null && configFile is not null && !System.IO.Path.IsPathRooted(exportRecord))
+                    exportRecord = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(configFile))!, exportRecord);
                 exports.Add(new ExportSpec(path, NonEmpty(e.GetString("name", null)) ?? entry.Key,
                     readOnly || e.GetBoolean("read-only", defaultReadOnly),
                     format ?? NonEmpty(e.GetString("format", null)),
                     size is null ? createSize : ParseSize(size), exportDiscard, exportCache,
-                    exportBitmaps.ToArray(), allocationDepth || e.GetBoolean("allocation-depth", defaultAllocationDepth)));
+                    exportBitmaps.ToArray(), allocationDepth || e.GetBoolean("allocation-depth", defaultAllocationDepth), exportRecord));
             }
         }
         foreach (var image in images)
             exports.Add(new ExportSpec(image, exportName ?? System.IO.Path.GetFileName(image), defaultReadOnly, format, createSize, defaultDiscard, defaultCache,
                 // qemu-nbd lists -B bitmaps last given first; so do we.
-                bitmaps.Reverse().Distinct(StringComparer.Ordinal).ToArray(), defaultAllocationDepth));
+                bitmaps.Reverse().Distinct(StringComparer.Ordinal).ToArray(), defaultAllocationDepth, record));
         if (exports.Count == 0) throw new ArgumentException("no image to serve: name one or more, or give --config with exports");
         if (exports.Select(e => e.Name).GroupBy(n => n, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } duplicate)
             throw new ArgumentException($"two exports are named '{duplicate.Key}'; serve them from one directory per name or use --config");
+        foreach (var e in exports.Where(e => e.Record is not null))
+        {
+            if (e.ReadOnly) throw new ArgumentException($"--record cannot record '{e.Path}': it is served read-only, so there is nothing to record");
+            if (e.Format == "raw") throw new ArgumentException($"--record cannot record '{e.Path}': a raw image has no internal snapshot to start from (convert it to qcow2)");
+        }
+        if (exports.Where(e => e.Record is not null).GroupBy(e => System.IO.Path.GetFullPath(e.Record!), StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } shared)
+            throw new ArgumentException($"two exports record into '{shared.Key}'; give each its own log");
         if (format is not null and not ("qcow2" or "raw"))
             throw new ArgumentException($"unknown format '{format}' (qcow2 or raw)");
 

@@ -1,10 +1,12 @@
+using Qcow2Actors.CrashLab;
 using Qcow2Actors.Nbd.Exports;
 using Qcow2Actors.Nbd.Throttling;
 
 namespace Qcow2Actors.Host.Registry;
 
 /// <summary>An NBD export of an image: what the NBD server serves under <see cref="Name"/>.</summary>
-internal sealed class ExportEntry(string name, ImageEntry image, bool readOnly, Qcow2Export export, ThrottledExport served)
+internal sealed class ExportEntry(string name, ImageEntry image, bool readOnly, Qcow2Export export, ThrottledExport served,
+    RecordingExport? recording = null)
 {
     public string Name { get; } = name;
     public ImageEntry Image { get; } = image;
@@ -12,6 +14,9 @@ internal sealed class ExportEntry(string name, ImageEntry image, bool readOnly, 
 
     /// <summary>The image's export (which does not own the image).</summary>
     public Qcow2Export Export { get; } = export;
+
+    /// <summary>The recorder between the throttle and <see cref="Export"/> (it owns the log, not the export); null: not recording.</summary>
+    public RecordingExport? Recording { get; } = recording;
 
     /// <summary>The export the NBD server holds (the image's export, wrapped by the throttle when there is one).</summary>
     public ThrottledExport Served { get; } = served;

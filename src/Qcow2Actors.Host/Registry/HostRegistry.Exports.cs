@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Qcow2Actors.Host.Api.Contracts;
+using Qcow2Actors.Nbd;
 using Qcow2Actors.Nbd.Exports;
 
 namespace Qcow2Actors.Host.Registry;
@@ -21,13 +22,21 @@ internal sealed partial class HostRegistry
             throw HostApiException.Conflict(ErrorCodes.ExportExists, $"an export named '{name}' exists");
         }
         RefuseIfFailed(entry);
+        bool readOnly = request.ReadOnly ?? false;
+        // Checked before the image opens: a refused recording leaves nothing changed.
+        var record = string.IsNullOrEmpty(request.Record) ? null : RecordPath(entry, readOnly, request.Record);
+        if (!readOnly) RefuseIfRecorded(entry, $"add the writable export '{name}' to");
         if (entry.Image is null) await OpenEntryAsync(tenant, entry);
-        return ToReply(AddExportCore(entry, name, request.ReadOnly ?? false, request.Bitmaps ?? [], request.AllocationDepth ?? false));
+        return ToReply(await AddExportCoreAsync(entry, name, readOnly, request.Bitmaps ?? [], request.AllocationDepth ?? false, record));
     });
 
-    /// <summary>Serves an open image under <paramref name="name"/> (the throttle wraps it when one applies).</summary>
+    /// <summary>
+    /// Serves an open image under <paramref name="name"/> (the throttle wraps it when one applies), recording into
+    /// <paramref name="record"/> (a checked full path) when given.
+    /// </summary>
     /// <exception cref="HostApiException">400 bad-request: a bitmap the image does not have, or cannot export (qemu-nbd's message).</exception>
-    private ExportEntry AddExportCore(ImageEntry entry, string name, bool readOnly, IReadOnlyList<string> bitmaps, bool allocationDepth)
+    private async Task<ExportEntry> AddExportCoreAsync(ImageEntry entry, string name, bool readOnly, IReadOnlyList<string> bitmaps, bool allocationDepth,
+        string? record = null)
     {
         if (bitmaps.FirstOrDefault(string.IsNullOrEmpty) is not null)
             throw HostApiException.BadRequest("bitmaps: a bitmap name must not be empty");
@@ -47,15 +56,19 @@ internal sealed partial class HostRegistry
         {
             throw HostApiException.BadRequest($"image {entry.Key}: {ex.Message}");
         }
-        var served = Throttle(export);
-        var exportEntry = new ExportEntry(name, entry, readOnly, export, served);
+        // Before the NBD server knows the export: the base snapshot comes before any guest request.
+        var recording = record is null ? null : await StartRecordingAsync(entry, export, record);
+        var served = Throttle((INbdExport?)recording ?? export);
+        var exportEntry = new ExportEntry(name, entry, readOnly, export, served, recording);
 #pragma warning restore CA2000
         // A revoked tenant's exports are kept but served to nobody until it is restored.
         if (_tenants.GetValueOrDefault(entry.Tenant) is not { Revoked: true }) _nbd!.AddExport(served);
         _exports[name] = exportEntry;
         entry.Exports = [.. entry.Exports, name];
         ApplyLimits();
-        _log.LogInformation("export {Export} added for image {Image}{ReadOnly}", name, entry.Key, readOnly ? " (read-only)" : "");
+        if (recording is not null)
+            _log.LogInformation("export {Export} added for image {Image}, recording into {Log} from snapshot {Snapshot}", name, entry.Key, recording.LogPath, recording.BaseSnapshot);
+        else _log.LogInformation("export {Export} added for image {Image}{ReadOnly}", name, entry.Key, readOnly ? " (read-only)" : "");
         return exportEntry;
     }
 
@@ -80,6 +93,7 @@ internal sealed partial class HostRegistry
         _exports.TryRemove(name, out _);
         export.Image.Exports = [.. export.Image.Exports.Where(e => e != name)];
         ForgetThrottle(export);
+        await EndRecordingAsync(export); // no request is in flight any more: the log closes complete
         await export.Export.DisposeAsync(); // the image is not the export's: it stays open
         if (export.Image.Image is { IsReadOnly: false } image)
         {
@@ -103,6 +117,8 @@ internal sealed partial class HostRegistry
         ReadOnly = e.ReadOnly,
         Bitmaps = e.Export.DirtyBitmaps,
         AllocationDepth = e.Export.AllocationDepth,
+        Record = e.Recording?.LogPath,
+        RecordSnapshot = e.Recording?.BaseSnapshot,
         Uri = UriOf(e.Name),
         Connections = _nbd?.GetConnectionCount(e.Name) ?? 0,
         State = e.Image.Failure is null ? ExportState.Ok : ExportState.Failed,

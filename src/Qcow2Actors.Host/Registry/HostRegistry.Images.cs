@@ -119,6 +119,7 @@ internal sealed partial class HostRegistry
         var tenant = Tenant(tenantName);
         var entry = Image(tenantName, image);
         RefuseIfFailed(entry);
+        RefuseIfRecorded(entry, "resize");
         if (request.Size <= 0 || request.Size % 512 != 0) throw HostApiException.BadRequest($"size must be a positive multiple of 512 ({request.Size})");
         bool wasClosed = entry.Image is null;
         if (wasClosed) await OpenEntryAsync(tenant, entry);

@@ -57,9 +57,12 @@ internal sealed partial class HostRegistry
                     _pendingExports.Add(e);
                     continue;
                 }
+                // A recording ended with the last stop (its log is complete): the export comes back unrecorded.
+                if (e.Record is not null)
+                    _log.LogWarning("export '{Export}' re-added without recording: its recording into {Log} ended when the host stopped", e.Name, e.Record);
                 try
                 {
-                    AddExportCore(entry, e.Name, e.ReadOnly, e.Bitmaps ?? [], e.AllocationDepth);
+                    await AddExportCoreAsync(entry, e.Name, e.ReadOnly, e.Bitmaps ?? [], e.AllocationDepth);
                 }
                 catch (HostApiException ex)
                 {
@@ -109,6 +112,7 @@ internal sealed partial class HostRegistry
                 await _nbd.DisposeAsync();
             }
             DisposeThrottles();
+            foreach (var export in _exports.Values) await EndRecordingAsync(export);
             bool clean = true;
             foreach (var tenant in _tenants.Values)
                 foreach (var entry in tenant.Images.Values)

@@ -30,6 +30,7 @@ internal sealed partial class HostRegistry
     public Task DeleteSnapshotAsync(string tenant, string image, string snapshot) => ChangeAsync(() =>
         WithOpenImageAsync(tenant, image, refuseFailed: true, async open =>
         {
+            await RefuseIfRecordingBaseAsync(Image(tenant, image), open, snapshot);
             var deleted = await open.DeleteSnapshotAsync(snapshot);
             _log.LogInformation("snapshot '{Snapshot}' of image {Tenant}/{Image} deleted", deleted.Name, tenant, image);
             return true;
@@ -38,6 +39,7 @@ internal sealed partial class HostRegistry
     public Task<SnapshotReply> ApplySnapshotAsync(string tenant, string image, string snapshot) => ChangeAsync(() =>
         WithOpenImageAsync(tenant, image, refuseFailed: true, async open =>
         {
+            RefuseIfRecorded(Image(tenant, image), "apply a snapshot to");
             var applied = ToReply(await open.ApplySnapshotAsync(snapshot));
             _log.LogInformation("snapshot '{Snapshot}' of image {Tenant}/{Image} applied", applied.Name, tenant, image);
             return applied;

@@ -84,7 +84,8 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
         Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages, t.Revoked))],
         Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).OrderBy(i => i.Key, StringComparer.Ordinal)
             .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null || (i.Failure is not null && i.WantOpen)))],
-        Exports = [.. _exports.Values.Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly, e.Export.DirtyBitmaps, e.Export.AllocationDepth))
+        Exports = [.. _exports.Values.Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly, e.Export.DirtyBitmaps, e.Export.AllocationDepth,
+            e.Recording?.LogPath))
             .Concat(PendingExports).OrderBy(e => e.Name, StringComparer.Ordinal)],
         Limits = [.. _tenants.Values.Where(t => t.Limit is not null).Select(t => new PersistedLimit("tenant", t.Name, t.Limit!)),
             .. _exports.Values.Where(e => e.Limit is not null).Select(e => new PersistedLimit("export", e.Name, e.Limit!)),

@@ -21,9 +21,12 @@ internal sealed record PersistedToken(string Id, string Tenant, string Sha256, D
 
 internal sealed record PersistedImage(string Tenant, string Name, bool Open);
 
-/// <summary>An export; <see cref="Bitmaps"/> and <see cref="AllocationDepth"/> are its extra NBD metadata contexts (absent in older files: none).</summary>
+/// <summary>
+/// An export; <see cref="Bitmaps"/> and <see cref="AllocationDepth"/> are its extra NBD metadata contexts (absent in
+/// older files: none); <see cref="Record"/> the log it was recording into when saved (a restart ends the recording).
+/// </summary>
 internal sealed record PersistedExport(string Name, string Tenant, string Image, bool ReadOnly,
-    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false);
+    IReadOnlyList<string>? Bitmaps = null, bool AllocationDepth = false, string? Record = null);
 
 /// <summary>A limit: <see cref="Scope"/> "export" or "tenant", its target name, and the values.</summary>
 internal sealed record PersistedLimit(string Scope, string Target, LimitValues Values);

@@ -4,7 +4,7 @@ using Qcow2Actors.Host.Api.Contracts;
 
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
-/// <summary><c>q2a ctl export add TENANT IMAGE [--name EXPORT] [--read-only] [-B BITMAP]... [-A] | list | remove EXPORT</c>.</summary>
+/// <summary><c>q2a ctl export add TENANT IMAGE [--name EXPORT] [--read-only] [-B BITMAP]... [-A] [--record LOG] | list | remove EXPORT</c>.</summary>
 internal static class ExportCommands
 {
     public static Command Create(CtlGlobals globals)
@@ -16,13 +16,15 @@ internal static class ExportCommands
         var readOnly = new Option<bool>("--read-only") { Description = "export it read-only" };
         var bitmap = new Option<string[]>("--bitmap", "-B") { Description = "offer this persistent dirty bitmap as qemu:dirty-bitmap:NAME (repeatable), as qemu-nbd -B", AllowMultipleArgumentsPerToken = false };
         var allocationDepth = new Option<bool>("--allocation-depth", "-A") { Description = "offer qemu:allocation-depth, as qemu-nbd -A" };
-        var add = new Command("add", "export an image over NBD (opening it if it is closed)") { tenant, image, name, readOnly, bitmap, allocationDepth };
+        var record = new Option<string?>("--record") { Description = "record the guest's writes, zeroes, trims, flushes and FUA into this new crash-lab log, from a snapshot taken now: a file name in the tenant's directory on the host (an operator may give an absolute path)" };
+        var add = new Command("add", "export an image over NBD (opening it if it is closed)") { tenant, image, name, readOnly, bitmap, allocationDepth, record };
         globals.SetAction(add, (parse, ctx) => ctx.PrintAsync<ExportReply>(HttpMethod.Post, Routes.Exports,
             new ExportAddRequest
             {
                 Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)!, Name = parse.GetValue(name), ReadOnly = parse.GetValue(readOnly) ? true : null,
                 Bitmaps = parse.GetValue(bitmap) is { Length: > 0 } names ? names : null,
                 AllocationDepth = parse.GetValue(allocationDepth) ? true : null,
+                Record = parse.GetValue(record),
             },
             Describe));
         group.Subcommands.Add(add);
@@ -46,6 +48,8 @@ internal static class ExportCommands
         ("read-only", e.ReadOnly ? "yes" : "no"),
         ("bitmaps", e.Bitmaps.Count > 0 ? string.Join(", ", e.Bitmaps) : null),
         ("allocation-depth", e.AllocationDepth ? "yes" : null),
+        ("record", e.Record),
+        ("record-snapshot", e.RecordSnapshot),
         ("uri", e.Uri),
         ("connections", CtlFormat.Number(e.Connections)),
         ("state", ImageCommands.Text(e.State)),

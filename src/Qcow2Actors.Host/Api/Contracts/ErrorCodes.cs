@@ -31,6 +31,8 @@ public static class ErrorCodes
     public const string TenantNotEmpty = "tenant-not-empty";
     /// <summary>409: the image is exported; remove its exports first.</summary>
     public const string ImageExported = "image-exported";
+    /// <summary>409: the recording log an export was to write exists (a recording is never overwritten).</summary>
+    public const string RecordExists = "record-exists";
     /// <summary>409: the image is busy in a way the operation cannot work around.</summary>
     public const string ImageInUse = "image-in-use";
     /// <summary>409: the tenant's byte quota would be passed.</summary>

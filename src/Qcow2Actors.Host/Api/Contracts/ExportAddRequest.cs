@@ -18,4 +18,13 @@ public sealed record ExportAddRequest
     public IReadOnlyList<string>? Bitmaps { get; init; }
     /// <summary>True to offer the NBD metadata context <c>qemu:allocation-depth</c> (as qemu-nbd's <c>-A</c>).</summary>
     public bool? AllocationDepth { get; init; }
+    /// <summary>
+    /// Record every write, zero, trim, flush and FUA the guest sends into this new crash-lab log (as
+    /// <c>q2a serve --record</c>), from an internal snapshot <c>q2a-record-yyyyMMddTHHmmssZ</c> taken now. A file
+    /// name in the tenant's directory on the host (A-Z a-z 0-9 . _ -, not ending in .qcow2 or .journal); an
+    /// operator may give an absolute path instead. An existing file is 409 record-exists. The recording ends,
+    /// the log closed, when the export is removed or the host stops; after a restart the export is served
+    /// without recording.
+    /// </summary>
+    public string? Record { get; init; }
 }

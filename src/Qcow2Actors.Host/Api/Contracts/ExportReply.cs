@@ -15,6 +15,10 @@ public sealed record ExportReply
     public IReadOnlyList<string> Bitmaps { get; init; } = [];
     /// <summary><c>qemu:allocation-depth</c> is offered.</summary>
     public bool AllocationDepth { get; init; }
+    /// <summary>The crash-lab log the export records into (full path on the host); null when it is not recording.</summary>
+    public string? Record { get; init; }
+    /// <summary>The internal snapshot the recording started from; null when it is not recording.</summary>
+    public string? RecordSnapshot { get; init; }
     /// <summary>The URI a client connects with (nbd://... or nbd+unix://...).</summary>
     public required string Uri { get; init; }
     /// <summary>Clients connected to this export now.</summary>

@@ -170,6 +170,19 @@ public sealed class CtlAgainstHostTests(InProcessHost host) : IClassFixture<InPr
     }
 
     [Fact]
+    public async Task An_export_added_with_record_names_its_log_and_base_snapshot_and_a_used_log_name_is_refused()
+    {
+        await OkAsync("tenant", "add", "r-acme");
+        await OkAsync("image", "create", "r-acme", "disk", "16M");
+        var added = await OkAsync("export", "add", "r-acme", "disk", "--record", "run1.crashlog");
+        Assert.Matches($"\nrecord: {System.Text.RegularExpressions.Regex.Escape(Path.Combine(host.DataDir, "r-acme", "run1.crashlog"))}\nrecord-snapshot: q2a-record-\\d{{8}}T\\d{{6}}Z\n", added);
+        await OkAsync("export", "remove", "r-acme/disk");
+        await AssertRefusedAsync("record-exists", "export", "add", "r-acme", "disk", "--record", "run1.crashlog");
+        await AssertRefusedAsync("bad-request", "export", "add", "r-acme", "disk", "--record", "../elsewhere.crashlog");
+        Assert.True(File.Exists(Path.Combine(host.DataDir, "r-acme", "run1.crashlog")));
+    }
+
+    [Fact]
     public async Task Limits_are_set_listed_and_cleared_for_a_tenant_and_an_export()
     {
         await OkAsync("tenant", "add", "l-acme");
