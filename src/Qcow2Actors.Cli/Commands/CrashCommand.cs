@@ -216,7 +216,7 @@ internal static class CrashCommand
 
     private static JsonObject Summary(CrashStateSpace space, CrashStateSelection selection) => new()
     {
-        ["log"] = space.Log.Header.ImagePath is var image ? image : null,
+        ["image"] = space.Log.Header.ImagePath,
         ["snapshot"] = space.Log.Header.BaseSnapshot,
         ["sector"] = space.SectorSize,
         ["points"] = space.Points.Count,
