@@ -29,11 +29,21 @@ public sealed class CrashStateDelta
         foreach (var (operation, offset, length) in state.Applied())
         {
             var end = Math.Min(offset + length, baseImage.Size);
+            var zeroing = operation.Kind != CrashLogRecordKind.Write;
             for (var at = offset; at < end;)
             {
                 var index = at / ChunkSize;
                 if (!chunks.TryGetValue(index, out var chunk))
                 {
+                    // Zeroing a chunk nobody touched yet over a zero base changes nothing: skip it, so a TRIM or
+                    // WRITE_ZEROES of the whole disk (mkfs does both) costs lookups, not a copy of the disk.
+                    var chunkEnd = Math.Min((index + 1) * ChunkSize, end);
+                    if (zeroing && baseImage.IsZero(index * ChunkSize, ChunkSize))
+                    {
+                        at = chunkEnd;
+                        continue;
+                    }
+
                     var before = new byte[ChunkSize];
                     baseImage.Read(index * ChunkSize, before);
                     chunk = (before, (byte[])before.Clone());
@@ -43,7 +53,7 @@ public sealed class CrashStateDelta
                 var inChunk = (int)(at - index * ChunkSize);
                 var count = (int)Math.Min(ChunkSize - inChunk, end - at);
                 var target = chunk.After.AsSpan(inChunk, count);
-                if (operation.Kind == CrashLogRecordKind.Write)
+                if (!zeroing)
                     operation.Data.Span.Slice((int)(at - operation.Offset), count).CopyTo(target);
                 else
                     target.Clear();

@@ -84,6 +84,30 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task Zeroing_the_whole_disk_clears_written_and_base_data_and_leaves_zero_base_alone()
+    {
+        var (space, baseImage) = await SetUpAsync(w =>
+        {
+            var data = new byte[512];
+            data.AsSpan().Fill(0x44);
+            w.Complete(w.BeginWrite(200_704, data, fua: false), ok: true);
+            w.Complete(w.BeginTrim(0, 1 << 20, fua: false), ok: true);
+            w.Complete(w.BeginWrite(300_032, data, fua: false), ok: true);
+            w.Complete(w.BeginFlush(), ok: true);
+        });
+        using (baseImage)
+        {
+            var delta = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage);
+
+            // The base's 0x11 first 64 KiB now zero; the write before the trim gone; the one after it there.
+            Assert.Equal([0L, 300_032], delta.Runs.Select(r => r.Offset));
+            Assert.Equal(65536, delta.Runs[0].Data.Length);
+            Assert.All(delta.Runs[0].Data, b => Assert.Equal(0, b));
+            Assert.All(delta.Runs[1].Data, b => Assert.Equal(0x44, b));
+        }
+    }
+
     [QemuFact]
     public async Task A_state_written_as_an_overlay_reads_as_base_plus_its_kept_sectors_and_passes_qemu_img_check()
     {
