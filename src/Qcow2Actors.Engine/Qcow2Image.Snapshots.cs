@@ -119,7 +119,7 @@ public sealed partial class Qcow2Image
             if ((snapshot.DiskSize ?? VirtualSize) != VirtualSize)
                 throw new SnapshotEditException($"Could not {verb}: its disk size differs and '{ctx.Path}' has persistent bitmaps (remove them first)");
             // The revert may change any byte of the disk: every granule is dirty for a tracked bitmap.
-            bitmaps.Mark(0, VirtualSize);
+            bitmaps.MarkWhole();
         }
         var applied = await EditOnlineAsync(device =>
             SnapshotEditor.Apply(device, Find(ctx, idOrName, verb).Id, online: true),

@@ -43,8 +43,8 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
-        // Bits first: a bitmap must cover every write that may reach the disk, acknowledged or not.
-        ctx.Bitmaps?.Mark(offset, data.Length);
+        // Bits first, durably: a bitmap must cover every write that may reach the disk, acknowledged or not.
+        if (ctx.Bitmaps?.Mark(offset, data.Length) == true) await JournalBitmapsAsync(ctx, offset, data.Length, cancellationToken).ConfigureAwait(false);
         if (data.Length > 0)
         {
             var g = ctx.Geometry;
@@ -93,6 +93,18 @@ public sealed partial class Qcow2Image
             }
         }
         if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Waits until the journal durably holds the granules of [offset, offset + length) that a tracked
+    /// bitmap lacks (one journal write for every write waiting at the time), so the data issued after
+    /// this can reach the disk only with its bits recoverable. Writes to granules already durable never get here.
+    /// </summary>
+    private static async ValueTask JournalBitmapsAsync(ImageContext ctx, long offset, long length, CancellationToken cancellationToken)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        ctx.BitmapJournal.Tell(new BitmapTouch(offset, length, done));
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -201,7 +213,7 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
-        ctx.Bitmaps?.Mark(offset, cluster.Length);
+        if (ctx.Bitmaps?.Mark(offset, cluster.Length) == true) await JournalBitmapsAsync(ctx, offset, cluster.Length, cancellationToken).ConfigureAwait(false);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
             // The last cluster of a disk whose size is not cluster aligned: compressed padded with zeros, as qemu-img does.
@@ -273,7 +285,7 @@ public sealed partial class Qcow2Image
             var ctx = Writer();
             CheckRange(offset, length);
             // Write-zeroes and discard change what the guest reads: their granules are dirty too.
-            ctx.Bitmaps?.Mark(offset, length);
+            if (ctx.Bitmaps?.Mark(offset, length) == true) await JournalBitmapsAsync(ctx, offset, length, cancellationToken).ConfigureAwait(false);
             var g = ctx.Geometry;
             var tasks = new List<Task>();
             for (long pos = offset, end = offset + length; pos < end;)

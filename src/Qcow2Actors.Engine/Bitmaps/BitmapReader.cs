@@ -64,4 +64,34 @@ internal static class BitmapReader
         }
         return bits;
     }
+
+    /// <summary>Reads the bits of the bitmap <paramref name="e"/> describes, blocking (recovery, which owns the file).</summary>
+    /// <exception cref="Qcow2ImageCorruptException">The table or a data cluster is damaged or outside the file.</exception>
+    public static DirtyBitmap ReadBits(IBlockDevice device, BitmapDirectoryEntry e, long virtualSize, int clusterSize)
+    {
+        int clusterBits = System.Numerics.BitOperations.Log2((uint)clusterSize);
+        if (Problem(e, virtualSize, clusterBits) is { } problem)
+            throw new Qcow2ImageCorruptException($"'{device.Name}': {problem}");
+        var bits = new DirtyBitmap(e.GranularityBits, virtualSize);
+        var table = new byte[(long)e.TableSize * BitmapTableEntry.Size];
+        if (device.Read(table, e.TableOffset) < table.Length)
+            throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' table at 0x{e.TableOffset:X} lies past the end of the image");
+        var cluster = new byte[clusterSize];
+        for (int i = 0; i < e.TableSize; i++)
+        {
+            var entry = BitmapTableEntry.Read(table, i);
+            if (entry.Validate(clusterBits) is { } bad)
+                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' entry {i}: {bad}");
+            if (entry.IsAllZeros) continue;
+            if (entry.IsAllOnes)
+            {
+                bits.LoadAllOnes(i, clusterSize);
+                continue;
+            }
+            if (device.Read(cluster, entry.DataOffset) < cluster.Length)
+                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' data cluster 0x{entry.DataOffset:X} lies past the end of the image");
+            bits.LoadCluster(i, cluster);
+        }
+        return bits;
+    }
 }

@@ -13,24 +13,49 @@ namespace Qcow2Actors.Engine.Bitmaps;
 internal sealed class BitmapSet
 {
     /// <summary>One bitmap: its directory entry as last stored, and its bits once loaded.</summary>
-    internal sealed class Entry(BitmapDirectoryEntry directory, DirtyBitmap? bits, bool inconsistent, bool tracked)
+    internal sealed class Entry
     {
-        public BitmapDirectoryEntry Directory { get; } = directory;
-        public DirtyBitmap? Bits { get; set; } = bits;
+        public Entry(BitmapDirectoryEntry directory, DirtyBitmap? bits, bool inconsistent, bool tracked, DirtyBitmap? durable = null)
+        {
+            Directory = directory;
+            Bits = bits;
+            Inconsistent = inconsistent;
+            Tracked = tracked;
+            // A tracked bitmap starts with nothing known durable: its first writes journal until a store says otherwise.
+            _durable = durable ?? (tracked ? new DirtyBitmap(bits!.GranularityBits, bits.VirtualSize) : null);
+        }
+
+        public BitmapDirectoryEntry Directory { get; }
+        public DirtyBitmap? Bits { get; set; }
         // The one read of the bits from disk (read-only opens and untracked bitmaps), started by the first asker.
         public Task<DirtyBitmap>? Loading;
-        public bool Inconsistent { get; } = inconsistent;
-        public bool Tracked { get; } = tracked;
+        public bool Inconsistent { get; }
+        public bool Tracked { get; }
         /// <summary>The bits in memory differ from what the image stores (a store must write them).</summary>
         public bool NeedsStore { get; set; }
         public string Name => Directory.Name;
+
+        private volatile DirtyBitmap? _durable;
+
+        /// <summary>
+        /// Tracked bitmaps: the granules a crash cannot lose, because the bitmap stored in the image
+        /// has them or the journal holds them durably. A write to a granule outside it waits for the journal first.
+        /// </summary>
+        public DirtyBitmap? Durable
+        {
+            get => _durable;
+            set => _durable = value;
+        }
+
+        /// <summary>The bits a store wrote, which become <see cref="Durable"/> once the image's header points at them.</summary>
+        public DirtyBitmap? Stored { get; set; }
     }
 
     private readonly IBlockDevice _device;
     private readonly int _clusterSize;
     private volatile IReadOnlyList<Entry> _entries;
-    // The hot path's view: the bits of the tracked bitmaps, replaced (never changed) by the owner.
-    private volatile DirtyBitmap[] _tracked;
+    // The hot path's view: the tracked bitmaps, replaced (never changed) by the owner.
+    private volatile Entry[] _tracked;
 
     public BitmapSet(IBlockDevice device, int clusterSize, long virtualSize, IReadOnlyList<Entry> entries)
     {
@@ -38,7 +63,7 @@ internal sealed class BitmapSet
         _clusterSize = clusterSize;
         VirtualSize = virtualSize;
         _entries = entries;
-        _tracked = [.. entries.Where(e => e.Tracked).Select(e => e.Bits!)];
+        _tracked = [.. entries.Where(e => e.Tracked)];
     }
 
     public long VirtualSize { get; private set; }
@@ -52,28 +77,91 @@ internal sealed class BitmapSet
     public void Publish(IReadOnlyList<Entry> entries)
     {
         _entries = entries;
-        _tracked = [.. entries.Where(e => e.Tracked).Select(e => e.Bits!)];
+        _tracked = [.. entries.Where(e => e.Tracked)];
     }
 
-    /// <summary>Sets the bits of [offset, offset + length) in every tracked bitmap. No allocation, no lock.</summary>
-    public void Mark(long offset, long length)
+    /// <summary>
+    /// Sets the bits of [offset, offset + length) in every tracked bitmap. No allocation, no lock.
+    /// Returns true when a granule of the range is not yet durable in some tracked bitmap: the
+    /// caller must have the bitmap journal record the range (<see cref="Write.BitmapJournalActor"/>)
+    /// before its write is issued, so a crash cannot keep the data and lose the bit.
+    /// </summary>
+    public bool Mark(long offset, long length)
     {
         var tracked = _tracked;
+        bool journal = false;
         while (true)
         {
-            for (int i = 0; i < tracked.Length; i++) tracked[i].Mark(offset, length);
+            for (int i = 0; i < tracked.Length; i++)
+            {
+                tracked[i].Bits!.Mark(offset, length);
+                if (!journal && !tracked[i].Durable!.AllSet(offset, length)) journal = true;
+            }
             // The owner replaced the bitmaps meanwhile (a resize): mark the new ones too. The owner
             // ORs the old bits into the new after publishing them, so no mark falls between.
             var now = _tracked;
-            if (ReferenceEquals(now, tracked)) return;
+            if (ReferenceEquals(now, tracked)) return journal;
             tracked = now;
+        }
+    }
+
+    /// <summary>True when a granule of the range is not durable in some tracked bitmap.</summary>
+    public bool NeedsJournal(long offset, long length)
+    {
+        foreach (var e in _tracked)
+            if (!e.Durable!.AllSet(offset, length)) return true;
+        return false;
+    }
+
+    /// <summary>The range is durable in the journal for every tracked bitmap (the bitmap journal only).</summary>
+    public void MarkDurable(long offset, long length)
+    {
+        foreach (var e in _tracked) e.Durable!.Mark(offset, length);
+    }
+
+    /// <summary>
+    /// The bitmap journal has recorded granules in this journal (the generation since the last
+    /// store): the next checkpoint must store the bitmaps before it empties the journal.
+    /// </summary>
+    public bool JournaledSinceStore
+    {
+        get => _journaledSinceStore;
+        set => _journaledSinceStore = value;
+    }
+
+    private volatile bool _journaledSinceStore;
+
+    /// <summary>
+    /// The checkpoint that stored the bitmaps has switched the header to them and emptied the journal
+    /// (the owner, with the bitmap journal held): what was stored is now what a crash cannot lose.
+    /// </summary>
+    public void StoreDone()
+    {
+        foreach (var e in _entries)
+        {
+            if (e.Stored is { } stored) e.Durable = stored;
+            e.Stored = null;
+        }
+        _journaledSinceStore = false;
+    }
+
+    /// <summary>
+    /// Every granule of the disk is dirty (a snapshot revert, the owner only): the tracked bitmaps
+    /// are stored with every bit set by the checkpoint that precedes the revert.
+    /// </summary>
+    public void MarkWhole()
+    {
+        foreach (var e in _tracked)
+        {
+            e.Bits!.Mark(0, VirtualSize);
+            e.NeedsStore = true;
         }
     }
 
     /// <summary>
     /// Reads the directory of the image on <paramref name="device"/>. With <paramref name="track"/>
     /// (a read-write open) every enabled bitmap that is consistent and valid is loaded now and
-    /// tracked; the caller marks those in use on disk before the first write.
+    /// tracked; the first write whose granules one lacks marks it in use on disk (BitmapJournalActor).
     /// </summary>
     public static async ValueTask<BitmapSet> OpenAsync(IBlockDevice device, ImageHeaderBlock block, bool track, CancellationToken cancellationToken)
     {
@@ -85,7 +173,8 @@ internal sealed class BitmapSet
             bool inconsistent = (d.Flags & BitmapFlags.InUse) != 0 || BitmapReader.Problem(d, h.Size, h.ClusterBits) is not null;
             bool tracked = track && !inconsistent && (d.Flags & BitmapFlags.Auto) != 0;
             var bits = tracked ? await BitmapReader.ReadBitsAsync(device, d, h.Size, h.ClusterSize, cancellationToken).ConfigureAwait(false) : null;
-            entries.Add(new Entry(d, bits, inconsistent, tracked));
+            // What the image stores is durable: writes to those granules never wait for the journal.
+            entries.Add(new Entry(d, bits, inconsistent, tracked, bits?.Copy()));
         }
         return new BitmapSet(device, h.ClusterSize, h.Size, entries);
     }
@@ -98,7 +187,7 @@ internal sealed class BitmapSet
     {
         var old = _entries;
         var next = old.Select(e => e.Bits is { } bits
-            ? new Entry(e.Directory, bits.Resized(newSize), e.Inconsistent, e.Tracked) { NeedsStore = true }
+            ? new Entry(e.Directory, bits.Resized(newSize), e.Inconsistent, e.Tracked, e.Durable?.Resized(newSize)) { NeedsStore = true }
             : new Entry(e.Directory, null, e.Inconsistent, e.Tracked) { NeedsStore = e.NeedsStore }).ToList();
         VirtualSize = newSize;
         Publish(next);
@@ -113,7 +202,7 @@ internal sealed class BitmapSet
     public List<BitmapDirectoryEntry> Removed => _removed;
 
     /// <summary>Something must be written at the next checkpoint: changed bits or flags, added or removed bitmaps.</summary>
-    public bool NeedsStore => _removed.Count > 0 || _entries.Any(e => e.NeedsStore);
+    public bool NeedsStore => _removed.Count > 0 || _journaledSinceStore || _entries.Any(e => e.NeedsStore);
 
     private static string Inconsistent(string name) =>
         $"Bitmap '{name}' is inconsistent and cannot be used";

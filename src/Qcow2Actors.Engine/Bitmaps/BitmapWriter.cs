@@ -14,8 +14,9 @@ namespace Qcow2Actors.Engine.Bitmaps;
 internal static class BitmapWriter
 {
     /// <summary>
-    /// Sets the in-use flag of every tracked bitmap in the directory on disk, in place, and flushes:
-    /// from here until they are stored, a crash leaves them marked inconsistent (as QEMU does).
+    /// Sets the in-use flag of every tracked bitmap in the directory on disk, in place, without a
+    /// flush (the bitmap journal flushes it with the header's journal-pending bit): from here until
+    /// they are stored again their stored bits may miss a write, and say so to every reader.
     /// </summary>
     public static void MarkInUse(ImageContext ctx)
     {
@@ -33,13 +34,13 @@ internal static class BitmapWriter
         BitmapDirectory.Write(entries, bytes);
         ctx.CheckTableWrite(ext.DirectoryOffset, bytes.Length, MetadataKind.BitmapDirectory);
         ctx.Device.Write(bytes, ext.DirectoryOffset);
-        ctx.Device.Flush();
     }
 
     /// <summary>
     /// Writes every bitmap whose bits changed (the tracked ones, and those edited) to new clusters and
-    /// a new directory (in-use kept only on bitmaps still tracked, so cleared on a <paramref name="closing"/>
-    /// store), and makes the header's bitmaps extension point at it in memory: the checkpoint's clean
+    /// a new directory, every one without in-use: the checkpoint holds the bitmap journal from before
+    /// this snapshot of the bits until the journal is emptied, so no write can reach a granule the
+    /// snapshot lacks meanwhile (<see cref="BitmapSet.StoreDone"/> then makes the snapshot durable). It makes the header's bitmaps extension point at it in memory: the checkpoint's clean
     /// header write that follows carries it. Returns the clusters the old tables, data and directory
     /// used (and those of removed bitmaps), which the caller releases in the same checkpoint.
     /// </summary>
@@ -66,10 +67,13 @@ internal static class BitmapWriter
             int tableSize = bits.TableSize(cs);
             // Snapshot of the bits now: bits writers set later stay in memory for the next store.
             var clusters = new List<(int Index, byte[] Data)>();
+            var stored = new DirtyBitmap(bits.GranularityBits, bits.VirtualSize);
             for (int i = 0; i < tableSize; i++)
             {
                 var data = new byte[cs];
-                if (bits.StoreCluster(i, data)) clusters.Add((i, data));
+                if (!bits.StoreCluster(i, data)) continue;
+                clusters.Add((i, data));
+                stored.LoadCluster(i, data);
             }
             long dataOffset = clusters.Count > 0 ? await AllocateAsync(ctx, clusters.Count) : 0;
             int tableClusters = (int)(((long)tableSize * BitmapTableEntry.Size + cs - 1) / cs);
@@ -88,13 +92,17 @@ internal static class BitmapWriter
             {
                 TableOffset = tableOffset,
                 TableSize = tableSize,
-                Flags = stillTracked ? old.Flags | BitmapFlags.InUse : old.Flags & ~BitmapFlags.InUse,
+                Flags = old.Flags & ~BitmapFlags.InUse,
                 Type = old.Type,
                 GranularityBits = old.GranularityBits,
                 Name = old.Name,
                 ExtraData = old.ExtraData,
             };
-            entries.Add(new BitmapSet.Entry(directory, bits, inconsistent: false, tracked: stillTracked));
+            // Until the header points at the new directory, what was durable stays what is durable.
+            entries.Add(new BitmapSet.Entry(directory, bits, inconsistent: false, tracked: stillTracked, stillTracked ? entry.Durable : null)
+            {
+                Stored = stillTracked ? stored : null,
+            });
         }
         var removed = set.Removed.ToList();
         replaced.AddRange(removed);

@@ -48,6 +48,28 @@ internal sealed class DirtyBitmap
         SetWord(w1, tailMask);
     }
 
+    /// <summary>True when every granule [offset, offset + length) touches is set (lock-free, no allocation).</summary>
+    public bool AllSet(long offset, long length)
+    {
+        if (length <= 0) return true;
+        long first = offset >> GranularityBits;
+        long last = Math.Min(Bits - 1, (offset + length - 1) >> GranularityBits);
+        if (first > last) return true;
+        long w0 = first >> 6, w1 = last >> 6;
+        ulong headMask = ~0UL << (int)(first & 63);
+        ulong tailMask = ~0UL >> (63 - (int)(last & 63));
+        if (w0 == w1) return Has(w0, headMask & tailMask);
+        if (!Has(w0, headMask) || !Has(w1, tailMask)) return false;
+        for (long w = w0 + 1; w < w1; w++)
+            if (!Has(w, ~0UL)) return false;
+        return true;
+    }
+
+    private bool Has(long index, ulong mask) => (Volatile.Read(ref _words[index]) & mask) == mask;
+
+    /// <summary>A copy of the bits as they are now (bits set meanwhile may or may not be in it).</summary>
+    public DirtyBitmap Copy() => Resized(VirtualSize);
+
     private void SetWord(long index, ulong mask)
     {
         // Most writes hit granules already dirty: a plain read avoids the locked instruction.

@@ -26,8 +26,9 @@ public sealed class Qcow2Bitmap
     public bool Enabled { get; }
 
     /// <summary>
-    /// The directory's in-use flag as it is on disk now: set while a writer (QEMU, or this engine
-    /// for the bitmaps it tracks) has the bitmap open.
+    /// The directory's in-use flag as it is on disk now: set while a writer has the bitmap open
+    /// (QEMU), or while the bits this engine stored for a tracked bitmap miss a write (from the first
+    /// write to a granule they lack until the next checkpoint or close stores them).
     /// </summary>
     public bool InUse { get; }
 

@@ -16,6 +16,9 @@ internal sealed class JournalBatchSerializer : Serializer
     public const int Id = 0x51324A01;
 
     private const byte TagL1 = 1, TagL2 = 2, TagRefcount = 3, TagRefTable = 4, TagNewTable = 5, TagHeader = 6;
+    // Bitmap evidence (variable length): older journals have none, and an older reader refuses them by tag.
+    private const byte TagBitmapRanges = 7, TagBitmapTracked = 8;
+    private const int RangeBytes = 16;
     private const int Version = 1;
 
     /// <summary>Creates the serializer for an actor system (Akka's constructor contract).</summary>
@@ -71,6 +74,19 @@ internal sealed class JournalBatchSerializer : Serializer
                 case SetHeaderField e:
                     span[pos] = TagHeader; s[0] = (byte)e.Field; BinaryPrimitives.WriteUInt64BigEndian(s[1..], e.Value);
                     break;
+                case BitmapRangesSet e:
+                    span[pos] = TagBitmapRanges; BinaryPrimitives.WriteInt32BigEndian(s, e.Ranges.Count);
+                    for (int k = 0; k < e.Ranges.Count; k++)
+                    {
+                        BinaryPrimitives.WriteInt64BigEndian(s[(4 + k * RangeBytes)..], e.Ranges[k].Offset);
+                        BinaryPrimitives.WriteInt64BigEndian(s[(12 + k * RangeBytes)..], e.Ranges[k].Length);
+                    }
+                    break;
+                case BitmapTracked e:
+                    span[pos] = TagBitmapTracked; BinaryPrimitives.WriteInt64BigEndian(s, e.TableOffset);
+                    int nameBytes = System.Text.Encoding.UTF8.GetBytes(e.Name, s[10..]);
+                    BinaryPrimitives.WriteUInt16BigEndian(s[8..], (ushort)nameBytes);
+                    break;
                 default:
                     throw new ArgumentException($"unknown record {r.GetType()}", nameof(batch));
             }
@@ -96,10 +112,13 @@ internal sealed class JournalBatchSerializer : Serializer
             var need = tag switch
             {
                 TagL1 => 12, TagL2 => 28, TagRefcount => 16, TagRefTable => 12, TagNewTable => 17, TagHeader => 9,
+                TagBitmapRanges => pos + 5 <= span.Length ? 4 + (long)BinaryPrimitives.ReadInt32BigEndian(span[(pos + 1)..]) * RangeBytes : 4,
+                TagBitmapTracked => pos + 11 <= span.Length ? 10 + BinaryPrimitives.ReadUInt16BigEndian(span[(pos + 9)..]) : 10,
                 _ => throw new InvalidDataException($"journal batch record {i} has unknown tag {tag}"),
             };
+            if (need < 0) throw new InvalidDataException($"journal batch record {i} claims a negative length");
             if (pos + 1 + need > span.Length) throw new InvalidDataException($"journal batch truncated in record {i}");
-            var s = span.Slice(pos + 1, need);
+            var s = span.Slice(pos + 1, (int)need);
             records.Add(tag switch
             {
                 TagL1 => new SetL1Entry(BinaryPrimitives.ReadInt32BigEndian(s), BinaryPrimitives.ReadUInt64BigEndian(s[4..])),
@@ -108,11 +127,22 @@ internal sealed class JournalBatchSerializer : Serializer
                 TagRefcount => new SetRefcount(BinaryPrimitives.ReadInt64BigEndian(s), BinaryPrimitives.ReadUInt64BigEndian(s[8..])),
                 TagRefTable => new SetRefcountTableEntry(BinaryPrimitives.ReadInt32BigEndian(s), BinaryPrimitives.ReadUInt64BigEndian(s[4..])),
                 TagNewTable => new NewTable((TableKind)s[0], BinaryPrimitives.ReadInt64BigEndian(s[1..]), BinaryPrimitives.ReadInt64BigEndian(s[9..])),
+                TagBitmapRanges => DecodeRanges(s),
+                TagBitmapTracked => new BitmapTracked(System.Text.Encoding.UTF8.GetString(s[10..]), BinaryPrimitives.ReadInt64BigEndian(s)),
                 _ => new SetHeaderField((HeaderField)s[0], BinaryPrimitives.ReadUInt64BigEndian(s[1..])),
             });
-            pos += 1 + need;
+            pos += 1 + (int)need;
         }
         return new JournalBatch(records);
+    }
+
+    private static BitmapRangesSet DecodeRanges(ReadOnlySpan<byte> s)
+    {
+        int count = BinaryPrimitives.ReadInt32BigEndian(s);
+        var ranges = new (long, long)[count];
+        for (int k = 0; k < count; k++)
+            ranges[k] = (BinaryPrimitives.ReadInt64BigEndian(s[(4 + k * RangeBytes)..]), BinaryPrimitives.ReadInt64BigEndian(s[(12 + k * RangeBytes)..]));
+        return new BitmapRangesSet(ranges);
     }
 
     private static int SizeOf(MetadataRecord r) => r switch
@@ -123,6 +153,8 @@ internal sealed class JournalBatchSerializer : Serializer
         SetRefcountTableEntry => 12,
         NewTable => 17,
         SetHeaderField => 9,
+        BitmapRangesSet e => 4 + e.Ranges.Count * RangeBytes,
+        BitmapTracked e => 10 + System.Text.Encoding.UTF8.GetByteCount(e.Name),
         _ => throw new ArgumentException($"unknown record {r.GetType()}", nameof(r)),
     };
 }

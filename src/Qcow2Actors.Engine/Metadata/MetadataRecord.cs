@@ -65,3 +65,24 @@ internal sealed record SetHeaderField(HeaderField Field, ulong Value) : Metadata
 /// journal message (one group commit per flush, never one event per guest write).
 /// </summary>
 internal sealed record JournalBatch(IReadOnlyList<MetadataRecord> Records);
+
+/// <summary>
+/// Bitmap evidence, not image metadata (replay of tables skips it): this journal records every
+/// granule that went from clear to set in bitmap <paramref name="Name"/> since it was stored with
+/// its table at <paramref name="TableOffset"/>, before any write to such a granule was issued.
+/// Recovery trusts <see cref="BitmapRangesSet"/> records only for a bitmap this names as it is on disk.
+/// </summary>
+internal sealed record BitmapTracked(string Name, long TableOffset) : MetadataRecord;
+
+/// <summary>
+/// Bitmap evidence, not image metadata: the guest ranges (byte offset, length) whose granules are
+/// set in every bitmap a <see cref="BitmapTracked"/> record of the same journal names.
+/// </summary>
+internal sealed record BitmapRangesSet(IReadOnlyList<(long Offset, long Length)> Ranges) : MetadataRecord
+{
+    /// <summary>Value equality over the ranges (a record's default compares the list by reference).</summary>
+    public bool Equals(BitmapRangesSet? other) => other is not null && Ranges.SequenceEqual(other.Ranges);
+
+    /// <inheritdoc/>
+    public override int GetHashCode() => Ranges.Count;
+}

@@ -115,6 +115,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 _ctx.JournalSpace = Journal.FileJournalPaths.Get(Context.System).ReservationFor(_persistenceId);
             _ctx.Refcounts = Context.ActorOf(RefcountActor.Props(_ctx, _ctx.Allocator!), "refcounts");
             _ctx.Journal = Context.ActorOf(JournalActor.Props(_ctx, _persistenceId, _ctx.MarkDirty), "journal");
+            _ctx.BitmapJournal = Context.ActorOf(BitmapJournalActor.Props(_ctx), "bitmap-journal");
             if (_ctx.Layer.L2Tables.Account is { } account)
             {
                 _budget = account;
@@ -163,9 +164,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 Compression.CompressionCodecs.For((int)opened.HeaderBlock!.Header.CompressionType), _settings, _options.OnFault) { Io = _io };
             // The map of metadata clusters every write is checked against, as the image is now on disk.
             ctx.Snapshots = await MetadataMapBuilder.RegisterAsync(ctx.Metadata, ctx.Device, opened.HeaderBlock, layer.Views.Current, default);
-            // Enabled bitmaps are loaded and marked in use before the first write can change the disk.
+            // Enabled bitmaps are loaded before the first write can change the disk; they are marked in
+            // use on disk by the first write whose granules they lack (BitmapJournalActor).
             ctx.Bitmaps = await Bitmaps.BitmapSet.OpenAsync(ctx.Device, ctx.Headers.Block, track: true, default);
-            Bitmaps.BitmapWriter.MarkInUse(ctx);
             // Loaded here, not in the Opened handler: a failure (a read error) then fails the open
             // with its own message and closes the files, instead of stopping the actor.
             ctx.Allocator = new RefcountAllocator(ctx, new RefcountState(ctx.Device, ctx.Header) { Map = ctx.Metadata });
@@ -548,15 +549,31 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             return;
         }
         var tables = paused ?? await PauseTablesAsync();
+        bool bitmapsHeld = false;
         try
         {
+            if (ctx.Bitmaps is not null && !ctx.BitmapJournal.IsNobody())
+            {
+                // No granule is journaled from before the bits are stored until the journal is emptied:
+                // one journaled meanwhile would be emptied away while missing from what was stored.
+                await Send(ctx.BitmapJournal, d => new HoldBitmapJournal(d));
+                bitmapsHeld = true;
+            }
             if (!ctx.BitsOnDisk && ctx.Layer.L2Tables.PinnedCount == 0 && !closing && _pendingHeader is null && ctx.Bitmaps?.NeedsStore != true) return;
             // Tracked bitmaps go to new clusters now; the clean header below switches to them, and
             // their old clusters are released in the same checkpoint's refcounts.
             if (finalClose || ctx.Bitmaps?.NeedsStore == true)
             {
                 var oldBitmapClusters = await Bitmaps.BitmapWriter.StoreAsync(ctx, _io, finalClose);
-                if (oldBitmapClusters.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(oldBitmapClusters, -1, null));
+                if (oldBitmapClusters.Length > 0)
+                {
+                    // Awaited: the refcount actor then has handed the freeing records to the journal before
+                    // the flush below, so their quarantine ends within this checkpoint. Left to a later flush,
+                    // it would end after an online edit that may reuse (and the punch then zero) those clusters.
+                    var adjusted = new TaskCompletionSource<ulong[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    ctx.Refcounts.Tell(new AdjustRefcounts(oldBitmapClusters, -1, adjusted));
+                    await adjusted.Task;
+                }
             }
             await Send(ctx.Journal, d => new FlushRequest(d));
             await Task.WhenAll(tables.Select(t => Send(t, d => new WriteBackTable(d))));
@@ -582,6 +599,8 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 ctx.Device.Flush();
             });
             await Send(ctx.Journal, d => new TruncateJournal(d));
+            // The header points at the stored bitmaps and the journal is empty: what was stored is what is durable.
+            ctx.Bitmaps?.StoreDone();
             ctx.Metrics.Checkpoint();
         }
         catch (Exception ex) when (ex is IOException)
@@ -591,6 +610,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         }
         finally
         {
+            if (bitmapsHeld) ctx.BitmapJournal.Tell(new ReleaseBitmapJournal());
             if (!closing && paused is null) foreach (var t in tables) t.Tell(new ResumeMutations());
         }
     }

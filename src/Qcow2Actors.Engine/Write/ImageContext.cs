@@ -113,6 +113,9 @@ internal sealed class ImageContext
     public IActorRef Refcounts { get; set; } = ActorRefs.Nobody;
     public IActorRef Journal { get; set; } = ActorRefs.Nobody;
 
+    /// <summary>Where writes wait for their bitmap granules to be journaled (<see cref="BitmapJournalActor"/>).</summary>
+    public IActorRef BitmapJournal { get; set; } = ActorRefs.Nobody;
+
     /// <summary>Journal space reserved ahead (file journal only; null for other plugins): checked before a request produces records.</summary>
     public Journal.JournalReservation? JournalSpace
     {

@@ -69,6 +69,8 @@ internal static class ImageRecovery
             if (batches.Count == 0 && !rebuildWithoutJournal) throw new IOException(MissingJournalMessage(path));
             RecordApplier.Apply(device, block, batches);
             device.Flush();
+            // Bitmaps the journal proves tracked become consistent; the header write below switches to them.
+            Bitmaps.BitmapRecovery.Recover(device, block, batches);
         }
         const AutoclearFeatures known = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
         bool wasDirty = h.IsDirty || h.IsJournalPending;

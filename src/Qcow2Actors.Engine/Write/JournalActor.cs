@@ -67,6 +67,21 @@ internal sealed class JournalActor : ReceivePersistentActor
             }
         });
         CommandAsync<DoFlush>(_ => FlushAsync());
+        Command<PersistBitmapRecords>(m =>
+        {
+            if (_ctx.ReadOnlyReason is { } reason)
+            {
+                m.Done.TrySetException(new IOException($"'{_ctx.Path}' is read-only: {reason}"));
+                return;
+            }
+            _recordsSinceCheckpoint += m.Records.Count;
+            _bitmapInFlight.Add(m.Done);
+            Persist(new JournalBatch(m.Records), _ =>
+            {
+                _bitmapInFlight.Remove(m.Done);
+                m.Done.TrySetResult();
+            });
+        });
         Command<TruncateJournal>(m =>
         {
             _recordsSinceCheckpoint = _pending.Count;
@@ -154,6 +169,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     }
 
     private List<TaskCompletionSource>? _inFlight;
+    private readonly List<TaskCompletionSource> _bitmapInFlight = new();
 
     protected override void OnPersistFailure(Exception cause, object @event, long sequenceNr)
     {
@@ -180,6 +196,8 @@ internal sealed class JournalActor : ReceivePersistentActor
         foreach (var w in _inFlight ?? []) w.TrySetException(error);
         foreach (var w in _waiters) w.TrySetException(error);
         _waiters.Clear();
+        foreach (var w in _bitmapInFlight) w.TrySetException(error);
+        _bitmapInFlight.Clear();
     }
 
     public static Props Props(ImageContext ctx, string persistenceId, Func<bool> markDirty) =>

@@ -101,3 +101,21 @@ internal sealed record ReadyToStop(int L1Index, Akka.Actor.IActorRef Table);
 
 /// <summary>Runs an edit of the image's bitmaps on the image actor (their owner), then a checkpoint that stores it.</summary>
 internal sealed record BitmapEditRequest(Func<Bitmaps.BitmapSet, Task> Edit, TaskCompletionSource Done);
+
+/// <summary>
+/// A write is about to touch [<paramref name="Offset"/>, +<paramref name="Length"/>), some granule of
+/// which is not durable in a tracked bitmap: <paramref name="Done"/> completes once the journal holds it.
+/// </summary>
+internal sealed record BitmapTouch(long Offset, long Length, TaskCompletionSource Done);
+
+/// <summary>A checkpoint stores the bitmaps: journal no granule until released (answered once none is being journaled).</summary>
+internal sealed record HoldBitmapJournal(TaskCompletionSource Done);
+
+/// <summary>The checkpoint is over: journal the granules that waited.</summary>
+internal sealed record ReleaseBitmapJournal;
+
+/// <summary>
+/// Persist bitmap evidence as a batch of its own, at once: no data sync (the data it covers is not
+/// written yet) and none of the pending metadata records (whose data may not be durable yet).
+/// </summary>
+internal sealed record PersistBitmapRecords(IReadOnlyList<Metadata.MetadataRecord> Records, TaskCompletionSource Done);

@@ -30,6 +30,9 @@ public sealed class JournalBatchSerializerTests
             new SetRefcountTableEntry(0, 0x20000),
             new NewTable(TableKind.L2, 0x40000, 0x10000),
             new SetHeaderField(HeaderField.Size, 1UL << 30),
+            new BitmapTracked("backup-ü", 0x50000),
+            new BitmapRangesSet([(0, 65536), (1L << 40, 512)]),
+            new BitmapRangesSet([]),
         ]);
         var serializer = host.System.Serialization.FindSerializerFor(batch);
 
