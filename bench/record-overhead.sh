@@ -27,17 +27,17 @@ run() { # mode(plain|record) fsync-every
   [ "$2" -gt 0 ] && fsync=(--fsync="$2")
   fio --name=b --ioengine=nbd --uri="nbd://127.0.0.1:$port/disk.qcow2" --rw=randwrite --bs=4k --iodepth=16 \
     --size=1g "${fsync[@]}" --time_based --runtime="$secs" --ramp_time=1 --output-format=json 2>>fio.err \
-  | python3 -c 'import json,sys; t=sys.stdin.read(); w=json.loads(t[t.index("{"):])["jobs"][0]["write"]; print("%8.0f IOPS %7.1f MiB/s" % (w["iops"], w["bw_bytes"]/1048576))' \
+  | python3 -c 'import json,sys; t=sys.stdin.read(); w=json.loads(t[t.index("{"):])["jobs"][0]["write"]; print("%8.0f IOPS %7.1f MiB/s" % (w["iops"], w["bw_bytes"]/1048576), end="")' \
     || { cat fio.err >&2; exit 1; }
   kill -TERM "$pid"; wait "$pid" || true; pid=
-  [ "$1" = record ] && printf '   log %s MiB' "$(( $(stat -c %s disk.crashlog) / 1048576 ))" >&2
-  return 0
+  [ "$1" = record ] && printf '  (log %s MiB)' "$(( $(stat -c %s disk.crashlog) / 1048576 ))"
+  echo
 }
 
-printf '%-22s %-7s %s\n' workload mode result
+printf '%-27s %-7s %s\n' workload mode result
 for r in $(seq "$rounds"); do
   for f in 0 32; do
     name="randwrite 4k QD16"; [ "$f" -gt 0 ] && name="$name fsync/$f"
-    for m in plain record; do printf '%-22s %-7s %s\n' "$name" "$m" "$(run $m $f)"; done
+    for m in plain record; do printf '%-27s %-7s %s\n' "$name" "$m" "$(run $m $f)"; done
   done
 done

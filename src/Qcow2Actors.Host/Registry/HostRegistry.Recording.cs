@@ -51,7 +51,6 @@ internal sealed partial class HostRegistry
     {
         try
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             return await RecordingExport.StartAsync(export, path, ownsInner: false, time);
         }
         catch (SnapshotEditException ex)
