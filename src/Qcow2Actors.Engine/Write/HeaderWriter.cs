@@ -188,6 +188,7 @@ internal sealed class HeaderWriter
                 throw;
             }
             _snapshot = _block.Header.Clone();
+            MetadataEvents.Raise(MetadataEvent.HeaderUpdate, _device.Name);
             _device.Write(cluster.AsSpan(0, Math.Max(oldLength, _block.EncodedLength)), 0);
         }
     }
@@ -215,6 +216,7 @@ internal sealed class HeaderWriter
         var cluster = new byte[block.Header.ClusterSize];
         block.Write(cluster);
         var length = block.EncodedLength;
+        MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
         if (length > AtomicSector && lengthOnDisk <= AtomicSector)
         {
             device.Write(cluster.AsSpan(AtomicSector, length - AtomicSector), AtomicSector);
@@ -241,6 +243,7 @@ internal sealed class HeaderWriter
         while (first < old.Length && old[first] == now[first]) first++;
         if (first == old.Length) return false;
         while (old[last] == now[last]) last--;
+        MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
         device.Write(now.AsSpan(first, last - first + 1), first);
         return true;
     }
