@@ -4,21 +4,6 @@ using System.Text;
 
 namespace Qcow2Actors.Chaos.PowerLoss;
 
-/// <summary>One crash state of a power-loss run: the image bytes and journal a power cut could leave, and the model they must satisfy.</summary>
-internal sealed class CrashState
-{
-    public required int Index { get; init; }
-
-    public required CrashStateKind Kind { get; init; }
-
-    /// <summary>One line: the flush interval, the crash point, which calls survived and which were torn.</summary>
-    public required string Description { get; init; }
-
-    public required byte[]? Journal { get; init; }
-
-    public required Workloads.DiskModel Model { get; init; }
-}
-
 /// <summary>
 /// Walks a run's call log and produces its crash states in a fixed order (the same log and seed
 /// give the same states): for each flush interval, for each crash point in it (before each call,
@@ -70,6 +55,21 @@ internal sealed class CrashStateEnumerator
         var durable = new Devices.ByteImage(_run.InitialImage);
         var model = new Workloads.DiskModel(_run.Workload.Options.DiskSize, _run.InitialGuest);
         var applied = 0;
+        Workloads.DiskModel? cached = null;
+        var cachedAt = -1;
+        // The model of a crash point: ops acknowledged when its call was issued, the next one maybe in
+        // flight. (Not the interval's end: a guest flush or FUA write completes inside the interval that
+        // follows its device flush, once the journal holds its records; before that nothing is promised.)
+        Workloads.DiskModel ModelAt(int completed)
+        {
+            if (completed == cachedAt) return cached!;
+            for (; applied < completed; applied++) model.Apply(_run.Workload, _run.Workload.Operations[applied]);
+            cached = model.Clone();
+            if (completed < _run.Workload.Operations.Count)
+                cached.Apply(_run.Workload, _run.Workload.Operations[completed], completed: false);
+            cachedAt = completed;
+            return cached;
+        }
         var seen = new HashSet<(UInt128, UInt128)>();
         var journalHashes = new Dictionary<byte[], UInt128>(ReferenceEqualityComparer.Instance);
         var produced = 0;
@@ -79,11 +79,6 @@ internal sealed class CrashStateEnumerator
         {
             var (from, to) = intervals[k];
             var flush = to < log.Count ? log[to] : null;
-            var completedAtEnd = flush?.Completed ?? _run.Workload.Operations.Count;
-            for (; applied < completedAtEnd; applied++) model.Apply(_run.Workload, _run.Workload.Operations[applied]);
-            var intervalModel = model.Clone();
-            if (completedAtEnd < _run.Workload.Operations.Count)
-                intervalModel.Apply(_run.Workload, _run.Workload.Operations[completedAtEnd], completed: false);
             var after = from == 0 ? "start" : $"flush #{log[from - 1].Sequence}";
 
             for (var m = 0; m <= to - from && produced < _budget; m++, point++)
@@ -91,6 +86,7 @@ internal sealed class CrashStateEnumerator
                 if (point < nextPoint) continue;
                 nextPoint += stride;
                 var journal = from + m < log.Count ? log[from + m].Journal : _run.FinalJournal;
+                var pointModel = ModelAt(from + m < log.Count ? log[from + m].Completed : _run.Workload.Operations.Count);
                 var before = from + m < log.Count ? $"call #{log[from + m].Sequence}{(log[from + m].IsFlush ? " (flush)" : "")}" : "the end";
                 var head = $"interval {k} after {after}, crash before {before}, {m} unsynced";
                 var tries = m == 0 ? 1 : 1 + variantsPerPoint;
@@ -106,7 +102,7 @@ internal sealed class CrashStateEnumerator
                         Kind = kind,
                         Description = $"{head}: {kind} {detail}",
                         Journal = journal,
-                        Model = intervalModel,
+                        Model = pointModel,
                     };
                 }
             }
