@@ -28,9 +28,50 @@ internal static class ChaosCommand
         var size = new Option<string>("--size") { Description = "virtual disk size (k/M/G suffixes)", DefaultValueFactory = _ => "16M" };
         var keep = new Option<bool>("--keep") { Description = "keep every run's directory, not only failed ones" };
         var dir = new Argument<string?>("dir") { Description = "where runs are written (default: a temporary directory)", Arity = ArgumentArity.ZeroOrOne };
-        var command = new Command("chaos", "crash a workload process at random points and prove every recovery") { runs, seed, ops, size, keep, dir };
-        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(parse.GetValue(runs), parse.GetValue(seed), parse.GetValue(ops),
-            parse.GetValue(size)!, parse.GetValue(keep), parse.GetValue(dir), ct)));
+        var powerLoss = new Option<bool>("--power-loss") { Description = "in process: enumerate crash states of simulated-disk runs (every flush prefix x dropped/reordered/torn unsynced writes), recover and check each" };
+        var states = new Option<int>("--states") { Description = "--power-loss: crash states to check", DefaultValueFactory = _ => 100_000 };
+        var perRun = new Option<int>("--states-per-run") { Description = "--power-loss: crash states taken from one workload run", DefaultValueFactory = _ => 2000 };
+        var runSeed = new Option<int?>("--run-seed") { Description = "--power-loss: rebuild the one run a failure line names" };
+        var state = new Option<int?>("--state") { Description = "--power-loss with --run-seed: check only this state of the run" };
+        var workers = new Option<int>("--workers") { Description = "--power-loss: parallel workers", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
+        var qemuEvery = new Option<int>("--qemu-every") { Description = "--power-loss: also run qemu-img check on one state in N (0: never)", DefaultValueFactory = _ => 1000 };
+        var output = new Option<string>("--output") { Description = "--power-loss: human or json", DefaultValueFactory = _ => "human" };
+        // The harness's own test: a disk that forgets flushed writes must make the run fail.
+        var dropFlushed = new Option<bool>("--drop-flushed-writes") { Hidden = true };
+        var command = new Command("chaos", "crash a workload process at random points and prove every recovery; --power-loss: enumerate crash states in process")
+        {
+            runs, seed, ops, size, keep, dir, powerLoss, states, perRun, runSeed, state, workers, qemuEvery, output, dropFlushed,
+        };
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
+        {
+            if (!parse.GetValue(powerLoss))
+                return RunAsync(parse.GetValue(runs), parse.GetValue(seed), parse.GetValue(ops), parse.GetValue(size)!, parse.GetValue(keep), parse.GetValue(dir), ct);
+            var diskSize = 1024L * 1024;
+            if (parse.GetResult(size) is { Implicit: false })
+            {
+                var text = parse.GetValue(size)!;
+                if (QemuSize.TryParse(text, out var parsed) != QemuSizeError.None || parsed < 65536 || parsed > 64L * 1024 * 1024 || parsed % 512 != 0)
+                    throw new CliException($"invalid --size '{text}': a multiple of 512 from 64k to 64M");
+                diskSize = (long)parsed;
+            }
+            if (parse.GetValue(workers) < 1) throw new CliException("--workers must be at least 1");
+            var options = new Chaos.PowerLoss.PowerLossOptions
+            {
+                States = parse.GetValue(states),
+                StatesPerRun = parse.GetValue(perRun),
+                Seed = parse.GetValue(seed) ?? Random.Shared.Next(),
+                Operations = parse.GetResult(ops) is { Implicit: false } ? parse.GetValue(ops) : 60,
+                DiskSize = diskSize,
+                Workers = parse.GetValue(workers),
+                QemuSampleEvery = QemuImg.IsAvailable ? Math.Max(0, parse.GetValue(qemuEvery)) : 0,
+                WorkDirectory = parse.GetValue(dir),
+                RunSeed = parse.GetValue(runSeed),
+                StateIndex = parse.GetValue(state),
+                DropFlushedWrites = parse.GetValue(dropFlushed),
+            };
+            if (options.Operations < 1) throw new CliException("--ops must be at least 1");
+            return ChaosPowerLossCommand.RunAsync(options, Formats.IsJson(parse.GetValue(output)), ct);
+        }));
         yield return command;
         yield return ChaosChildCommand.Create();
     }

@@ -87,6 +87,7 @@ public sealed class FileJournal : AsyncWriteJournal
         var writes = messages.ToList();
         var results = new Exception?[writes.Count];
         var byFile = new Dictionary<string, List<IReadOnlyList<StoredEvent>>>(StringComparer.Ordinal);
+        var payloads = new Dictionary<string, List<object>>(StringComparer.Ordinal);
         for (var i = 0; i < writes.Count; i++)
         {
             var write = writes[i];
@@ -96,6 +97,8 @@ public sealed class FileJournal : AsyncWriteJournal
                 if (events.Count == 0) continue;
                 if (!byFile.TryGetValue(write.PersistenceId, out var list)) byFile[write.PersistenceId] = list = [];
                 list.Add(events);
+                if (!payloads.TryGetValue(write.PersistenceId, out var objects)) payloads[write.PersistenceId] = objects = [];
+                objects.AddRange(((IImmutableList<IPersistentRepresentation>)write.Payload).Select(p => p.Payload));
             }
             catch (Exception e)
             {
@@ -105,7 +108,12 @@ public sealed class FileJournal : AsyncWriteJournal
             }
         }
         cancellationToken.ThrowIfCancellationRequested();
-        await Task.WhenAll(byFile.Select(kv => OnFile(kv.Key, f => f.Append(kv.Value)))).ConfigureAwait(false);
+        await Task.WhenAll(byFile.Select(kv => OnFile(kv.Key, f =>
+        {
+            // A fault-injection test may fail this append as the file would (no-op otherwise).
+            foreach (var payload in payloads[kv.Key]) Write.MetadataEvents.RaiseForBatch(payload, f.Path);
+            f.Append(kv.Value);
+        }))).ConfigureAwait(false);
         return results.All(r => r is null) ? null! : results.ToImmutableList();
     }
 

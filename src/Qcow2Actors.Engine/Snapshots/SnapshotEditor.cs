@@ -129,6 +129,7 @@ public static class SnapshotEditor
         device.Flush();
         // 2. The active tables without COPIED where clusters are now shared, and the new table.
         s.WriteActiveTables(h.L1TableOffset, active);
+        Write.MetadataEvents.Raise(Write.MetadataEvent.SnapshotEdit, device.Name);
         device.Write(table, tableOffset);
         device.Flush();
         // 3. One header write switches to the new table.
@@ -214,7 +215,11 @@ public static class SnapshotEditor
 
         // 1. The new table (its allocation durable first, so a crash leaks it at worst).
         rc.WriteBack();
-        if (table.Length > 0) device.Write(table, tableOffset);
+        if (table.Length > 0)
+        {
+            Write.MetadataEvents.Raise(Write.MetadataEvent.SnapshotEdit, device.Name);
+            device.Write(table, tableOffset);
+        }
         device.Flush();
         // 2. One header write drops the snapshot.
         var next = h.Clone();

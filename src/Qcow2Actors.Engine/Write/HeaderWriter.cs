@@ -44,13 +44,14 @@ internal sealed class HeaderWriter
         lock (_lock)
         {
             if (BitsOnDisk) return false;
+            var before = _block.EncodedLength;
             V2Promotion.Promote(_block);
             // QEMU must be able to name the bit it refuses: images qemu-img made carry only its own names.
             // An older name (images an earlier version made) is replaced by the current one.
             if (_block.FeatureNames?.Lookup(FeatureType.Incompatible, 63) is not FeatureNameTable.JournalPendingName)
                 _block.FeatureNames = Create.ImageCreator.FittingFeatureNames(_block);
             _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Dirty | IncompatibleFeatures.JournalPending;
-            WriteLocked();
+            WriteLocked(before);
             BitsOnDisk = true;
             return true;
         }
@@ -79,9 +80,10 @@ internal sealed class HeaderWriter
     {
         lock (_lock)
         {
+            var before = _block.EncodedLength;
             V2Promotion.Promote(_block);
             _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Dirty;
-            WriteLocked();
+            WriteLocked(before);
         }
     }
 
@@ -103,9 +105,10 @@ internal sealed class HeaderWriter
     {
         lock (_lock)
         {
+            var before = _block.EncodedLength;
             V2Promotion.Promote(_block);
             _block.Header.IncompatibleFeatures |= IncompatibleFeatures.Corrupt;
-            WriteLocked();
+            WriteLocked(before);
         }
     }
 
@@ -185,22 +188,43 @@ internal sealed class HeaderWriter
                 throw;
             }
             _snapshot = _block.Header.Clone();
+            MetadataEvents.Raise(MetadataEvent.HeaderUpdate, _device.Name);
             _device.Write(cluster.AsSpan(0, Math.Max(oldLength, _block.EncodedLength)), 0);
         }
     }
 
-    private void WriteLocked()
+    private void WriteLocked(int lengthOnDisk = int.MaxValue)
     {
         _snapshot = _block.Header.Clone();
-        Write(_device, _block);
+        Write(_device, _block, lengthOnDisk);
     }
 
-    /// <summary>Writes the whole of cluster 0's header part (header, extensions, backing name) in place; the caller flushes.</summary>
-    public static void Write(IBlockDevice device, ImageHeaderBlock block)
+    /// <summary>The unit a disk may tear a write at: only a write within one such sector is atomic.</summary>
+    internal const int AtomicSector = 512;
+
+    /// <summary>
+    /// Writes the whole of cluster 0's header part (header, extensions, backing name) in place; the caller flushes.
+    /// <paramref name="lengthOnDisk"/> is how long the header part on disk is now: when it fits in the first
+    /// sector and the new one does not (a v2 header promoted, a feature name table added, which moves the
+    /// extensions and the backing name), the tail beyond the first sector is written and flushed first, where
+    /// the old header does not look, and only then the first sector, which switches to it. One write of both
+    /// could be torn at a sector boundary by a power cut, leaving a new header whose backing name offset points
+    /// into the old bytes (found by <c>q2a chaos --power-loss</c>).
+    /// </summary>
+    public static void Write(IBlockDevice device, ImageHeaderBlock block, int lengthOnDisk = int.MaxValue)
     {
         var cluster = new byte[block.Header.ClusterSize];
         block.Write(cluster);
-        device.Write(cluster.AsSpan(0, block.EncodedLength), 0);
+        var length = block.EncodedLength;
+        MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
+        if (length > AtomicSector && lengthOnDisk <= AtomicSector)
+        {
+            device.Write(cluster.AsSpan(AtomicSector, length - AtomicSector), AtomicSector);
+            device.Flush();
+            device.Write(cluster.AsSpan(0, AtomicSector), 0);
+            return;
+        }
+        device.Write(cluster.AsSpan(0, length), 0);
     }
 
     /// <summary>
@@ -219,6 +243,7 @@ internal sealed class HeaderWriter
         while (first < old.Length && old[first] == now[first]) first++;
         if (first == old.Length) return false;
         while (old[last] == now[last]) last--;
+        MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
         device.Write(now.AsSpan(first, last - first + 1), first);
         return true;
     }

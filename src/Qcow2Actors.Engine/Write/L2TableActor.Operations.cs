@@ -262,7 +262,7 @@ internal sealed partial class L2TableActor
             {
                 var part = new byte[fill.To - fill.From];
                 if (fill.From != dataStart || fill.To != dataStart + data.Length)
-                    await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, fill.From, part, default);
+                    await CowReadAsync(_ctx.Layer.Views.Current, fill.From, part, default);
                 data.Span.CopyTo(part.AsSpan((int)(dataStart - fill.From)));
                 await _ctx.Device.WriteAsync(part, host + (fill.From - runStart));
                 return;
@@ -277,13 +277,13 @@ internal sealed partial class L2TableActor
             if (fill.HeadPartial)
             {
                 if (fill.HeadZero) mem.Span[..(int)cs].Clear();
-                else await _ctx.Layer.ReadAsync(view, runStart, mem[..(int)cs], default);
+                else await CowReadAsync(view, runStart, mem[..(int)cs], default);
             }
             if (fill.TailPartial && (runBytes > cs || !fill.HeadPartial))
             {
                 var tail = mem[(int)(runBytes - cs)..];
                 if (fill.TailZero) tail.Span.Clear();
-                else await _ctx.Layer.ReadAsync(view, runStart + runBytes - cs, tail, default);
+                else await CowReadAsync(view, runStart + runBytes - cs, tail, default);
             }
             data.Span.CopyTo(mem.Span[(int)(dataStart - runStart)..]);
             await _ctx.Device.WriteAsync(mem, host);
@@ -300,17 +300,24 @@ internal sealed partial class L2TableActor
         long s = pos & ~(sc - 1), t = (chunkEnd + sc - 1) & ~(sc - 1);
         var part = new byte[t - s];
         if (s != pos || t != chunkEnd)
-            await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, s, part, default);
+            await CowReadAsync(_ctx.Layer.Views.Current, s, part, default);
         data.Span.CopyTo(part.AsSpan((int)(pos - s)));
         _ctx.CheckDataWrite(host + (s - clusterStart), part.Length);
         await _ctx.Device.WriteAsync(part, host + (s - clusterStart));
+    }
+
+    /// <summary>Reads the old data a partial-cluster write copies (the <see cref="MetadataEvent.CowRead"/> event).</summary>
+    private ValueTask CowReadAsync(Read.ImageView view, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        MetadataEvents.Raise(MetadataEvent.CowRead, _ctx.Path);
+        return _ctx.Layer.ReadAsync(view, offset, buffer, cancellationToken);
     }
 
     private async Task FillDataFileAsync(long clusterStart, long pos, long chunkEnd, bool restIsZero)
     {
         long cs = _g.ClusterSize;
         var buf = new byte[cs];
-        if (!restIsZero) await _ctx.Layer.ReadAsync(_ctx.Layer.Views.Current, clusterStart, buf, default);
+        if (!restIsZero) await CowReadAsync(_ctx.Layer.Views.Current, clusterStart, buf, default);
         if (pos > clusterStart) await _ctx.DataDevice!.WriteAsync(buf.AsMemory(0, (int)(pos - clusterStart)), clusterStart);
         long tail = clusterStart + cs - chunkEnd;
         if (tail > 0) await _ctx.DataDevice!.WriteAsync(buf.AsMemory((int)(chunkEnd - clusterStart), (int)tail), chunkEnd);

@@ -162,7 +162,9 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
                 await _io.Run(() =>
                 {
                     PunchDurableDataClusters();
-                    if (bytes is not null) _ctx.Device.Write(bytes, offset);
+                    if (bytes is null) return;
+                    MetadataEvents.Raise(MetadataEvent.CheckpointWriteBack, _ctx.Path);
+                    _ctx.Device.Write(bytes, offset);
                 });
             if (bytes is not null)
             {

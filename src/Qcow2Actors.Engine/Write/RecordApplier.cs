@@ -67,7 +67,11 @@ internal static class RecordApplier
                 }
             }
         }
-        foreach (var (offset, table) in tables) device.Write(table, offset);
+        foreach (var (offset, table) in tables)
+        {
+            MetadataEvents.Raise(MetadataEvent.CheckpointWriteBack, device.Name);
+            device.Write(table, offset);
+        }
         refcounts.WriteBack();
         h.RefcountTableOffset = refcounts.TableOffset;
         h.RefcountTableClusters = refcounts.TableClusters;
@@ -87,7 +91,9 @@ internal static class RecordApplier
     {
         var bytes = new byte[l1.Length * 8];
         L1Table.Encode(l1, bytes);
-        if (bytes.Length > 0) device.Write(bytes, h.L1TableOffset);
+        if (bytes.Length == 0) return;
+        MetadataEvents.Raise(MetadataEvent.CheckpointWriteBack, device.Name);
+        device.Write(bytes, h.L1TableOffset);
     }
 
     private static void ApplyHeader(Qcow2Header h, SetHeaderField r)

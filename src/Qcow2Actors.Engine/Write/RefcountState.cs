@@ -386,7 +386,10 @@ internal sealed class RefcountState
         _tableDirty = true;
         long offset = (long)(record.Value & RefcountTableEntry.OffsetMask);
         if (_pendingNewBlocks.Remove(offset)) { _blocks[record.Index] = new byte[ClusterSize]; _dirtyBlocks.Add(record.Index); }
-        else _blocks.Remove(record.Index);
+        // A clean cached block is reloaded from where the entry now points. A dirty one holds refcounts
+        // replayed from earlier records (a grown table re-sets every entry, same blocks): dropping it lost
+        // them and the write-back then failed on the missing block (found by the 026 fault matrix).
+        else if (!_dirtyBlocks.Contains(record.Index)) _blocks.Remove(record.Index);
     }
 
     public void ApplyRefcount(SetRefcount record)
@@ -408,6 +411,7 @@ internal sealed class RefcountState
             long offset = (long)(_table[ti] & RefcountTableEntry.OffsetMask);
             if (offset == 0) continue;
             if (Map?.CheckTable(offset, ClusterSize, MetadataKind.RefcountBlock) is { } problem) throw new Qcow2ImageCorruptException(problem);
+            MetadataEvents.Raise(MetadataEvent.CheckpointWriteBack, _device.Name);
             _device.Write(_blocks[ti], offset);
             any = true;
         }
@@ -417,6 +421,7 @@ internal sealed class RefcountState
             var bytes = new byte[(long)TableClusters << _clusterBits];
             if (Map?.CheckTable(TableOffset, bytes.Length, MetadataKind.RefcountTable) is { } problem) throw new Qcow2ImageCorruptException(problem);
             for (int i = 0; i < _table.Length; i++) new RefcountTableEntry(_table[i]).Write(bytes, i);
+            MetadataEvents.Raise(MetadataEvent.CheckpointWriteBack, _device.Name);
             _device.Write(bytes, TableOffset);
             _tableDirty = false;
             any = true;
