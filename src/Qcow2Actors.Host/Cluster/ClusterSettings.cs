@@ -120,12 +120,12 @@ public sealed record ClusterSettings
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp.hostname = {{Quote(Hostname)}}
             akka.remote.dot-netty.tcp.port = {{Port.ToString(CultureInfo.InvariantCulture)}}
-            # A node that dies is seen unreachable in about 1.5 s and downed by the split-brain resolver 1 s later;
+            # A node that dies is seen unreachable in about 1.5 s and downed by the split-brain resolver 1 s later (stable-after);
             # its shards (with their remembered images) then start on the survivors.
-            akka.cluster.failure-detector.heartbeat-interval = 300ms
-            akka.cluster.failure-detector.acceptable-heartbeat-pause = 1200ms
+            akka.cluster.failure-detector.heartbeat-interval = 250ms
+            akka.cluster.failure-detector.acceptable-heartbeat-pause = 1s
             akka.cluster.failure-detector.threshold = 8.0
-            akka.cluster.split-brain-resolver.stable-after = 1s
+            akka.cluster.split-brain-resolver.stable-after = 750ms
             akka.cluster.down-removal-margin = 250ms
             akka.cluster.leader-actions-interval = 250ms
             akka.cluster.unreachable-nodes-reaper-interval = 250ms
@@ -134,10 +134,12 @@ public sealed record ClusterSettings
             akka.cluster.sharding.distributed-data.majority-min-cap = 2
             akka.cluster.sharding.coordinator-state.write-majority-plus = 0
             akka.cluster.sharding.coordinator-state.read-majority-plus = 0
-            akka.cluster.sharding.retry-interval = 500ms
+            akka.cluster.sharding.retry-interval = 200ms
             akka.cluster.sharding.shard-start-timeout = 5s
             akka.cluster.sharding.entity-restart-backoff = 1s
-            akka.cluster.singleton.hand-over-retry-interval = 500ms
+            akka.cluster.singleton.hand-over-retry-interval = 200ms
+            akka.cluster.sharding.waiting-for-state-timeout = 1s
+            akka.cluster.sharding.updating-state-timeout = 1s
             """;
     }
 

@@ -79,6 +79,9 @@ public sealed class ClusterFailoverInteropTests(PostgresFixture pg, ITestOutputH
             output.WriteLine($"{image} served again by {owners[image].Name} {clock.Elapsed.TotalSeconds:F2} s after SIGKILL of {victim.Name}");
         }
         var failover = clock.Elapsed;
+        foreach (var node in survivors)
+            foreach (var line in node.Output.Split('\n').Where(l => l.Contains("cluster:", StringComparison.Ordinal) || l.Contains("SBR", StringComparison.Ordinal) || l.Contains(" added for image", StringComparison.Ordinal)))
+                output.WriteLine($"{node.Name}: {(line.Length > 200 ? line[..200] : line)}");
         // Target < 5 s (failure detection ~1.5 s, split-brain resolver 1 s, shard restart, journal replay); the
         // bound leaves room for a loaded CI machine.
         Assert.True(failover < TimeSpan.FromSeconds(20), $"re-served after {failover.TotalSeconds:F1} s");
