@@ -60,6 +60,15 @@ public sealed class ClusterFailoverInteropTests(PostgresFixture pg, ITestOutputH
             owners[image] = (await (await Task.WhenAny(added[image]).WaitAsync(Timeout)))!;
         foreach (var node in _nodes)
             Assert.Equal(images.Where(i => owners[i] == node).Select(i => "acme/" + i).Order(), (await node.ClusterAsync()).OwnedImages);
+        // q2a ctl shows the same: members up, the images node 1 owns.
+        var status = QemuTools.Q2a("ctl", "--control", node1.ControlSocket, "--output", "json", "cluster", "status");
+        Assert.True(status.ExitCode == 0, status.StdErr);
+        using (var json = System.Text.Json.JsonDocument.Parse(status.StdOut))
+        {
+            Assert.Equal(3, json.RootElement.GetProperty("members").EnumerateArray().Count(m => m.GetProperty("status").GetString() == "up"));
+            Assert.Equal(images.Where(i => owners[i] == node1).Select(i => "acme/" + i).Order(),
+                json.RootElement.GetProperty("ownedImages").EnumerateArray().Select(e => e.GetString()!));
+        }
         output.WriteLine(string.Join(", ", images.Select(i => $"{i}@{owners[i].Name}")));
 
         // Flushed writes through each owner (qemu-io: write, then flush; its exit says the flush was acknowledged).
