@@ -19,6 +19,8 @@ public sealed class ClusterFailoverInteropTests(PostgresFixture pg, ITestOutputH
 
     private static byte Pattern(int image, int round) => (byte)(0x10 * round + image);
 
+    private static bool IsApiUp(string line) => line.Contains("control API on ", StringComparison.Ordinal);
+
     private static bool ExportAdded(string line, string export) =>
         line.Contains($"export {export} added", StringComparison.Ordinal);
 
@@ -46,10 +48,11 @@ public sealed class ClusterFailoverInteropTests(PostgresFixture pg, ITestOutputH
             _nodes.Add(node);
         }
         var node1 = _nodes[0];
-        var ups = _nodes.Select(n => node1.Printed(l => l.Contains($"member up {n.Address}", StringComparison.Ordinal))
-            ? Task.FromResult("") : node1.NextLine(l => l.Contains($"member up {n.Address}", StringComparison.Ordinal))).ToArray();
+        var ups = _nodes.Select(n => node1.Line(l => l.Contains($"member up {n.Address}", StringComparison.Ordinal))).ToArray();
+        // ... and each answers on its control socket (the API starts after the cluster joined).
+        var apis = _nodes.Select(n => n.Line(IsApiUp)).ToArray();
         var started = Stopwatch.StartNew();
-        await Task.WhenAll(ups).WaitAsync(Timeout);
+        await Task.WhenAll(ups.Concat(apis)).WaitAsync(Timeout);
         output.WriteLine($"3 nodes up in {started.Elapsed.TotalSeconds:F1} s");
 
         // Six images served from the cluster: each lands on exactly one node.

@@ -80,9 +80,10 @@ internal sealed class ClusterNodeProcess : IDisposable
     private void OnLine(string? line)
     {
         if (line is null) return;
-        lock (_output) _output.AppendLine(line);
+        // Lock order: waiters, then output (as Line), so a line is either seen by Line's look back or by its waiter.
         lock (_waiters)
         {
+            lock (_output) _output.AppendLine(line);
             foreach (var w in _waiters.Where(w => w.Match(line)).ToList())
             {
                 w.Seen.TrySetResult(line);
@@ -91,18 +92,28 @@ internal sealed class ClusterNodeProcess : IDisposable
         }
     }
 
+    /// <summary>A task that completes with the first line printed so far or from now on that <paramref name="match"/> accepts.</summary>
+    public Task<string> Line(Func<string, bool> match)
+    {
+        lock (_waiters)
+        {
+            string? earlier;
+            lock (_output) earlier = _output.ToString().Split('\n').FirstOrDefault(match);
+            if (earlier is not null) return Task.FromResult(earlier);
+            return NextLine(match);
+        }
+    }
+
     /// <summary>A task that completes with the first line from now on that <paramref name="match"/> accepts.</summary>
     public Task<string> NextLine(Func<string, bool> match)
     {
         var seen = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        lock (_waiters) _waiters.Add((match, seen));
+        lock (_waiters)
+        {
+            if (_process.HasExited) seen.TrySetException(new InvalidOperationException($"{Name} exited:\n{Output}"));
+            else _waiters.Add((match, seen));
+        }
         return seen.Task;
-    }
-
-    /// <summary>Whether <paramref name="match"/> accepts a line printed so far.</summary>
-    public bool Printed(Func<string, bool> match)
-    {
-        lock (_output) return _output.ToString().Split('\n').Any(match);
     }
 
     public async Task<ClusterReply> ClusterAsync() =>
