@@ -21,8 +21,9 @@ internal static class HostCommand
         var port = new Option<int?>("--port", "-p") { Description = "NBD TCP port (default 10809; 0 picks a free one)" };
         var socket = new Option<string?>("--socket", "-k") { Description = "serve NBD on this Unix socket instead of TCP" };
         var dataDir = new Option<string?>("--data-dir") { Description = "directory of the images (DIR/TENANT/NAME.qcow2) and host-state.json" };
+        var cluster = new Option<bool>("--cluster") { Description = "join the cluster of qcow2actors.host.cluster (seed nodes, PostgreSQL journal; the data directory shared by every node)" };
         var command = new Command("host", "Run the multi-tenant storage daemon (NBD exports managed through the control API) until SIGTERM/SIGINT")
-            { config, control, controlPort, port, socket, dataDir };
+            { config, control, controlPort, port, socket, dataDir, cluster };
 
         // Synchronous on purpose, as serve: System.CommandLine gives an asynchronous action only a short grace
         // period after SIGTERM; the generic host handles the signals and closes every image before returning.
@@ -30,6 +31,8 @@ internal static class HostCommand
         {
             var settings = HostSettings.Load(parse.GetValue(config), parse.GetValue(dataDir), parse.GetValue(control),
                 parse.GetValue(controlPort), parse.GetValue(port), parse.GetValue(socket));
+            if (parse.GetValue(cluster) && settings.Cluster is null)
+                settings = settings with { Cluster = Qcow2Actors.Host.Cluster.ClusterSettings.Read(settings.Config) };
             if (IgnoredSignals.Warning("host", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
             try
             {

@@ -13,6 +13,11 @@ public static class Routes
     /// <summary>GET: Prometheus text.</summary>
     public const string Metrics = "/metrics";
 
+    /// <summary>GET: <see cref="Contracts.ClusterReply"/> (cluster mode).</summary>
+    public const string Cluster = "/v1/cluster";
+    /// <summary>POST: serve an image from the cluster (<see cref="Contracts.ClusterImageRequest"/>; cluster mode).</summary>
+    public const string ClusterImages = "/v1/cluster/images";
+
     /// <summary>POST (create), GET (list).</summary>
     public const string Tenants = "/v1/tenants";
     /// <summary>GET, PATCH, DELETE one tenant.</summary>

@@ -18,6 +18,15 @@ public sealed record HostSettings
     /// <summary>Directory of the tenants' images and of host-state.json.</summary>
     public required string DataDir { get; init; }
 
+    /// <summary>
+    /// Cluster mode (<c>q2a host --cluster</c> or <c>qcow2actors.host.cluster.enabled = on</c>): null for a single
+    /// host. In a cluster the data directory is shared by every node.
+    /// </summary>
+    public Qcow2Actors.Host.Cluster.ClusterSettings? Cluster { get; init; }
+
+    /// <summary>Where this host's host-state.json lives: the data directory, or DATA_DIR/.nodes/NODE in a cluster.</summary>
+    public string StateDir => Cluster is null ? DataDir : Path.Combine(DataDir, ".nodes", Cluster.NodeName);
+
     /// <summary>Control API Unix socket path.</summary>
     public required string ControlSocket { get; init; }
 
@@ -187,6 +196,7 @@ public sealed record HostSettings
             ConfigFile = configFile is null ? null : Path.GetFullPath(configFile),
             Config = config,
             Tenants = ReadTenants(config),
+            Cluster = host.GetBoolean("cluster.enabled", false) ? Qcow2Actors.Host.Cluster.ClusterSettings.Read(config) : null,
         };
     }
 

@@ -75,8 +75,11 @@ public static class HostApplication
             // The registry closes the images in the service-unbind phase (RegistryService): give it the stop timeout and
             // a minute for the checkpoints rather than Akka's default 5 s per phase.
             var unbind = (long)(settings.StopTimeout + TimeSpan.FromMinutes(1)).TotalSeconds;
-            o.Hocon = (settings.ConfigFile is null ? "" : File.ReadAllText(settings.ConfigFile))
+            // Cluster mode's journal and failure-detection settings go first, so the config file's own keys win.
+            o.Hocon = (settings.Cluster is { } cluster ? cluster.Hocon() + "\n" : "")
+                + (settings.ConfigFile is null ? "" : File.ReadAllText(settings.ConfigFile))
                 + $"\nakka.coordinated-shutdown.phases.service-unbind.timeout = {unbind}s\n";
+            if (settings.Cluster is { } clustered) o.ConfigureAkka = (akka, _) => Cluster.ClusterSetup.Configure(akka, clustered);
         });
         builder.Services.AddSingleton(settings);
         builder.Services.AddSingleton<HostRegistry>();
@@ -103,6 +106,7 @@ public static class HostApplication
         SnapshotEndpoints.Map(api);
         ExportEndpoints.Map(api);
         LimitEndpoints.Map(api);
+        ClusterEndpoints.Map(api);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             ControlListener.Restrict(settings.ControlSocket);

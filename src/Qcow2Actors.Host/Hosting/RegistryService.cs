@@ -12,10 +12,15 @@ namespace Qcow2Actors.Host.Hosting;
 /// runs first (Akka.Hosting may start the coordinated shutdown when the application begins stopping), the
 /// registry closes its images itself, ahead of the engine's <c>service-stop</c> phase.
 /// </summary>
-internal sealed class RegistryService(HostRegistry registry, ActorSystem system) : IHostedService
+internal sealed class RegistryService(HostRegistry registry, ActorSystem system, Microsoft.Extensions.Logging.ILoggerFactory loggers) : IHostedService
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
+        if (registry.Settings.Cluster is { } cluster)
+        {
+            system.ActorOf(Cluster.ClusterEventLog.Props(loggers.CreateLogger("Qcow2Actors.Host.Cluster")), "q2a-cluster-events");
+            await Cluster.ClusterSetup.WarmUpJournalsAsync(system, cluster, cancellationToken);
+        }
         await registry.StartAsync(cancellationToken);
         CoordinatedShutdown.Get(system).AddTask(CoordinatedShutdown.PhaseServiceUnbind, "q2a-host-registry-stop", async () =>
         {

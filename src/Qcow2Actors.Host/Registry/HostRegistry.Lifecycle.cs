@@ -20,6 +20,7 @@ internal sealed partial class HostRegistry
         try
         {
             Directory.CreateDirectory(Settings.DataDir);
+            Directory.CreateDirectory(Settings.StateDir);
             var state = _store.Load();
             foreach (var t in state.Tenants) _tenants[t.Name] = new TenantEntry(t.Name, t.Quota, t.MaxImages) { Revoked = t.Revoked };
             LoadTokens(state.Tokens);

@@ -25,7 +25,7 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly ConcurrentDictionary<string, TenantEntry> _tenants = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, ExportEntry> _exports = new(StringComparer.Ordinal);
-    private readonly StateStore _store = new(settings.DataDir);
+    private readonly StateStore _store = new(settings.StateDir);
     // Exports and export limits of the saved state whose image did not open at start: kept in the state
     // (a file briefly missing must not lose them for good) until their image or tenant is deleted.
     private readonly List<PersistedExport> _pendingExports = [];
@@ -82,9 +82,10 @@ internal sealed partial class HostRegistry(HostSettings settings, ImageHost imag
     private Task SaveAsync() => _store.SaveAsync(new HostState
     {
         Tenants = [.. _tenants.Values.OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => new PersistedTenant(t.Name, t.Quota.LimitBytes, t.MaxImages, t.Revoked))],
-        Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).OrderBy(i => i.Key, StringComparer.Ordinal)
+        // Cluster-owned images are sharding's to remember, not this node's.
+        Images = [.. _tenants.Values.SelectMany(t => t.Images.Values).Where(i => !i.ClusterOwned).OrderBy(i => i.Key, StringComparer.Ordinal)
             .Select(i => new PersistedImage(i.Tenant, i.Name, i.Image is not null || (i.Failure is not null && i.WantOpen)))],
-        Exports = [.. _exports.Values.Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly, e.Export.DirtyBitmaps, e.Export.AllocationDepth,
+        Exports = [.. _exports.Values.Where(e => !e.Image.ClusterOwned).Select(e => new PersistedExport(e.Name, e.Image.Tenant, e.Image.Name, e.ReadOnly, e.Export.DirtyBitmaps, e.Export.AllocationDepth,
             e.Recording?.LogPath))
             .Concat(PendingExports).OrderBy(e => e.Name, StringComparer.Ordinal)],
         Limits = [.. _tenants.Values.Where(t => t.Limit is not null).Select(t => new PersistedLimit("tenant", t.Name, t.Limit!)),

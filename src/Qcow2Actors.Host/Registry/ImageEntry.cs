@@ -26,6 +26,9 @@ internal sealed class ImageEntry(string tenant, string name, string path)
     /// <summary>The saved state had it open: a failed open keeps it so (the next start tries again).</summary>
     public bool WantOpen { get; set; }
 
+    /// <summary>Cluster mode: served here because this node owns its sharded entity; never in this node's state file.</summary>
+    public bool ClusterOwned { get; set; }
+
     /// <summary>Bytes charged to the tenant's quota for the image while it is closed.</summary>
     public long ClosedCharge { get; set; }
 

@@ -29,6 +29,7 @@ internal static class CtlCommand
         command.Subcommands.Add(ExportCommands.Create(globals));
         command.Subcommands.Add(SnapshotCommands.Create(globals));
         command.Subcommands.Add(LimitCommands.Create(globals));
+        command.Subcommands.Add(ClusterCommands.Create(globals));
         foreach (var c in HealthCommands.Create(globals)) command.Subcommands.Add(c);
         return command;
     }

@@ -1,0 +1,32 @@
+using System.CommandLine;
+using Qcow2Actors.Host.Api;
+using Qcow2Actors.Host.Api.Contracts;
+
+namespace Qcow2Actors.Cli.Commands.Ctl;
+
+/// <summary><c>q2a ctl cluster status | serve TENANT IMAGE</c>: a <c>q2a host --cluster</c> node's view, and serving an image from the cluster.</summary>
+internal static class ClusterCommands
+{
+    public static Command Create(CtlGlobals globals)
+    {
+        var group = new Command("cluster", "cluster mode (q2a host --cluster): members, the images this node owns, serving an image from the cluster");
+
+        var status = new Command("status", "show the members as this node sees them and the images it owns");
+        globals.SetAction(status, (_, ctx) => ctx.PrintAsync<ClusterReply>(HttpMethod.Get, Routes.Cluster, null, Describe));
+        group.Subcommands.Add(status);
+
+        var (tenant, image) = (new Argument<string>("TENANT"), new Argument<string>("IMAGE"));
+        var serve = new Command("serve", "serve DATA_DIR/TENANT/IMAGE.qcow2 from the cluster: one node owns it at a time, a survivor takes it over when that node dies") { tenant, image };
+        globals.SetAction(serve, (parse, ctx) => ctx.PrintAsync<ClusterImageRequest>(HttpMethod.Post, Routes.ClusterImages,
+            new ClusterImageRequest { Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)! },
+            r => $"{r.Tenant}/{r.Image}: the cluster starts serving it on one node (q2a ctl cluster status on each node shows which)\n"));
+        group.Subcommands.Add(serve);
+        return group;
+    }
+
+    /// <summary>The node's view: itself, the leader, the members as a table, the images it owns.</summary>
+    internal static string Describe(ClusterReply c) =>
+        CtlFormat.Lines(("self", c.Self), ("leader", c.Leader ?? "none"), ("owned images", c.OwnedImages.Count == 0 ? "none" : string.Join(", ", c.OwnedImages)))
+        + CtlFormat.Table([new("MEMBER"), new("STATUS"), new("REACHABLE")],
+            c.Members.Select(m => new[] { m.Address, m.Status, m.Unreachable ? "no" : "yes" }));
+}

@@ -1,0 +1,144 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text;
+using Qcow2Actors.Host.Api;
+using Qcow2Actors.Host.Api.Contracts;
+
+namespace Qcow2Actors.Interop.Tests.Host;
+
+/// <summary>
+/// One <c>q2a host --cluster</c> node out of process: its own remoting port, control socket and NBD port, the data
+/// directory shared with the other nodes. Its log lines can be awaited (the events themselves, not a delay).
+/// </summary>
+internal sealed class ClusterNodeProcess : IDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+    private readonly List<(Func<string, bool> Match, TaskCompletionSource<string> Seen)> _waiters = [];
+    private readonly HttpClient _http;
+
+    public ClusterNodeProcess(string root, string name, string dataDir, int remotingPort, IReadOnlyList<int> seedPorts, string connectionString)
+    {
+        Name = name;
+        RemotingPort = remotingPort;
+        NbdPort = HostProcess.FreePort();
+        ControlSocket = Path.Combine(root, name + ".sock");
+        var config = Path.Combine(root, name + ".conf");
+        File.WriteAllText(config, $$"""
+            qcow2actors.host.cluster {
+              port = {{remotingPort.ToString(CultureInfo.InvariantCulture)}}
+              seed-nodes = [{{string.Join(", ", seedPorts.Select(p => $"\"akka.tcp://q2a-host@127.0.0.1:{p.ToString(CultureInfo.InvariantCulture)}\""))}}]
+              journal.connection-string = "{{connectionString}}"
+            }
+            """);
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])[Path.Combine(AppContext.BaseDirectory, "q2a.dll"), "host", "--cluster", "--config", config,
+                     "--data-dir", dataDir, "--control", ControlSocket, "--port", NbdPort.ToString(CultureInfo.InvariantCulture)])
+            psi.ArgumentList.Add(a);
+        _process = new Process { StartInfo = psi, EnableRaisingEvents = true };
+        _process.OutputDataReceived += (_, e) => OnLine(e.Data);
+        _process.ErrorDataReceived += (_, e) => OnLine(e.Data);
+        _process.Exited += (_, _) =>
+        {
+            lock (_waiters)
+                foreach (var w in _waiters) w.Seen.TrySetException(new InvalidOperationException($"{Name} exited:\n{Output}"));
+        };
+        _process.Start();
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        _http = new HttpClient(new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(ControlSocket), ct);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        }) { BaseAddress = new Uri("http://localhost") };
+    }
+
+    public string Name { get; }
+    public int RemotingPort { get; }
+    public int NbdPort { get; }
+    public string ControlSocket { get; }
+    public string Address => $"akka.tcp://q2a-host@127.0.0.1:{RemotingPort.ToString(CultureInfo.InvariantCulture)}";
+    public bool HasExited => _process.HasExited;
+    public string Output { get { lock (_output) return _output.ToString(); } }
+
+    public string Uri(string export) => string.Create(CultureInfo.InvariantCulture, $"nbd://127.0.0.1:{NbdPort}/{export}");
+
+    private void OnLine(string? line)
+    {
+        if (line is null) return;
+        // Lock order: waiters, then output (as Line), so a line is either seen by Line's look back or by its waiter.
+        lock (_waiters)
+        {
+            lock (_output) _output.AppendLine(line);
+            foreach (var w in _waiters.Where(w => w.Match(line)).ToList())
+            {
+                w.Seen.TrySetResult(line);
+                _waiters.Remove(w);
+            }
+        }
+    }
+
+    /// <summary>A task that completes with the first line printed so far or from now on that <paramref name="match"/> accepts.</summary>
+    public Task<string> Line(Func<string, bool> match)
+    {
+        lock (_waiters)
+        {
+            string? earlier;
+            lock (_output) earlier = _output.ToString().Split('\n').FirstOrDefault(match);
+            if (earlier is not null) return Task.FromResult(earlier);
+            return NextLine(match);
+        }
+    }
+
+    /// <summary>A task that completes with the first line from now on that <paramref name="match"/> accepts.</summary>
+    public Task<string> NextLine(Func<string, bool> match)
+    {
+        var seen = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_waiters)
+        {
+            if (_process.HasExited) seen.TrySetException(new InvalidOperationException($"{Name} exited:\n{Output}"));
+            else _waiters.Add((match, seen));
+        }
+        return seen.Task;
+    }
+
+    public async Task<ClusterReply> ClusterAsync() =>
+        (await _http.GetFromJsonAsync<ClusterReply>(Routes.Cluster, HostJson.Options))!;
+
+    public async Task ServeAsync(string tenant, string image)
+    {
+        using var reply = await _http.PostAsJsonAsync(Routes.ClusterImages, new ClusterImageRequest { Tenant = tenant, Image = image }, HostJson.Options);
+        Assert.True(reply.IsSuccessStatusCode, $"{Name}: POST {Routes.ClusterImages}: {(int)reply.StatusCode} {await reply.Content.ReadAsStringAsync()}");
+    }
+
+    /// <summary>SIGKILL: the node dies with its images open (no checkpoint, nothing handed off).</summary>
+    public void Kill()
+    {
+        _process.Kill();
+        _process.WaitForExit();
+    }
+
+    /// <summary>Sends SIG<paramref name="signal"/> and waits for the exit code.</summary>
+    public int Stop(string signal = "TERM", int timeoutSeconds = 60) =>
+        ChildProcess.Stop(_process, Name, signal, timeoutSeconds, () => "\n" + Output);
+
+    public void Dispose()
+    {
+        _http.Dispose();
+        ChildProcess.KillAndDispose(_process);
+    }
+}
