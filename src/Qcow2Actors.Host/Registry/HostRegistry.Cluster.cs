@@ -37,7 +37,7 @@ internal sealed partial class HostRegistry
             }
         }
         var name = $"{tenantName}/{image}";
-        if (!_exports.ContainsKey(name)) AddExportCore(entry, name, readOnly: false, bitmaps: [], allocationDepth: false);
+        if (!_exports.ContainsKey(name)) await AddExportCoreAsync(entry, name, readOnly: false, bitmaps: [], allocationDepth: false, record: null);
     });
 
     /// <summary>
