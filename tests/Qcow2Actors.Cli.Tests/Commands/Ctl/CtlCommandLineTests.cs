@@ -33,7 +33,7 @@ public sealed class CtlCommandLineTests : IDisposable
     [InlineData("q2a ctl tenant add: unrecognized option '--quotta'", "tenant", "add", "acme", "--quotta", "1G")]
     [InlineData("q2a ctl: unrecognized command 'tenants' (q2a ctl --help lists them)", "tenants", "list")]
     [InlineData("q2a ctl tenant: unrecognized command 'ls' (q2a ctl tenant --help lists them)", "tenant", "ls")]
-    [InlineData("q2a ctl: missing command, one of: tenant, token, image, export, snapshot, limit, health, metrics, openapi")]
+    [InlineData("q2a ctl: missing command, one of: tenant, token, image, export, snapshot, limit, cluster, health, metrics, openapi")]
     [InlineData("q2a ctl image create: Required argument 'SIZE' missing for command: 'create'.", "image", "create", "acme", "disk")]
     [InlineData("q2a ctl: SIZE: invalid size '1Q' (bytes, or a number with a k, M, G, T, P or E suffix)", "--control", "/nonexistent/c.sock", "image", "create", "acme", "disk", "1Q")]
     [InlineData("q2a ctl: --quota: invalid size '-1G' (bytes, or a number with a k, M, G, T, P or E suffix)", "--control", "/nonexistent/c.sock", "tenant", "add", "acme", "--quota", "-1G")]
