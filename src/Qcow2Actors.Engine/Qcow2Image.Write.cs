@@ -44,7 +44,7 @@ public sealed partial class Qcow2Image
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
         // Bits first, durably: a bitmap must cover every write that may reach the disk, acknowledged or not.
-        if (ctx.Bitmaps?.Mark(offset, data.Length) == true) await JournalBitmapsAsync(ctx, offset, data.Length, cancellationToken).ConfigureAwait(false);
+        await MarkBitmapsAsync(ctx, offset, data.Length, cancellationToken).ConfigureAwait(false);
         if (data.Length > 0)
         {
             var g = ctx.Geometry;
@@ -94,6 +94,13 @@ public sealed partial class Qcow2Image
         }
         if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Sets the bits of [offset, offset + length) in every tracked bitmap and, when a granule of it is not
+    /// durable yet, waits for the journal to hold it (<see cref="JournalBitmapsAsync"/>); completes at once otherwise.
+    /// </summary>
+    private static ValueTask MarkBitmapsAsync(ImageContext ctx, long offset, long length, CancellationToken cancellationToken) =>
+        ctx.Bitmaps?.Mark(offset, length) == true ? JournalBitmapsAsync(ctx, offset, length, cancellationToken) : ValueTask.CompletedTask;
 
     /// <summary>
     /// Waits until the journal durably holds the granules of [offset, offset + length) that a tracked
@@ -213,7 +220,7 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, cluster.Length);
-        if (ctx.Bitmaps?.Mark(offset, cluster.Length) == true) await JournalBitmapsAsync(ctx, offset, cluster.Length, cancellationToken).ConfigureAwait(false);
+        await MarkBitmapsAsync(ctx, offset, cluster.Length, cancellationToken).ConfigureAwait(false);
         if (cluster.Length < ctx.ClusterSize && offset + cluster.Length == VirtualSize)
         {
             // The last cluster of a disk whose size is not cluster aligned: compressed padded with zeros, as qemu-img does.
@@ -285,7 +292,7 @@ public sealed partial class Qcow2Image
             var ctx = Writer();
             CheckRange(offset, length);
             // Write-zeroes and discard change what the guest reads: their granules are dirty too.
-            if (ctx.Bitmaps?.Mark(offset, length) == true) await JournalBitmapsAsync(ctx, offset, length, cancellationToken).ConfigureAwait(false);
+            await MarkBitmapsAsync(ctx, offset, length, cancellationToken).ConfigureAwait(false);
             var g = ctx.Geometry;
             var tasks = new List<Task>();
             for (long pos = offset, end = offset + length; pos < end;)

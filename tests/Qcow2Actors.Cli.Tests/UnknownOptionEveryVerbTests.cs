@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Cli.Tests;
 
@@ -21,12 +21,12 @@ public sealed class UnknownOptionEveryVerbTests
     }
 
     [Fact]
-    public async Task Run_as_a_user_runs_it_every_verb_prints_one_line_and_fails()
+    public void Run_as_a_user_runs_it_every_verb_prints_one_line_and_fails()
     {
         var failures = new List<string>();
         foreach (var verb in Verbs.All().Select(v => v.Name).Append("no-such-verb"))
         {
-            var (code, stdout, stderr) = await RunQ2aAsync(verb, "--no-such-option", "x.img");
+            var (code, stdout, stderr) = QemuTools.Q2a(verb, "--no-such-option", "x.img");
             string expected = verb == "no-such-verb"
                 ? "q2a: unrecognized command 'no-such-verb' (q2a --help lists them)"
                 : $"q2a {verb}: unrecognized option '--no-such-option'";
@@ -38,25 +38,4 @@ public sealed class UnknownOptionEveryVerbTests
     }
 
     private static string? Describe(params string[] args) => ParseErrors.Describe(Verbs.Root(args).Parse(args), args);
-
-    private static async Task<(int Code, string Stdout, string Stderr)> RunQ2aAsync(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "q2a.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill();
-            throw new TimeoutException($"q2a {string.Join(' ', args)} did not exit within 60 s");
-        }
-        return (process.ExitCode, await stdout, await stderr);
-    }
 }

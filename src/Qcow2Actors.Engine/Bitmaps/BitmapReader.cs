@@ -39,59 +39,84 @@ internal static class BitmapReader
     /// <exception cref="Qcow2ImageCorruptException">The table or a data cluster is damaged or outside the file.</exception>
     public static async ValueTask<DirtyBitmap> ReadBitsAsync(IBlockDevice device, BitmapDirectoryEntry e, long virtualSize, int clusterSize, CancellationToken cancellationToken)
     {
-        int clusterBits = System.Numerics.BitOperations.Log2((uint)clusterSize);
-        if (Problem(e, virtualSize, clusterBits) is { } problem)
-            throw new Qcow2ImageCorruptException($"'{device.Name}': {problem}");
-        var bits = new DirtyBitmap(e.GranularityBits, virtualSize);
-        var table = new byte[(long)e.TableSize * BitmapTableEntry.Size];
-        if (await device.ReadAsync(table, e.TableOffset, cancellationToken).ConfigureAwait(false) < table.Length)
-            throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' table at 0x{e.TableOffset:X} lies past the end of the image");
-        var cluster = new byte[clusterSize];
+        var load = new BitsLoad(device, e, virtualSize, clusterSize);
+        load.TableRead(await device.ReadAsync(load.Table, e.TableOffset, cancellationToken).ConfigureAwait(false));
         for (int i = 0; i < e.TableSize; i++)
         {
-            var entry = BitmapTableEntry.Read(table, i);
-            if (entry.Validate(clusterBits) is { } bad)
-                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' entry {i}: {bad}");
-            if (entry.IsAllZeros) continue;
-            if (entry.IsAllOnes)
-            {
-                bits.LoadAllOnes(i, clusterSize);
-                continue;
-            }
-            if (await device.ReadAsync(cluster, entry.DataOffset, cancellationToken).ConfigureAwait(false) < cluster.Length)
-                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' data cluster 0x{entry.DataOffset:X} lies past the end of the image");
-            bits.LoadCluster(i, cluster);
+            if (load.DataOffset(i) is not { } at) continue;
+            load.ClusterRead(i, at, await device.ReadAsync(load.Cluster, at, cancellationToken).ConfigureAwait(false));
         }
-        return bits;
+        return load.Bits;
     }
 
     /// <summary>Reads the bits of the bitmap <paramref name="e"/> describes, blocking (recovery, which owns the file).</summary>
     /// <exception cref="Qcow2ImageCorruptException">The table or a data cluster is damaged or outside the file.</exception>
     public static DirtyBitmap ReadBits(IBlockDevice device, BitmapDirectoryEntry e, long virtualSize, int clusterSize)
     {
-        int clusterBits = System.Numerics.BitOperations.Log2((uint)clusterSize);
-        if (Problem(e, virtualSize, clusterBits) is { } problem)
-            throw new Qcow2ImageCorruptException($"'{device.Name}': {problem}");
-        var bits = new DirtyBitmap(e.GranularityBits, virtualSize);
-        var table = new byte[(long)e.TableSize * BitmapTableEntry.Size];
-        if (device.Read(table, e.TableOffset) < table.Length)
-            throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' table at 0x{e.TableOffset:X} lies past the end of the image");
-        var cluster = new byte[clusterSize];
+        var load = new BitsLoad(device, e, virtualSize, clusterSize);
+        load.TableRead(device.Read(load.Table, e.TableOffset));
         for (int i = 0; i < e.TableSize; i++)
         {
-            var entry = BitmapTableEntry.Read(table, i);
-            if (entry.Validate(clusterBits) is { } bad)
-                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' entry {i}: {bad}");
-            if (entry.IsAllZeros) continue;
+            if (load.DataOffset(i) is not { } at) continue;
+            load.ClusterRead(i, at, device.Read(load.Cluster, at));
+        }
+        return load.Bits;
+    }
+
+    /// <summary>
+    /// One bitmap being loaded: the judging and decoding the blocking and the async reader share, so
+    /// they differ only in how they read the table and the data clusters.
+    /// </summary>
+    private sealed class BitsLoad
+    {
+        private readonly string _device;
+        private readonly BitmapDirectoryEntry _entry;
+        private readonly int _clusterBits;
+
+        public BitsLoad(IBlockDevice device, BitmapDirectoryEntry e, long virtualSize, int clusterSize)
+        {
+            _device = device.Name;
+            _entry = e;
+            _clusterBits = System.Numerics.BitOperations.Log2((uint)clusterSize);
+            if (Problem(e, virtualSize, _clusterBits) is { } problem)
+                throw new Qcow2ImageCorruptException($"'{_device}': {problem}");
+            Bits = new DirtyBitmap(e.GranularityBits, virtualSize);
+            Table = new byte[(long)e.TableSize * BitmapTableEntry.Size];
+            Cluster = new byte[clusterSize];
+        }
+
+        public DirtyBitmap Bits { get; }
+        public byte[] Table { get; }
+        public byte[] Cluster { get; }
+
+        /// <summary>The table read returned <paramref name="read"/> bytes.</summary>
+        public void TableRead(int read)
+        {
+            if (read < Table.Length)
+                throw new Qcow2ImageCorruptException($"'{_device}': bitmap '{_entry.Name}' table at 0x{_entry.TableOffset:X} lies past the end of the image");
+        }
+
+        /// <summary>Where table entry <paramref name="i"/>'s data cluster is, or null when the entry needs no read (all zeros, or all ones, loaded here).</summary>
+        public long? DataOffset(int i)
+        {
+            var entry = BitmapTableEntry.Read(Table, i);
+            if (entry.Validate(_clusterBits) is { } bad)
+                throw new Qcow2ImageCorruptException($"'{_device}': bitmap '{_entry.Name}' entry {i}: {bad}");
+            if (entry.IsAllZeros) return null;
             if (entry.IsAllOnes)
             {
-                bits.LoadAllOnes(i, clusterSize);
-                continue;
+                Bits.LoadAllOnes(i, Cluster.Length);
+                return null;
             }
-            if (device.Read(cluster, entry.DataOffset) < cluster.Length)
-                throw new Qcow2ImageCorruptException($"'{device.Name}': bitmap '{e.Name}' data cluster 0x{entry.DataOffset:X} lies past the end of the image");
-            bits.LoadCluster(i, cluster);
+            return entry.DataOffset;
         }
-        return bits;
+
+        /// <summary>The read of entry <paramref name="i"/>'s data cluster at <paramref name="at"/> into <see cref="Cluster"/> returned <paramref name="read"/> bytes.</summary>
+        public void ClusterRead(int i, long at, int read)
+        {
+            if (read < Cluster.Length)
+                throw new Qcow2ImageCorruptException($"'{_device}': bitmap '{_entry.Name}' data cluster 0x{at:X} lies past the end of the image");
+            Bits.LoadCluster(i, Cluster);
+        }
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Qcow2Actors.CrashLab;
 using Qcow2Actors.Engine;
@@ -66,7 +65,7 @@ public sealed class CrashCommandTests : IAsyncLifetime
             "qemu-io -r -f raw -c 'read -P 0xda 65536 4096' {uri} && ! qemu-io -f raw -c 'write 0 512' {uri} >/dev/null 2>&1";
 
         var kept = _dir.File("kept");
-        var (code, stdout, stderr) = await RunQ2aAsync("crash", "check", log, "--check", UriChecker, "--output", "json", "--sector", "4096", "--keep-failed", kept);
+        var (code, stdout, stderr) = QemuTools.Q2a("crash", "check", log, "--check", UriChecker, "--output", "json", "--sector", "4096", "--keep-failed", kept);
 
         Assert.True(code == 1, $"exit {code}: {stderr}");
         using var report = JsonDocument.Parse(stdout);
@@ -89,17 +88,17 @@ public sealed class CrashCommandTests : IAsyncLifetime
         var missingImage = _dir.File("gone.log");
         await using (CrashLogWriter.Create(missingImage, new CrashLogHeader(_dir.File("gone.qcow2"), "q2a-record-x", 1 << 20, DateTimeOffset.UnixEpoch))) { }
 
-        var bad = await RunQ2aAsync("crash", "check", notALog, "--check", "true {image}");
-        var gone = await RunQ2aAsync("crash", "check", missingImage, "--check", "true {image}");
-        var absent = await RunQ2aAsync("crash", "check", _dir.File("absent.log"), "--check", "true {image}");
+        var bad = QemuTools.Q2a("crash", "check", notALog, "--check", "true {image}");
+        var gone = QemuTools.Q2a("crash", "check", missingImage, "--check", "true {image}");
+        var absent = QemuTools.Q2a("crash", "check", _dir.File("absent.log"), "--check", "true {image}");
 
-        Assert.Equal((2, ""), (bad.Code, bad.Stdout));
-        Assert.Equal($"q2a: crash log {notALog}: not a crash log (magic at offset 0 is not Q2ACRLOG or the file is shorter than a header).\n", bad.Stderr);
-        Assert.Equal(2, gone.Code);
-        Assert.Equal($"q2a: recorded image {_dir.File("gone.qcow2")} does not exist (named in the crash log header).\n", gone.Stderr);
-        Assert.Equal(2, absent.Code);
-        Assert.Contains(_dir.File("absent.log"), absent.Stderr);
-        Assert.Single(absent.Stderr.TrimEnd('\n').Split('\n'));
+        Assert.Equal((2, ""), (bad.ExitCode, bad.StdOut));
+        Assert.Equal($"q2a: crash log {notALog}: not a crash log (magic at offset 0 is not Q2ACRLOG or the file is shorter than a header).\n", bad.StdErr);
+        Assert.Equal(2, gone.ExitCode);
+        Assert.Equal($"q2a: recorded image {_dir.File("gone.qcow2")} does not exist (named in the crash log header).\n", gone.StdErr);
+        Assert.Equal(2, absent.ExitCode);
+        Assert.Contains(_dir.File("absent.log"), absent.StdErr);
+        Assert.Single(absent.StdErr.TrimEnd('\n').Split('\n'));
     }
 
     [Fact]
@@ -112,35 +111,13 @@ public sealed class CrashCommandTests : IAsyncLifetime
             await disk.FlushAsync(default);
         });
 
-        var first = await RunQ2aAsync("crash", "states", log, "--max-states", "20", "--seed", "5");
-        var second = await RunQ2aAsync("crash", "states", log, "--max-states", "20", "--seed", "5");
-        var other = await RunQ2aAsync("crash", "states", log, "--max-states", "20", "--seed", "6");
+        var first = QemuTools.Q2a("crash", "states", log, "--max-states", "20", "--seed", "5");
+        var second = QemuTools.Q2a("crash", "states", log, "--max-states", "20", "--seed", "5");
+        var other = QemuTools.Q2a("crash", "states", log, "--max-states", "20", "--seed", "6");
 
-        Assert.Equal(0, first.Code);
-        Assert.Equal(first.Stdout, second.Stdout);
-        Assert.NotEqual(first.Stdout, other.Stdout);
-        Assert.EndsWith("20 states (sampled with seed 5 from ", first.Stdout.Split('\n')[^2][..36]);
-    }
-
-    private static async Task<(int Code, string Stdout, string Stderr)> RunQ2aAsync(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "q2a.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"q2a {string.Join(' ', args)} did not exit within 120 s");
-        }
-
-        return (process.ExitCode, await stdout, await stderr);
+        Assert.Equal(0, first.ExitCode);
+        Assert.Equal(first.StdOut, second.StdOut);
+        Assert.NotEqual(first.StdOut, other.StdOut);
+        Assert.EndsWith("20 states (sampled with seed 5 from ", first.StdOut.Split('\n')[^2][..36]);
     }
 }

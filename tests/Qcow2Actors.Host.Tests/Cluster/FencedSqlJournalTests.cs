@@ -4,6 +4,7 @@ using Akka.Persistence;
 using Npgsql;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Tests.Journal;
 using Qcow2Actors.Host.Cluster;
 using Qcow2Actors.Tests.Shared;
 
@@ -48,8 +49,8 @@ public sealed class FencedSqlJournalTests(PostgresFixture pg) : IClassFixture<Po
     private static async Task<(IActorRef Actor, Inbox Inbox)> Owner(ActorSystem system, string persistenceId)
     {
         var inbox = Inbox.Create(system);
-        var actor = system.ActorOf(JournalOwner.Props(persistenceId, PluginId, inbox.Receiver));
-        await actor.Ask<JournalOwner.State>(new JournalOwner.GetState(), Timeout); // recovered
+        var actor = system.ActorOf(RecordingActor.Props(persistenceId, PluginId, inbox.Receiver));
+        await actor.Ask<RecordingActor.State>(new RecordingActor.GetState(), Timeout); // recovered
         return (actor, inbox);
     }
 
@@ -153,24 +154,24 @@ public sealed class FencedSqlJournalTests(PostgresFixture pg) : IClassFixture<Po
     {
         const string id = "fence-contract";
         var (a, aInbox) = await Owner(JournalNode("owner-a"), id);
-        await a.Ask<JournalOwner.State>(new JournalOwner.Append("a1"), Timeout);
+        await a.Ask<RecordingActor.State>(new RecordingActor.Append(["a1"]), Timeout);
 
         var (b, _) = await Owner(JournalNode("owner-b"), id);
-        Assert.Equal(["a1"], (await b.Ask<JournalOwner.State>(new JournalOwner.GetState(), Timeout)).Events);
+        Assert.Equal(["a1"], (await b.Ask<RecordingActor.State>(new RecordingActor.GetState(), Timeout)).Events);
         Assert.Equal(2, await GenerationInDatabase(id));
 
-        var delete = await a.Ask<object>(new JournalOwner.DeleteTo(1), Timeout);
+        var delete = await a.Ask<object>(new RecordingActor.DeleteTo(1), Timeout);
         var deleteFailure = Assert.IsType<DeleteMessagesFailure>(delete);
         Assert.IsType<StaleOwnerException>(deleteFailure.Cause);
 
-        a.Tell(new JournalOwner.Append("a2"));
-        var failed = Assert.IsType<JournalOwner.PersistFailed>(await aInbox.ReceiveAsync(Timeout));
+        a.Tell(new RecordingActor.Append(["a2"]));
+        var failed = Assert.IsType<RecordingActor.PersistFailed>(await aInbox.ReceiveAsync(Timeout));
         Assert.Contains("stale owner", failed.Cause.ToString(), StringComparison.Ordinal);
 
-        Assert.Equal(["a1", "b1"], (await b.Ask<JournalOwner.State>(new JournalOwner.Append("b1"), Timeout)).Events);
+        Assert.Equal(["a1", "b1"], (await b.Ask<RecordingActor.State>(new RecordingActor.Append(["b1"]), Timeout)).Events);
 
         var (c, _) = await Owner(JournalNode("owner-c"), id);
-        var recovered = await c.Ask<JournalOwner.State>(new JournalOwner.GetState(), Timeout);
+        var recovered = await c.Ask<RecordingActor.State>(new RecordingActor.GetState(), Timeout);
         Assert.Equal(["a1", "b1"], recovered.Events);
         Assert.Equal(2, recovered.LastSequenceNr);
     }
