@@ -228,6 +228,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Connections currently open (handshaking or transmitting).</summary>
     public int ConnectionCount => _connections.Count;
 
+    /// <summary>Whether any connection holds a request whose reply has not gone yet (tests wait on it before moving fake time).</summary>
+    internal bool HasRequestsInFlight => _connections.Keys.Any(c => c.HasRequestsInFlight);
+
     /// <summary>
     /// The URI a client (qemu, libnbd) connects with, e.g. <c>nbd://127.0.0.1:10809/name</c> or
     /// <c>nbd+unix:///name?socket=/run/x.sock</c> (<c>nbds</c> when TLS is required). The export defaults to the first one.

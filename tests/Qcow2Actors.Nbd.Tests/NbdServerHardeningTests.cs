@@ -51,28 +51,34 @@ public sealed class NbdServerHardeningTests
         await c.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 512);
         Assert.Equal((0u, 1ul), ((await c.ReadSimpleReplyAsync(512)).Error, 1ul));
 
-        // The server stamps activity when the request arrives (20 s) and when its reply has gone, which may trail
-        // the client reading it, even past the next advance. Each check re-arms for the rest of 30 s of quiet, so
-        // the close comes 30 s after the last stamp: never before 50 s, and after a bounded number of checks.
+        // The server stamps activity when the request arrives (20 s) and again when the reply has gone and its slot
+        // is back, which can trail the client reading the reply. Fake time moves only once that has happened, so
+        // both stamps say 20 s: the check at 30 s re-arms for the 20 s of quiet still owed, and closes at 50 s.
+        await WaitUntilAsync(() => !server.HasRequestsInFlight);
         var now = TimeSpan.FromSeconds(30);
         time.Advance(TimeSpan.FromSeconds(10));
         var closed = c.WaitForCloseAsync(30_000);
-        for (var checks = 0; ; checks++)
-        {
-            Assert.True(checks < 4, "the idle check kept re-arming without closing the idle client");
-            var armed = time.NextArmedAsync();
-            if (await Task.WhenAny(closed, armed) == closed) break;
-            var again = await armed;
-            Assert.InRange(again, TimeSpan.FromTicks(1), TimeSpan.FromSeconds(30));
-            Assert.True(now + again >= TimeSpan.FromSeconds(50), $"the client would be closed at {now + again} though it asked at 20 s");
-            Assert.Empty(log.Warnings);
-            Assert.Equal(1, server.ConnectionCount);
-            now += again;
-            time.Advance(again);
-        }
+        var again = await time.NextArmedAsync();
+        Assert.Equal(TimeSpan.FromSeconds(20), again);
+        Assert.Empty(log.Warnings);
+        Assert.Equal(1, server.ConnectionCount);
+        time.Advance(again - TimeSpan.FromTicks(1));
+        Assert.False(closed.IsCompleted, $"the client was closed before {now + again}, though it asked at 20 s");
+        time.Advance(TimeSpan.FromTicks(1));
         Assert.True(await closed, "an idle client outlived the idle timeout");
         Assert.Contains("no request for 30 s (idle-timeout)", Assert.Single(log.Warnings));
         Assert.Equal(1, recorder.Sum(NbdMetrics.ConnectionsRefused, (NbdMetrics.ReasonTag, "idle-timeout")));
+    }
+
+    /// <summary>Waits (bounded) for server-side state that follows a reply the client has already read.</summary>
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the server never gave back the answered request's slot");
+            await Task.Yield();
+        }
     }
 
     [Fact]

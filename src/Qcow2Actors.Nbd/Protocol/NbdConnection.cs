@@ -385,6 +385,9 @@ internal sealed class NbdConnection
         _slots.Release();
     }
 
+    /// <summary>Whether any request has taken a slot it has not given back (its reply not yet sent).</summary>
+    internal bool HasRequestsInFlight => _slots is not null && _slots.CurrentCount != _maxSlots;
+
     /// <summary>Arms the idle check when <see cref="NbdServerOptions.IdleTimeout"/> is set.</summary>
     private void StartIdleTimer()
     {
