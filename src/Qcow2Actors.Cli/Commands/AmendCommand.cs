@@ -4,8 +4,8 @@ using Qcow2Actors.Engine.Amend;
 namespace Qcow2Actors.Cli.Commands;
 
 /// <summary>
-/// <c>q2a amend [-f qcow2] [-p] [-q] [-t CACHE] [--force] -o OPTIONS IMG</c>: qemu-img amend's options
-/// (compat, refcount_bits, lazy_refcounts, data_file, data_file_raw), parsed with create's <c>-o</c>
+/// <c>q2a amend [--object ...] [--image-opts] [-f qcow2] [-p] [-q] [-t CACHE] [--force] -o OPTIONS IMG</c>: qemu-img amend's options
+/// (compat, refcount_bits, lazy_refcounts, data_file, data_file_raw, size), parsed with create's <c>-o</c>
 /// parser and refused with qemu-img's lines; the work is <see cref="ImageAmender"/>'s.
 /// </summary>
 internal static class AmendCommand
@@ -24,26 +24,43 @@ internal static class AmendCommand
         var image = new Argument<string>("filename");
         var command = new Command("amend", "Change the format options of an existing qcow2 image")
             { options, format, progress, quiet, cache, force, image };
-        command.SetAction(parse => CliRunner.Run(() =>
+        var sources = Sources.SourceOptions.AddTo(command);
+        command.SetAction(parse => CliRunner.RunAsync(async () =>
         {
-            var path = parse.GetValue(image)!;
-            var request = Parse(parse.GetValue(options) ?? [], parse.GetValue(format));
+            var optionArgs = parse.GetValue(options) ?? [];
+            if (optionArgs.Length == 0) throw new CliException("Must specify options (-o)");
+            var spec = sources.ResolveHostFile(parse, parse.GetValue(image)!, parse.GetValue(format), "amend");
+            var path = spec.Path!;
+            var request = Parse(optionArgs, spec.Format);
             if (request is null)
             {
                 Console.Out.Write(HelpText);
                 return 0;
             }
+            // size= is checked before anything is written, and applied last (after compat, refcounts, ...).
+            // size=0 is "no size given" to qemu-img amend too.
+            long? size = request.Size is { } s and > 0 ? checked((long)s) : null;
+            if (size is not null && size % 512 != 0) throw new CliException("The new size must be a multiple of 512");
             var meter = parse.GetValue(progress) && !parse.GetValue(quiet) ? new ConvertCommand.ProgressMeter(100) : null;
-            ImageAmender.Amend(path, request, meter is null ? null : p => meter.Advance((long)p));
+            if (request.Options is not { Version: null, RefcountBits: null, LazyRefcounts: null, DataFile: null, DataFileRaw: null } || size is null)
+                ImageAmender.Amend(path, request.Options, meter is null ? null : p => meter.Advance((long)p));
+            if (size is long wanted)
+            {
+                long current = Engine.Info.ImageInfo.ReadChain(path, backingChain: false)[0].VirtualSize;
+                if (wanted != current) await ResizeCommand.ResizeQcow2Async(path, current, wanted).ConfigureAwait(false);
+            }
             meter?.Finish();
             return 0;
         }));
         return command;
     }
 
+    /// <summary>What <c>-o</c> asks for: the format changes, and the new virtual size (<c>size=</c>) or null.</summary>
+    internal sealed record Request(AmendOptions Options, ulong? Size);
+
     /// <summary>The amendment the <c>-o</c> arguments ask for, or null for <c>-o help</c>.</summary>
     /// <exception cref="CliException">No options, an option amend does not take, or a value it refuses.</exception>
-    internal static AmendOptions? Parse(IReadOnlyList<string> optionArgs, string? format)
+    internal static Request? Parse(IReadOnlyList<string> optionArgs, string? format)
     {
         if (optionArgs.Count == 0) throw new CliException("Must specify options (-o)");
         if (format is not null and not "qcow2")
@@ -52,13 +69,16 @@ internal static class AmendCommand
                 ? $"Unknown file format '{format}'"
                 : $"Format driver '{format}' does not support option amendment");
         }
+        // create's parser refuses encryption as q2a's own gap; amend refuses it as qemu-img does.
+        if (optionArgs.SelectMany(a => a.Split(',')).Any(i => i is "encryption" || i.StartsWith("encryption=", StringComparison.Ordinal)))
+            throw new CliException("Invalid parameter 'encryption': This option is only supported for image creation");
         var opts = CreateOptions.Parse("qcow2", optionArgs, imagePath: null);
         if (opts.HelpRequested) return null;
         foreach (var name in CreateOnly)
             if (opts.Text(name) is not null) throw new CliException($"Invalid parameter '{name}': This option is only supported for image creation");
-        if (opts.Text("size") is not null) throw new CliException("q2a amend does not change the size: use q2a resize");
         if (opts.Text("backing_file") is not null || opts.Text("backing_fmt") is not null)
-            throw new CliException("q2a amend does not change the backing file: use q2a rebase -u");
+            throw new CliException("Cannot amend the backing file: You can use 'qemu-img rebase' instead.");
+        ulong? size = opts.Text("size") is null ? null : opts.Number("size");
         int? version = opts.Text("compat") switch
         {
             null => null,
@@ -67,7 +87,7 @@ internal static class AmendCommand
             var other => throw new CliException($"Unknown compatibility level {other}"),
         };
         ulong? bits = opts.Number("refcount_bits");
-        return new AmendOptions
+        return new Request(new AmendOptions
         {
             Version = version,
             // Out of range: a width the amender refuses with qemu-img's words.
@@ -75,7 +95,7 @@ internal static class AmendCommand
             LazyRefcounts = opts.Bool("lazy_refcounts"),
             DataFile = opts.Text("data_file"),
             DataFileRaw = opts.Bool("data_file_raw"),
-        };
+        }, size);
     }
 
     // qemu-img 7.2's "Amend options for 'qcow2'" less the encryption options q2a does not have.
@@ -85,5 +105,6 @@ internal static class AmendCommand
         + "  data_file=<str>        - File name of an external data file\n"
         + "  data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image\n"
         + "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
-        + "  refcount_bits=<num>    - Width of a reference count entry in bits\n";
+        + "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
+        + "  size=<size>            - Virtual disk size\n";
 }

@@ -38,6 +38,7 @@ internal static class BenchCommand
         var image = new Argument<string[]>("filename") { Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("bench", "Run a simple image benchmark")
             { count, depth, format, flushInterval, aio, native, noDrain, offset, pattern, quiet, size, step, cache, write, forceShare, image };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
         {
             var s = new Settings
@@ -68,7 +69,8 @@ internal static class BenchCommand
             if (files.Length != 1) throw new CliException("Expecting one image file name");
             if (nativeAio && cacheMode != CacheMode.None)
                 throw new CliException($"Could not open '{files[0]}': aio=native was specified, but it requires cache.direct=on, which was not specified.");
-            return RunAsync(files[0], s with { Cache = cacheMode }, Console.Out, ct);
+            var spec = sources.ResolveHostFile(parse, files[0], s.Format, "bench");
+            return RunAsync(spec.Path!, s with { Cache = cacheMode, Format = spec.Format }, Console.Out, ct);
         }));
         return command;
     }

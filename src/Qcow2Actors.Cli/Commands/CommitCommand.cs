@@ -30,6 +30,7 @@ internal static class CommitCommand
         var image = new Argument<string[]>("filename") { Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("commit", "Write an image's changes into its backing file")
             { format, cache, baseOption, keep, progress, rate, quiet, image };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var files = parse.GetValue(image) ?? [];
@@ -37,7 +38,8 @@ internal static class CommitCommand
             var cacheMode = CacheModes.ParseOrRefuse(parse.GetValue(cache), source: false);
             long rateLimit = parse.GetValue(rate) is { } r ? ConvertRequest.ParseRateLimit(r) : 0;
             bool q = parse.GetValue(quiet);
-            await RunAsync(files[0], parse.GetValue(format), parse.GetValue(baseOption), parse.GetValue(keep), cacheMode,
+            var spec = sources.ResolveHostFile(parse, files[0], parse.GetValue(format), "commit");
+            await RunAsync(spec.Path!, spec.Format, parse.GetValue(baseOption), parse.GetValue(keep), cacheMode,
                 parse.GetValue(progress) && !q, ct, rateLimit).ConfigureAwait(false);
             if (!q) Console.WriteLine("Image committed.");
             return 0;

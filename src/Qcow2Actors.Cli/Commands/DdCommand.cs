@@ -24,8 +24,14 @@ internal static class DdCommand
         var forceShare = ForceShareOption.Create();
         var operands = new Argument<string[]>("operands") { Arity = ArgumentArity.ZeroOrMore, Description = "bs=BLOCK_SIZE count=BLOCKS skip=BLOCKS if=INPUT of=OUTPUT" };
         var command = new Command("dd", "Copy part of an image into a new image, dd style") { format, outFormat, forceShare, operands };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
-            RunAsync(Operands.Parse(parse.GetValue(operands) ?? []), parse.GetValue(format), parse.GetValue(outFormat)!, parse.GetValue(forceShare), ct)));
+        {
+            var o = Operands.Parse(parse.GetValue(operands) ?? []);
+            // --image-opts (or json:{...}) spells if=; of= is always a file name, as in qemu-img dd.
+            var spec = sources.ResolveHostFile(parse, o.Input!, parse.GetValue(format), "dd");
+            return RunAsync(o with { Input = spec.Path }, spec.Format, parse.GetValue(outFormat)!, parse.GetValue(forceShare), ct);
+        }));
         return command;
     }
 

@@ -47,17 +47,22 @@ internal static class MeasureCommand
         var file = new Argument<string?>("filename") { Arity = ArgumentArity.ZeroOrOne, Description = "the image a conversion would copy" };
         var command = new Command("measure", "Size a new image, or the conversion of an existing one")
             { output, outFormat, options, size, format, snapshot, forceShare, file };
-        command.SetAction((parse, ct) => CliRunner.RunAsync(() => RunAsync(new MeasureRequest
+        var sources = Sources.SourceOptions.AddTo(command);
+        command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
+        {
+            var spec = parse.GetValue(file) is { } f ? sources.ResolveHostFile(parse, f, parse.GetValue(format), "measure") : null;
+            return RunAsync(new MeasureRequest
         {
             Size = parse.GetValue(size),
-            File = parse.GetValue(file),
-            Format = parse.GetValue(format),
+            File = spec?.Path,
+            Format = spec is null ? parse.GetValue(format) : spec.Format,
             OutFormat = parse.GetValue(outFormat)!,
             Options = parse.GetValue(options) ?? [],
             Snapshot = parse.GetValue(snapshot),
             Output = parse.GetValue(output),
             ForceShare = parse.GetValue(forceShare),
-        }, Console.Out, ct)));
+        }, Console.Out, ct);
+        }));
         return command;
     }
 

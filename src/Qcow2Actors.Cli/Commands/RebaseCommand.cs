@@ -31,15 +31,17 @@ internal static class RebaseCommand
         var image = new Argument<string[]>("filename") { Arity = ArgumentArity.ZeroOrMore };
         var command = new Command("rebase", "Change the backing file of an image, keeping its content (or only its name with -u)")
             { format, cache, sourceCache, progress, quiet, forceShare, unsafeMode, backing, backingFormat, image };
+        var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
         {
             var files = parse.GetValue(image) ?? [];
             if (files.Length != 1) throw new CliException("Expecting one image file name");
             var cacheMode = CacheModes.Parse(parse.GetValue(cache)) ?? throw new CliException($"Invalid cache option: {parse.GetValue(cache)}");
             var sourceMode = CacheModes.Parse(parse.GetValue(sourceCache)) ?? throw new CliException($"Invalid source cache option: {parse.GetValue(sourceCache)}");
-            var request = new Request(files[0], parse.GetValue(backing), parse.GetValue(backingFormat), parse.GetValue(unsafeMode))
+            var spec = sources.ResolveHostFile(parse, files[0], parse.GetValue(format), "rebase");
+            var request = new Request(spec.Path!, parse.GetValue(backing), parse.GetValue(backingFormat), parse.GetValue(unsafeMode))
             {
-                Format = parse.GetValue(format),
+                Format = spec.Format,
                 Cache = cacheMode,
                 SourceCache = sourceMode,
                 Progress = parse.GetValue(progress) && !parse.GetValue(quiet),

@@ -23,4 +23,17 @@ internal sealed class SourceOptions
     /// <summary>Resolves one image argument of the command line (objects checked first, as qemu-img does).</summary>
     public ImageSpec Resolve(ParseResult parse, string argument, string? format) =>
         ImageSpec.Resolve(argument, parse.GetValue(_imageOpts), format, ImageSpec.Objects(parse.GetValue(_objects)));
+
+    /// <summary>
+    /// Resolves the image argument of a verb that rewrites a host file in place (amend, commit,
+    /// rebase, resize) or reads one through the file engine (measure, dd, bench): every spelling
+    /// that names a host file (a path, <c>json:{...}</c>, <c>--image-opts driver=qcow2,file.filename=...</c>)
+    /// gives its path and format; an NBD image is one line saying so.
+    /// </summary>
+    public ImageSpec ResolveHostFile(ParseResult parse, string argument, string? format, string verb)
+    {
+        var spec = Resolve(parse, argument, format);
+        if (!spec.IsHostFile) throw new CliException($"Could not open '{argument}': q2a {verb} works on host files only, not on an NBD export");
+        return spec;
+    }
 }

@@ -13,11 +13,15 @@ public sealed class AmendMeasureParsingTests
     [Fact]
     public void Amend_maps_its_options_onto_the_amender()
     {
-        var o = AmendCommand.Parse(["compat=v2,refcount_bits=16", "lazy_refcounts=off"], "qcow2")!;
+        var r = AmendCommand.Parse(["compat=v2,refcount_bits=16", "lazy_refcounts=off"], "qcow2")!;
+        var o = r.Options;
         Assert.Equal((2, 16, false), (o.Version, o.RefcountBits, o.LazyRefcounts));
-        o = AmendCommand.Parse(["compat=1.1,data_file=d.raw,data_file_raw=off"], null)!;
+        Assert.Null(r.Size);
+        r = AmendCommand.Parse(["compat=1.1,data_file=d.raw,data_file_raw=off", "size=32M"], null)!;
+        o = r.Options;
         Assert.Equal((3, "d.raw", false), (o.Version, o.DataFile, o.DataFileRaw));
         Assert.Null(o.RefcountBits);
+        Assert.Equal(32UL << 20, r.Size);
         Assert.Null(AmendCommand.Parse(["help"], null));
     }
 
@@ -29,6 +33,9 @@ public sealed class AmendMeasureParsingTests
     [InlineData("Invalid parameter 'cluster_size': This option is only supported for image creation", "cluster_size=4k", null)]
     [InlineData("Format driver 'raw' does not support option amendment", "compat=1.1", "raw")]
     [InlineData("Unknown file format 'vmdkx'", "compat=1.1", "vmdkx")]
+    [InlineData("Cannot amend the backing file: You can use 'qemu-img rebase' instead.", "backing_file=b.qcow2", null)]
+    [InlineData("Cannot amend the backing file: You can use 'qemu-img rebase' instead.", "backing_fmt=qcow2", null)]
+    [InlineData("Invalid parameter 'encryption': This option is only supported for image creation", "encryption=on", null)]
     public void Amend_refuses_with_qemu_img_words(string expected, string? option, string? format)
     {
         var ex = Assert.Throws<CliException>(() => AmendCommand.Parse(option is null ? [] : [option], format));
