@@ -52,7 +52,10 @@ internal sealed class NbdCommandDispatcher(
         switch (request.Type)
         {
             case CmdRead:
-                ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
+                // A read the export can answer from memory is answered here, on the reader loop: no thread
+                // hand-off for it. Only reads that must wait for the disk go to the pool.
+                if (!TryReadNow(request, charge))
+                    ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
                 break;
             case CmdBlockStatus:
                 _ = BlockStatusAsync(request, charge);
@@ -146,6 +149,40 @@ internal sealed class NbdCommandDispatcher(
         }
         ReturnPayload(payload);
         replies.Status(r, error, message, charge);
+    }
+
+    /// <summary>Largest read tried on the reader loop: copying more would hold up the requests behind it.</summary>
+    private const int InlineReadLimit = 64 * 1024;
+
+    /// <summary>
+    /// Answers a well-formed READ of at most <see cref="InlineReadLimit"/> bytes when the export has its data
+    /// in memory (<see cref="INbdExport.TryReadNow"/>); false, with nothing sent, leaves it to <see cref="ReadAsync"/>
+    /// (which also answers every malformed one).
+    /// </summary>
+    private bool TryReadNow(in NbdRequest r, long charge)
+    {
+        if (r.Length == 0 || r.Length > InlineReadLimit || r.Length > (uint)options.MaxBlockSize
+            || r.HasFlagsBeyond(CmdFlagFua | CmdFlagDf) || (r.Has(CmdFlagDf) && !session.Structured))
+            return false;
+        var length = (int)r.Length;
+        var room = replies.ReadHeaderRoom;
+        var buffer = ArrayPool<byte>.Shared.Rent(room + length);
+        bool read;
+        try
+        {
+            read = InRange(r.Offset, r.Length, _export.Size) && _export.TryReadNow((long)r.Offset, buffer.AsSpan(room, length));
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            read = false; // the contract says it does not throw; if it does, the ordinary read answers
+        }
+        if (!read)
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            return false;
+        }
+        replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
+        return true;
     }
 
     private ReadWork RentReadWork(in NbdRequest request, long charge)
