@@ -166,7 +166,7 @@ internal sealed class NbdCommandDispatcher(
             return false;
         var length = (int)r.Length;
         var room = replies.ReadHeaderRoom;
-        var buffer = ArrayPool<byte>.Shared.Rent(room + length);
+        var buffer = RequestBuffers.Rent(room + length);
         bool read;
         try
         {
@@ -178,7 +178,7 @@ internal sealed class NbdCommandDispatcher(
         }
         if (!read)
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            RequestBuffers.Return(buffer);
             return false;
         }
         replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
@@ -233,7 +233,7 @@ internal sealed class NbdCommandDispatcher(
 
             var length = (int)r.Length;
             var room = replies.ReadHeaderRoom;
-            buffer = ArrayPool<byte>.Shared.Rent(room + length);
+            buffer = RequestBuffers.Rent(room + length);
             if (length > 0)
             {
                 try
@@ -242,7 +242,7 @@ internal sealed class NbdCommandDispatcher(
                 }
                 catch (Exception ex) when (!AbortedBy(ex))
                 {
-                    ArrayPool<byte>.Shared.Return(buffer);
+                    RequestBuffers.Return(buffer);
                     buffer = null;
                     var (error, message) = Failure(ex);
                     replies.Status(r, error, message, charge);
@@ -255,7 +255,7 @@ internal sealed class NbdCommandDispatcher(
         }
         catch (Exception ex)
         {
-            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
+            if (buffer is not null) RequestBuffers.Return(buffer);
             Abandon(ex, r, charge);
         }
     }
@@ -410,6 +410,6 @@ internal sealed class NbdCommandDispatcher(
 
     private static void ReturnPayload(byte[]? payload)
     {
-        if (payload is not null) ArrayPool<byte>.Shared.Return(payload);
+        if (payload is not null) RequestBuffers.Return(payload);
     }
 }
