@@ -126,6 +126,28 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     }
 
     /// <summary>
+    /// Fills <paramref name="buffer"/> with guest bytes from <paramref name="offset"/> and returns true when
+    /// that needs no wait: every table on the way cached, the data in the host's page cache (or zeros).
+    /// Returns false, having waited for nothing, otherwise (also for a range outside the disk, a closed image,
+    /// or damage): the caller then uses <see cref="ReadAsync"/>, which waits and reports. A server uses it to
+    /// answer cached reads on the thread that received them and hand only disk reads to threads that may block.
+    /// </summary>
+    public bool TryReadNow(long offset, Span<byte> buffer)
+    {
+        if (_disposed != 0 || _top is not Read.Qcow2Layer layer || buffer.IsEmpty) return false;
+        // A writable image's reads pass the request gate, as ReadAsync's do; a wait there is a false here.
+        if (_ctx is not null && !_gate.TryEnter()) return false;
+        try
+        {
+            return offset >= 0 && offset <= VirtualSize && buffer.Length <= VirtualSize - offset && layer.TryReadNow(offset, buffer);
+        }
+        finally
+        {
+            if (_ctx is not null) _gate.Exit();
+        }
+    }
+
+    /// <summary>
     /// Block status of [<paramref name="offset"/>, <paramref name="offset"/> + <paramref name="length"/>) as
     /// qemu-img map reports it: maximal runs, merged when depth, flags and file agree and host
     /// offsets continue each other.

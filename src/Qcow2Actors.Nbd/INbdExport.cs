@@ -85,6 +85,15 @@ public interface INbdExport
     IReadOnlyList<string> DirtyBitmaps => [];
 
     /// <summary>
+    /// Reads [<paramref name="offset"/>, + <paramref name="buffer"/>.Length) into <paramref name="buffer"/> and
+    /// returns true only when it can do so without waiting (the data is in memory); otherwise returns false at
+    /// once and the server calls <see cref="ReadAsync"/> from a thread that may wait. The server asks first for
+    /// small reads, on the thread that parsed the request, so cached reads skip a thread hand-off. Must never
+    /// block, throw, or fail a request: any doubt is a false. The default always says false.
+    /// </summary>
+    bool TryReadNow(long offset, Span<byte> buffer) => false;
+
+    /// <summary>
     /// The <c>qemu:allocation-depth</c> of the range starting at <paramref name="offset"/>, as consecutive
     /// extents whose <see cref="NbdMetaExtent.Flags"/> is the depth (see <see cref="AllocationDepth"/>).
     /// Called only when <see cref="AllocationDepth"/> is true; may cover less or more than

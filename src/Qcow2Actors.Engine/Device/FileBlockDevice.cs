@@ -13,7 +13,7 @@ namespace Qcow2Actors.Engine.Device;
 /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on pool
 /// threads, and the inline call saves two thread switches per I/O.
 /// </remarks>
-public sealed class FileBlockDevice : BlockDevice
+public sealed class FileBlockDevice : BlockDevice, INonBlockingRead
 {
     private readonly SafeFileHandle _handle;
 
@@ -56,6 +56,9 @@ public sealed class FileBlockDevice : BlockDevice
     /// <inheritdoc />
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
         new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
+
+    /// <inheritdoc />
+    bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) => HostFileCalls.TryReadNoWait(_handle, buffer, offset);
 
     /// <inheritdoc />
     protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)

@@ -64,6 +64,41 @@ internal static partial class HostFileCalls
         return total;
     }
 
+    private const int RwfNowait = 0x08;
+
+    // Cleared the first time the kernel or filesystem refuses RWF_NOWAIT on buffered reads (pre-4.14
+    // kernels, some filesystems): from then on every read goes the ordinary, possibly blocking way.
+    private static volatile bool s_noWaitReads = OperatingSystem.IsLinux();
+
+    /// <summary>
+    /// preadv2(RWF_NOWAIT) on Linux: true when all of <paramref name="buffer"/> came from the page cache
+    /// without waiting; false when it would block (EAGAIN), came back short, failed, or the system has no
+    /// such read. Never blocks on the disk.
+    /// </summary>
+    public static unsafe bool TryReadNoWait(SafeFileHandle handle, Span<byte> buffer, long offset)
+    {
+        if (!s_noWaitReads || buffer.IsEmpty) return false;
+        nint n;
+        fixed (byte* p = buffer)
+        {
+            var iov = new IoVec { Base = p, Length = (nuint)buffer.Length };
+            n = PReadV2((int)handle.DangerousGetHandle(), &iov, 1, offset, RwfNowait);
+        }
+        if (n == buffer.Length) return true;
+        // EAGAIN (would wait) and real errors alike go to the ordinary read, which waits or reports them.
+        if (n < 0 && Marshal.GetLastPInvokeError() is Eopnotsupp or Enosys or Einval) s_noWaitReads = false;
+        return false;
+    }
+
+    private unsafe struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    [LibraryImport("libc", EntryPoint = "preadv2", SetLastError = true)]
+    private static unsafe partial nint PReadV2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     private static partial int FdDataSync(int fd);
 

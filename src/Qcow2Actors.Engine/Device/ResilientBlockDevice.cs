@@ -65,7 +65,7 @@ public sealed record ResilientDeviceOptions
 /// <see cref="ResilientDeviceOptions.OnRetry"/> numbering are the pipeline's own): the pipeline costs
 /// about a microsecond per call, as much as a cached 4 KiB read itself.
 /// </remarks>
-public sealed class ResilientBlockDevice : BlockDevice
+public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead
 {
     private readonly IBlockDevice _inner;
     private readonly ResiliencePipeline _pipeline;
@@ -137,6 +137,11 @@ public sealed class ResilientBlockDevice : BlockDevice
         cache == CacheMode.None
             ? Open(() => DirectFileBlockDevice.Open(path, writable), options)
             : OpenFile(path, writable, options);
+
+    /// <inheritdoc />
+    /// <remarks>Only a first attempt: a failure is the ordinary read's to retry.</remarks>
+    bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) =>
+        _inner is INonBlockingRead now && now.TryReadNow(buffer, offset);
 
     /// <inheritdoc />
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)

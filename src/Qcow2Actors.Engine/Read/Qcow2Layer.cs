@@ -156,6 +156,59 @@ internal sealed class Qcow2Layer : IImageLayer
         }
     }
 
+    /// <summary>
+    /// Fills <paramref name="buffer"/> from <paramref name="offset"/> through the active view when nothing on
+    /// the way would wait: every L2 table already cached, data in the host's page cache, zeros, or
+    /// unallocated space with no backing file under it. False (the buffer then holds nothing of use) sends the
+    /// caller to <see cref="ReadAsync(long, Memory{byte}, CancellationToken)"/>, which also reports any damage.
+    /// </summary>
+    public bool TryReadNow(long offset, Span<byte> buffer)
+    {
+        if ((_dataFile ?? _file) is not INonBlockingRead device) return false;
+        var view = Views.Current;
+        long end = offset + buffer.Length;
+        long pos = offset;
+        int hits = 0;
+        try
+        {
+            while (pos < end)
+            {
+                long l2Offset = GuestMapper.L2Offset(view, pos);
+                L2View? l2 = null;
+                if (l2Offset != 0)
+                {
+                    if (!L2Tables.TryGet(l2Offset, out var cached)) return false;
+                    l2 = cached;
+                    hits++;
+                }
+                var run = GuestMapper.MapRun(view.Geometry, l2, pos, end - pos);
+                var slice = buffer.Slice((int)(pos - offset), (int)run.Length);
+                switch (run.Kind)
+                {
+                    case ExtentKind.Data:
+                        if (!device.TryReadNow(slice, run.HostOffset)) return false;
+                        break;
+                    case ExtentKind.Zero:
+                        slice.Clear();
+                        break;
+                    case ExtentKind.Unallocated when Backing is null || pos >= Backing.Size:
+                        slice.Clear();
+                        break;
+                    default:
+                        return false; // backing data or a compressed cluster: the ordinary path
+                }
+                pos += run.Length;
+            }
+        }
+        catch (Qcow2ImageCorruptException)
+        {
+            return false; // the ordinary read meets it again and reports it
+        }
+        // Counted only now: a read that falls back counts its lookups on the ordinary path.
+        for (int i = 0; i < hits; i++) Metrics.L2Hit();
+        return true;
+    }
+
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadDataAsync(GuestExtent run, Memory<byte> slice, CancellationToken cancellationToken)
     {

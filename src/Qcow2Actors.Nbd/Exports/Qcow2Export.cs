@@ -107,6 +107,9 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
     }
 
     /// <inheritdoc/>
+    public bool TryReadNow(long offset, Span<byte> buffer) => _image.TryReadNow(offset, buffer);
+
+    /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);

@@ -52,7 +52,10 @@ internal sealed class NbdCommandDispatcher(
         switch (request.Type)
         {
             case CmdRead:
-                ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
+                // A read the export can answer from memory is answered here, on the reader loop: no thread
+                // hand-off for it. Only reads that must wait for the disk go to the pool.
+                if (!TryReadNow(request, charge))
+                    ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
                 break;
             case CmdBlockStatus:
                 _ = BlockStatusAsync(request, charge);
@@ -148,6 +151,40 @@ internal sealed class NbdCommandDispatcher(
         replies.Status(r, error, message, charge);
     }
 
+    /// <summary>Largest read tried on the reader loop: copying more would hold up the requests behind it.</summary>
+    private const int InlineReadLimit = 64 * 1024;
+
+    /// <summary>
+    /// Answers a well-formed READ of at most <see cref="InlineReadLimit"/> bytes when the export has its data
+    /// in memory (<see cref="INbdExport.TryReadNow"/>); false, with nothing sent, leaves it to <see cref="ReadAsync"/>
+    /// (which also answers every malformed one).
+    /// </summary>
+    private bool TryReadNow(in NbdRequest r, long charge)
+    {
+        if (r.Length == 0 || r.Length > InlineReadLimit || r.Length > (uint)options.MaxBlockSize
+            || r.HasFlagsBeyond(CmdFlagFua | CmdFlagDf) || (r.Has(CmdFlagDf) && !session.Structured))
+            return false;
+        var length = (int)r.Length;
+        var room = replies.ReadHeaderRoom;
+        var buffer = RequestBuffers.Rent(room + length);
+        bool read;
+        try
+        {
+            read = InRange(r.Offset, r.Length, _export.Size) && _export.TryReadNow((long)r.Offset, buffer.AsSpan(room, length));
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            read = false; // the contract says it does not throw; if it does, the ordinary read answers
+        }
+        if (!read)
+        {
+            RequestBuffers.Return(buffer);
+            return false;
+        }
+        replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
+        return true;
+    }
+
     private ReadWork RentReadWork(in NbdRequest request, long charge)
     {
         ReadWork? work;
@@ -196,7 +233,7 @@ internal sealed class NbdCommandDispatcher(
 
             var length = (int)r.Length;
             var room = replies.ReadHeaderRoom;
-            buffer = ArrayPool<byte>.Shared.Rent(room + length);
+            buffer = RequestBuffers.Rent(room + length);
             if (length > 0)
             {
                 try
@@ -205,7 +242,7 @@ internal sealed class NbdCommandDispatcher(
                 }
                 catch (Exception ex) when (!AbortedBy(ex))
                 {
-                    ArrayPool<byte>.Shared.Return(buffer);
+                    RequestBuffers.Return(buffer);
                     buffer = null;
                     var (error, message) = Failure(ex);
                     replies.Status(r, error, message, charge);
@@ -218,7 +255,7 @@ internal sealed class NbdCommandDispatcher(
         }
         catch (Exception ex)
         {
-            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
+            if (buffer is not null) RequestBuffers.Return(buffer);
             Abandon(ex, r, charge);
         }
     }
@@ -373,6 +410,6 @@ internal sealed class NbdCommandDispatcher(
 
     private static void ReturnPayload(byte[]? payload)
     {
-        if (payload is not null) ArrayPool<byte>.Shared.Return(payload);
+        if (payload is not null) RequestBuffers.Return(payload);
     }
 }

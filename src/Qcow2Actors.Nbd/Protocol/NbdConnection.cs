@@ -353,7 +353,7 @@ internal sealed class NbdConnection
                 }
                 if (request.Type == CmdWrite)
                 {
-                    payload = ArrayPool<byte>.Shared.Rent((int)request.Length);
+                    payload = RequestBuffers.Rent((int)request.Length);
                     try
                     {
                         await requests.ReadPayloadAsync(payload.AsMemory(0, (int)request.Length), _stopping);
@@ -367,7 +367,7 @@ internal sealed class NbdConnection
             }
             catch
             {
-                if (payload is not null) ArrayPool<byte>.Shared.Return(payload);
+                if (payload is not null) RequestBuffers.Return(payload);
                 Release(charge);
                 if (_stopping.IsCancellationRequested) return;
                 throw;

@@ -73,7 +73,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
             else Error(request.Handle, error, message, charge);
             return;
         }
-        var buffer = ArrayPool<byte>.Shared.Rent(SimpleReplyHeader.Size);
+        var buffer = RequestBuffers.Rent(SimpleReplyHeader.Size);
         WriteSimpleHeader(buffer, error, request.Handle);
         sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size, charge));
     }
@@ -88,7 +88,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
     {
         metrics.Finish(request, NbdError.None, 0);
         var total = chunks.Length * (ChunkHeader.Size + BlockStatusPayload.DescriptorsOffset) + BlockStatusPayload.DescriptorSize * descriptors.Length;
-        var buffer = ArrayPool<byte>.Shared.Rent(total);
+        var buffer = RequestBuffers.Rent(total);
         int at = 0, next = 0;
         for (var c = 0; c < chunks.Length; c++)
         {
@@ -122,7 +122,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
 
     private void Chunk(ulong handle, ushort type, ReadOnlySpan<byte> payload, long charge)
     {
-        var buffer = ArrayPool<byte>.Shared.Rent(ChunkHeader.Size + payload.Length);
+        var buffer = RequestBuffers.Rent(ChunkHeader.Size + payload.Length);
         WriteChunkHeader(buffer, type, handle, (uint)payload.Length);
         payload.CopyTo(buffer.AsSpan(ChunkHeader.Size));
         sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payload.Length, charge));

@@ -183,7 +183,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
 
     private void Finish(OutgoingReply reply)
     {
-        ArrayPool<byte>.Shared.Return(reply.Buffer);
+        RequestBuffers.Return(reply.Buffer);
         released(reply.Charge);
     }
 }

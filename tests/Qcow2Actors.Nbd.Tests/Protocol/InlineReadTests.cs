@@ -1,0 +1,67 @@
+using Qcow2Actors.Nbd.Exports;
+
+namespace Qcow2Actors.Nbd.Tests.Protocol;
+
+/// <summary>
+/// The server asks <see cref="INbdExport.TryReadNow"/> first for small reads and answers with what it
+/// filled; a false (or a throw) sends the read to <see cref="INbdExport.ReadAsync"/> as before.
+/// </summary>
+public sealed class InlineReadTests
+{
+    /// <summary>Answers TryReadNow with 0x5A bytes below <see cref="NowLimit"/>; counts the ordinary reads.</summary>
+    private sealed class NowExport(INbdExport inner) : INbdExport
+    {
+        public const long NowLimit = 4096;
+        public int OrdinaryReads;
+        public string Name => inner.Name;
+        public long Size => inner.Size;
+        public bool IsReadOnly => inner.IsReadOnly;
+        public bool TryReadNow(long offset, Span<byte> buffer)
+        {
+            if (offset == 2 * NowLimit) throw new InvalidOperationException("a broken TryReadNow");
+            if (offset + buffer.Length > NowLimit) return false;
+            buffer.Fill(0x5A);
+            return true;
+        }
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref OrdinaryReads);
+            return inner.ReadAsync(offset, buffer, cancellationToken);
+        }
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) => inner.WriteAsync(offset, data, fua, cancellationToken);
+        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
+            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
+        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
+        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
+            inner.GetBlockStatusAsync(offset, length, cancellationToken);
+    }
+
+    [Fact]
+    public async Task A_read_the_export_answers_now_skips_ReadAsync_and_one_it_declines_or_throws_on_uses_it()
+    {
+        var inner = new MemoryExport("e", 1 << 20);
+        await inner.WriteAsync(4096, Enumerable.Repeat((byte)3, 8192).ToArray(), false, default);
+        var export = new NowExport(inner);
+        await using var server = await TestServers.StartTcpAsync(export);
+        await using var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await client.GoAsync("e");
+
+        await client.SendRequestAsync(0, RawNbdClient.CmdRead, 1, 0, 4096);
+        var now = await client.ReadSimpleReplyAsync(4096);
+        Assert.Equal(0u, now.Error);
+        Assert.All(now.Data, b => Assert.Equal(0x5A, b));
+        Assert.Equal(0, export.OrdinaryReads);
+
+        await client.SendRequestAsync(0, RawNbdClient.CmdRead, 2, 4096, 4096);
+        var declined = await client.ReadSimpleReplyAsync(4096);
+        Assert.Equal(0u, declined.Error);
+        Assert.All(declined.Data, b => Assert.Equal(3, b));
+
+        await client.SendRequestAsync(0, RawNbdClient.CmdRead, 3, 8192, 4096);
+        var thrown = await client.ReadSimpleReplyAsync(4096);
+        Assert.Equal(0u, thrown.Error);
+        Assert.All(thrown.Data, b => Assert.Equal(3, b));
+        Assert.Equal(2, export.OrdinaryReads);
+    }
+}
