@@ -33,7 +33,7 @@ internal static class ChaosCommand
         var perRun = new Option<int>("--states-per-run") { Description = "--power-loss: crash states taken from one workload run", DefaultValueFactory = _ => 2000 };
         var runSeed = new Option<int?>("--run-seed") { Description = "--power-loss: rebuild the one run a failure line names" };
         var state = new Option<int?>("--state") { Description = "--power-loss with --run-seed: check only this state of the run" };
-        var workers = new Option<int>("--workers") { Description = "--power-loss: parallel workers", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
+        var workers = new Option<int>("--workers") { Description = "--power-loss: parallel workers", DefaultValueFactory = _ => Math.Max(1, 2 * Environment.ProcessorCount) };
         var qemuEvery = new Option<int>("--qemu-every") { Description = "--power-loss: also run qemu-img check on one state in N (0: never)", DefaultValueFactory = _ => 1000 };
         var output = new Option<string>("--output") { Description = "--power-loss: human or json", DefaultValueFactory = _ => "human" };
         // The harness's own test: a disk that forgets flushed writes must make the run fail.

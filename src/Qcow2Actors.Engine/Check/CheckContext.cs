@@ -61,6 +61,20 @@ internal sealed class CheckContext(IBlockDevice device, ImageMetadata meta, Chec
         }
     }
 
+    /// <summary>
+    /// The first entry at or after <paramref name="from"/> with a nonzero byte, or the table's entry count.
+    /// An all-zero entry is unallocated with nothing to check or count, and a big cluster's table is
+    /// mostly such entries: the walks skip them at memory speed.
+    /// </summary>
+    public long NextNonZeroL2Entry(byte[] l2, long from)
+    {
+        var size = Meta.L2EntryBytes;
+        var end = Meta.L2Entries;
+        if (from >= end) return end;
+        var found = l2.AsSpan((int)(from * size), (int)((end - from) * size)).IndexOfAnyExcept((byte)0);
+        return found < 0 ? end : from + found / size;
+    }
+
     public L2Entry L2At(byte[] l2, long index) => L2Table.ReadEntry(l2, (int)index, Meta.ExtendedL2);
 
     public L2EntryKind Classify(L2Entry entry) => entry.GetKind(Meta.Version, Meta.ExtendedL2, Meta.HasDataFile);

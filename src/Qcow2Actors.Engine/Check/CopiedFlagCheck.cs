@@ -36,7 +36,7 @@ internal static class CopiedFlagCheck
             }
             ctx.ReadL2(l2, l2Offset, "ERROR: Could not read L2 table: Input/output error");
             var dirty = 0;
-            for (long j = 0; j < meta.L2Entries; j++)
+            for (long j = ctx.NextNonZeroL2Entry(l2, 0); j < meta.L2Entries; j = ctx.NextNonZeroL2Entry(l2, j + 1))
             {
                 var l2Entry = ctx.L2At(l2, j);
                 if (ctx.Classify(l2Entry) is not (L2EntryKind.Normal or L2EntryKind.ZeroAllocated)) continue;

@@ -106,7 +106,7 @@ internal sealed class ReferenceWalk(CheckContext ctx, StoredRefcounts stored)
     private void CheckL2(byte[] l2, bool active, ulong l2Offset)
     {
         ulong nextContiguous = 0;
-        for (long i = 0; i < _meta.L2Entries; i++)
+        for (long i = ctx.NextNonZeroL2Entry(l2, 0); i < _meta.L2Entries; i = ctx.NextNonZeroL2Entry(l2, i + 1))
         {
             var entry = ctx.L2At(l2, i);
             var kind = ctx.Classify(entry);

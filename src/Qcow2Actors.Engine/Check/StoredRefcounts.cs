@@ -34,8 +34,15 @@ internal sealed class StoredRefcounts
         {
             var chunk = buffer.AsSpan(0, (int)Math.Min(buffer.Length, entries * RefcountTableEntry.Size - done));
             ImageMetadata.ReadZeroFilled(device, chunk, (long)meta.RefcountTableOffset + done);
-            for (var i = 0; i < chunk.Length / RefcountTableEntry.Size; i++)
+            // Zero entries (no block) stay as the new array has them; a big cluster's table is mostly those.
+            var count = chunk.Length / RefcountTableEntry.Size;
+            for (var i = 0; i < count; i++)
+            {
+                var skip = chunk[(i * RefcountTableEntry.Size)..(count * RefcountTableEntry.Size)].IndexOfAnyExcept((byte)0);
+                if (skip < 0) break;
+                i += skip / RefcountTableEntry.Size;
                 table[done / RefcountTableEntry.Size + i] = RefcountTableEntry.Read(chunk, i);
+            }
         }
         return table;
     }

@@ -37,7 +37,8 @@ internal sealed class RefcountState
         if (device.Read(bytes, TableOffset) < bytes.Length)
             throw new Qcow2ImageCorruptException($"refcount table at 0x{TableOffset:X} lies past the end of {device.Name}");
         _table = new ulong[bytes.Length / 8];
-        for (int i = 0; i < _table.Length; i++)
+        // Zero entries (no block) are valid and already zero here; a big cluster's table is mostly those.
+        for (int i = NextNonZero(bytes, 0); i < _table.Length; i = NextNonZero(bytes, i + 1))
         {
             var e = RefcountTableEntry.Read(bytes, i);
             if (e.Validate(_clusterBits) is { } problem)
@@ -45,6 +46,15 @@ internal sealed class RefcountState
             _table[i] = e.Raw;
         }
         AllocatedEnd = AlignUp(device.Length);
+    }
+
+    /// <summary>The first 8-byte table entry at or after <paramref name="from"/> with a nonzero byte (the entry count if none).</summary>
+    private static int NextNonZero(byte[] table, int from)
+    {
+        var count = table.Length / RefcountTableEntry.Size;
+        if (from >= count) return count;
+        var found = table.AsSpan(from * RefcountTableEntry.Size, (count - from) * RefcountTableEntry.Size).IndexOfAnyExcept((byte)0);
+        return found < 0 ? count : from + found / RefcountTableEntry.Size;
     }
 
     public long ClusterSize => 1L << _clusterBits;
