@@ -137,9 +137,11 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         var joined = clock.Elapsed;
         var node3 = new ClusterNodeProcess(_dir.Path, "node3", data, ports[2], seeds, connection);
         _nodes.Add(node3);
+        var up = node1.Line(l => l.Contains($"member up {node3.Address}", StringComparison.Ordinal)).ContinueWith(_ => clock.Elapsed, TaskScheduler.Default);
         var firstMove = node3.Line(l => images.Any(i => ExportAdded(l, i)));
         await firstMove.WaitAsync(Timeout);
-        output.WriteLine($"node3 serves its first image {(clock.Elapsed - joined).TotalSeconds:F1} s after it was started: {await firstMove}");
+        output.WriteLine($"node3 up {(await up - joined).TotalSeconds:F1} s after it was started; serves its first image "
+            + $"{(clock.Elapsed - await up).TotalSeconds:F1} s after it was up: {await firstMove}");
 
         // Then wait for the moves to end: each poll is taken after arming the wait for the next image served anywhere.
         ClusterReply settled;
@@ -234,6 +236,10 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         output.WriteLine($"qemu-io against the stale node: exit {write.ExitCode}\n{write.StdOut}{write.StdErr}");
         Assert.False(write.ExitCode == 0 && !(write.StdOut + write.StdErr).Contains("fail", StringComparison.OrdinalIgnoreCase),
             "the stale node acknowledged a flush after it was downed");
+        // A request that reached it was refused by the generation fence in PostgreSQL (the image turned read-only).
+        if (write.StdOut.Contains("write failed", StringComparison.Ordinal) || write.StdOut.Contains("flush failed", StringComparison.Ordinal))
+            await stale.Line(l => l.Contains($"image {Tenant}/{images[0]} failed (ReadOnly)", StringComparison.Ordinal)
+                && l.Contains("stale owner: journal", StringComparison.Ordinal)).WaitAsync(Timeout);
         // Akka's downing makes it leave: it shuts itself down.
         var exitCode = await exited;
         Assert.True(exitCode is not null, $"{stale.Name} still runs {Timeout.TotalSeconds:F0} s after SIGCONT:\n{stale.Output}");
