@@ -17,6 +17,8 @@ public static class Routes
     public const string Cluster = "/v1/cluster";
     /// <summary>POST: serve an image from the cluster (<see cref="Contracts.ClusterImageRequest"/>; cluster mode).</summary>
     public const string ClusterImages = "/v1/cluster/images";
+    /// <summary>DELETE: stop serving an image from the cluster (its owner closes it clean; sharding forgets it; cluster mode).</summary>
+    public const string ClusterImage = ClusterImages + "/{tenant}/{image}";
 
     /// <summary>POST (create), GET (list).</summary>
     public const string Tenants = "/v1/tenants";
@@ -64,6 +66,9 @@ public static class Routes
     public const string ExportLimit = "/v1/limits/exports/{**name}";
     /// <summary>PUT, DELETE a tenant's limit.</summary>
     public const string TenantLimit = "/v1/limits/tenants/{tenant}";
+
+    /// <summary>/v1/cluster/images/T/I.</summary>
+    public static string ClusterImagePath(string tenant, string image) => $"{ClusterImages}/{Escape(tenant)}/{Escape(image)}";
 
     /// <summary>/v1/tenants/T.</summary>
     public static string TenantPath(string tenant) => $"{Tenants}/{Escape(tenant)}";

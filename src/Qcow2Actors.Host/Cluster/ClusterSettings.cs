@@ -40,6 +40,9 @@ public sealed record ClusterSettings
     /// <summary>Number of shards the images are spread over (<c>shards</c>; default 30).</summary>
     public int Shards { get; init; } = 30;
 
+    /// <summary>Rebalancing of images between nodes (<c>rebalance-*</c> keys; clusterops).</summary>
+    internal Ownership.RebalanceSettings Rebalance { get; init; } = Ownership.RebalanceSettings.Default;
+
     /// <summary>This node's name: its host-state file lives at DATA_DIR/.nodes/NAME; default HOST-PORT.</summary>
     public string NodeName => $"{Hostname}-{Port.ToString(CultureInfo.InvariantCulture)}";
 
@@ -78,6 +81,7 @@ public sealed record ClusterSettings
             ConnectionString = connection,
             ProviderName = c.GetString("journal.provider-name", "PostgreSQL.15") ?? "PostgreSQL.15",
             Shards = shards,
+            Rebalance = Ownership.RebalanceSettings.Read(c),
         };
     }
 
@@ -140,6 +144,7 @@ public sealed record ClusterSettings
             akka.cluster.singleton.hand-over-retry-interval = 200ms
             akka.cluster.sharding.waiting-for-state-timeout = 1s
             akka.cluster.sharding.updating-state-timeout = 1s
+            {{Rebalance.Hocon()}}{{Ownership.OwnershipSetup.Hocon}}
             """;
     }
 

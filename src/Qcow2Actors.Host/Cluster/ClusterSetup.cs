@@ -41,6 +41,8 @@ internal static class ClusterSetup
                     SnapshotPluginId = ClusterSettings.ShardingSnapshotPluginId,
                     HandOffStopMessage = new ImageEntity.Release(),
                 });
+        // Operations (clusterops): the owner list's and un-serve's node agent, the downed-node journal fence.
+        Ownership.OwnershipSetup.Configure(builder, cluster);
     }
 
     /// <summary>

@@ -141,4 +141,37 @@ internal sealed class ClusterNodeProcess : IDisposable
         _http.Dispose();
         ChildProcess.KillAndDispose(_process);
     }
+
+    // ---- clusterops: pause/resume, exit, owner list and un-serve ----
+
+    /// <summary>The node's process id.</summary>
+    public int Pid => _process.Id;
+
+    /// <summary>SIGSTOP: the process freezes with everything it holds (sockets, OFD locks); its peers stop hearing from it.</summary>
+    public void Pause() => Qcow2Actors.Tests.Shared.QemuTools.Run("kill", "-STOP", Pid.ToString(CultureInfo.InvariantCulture)).EnsureSuccess();
+
+    /// <summary>SIGCONT: the frozen process runs on from where it stopped.</summary>
+    public void Resume() => Qcow2Actors.Tests.Shared.QemuTools.Run("kill", "-CONT", Pid.ToString(CultureInfo.InvariantCulture)).EnsureSuccess();
+
+    /// <summary>Waits for the process to exit on its own; its exit code, or null if it still runs after <paramref name="timeout"/>.</summary>
+    public async Task<int?> ExitedAsync(TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await _process.WaitForExitAsync(cts.Token);
+            return _process.ExitCode;
+        }
+        catch (OperationCanceledException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>DELETE /v1/cluster/images/TENANT/IMAGE: the status code and body.</summary>
+    public async Task<(int Status, string Body)> UnserveAsync(string tenant, string image)
+    {
+        using var reply = await _http.DeleteAsync(Routes.ClusterImagePath(tenant, image));
+        return ((int)reply.StatusCode, await reply.Content.ReadAsStringAsync());
+    }
 }

@@ -11,6 +11,13 @@ public sealed record ClusterReply
     public IReadOnlyList<ClusterMemberReply> Members { get; init; } = [];
     /// <summary>Images this node owns and serves now, as TENANT/IMAGE (also their export names).</summary>
     public IReadOnlyList<string> OwnedImages { get; init; } = [];
+    /// <summary>
+    /// Every image the whole cluster serves and its owner, as each node's shard region reports it (sorted by tenant,
+    /// image); images of a node in <see cref="Unanswered"/> are missing.
+    /// </summary>
+    public IReadOnlyList<ClusterOwnerReply> Owners { get; init; } = [];
+    /// <summary>Members whose shard region or node agent did not answer in time (unreachable, starting, stopping).</summary>
+    public IReadOnlyList<string> Unanswered { get; init; } = [];
 }
 
 /// <summary>One cluster member.</summary>

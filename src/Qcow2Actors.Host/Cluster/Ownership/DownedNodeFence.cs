@@ -1,0 +1,84 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace Qcow2Actors.Host.Cluster.Ownership;
+
+/// <summary>
+/// Fences a downed node's image journals at once: when the cluster downs a member (the split-brain resolver, or an
+/// operator), every survivor that sees it takes the next owner generation of each journal that member holds, so from
+/// then on the downed node can commit nothing: its next flush fails with EIO and its image turns read-only, even if
+/// it is only paused (SIGSTOP, a long GC) and resumes before it learns it was downed.
+/// </summary>
+/// <remarks>
+/// Without this the generation moved only when the next owner opened the image, which the image's OFD lock holds
+/// back while the paused owner lives: in between, the paused node could still acknowledge flushes after the cluster
+/// had declared it gone. The update matches rows by owner, so it never fences an owner that has already taken a
+/// journal over, and running it on every survivor is harmless (the second finds nothing). Its append and delete
+/// checks read the generation row <c>FOR SHARE</c>; a paused node stopped inside such a transaction holds the update
+/// back, so it waits at most <see cref="LockTimeout"/> per try and tries again.
+/// </remarks>
+internal sealed class DownedNodeFence : ReceiveActor
+{
+    private static readonly TimeSpan LockTimeout = TimeSpan.FromSeconds(2);
+    private const int Tries = 5;
+
+    private sealed record Fenced(Address Node, int Journals);
+    private sealed record Failed(Address Node, int Try, string Reason);
+
+    public DownedNodeFence(string connectionString, ILogger log)
+    {
+        var cluster = Akka.Cluster.Cluster.Get(Context.System);
+        var self = cluster.SelfAddress;
+        Receive<ClusterEvent.MemberDowned>(e =>
+        {
+            // A node that is itself leaving or downed does not speak for the cluster.
+            if (e.Member.Address == self || cluster.SelfMember.Status != MemberStatus.Up) return;
+            Fence(connectionString, e.Member.Address, self, 1);
+        });
+        Receive<Fenced>(f =>
+        {
+            if (f.Journals > 0)
+                log.LogWarning("cluster: fenced {Count} image journal(s) of downed node {Address}: its appends are refused from now on", f.Journals, f.Node);
+        });
+        Receive<Failed>(f =>
+        {
+            log.LogWarning("cluster: fencing the journals of downed node {Address} failed (try {Try} of {Tries}): {Reason}", f.Node, f.Try, Tries, f.Reason);
+            if (f.Try < Tries) Fence(connectionString, f.Node, self, f.Try + 1);
+        });
+        Receive<ClusterEvent.CurrentClusterState>(_ => { });
+        cluster.Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot, typeof(ClusterEvent.MemberDowned));
+    }
+
+    private void Fence(string connectionString, Address node, Address self, int attempt) =>
+        FenceAsync(connectionString, node.ToString(), $"fenced: {node} downed, seen by {self}")
+            .PipeTo(Self, success: n => new Fenced(node, n), failure: ex => new Failed(node, attempt, ex.Message));
+
+    /// <summary>Takes the next generation of every journal whose current owner is <paramref name="owner"/>; returns how many.</summary>
+    internal static async Task<int> FenceAsync(string connectionString, string owner, string fencedBy)
+    {
+        await using var db = NpgsqlDataSource.Create(connectionString);
+        await using var connection = await db.OpenConnectionAsync().ConfigureAwait(false);
+        await using var transaction = await connection.BeginTransactionAsync().ConfigureAwait(false);
+        await using (var timeout = new NpgsqlCommand(
+            $"SET LOCAL lock_timeout = '{(int)LockTimeout.TotalMilliseconds}ms'", connection, transaction))
+            await timeout.ExecuteNonQueryAsync().ConfigureAwait(false);
+        int fenced;
+        await using (var command = new NpgsqlCommand(
+            $"UPDATE {FencedSqlJournal.GenerationTable} SET generation = generation + 1, owner = $2, taken_at = now() WHERE owner = $1",
+            connection, transaction))
+        {
+            command.Parameters.Add(new NpgsqlParameter { Value = owner });
+            command.Parameters.Add(new NpgsqlParameter { Value = fencedBy });
+            fenced = await command.ExecuteNonQueryAsync().ConfigureAwait(false);
+        }
+        await transaction.CommitAsync().ConfigureAwait(false);
+        return fenced;
+    }
+
+    protected override void PostStop() => Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
+
+    public static Props Props(string connectionString, ILogger log) =>
+        Akka.Actor.Props.Create(() => new DownedNodeFence(connectionString, log));
+}
