@@ -50,6 +50,18 @@ internal static class ClusterEndpoints
             region.Tell(new ShardingEnvelope($"{request.Tenant}/{request.Image}", new ImageEntity.Serve()));
             return TypedResults.Accepted(Routes.Cluster, request);
         });
+        group.MapPost(Routes.ClusterDrain, (HostSettings settings, IServiceProvider services, Microsoft.Extensions.Logging.ILoggerFactory loggers) =>
+        {
+            RefuseUnlessCluster(settings);
+            // Leaving runs the coordinated shutdown: the registry closes the images clean (clients forwarding to them
+            // are told to ask again), sharding hands the shards to the other nodes, and once this node is removed its
+            // actor system ends and the host exits (RegistryService).
+            var cluster = Akka.Cluster.Cluster.Get(services.GetRequiredService<ActorSystem>());
+            Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(loggers.CreateLogger("Qcow2Actors.Host.Cluster"),
+                "cluster: draining {Address}: leaving the cluster, handing images off", cluster.SelfAddress);
+            cluster.Leave(cluster.SelfAddress);
+            return TypedResults.NoContent();
+        });
     }
 
     private static void RefuseUnlessCluster(HostSettings settings)

@@ -17,6 +17,8 @@ public static class Routes
     public const string Cluster = "/v1/cluster";
     /// <summary>POST: serve an image from the cluster (<see cref="Contracts.ClusterImageRequest"/>; cluster mode).</summary>
     public const string ClusterImages = "/v1/cluster/images";
+    /// <summary>POST: this node leaves the cluster gracefully, hands its images off clean and exits 0 (cluster mode; 204).</summary>
+    public const string ClusterDrain = "/v1/cluster/drain";
 
     /// <summary>POST (create), GET (list).</summary>
     public const string Tenants = "/v1/tenants";

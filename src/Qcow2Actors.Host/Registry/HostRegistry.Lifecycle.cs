@@ -117,7 +117,8 @@ internal sealed partial class HostRegistry
             bool clean = true;
             foreach (var tenant in _tenants.Values)
                 foreach (var entry in tenant.Images.Values)
-                    if (entry.Image is not null && !await CloseEntryAsync(tenant, entry)) clean = false;
+                    if (entry.ClusterOwned) clean &= await CloseClusterEntryAsync(tenant, entry);
+                    else if (entry.Image is not null && !await CloseEntryAsync(tenant, entry)) clean = false;
             StoppedClean = clean;
             if (clean) _log.LogInformation("q2a host stopped: every image closed clean");
             else _log.LogError("q2a host stopped: some images did not close clean (their journals make the next open recover them)");

@@ -4,7 +4,7 @@ using Qcow2Actors.Host.Api.Contracts;
 
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
-/// <summary><c>q2a ctl cluster status | serve TENANT IMAGE</c>: a <c>q2a host --cluster</c> node's view, and serving an image from the cluster.</summary>
+/// <summary><c>q2a ctl cluster status | serve TENANT IMAGE | drain</c>: a <c>q2a host --cluster</c> node's view, and serving an image from the cluster.</summary>
 internal static class ClusterCommands
 {
     public static Command Create(CtlGlobals globals)
@@ -21,6 +21,15 @@ internal static class ClusterCommands
             new ClusterImageRequest { Tenant = parse.GetValue(tenant)!, Image = parse.GetValue(image)! },
             r => $"{r.Tenant}/{r.Image}: the cluster starts serving it on one node (q2a ctl cluster status on each node shows which)\n"));
         group.Subcommands.Add(serve);
+
+        var drain = new Command("drain", "this node leaves the cluster: its images are handed to the other nodes clean (clients connected elsewhere see no error), then it exits 0");
+        globals.SetAction(drain, async (_, ctx) =>
+        {
+            int code = await ctx.SendAsync(HttpMethod.Post, Routes.ClusterDrain).ConfigureAwait(false);
+            if (!ctx.Json) await ctx.Out.WriteAsync("draining: this node leaves the cluster, hands its images off and exits\n").ConfigureAwait(false);
+            return code;
+        });
+        group.Subcommands.Add(drain);
         return group;
     }
 
