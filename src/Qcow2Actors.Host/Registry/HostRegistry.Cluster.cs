@@ -113,10 +113,9 @@ internal sealed partial class HostRegistry
     {
         if (_tenants.GetValueOrDefault(tenantName) is not { } tenant || tenant.Images.GetValueOrDefault(image) is not { ClusterOwned: true } entry)
             return;
-        bool clean = await CloseClusterEntryAsync(tenant, entry);
+        await CloseClusterEntryAsync(tenant, entry);
         ReleaseClosedCharge(tenant, entry);
         tenant.Images.TryRemove(image, out _);
-        _log.LogInformation("image {Image} handed off{Clean}", entry.Key, clean ? " clean" : " NOT clean");
     });
 
     /// <summary>
@@ -129,14 +128,18 @@ internal sealed partial class HostRegistry
         {
             if (_clusterExports.TryGetValue(name, out var cluster)) await cluster.DetachLocalAsync();
             if (!_exports.TryRemove(name, out var export)) continue;
-            export.Served.SetGroups();
-            ForgetThrottle(export);
+            if (!_stopped)
+            {
+                // (A stopping host has disposed the throttles already.)
+                export.Served.SetGroups();
+                ForgetThrottle(export);
+            }
             await export.Export.DisposeAsync();
         }
         entry.Exports = [];
         bool clean = entry.Image is null || await CloseEntryAsync(tenant, entry);
-        if (!clean)
-            _log.LogWarning("image {Image} did not close clean on hand-off; its journal makes the next owner recover it", entry.Key);
+        if (clean) _log.LogInformation("image {Image} handed off clean", entry.Key);
+        else _log.LogWarning("image {Image} did not close clean on hand-off; its journal makes the next owner recover it", entry.Key);
         if (_clusterLives.TryRemove(entry.Key, out var life) && clean)
         {
             try
@@ -150,6 +153,12 @@ internal sealed partial class HostRegistry
             }
         }
         return clean;
+    }
+
+    /// <summary>The host stops: every cluster export stops calling its image, once the requests running on it finished.</summary>
+    private async Task DetachClusterExportsAsync()
+    {
+        foreach (var export in _clusterExports.Values) await export.DetachLocalAsync();
     }
 
     /// <summary>The images this node owns in the cluster now (TENANT/IMAGE).</summary>

@@ -112,6 +112,8 @@ internal sealed partial class HostRegistry
                 await _nbd.StopAsync(Settings.StopTimeout, CancellationToken.None);
                 await _nbd.DisposeAsync();
             }
+            // Cluster images: forwarded requests stop reaching the images (told to ask again) before anything closes.
+            await DetachClusterExportsAsync();
             DisposeThrottles();
             foreach (var export in _exports.Values) await EndRecordingAsync(export);
             bool clean = true;

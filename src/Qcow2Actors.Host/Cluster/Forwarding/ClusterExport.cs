@@ -13,7 +13,7 @@ namespace Qcow2Actors.Host.Cluster.Forwarding;
 /// The disk contract (<see cref="DiskContract"/>): a write is acknowledged by one owner life; when a later owner
 /// answers the next flush and says that life ended without a clean close, the flush fails with EIO.
 /// </remarks>
-internal sealed class ClusterExport : INbdExport
+internal sealed class ClusterExport : INbdConnectionScopedExport
 {
     /// <summary>Reads and writes larger than this travel as several forwarded requests (remoting frames stay small).</summary>
     public const int MaxChunk = 1024 * 1024;
@@ -142,14 +142,17 @@ internal sealed class ClusterExport : INbdExport
     }
 
     /// <inheritdoc />
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
+        WriteAsync(Contract, offset, data, fua, cancellationToken);
+
+    private async ValueTask WriteAsync(DiskContract contract, long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (TryEnter(out var target, out var life))
         {
             try
             {
                 await target.WriteAsync(offset, data, fua, cancellationToken).ConfigureAwait(false);
-                Contract.Acknowledged(life);
+                contract.Acknowledged(life);
                 return;
             }
             finally
@@ -162,19 +165,22 @@ internal sealed class ClusterExport : INbdExport
         {
             int length = Math.Min(MaxChunk, data.Length - done);
             var reply = await ForwardAsync(new ForwardedRequest(ForwardedOp.Write, flags, offset + done, length, data.Slice(done, length).ToArray()), cancellationToken).ConfigureAwait(false);
-            Contract.Acknowledged(reply.Life);
+            contract.Acknowledged(reply.Life);
         }
     }
 
     /// <inheritdoc />
-    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
+        WriteZeroesAsync(Contract, offset, length, mayUnmap, fastZero, fua, cancellationToken);
+
+    private async ValueTask WriteZeroesAsync(DiskContract contract, long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
     {
         if (TryEnter(out var target, out var life))
         {
             try
             {
                 await target.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken).ConfigureAwait(false);
-                Contract.Acknowledged(life);
+                contract.Acknowledged(life);
                 return;
             }
             finally
@@ -184,18 +190,21 @@ internal sealed class ClusterExport : INbdExport
         }
         var flags = (fua ? ForwardedFlags.Fua : 0) | (mayUnmap ? ForwardedFlags.MayUnmap : 0) | (fastZero ? ForwardedFlags.FastZero : 0);
         var reply = await ForwardAsync(new ForwardedRequest(ForwardedOp.WriteZeroes, flags, offset, length, []), cancellationToken).ConfigureAwait(false);
-        Contract.Acknowledged(reply.Life);
+        contract.Acknowledged(reply.Life);
     }
 
     /// <inheritdoc />
-    public async ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
+    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) =>
+        TrimAsync(Contract, offset, length, fua, cancellationToken);
+
+    private async ValueTask TrimAsync(DiskContract contract, long offset, long length, bool fua, CancellationToken cancellationToken)
     {
         if (TryEnter(out var target, out var life))
         {
             try
             {
                 await target.TrimAsync(offset, length, fua, cancellationToken).ConfigureAwait(false);
-                Contract.Acknowledged(life);
+                contract.Acknowledged(life);
                 return;
             }
             finally
@@ -204,14 +213,17 @@ internal sealed class ClusterExport : INbdExport
             }
         }
         var reply = await ForwardAsync(new ForwardedRequest(ForwardedOp.Trim, fua ? ForwardedFlags.Fua : 0, offset, length, []), cancellationToken).ConfigureAwait(false);
-        Contract.Acknowledged(reply.Life);
+        contract.Acknowledged(reply.Life);
     }
 
     /// <inheritdoc />
     /// <exception cref="NbdException">EIO: writes acknowledged by an owner that has since died (not closed clean) may be gone.</exception>
-    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    public ValueTask FlushAsync(CancellationToken cancellationToken) => FlushAsync(Contract, cancellationToken);
+
+    private async ValueTask FlushAsync(DiskContract contract, CancellationToken cancellationToken)
     {
-        long begun = Contract.BeginFlush();
+        // The flush vouches for what every connection completed before it (multi-conn): each one's contract is checked.
+        var covered = _connections.Keys.Append(Contract).Append(contract).Distinct().Select(c => (Contract: c, Begun: c.BeginFlush())).ToList();
         OwnerLife life;
         if (TryEnter(out var target, out life))
         {
@@ -225,10 +237,52 @@ internal sealed class ClusterExport : INbdExport
             }
         }
         else life = (await ForwardAsync(new ForwardedRequest(ForwardedOp.Flush, 0, 0, 0, []), cancellationToken).ConfigureAwait(false)).Life;
-        var lost = Contract.CompleteFlush(begun, life);
-        if (lost.Count > 0)
+        List<long> lost = [];
+        foreach (var (other, begun) in covered)
+        {
+            var gone = other.CompleteFlush(begun, life);
+            lost.AddRange(gone);
+            if (gone.Count > 0 && other != contract) other.MarkLost();
+        }
+        if (contract.TakeLoss() || lost.Count > 0)
             throw new NbdException(NbdError.IoError,
-                $"export '{Name}': the owner changed without a clean close (owner life {string.Join(", ", lost)} ended, now {life.Incarnation}); writes acknowledged since the last flush may be lost");
+                $"export '{Name}': the owner changed without a clean close (now owner life {life.Incarnation}); writes acknowledged since the last flush may be lost");
+    }
+
+    /// <summary>A view of this export for one NBD connection: its own disk contract, everything else shared.</summary>
+    public INbdExport ForConnection() => new Connection(this);
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<DiskContract, byte> _connections = new();
+
+    /// <summary>One NBD connection's view (the server disposes it when the connection ends).</summary>
+    private sealed class Connection : INbdExport, IDisposable
+    {
+        private readonly ClusterExport _export;
+
+        public Connection(ClusterExport export)
+        {
+            _export = export;
+            export._connections[Contract] = 0;
+        }
+
+        public DiskContract Contract { get; } = new();
+        public string Name => _export.Name;
+        public string? Tenant => _export.Tenant;
+        public long Size => _export.Size;
+        public bool IsReadOnly => false;
+        public IReadOnlyList<KeyValuePair<string, object?>> MetricTags => _export.MetricTags;
+
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => _export.ReadAsync(offset, buffer, cancellationToken);
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
+            _export.WriteAsync(Contract, offset, data, fua, cancellationToken);
+        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
+            _export.WriteZeroesAsync(Contract, offset, length, mayUnmap, fastZero, fua, cancellationToken);
+        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => _export.TrimAsync(Contract, offset, length, fua, cancellationToken);
+        public ValueTask FlushAsync(CancellationToken cancellationToken) => _export.FlushAsync(Contract, cancellationToken);
+        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
+            _export.GetBlockStatusAsync(offset, length, cancellationToken);
+
+        public void Dispose() => _export._connections.TryRemove(Contract, out _);
     }
 
     /// <inheritdoc />

@@ -6,9 +6,9 @@ namespace Qcow2Actors.Host.Cluster.Forwarding;
 /// lives ended without a clean close (so those writes may be gone: the flush must fail with EIO).
 /// </summary>
 /// <remarks>
-/// Kept per export on a node, not per connection: the export advertises NBD_FLAG_CAN_MULTI_CONN, so a flush on any
-/// connection covers the writes every connection completed, and a possible loss is reported to the next flush on
-/// any of them (once). Thread-safe.
+/// One per NBD connection (<see cref="ClusterExport.ForConnection"/>). The export advertises NBD_FLAG_CAN_MULTI_CONN,
+/// so a flush on one connection vouches for the writes every connection completed: it checks every connection's
+/// contract, fails if any lost writes, and marks those connections so their own next flush fails too. Thread-safe.
 /// </remarks>
 internal sealed class DiskContract
 {
@@ -17,6 +17,25 @@ internal sealed class DiskContract
     // Incarnation -> the acknowledgement number of its latest acknowledged, not yet flushed write.
     private readonly Dictionary<long, long> _unflushed = [];
     private long _acknowledged;
+
+    private bool _lossPending;
+
+    /// <summary>Another connection's flush found writes of this one lost: this connection's next flush fails too.</summary>
+    public void MarkLost()
+    {
+        lock (_lock) _lossPending = true;
+    }
+
+    /// <summary>True (once) when <see cref="MarkLost"/> was called since the last time.</summary>
+    public bool TakeLoss()
+    {
+        lock (_lock)
+        {
+            bool pending = _lossPending;
+            _lossPending = false;
+            return pending;
+        }
+    }
 
     /// <summary>A write (write, write-zeroes, trim) was acknowledged by <paramref name="life"/>.</summary>
     public void Acknowledged(OwnerLife life)

@@ -49,6 +49,27 @@ public sealed class ClusterExportTests
     }
 
     [Fact]
+    public async Task A_loss_is_reported_to_a_flush_on_any_connection_and_to_the_connection_that_wrote()
+    {
+        var export = Export();
+        var writer = export.ForConnection();
+        var other = export.ForConnection();
+        _owner.Life = new OwnerLife(1, 0);
+        await other.WriteAsync(0, new byte[4096], fua: false, default);
+        await other.FlushAsync(default);
+        await writer.WriteAsync(4096, new byte[4096], fua: false, default);
+        _owner.Life = new OwnerLife(2, 1);
+        // Multi-conn: the other connection's flush vouches for the writer's write too, so it fails.
+        Assert.Equal(NbdError.IoError, (await Assert.ThrowsAsync<NbdException>(async () => await other.FlushAsync(default))).Error);
+        // The connection that wrote is told on its own next flush as well, once.
+        Assert.Equal(NbdError.IoError, (await Assert.ThrowsAsync<NbdException>(async () => await writer.FlushAsync(default))).Error);
+        await writer.FlushAsync(default);
+        await other.FlushAsync(default);
+        ((IDisposable)writer).Dispose();
+        ((IDisposable)other).Dispose();
+    }
+
+    [Fact]
     public async Task After_a_clean_hand_off_the_flush_succeeds()
     {
         var export = Export();
