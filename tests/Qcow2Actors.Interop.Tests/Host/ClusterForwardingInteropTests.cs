@@ -181,7 +181,8 @@ public sealed class ClusterForwardingInteropTests(PostgresFixture pg, ITestOutpu
         var again = moved.ToDictionary(i => i, i => survivors.Select(n => n.NextLine(l => ExportAdded(l, "acme/" + i))
             .ContinueWith(t => t.IsCompletedSuccessfully ? n : null, TaskScheduler.Default)).ToArray());
         var clock = Stopwatch.StartNew();
-        await d.DrainAsync();
+        var drain = QemuTools.Q2a("ctl", "--control", d.ControlSocket, "cluster", "drain");
+        Assert.True(drain.ExitCode == 0 && drain.StdOut.StartsWith("draining:", StringComparison.Ordinal), $"q2a ctl cluster drain: exit {drain.ExitCode}\n{drain.StdOut}{drain.StdErr}");
         int drained = await d.ExitedAsync(Timeout);
         Assert.True(drained == 0, $"{d.Name} exit {drained}\n{Tail(d.Output)}");
         output.WriteLine($"{d.Name} drained and exited 0 in {clock.Elapsed.TotalSeconds:F2} s");

@@ -136,13 +136,6 @@ internal sealed class ClusterNodeProcess : IDisposable
     public int Stop(string signal = "TERM", int timeoutSeconds = 60) =>
         ChildProcess.Stop(_process, Name, signal, timeoutSeconds, () => "\n" + Output);
 
-    /// <summary>POST /v1/cluster/drain: the node leaves the cluster, hands its images off and exits.</summary>
-    public async Task DrainAsync()
-    {
-        using var reply = await _http.PostAsync(Routes.ClusterDrain, null);
-        Assert.True(reply.IsSuccessStatusCode, $"{Name}: POST {Routes.ClusterDrain}: {(int)reply.StatusCode} {await reply.Content.ReadAsStringAsync()}");
-    }
-
     /// <summary>Waits (at most <paramref name="timeout"/>) for the process to exit on its own and returns its exit code.</summary>
     public async Task<int> ExitedAsync(TimeSpan timeout)
     {
