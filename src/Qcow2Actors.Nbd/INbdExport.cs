@@ -142,3 +142,16 @@ public readonly record struct NbdMetaExtent(long Length, uint Flags)
     /// <summary>NBD_STATE_DIRTY of <c>qemu:dirty-bitmap:NAME</c>: the run's bits are set (changed since the bitmap was cleared).</summary>
     public const uint Dirty = 1;
 }
+
+/// <summary>
+/// An export that gives each client connection its own view (state kept per connection, e.g. which of its
+/// writes a flush has covered). When a client starts transmission on it, the server calls
+/// <see cref="ForConnection"/> once and serves that connection from the view; when the connection ends it
+/// disposes the view if it is <see cref="IDisposable"/>. The view must report this export's name, size,
+/// flags, tenant and metric tags.
+/// </summary>
+public interface INbdConnectionScopedExport : INbdExport
+{
+    /// <summary>The view one new connection is served from.</summary>
+    INbdExport ForConnection();
+}

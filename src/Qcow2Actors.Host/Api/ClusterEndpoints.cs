@@ -71,6 +71,18 @@ internal static class ClusterEndpoints
                     + (unanswered.Count == 0 ? ")" : $"; no answer from {string.Join(", ", unanswered)})"));
             return TypedResults.NoContent();
         });
+        group.MapPost(Routes.ClusterDrain, (HostSettings settings, IServiceProvider services, Microsoft.Extensions.Logging.ILoggerFactory loggers) =>
+        {
+            RefuseUnlessCluster(settings);
+            // Leaving runs the coordinated shutdown: the registry closes the images clean (clients forwarding to them
+            // are told to ask again), sharding hands the shards to the other nodes, and once this node is removed its
+            // actor system ends and the host exits (RegistryService).
+            var cluster = Akka.Cluster.Cluster.Get(services.GetRequiredService<ActorSystem>());
+            Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(loggers.CreateLogger("Qcow2Actors.Host.Cluster"),
+                "cluster: draining {Address}: leaving the cluster, handing images off", cluster.SelfAddress);
+            cluster.Leave(cluster.SelfAddress);
+            return TypedResults.NoContent();
+        });
     }
 
     /// <summary>How long GET /v1/cluster waits for each member's shard region and agent.</summary>

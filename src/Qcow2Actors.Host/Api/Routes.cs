@@ -19,6 +19,8 @@ public static class Routes
     public const string ClusterImages = "/v1/cluster/images";
     /// <summary>DELETE: stop serving an image from the cluster (its owner closes it clean; sharding forgets it; cluster mode).</summary>
     public const string ClusterImage = ClusterImages + "/{tenant}/{image}";
+    /// <summary>POST: this node leaves the cluster gracefully, hands its images off clean and exits 0 (cluster mode; 204).</summary>
+    public const string ClusterDrain = "/v1/cluster/drain";
 
     /// <summary>POST (create), GET (list).</summary>
     public const string Tenants = "/v1/tenants";

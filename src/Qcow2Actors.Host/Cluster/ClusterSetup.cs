@@ -43,6 +43,19 @@ internal static class ClusterSetup
                 });
         // Operations (clusterops): the owner list's and un-serve's node agent, the downed-node journal fence.
         Ownership.OwnershipSetup.Configure(builder, cluster);
+        // Forwarded NBD requests and replies (Forwarding/*): a binary serializer, and frames that hold a 1 MiB chunk.
+        builder.AddHocon($$"""
+            akka.actor.serializers.q2a-forwarding = "{{typeof(Forwarding.ForwardingSerializer).AssemblyQualifiedName}}"
+            akka.actor.serialization-bindings {
+              "{{typeof(Forwarding.IForwardingMessage).AssemblyQualifiedName}}" = q2a-forwarding
+            }
+            akka.actor.serialization-identifiers {
+              "{{typeof(Forwarding.ForwardingSerializer).AssemblyQualifiedName}}" = {{Forwarding.ForwardingSerializer.Id}}
+            }
+            akka.remote.dot-netty.tcp.maximum-frame-size = 4MiB
+            akka.remote.dot-netty.tcp.send-buffer-size = 4MiB
+            akka.remote.dot-netty.tcp.receive-buffer-size = 4MiB
+            """, HoconAddMode.Prepend);
     }
 
     /// <summary>

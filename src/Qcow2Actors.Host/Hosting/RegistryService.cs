@@ -1,5 +1,6 @@
 using Akka;
 using Akka.Actor;
+using Akka.Hosting;
 using Microsoft.Extensions.Hosting;
 using Qcow2Actors.Host.Registry;
 
@@ -12,7 +13,8 @@ namespace Qcow2Actors.Host.Hosting;
 /// runs first (Akka.Hosting may start the coordinated shutdown when the application begins stopping), the
 /// registry closes its images itself, ahead of the engine's <c>service-stop</c> phase.
 /// </summary>
-internal sealed class RegistryService(HostRegistry registry, ActorSystem system, Microsoft.Extensions.Logging.ILoggerFactory loggers) : IHostedService
+internal sealed class RegistryService(HostRegistry registry, ActorSystem system, Microsoft.Extensions.Logging.ILoggerFactory loggers,
+    IHostApplicationLifetime lifetime) : IHostedService
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
@@ -20,8 +22,25 @@ internal sealed class RegistryService(HostRegistry registry, ActorSystem system,
         {
             system.ActorOf(Cluster.ClusterEventLog.Props(loggers.CreateLogger("Qcow2Actors.Host.Cluster")), "q2a-cluster-events");
             await Cluster.ClusterSetup.WarmUpJournalsAsync(system, cluster, cancellationToken);
+            var watch = new Cluster.Forwarding.OwnerWatch();
+            system.ActorOf(Cluster.Forwarding.OwnerWatch.Props(watch), "q2a-owner-watch");
+#pragma warning disable CA2000 // the store (one PostgreSQL data source) lives as long as the host process
+            registry.AttachCluster(new HostRegistry.ClusterLinks(system, ActorRegistry.For(system).Get<Cluster.ImageEntity>(), watch,
+                new Cluster.Forwarding.IncarnationStore(cluster.ConnectionString), new Cluster.Forwarding.ForwardingOptions()));
+#pragma warning restore CA2000
+            // A drained node (it left the cluster) ends when its actor system does: the host stops, exit 0 when clean.
+            _ = system.WhenTerminated.ContinueWith(_ => lifetime.StopApplication(), TaskScheduler.Default);
         }
         await registry.StartAsync(cancellationToken);
+        if (registry.Settings.Cluster is not null)
+        {
+            // Every cluster image is exported on this node too, forwarding to its owner.
+            system.ActorOf(Cluster.Forwarding.ImageCatalog.Subscriber((export, size) =>
+            {
+                var (tenant, image) = Cluster.ImageEntity.Split(export);
+                registry.AddClusterExport(tenant, image, size);
+            }), "q2a-image-catalog");
+        }
         CoordinatedShutdown.Get(system).AddTask(CoordinatedShutdown.PhaseServiceUnbind, "q2a-host-registry-stop", async () =>
         {
             await registry.StopAsync(CancellationToken.None);

@@ -32,11 +32,12 @@ internal sealed partial class HostRegistry
 
     /// <summary>
     /// Serves an open image under <paramref name="name"/> (the throttle wraps it when one applies), recording into
-    /// <paramref name="record"/> (a checked full path) when given.
+    /// <paramref name="record"/> (a checked full path) when given. With <paramref name="listen"/> false the NBD
+    /// server is not given it (cluster mode: the node's cluster export calls it).
     /// </summary>
     /// <exception cref="HostApiException">400 bad-request: a bitmap the image does not have, or cannot export (qemu-nbd's message).</exception>
     private async Task<ExportEntry> AddExportCoreAsync(ImageEntry entry, string name, bool readOnly, IReadOnlyList<string> bitmaps, bool allocationDepth,
-        string? record = null)
+        string? record = null, bool listen = true)
     {
         if (bitmaps.FirstOrDefault(string.IsNullOrEmpty) is not null)
             throw HostApiException.BadRequest("bitmaps: a bitmap name must not be empty");
@@ -62,7 +63,7 @@ internal sealed partial class HostRegistry
         var exportEntry = new ExportEntry(name, entry, readOnly, export, served, recording);
 #pragma warning restore CA2000
         // A revoked tenant's exports are kept but served to nobody until it is restored.
-        if (_tenants.GetValueOrDefault(entry.Tenant) is not { Revoked: true }) _nbd!.AddExport(served);
+        if (listen && _tenants.GetValueOrDefault(entry.Tenant) is not { Revoked: true }) _nbd!.AddExport(served);
         _exports[name] = exportEntry;
         entry.Exports = [.. entry.Exports, name];
         ApplyLimits();

@@ -112,12 +112,15 @@ internal sealed partial class HostRegistry
                 await _nbd.StopAsync(Settings.StopTimeout, CancellationToken.None);
                 await _nbd.DisposeAsync();
             }
+            // Cluster images: forwarded requests stop reaching the images (told to ask again) before anything closes.
+            await DetachClusterExportsAsync();
             DisposeThrottles();
             foreach (var export in _exports.Values) await EndRecordingAsync(export);
             bool clean = true;
             foreach (var tenant in _tenants.Values)
                 foreach (var entry in tenant.Images.Values)
-                    if (entry.Image is not null && !await CloseEntryAsync(tenant, entry)) clean = false;
+                    if (entry.ClusterOwned) clean &= await CloseClusterEntryAsync(tenant, entry);
+                    else if (entry.Image is not null && !await CloseEntryAsync(tenant, entry)) clean = false;
             StoppedClean = clean;
             if (clean) _log.LogInformation("q2a host stopped: every image closed clean");
             else _log.LogError("q2a host stopped: some images did not close clean (their journals make the next open recover them)");

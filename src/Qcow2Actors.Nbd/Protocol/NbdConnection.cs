@@ -250,6 +250,9 @@ internal sealed class NbdConnection
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
         _sender = new ReplySender(_socket, _tls, Release, MarkBroken, _abort);
+        // An export with per-connection state gives this connection its own view (disposed when it ends).
+        if (session.Export is INbdConnectionScopedExport scoped) session = session with { Export = scoped.ForConnection() };
+        using var view = session.Export as IDisposable;
         var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
             session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);

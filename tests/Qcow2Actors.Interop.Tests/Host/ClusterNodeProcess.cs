@@ -136,6 +136,7 @@ internal sealed class ClusterNodeProcess : IDisposable
     public int Stop(string signal = "TERM", int timeoutSeconds = 60) =>
         ChildProcess.Stop(_process, Name, signal, timeoutSeconds, () => "\n" + Output);
 
+    /// <summary>Waits (at most <paramref name="timeout"/>) for the process to exit on its own and returns its exit code.</summary>
     public void Dispose()
     {
         _http.Dispose();

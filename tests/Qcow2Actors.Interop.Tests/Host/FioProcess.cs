@@ -86,6 +86,31 @@ internal sealed class FioProcess : IDisposable
         return new FioReport(doc.RootElement.Clone());
     }
 
+    /// <summary>
+    /// Waits (at most <paramref name="timeout"/>) for fio to exit and returns its exit code and report, whatever
+    /// the exit code (a test that expects some jobs to fail checks each job's error itself).
+    /// </summary>
+    public async Task<(int ExitCode, FioReport Report, string StdErr)> ExitAsync(TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await _process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"fio did not finish in {timeout.TotalSeconds} s");
+        }
+        await _pump;
+        string stderr;
+        lock (_stderr) stderr = _stderr.ToString();
+        var text = await File.ReadAllTextAsync(_report);
+        int start = text.IndexOf('{', StringComparison.Ordinal);
+        Assert.True(start >= 0, $"fio exit {_process.ExitCode} wrote no report\n{stderr}");
+        using var doc = JsonDocument.Parse(text[start..]);
+        return (_process.ExitCode, new FioReport(doc.RootElement.Clone()), stderr);
+    }
+
     public void Dispose()
     {
         if (!_process.HasExited)

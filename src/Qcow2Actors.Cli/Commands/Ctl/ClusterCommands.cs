@@ -4,7 +4,7 @@ using Qcow2Actors.Host.Api.Contracts;
 
 namespace Qcow2Actors.Cli.Commands.Ctl;
 
-/// <summary><c>q2a ctl cluster status | serve TENANT IMAGE | unserve TENANT IMAGE</c>: the cluster's members and image owners, serving and un-serving an image.</summary>
+/// <summary><c>q2a ctl cluster status | serve TENANT IMAGE | unserve TENANT IMAGE | drain</c>: the cluster's members and image owners, serving and un-serving an image, draining this node.</summary>
 internal static class ClusterCommands
 {
     public static Command Create(CtlGlobals globals)
@@ -26,6 +26,15 @@ internal static class ClusterCommands
         var unserve = new Command("unserve", "stop serving TENANT/IMAGE from the cluster: its owner disconnects the export's clients and closes the image clean, and no node serves it again") { unserveTenant, unserveImage };
         globals.SetAction(unserve, (parse, ctx) => ctx.SendAsync(HttpMethod.Delete, Routes.ClusterImagePath(parse.GetValue(unserveTenant)!, parse.GetValue(unserveImage)!)));
         group.Subcommands.Add(unserve);
+
+        var drain = new Command("drain", "this node leaves the cluster: its images are handed to the other nodes clean (clients connected elsewhere see no error), then it exits 0");
+        globals.SetAction(drain, async (_, ctx) =>
+        {
+            int code = await ctx.SendAsync(HttpMethod.Post, Routes.ClusterDrain).ConfigureAwait(false);
+            if (!ctx.Json) await ctx.Out.WriteAsync("draining: this node leaves the cluster, hands its images off and exits\n").ConfigureAwait(false);
+            return code;
+        });
+        group.Subcommands.Add(drain);
         return group;
     }
 
