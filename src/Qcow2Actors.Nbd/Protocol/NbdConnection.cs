@@ -251,8 +251,14 @@ internal sealed class NbdConnection
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
         _sender = new ReplySender(_socket, _tls, Release, MarkBroken, _abort);
         // An export with per-connection state gives this connection its own view (disposed when it ends).
-        if (session.Export is INbdConnectionScopedExport scoped) session = session with { Export = scoped.ForConnection() };
-        using var view = session.Export as IDisposable;
+        // Only such a view is the connection's to dispose: a shared export (a throttle wrapper) outlives it.
+        IDisposable? view = null;
+        if (session.Export is INbdConnectionScopedExport scoped)
+        {
+            session = session with { Export = scoped.ForConnection() };
+            view = session.Export as IDisposable;
+        }
+        using var ownedView = view;
         var metrics = new ExportMetrics(session.Export);
         var dispatcher = new NbdCommandDispatcher(
             session, Options, new NbdReplyWriter(_sender, session.Structured, metrics), Release, MarkBroken, _log, _peer, _gone.Token);
