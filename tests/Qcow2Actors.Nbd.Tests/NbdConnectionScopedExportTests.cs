@@ -37,6 +37,27 @@ public sealed class NbdConnectionScopedExportTests
         await second.ReadAsync(0, back); // the data is the export's, whichever view wrote it
     }
 
+    [Fact]
+    public async Task A_shared_export_that_is_disposable_outlives_the_connections_it_served()
+    {
+        // A throttle wrapper is IDisposable and shared by every connection: only its owner (the host) may dispose it.
+        using var export = new Qcow2Actors.Nbd.Throttling.ThrottledExport(new MemoryExport("acme/disk1", 1 << 20));
+        await using var server = new NbdServer(NbdServerOptions.Tcp([export], port: 0));
+        await server.StartAsync();
+        var options = new NbdClientOptions { Host = "127.0.0.1", Port = ((IPEndPoint)server.LocalEndPoint!).Port, ExportName = "acme/disk1" };
+
+        await using (var client = await NbdClient.ConnectAsync(options)) await client.WriteAsync(0, new byte[512]);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (server.ConnectionCount != 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the connection never ended");
+            await Task.Yield();
+        }
+        export.SetGroups(); // throws ObjectDisposedException once disposed
+        await using var again = await NbdClient.ConnectAsync(options);
+        await again.WriteAsync(512, new byte[512]);
+    }
+
     private sealed class ScopedExport(INbdExport inner) : INbdConnectionScopedExport
     {
         public List<View> Views { get; } = [];
