@@ -68,22 +68,9 @@ internal sealed class FioProcess : IDisposable
     /// <summary>Waits for fio to exit (at most <paramref name="timeout"/>) and returns its report; fio must exit 0.</summary>
     public async Task<FioReport> WaitAsync(TimeSpan timeout)
     {
-        using var cts = new CancellationTokenSource(timeout);
-        try
-        {
-            await _process.WaitForExitAsync(cts.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            throw new TimeoutException($"fio did not finish in {timeout.TotalSeconds} s");
-        }
-        await _pump;
-        string stderr;
-        lock (_stderr) stderr = _stderr.ToString();
-        Assert.True(_process.ExitCode == 0, $"fio exit {_process.ExitCode}\n{stderr}");
-        var text = await File.ReadAllTextAsync(_report);
-        using var doc = JsonDocument.Parse(text[text.IndexOf('{', StringComparison.Ordinal)..]);
-        return new FioReport(doc.RootElement.Clone());
+        var (exitCode, report, stderr) = await ExitAsync(timeout);
+        Assert.True(exitCode == 0, $"fio exit {exitCode}\n{stderr}");
+        return report;
     }
 
     /// <summary>
