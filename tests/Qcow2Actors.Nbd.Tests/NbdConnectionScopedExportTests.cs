@@ -42,17 +42,11 @@ public sealed class NbdConnectionScopedExportTests
     {
         // A throttle wrapper is IDisposable and shared by every connection: only its owner (the host) may dispose it.
         using var export = new Qcow2Actors.Nbd.Throttling.ThrottledExport(new MemoryExport("acme/disk1", 1 << 20));
-        await using var server = new NbdServer(NbdServerOptions.Tcp([export], port: 0));
-        await server.StartAsync();
+        await using var server = await TestServers.StartTcpAsync(export);
         var options = new NbdClientOptions { Host = "127.0.0.1", Port = ((IPEndPoint)server.LocalEndPoint!).Port, ExportName = "acme/disk1" };
 
         await using (var client = await NbdClient.ConnectAsync(options)) await client.WriteAsync(0, new byte[512]);
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (server.ConnectionCount != 0)
-        {
-            Assert.True(DateTime.UtcNow < deadline, "the connection never ended");
-            await Task.Yield();
-        }
+        await TestServers.WaitForNoConnectionsAsync(server);
         export.SetGroups(); // throws ObjectDisposedException once disposed
         await using var again = await NbdClient.ConnectAsync(options);
         await again.WriteAsync(512, new byte[512]);
