@@ -29,8 +29,31 @@ internal static class CliRunner
         var message = ex.Message.ReplaceLineEndings(" ");
         return ex switch
         {
-            FileNotFoundException f => $"Could not open '{f.FileName}': No such file or directory",
+            // A backing file's message already names the chain as qemu-img does.
+            FileNotFoundException f when message.Contains(": Could not open backing file: ", StringComparison.Ordinal) => message,
+            // qemu-img names the file twice (the image, then the file protocol under it), as the user typed it.
+            FileNotFoundException f when f.FileName is { } name => $"Could not open '{AsTyped(name)}': Could not open '{AsTyped(name)}': No such file or directory",
             _ => message,
         };
+    }
+
+    // .NET reports a missing file by its full path; qemu-img by the name on the command line.
+    private static string AsTyped(string path)
+    {
+        if (!Path.IsPathRooted(path)) return path;
+        foreach (var arg in Environment.GetCommandLineArgs().Skip(1))
+        {
+            string candidate = arg[(arg.LastIndexOf('=') + 1)..];
+            if (candidate.Length == 0 || string.Equals(candidate, path, StringComparison.Ordinal)) continue;
+            try
+            {
+                if (string.Equals(Path.GetFullPath(candidate), path, StringComparison.Ordinal)) return candidate;
+            }
+            catch (ArgumentException)
+            {
+                // not a path
+            }
+        }
+        return path;
     }
 }

@@ -31,29 +31,78 @@ internal static class AmendCommand
             if (optionArgs.Length == 0) throw new CliException("Must specify options (-o)");
             var spec = sources.ResolveHostFile(parse, parse.GetValue(image)!, parse.GetValue(format), "amend");
             var path = spec.Path!;
-            var request = Parse(optionArgs, spec.Format);
+            // qemu-img's -p: its option parser refuses before the progress starts (only the closing newline
+            // is printed); the driver's refusals and the work come between 0 and 100.
+            var meter = parse.GetValue(progress) && !parse.GetValue(quiet) ? new ProgressMeter(100) : null;
+            Request? request;
+            try
+            {
+                request = Parse(optionArgs, spec.Format);
+            }
+            catch (CliException ex) when (meter is not null)
+            {
+                if (RefusedByTheDriver(ex.Message))
+                {
+                    meter.Print(0);
+                    meter.Print(100);
+                }
+                meter.End();
+                throw;
+            }
             if (request is null)
             {
                 Console.Out.Write(HelpText);
                 return 0;
             }
-            // size= is checked before anything is written, and applied last (after compat, refcounts, ...).
-            // size=0 is "no size given" to qemu-img amend too.
-            long? size = request.Size is { } s and > 0 ? checked((long)s) : null;
-            if (size is not null && size % 512 != 0) throw new CliException("The new size must be a multiple of 512");
-            var meter = parse.GetValue(progress) && !parse.GetValue(quiet) ? new ConvertCommand.ProgressMeter(100) : null;
-            if (request.Options is not { Version: null, RefcountBits: null, LazyRefcounts: null, DataFile: null, DataFileRaw: null } || size is null)
-                ImageAmender.Amend(path, request.Options, meter is null ? null : p => meter.Advance((long)p));
-            if (size is long wanted)
+            meter?.Print(0);
+            try
             {
-                long current = Engine.Info.ImageInfo.ReadChain(path, backingChain: false)[0].VirtualSize;
-                if (wanted != current) await ResizeCommand.ResizeQcow2Async(path, current, wanted).ConfigureAwait(false);
+                // size= is checked before anything is written, and applied last (after compat, refcounts, ...).
+                // size=0 is "no size given" to qemu-img amend too.
+                long? size = request.Size is { } s and > 0 ? checked((long)s) : null;
+                if (size is not null && size % 512 != 0) throw new CliException("The new size must be a multiple of 512");
+                if (request.Options is not { Version: null, RefcountBits: null, LazyRefcounts: null, DataFile: null, DataFileRaw: null } || size is null)
+                    ImageAmender.Amend(path, request.Options, meter is null ? null : Steps(meter, request.Options));
+                if (size is long wanted)
+                {
+                    long current = Engine.Info.ImageInfo.ReadChain(path, backingChain: false)[0].VirtualSize;
+                    if (wanted != current) await ResizeCommand.ResizeQcow2Async(path, current, wanted).ConfigureAwait(false);
+                }
+            }
+            catch when (meter is not null)
+            {
+                meter.Print(100);
+                meter.End();
+                throw;
             }
             meter?.Finish();
             return 0;
         }));
         return command;
     }
+
+    // qemu-img's driver reports steps only while it rewrites refcounts or downgrades (once more at 0,
+    // and at 100); a plain header change shows only the verb's own 0 and 100.
+    private static Action<double> Steps(ProgressMeter meter, AmendOptions options)
+    {
+        bool reports = options.Version == 2 || options.RefcountBits is not null;
+        bool zeroShown = false;
+        return p =>
+        {
+            if (!reports) return;
+            if (p <= 0)
+            {
+                if (zeroShown || options.RefcountBits is null) return;
+                zeroShown = true;
+            }
+            meter.Print(p);
+        };
+    }
+
+    // The refusals qemu-img's qcow2 driver makes (after its progress line started), not its option parser.
+    private static bool RefusedByTheDriver(string message) =>
+        message.StartsWith("Unknown compatibility level", StringComparison.Ordinal)
+        || message.StartsWith("Cannot amend the backing file", StringComparison.Ordinal);
 
     /// <summary>What <c>-o</c> asks for: the format changes, and the new virtual size (<c>size=</c>) or null.</summary>
     internal sealed record Request(AmendOptions Options, ulong? Size);

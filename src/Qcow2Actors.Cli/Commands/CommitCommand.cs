@@ -70,7 +70,7 @@ internal static class CommitCommand
             keep |= baseName is not null;
             if (!keep && top.Info.DataFile is not null)
                 throw new CliException($"'{topPath}' has an external data file: q2a cannot empty it (commit with -d)");
-            var meter = progress ? new ConvertCommand.ProgressMeter(top.VirtualSize) : null;
+            var meter = progress ? new ProgressMeter(top.VirtualSize) : null;
             meter?.Print(0);
             if (await FormatOfAsync(target, ct).ConfigureAwait(false) == "raw")
                 await CommitIntoRawAsync(top, target, meter, hold, rate, ct).ConfigureAwait(false);
@@ -127,7 +127,7 @@ internal static class CommitCommand
     /// Commits into a raw base: the file is held with QEMU's write lock, grown to the top's size if
     /// shorter, written at the guest offsets (zeros as zero bytes) and flushed before the top is emptied.
     /// </summary>
-    private static async Task CommitIntoRawAsync(Qcow2Image top, BackingChain.Layer target, ConvertCommand.ProgressMeter? meter, TestHold hold, RateLimit rate,
+    private static async Task CommitIntoRawAsync(Qcow2Image top, BackingChain.Layer target, ProgressMeter? meter, TestHold hold, RateLimit rate,
         CancellationToken ct)
     {
         using var rawLock = ImageLock.Acquire(target.Path, LockMode.Writer);
@@ -148,7 +148,7 @@ internal static class CommitCommand
     /// Writes every range of <paramref name="top"/>'s view that lies above depth <paramref name="depth"/>
     /// through <paramref name="write"/> (data) and <paramref name="writeZeroes"/> (zero ranges).
     /// </summary>
-    private static async Task CopyAboveAsync(Qcow2Image top, int depth, ConvertCommand.ProgressMeter? meter, TestHold hold, RateLimit rate,
+    private static async Task CopyAboveAsync(Qcow2Image top, int depth, ProgressMeter? meter, TestHold hold, RateLimit rate,
         Func<long, ReadOnlyMemory<byte>, ValueTask> write, Func<long, long, ValueTask> writeZeroes, CancellationToken ct)
     {
         var buffer = new byte[ChunkSize];

@@ -60,14 +60,14 @@ internal static class CompareCommand
         await using var imgA = await Sources.ImageSources.OpenReadOnlyAsync(specA, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
         await using var imgB = await Sources.ImageSources.OpenReadOnlyAsync(specB, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
         // qemu-img compare -p: the progress line over the larger image, the result after it, then a newline.
-        var meter = progress ? new ConvertCommand.ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize)) : null;
+        var meter = progress ? new ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize)) : null;
         meter?.Print(0);
         int result = await CompareAsync(imgA, imgB, stdout, strict, meter, ct).ConfigureAwait(false);
         if (meter is not null) await stdout.WriteLineAsync().ConfigureAwait(false);
         return result;
     }
 
-    private static async Task<int> CompareAsync(Qcow2Image imgA, Qcow2Image imgB, TextWriter stdout, bool strict, ConvertCommand.ProgressMeter? meter,
+    private static async Task<int> CompareAsync(Qcow2Image imgA, Qcow2Image imgB, TextWriter stdout, bool strict, ProgressMeter? meter,
         CancellationToken ct)
     {
         if (strict && imgA.VirtualSize != imgB.VirtualSize)

@@ -129,6 +129,12 @@ internal static class ConvertCommand
         {
             var meter = request.Progress ? new ProgressMeter(size) : null;
             meter?.Print(0);
+            if (meter is not null)
+            {
+                var extents = new List<ImageExtent>();
+                await foreach (var e in src.GetMapAsync(0, contentEnd, ct).ConfigureAwait(false)) extents.Add(e);
+                meter.Schedule(ProgressTicks(extents, src.Info.ClusterSize ?? 512, countZeros: request.SparseSize == 0, skipBelowTop: hasBacking));
+            }
             var plan = new ConvertPlan(size, contentEnd)
             {
                 SkipBelowTop = hasBacking,
@@ -181,29 +187,44 @@ internal static class ConvertCommand
         }
     }
 
-    /// <summary>qemu-img's progress line: "    (12.34/100%)" rewritten in place with a carriage return.</summary>
-    internal sealed class ProgressMeter(long total)
+    /// <summary>
+    /// The progress qemu-img convert prints: the share of the bytes it copies (data; zeros too with -S 0;
+    /// not what a target's backing file provides) done after each step of its copy loop. A step ends where
+    /// the source's block status changes, is cut back to a source cluster boundary when that leaves some of
+    /// it (qemu-img keeps its status queries cluster-aligned), and a data step is at most 2 MiB.
+    /// </summary>
+    internal static List<(long End, float Value)> ProgressTicks(IReadOnlyList<ImageExtent> extents, long alignment, bool countZeros, bool skipBelowTop)
     {
-        private double _shown = -1;
-
-        public void Advance(long done)
+        const long Buffer = 2 * 1024 * 1024;
+        var steps = new List<(long End, long Length)>();
+        long total = 0;
+        foreach (var e in extents)
         {
-            double pct = total == 0 ? 100 : done * 100.0 / total;
-            if (pct - _shown >= 1 && pct < 100) Print(pct);
+            bool data = !e.Zero && !(skipBelowTop && e.Depth > 0);
+            bool counted = data || (countZeros && e.Zero && !(skipBelowTop && e.Depth > 0));
+            for (long pos = e.Start; pos < e.End;)
+            {
+                long n = e.End - pos;
+                long tail = (pos + n) % alignment;
+                if (n > tail) n -= tail;
+                long statusEnd = pos + n;
+                while (pos < statusEnd)
+                {
+                    long m = counted ? Math.Min(statusEnd - pos, Buffer) : statusEnd - pos;
+                    pos += m;
+                    if (!counted) continue;
+                    total += m;
+                    steps.Add((pos, m));
+                }
+            }
         }
-
-        public void Print(double pct)
+        var ticks = new List<(long, float)>(steps.Count);
+        long done = 0;
+        foreach (var (end, length) in steps)
         {
-            _shown = pct;
-            Console.Out.Write(string.Create(CultureInfo.InvariantCulture, $"    ({pct:F2}/100%)\r"));
-            Console.Out.Flush();
+            done += length;
+            ticks.Add((end, (float)(100.0 * done / total)));
         }
-
-        public void Finish()
-        {
-            Print(100);
-            Console.Out.Write('\n');
-            Console.Out.Flush();
-        }
+        return ticks;
     }
 }

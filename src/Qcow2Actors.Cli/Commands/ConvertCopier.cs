@@ -43,7 +43,7 @@ internal sealed record ConvertPlan(long Size, long ContentEnd)
 /// failed read is retried in 4 KiB pieces, the unreadable ones written as zeros, one warning line per
 /// unreadable run.
 /// </summary>
-internal sealed class ConvertCopier(Qcow2Image src, IConvertTarget dst, ConvertPlan plan, ConvertCommand.ProgressMeter? meter, CancellationToken ct)
+internal sealed class ConvertCopier(Qcow2Image src, IConvertTarget dst, ConvertPlan plan, ProgressMeter? meter, CancellationToken ct)
 {
     private const int ChunkSize = 2 * 1024 * 1024;
     private const int SalvageGrain = 4096;

@@ -108,7 +108,7 @@ internal static class RebaseCommand
                         throw new CliException($"Could not open new backing file '{newName}': {Describe(ex)}", ex);
                     }
                 }
-                var meter = r.Progress ? new ConvertCommand.ProgressMeter(top.VirtualSize) : null;
+                var meter = r.Progress ? new ProgressMeter(top.VirtualSize, minSkip: 2f) : null;
                 meter?.Print(0);
                 await CopyDifferencesAsync(top, oldBacking, newBacking, meter, hold, ct).ConfigureAwait(false);
                 await top.FlushAsync(ct).ConfigureAwait(false);
@@ -134,7 +134,7 @@ internal static class RebaseCommand
     private static void PrintProgress(bool enabled)
     {
         if (!enabled) return;
-        var meter = new ConvertCommand.ProgressMeter(1);
+        var meter = new ProgressMeter(1);
         meter.Print(0);
         meter.Finish();
     }
@@ -145,7 +145,7 @@ internal static class RebaseCommand
     /// so that it reads the same over the new backing file as it did over the old.
     /// </summary>
     private static async Task CopyDifferencesAsync(Qcow2Image top, Qcow2Image? oldBacking, Qcow2Image? newBacking,
-        ConvertCommand.ProgressMeter? meter, TestHold hold, CancellationToken ct)
+        ProgressMeter? meter, TestHold hold, CancellationToken ct)
     {
         long size = top.VirtualSize;
         long oldSize = oldBacking?.VirtualSize ?? 0;
@@ -154,6 +154,7 @@ internal static class RebaseCommand
         var bufNew = new byte[ChunkSize];
         var extents = new List<ImageExtent>();
         await foreach (var e in top.GetMapAsync(0, size, ct).ConfigureAwait(false)) extents.Add(e);
+        meter?.Schedule(ProgressTicks(extents, size, oldBacking is null ? 0 : oldSize, newBacking is null ? 0 : newSize, L2Span(top)));
         foreach (var extent in extents)
         {
             // Allocated in the top image itself (data or zeros): its content does not depend on the backing file.
@@ -185,6 +186,50 @@ internal static class RebaseCommand
                 meter?.Advance(pos);
             }
         }
+    }
+
+    /// <summary>
+    /// The progress qemu-img rebase prints: it walks the image in steps of at most 2 MiB, each cut where
+    /// the top image's allocation changes (and at the end of an L2 table's range, where its block status
+    /// stops) and at the old and new backing files' ends, and adds 100 / (size / 2 MiB) for each step the
+    /// top does not allocate. Returns (end of step, value after it).
+    /// </summary>
+    internal static List<(long End, float Value)> ProgressTicks(IReadOnlyList<ImageExtent> extents, long size, long oldSize, long newSize, long l2Span)
+    {
+        var ticks = new List<(long, float)>();
+        if (size <= 0) return ticks;
+        float step = 100f / (size / Math.Min(size, ChunkSize));
+        float current = 0;
+        int at = 0;
+        for (long offset = 0; offset < size;)
+        {
+            while (extents[at].End <= offset) at++;
+            bool allocated = Allocated(extents[at]);
+            // The run of the same allocation from offset (qemu's bdrv_is_allocated), within one L2 table's range.
+            long runEnd = extents[at].End;
+            for (int k = at + 1; k < extents.Count && Allocated(extents[k]) == allocated; k++) runEnd = extents[k].End;
+            long n = Math.Min(Math.Min(ChunkSize, size - offset), runEnd - offset);
+            n = Math.Min(n, (offset / l2Span + 1) * l2Span - offset);
+            if (!allocated)
+            {
+                if (offset < oldSize) n = Math.Min(n, oldSize - offset);
+                if (offset < newSize) n = Math.Min(n, newSize - offset);
+                current = Math.Min(current + step / 100f * 100f, 100f);
+                ticks.Add((offset + n, current));
+            }
+            offset += n;
+        }
+        return ticks;
+
+        static bool Allocated(ImageExtent e) => e.Depth == 0 && e.Present;
+    }
+
+    // The guest range one L2 table maps (qemu's qcow2 block status never crosses it).
+    private static long L2Span(Qcow2Image image)
+    {
+        long cs = image.Info.ClusterSize ?? 65536;
+        long entries = cs / (image.Header is { HasExtendedL2: true } ? 16 : 8);
+        return entries * cs;
     }
 
     /// <summary>

@@ -16,7 +16,7 @@ namespace Qcow2Actors.Engine.Device;
 /// The length the device reports stays exact although the disk only writes whole sectors: a write
 /// that has to grow the file past its end by a partial sector truncates it back afterwards.
 /// </remarks>
-public sealed class DirectFileBlockDevice : BlockDevice
+public sealed class DirectFileBlockDevice : BlockDevice, IHostFileLayout
 {
     private readonly SafeFileHandle _handle;
     private readonly SectorLocks _locks;
@@ -77,6 +77,10 @@ public sealed class DirectFileBlockDevice : BlockDevice
     /// <inheritdoc />
     /// <remarks>Read-only: the file's length now (another process may be writing it); writable: what this device's writes left.</remarks>
     public override long Length => IsReadOnly ? RandomAccess.GetLength(_handle) : Volatile.Read(ref _length);
+
+    long IHostFileLayout.AllocatedBytes => HostFileHoles.AllocatedBytes(_handle);
+
+    HostFileRun? IHostFileLayout.GetRun(long offset, long length) => HostFileHoles.GetRun(_handle, Length, offset, length);
 
     /// <inheritdoc />
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)

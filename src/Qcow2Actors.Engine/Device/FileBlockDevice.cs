@@ -13,7 +13,7 @@ namespace Qcow2Actors.Engine.Device;
 /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on pool
 /// threads, and the inline call saves two thread switches per I/O.
 /// </remarks>
-public sealed class FileBlockDevice : BlockDevice, INonBlockingRead
+public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IHostFileLayout
 {
     private readonly SafeFileHandle _handle;
 
@@ -76,6 +76,10 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead
 
     /// <inheritdoc />
     public override void SetLength(long length) => RandomAccess.SetLength(_handle, length);
+
+    long IHostFileLayout.AllocatedBytes => HostFileHoles.AllocatedBytes(_handle);
+
+    HostFileRun? IHostFileLayout.GetRun(long offset, long length) => HostFileHoles.GetRun(_handle, Length, offset, length);
 
     /// <inheritdoc />
     /// <remarks>

@@ -186,7 +186,7 @@ internal static class ImageOpener
         if (snapshot is not null)
         {
             chosen = snapshots.Find(s => s.Id == snapshot) ?? snapshots.Find(s => s.Name == snapshot)
-                ?? throw new InvalidOperationException($"Failed to load snapshot: Can't find snapshot '{snapshot}' in '{displayName}'");
+                ?? throw new InvalidOperationException($"Failed to load snapshot: Can't find snapshot");
             if ((chosen.L1TableOffset & (cs - 1)) != 0)
                 throw new Qcow2ImageCorruptException($"snapshot '{chosen.Name}' L1 table offset 0x{chosen.L1TableOffset:X} is not cluster aligned");
             CheckInFile(displayName, $"snapshot '{chosen.Name}' L1 table", chosen.L1TableOffset, (long)chosen.L1Size * 8, fileLength);
@@ -219,7 +219,8 @@ internal static class ImageOpener
             {
                 string backingPath = HostPath(path, displayName, backingName);
                 if (!File.Exists(backingPath))
-                    throw new FileNotFoundException($"Could not open backing file '{backingPath}': No such file or directory", backingPath);
+                    throw new FileNotFoundException(
+                        $"Could not open '{displayName}': Could not open backing file: Could not open '{CombinePath(displayName, backingName)}': No such file or directory", backingPath);
                 var opened = await OpenLayerAsync(backingPath, CombinePath(displayName, backingName), block.BackingFormat, null,
                     options, locks, seen, depth + 1, metrics, cancellationToken).ConfigureAwait(false);
                 backing = opened.Layer;
@@ -230,7 +231,8 @@ internal static class ImageOpener
             // Every layer's tables (backing files' too) count against the host's one budget.
             if (options.MetadataBudget is { } budget) cache.Attach(budget.Register(displayName), cs);
             var layer = new Qcow2Layer(displayName, file, new ImageViewCell(view), cache,
-                CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName, metrics);
+                CompressionCodecs.For((int)h.CompressionType), backing, dataFile, dataFileName, metrics,
+                new HostHoleStatus(file, dataFile ?? file, h));
             return new OpenedLayer(layer, block, snapshots, chosen);
 #pragma warning restore CA2000
         }

@@ -21,13 +21,16 @@ internal sealed class Qcow2Layer : IImageLayer
     private readonly string? _dataFileName;
     private readonly ICompressionCodec _codec;
     private readonly Func<long, CancellationToken, Task<L2View>> _loadL2;
+    // Host-file holes inside data runs (block status only); null for images not on a host file.
+    private readonly HostHoleStatus? _hostHoles;
     // The last decompressed cluster: sequential reads of a compressed image touch each
     // cluster many times in small pieces, and decompressing it once per piece would dominate.
     private DecompressedCluster? _lastDecompressed;
 
     public Qcow2Layer(string fileName, IBlockDevice file, ImageViewCell views, L2Cache l2Tables, ICompressionCodec codec,
-        IImageLayer? backing, IBlockDevice? dataFile, string? dataFileName, Metrics.ImageMetrics metrics)
+        IImageLayer? backing, IBlockDevice? dataFile, string? dataFileName, Metrics.ImageMetrics metrics, HostHoleStatus? hostHoles = null)
     {
+        _hostHoles = hostHoles;
         Metrics = metrics;
         FileName = fileName;
         _file = file;
@@ -269,7 +272,8 @@ internal sealed class Qcow2Layer : IImageLayer
         switch (run.Kind)
         {
             case ExtentKind.Data:
-                return new LayerStatus(run.Length, true, false, true, run.HostOffset, hostFile);
+                var data = new LayerStatus(run.Length, true, false, true, run.HostOffset, hostFile);
+                return _hostHoles is null ? data : _hostHoles.Refine(data);
             case ExtentKind.Compressed:
                 return new LayerStatus(run.Length, true, false, true, -1, null);
             case ExtentKind.Zero:
