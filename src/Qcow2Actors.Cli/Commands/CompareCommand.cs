@@ -60,11 +60,25 @@ internal static class CompareCommand
         await using var imgA = await Sources.ImageSources.OpenReadOnlyAsync(specA, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
         await using var imgB = await Sources.ImageSources.OpenReadOnlyAsync(specB, forceShare, snapshot: null, ct, cache).ConfigureAwait(false);
         // qemu-img compare -p: the progress line over the larger image, the result after it, then a newline.
-        var meter = progress ? new ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize)) : null;
+        var meter = progress ? new ProgressMeter(Math.Max(imgA.VirtualSize, imgB.VirtualSize), minSkip: 2f, output: stdout) : null;
         meter?.Print(0);
         int result = await CompareAsync(imgA, imgB, stdout, strict, meter, ct).ConfigureAwait(false);
         if (meter is not null) await stdout.WriteLineAsync().ConfigureAwait(false);
         return result;
+    }
+
+    // qemu-img compare's steps: where both read as zeros or neither allocates, the whole run at once;
+    // otherwise at most 2 MiB at a time; each adds its share of the larger image.
+    private static void Steps(ProgressMeter meter, ImageExtent a, ImageExtent b, long start, long end, long progressBase)
+    {
+        const long Buffer = 2 * 1024 * 1024;
+        bool whole = (a.Zero && b.Zero) || (!a.Present && !b.Present);
+        for (long pos = start; pos < end;)
+        {
+            long chunk = whole ? end - pos : Math.Min(Buffer, end - pos);
+            meter.Add((float)chunk / progressBase * 100);
+            pos += chunk;
+        }
     }
 
     private static async Task<int> CompareAsync(Qcow2Image imgA, Qcow2Image imgB, TextWriter stdout, bool strict, ProgressMeter? meter,
@@ -113,8 +127,8 @@ internal static class CompareCommand
                         if (diff < n) return await MismatchAsync(stdout, p + diff).ConfigureAwait(false);
                     }
                 }
+                if (meter is not null) Steps(meter, ea, eb, pos, end, Math.Max(imgA.VirtualSize, imgB.VirtualSize));
                 pos = end;
-                meter?.Advance(pos);
             }
         }
 
@@ -134,7 +148,8 @@ internal static class CompareCommand
                 }
             }
         }
-        meter?.Print(100);
+        // qemu-img prints no final 100: the line shows where its steps' sum got to.
+        if (meter is not null && imgA.VirtualSize != imgB.VirtualSize) meter.Add((float)Math.Abs(imgA.VirtualSize - imgB.VirtualSize) / Math.Max(imgA.VirtualSize, imgB.VirtualSize) * 100);
         await stdout.WriteLineAsync("Images are identical.").ConfigureAwait(false);
         return 0;
     }

@@ -13,7 +13,7 @@ namespace Qcow2Actors.Cli.Commands;
 /// </summary>
 internal static class ConvertBitmaps
 {
-    public static void Attach(Command convert, Argument<string> source, Argument<string> target, Option<string?> format, Option<string> outFormat, Option<string[]> options)
+    public static void Attach(Command convert, Argument<string> source, Func<ParseResult, string> target, Func<ParseResult, bool> severalSources, Option<string?> format, Option<string> outFormat, Option<string[]> options)
     {
         var bitmaps = new Option<bool>("--bitmaps") { Description = "copy the source's persistent bitmaps to the qcow2 target" };
         var skipBroken = new Option<bool>("--skip-broken-bitmaps") { Description = "with --bitmaps: skip inconsistent bitmaps instead of failing" };
@@ -28,6 +28,7 @@ internal static class ConvertBitmaps
             int checkedOk = await CliRunner.RunAsync(async () =>
             {
                 if (!copy) throw new CliException("Use of --skip-broken-bitmaps requires --bitmaps");
+                if (severalSources(parse)) throw new CliException("Copying bitmaps only possible with single source");
                 var outFmt = parse.GetValue(outFormat) ?? "raw";
                 var opts = string.Join(',', parse.GetValue(options) ?? []);
                 if (outFmt != "qcow2" || opts.Split(',').Any(o => o is "compat=0.10" or "compat=v2"))
@@ -51,7 +52,7 @@ internal static class ConvertBitmaps
             {
                 await using var src = await Qcow2Image.OpenAsync(parse.GetValue(source)!, new Qcow2OpenOptions { Format = parse.GetValue(format) }, ct).ConfigureAwait(false);
                 await using var host = ImageHost.Create();
-                await using var dst = await host.OpenAsync(parse.GetValue(target)!, new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
+                await using var dst = await host.OpenAsync(target(parse), new Qcow2OpenOptions { ReadOnly = false }, ct).ConfigureAwait(false);
                 foreach (var b in wanted)
                 {
                     await dst.AddBitmapAsync(b.Name, b.Granularity, b.Enabled, ct).ConfigureAwait(false);

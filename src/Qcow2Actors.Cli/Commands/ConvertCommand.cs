@@ -37,18 +37,26 @@ internal static class ConvertCommand
         var copyOffload = new Option<bool>("-C") { Description = "copy offloading (accepted as qemu-img accepts it; copies normally)" };
         var rate = new Option<string?>("-r") { Description = "rate limit in bytes per second (suffixes k, M, G...; 0: none)" };
         var source = new Argument<string>("filename") { Description = "source image" };
-        var target = new Argument<string>("output_filename") { Description = "target file" };
+        // qemu-img convert SRC [SRC2 ...] DST: several sources are concatenated, the last name is the target.
+        var rest = new Argument<string[]>("filename2... output_filename")
+        {
+            Description = "further source images (concatenated after the first), then the target file",
+            Arity = ArgumentArity.OneOrMore,
+        };
         var command = new Command("convert", "Convert an image (or one of its snapshots) to a raw or qcow2 image")
         {
             format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare,
-            noCreate, sparse, outOfOrder, parallel, cache, sourceCache, targetIsZero, salvage, copyOffload, rate, source, target,
+            noCreate, sparse, outOfOrder, parallel, cache, sourceCache, targetIsZero, salvage, copyOffload, rate, source, rest,
         };
         var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
         {
             var sparseText = parse.GetValue(sparse);
-            return RunAsync(new ConvertRequest(parse.GetValue(source)!, parse.GetValue(target)!)
+            var names = parse.GetValue(rest)!;
+            return RunAsync(new ConvertRequest(parse.GetValue(source)!, names[^1])
             {
+                MoreSources = names[..^1],
+                MoreSourceSpecs = [.. names[..^1].Select(n => sources.Resolve(parse, n, parse.GetValue(format)))],
                 Format = parse.GetValue(format),
                 OutFormat = parse.GetValue(outFormat)!,
                 Snapshot = parse.GetValue(snapshot),
@@ -72,7 +80,7 @@ internal static class ConvertCommand
                 SourceSpec = sources.Resolve(parse, parse.GetValue(source)!, parse.GetValue(format)),
             }, ct);
         }));
-        ConvertBitmaps.Attach(command, source, target, format, outFormat, options);
+        ConvertBitmaps.Attach(command, source, p => p.GetValue(rest)![^1], p => p.GetValue(rest)!.Length > 1, format, outFormat, options);
         return command;
     }
 
@@ -115,14 +123,40 @@ internal static class ConvertCommand
         if (targetOptions?.Text("backing_file") is not null && targetOptions.Text("backing_fmt") is null)
             throw new ArgumentException("Use of backing file requires explicit backing format");
 
-        if (string.Equals(Path.GetFullPath(request.Source), Path.GetFullPath(request.Target), StringComparison.Ordinal))
-            throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
+        foreach (var name in request.MoreSources.Prepend(request.Source))
+            if (string.Equals(Path.GetFullPath(name), Path.GetFullPath(request.Target), StringComparison.Ordinal))
+                throw new ArgumentException($"'{request.Target}' is the source image: converting onto itself would destroy it");
         await using var src = await Sources.ImageSources.OpenReadOnlyAsync(request.SourceSpec ?? Sources.ImageSpec.Resolve(request.Source, false, request.Format, Sources.SourceObjects.Empty),
             request.ForceShare, SnapshotSelector(request.Snapshot), ct, request.SourceCache).ConfigureAwait(false);
+        var more = new List<Qcow2Image>();
+        try
+        {
+            for (int i = 0; i < request.MoreSources.Count; i++)
+            {
+                var spec = request.MoreSourceSpecs?[i] ?? Sources.ImageSpec.Resolve(request.MoreSources[i], false, request.Format, Sources.SourceObjects.Empty);
+                more.Add(await Sources.ImageSources.OpenReadOnlyAsync(spec, request.ForceShare, snapshot: null, ct, request.SourceCache).ConfigureAwait(false));
+            }
+            return await ConvertAsync(request, targetOptions, src, more, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (var image in more) await image.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    // The copy itself: each source (several are concatenated) through its own copier into its slice of the target.
+    private static async Task<int> ConvertAsync(ConvertRequest request, CreateOptions? targetOptions, Qcow2Image src, List<Qcow2Image> more, CancellationToken ct)
+    {
         // qemu-img convert -l keeps the active image's size (it swaps in the snapshot's L1 only):
         // match it, zeros past the snapshot's own end, cut at the active size.
-        long size = request.Snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;
-        long contentEnd = Math.Min(size, src.VirtualSize);
+        long firstSize = request.Snapshot is not null && src.Header is { } active ? active.Size : src.VirtualSize;
+        var parts = new List<(Qcow2Image Image, long Base, long Size, long ContentEnd)> { (src, 0, firstSize, Math.Min(firstSize, src.VirtualSize)) };
+        long size = firstSize;
+        foreach (var image in more)
+        {
+            parts.Add((image, size, image.VirtualSize, image.VirtualSize));
+            size += image.VirtualSize;
+        }
         bool hasBacking = targetOptions?.Text("backing_file") is not null || (request.NoCreate && request.BackingFile is not null);
         var target = await OpenTargetAsync(request, targetOptions, size, ct).ConfigureAwait(false);
         await using (target.ConfigureAwait(false))
@@ -131,22 +165,35 @@ internal static class ConvertCommand
             meter?.Print(0);
             if (meter is not null)
             {
-                var extents = new List<ImageExtent>();
-                await foreach (var e in src.GetMapAsync(0, contentEnd, ct).ConfigureAwait(false)) extents.Add(e);
-                meter.Schedule(ProgressTicks(extents, src.Info.ClusterSize ?? 512, countZeros: request.SparseSize == 0, skipBelowTop: hasBacking));
+                var maps = new List<(IReadOnlyList<ImageExtent> Extents, long Alignment, long Base)>();
+                foreach (var part in parts)
+                {
+                    var extents = new List<ImageExtent>();
+                    await foreach (var e in part.Image.GetMapAsync(0, part.ContentEnd, ct).ConfigureAwait(false)) extents.Add(e);
+                    maps.Add((extents, part.Image.Info.ClusterSize ?? 512, part.Base));
+                }
+                meter.Schedule(ProgressTicks(maps, countZeros: request.SparseSize == 0, skipBelowTop: hasBacking,
+                    compressedCluster: request.Compress ? target.ClusterSize : 0));
             }
-            var plan = new ConvertPlan(size, contentEnd)
+            foreach (var part in parts)
             {
-                SkipBelowTop = hasBacking,
-                WriteZeros = hasBacking || (request.NoCreate && !request.TargetIsZero),
-                SparseSize = request.SparseSize,
-                Parallel = request.Parallel,
-                InOrder = !request.OutOfOrder,
-                Compress = request.Compress,
-                Salvage = request.Salvage,
-                Rate = new RateLimit(request.RateLimit),
-            };
-            await new ConvertCopier(src, target, plan, meter, ct).RunAsync().ConfigureAwait(false);
+                var plan = new ConvertPlan(part.Size, part.ContentEnd)
+                {
+                    SkipBelowTop = hasBacking,
+                    WriteZeros = hasBacking || (request.NoCreate && !request.TargetIsZero),
+                    SparseSize = request.SparseSize,
+                    Parallel = request.Parallel,
+                    InOrder = !request.OutOfOrder,
+                    Compress = request.Compress,
+                    Salvage = request.Salvage,
+                    Rate = new RateLimit(request.RateLimit),
+                };
+                if (meter is not null) meter.Offset = part.Base;
+                // The slice leaves the target open (it is disposed after the last source).
+                var slice = new ConvertTargetSlice(target, part.Base);
+                await using (slice.ConfigureAwait(false))
+                    await new ConvertCopier(part.Image, slice, plan, meter, ct).RunAsync().ConfigureAwait(false);
+            }
             if (target is RawConvertTarget raw) raw.Flush();
             meter?.Finish();
         }
@@ -193,11 +240,14 @@ internal static class ConvertCommand
     /// the source's block status changes, is cut back to a source cluster boundary when that leaves some of
     /// it (qemu-img keeps its status queries cluster-aligned), and a data step is at most 2 MiB.
     /// </summary>
-    internal static List<(long End, float Value)> ProgressTicks(IReadOnlyList<ImageExtent> extents, long alignment, bool countZeros, bool skipBelowTop)
+    internal static List<(long End, float Value)> ProgressTicks(IReadOnlyList<(IReadOnlyList<ImageExtent> Extents, long Alignment, long Base)> sources,
+        bool countZeros, bool skipBelowTop, long compressedCluster = 0)
     {
-        const long Buffer = 2 * 1024 * 1024;
+        // A compressed copy goes one target cluster at a time.
+        long buffer = compressedCluster > 0 ? compressedCluster : 2 * 1024 * 1024;
         var steps = new List<(long End, long Length)>();
         long total = 0;
+        foreach (var (extents, alignment, offset) in sources)
         foreach (var e in extents)
         {
             bool data = !e.Zero && !(skipBelowTop && e.Depth > 0);
@@ -210,11 +260,11 @@ internal static class ConvertCommand
                 long statusEnd = pos + n;
                 while (pos < statusEnd)
                 {
-                    long m = counted ? Math.Min(statusEnd - pos, Buffer) : statusEnd - pos;
+                    long m = counted ? Math.Min(statusEnd - pos, buffer) : statusEnd - pos;
                     pos += m;
                     if (!counted) continue;
                     total += m;
-                    steps.Add((pos, m));
+                    steps.Add((offset + pos, m));
                 }
             }
         }

@@ -8,6 +8,12 @@ internal sealed record ConvertRequest(string Source, string Target)
     /// <summary>The source as resolved from its spelling (nbd://, json:, --image-opts); null: <see cref="Source"/> as a plain argument.</summary>
     public Sources.ImageSpec? SourceSpec { get; init; }
 
+    /// <summary>Sources after the first, concatenated after it in order (qemu-img convert A B C DST).</summary>
+    public IReadOnlyList<string> MoreSources { get; init; } = [];
+
+    /// <summary>How each of <see cref="MoreSources"/> is opened (null: as a host file name).</summary>
+    public IReadOnlyList<Sources.ImageSpec>? MoreSourceSpecs { get; init; }
+
     /// <summary>qemu-img's default <c>-S</c>: zero runs of 4 KiB are holes.</summary>
     public const long DefaultSparseSize = 4096;
     /// <summary>qemu-img's default <c>-m</c>.</summary>
@@ -56,6 +62,9 @@ internal sealed record ConvertRequest(string Source, string Target)
     /// </summary>
     public void Validate()
     {
+        if (MoreSources.Count > 0 && Snapshot is not null) throw new CliException("No support for concatenating multiple snapshot");
+        if (MoreSources.Count > 0 && BackingFile is not null)
+            throw new CliException("Having a backing file for the target makes no sense when concatenating multiple input images");
         if (TargetIsZero && !NoCreate) throw new CliException("--target-is-zero requires use of -n flag");
         if (CopyOffload && Compress) throw new CliException("Cannot enable copy offloading when -c is used");
         if (CopyOffload && SparseSizeGiven) throw new CliException("Cannot enable copy offloading when -S is used");

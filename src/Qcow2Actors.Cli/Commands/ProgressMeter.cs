@@ -42,9 +42,13 @@ internal sealed class ProgressMeter
         _next = 0;
     }
 
-    /// <summary>The work has reached <paramref name="done"/>.</summary>
+    /// <summary>Added to every <see cref="Advance"/> position (where the current source starts in a concatenation).</summary>
+    public long Offset { get; set; }
+
+    /// <summary>The work has reached <paramref name="done"/> (plus <see cref="Offset"/>).</summary>
     public void Advance(long done)
     {
+        done = done > long.MaxValue - Offset ? long.MaxValue : done + Offset;
         if (_ticks.Length > 0)
         {
             while (_next < _ticks.Length && _ticks[_next].End <= done) Print(_ticks[_next++].Value);
