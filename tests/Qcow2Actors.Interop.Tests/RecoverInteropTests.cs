@@ -187,7 +187,7 @@ public sealed class RecoverInteropTests : IDisposable
         string missing = _dir.File("missing.qcow2"), raw = _dir.File("raw.img");
         var r = QemuTools.Q2a("recover", missing);
         Assert.Equal(1, r.ExitCode);
-        Assert.Equal($"q2a: Could not open '{missing}': No such file or directory", r.StdErr.Trim());
+        Assert.Equal($"q2a: Could not open '{missing}': Could not open '{missing}': No such file or directory", r.StdErr.Trim());
 
         File.WriteAllBytes(raw, new byte[65536]);
         r = QemuTools.Q2a("recover", raw);

@@ -39,6 +39,7 @@ internal static class CheckCommand
             }
             var path = spec.Path!;
             Formats.RequireQcow2(spec.Format);
+            RefuseMissingBacking(path, parse.GetValue(forceShare));
             // Said on stderr under --output json, so stdout stays one JSON document.
             var note = json ? Console.Error : Console.Out;
             bool pending = File.Exists(path) && PendingJournal.IsPending(path);
@@ -70,6 +71,24 @@ internal static class CheckCommand
             return Report(result, json);
         }));
         return command;
+    }
+
+    // qemu-img check opens the backing chain and fails when a backing file is missing; the check itself reads only the image.
+    private static void RefuseMissingBacking(string path, bool forceShare)
+    {
+        if (!File.Exists(path)) return;
+        string? backing;
+        try
+        {
+            backing = Engine.Info.ImageInfo.ReadChain(path, backingChain: false, forceShare)[0].FullBackingFilename;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return; // the check reports what is wrong with the image itself
+        }
+        if (backing is null || backing.StartsWith("json:", StringComparison.Ordinal) || backing.Contains("://", StringComparison.Ordinal)) return;
+        if (!File.Exists(backing))
+            throw new FileNotFoundException($"Could not open '{path}': Could not open backing file: Could not open '{backing}': No such file or directory", backing);
     }
 
     private static int Report(CheckResult result, bool json)

@@ -35,6 +35,10 @@ internal static class ConvertCommand
         var targetIsZero = new Option<bool>("--target-is-zero") { Description = "with -n: the target reads zeros, so zeros are not written" };
         var salvage = new Option<bool>("--salvage") { Description = "source read errors become zeros, with a warning" };
         var copyOffload = new Option<bool>("-C") { Description = "copy offloading (accepted as qemu-img accepts it; copies normally)" };
+        var targetImageOpts = new Option<bool>("--target-image-opts")
+        {
+            Description = "the output name is key=value options (driver=qcow2|raw,file.filename=PATH) of an existing target; needs -n",
+        };
         var rate = new Option<string?>("-r") { Description = "rate limit in bytes per second (suffixes k, M, G...; 0: none)" };
         var source = new Argument<string>("filename") { Description = "source image" };
         // qemu-img convert SRC [SRC2 ...] DST: several sources are concatenated, the last name is the target.
@@ -46,19 +50,22 @@ internal static class ConvertCommand
         var command = new Command("convert", "Convert an image (or one of its snapshots) to a raw or qcow2 image")
         {
             format, outFormat, snapshot, progress, quiet, compress, options, backing, backingFormat, forceShare,
-            noCreate, sparse, outOfOrder, parallel, cache, sourceCache, targetIsZero, salvage, copyOffload, rate, source, rest,
+            noCreate, sparse, outOfOrder, parallel, cache, sourceCache, targetIsZero, salvage, copyOffload, rate, targetImageOpts, source, rest,
         };
         var sources = Sources.SourceOptions.AddTo(command);
         command.SetAction((parse, ct) => CliRunner.RunAsync(() =>
         {
             var sparseText = parse.GetValue(sparse);
             var names = parse.GetValue(rest)!;
-            return RunAsync(new ConvertRequest(parse.GetValue(source)!, names[^1])
+            var (targetPath, targetFormat) = parse.GetValue(targetImageOpts)
+                ? TargetFromOptions(names[^1], parse.GetValue(noCreate), parse.GetResult(outFormat) is { Implicit: false })
+                : (names[^1], parse.GetValue(outFormat)!);
+            return RunAsync(new ConvertRequest(parse.GetValue(source)!, targetPath)
             {
                 MoreSources = names[..^1],
                 MoreSourceSpecs = [.. names[..^1].Select(n => sources.Resolve(parse, n, parse.GetValue(format)))],
                 Format = parse.GetValue(format),
-                OutFormat = parse.GetValue(outFormat)!,
+                OutFormat = targetFormat,
                 Snapshot = parse.GetValue(snapshot),
                 Progress = parse.GetValue(progress) && !parse.GetValue(quiet),
                 Compress = parse.GetValue(compress),
@@ -82,6 +89,29 @@ internal static class ConvertCommand
         }));
         ConvertBitmaps.Attach(command, source, p => p.GetValue(rest)![^1], p => p.GetValue(rest)!.Length > 1, format, outFormat, options);
         return command;
+    }
+
+    /// <summary>
+    /// --target-image-opts: the output argument names an existing target by options (qemu-img allows it
+    /// only with -n, and takes the format from driver=, probing when it is absent).
+    /// </summary>
+    internal static (string Path, string Format) TargetFromOptions(string argument, bool noCreate, bool formatGiven)
+    {
+        if (!noCreate) throw new CliException("--target-image-opts requires use of -n flag");
+        if (formatGiven) throw new CliException("--image-opts and --format are mutually exclusive");
+        var spec = Sources.ImageSpec.Resolve(argument, imageOpts: true, format: null, Sources.SourceObjects.Empty);
+        if (!spec.IsHostFile || spec.Path is not { } path)
+            throw new CliException($"Could not open '{argument}': q2a convert writes host files only, not an NBD export");
+        if (!File.Exists(path)) throw new CliException($"Could not open '{argument}': Could not open '{path}': No such file or directory");
+        if (spec.Format is { } format)
+        {
+            if (format is not ("raw" or "qcow2")) throw new CliException($"Unknown driver '{format}'");
+            return (path, format);
+        }
+        Span<byte> magic = stackalloc byte[4];
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        int n = RandomAccess.Read(handle, magic, 0);
+        return (path, Qcow2Actors.Format.Qcow2Header.HasMagic(magic[..n]) ? "qcow2" : "raw");
     }
 
     /// <summary>Strips qemu-img's <c>snapshot.id=</c> / <c>snapshot.name=</c> prefixes; a bare value is an id or a name.</summary>
@@ -243,10 +273,9 @@ internal static class ConvertCommand
     internal static List<(long End, float Value)> ProgressTicks(IReadOnlyList<(IReadOnlyList<ImageExtent> Extents, long Alignment, long Base)> sources,
         bool countZeros, bool skipBelowTop, long compressedCluster = 0)
     {
-        // A compressed copy goes one target cluster at a time.
-        long buffer = compressedCluster > 0 ? compressedCluster : 2 * 1024 * 1024;
+        if (compressedCluster > 0) return Ticks(CompressedSteps(sources, countZeros, skipBelowTop, compressedCluster));
+        const long Buffer = 2 * 1024 * 1024;
         var steps = new List<(long End, long Length)>();
-        long total = 0;
         foreach (var (extents, alignment, offset) in sources)
         foreach (var e in extents)
         {
@@ -260,14 +289,61 @@ internal static class ConvertCommand
                 long statusEnd = pos + n;
                 while (pos < statusEnd)
                 {
-                    long m = counted ? Math.Min(statusEnd - pos, buffer) : statusEnd - pos;
+                    long m = counted ? Math.Min(statusEnd - pos, Buffer) : statusEnd - pos;
                     pos += m;
-                    if (!counted) continue;
-                    total += m;
-                    steps.Add((offset + pos, m));
+                    if (counted) steps.Add((offset + pos, m));
                 }
             }
         }
+        return Ticks(steps);
+    }
+
+    // A compressed copy: every step is whole target clusters (a run shorter than one is taken as data), one cluster per write.
+    private static List<(long End, long Length)> CompressedSteps(IReadOnlyList<(IReadOnlyList<ImageExtent> Extents, long Alignment, long Base)> sources,
+        bool countZeros, bool skipBelowTop, long cluster)
+    {
+        var runs = new List<(long Start, long End, bool Counted, long Alignment, long Base)>();
+        foreach (var (extents, alignment, offset) in sources)
+            foreach (var e in extents)
+            {
+                bool below = skipBelowTop && e.Depth > 0;
+                runs.Add((offset + e.Start, offset + e.End, !below && (!e.Zero || countZeros), alignment, offset));
+            }
+        long size = runs.Count == 0 ? 0 : runs[^1].End;
+        var steps = new List<(long End, long Length)>();
+        int at = 0;
+        for (long pos = 0; pos < size;)
+        {
+            while (runs[at].End <= pos) at++;
+            var run = runs[at];
+            long n = run.End - pos;
+            long tail = (pos - run.Base + n) % run.Alignment;
+            if (n > tail) n -= tail;
+            bool counted = run.Counted;
+            if (n < cluster)
+            {
+                n = Math.Min(cluster, size - pos);
+                counted = true;
+            }
+            else n -= n % cluster;
+            if (!counted)
+            {
+                pos += n;
+                continue;
+            }
+            for (long end = pos + n; pos < end;)
+            {
+                long m = Math.Min(cluster, end - pos);
+                pos += m;
+                steps.Add((pos, m));
+            }
+        }
+        return steps;
+    }
+
+    private static List<(long End, float Value)> Ticks(List<(long End, long Length)> steps)
+    {
+        long total = steps.Sum(s => s.Length);
         var ticks = new List<(long, float)>(steps.Count);
         long done = 0;
         foreach (var (end, length) in steps)

@@ -71,7 +71,7 @@ internal sealed class ConvertCopier(Qcow2Image src, IConvertTarget dst, ConvertP
     private async Task CopyAsync()
     {
         long grain = plan.SparseSize == 0 ? 0 : Math.Max(plan.SparseSize, _clusterSize);
-        await foreach (var extent in MapAsync().ConfigureAwait(false))
+        await foreach (var extent in WholeDataAsync(MapAsync()).ConfigureAwait(false))
         {
             if (plan.SkipBelowTop && extent.Depth > 0) { meter?.Advance(extent.End); continue; }
             if (extent.Zero && plan.SparseSize > 0)
@@ -92,6 +92,27 @@ internal sealed class ConvertCopier(Qcow2Image src, IConvertTarget dst, ConvertP
         }
         await TailZeroesAsync().ConfigureAwait(false);
         await DrainAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Data runs joined with the zero-and-data runs beside them (a data cluster over a host-file hole): copied
+    /// as one, the hole's zeros shorter than a target cluster are written, so the target's clusters are whole,
+    /// as qemu's copy-on-write leaves them.
+    /// </summary>
+    private static async IAsyncEnumerable<ImageExtent> WholeDataAsync(IAsyncEnumerable<ImageExtent> map)
+    {
+        ImageExtent? pending = null;
+        await foreach (var e in map.ConfigureAwait(false))
+        {
+            if (pending is not null && pending.Data && e.Data && pending.Depth == e.Depth && (pending.Zero != e.Zero || !e.Zero))
+            {
+                pending = pending with { Length = pending.Length + e.Length, Zero = false };
+                continue;
+            }
+            if (pending is not null) yield return pending;
+            pending = e;
+        }
+        if (pending is not null) yield return pending;
     }
 
     /// <summary>

@@ -39,7 +39,14 @@ internal static class SnapshotCommand
             if (parse.GetValue(forceShare) && (c ?? a ?? d) is not null)
                 throw new CliException("Invalid option -U: force-share is only allowed for listing");
             if (c is not null) SnapshotEditor.Create(path, c);
-            else if (a is not null) SnapshotEditor.Apply(path, a);
+            else if (a is not null)
+            {
+                // qemu-img refuses to revert an image that carries persistent bitmaps (enabled or not): they would no longer
+                // describe the disk. It says so before it looks for the snapshot.
+                if (Engine.Info.ImageInfo.ReadChain(path, backingChain: false)[0].Bitmaps.Count > 0)
+                    throw new CliException($"Could not apply snapshot '{a}': Device has active dirty bitmaps");
+                SnapshotEditor.Apply(path, a);
+            }
             else if (d is not null) SnapshotEditor.Delete(path, d);
             else Console.Out.Write(Table(SnapshotEditor.List(path, parse.GetValue(forceShare))));
             return 0;
