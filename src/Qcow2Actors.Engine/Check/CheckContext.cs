@@ -1,3 +1,4 @@
+using System.Buffers;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
 using Qcow2Actors.Format;
@@ -28,6 +29,21 @@ internal sealed class CheckContext(IBlockDevice device, ImageMetadata meta, Chec
         Result.Corruptions++;
         Error(message);
     }
+
+    /// <summary>
+    /// A cluster-sized buffer from the shared pool (contents arbitrary; give it back with
+    /// <see cref="ReturnCluster"/>). A check of a 2 MiB-cluster image needs several such buffers,
+    /// and fresh ones cost page faults on every check.
+    /// </summary>
+    public byte[] RentCluster()
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent((int)ClusterSize);
+        // Cluster sizes are powers of two, which the pool hands out exactly; callers rely on the length.
+        return buffer.Length == ClusterSize ? buffer : new byte[ClusterSize];
+    }
+
+    /// <summary>Gives back a buffer from <see cref="RentCluster"/>.</summary>
+    public static void ReturnCluster(byte[] buffer) => ArrayPool<byte>.Shared.Return(buffer);
 
     public void ReadZeroFilled(Span<byte> buffer, long offset)
     {
