@@ -1,4 +1,3 @@
-using System.Buffers;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
 using Qcow2Actors.Format;
@@ -31,19 +30,19 @@ internal sealed class CheckContext(IBlockDevice device, ImageMetadata meta, Chec
     }
 
     /// <summary>
-    /// A cluster-sized buffer from the shared pool (contents arbitrary; give it back with
+    /// A cluster-sized buffer from <see cref="ClusterBuffers"/> (contents arbitrary; give it back with
     /// <see cref="ReturnCluster"/>). A check of a 2 MiB-cluster image needs several such buffers,
     /// and fresh ones cost page faults on every check.
     /// </summary>
     public byte[] RentCluster()
     {
-        var buffer = ArrayPool<byte>.Shared.Rent((int)ClusterSize);
+        var buffer = ClusterBuffers.Rent((int)ClusterSize);
         // Cluster sizes are powers of two, which the pool hands out exactly; callers rely on the length.
         return buffer.Length == ClusterSize ? buffer : new byte[ClusterSize];
     }
 
     /// <summary>Gives back a buffer from <see cref="RentCluster"/>.</summary>
-    public static void ReturnCluster(byte[] buffer) => ArrayPool<byte>.Shared.Return(buffer);
+    public static void ReturnCluster(byte[] buffer) => ClusterBuffers.Return(buffer);
 
     public void ReadZeroFilled(Span<byte> buffer, long offset)
     {

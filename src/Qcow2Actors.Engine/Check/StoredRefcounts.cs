@@ -1,4 +1,3 @@
-using System.Buffers;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Engine.Info;
 using Qcow2Actors.Format;
@@ -32,14 +31,14 @@ internal sealed class StoredRefcounts : IDisposable
         var table = new RefcountTableEntry[entries];
         // Pooled: every check (three per recovery) reads the table, up to 1 MiB at a time.
         var size = (int)Math.Min(entries * RefcountTableEntry.Size, 1 << 20);
-        var buffer = ArrayPool<byte>.Shared.Rent(size);
+        var buffer = ClusterBuffers.Rent(size);
         try
         {
             ReadTableInto(device, meta, table, buffer.AsSpan(0, size));
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            ClusterBuffers.Return(buffer);
         }
         return table;
     }

@@ -1,4 +1,4 @@
-using System.Buffers;
+using Qcow2Actors.Engine.Check;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Format;
 
@@ -214,8 +214,8 @@ internal sealed class HeaderWriter
     /// </summary>
     public static void Write(IBlockDevice device, ImageHeaderBlock block, int lengthOnDisk = int.MaxValue)
     {
-        // Pooled: a fresh 2 MiB array per header write (every open, close and recovery) costs page faults.
-        var cluster = ArrayPool<byte>.Shared.Rent(block.Header.ClusterSize);
+        // Pooled (ClusterBuffers): a fresh 2 MiB array per header write (every open, close and recovery) costs page faults.
+        var cluster = ClusterBuffers.Rent(block.Header.ClusterSize);
         try
         {
             block.Write(cluster);
@@ -232,7 +232,7 @@ internal sealed class HeaderWriter
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(cluster);
+            ClusterBuffers.Return(cluster);
         }
     }
 
