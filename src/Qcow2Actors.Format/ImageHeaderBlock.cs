@@ -56,13 +56,14 @@ public sealed class ImageHeaderBlock
         bool strict = profile == ValidationProfile.Open;
         int clusterSize = header.ClusterSize;
         ReadOnlySpan<byte> c = cluster0;
-        if (c.Length < clusterSize)
+        // A prefix holding every byte the walk below looks at needs no padding (see UsedLength).
+        if (c.Length < clusterSize && UsedLength(c) < 0)
         {
             var padded = new byte[clusterSize];
             c.CopyTo(padded);
             c = padded;
         }
-        else
+        else if (c.Length > clusterSize)
         {
             c = c[..clusterSize];
         }
@@ -140,6 +141,47 @@ public sealed class ImageHeaderBlock
             block.BackingFileName = Strings.Decode(c.Slice(at, header.BackingFileSize), "backing file name", at, profile);
         }
         return block;
+    }
+
+    /// <summary>
+    /// How many leading bytes of cluster 0 <see cref="Read"/> looks at, judged from
+    /// <paramref name="prefix"/> (the first bytes of cluster 0): the header, the extension chain up
+    /// to its end marker or the end of the extension area, and the backing file name. <see cref="Read"/>
+    /// on a prefix of at least that many bytes decodes exactly what it decodes from the whole
+    /// cluster, so an opener of a 2 MiB cluster 0 reads kilobytes. -1 when the prefix does not
+    /// reach that far or the header is one <see cref="Read"/> may refuse: read the whole cluster then.
+    /// </summary>
+    /// <param name="prefix">The first bytes of cluster 0 (4 KiB covers any header qemu-img writes).</param>
+    public static int UsedLength(ReadOnlySpan<byte> prefix)
+    {
+        const int Unknown = -1;
+        if (prefix.Length < Qcow2Header.V3MinHeaderLength) return Unknown;
+        uint version = BinaryPrimitives.ReadUInt32BigEndian(prefix[Qcow2Header.VersionOffset..]);
+        uint bits = BinaryPrimitives.ReadUInt32BigEndian(prefix[Qcow2Header.ClusterBitsOffset..]);
+        if (version is not (2 or 3) || bits is < Qcow2Header.MinClusterBits or > Qcow2Header.MaxClusterBits) return Unknown;
+        long clusterSize = 1L << (int)bits;
+        long headerLength = version == 2 ? Qcow2Header.V2HeaderLength : BinaryPrimitives.ReadUInt32BigEndian(prefix[Qcow2Header.HeaderLengthOffset..]);
+        if (headerLength < Qcow2Header.V2HeaderLength || headerLength > clusterSize) return Unknown;
+        ulong backingOffset = BinaryPrimitives.ReadUInt64BigEndian(prefix[Qcow2Header.BackingFileOffsetOffset..]);
+        uint backingSize = BinaryPrimitives.ReadUInt32BigEndian(prefix[Qcow2Header.BackingFileSizeOffset..]);
+        if (backingOffset > (ulong)clusterSize || backingSize > (ulong)clusterSize - backingOffset) return Unknown;
+        long used = Math.Max(headerLength, backingOffset != 0 ? (long)backingOffset + backingSize : 0);
+        long end = backingOffset != 0 ? (long)backingOffset : clusterSize;
+        long off = headerLength;
+        // The same walk as Read's: it stops (or refuses) at a fragment, the end marker or an overrun.
+        while (off < end && end - off >= HeaderExtension.PrefixSize)
+        {
+            if (off + HeaderExtension.PrefixSize > prefix.Length) return Unknown;
+            uint type = BinaryPrimitives.ReadUInt32BigEndian(prefix[(int)(off + HeaderExtension.TypeOffset)..]);
+            uint len = BinaryPrimitives.ReadUInt32BigEndian(prefix[(int)(off + HeaderExtension.LengthOffset)..]);
+            used = Math.Max(used, off + HeaderExtension.PrefixSize);
+            if (type == HeaderExtensionType.End) break;
+            long dataAt = off + HeaderExtension.PrefixSize;
+            if (len > end - dataAt) break;
+            used = Math.Max(used, dataAt + len);
+            off = dataAt + ((len + 7) & ~7L);
+        }
+        return used <= prefix.Length ? (int)used : Unknown;
     }
 
     /// <summary>

@@ -93,6 +93,42 @@ public class ImageHeaderBlockTests
     }
 
     [Fact]
+    public void UsedLength_covers_header_extensions_and_backing_name_and_Read_of_that_prefix_decodes_the_same()
+    {
+        var c = Cluster0(Overlay());
+        Assert.Equal(0x21A, ImageHeaderBlock.UsedLength(c.AsSpan(0, 4096)));
+        var whole = ImageHeaderBlock.Read(c);
+        var prefix = ImageHeaderBlock.Read(c.AsSpan(0, 0x21A));
+        Assert.Equal(Cluster0(whole), Cluster0(prefix));
+        Assert.Equal(whole.FileOrder, prefix.FileOrder);
+    }
+
+    [Fact]
+    public void UsedLength_is_unknown_when_an_extension_reaches_past_the_prefix()
+    {
+        var h = Qcow2Header.CreateNew(64 << 20, clusterBits: 21);
+        h.L1TableOffset = 0x600000;
+        h.RefcountTableOffset = 0x200000;
+        var block = new ImageHeaderBlock(h) { FeatureNames = FeatureNameTable.QemuDefault() };
+        block.UnknownExtensions.Add(new HeaderExtension(0x12345678, new byte[8000]));
+        var c = Cluster0(block);
+        Assert.Equal(-1, ImageHeaderBlock.UsedLength(c.AsSpan(0, 4096)));
+        var used = ImageHeaderBlock.UsedLength(c.AsSpan(0, 16384));
+        Assert.Equal(block.EncodedLength, used);
+        // A prefix cut before the end marker would read as "no more extensions": Read pads it and sees the same.
+        Assert.Equal(8000, ImageHeaderBlock.Read(c.AsSpan(0, used)).UnknownExtensions.Single().Data.Length);
+    }
+
+    [Fact]
+    public void UsedLength_leaves_a_header_Read_may_refuse_to_a_whole_cluster_read()
+    {
+        var c = Cluster0(Overlay());
+        BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(Qcow2Header.ClusterBitsOffset), 40);
+        Assert.Equal(-1, ImageHeaderBlock.UsedLength(c.AsSpan(0, 4096)));
+        Assert.Equal(-1, ImageHeaderBlock.UsedLength(c.AsSpan(0, 64)));
+    }
+
+    [Fact]
     public void Read_accepts_a_file_shorter_than_a_cluster()
     {
         var c = Cluster0(Overlay());

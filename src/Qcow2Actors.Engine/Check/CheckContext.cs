@@ -29,6 +29,21 @@ internal sealed class CheckContext(IBlockDevice device, ImageMetadata meta, Chec
         Error(message);
     }
 
+    /// <summary>
+    /// A cluster-sized buffer from <see cref="ClusterBuffers"/> (contents arbitrary; give it back with
+    /// <see cref="ReturnCluster"/>). A check of a 2 MiB-cluster image needs several such buffers,
+    /// and fresh ones cost page faults on every check.
+    /// </summary>
+    public byte[] RentCluster()
+    {
+        var buffer = ClusterBuffers.Rent((int)ClusterSize);
+        // Cluster sizes are powers of two, which the pool hands out exactly; callers rely on the length.
+        return buffer.Length == ClusterSize ? buffer : new byte[ClusterSize];
+    }
+
+    /// <summary>Gives back a buffer from <see cref="RentCluster"/>.</summary>
+    public static void ReturnCluster(byte[] buffer) => ClusterBuffers.Return(buffer);
+
     public void ReadZeroFilled(Span<byte> buffer, long offset)
     {
         if (offset < 0) { buffer.Clear(); return; }

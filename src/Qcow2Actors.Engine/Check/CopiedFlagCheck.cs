@@ -14,7 +14,20 @@ internal static class CopiedFlagCheck
     {
         var meta = ctx.Meta;
         var l1 = ctx.ReadL1(meta.L1TableOffset, meta.L1Size);
-        var l2 = new byte[ctx.ClusterSize];
+        var l2 = ctx.RentCluster();
+        try
+        {
+            RunTables(ctx, stored, repair, l1, l2);
+        }
+        finally
+        {
+            CheckContext.ReturnCluster(l2);
+        }
+    }
+
+    private static void RunTables(CheckContext ctx, StoredRefcounts stored, bool repair, L1Entry[] l1, byte[] l2)
+    {
+        var meta = ctx.Meta;
         var verb = repair ? "Repairing" : "ERROR";
         for (var i = 0; i < l1.Length; i++)
         {

@@ -44,10 +44,11 @@ public static class ImageChecker
     internal static CheckResult Check(IBlockDevice device, string filename, CheckPass pass)
     {
         var ctx = Open(device, filename, pass);
+        StoredRefcounts? stored = null;
         try
         {
             var snapshots = ReadSnapshotTable(ctx, out var snapshotsSize);
-            var stored = new StoredRefcounts(ctx);
+            stored = new StoredRefcounts(ctx);
             var walk = new ReferenceWalk(ctx, stored);
             walk.Run(snapshots, snapshotsSize);
             var r = ctx.Result;
@@ -67,6 +68,10 @@ public static class ImageChecker
             ctx.Result.CheckErrors++;
             ctx.Result.AbortReason ??= "Input/output error";
         }
+        finally
+        {
+            stored?.Dispose();
+        }
         return ctx.Result;
     }
 
@@ -80,7 +85,8 @@ public static class ImageChecker
         var ctx = Open(device, filename, CheckPass.Plain);
         try
         {
-            CopiedFlagCheck.Run(ctx, new StoredRefcounts(ctx), repair);
+            using var stored = new StoredRefcounts(ctx);
+            CopiedFlagCheck.Run(ctx, stored, repair);
         }
         catch (AbortCheck abort)
         {

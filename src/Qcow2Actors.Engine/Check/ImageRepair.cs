@@ -86,9 +86,11 @@ public static class ImageRepair
     /// <exception cref="InvalidOperationException">The device is read-only.</exception>
     public static RepairResult RebuildRefcounts(IBlockDevice device, string filename) => Run(device, filename, RepairMode.All, forceRebuild: true);
 
-    private static RepairResult Run(IBlockDevice device, string filename, RepairMode mode, bool forceRebuild)
+    private static RepairResult Run(IBlockDevice image, string filename, RepairMode mode, bool forceRebuild)
     {
-        if (device.IsReadOnly) throw new InvalidOperationException($"{device.Name}: repair needs the image opened for writing");
+        if (image.IsReadOnly) throw new InvalidOperationException($"{image.Name}: repair needs the image opened for writing");
+        // Knowing that nothing was written lets Finish reuse the first check instead of repeating it.
+        using var device = new WriteTrackingDevice(image);
         var before = ImageChecker.Check(device, filename);
         var pass = ImageChecker.Check(device, filename, mode == RepairMode.All ? CheckPass.RepairAll : CheckPass.RepairLeaks);
         var messages = new List<string>(pass.Messages);
@@ -140,10 +142,11 @@ public static class ImageRepair
         return Finish(device, filename, before, messages, corruptionsFixed, leaksFixed, copied.AbortReason, rebuild);
     }
 
-    private static RepairResult Finish(IBlockDevice device, string filename, CheckResult before, List<string> messages,
+    private static RepairResult Finish(WriteTrackingDevice device, string filename, CheckResult before, List<string> messages,
         long corruptionsFixed, long leaksFixed, string? failure, bool rebuilt)
     {
-        var after = ImageChecker.Check(device, filename);
+        // Unchanged bytes check the same: the plain check before is the check after.
+        var after = device.Changed ? ImageChecker.Check(device, filename) : before;
         var markedClean = false;
         if (failure is null && after.AbortReason is null && after.ExitCode == 0)
             markedClean = MarkClean(device);

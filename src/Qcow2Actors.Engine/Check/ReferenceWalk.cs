@@ -88,18 +88,25 @@ internal sealed class ReferenceWalk(CheckContext ctx, StoredRefcounts stored)
         if (l1Size == 0) return;
         Reference(l1Offset, (long)l1Size * L1Entry.Size);
         var l1 = ctx.ReadL1(l1Offset, l1Size);
-        var l2 = new byte[_cs];
-        foreach (var entry in l1)
+        var l2 = ctx.RentCluster();
+        try
         {
-            if (entry.Raw == 0) continue;
-            if (entry.ReservedBits != 0)
-                ctx.Corruption($"ERROR found L1 entry with reserved bits set: {entry.Raw:x}");
-            var l2Offset = (ulong)entry.L2Offset;
-            Reference(l2Offset, _cs);
-            if ((l2Offset & (ulong)(_cs - 1)) != 0)
-                ctx.Corruption($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
-            ctx.ReadL2(l2, l2Offset, "ERROR: I/O error in check_refcounts_l2");
-            CheckL2(l2, active, l2Offset);
+            foreach (var entry in l1)
+            {
+                if (entry.Raw == 0) continue;
+                if (entry.ReservedBits != 0)
+                    ctx.Corruption($"ERROR found L1 entry with reserved bits set: {entry.Raw:x}");
+                var l2Offset = (ulong)entry.L2Offset;
+                Reference(l2Offset, _cs);
+                if ((l2Offset & (ulong)(_cs - 1)) != 0)
+                    ctx.Corruption($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
+                ctx.ReadL2(l2, l2Offset, "ERROR: I/O error in check_refcounts_l2");
+                CheckL2(l2, active, l2Offset);
+            }
+        }
+        finally
+        {
+            CheckContext.ReturnCluster(l2);
         }
     }
 

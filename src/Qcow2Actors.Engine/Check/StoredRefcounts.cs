@@ -8,7 +8,7 @@ namespace Qcow2Actors.Engine.Check;
 /// The refcounts as stored: the refcount table and, on demand, its blocks (qemu's
 /// qcow2_get_refcount). Shared by the check's comparison, the COPIED check and the repair.
 /// </summary>
-internal sealed class StoredRefcounts
+internal sealed class StoredRefcounts : IDisposable
 {
     private const int BlockCacheSize = 64;
     private readonly CheckContext _ctx;
@@ -29,10 +29,26 @@ internal sealed class StoredRefcounts
     {
         var entries = meta.RefcountTableEntries;
         var table = new RefcountTableEntry[entries];
-        var buffer = new byte[Math.Min(entries * RefcountTableEntry.Size, 1 << 20)];
+        // Pooled: every check (three per recovery) reads the table, up to 1 MiB at a time.
+        var size = (int)Math.Min(entries * RefcountTableEntry.Size, 1 << 20);
+        var buffer = ClusterBuffers.Rent(size);
+        try
+        {
+            ReadTableInto(device, meta, table, buffer.AsSpan(0, size));
+        }
+        finally
+        {
+            ClusterBuffers.Return(buffer);
+        }
+        return table;
+    }
+
+    private static void ReadTableInto(IBlockDevice device, ImageMetadata meta, RefcountTableEntry[] table, Span<byte> buffer)
+    {
+        var entries = meta.RefcountTableEntries;
         for (long done = 0; done < entries * RefcountTableEntry.Size; done += buffer.Length)
         {
-            var chunk = buffer.AsSpan(0, (int)Math.Min(buffer.Length, entries * RefcountTableEntry.Size - done));
+            var chunk = buffer[..(int)Math.Min(buffer.Length, entries * RefcountTableEntry.Size - done)];
             ImageMetadata.ReadZeroFilled(device, chunk, (long)meta.RefcountTableOffset + done);
             // Zero entries (no block) stay as the new array has them; a big cluster's table is mostly those.
             var count = chunk.Length / RefcountTableEntry.Size;
@@ -44,7 +60,6 @@ internal sealed class StoredRefcounts
                 table[done / RefcountTableEntry.Size + i] = RefcountTableEntry.Read(chunk, i);
             }
         }
-        return table;
     }
 
     /// <summary>
@@ -72,12 +87,21 @@ internal sealed class StoredRefcounts
         if (!_blocks.TryGetValue((long)blockOffset, out var block))
         {
             // Compare walks clusters in order, so a small cache serves nearly every lookup.
-            if (_blocks.Count >= BlockCacheSize) _blocks.Clear();
-            block = new byte[_ctx.ClusterSize];
+            if (_blocks.Count >= BlockCacheSize) ReturnBlocks();
+            block = _ctx.RentCluster();
             _ctx.ReadZeroFilled(block, blockOffset > long.MaxValue ? -1 : (long)blockOffset);
             _blocks[(long)blockOffset] = block;
         }
         refcount = RefcountBlock.Get(block, cluster & ((1L << perBlockBits) - 1), meta.RefcountOrder);
         return true;
+    }
+
+    /// <summary>Gives the cached refcount blocks back to the pool.</summary>
+    public void Dispose() => ReturnBlocks();
+
+    private void ReturnBlocks()
+    {
+        foreach (var block in _blocks.Values) CheckContext.ReturnCluster(block);
+        _blocks.Clear();
     }
 }

@@ -92,7 +92,8 @@ internal sealed class ImageMetadata
             int got = ReadAvailable(device, first, 0);
             int want = Qcow2Header.Cluster0Length(first.AsSpan(0, got));
             byte[] cluster0 = first;
-            if (want > got)
+            // Only a header that reaches past the first 4 KiB needs the rest of a (up to 2 MiB) cluster.
+            if (want > got && ImageHeaderBlock.UsedLength(first.AsSpan(0, got)) < 0)
             {
                 cluster0 = new byte[want];
                 got = ReadAvailable(device, cluster0, 0);

@@ -148,7 +148,7 @@ internal static class ImageOpener
         if (first.Length < 24) throw Invalid(displayName, new Qcow2FormatException(Qcow2Rule.HeaderTruncated, "header", 0, $"file is only {fileLength} bytes", (ulong)fileLength));
         long want = Qcow2Header.Cluster0Length(first);
         byte[] cluster0 = first;
-        if (want > first.Length && fileLength > first.Length)
+        if (want > first.Length && fileLength > first.Length && ImageHeaderBlock.UsedLength(first) < 0)
         {
             cluster0 = new byte[Math.Min(want, fileLength)];
             await file.ReadAsync(cluster0, 0, cancellationToken).ConfigureAwait(false);

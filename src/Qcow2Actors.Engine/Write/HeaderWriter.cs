@@ -1,3 +1,4 @@
+using Qcow2Actors.Engine.Check;
 using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Format;
 
@@ -213,18 +214,26 @@ internal sealed class HeaderWriter
     /// </summary>
     public static void Write(IBlockDevice device, ImageHeaderBlock block, int lengthOnDisk = int.MaxValue)
     {
-        var cluster = new byte[block.Header.ClusterSize];
-        block.Write(cluster);
-        var length = block.EncodedLength;
-        MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
-        if (length > AtomicSector && lengthOnDisk <= AtomicSector)
+        // Pooled (ClusterBuffers): a fresh 2 MiB array per header write (every open, close and recovery) costs page faults.
+        var cluster = ClusterBuffers.Rent(block.Header.ClusterSize);
+        try
         {
-            device.Write(cluster.AsSpan(AtomicSector, length - AtomicSector), AtomicSector);
-            device.Flush();
-            device.Write(cluster.AsSpan(0, AtomicSector), 0);
-            return;
+            block.Write(cluster);
+            var length = block.EncodedLength;
+            MetadataEvents.Raise(MetadataEvent.HeaderUpdate, device.Name);
+            if (length > AtomicSector && lengthOnDisk <= AtomicSector)
+            {
+                device.Write(cluster.AsSpan(AtomicSector, length - AtomicSector), AtomicSector);
+                device.Flush();
+                device.Write(cluster.AsSpan(0, AtomicSector), 0);
+                return;
+            }
+            device.Write(cluster.AsSpan(0, length), 0);
         }
-        device.Write(cluster.AsSpan(0, length), 0);
+        finally
+        {
+            ClusterBuffers.Return(cluster);
+        }
     }
 
     /// <summary>

@@ -14,10 +14,16 @@ namespace Qcow2Actors.Engine.Write;
 internal static class ImageRecovery
 {
     private const int MaxCluster0Bytes = 2 * 1024 * 1024;
+    private const int FirstRead = 4096;
 
     /// <summary>Reads the header (bit 63 accepted) from cluster 0 of <paramref name="device"/>.</summary>
     public static ImageHeaderBlock ReadHeader(IBlockDevice device)
     {
+        // Usually the first 4 KiB hold all Read looks at; a 2 MiB cluster 0 is read only when they do not.
+        var first = new byte[Math.Min(FirstRead, device.Length)];
+        var got = device.Read(first, 0);
+        if (ImageHeaderBlock.UsedLength(first.AsSpan(0, got)) >= 0)
+            return ImageHeaderBlock.Read(first.AsSpan(0, got), IncompatibleFeatures.KnownToQcow2Actors);
         var cluster0 = new byte[Math.Min(MaxCluster0Bytes, device.Length)];
         device.Read(cluster0, 0);
         return ImageHeaderBlock.Read(cluster0, IncompatibleFeatures.KnownToQcow2Actors);

@@ -86,6 +86,36 @@ public sealed class ImageRepairTests
     private static HashSet<long> UnderCounted(CheckResult r) => [.. r.Mismatches.Where(m => m.Stored < m.References).Select(m => m.Cluster)];
 
     [Fact]
+    public void A_repair_that_writes_nothing_reports_its_first_check_as_the_check_after()
+    {
+        var device = new RecordingDevice(Image());
+
+        var result = ImageRepair.Repair(device, "img", RepairMode.All);
+
+        Assert.Empty(device.Writes);
+        Assert.Equal(0, result.ExitCode);
+        // The bytes did not change, so neither would a second check: it is not run.
+        Assert.Same(result.Before, result.After);
+    }
+
+    [Fact]
+    public void A_repair_that_fixed_a_leak_checks_the_image_again()
+    {
+        var img = Image();
+        SetRefcount(img, 5, 2);
+        var device = new RecordingDevice(img);
+
+        var result = ImageRepair.Repair(device, "img", RepairMode.All);
+
+        Assert.NotEmpty(device.Writes);
+        Assert.Equal(1, result.Before.Leaks);
+        Assert.Equal(1, result.LeaksFixed);
+        Assert.NotSame(result.Before, result.After);
+        Assert.Equal(0, result.After.Leaks);
+        Assert.Equal(0, result.ExitCode);
+    }
+
+    [Fact]
     public void RebuildRefcounts_makes_arbitrary_stored_refcounts_exact_and_clears_the_dirty_bit()
     {
         var img = Image();
