@@ -27,6 +27,7 @@ internal sealed class ClusterNodeProcess : IDisposable
         NbdPort = HostProcess.FreePort();
         ControlSocket = Path.Combine(root, name + ".sock");
         var config = Path.Combine(root, name + ".conf");
+        // Q2A_TEST_AKKA_DEBUG=1: Akka's debug log with sharding's verbose lines, to see where a fail-over's time goes.
         File.WriteAllText(config, $$"""
             qcow2actors.host.cluster {
               port = {{remotingPort.ToString(CultureInfo.InvariantCulture)}}
