@@ -40,6 +40,18 @@ public sealed record ClusterSettings
     /// <summary>Number of shards the images are spread over (<c>shards</c>; default 30).</summary>
     public int Shards { get; init; } = 30;
 
+    /// <summary>
+    /// How often the split-brain resolver is asked to check its stable-after deadline (<c>sbr-tick-interval</c>;
+    /// default 100 ms, <c>off</c> = Akka's own 1 s tick; <see cref="SbrTicker"/>).
+    /// </summary>
+    public TimeSpan SbrTickInterval { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// Down a member at once when its remoting connection drops and its port refuses connections: its process is gone
+    /// (<c>down-refused-nodes</c>; default on; <see cref="RefusedNodeDowning"/>).
+    /// </summary>
+    public bool DownRefusedNodes { get; init; } = true;
+
     /// <summary>Rebalancing of images between nodes (<c>rebalance-*</c> keys; clusterops).</summary>
     internal Ownership.RebalanceSettings Rebalance { get; init; } = Ownership.RebalanceSettings.Default;
 
@@ -73,8 +85,15 @@ public sealed record ClusterSettings
             throw new ArgumentException($"{key}.journal.connection-string is required: the PostgreSQL journal every node shares (Host=...;Port=...;Username=...;Database=...)");
         int shards = c.GetInt("shards", 30);
         if (shards < 1) throw new ArgumentException($"{key}.shards must be at least 1");
+        var tick = c.HasPath("sbr-tick-interval") && c.GetString("sbr-tick-interval") is "off" or "0"
+            ? TimeSpan.Zero
+            : c.GetTimeSpan("sbr-tick-interval", TimeSpan.FromMilliseconds(100), allowInfinite: false);
+        if (tick < TimeSpan.Zero || (tick > TimeSpan.Zero && tick < TimeSpan.FromMilliseconds(10)) || tick > TimeSpan.FromSeconds(1))
+            throw new ArgumentException($"{key}.sbr-tick-interval must be between 10ms and 1s, or off");
         return new ClusterSettings
         {
+            SbrTickInterval = tick,
+            DownRefusedNodes = c.GetBoolean("down-refused-nodes", true),
             Hostname = hostname,
             Port = port,
             SeedNodes = seeds,
@@ -124,16 +143,19 @@ public sealed record ClusterSettings
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp.hostname = {{Quote(Hostname)}}
             akka.remote.dot-netty.tcp.port = {{Port.ToString(CultureInfo.InvariantCulture)}}
-            # A node that dies is seen unreachable in about 1.5 s and downed by the split-brain resolver 1 s later (stable-after);
-            # its shards (with their remembered images) then start on the survivors.
+            # Fail-over in about 3 s (README, cluster section: each key and why). A node that dies is seen unreachable
+            # ~1.6 s later (heartbeats every 250 ms, 1 s of silence tolerated), downed by the split-brain resolver once
+            # that has held for stable-after (checked every sbr-tick-interval, not Akka's fixed 1 s), removed at the
+            # next leader action once the survivors have seen it (gossip), and its shards start on the survivors after
+            # down-removal-margin (the OFD lock and the owner generation, not this margin, keep its writes out).
             akka.cluster.failure-detector.heartbeat-interval = 250ms
             akka.cluster.failure-detector.acceptable-heartbeat-pause = 1s
             akka.cluster.failure-detector.threshold = 8.0
-            akka.cluster.split-brain-resolver.stable-after = 750ms
-            akka.cluster.down-removal-margin = 250ms
-            akka.cluster.leader-actions-interval = 250ms
-            akka.cluster.unreachable-nodes-reaper-interval = 250ms
-            akka.cluster.gossip-interval = 500ms
+            akka.cluster.split-brain-resolver.stable-after = 500ms
+            akka.cluster.down-removal-margin = 100ms
+            akka.cluster.leader-actions-interval = 100ms
+            akka.cluster.unreachable-nodes-reaper-interval = 100ms
+            akka.cluster.gossip-interval = 200ms
             akka.cluster.sharding.remember-entities = on
             akka.cluster.sharding.distributed-data.majority-min-cap = 2
             akka.cluster.sharding.coordinator-state.write-majority-plus = 0

@@ -32,7 +32,14 @@ internal sealed partial class HostRegistry
     /// TENANT/IMAGE serves it directly (other nodes forward to it). Neither is written to this node's state file:
     /// sharding remembers which images are served, not the node.
     /// </summary>
-    public Task ServeClusterImageAsync(string tenantName, string image) => ChangeAsync(async () =>
+    public Task ServeClusterImageAsync(string tenantName, string image)
+    {
+        // The start of a fail-over's last stage (open, journal replay): its time in the log.
+        _log.LogInformation("image {Tenant}/{Image}: its entity started on this node, opening it", tenantName, image);
+        return ServeClusterImageCoreAsync(tenantName, image);
+    }
+
+    private Task ServeClusterImageCoreAsync(string tenantName, string image) => ChangeAsync(async () =>
     {
         Names.Check(tenantName, "tenant");
         Names.Check(image, "image");

@@ -49,11 +49,30 @@ public sealed class ClusterSettingsTests : IDisposable
     [InlineData("seed-nodes = [\"akka.tcp://other@127.0.0.1:4101\"]", "'akka.tcp://other@127.0.0.1:4101' is not a node address")]
     [InlineData("journal.connection-string = \"\"", "qcow2actors.host.cluster.journal.connection-string is required")]
     [InlineData("shards = 0", "qcow2actors.host.cluster.shards must be at least 1")]
+    [InlineData("sbr-tick-interval = 5ms", "qcow2actors.host.cluster.sbr-tick-interval must be between 10ms and 1s, or off")]
+    [InlineData("sbr-tick-interval = 2s", "qcow2actors.host.cluster.sbr-tick-interval must be between 10ms and 1s, or off")]
     public void A_bad_cluster_setting_is_refused_in_one_line_naming_it(string bad, string message)
     {
         var ex = Assert.Throws<ArgumentException>(() => ClusterSettings.Read(Conf(Valid + "\n" + bad)));
         Assert.Contains(message, ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain('\n', ex.Message);
+    }
+
+    [Theory]
+    [InlineData("", 100)]
+    [InlineData("sbr-tick-interval = 250ms", 250)]
+    [InlineData("sbr-tick-interval = off", 0)]
+    public void The_split_brain_resolver_is_asked_every_sbr_tick_interval_or_only_on_its_own_tick_when_off(string line, int milliseconds)
+    {
+        Assert.Equal(TimeSpan.FromMilliseconds(milliseconds), ClusterSettings.Read(Conf(Valid + "\n" + line)).SbrTickInterval);
+    }
+
+    [Fact]
+    public void This_Akka_Cluster_has_the_split_brain_resolver_tick_the_ticker_sends()
+    {
+        // The tick is internal to Akka.Cluster (looked up by name): an Akka upgrade that renames it fails here, not
+        // silently in a slower fail-over.
+        Assert.NotNull(SbrTicker.ResolverTick());
     }
 
     [Fact]

@@ -114,16 +114,23 @@ public sealed class ClusterForwardingInteropTests(PostgresFixture pg, ITestOutpu
         var survivors = _nodes.Where(n => n != b).ToArray();
         var again = moved.ToDictionary(i => i, i => survivors.Select(n => n.NextLine(l => ExportAdded(l, "acme/" + i))
             .ContinueWith(t => t.IsCompletedSuccessfully ? n : null, TaskScheduler.Default)).ToArray());
-        var clock = Stopwatch.StartNew();
+        long killed = Stopwatch.GetTimestamp();
         b.Kill();
+        var times = new List<TimeSpan>();
         foreach (var image in moved)
         {
             owners[image] = (await (await Task.WhenAny(again[image]).WaitAsync(Timeout)))!;
-            output.WriteLine($"{image} served again by {owners[image].Name} {clock.Elapsed.TotalSeconds:F2} s after SIGKILL of {b.Name}");
+            times.Add(Stopwatch.GetElapsedTime(killed));
+            output.WriteLine($"{image} served again by {owners[image].Name} {times[^1].TotalSeconds:F2} s after SIGKILL of {b.Name}");
         }
-        var failover = clock.Elapsed;
-        // Target < 5 s; the bound leaves room for a loaded CI machine.
-        Assert.True(failover < TimeSpan.FromSeconds(20), $"re-served after {failover.TotalSeconds:F1} s");
+        var failover = Stopwatch.GetElapsedTime(killed);
+        // Where the time went: every survivor's log from the SIGKILL to the last image served again, in ms after it.
+        foreach (var node in survivors)
+            foreach (var (after, line) in node.LinesSince(killed).Where(l => l.After <= failover))
+                output.WriteLine($"+{after.TotalMilliseconds,6:F0} ms {node.Name}: {line}");
+        output.WriteLine($"fail-over per image (s): {string.Join(", ", times.Select(t => t.TotalSeconds.ToString("F2", CultureInfo.InvariantCulture)))}");
+        // Issue 13's bound: every image of the killed node served again by a survivor in under 5 s.
+        Assert.True(times.TrueForAll(t => t < TimeSpan.FromSeconds(5)), $"re-served after {failover.TotalSeconds:F2} s (bound 5 s)");
 
         // The connection through A stayed up: it reads, and its first flush says the unflushed write may be gone.
         var read = new byte[4096];

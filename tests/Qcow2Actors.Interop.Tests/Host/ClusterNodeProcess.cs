@@ -16,6 +16,7 @@ internal sealed class ClusterNodeProcess : IDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _output = new();
+    private readonly List<(long At, string Line)> _timed = [];
     private readonly List<(Func<string, bool> Match, TaskCompletionSource<string> Seen)> _waiters = [];
     private readonly HttpClient _http;
 
@@ -26,13 +27,14 @@ internal sealed class ClusterNodeProcess : IDisposable
         NbdPort = HostProcess.FreePort();
         ControlSocket = Path.Combine(root, name + ".sock");
         var config = Path.Combine(root, name + ".conf");
+        // Q2A_TEST_AKKA_DEBUG=1: Akka's debug log with sharding's verbose lines, to see where a fail-over's time goes.
         File.WriteAllText(config, $$"""
             qcow2actors.host.cluster {
               port = {{remotingPort.ToString(CultureInfo.InvariantCulture)}}
               seed-nodes = [{{string.Join(", ", seedPorts.Select(p => $"\"akka.tcp://q2a-host@127.0.0.1:{p.ToString(CultureInfo.InvariantCulture)}\""))}}]
               journal.connection-string = "{{connectionString}}"
             }
-            """);
+            """ + (Environment.GetEnvironmentVariable("Q2A_TEST_AKKA_DEBUG") is "1" ? "\nakka.loglevel = DEBUG\nakka.cluster.sharding.verbose-debug-logging = on\n" : ""));
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in (string[])[Path.Combine(AppContext.BaseDirectory, "q2a.dll"), "host", "--cluster", "--config", config,
                      "--data-dir", dataDir, "--control", ControlSocket, "--port", NbdPort.ToString(CultureInfo.InvariantCulture)])
@@ -83,13 +85,23 @@ internal sealed class ClusterNodeProcess : IDisposable
         // Lock order: waiters, then output (as Line), so a line is either seen by Line's look back or by its waiter.
         lock (_waiters)
         {
-            lock (_output) _output.AppendLine(line);
+            lock (_output)
+            {
+                _output.AppendLine(line);
+                _timed.Add((Stopwatch.GetTimestamp(), line));
+            }
             foreach (var w in _waiters.Where(w => w.Match(line)).ToList())
             {
                 w.Seen.TrySetResult(line);
                 _waiters.Remove(w);
             }
         }
+    }
+
+    /// <summary>The lines received from <paramref name="since"/> (a <see cref="Stopwatch"/> timestamp) on, each with its time since then.</summary>
+    public IReadOnlyList<(TimeSpan After, string Line)> LinesSince(long since)
+    {
+        lock (_output) return [.. _timed.Where(t => t.At >= since).Select(t => (Stopwatch.GetElapsedTime(since, t.At), t.Line))];
     }
 
     /// <summary>A task that completes with the first line printed so far or from now on that <paramref name="match"/> accepts.</summary>

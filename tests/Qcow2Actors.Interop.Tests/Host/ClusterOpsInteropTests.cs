@@ -25,6 +25,11 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
     private static bool ExportAdded(string line, string image) =>
         line.Contains($"export {Tenant}/{image} added", StringComparison.Ordinal);
 
+    /// <summary>The owner's last line of taking an image: its NBD export serves from here on ("export added" comes
+    /// before the export is on the NBD server: a client started at once could find no such export).</summary>
+    private static bool OwnedHere(string line, string image) =>
+        line.Contains($"image {Tenant}/{image} owned here", StringComparison.Ordinal);
+
     private static void QemuIoOk(params string[] args)
     {
         var r = QemuTools.QemuIo(args);
@@ -64,7 +69,7 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
     /// <summary>Serves every image from the cluster through <paramref name="via"/>; the node each one landed on.</summary>
     private async Task<Dictionary<string, ClusterNodeProcess>> ServeAsync(ClusterNodeProcess via, string[] images)
     {
-        var added = images.ToDictionary(i => i, i => _nodes.Select(n => n.NextLine(l => ExportAdded(l, i))
+        var added = images.ToDictionary(i => i, i => _nodes.Select(n => n.NextLine(l => OwnedHere(l, i))
             .ContinueWith(t => t.IsCompletedSuccessfully ? n : null, TaskScheduler.Default)).ToArray());
         foreach (var image in images) await via.ServeAsync(Tenant, image);
         var owners = new Dictionary<string, ClusterNodeProcess>();

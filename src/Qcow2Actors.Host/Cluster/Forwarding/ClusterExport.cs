@@ -314,6 +314,7 @@ internal sealed class ClusterExport : INbdConnectionScopedExport
         for (int attempt = 0; ; attempt++)
         {
             string why;
+            bool unavailable = false;
             using (var timeout = new CancellationTokenSource(_options.AttemptTimeout, time))
             using (var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token))
             {
@@ -328,12 +329,16 @@ internal sealed class ClusterExport : INbdConnectionScopedExport
                 catch (Exception ex) when (ex is not NbdException && ex is not OutOfMemoryException && !cancellationToken.IsCancellationRequested)
                 {
                     why = timeout.IsCancellationRequested ? $"no answer in {_options.AttemptTimeout.TotalSeconds:0.#} s" : ex.Message;
+                    unavailable = ex is OwnerUnavailableException;
                 }
             }
             var waited = time.GetElapsedTime(start);
             if (waited >= _options.Deadline)
                 throw new NbdException(NbdError.IoError, $"export '{Name}': no owner answered a {request.Op} in {waited.TotalSeconds:0.#} s ({why})");
             var pause = TimeSpan.FromTicks(Math.Min(_options.MaxBackoff.Ticks, _options.FirstBackoff.Ticks << Math.Min(attempt, 16)));
+            // Nothing was sent (the owner is unreachable or just left): the next look is local, and the new owner may
+            // serve any moment, so a fail-over is not followed by up to a whole MaxBackoff of waiting.
+            if (unavailable && pause > _options.UnavailableBackoff) pause = _options.UnavailableBackoff;
             await Task.Delay(pause, time, cancellationToken).ConfigureAwait(false);
         }
     }
@@ -415,6 +420,12 @@ internal sealed record ForwardingOptions
 
     /// <summary>The longest pause between attempts.</summary>
     public TimeSpan MaxBackoff { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
+    /// The longest pause after an attempt that sent nothing because the owner's node was unreachable or had just left
+    /// (<see cref="OwnerUnavailableException"/>): the next attempt only looks at the cluster state, then sends.
+    /// </summary>
+    public TimeSpan UnavailableBackoff { get; init; } = TimeSpan.FromMilliseconds(100);
 
     /// <summary>The clock of timeouts, pauses and the deadline.</summary>
     public TimeProvider Time { get; init; } = TimeProvider.System;

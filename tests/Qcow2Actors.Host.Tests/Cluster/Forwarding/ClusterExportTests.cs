@@ -140,6 +140,30 @@ public sealed class ClusterExportTests
     }
 
     [Fact]
+    public async Task While_the_owner_is_unreachable_the_pauses_stop_doubling_at_the_unavailable_backoff()
+    {
+        var export = new ClusterExport("acme/disk1", "acme", Size, _owner, new ForwardingOptions
+        {
+            Time = _time,
+            FirstBackoff = TimeSpan.FromMilliseconds(100),
+            MaxBackoff = TimeSpan.FromMilliseconds(800),
+            UnavailableBackoff = TimeSpan.FromMilliseconds(150),
+        }, "akka.tcp://q2a-host@127.0.0.1:1");
+        _owner.Life = new OwnerLife(1, 0);
+        _owner.Unavailable = 3; // the owner's node unreachable, then removed: nothing sent
+        var read = export.ReadAsync(0, new byte[512], default).AsTask();
+        await _time.TimerStarted(TimeSpan.FromMilliseconds(100)); // the first pause, under the cap
+        _time.Advance(TimeSpan.FromMilliseconds(100));
+        await _time.TimerStarted(TimeSpan.FromMilliseconds(150)); // 200 capped: the next look is local
+        _time.Advance(TimeSpan.FromMilliseconds(150));
+        await _time.TimerStarted(TimeSpan.FromMilliseconds(150)); // 400 capped
+        Assert.False(read.IsCompleted);
+        _time.Advance(TimeSpan.FromMilliseconds(150));
+        await read; // the new owner answers at once, not after a doubled pause
+        Assert.Equal(4, _owner.Received);
+    }
+
+    [Fact]
     public async Task A_request_no_owner_answers_within_the_deadline_fails_with_EIO()
     {
         var export = Export();
@@ -229,6 +253,7 @@ public sealed class ClusterExportTests
         public OwnerLife Life { get; set; }
         public int Silent { get; set; }
         public int Moved { get; set; }
+        public int Unavailable { get; set; }
         public NbdError? Fail { get; set; }
         public (FakeTimeProvider Time, TimeSpan Step)? AdvancePerCall { get; set; }
         public int Received => Volatile.Read(ref _received);
@@ -243,6 +268,11 @@ public sealed class ClusterExportTests
             {
                 Silent--;
                 await Task.Delay(Timeout.Infinite, cancellationToken);
+            }
+            if (Unavailable > 0)
+            {
+                Unavailable--;
+                throw new OwnerUnavailableException("owner is unreachable");
             }
             if (Moved > 0)
             {
