@@ -84,12 +84,11 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                if (space is not null)
-                {
-                    // Only once every table operation drawing from it has ended.
-                    if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-                    space.Dispose();
-                }
+                // Also on failure (a later table's in-place write failed or was cancelled): the table
+                // operations already routed still read the caller's buffer, which the caller may reuse
+                // (a pooled NBD request buffer) the moment this returns. So do the space reservation.
+                if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                space?.Dispose();
             }
         }
         if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
