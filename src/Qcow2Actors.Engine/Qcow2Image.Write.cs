@@ -229,7 +229,17 @@ public sealed partial class Qcow2Image
         }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new RouteToTable((int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done)));
-        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!done.Task.IsCompleted)
+        {
+            // The table actor still reads the caller's cluster: the caller, which may reuse that buffer
+            // (a pooled one, as convert's), gets it back only once the operation has ended.
+            await done.Task.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            throw;
+        }
     }
 
     /// <summary>Cluster size in bytes (the unit of <see cref="WriteCompressedAsync"/>).</summary>

@@ -54,6 +54,57 @@ public sealed class FailedWriteBufferTests : IDisposable
         Assert.False(returnedEarly, "WriteAsync ended while a table actor was still to write from the caller's buffer");
     }
 
+    [Fact]
+    public async Task A_cancelled_compressed_write_ends_only_after_its_table_operation_stops_reading_the_cluster()
+    {
+        const int cluster = 65536;
+        var path = _dir.File("compressed.qcow2");
+        ImageCreator.Create(path, new Qcow2CreateOptions { Size = 1 << 20, ClusterSize = cluster });
+        var hold = new HoldAll();
+        var options = new Qcow2OpenOptions
+        {
+            ReadOnly = false,
+            DeviceFactory = (p, w) => new HoldAllDevice(FileBlockDevice.Open(p, w), hold),
+        };
+        await using var host = ImageHost.Create(Hocon);
+        await using var image = await host.OpenAsync(path, options);
+
+        // Every image write from now on waits: the table actor is busy (or its compressed write held)
+        // while the compressed write's caller gives up.
+        hold.Armed = true;
+        var first = image.WriteAsync(cluster, Enumerable.Repeat((byte)0x22, cluster).ToArray()).AsTask();
+        await hold.Entered.Task.WaitAsync(Timeout);
+        using var cts = new CancellationTokenSource();
+        var compressed = image.WriteCompressedAsync(0, Enumerable.Repeat((byte)0x33, cluster).ToArray(), cts.Token).AsTask();
+        cts.Cancel();
+        var endedEarly = compressed.IsCompleted;
+
+        hold.Open.TrySetResult();
+        await first.WaitAsync(Timeout);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => compressed.WaitAsync(Timeout));
+        Assert.False(endedEarly, "the cancelled compressed write ended while its table operation had yet to read the cluster");
+    }
+
+    private sealed class HoldAll
+    {
+        public volatile bool Armed;
+        public readonly TaskCompletionSource Entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly TaskCompletionSource Open = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private sealed class HoldAllDevice(IBlockDevice inner, HoldAll hold) : DelegatingDevice(inner)
+    {
+        protected override async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
+        {
+            if (hold.Armed)
+            {
+                hold.Entered.TrySetResult();
+                await hold.Open.Task.ConfigureAwait(false);
+            }
+            await base.WriteCoreAsync(buffer, offset, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
     /// <summary>Orders the two device writes of the spanning write and records what the caller saw.</summary>
     private sealed class Probe
     {
