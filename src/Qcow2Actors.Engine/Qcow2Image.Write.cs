@@ -84,12 +84,11 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                if (space is not null)
-                {
-                    // Only once every table operation drawing from it has ended.
-                    if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-                    space.Dispose();
-                }
+                // Also on failure (a later table's in-place write failed or was cancelled): the table
+                // operations already routed still read the caller's buffer, which the caller may reuse
+                // (a pooled NBD request buffer) the moment this returns. So do the space reservation.
+                if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                space?.Dispose();
             }
         }
         if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
@@ -230,7 +229,17 @@ public sealed partial class Qcow2Image
         }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new RouteToTable((int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done)));
-        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!done.Task.IsCompleted)
+        {
+            // The table actor still reads the caller's cluster: the caller, which may reuse that buffer
+            // (a pooled one, as convert's), gets it back only once the operation has ended.
+            await done.Task.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            throw;
+        }
     }
 
     /// <summary>Cluster size in bytes (the unit of <see cref="WriteCompressedAsync"/>).</summary>
