@@ -273,6 +273,26 @@ internal sealed class RawNbdClient : IAsyncDisposable
     public async ValueTask DisposeAsync() => await Stream.DisposeAsync();
 }
 
+/// <summary>
+/// Forwards every required export member to <c>inner</c>; a test wrapper overrides only what it changes. A wrapper that
+/// implements one of <see cref="INbdExport"/>'s default members (TryReadNow, the meta contexts) lists the interface
+/// again, so its method, not the interface's default, is the one the server calls.
+/// </summary>
+internal abstract class DelegatingExport(INbdExport inner) : INbdExport
+{
+    public virtual string Name => inner.Name;
+    public virtual long Size => inner.Size;
+    public virtual bool IsReadOnly => inner.IsReadOnly;
+    public virtual ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
+    public virtual ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) => inner.WriteAsync(offset, data, fua, cancellationToken);
+    public virtual ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
+        inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
+    public virtual ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
+    public virtual ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+    public virtual ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
+        inner.GetBlockStatusAsync(offset, length, cancellationToken);
+}
+
 /// <summary>Wraps an export to delay or fail chosen requests.</summary>
 internal sealed class ScriptedExport(INbdExport inner) : INbdExport
 {

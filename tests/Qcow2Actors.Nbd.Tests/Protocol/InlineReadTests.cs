@@ -9,13 +9,10 @@ namespace Qcow2Actors.Nbd.Tests.Protocol;
 public sealed class InlineReadTests
 {
     /// <summary>Answers TryReadNow with 0x5A bytes below <see cref="NowLimit"/>; counts the ordinary reads.</summary>
-    private sealed class NowExport(INbdExport inner) : INbdExport
+    private sealed class NowExport(INbdExport inner) : DelegatingExport(inner), INbdExport
     {
         public const long NowLimit = 4096;
         public int OrdinaryReads;
-        public string Name => inner.Name;
-        public long Size => inner.Size;
-        public bool IsReadOnly => inner.IsReadOnly;
         public bool TryReadNow(long offset, Span<byte> buffer)
         {
             if (offset == 2 * NowLimit) throw new InvalidOperationException("a broken TryReadNow");
@@ -23,18 +20,11 @@ public sealed class InlineReadTests
             buffer.Fill(0x5A);
             return true;
         }
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
         {
             Interlocked.Increment(ref OrdinaryReads);
-            return inner.ReadAsync(offset, buffer, cancellationToken);
+            return base.ReadAsync(offset, buffer, cancellationToken);
         }
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) => inner.WriteAsync(offset, data, fua, cancellationToken);
-        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
-            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-            inner.GetBlockStatusAsync(offset, length, cancellationToken);
     }
 
     [Fact]

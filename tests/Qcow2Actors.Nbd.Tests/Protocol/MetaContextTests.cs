@@ -14,23 +14,12 @@ public sealed class MetaContextTests
     private const uint EINVAL = 22, EIO = 5;
 
     /// <summary>A memory export offering allocation depth and two bitmaps with fixed, scripted extents.</summary>
-    private sealed class ContextExport(INbdExport inner, bool depth = true, params string[] bitmaps) : INbdExport
+    private sealed class ContextExport(INbdExport inner, bool depth = true, params string[] bitmaps) : DelegatingExport(inner), INbdExport
     {
         public List<NbdMetaExtent> Depth { get; init; } = [new(MetaContextTests.Size, 1)];
         public Dictionary<string, List<NbdMetaExtent>> Bitmap { get; init; } = [];
-        public string Name => inner.Name;
-        public long Size => inner.Size;
-        public bool IsReadOnly => inner.IsReadOnly;
         public bool AllocationDepth => depth;
         public IReadOnlyList<string> DirtyBitmaps => bitmaps;
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) => inner.WriteAsync(offset, data, fua, cancellationToken);
-        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
-            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-            inner.GetBlockStatusAsync(offset, length, cancellationToken);
 
         public ValueTask<IReadOnlyList<NbdMetaExtent>> GetAllocationDepthAsync(long offset, long length, CancellationToken cancellationToken) =>
             ValueTask.FromResult(From(Depth, offset));

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Time.Testing;
 using Qcow2Actors.Host.Cluster.Forwarding;
 using Qcow2Actors.Nbd;
 using Qcow2Actors.Nbd.Exports;
+using Qcow2Actors.Nbd.Tests;
 
 namespace Qcow2Actors.Host.Tests.Cluster.Forwarding;
 
@@ -306,30 +307,21 @@ public sealed class ClusterExportTests
     }
 
     /// <summary>An export whose reads wait for <see cref="Gate"/> when one is set.</summary>
-    private sealed class GatedExport(INbdExport inner) : INbdExport
+    private sealed class GatedExport(INbdExport inner) : DelegatingExport(inner)
     {
         public TaskCompletionSource? Gate { get; set; }
         public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public string Name => inner.Name;
-        public long Size => inner.Size;
-        public bool IsReadOnly => false;
+        public override bool IsReadOnly => false;
 
-        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        public override async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
         {
             if (Gate is { } gate)
             {
                 Entered.TrySetResult();
                 await gate.Task;
             }
-            await inner.ReadAsync(offset, buffer, cancellationToken);
+            await base.ReadAsync(offset, buffer, cancellationToken);
         }
 
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) => inner.WriteAsync(offset, data, fua, cancellationToken);
-        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
-            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-            inner.GetBlockStatusAsync(offset, length, cancellationToken);
     }
 }
