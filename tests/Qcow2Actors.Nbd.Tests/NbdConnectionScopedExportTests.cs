@@ -74,29 +74,19 @@ public sealed class NbdConnectionScopedExportTests
         public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) => throw new InvalidOperationException("served through a view");
     }
 
-    private sealed class View(INbdExport inner) : INbdExport, IDisposable
+    private sealed class View(INbdExport inner) : DelegatingExport(inner), IDisposable
     {
         private int _writes;
         public int Writes => Volatile.Read(ref _writes);
         public TaskCompletionSource Disposed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public string Name => inner.Name;
-        public long Size => inner.Size;
-        public bool IsReadOnly => false;
+        public override bool IsReadOnly => false;
 
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
-
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
         {
             Interlocked.Increment(ref _writes);
-            return inner.WriteAsync(offset, data, fua, cancellationToken);
+            return base.WriteAsync(offset, data, fua, cancellationToken);
         }
 
-        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
-            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-            inner.GetBlockStatusAsync(offset, length, cancellationToken);
         public void Dispose() => Disposed.TrySetResult();
     }
 }

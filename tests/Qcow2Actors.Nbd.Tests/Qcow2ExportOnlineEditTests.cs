@@ -29,22 +29,17 @@ public sealed class Qcow2ExportOnlineEditTests : IAsyncLifetime
     }
 
     /// <summary>Passes everything to the export and completes <see cref="WritesSeen"/> waits as writes arrive.</summary>
-    private sealed class CountingExport(INbdExport inner) : INbdExport
+    private sealed class CountingExport(INbdExport inner) : DelegatingExport(inner)
     {
         private readonly object _lock = new();
         private readonly List<(int Count, TaskCompletionSource Done)> _waiters = [];
         private int _writes;
 
-        public string Name => inner.Name;
-        public long Size => inner.Size;
-        public bool IsReadOnly => inner.IsReadOnly;
         public int Writes => Volatile.Read(ref _writes);
 
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
-
-        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+        public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
         {
-            await inner.WriteAsync(offset, data, fua, cancellationToken);
+            await base.WriteAsync(offset, data, fua, cancellationToken);
             int n = Interlocked.Increment(ref _writes);
             lock (_lock)
             {
@@ -55,16 +50,6 @@ public sealed class Qcow2ExportOnlineEditTests : IAsyncLifetime
                 }
             }
         }
-
-        public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
-            inner.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken);
-
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) => inner.TrimAsync(offset, length, fua, cancellationToken);
-
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-
-        public ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-            inner.GetBlockStatusAsync(offset, length, cancellationToken);
 
         /// <summary>Completes once <paramref name="count"/> writes have completed in all.</summary>
         public Task WritesSeen(int count)
