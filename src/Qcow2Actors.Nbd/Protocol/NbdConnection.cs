@@ -85,7 +85,8 @@ internal sealed class NbdConnection
 
     /// <summary>
     /// Called by the handshake before it accepts NBD_OPT_GO or EXPORT_NAME for <paramref name="export"/>: counts
-    /// the connection toward the export's tenant, or returns the one-line reason it may not enter.
+    /// the connection toward the export's tenant and publishes the export as this connection's, or returns the
+    /// one-line reason it may not enter.
     /// </summary>
     private string? AdmitTenant(INbdExport export)
     {
@@ -98,6 +99,9 @@ internal sealed class NbdConnection
         }
         // Before the reply that lets the client in, so a client that saw it may count on the slot being free.
         _server.EndNegotiation(this);
+        // Also before that reply: a client (or test) that has read it finds this connection in the export's
+        // connection count. RunAsync publishes it again after the handshake and checks the export is still served.
+        Interlocked.Exchange(ref _export, export);
         return null;
     }
 
