@@ -67,7 +67,8 @@ internal sealed class RecordingDisk : BlockDevice
     {
         lock (_gate)
         {
-            _log.Add(new LoggedCall(_log.Count + 1, false, offset, buffer.ToArray(), -1, Journal(), _completed()));
+            var (journal, completed) = Instant();
+            _log.Add(new LoggedCall(_log.Count + 1, false, offset, buffer.ToArray(), -1, journal, completed));
             _current.Write(buffer.Span, offset);
         }
         return ValueTask.CompletedTask;
@@ -75,7 +76,11 @@ internal sealed class RecordingDisk : BlockDevice
 
     protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
     {
-        lock (_gate) _log.Add(new LoggedCall(_log.Count + 1, true, 0, null, -1, Journal(), _completed()));
+        lock (_gate)
+        {
+            var (journal, completed) = Instant();
+            _log.Add(new LoggedCall(_log.Count + 1, true, 0, null, -1, journal, completed));
+        }
         return ValueTask.CompletedTask;
     }
 
@@ -83,9 +88,28 @@ internal sealed class RecordingDisk : BlockDevice
     {
         lock (_gate)
         {
-            _log.Add(new LoggedCall(_log.Count + 1, false, 0, null, length, Journal(), _completed()));
+            var (journal, completed) = Instant();
+            _log.Add(new LoggedCall(_log.Count + 1, false, 0, null, length, journal, completed));
             _current.SetLength(length);
         }
+    }
+
+    /// <summary>
+    /// The instant a call is issued: the ops acknowledged, then the journal. In that order because the
+    /// engine persists a flush's batch (and a FUA write's) before it acknowledges that op, so a count read
+    /// first never counts a flush whose batch the journal read after it lacks. Read the other way round, an
+    /// acknowledgement landing between the two reads (a background call, such as the punch of freed
+    /// clusters, issued while a flush's batch is being persisted) paired a journal without that batch with a
+    /// model that counts the flush as done: a state no disk can hold, judged by a model that demands the
+    /// batch (a flushed write-zeroes "lost" in one 100,000-state run; see
+    /// bench/results/power-loss-2026-12-01-rootcause.md). A journal newer than the count is a state a disk
+    /// can hold: batches are persisted only after their device flush, which was logged before this call (the
+    /// lock is held), so their records come from ops the count includes as done or in flight.
+    /// </summary>
+    private (byte[]? Journal, int Completed) Instant()
+    {
+        var completed = _completed();
+        return (Journal(), completed);
     }
 
     /// <summary>The journal now; the previous copy when the bytes are the same, so an unchanged journal costs nothing.</summary>
