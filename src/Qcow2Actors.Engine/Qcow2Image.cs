@@ -148,6 +148,40 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     }
 
     /// <summary>
+    /// Starts reading <paramref name="count"/> guest bytes at <paramref name="offset"/> into
+    /// <paramref name="buffer"/> from <paramref name="index"/> without any thread waiting for the disk, and
+    /// returns true: <paramref name="completion"/> is then called once, on the engine's I/O completion thread,
+    /// and the buffer must be left alone until then. That is possible when the range is stored data in one
+    /// run, its table is cached and the host has asynchronous file reads (io_uring). Otherwise returns false
+    /// at once, having started nothing (also for a range outside the disk or a closed image): use
+    /// <see cref="ReadAsync"/>. A server uses it for reads that missed the page cache
+    /// (<see cref="TryReadNow"/>), so no pool thread sits in pread.
+    /// </summary>
+    public bool TryStartRead(long offset, byte[] buffer, int index, int count, IReadCompletion completion)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        ArgumentNullException.ThrowIfNull(completion);
+        if (_disposed != 0 || _top is not Read.Qcow2Layer layer || count <= 0 || index < 0 || count > buffer.Length - index) return false;
+        if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return false;
+        // A writable image's reads pass the request gate; this one holds its admission until the read ends.
+        var gated = _ctx is not null;
+        if (gated && !_gate.TryEnter()) return false;
+        var started = Read.StartedGuestRead.Rent(gated ? _gate : null, buffer, index, count, completion);
+        bool ok;
+        try
+        {
+            ok = layer.TryStartRead(offset, buffer, index, count, started);
+        }
+        catch
+        {
+            started.Abandon();
+            throw;
+        }
+        if (!ok) started.Abandon();
+        return ok;
+    }
+
+    /// <summary>
     /// Block status of [<paramref name="offset"/>, <paramref name="offset"/> + <paramref name="length"/>) as
     /// qemu-img map reports it: maximal runs, merged when depth, flags and file agree and host
     /// offsets continue each other.

@@ -94,6 +94,17 @@ public interface INbdExport
     bool TryReadNow(long offset, Span<byte> buffer) => false;
 
     /// <summary>
+    /// Starts reading <paramref name="count"/> bytes at <paramref name="offset"/> into <paramref name="buffer"/>
+    /// from <paramref name="index"/> with no thread waiting for the disk, and returns true: <paramref name="completion"/>
+    /// is then called exactly once (on a thread that must not be blocked: the server only sends the reply there),
+    /// and the buffer is the export's until then. A failure reported to <paramref name="completion"/> is not the
+    /// request's answer: the server then calls <see cref="ReadAsync"/>, which reports or retries it. Returns false,
+    /// having started nothing, when it cannot (the server then calls <see cref="ReadAsync"/> from a thread that
+    /// may wait). The server asks after <see cref="TryReadNow"/> declined. Must not throw. The default says false.
+    /// </summary>
+    bool TryStartRead(long offset, byte[] buffer, int index, int count, Engine.IReadCompletion completion) => false;
+
+    /// <summary>
     /// The <c>qemu:allocation-depth</c> of the range starting at <paramref name="offset"/>, as consecutive
     /// extents whose <see cref="NbdMetaExtent.Flags"/> is the depth (see <see cref="AllocationDepth"/>).
     /// Called only when <see cref="AllocationDepth"/> is true; may cover less or more than

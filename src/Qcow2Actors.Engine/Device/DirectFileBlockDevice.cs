@@ -42,7 +42,7 @@ public sealed class DirectFileBlockDevice : BlockDevice, IHostFileLayout
 
     /// <summary>
     /// Opens an existing file with O_DIRECT; read-only unless <paramref name="writable"/>. Takes no
-    /// image lock (as <see cref="FileBlockDevice.Open"/>) and probes the sector size.
+    /// image lock (as <see cref="FileBlockDevice.Open(string, bool)"/>) and probes the sector size.
     /// </summary>
     /// <exception cref="IOException">The filesystem refuses O_DIRECT (some tmpfs, network and FUSE filesystems): the message names the path and says to use cache=writeback.</exception>
     public static DirectFileBlockDevice Open(string path, bool writable)

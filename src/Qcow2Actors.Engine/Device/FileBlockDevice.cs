@@ -11,17 +11,21 @@ namespace Qcow2Actors.Engine.Device;
 /// Every operation runs on the calling thread. The handle is not opened for asynchronous I/O (Linux
 /// has no asynchronous buffered file I/O short of io_uring), so RandomAccess would only queue the same
 /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on pool
-/// threads, and the inline call saves two thread switches per I/O.
+/// threads, and the inline call saves two thread switches per I/O. A caller that must not block (the
+/// NBD server, for a read that missed the page cache) can instead start the read on the process's
+/// io_uring (<see cref="IAsyncHostRead"/>, <see cref="IoUringReadRing"/>) where the system has one.
 /// </remarks>
-public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IHostFileLayout
+public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead, IHostFileLayout
 {
     private readonly SafeFileHandle _handle;
+    private readonly IoUringReadRing? _ring;
 
-    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly)
+    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring)
     {
         _handle = handle;
         Name = path;
         IsReadOnly = readOnly;
+        _ring = ring;
     }
 
     /// <summary>
@@ -29,11 +33,14 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IHostFileLa
     /// lock (<see cref="ImageLock"/> does that, once per open image) and shares everything, so .NET's
     /// flock (a shared one for any sharing mode) never makes two of our handles fight.
     /// </summary>
-    public static FileBlockDevice Open(string path, bool writable)
+    public static FileBlockDevice Open(string path, bool writable) => Open(path, writable, IoUringReadRing.Shared);
+
+    /// <summary><see cref="Open(string, bool)"/> with a chosen ring for asynchronous reads (null: none, every read is a pread).</summary>
+    internal static FileBlockDevice Open(string path, bool writable, IoUringReadRing? ring)
     {
         var access = writable ? FileAccess.ReadWrite : FileAccess.Read;
         var handle = File.OpenHandle(path, FileMode.Open, access, FileShare.ReadWrite, FileOptions.RandomAccess);
-        return new FileBlockDevice(handle, path, !writable);
+        return new FileBlockDevice(handle, path, !writable, ring);
     }
 
     /// <summary>Creates a new file (failing if it exists unless <paramref name="overwrite"/>), opened read-write.</summary>
@@ -41,7 +48,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IHostFileLa
     {
         var handle = File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite,
             FileShare.ReadWrite, FileOptions.RandomAccess);
-        return new FileBlockDevice(handle, path, false);
+        return new FileBlockDevice(handle, path, false, IoUringReadRing.Shared);
     }
 
     /// <inheritdoc />
@@ -59,6 +66,10 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IHostFileLa
 
     /// <inheritdoc />
     bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) => HostFileCalls.TryReadNoWait(_handle, buffer, offset);
+
+    /// <inheritdoc />
+    bool IAsyncHostRead.TryStartRead(byte[] buffer, int index, int count, long offset, IHostReadCompletion completion) =>
+        _ring is { } ring && ring.TryStartRead(_handle, Name, buffer, index, count, offset, completion);
 
     /// <inheritdoc />
     protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)

@@ -65,7 +65,7 @@ public sealed record ResilientDeviceOptions
 /// <see cref="ResilientDeviceOptions.OnRetry"/> numbering are the pipeline's own): the pipeline costs
 /// about a microsecond per call, as much as a cached 4 KiB read itself.
 /// </remarks>
-public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead
+public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead
 {
     private readonly IBlockDevice _inner;
     private readonly ResiliencePipeline _pipeline;
@@ -142,6 +142,11 @@ public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead
     /// <remarks>Only a first attempt: a failure is the ordinary read's to retry.</remarks>
     bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) =>
         _inner is INonBlockingRead now && now.TryReadNow(buffer, offset);
+
+    /// <inheritdoc />
+    /// <remarks>Only a first attempt: a failed read is reported as it is, and the caller's ordinary read retries it.</remarks>
+    bool IAsyncHostRead.TryStartRead(byte[] buffer, int index, int count, long offset, IHostReadCompletion completion) =>
+        _inner is IAsyncHostRead reader && reader.TryStartRead(buffer, index, count, offset, completion);
 
     /// <inheritdoc />
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)

@@ -212,6 +212,33 @@ internal sealed class Qcow2Layer : IImageLayer
         return true;
     }
 
+    /// <summary>
+    /// Starts reading [<paramref name="offset"/>, + <paramref name="count"/>) into <paramref name="buffer"/> at
+    /// <paramref name="index"/> on the host file's asynchronous path and returns true (<paramref name="completion"/>
+    /// then hears the end), when the whole range is one run of stored data in this file, its L2 table is cached
+    /// and the device can read asynchronously. False, with nothing started, sends the caller to the ordinary read.
+    /// </summary>
+    public bool TryStartRead(long offset, byte[] buffer, int index, int count, IHostReadCompletion completion)
+    {
+        if ((_dataFile ?? _file) is not IAsyncHostRead device) return false;
+        var view = Views.Current;
+        GuestExtent run;
+        try
+        {
+            long l2Offset = GuestMapper.L2Offset(view, offset);
+            if (l2Offset == 0 || !L2Tables.TryGet(l2Offset, out var l2)) return false;
+            run = GuestMapper.MapRun(view.Geometry, l2, offset, count);
+        }
+        catch (Qcow2ImageCorruptException)
+        {
+            return false; // the ordinary read meets it again and reports it
+        }
+        if (run.Kind != ExtentKind.Data || run.Length < count) return false;
+        if (!device.TryStartRead(buffer, index, count, run.HostOffset, completion)) return false;
+        Metrics.L2Hit();
+        return true;
+    }
+
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadDataAsync(GuestExtent run, Memory<byte> slice, CancellationToken cancellationToken)
     {

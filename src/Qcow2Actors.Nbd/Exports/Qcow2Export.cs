@@ -110,6 +110,10 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
     public bool TryReadNow(long offset, Span<byte> buffer) => _image.TryReadNow(offset, buffer);
 
     /// <inheritdoc/>
+    public bool TryStartRead(long offset, byte[] buffer, int index, int count, IReadCompletion completion) =>
+        _image.TryStartRead(offset, buffer, index, count, completion);
+
+    /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);

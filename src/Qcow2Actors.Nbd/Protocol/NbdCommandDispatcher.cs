@@ -53,9 +53,10 @@ internal sealed class NbdCommandDispatcher(
         {
             case CmdRead:
                 // A read the export can answer from memory is answered here, on the reader loop: no thread
-                // hand-off for it. Only reads that must wait for the disk go to the pool.
-                if (!TryReadNow(request, charge))
-                    ThreadPool.UnsafeQueueUserWorkItem(RentReadWork(request, charge), preferLocal: false);
+                // hand-off for it. One that misses is started asynchronously where the export can (io_uring:
+                // the reply goes from the completion thread). Only the rest go to the pool, to wait there.
+                if (!TryReadNow(request, charge, out var work))
+                    ThreadPool.UnsafeQueueUserWorkItem(work ?? RentReadWork(request, charge), preferLocal: false);
                 break;
             case CmdBlockStatus:
                 _ = BlockStatusAsync(request, charge);
@@ -156,13 +157,17 @@ internal sealed class NbdCommandDispatcher(
 
     /// <summary>
     /// Answers a well-formed READ of at most <see cref="InlineReadLimit"/> bytes when the export has its data
-    /// in memory (<see cref="INbdExport.TryReadNow"/>); false, with nothing sent, leaves it to <see cref="ReadAsync"/>
-    /// (which also answers every malformed one).
+    /// in memory (<see cref="INbdExport.TryReadNow"/>), or starts it when the export can read without a waiting
+    /// thread (<see cref="INbdExport.TryStartRead"/>); true either way. False, with nothing sent, leaves it to
+    /// <see cref="ReadAsync"/> (which also answers every malformed one), with <paramref name="work"/> the
+    /// hand-off to use if one was rented on the way.
     /// </summary>
-    private bool TryReadNow(in NbdRequest r, long charge)
+    private bool TryReadNow(in NbdRequest r, long charge, out ReadWork? work)
     {
+        work = null;
         if (r.Length == 0 || r.Length > InlineReadLimit || r.Length > (uint)options.MaxBlockSize
-            || r.HasFlagsBeyond(CmdFlagFua | CmdFlagDf) || (r.Has(CmdFlagDf) && !session.Structured))
+            || r.HasFlagsBeyond(CmdFlagFua | CmdFlagDf) || (r.Has(CmdFlagDf) && !session.Structured)
+            || !InRange(r.Offset, r.Length, _export.Size))
             return false;
         var length = (int)r.Length;
         var room = replies.ReadHeaderRoom;
@@ -170,19 +175,45 @@ internal sealed class NbdCommandDispatcher(
         bool read;
         try
         {
-            read = InRange(r.Offset, r.Length, _export.Size) && _export.TryReadNow((long)r.Offset, buffer.AsSpan(room, length));
+            read = _export.TryReadNow((long)r.Offset, buffer.AsSpan(room, length));
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             read = false; // the contract says it does not throw; if it does, the ordinary read answers
         }
-        if (!read)
+        if (read)
         {
-            RequestBuffers.Return(buffer);
-            return false;
+            replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
+            return true;
         }
-        replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
-        return true;
+        work = RentReadWork(r, charge);
+        work.Buffer = buffer;
+        bool started;
+        try
+        {
+            started = _export.TryStartRead((long)r.Offset, buffer, room, length, work);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            started = false; // as above: the ordinary read answers
+        }
+        if (started) return true; // the work item is the export's until its completion
+        work.Buffer = null;
+        RequestBuffers.Return(buffer);
+        return false;
+    }
+
+    /// <summary>The reply to a started read whose data has arrived; never throws (it runs on the export's completion thread).</summary>
+    private void SendStartedRead(byte[] buffer, in NbdRequest r, long charge)
+    {
+        try
+        {
+            replies.ReadData(buffer, r, charge); // the sender returns the buffer after the send
+        }
+        catch (Exception ex)
+        {
+            Abandon(ex, r, charge);
+        }
     }
 
     private ReadWork RentReadWork(in NbdRequest request, long charge)
@@ -196,19 +227,37 @@ internal sealed class NbdCommandDispatcher(
     }
 
     /// <summary>
-    /// One READ on its way to a pool thread: a reusable work item instead of <c>await Task.Yield()</c>,
-    /// so the hop off the reader loop allocates nothing.
+    /// One READ on its way to a pool thread (a reusable work item instead of <c>await Task.Yield()</c>, so
+    /// the hop off the reader loop allocates nothing), or started by the export without a waiting thread
+    /// (<see cref="Engine.IReadCompletion"/>): then its reply is sent from the completion, and a failed start
+    /// goes the ordinary way on the pool, which retries or reports it.
     /// </summary>
-    private sealed class ReadWork(NbdCommandDispatcher owner) : IThreadPoolWorkItem
+    private sealed class ReadWork(NbdCommandDispatcher owner) : IThreadPoolWorkItem, Engine.IReadCompletion
     {
         public NbdRequest Request;
         public long Charge;
+        public byte[]? Buffer;
 
         public void Execute()
         {
             var (request, charge) = (Request, Charge);
             lock (owner._readWorkLock) owner._readWork.Push(this);
             _ = owner.ReadAsync(request, charge);
+        }
+
+        public void OnReadCompleted(Exception? error)
+        {
+            var buffer = Buffer!;
+            Buffer = null;
+            if (error is not null)
+            {
+                RequestBuffers.Return(buffer);
+                ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+                return;
+            }
+            var (request, charge) = (Request, Charge);
+            lock (owner._readWorkLock) owner._readWork.Push(this);
+            owner.SendStartedRead(buffer, request, charge);
         }
     }
 
