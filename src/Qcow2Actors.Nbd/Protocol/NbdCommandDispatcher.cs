@@ -46,9 +46,10 @@ internal sealed class NbdCommandDispatcher(
         // Metrics: the request is in flight from here until its reply is framed (NbdReplyWriter) or it is abandoned.
         request = request with { Started = replies.Metrics.Start() };
         // Reads and block status leave the reader loop: they may block on the disk (a page-cache miss),
-        // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it:
-        // they either complete at once (an owned cluster written into the page cache) or hand off to
-        // the engine's actors and complete later, so running them here saves a thread switch per request.
+        // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it
+        // when it is a pool thread: they either complete at once (an owned cluster written into the page
+        // cache) or hand off to the engine's actors and complete later, so running them here saves a thread
+        // switch per request. On the socket engine's thread they go to the pool (OnPoolThread says why).
         switch (request.Type)
         {
             case CmdRead:
@@ -59,13 +60,25 @@ internal sealed class NbdCommandDispatcher(
                     ThreadPool.UnsafeQueueUserWorkItem(work ?? RentReadWork(request, charge), preferLocal: false);
                 break;
             case CmdBlockStatus:
-                _ = BlockStatusAsync(request, charge);
+                _ = BlockStatusAsync(request, charge); // yields to the pool first
                 break;
             default:
-                _ = RunInlineAsync(request, payload, charge);
+                if (OnPoolThread) _ = RunInlineAsync(request, payload, charge);
+                else ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Dispatcher.RunInlineAsync(s.Request, s.Payload, s.Charge),
+                    (Dispatcher: this, Request: request, Payload: payload, Charge: charge), preferLocal: false);
                 break;
         }
     }
+
+    /// <summary>
+    /// True when the reader loop runs on a thread-pool thread (it does unless socket completions run inline).
+    /// With inline socket completions (q2a sets <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS</c>), the loop runs
+    /// on the socket engine's own thread, which all connections share: there only the reads that cannot block
+    /// (page-cache hits, reads started on the io_uring) are answered, and anything that may wait in the kernel
+    /// (a write throttled by dirty-page write-back, an O_DIRECT write, a hung disk)
+    /// goes to the pool, so one stalled image does not stall every other connection.
+    /// </summary>
+    private static bool OnPoolThread => Thread.CurrentThread.IsThreadPoolThread;
 
     /// <summary>Answers <paramref name="request"/> with <paramref name="error"/> without running it (a WRITE too large to read); never throws.</summary>
     public void Refuse(NbdRequest request, NbdError error, string message)
