@@ -8,22 +8,27 @@ namespace Qcow2Actors.Nbd.Tests.Protocol;
 /// </summary>
 public sealed class InlineReadTests
 {
+    /// <summary>Counts the reads that reach the ordinary <see cref="INbdExport.ReadAsync"/>.</summary>
+    private abstract class CountingExport(INbdExport inner) : DelegatingExport(inner)
+    {
+        public int OrdinaryReads;
+        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref OrdinaryReads);
+            return base.ReadAsync(offset, buffer, cancellationToken);
+        }
+    }
+
     /// <summary>Answers TryReadNow with 0x5A bytes below <see cref="NowLimit"/>; counts the ordinary reads.</summary>
-    private sealed class NowExport(INbdExport inner) : DelegatingExport(inner), INbdExport
+    private sealed class NowExport(INbdExport inner) : CountingExport(inner), INbdExport
     {
         public const long NowLimit = 4096;
-        public int OrdinaryReads;
         public bool TryReadNow(long offset, Span<byte> buffer)
         {
             if (offset == 2 * NowLimit) throw new InvalidOperationException("a broken TryReadNow");
             if (offset + buffer.Length > NowLimit) return false;
             buffer.Fill(0x5A);
             return true;
-        }
-        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-        {
-            Interlocked.Increment(ref OrdinaryReads);
-            return base.ReadAsync(offset, buffer, cancellationToken);
         }
     }
 
@@ -59,10 +64,10 @@ public sealed class InlineReadTests
     /// Declines TryReadNow; starts every read itself and completes it from another thread: with 0x6B bytes,
     /// or (at <see cref="FailAt"/>) with a failure, after which the server must read the ordinary way.
     /// </summary>
-    private sealed class StartExport(INbdExport inner) : DelegatingExport(inner), INbdExport
+    private sealed class StartExport(INbdExport inner) : CountingExport(inner), INbdExport
     {
         public const long FailAt = 8192;
-        public int Started, OrdinaryReads;
+        public int Started;
         public bool TryReadNow(long offset, Span<byte> buffer) => false;
         public bool TryStartRead(long offset, byte[] buffer, int index, int count, Engine.IReadCompletion completion)
         {
@@ -79,11 +84,6 @@ public sealed class InlineReadTests
             });
             thread.Start();
             return true;
-        }
-        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-        {
-            Interlocked.Increment(ref OrdinaryReads);
-            return base.ReadAsync(offset, buffer, cancellationToken);
         }
     }
 
