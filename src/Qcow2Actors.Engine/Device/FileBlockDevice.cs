@@ -8,6 +8,7 @@ namespace Qcow2Actors.Engine.Device;
 /// may read and write concurrently), and fdatasync for durability.
 /// </summary>
 /// <remarks>
+/// Writes of 256 KiB and more in whole sectors go around the page cache (<see cref="DirectLargeWrites"/>).
 /// Every operation runs on the calling thread. The handle is not opened for asynchronous I/O (Linux
 /// has no asynchronous buffered file I/O short of io_uring), so RandomAccess would only queue the same
 /// blocking pread to the thread pool and hop back: callers (NBD requests, actors) already run on pool
@@ -19,6 +20,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
 {
     private readonly SafeFileHandle _handle;
     private readonly IoUringReadRing? _ring;
+    private readonly DirectLargeWrites? _direct;
 
     private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring)
     {
@@ -26,6 +28,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
         Name = path;
         IsReadOnly = readOnly;
         _ring = ring;
+        _direct = readOnly ? null : new DirectLargeWrites(path);
     }
 
     /// <summary>
@@ -74,7 +77,8 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     /// <inheritdoc />
     protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
-        RandomAccess.Write(_handle, buffer.Span, offset);
+        // Large whole-sector writes pass the page cache by (DirectLargeWrites says why).
+        if (_direct is null || !_direct.TryWrite(buffer.Span, offset)) RandomAccess.Write(_handle, buffer.Span, offset);
         return ValueTask.CompletedTask;
     }
 
@@ -111,6 +115,8 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     protected override void Dispose(bool disposing)
     {
         base.Dispose(disposing);
-        if (disposing) _handle.Dispose();
+        if (!disposing) return;
+        _direct?.Dispose();
+        _handle.Dispose();
     }
 }
