@@ -12,8 +12,8 @@ namespace Qcow2Actors.Engine.Device;
 /// <remarks>
 /// Why: a buffered 1 MiB write copies into page-cache pages the kernel must first allocate. On a guest
 /// whose host takes back free memory (DAMON reclaim, free page reporting), those pages come back
-/// one host fault at a time and the copy ran at ~400 MB/s: 1.6-2.7 ms of server CPU per 1 MiB write,
-/// against ~0.9 ms direct (bench/results/seqwrite-slowmode-2026-12-01.md). Streaming writes
+/// one host fault at a time and the copy into them ran at ~1 GB/s: 1.6-2.9 ms of server CPU per 1 MiB
+/// write, against ~0.7 ms direct (bench/results/seqwrite-slowmode-2026-12-01.md). Streaming writes
 /// also have no use for the cache: nothing reads them back soon, and the guest caches what it reads.
 /// Small writes stay buffered (the page cache absorbs them, and a 4 KiB O_DIRECT write would make the
 /// caller wait for the disk). The kernel keeps the two paths coherent: a direct write first writes back
