@@ -41,7 +41,7 @@ internal sealed class NbdCommandDispatcher(
     /// Starts <paramref name="request"/>; never throws. Owns <paramref name="payload"/> (a WRITE's data,
     /// rented from the shared pool) from here on.
     /// </summary>
-    public void Dispatch(NbdRequest request, byte[]? payload, long charge)
+    public void Dispatch(NbdRequest request, WritePayload? payload, long charge)
     {
         // Metrics: the request is in flight from here until its reply is framed (NbdReplyWriter) or it is abandoned.
         request = request with { Started = replies.Metrics.Start() };
@@ -122,13 +122,13 @@ internal sealed class NbdCommandDispatcher(
     }
 
     /// <summary>Calls the export for a checked request.</summary>
-    private ValueTask Begin(in NbdRequest r, byte[]? payload)
+    private ValueTask Begin(in NbdRequest r, WritePayload? payload)
     {
         var offset = (long)r.Offset;
         var fua = r.Has(CmdFlagFua);
         return r.Type switch
         {
-            CmdWrite => _export.WriteAsync(offset, payload.AsMemory(0, (int)r.Length), fua, abort),
+            CmdWrite => _export.WriteAsync(offset, payload!.Value.Memory, fua, abort),
             CmdFlush => _export.FlushAsync(abort),
             CmdTrim => _export.TrimAsync(offset, r.Length, fua, abort),
             _ => _export.WriteZeroesAsync(offset, r.Length, mayUnmap: !r.Has(CmdFlagNoHole), fastZero: r.Has(CmdFlagFastZero), fua, abort),
@@ -139,7 +139,7 @@ internal sealed class NbdCommandDispatcher(
     /// A payload-free command, run on the reader loop up to its first real wait; when the export
     /// answers synchronously the reply goes at once and nothing is allocated for the await.
     /// </summary>
-    private async Task RunInlineAsync(NbdRequest r, byte[]? payload, long charge)
+    private async Task RunInlineAsync(NbdRequest r, WritePayload? payload, long charge)
     {
         NbdError error;
         string? message;
@@ -470,8 +470,8 @@ internal sealed class NbdCommandDispatcher(
         release(charge);
     }
 
-    private static void ReturnPayload(byte[]? payload)
+    private static void ReturnPayload(WritePayload? payload)
     {
-        if (payload is not null) RequestBuffers.Return(payload);
+        payload?.Return();
     }
 }

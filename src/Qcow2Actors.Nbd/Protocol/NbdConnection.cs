@@ -345,7 +345,7 @@ internal sealed class NbdConnection
             }
             await slot;
             long charge = 0;
-            byte[]? payload = null;
+            WritePayload? payload = null;
             try
             {
                 if (request.Type is CmdRead or CmdWrite or CmdBlockStatus)
@@ -366,10 +366,10 @@ internal sealed class NbdConnection
                 }
                 if (request.Type == CmdWrite)
                 {
-                    payload = RequestBuffers.Rent((int)request.Length);
+                    payload = WritePayload.Rent((int)request.Length);
                     try
                     {
-                        await requests.ReadPayloadAsync(payload.AsMemory(0, (int)request.Length), _stopping);
+                        await requests.ReadPayloadAsync(payload.Value.Memory, _stopping);
                     }
                     catch (EndOfStreamException)
                     {
@@ -380,7 +380,7 @@ internal sealed class NbdConnection
             }
             catch
             {
-                if (payload is not null) RequestBuffers.Return(payload);
+                payload?.Return();
                 Release(charge);
                 if (_stopping.IsCancellationRequested) return;
                 throw;
