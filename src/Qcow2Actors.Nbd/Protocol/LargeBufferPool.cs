@@ -7,11 +7,13 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// plus <see cref="Slack"/> bytes, not a power of two as in <see cref="System.Buffers.ArrayPool{T}"/>: a read reply
 /// needs its header room in front of the data, and 1 MiB plus a 16-byte header took a 2 MiB array there, so a
 /// seqread after a seqwrite held a second queue depth of arrays, twice as large (16 MiB more peak RSS of serve).
-/// Here a 1 MiB write payload and a 1 MiB read reply share the same arrays.
+/// Here a 1 MiB write payload and a 1 MiB read reply share the same arrays. The arrays are pinned (the pinned
+/// object heap), so a write payload can start at the first 4 KiB boundary inside the slack and keep that
+/// address (<see cref="WritePayload"/>).
 /// </summary>
 internal sealed class LargeBufferPool
 {
-    /// <summary>Room beyond the power of two: more than any reply header put in front of the data.</summary>
+    /// <summary>Room beyond the power of two: more than any reply header put in front of the data, and enough to move a payload's start to a 4 KiB boundary.</summary>
     public const int Slack = 4096;
 
     private readonly int _minimumShift;
@@ -35,13 +37,13 @@ internal sealed class LargeBufferPool
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         int bucket = BucketOf(length);
-        if (bucket >= _buckets.Length) return GC.AllocateUninitializedArray<byte>(length);
+        if (bucket >= _buckets.Length) return GC.AllocateUninitializedArray<byte>(length, pinned: true);
         var stack = _buckets[bucket];
         lock (stack)
         {
             if (stack.TryPop(out var pooled)) return pooled;
         }
-        return GC.AllocateUninitializedArray<byte>(LengthOf(bucket));
+        return GC.AllocateUninitializedArray<byte>(LengthOf(bucket), pinned: true);
     }
 
     /// <summary>Keeps <paramref name="buffer"/> for a later <see cref="Rent"/> if it is one of this pool's sizes and its bucket has room.</summary>
