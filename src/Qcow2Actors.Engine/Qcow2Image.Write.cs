@@ -38,41 +38,7 @@ public sealed partial class Qcow2Image
     /// Writes <paramref name="data"/> at <paramref name="offset"/>. Volatile until a flush, as on
     /// a disk; with <paramref name="fua"/> the write and everything before it are durable on return.
     /// </summary>
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default) =>
-        WriteCoreAsync(offset, data, fua, inPlace: true, cancellationToken);
-
-    /// <summary>
-    /// Starts <see cref="WriteAsync"/> as <paramref name="write"/> and returns true when the write needs new
-    /// clusters (its first cluster is not one we may overwrite in place) and nothing before the table
-    /// actors can wait for the disk (no space quota, whose estimate may read tables): then all of it goes to
-    /// the table actors and the calling thread never touches the device. Returns false, having started
-    /// nothing, otherwise. For a caller on a thread that must not block (an NBD reader loop), which then
-    /// skips its hand-off to the thread pool. Never throws; failures of the write are in <paramref name="write"/>.
-    /// <paramref name="write"/> may complete on an engine thread (a table actor's, to spare a hand-off):
-    /// its continuation must not block.
-    /// </summary>
-    public bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken, out ValueTask write)
-    {
-        write = default;
-        var ctx = _ctx;
-        try
-        {
-            if (ctx is null || ctx.ReadOnlyReason is not null || _disposed != 0 || data.Length == 0 || ctx.Allocator?.Space is not null
-                || offset < 0 || offset > VirtualSize - data.Length
-                || (!ctx.Geometry.ExternalDataFile && OwnedRuns(ctx, offset, offset + data.Length, null) != offset))
-                return false;
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            return false; // any doubt: the ordinary path runs it, and reports what is wrong
-        }
-        write = WriteCoreAsync(offset, data, fua, inPlace: false, cancellationToken);
-        return true;
-    }
-
-    // inPlace false: no cluster is written on the calling thread, every byte goes through the table actors
-    // (which overwrite owned clusters in place themselves).
-    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool fua, bool inPlace, CancellationToken cancellationToken)
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
         var ctx = Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
@@ -83,8 +49,6 @@ public sealed partial class Qcow2Image
         {
             var g = ctx.Geometry;
             long end = offset + data.Length;
-            // One table (nearly every write): its task alone, no list and no WhenAll.
-            Task? single = null;
             List<Task>? pending = null;
             long pos = offset;
             // With a quota, the clusters of every table the write touches are reserved before any is mapped.
@@ -99,7 +63,7 @@ public sealed partial class Qcow2Image
                     long fastEnd;
                     try
                     {
-                        fastEnd = inPlace ? await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false) : pos;
+                        fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
                     }
                     catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                     {
@@ -110,17 +74,13 @@ public sealed partial class Qcow2Image
                     }
                     if (fastEnd < tableEnd)
                     {
-                        // Started by TryStartWrite (inPlace false): its caller does not block, so the table actor may
-                        // run the continuation inline and the reply skips a thread-pool hop.
-                        var done = new TaskCompletionSource(inPlace ? TaskCreationOptions.RunContinuationsAsynchronously : TaskCreationOptions.None);
+                        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                         _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space)));
-                        if (single is null) single = done.Task;
-                        else (pending ??= [single]).Add(done.Task);
+                        (pending ??= new List<Task>()).Add(done.Task);
                     }
                     pos = tableEnd;
                 }
                 if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
-                else if (single is not null) await single.ConfigureAwait(false);
             }
             finally
             {
@@ -128,7 +88,6 @@ public sealed partial class Qcow2Image
                 // operations already routed still read the caller's buffer, which the caller may reuse
                 // (a pooled NBD request buffer) the moment this returns. So do the space reservation.
                 if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-                else if (single is not null) await single.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
                 space?.Dispose();
             }
         }

@@ -94,20 +94,6 @@ public interface INbdExport
     bool TryReadNow(long offset, Span<byte> buffer) => false;
 
     /// <summary>
-    /// Starts <see cref="WriteAsync"/> as <paramref name="write"/> and returns true when it can run on the thread
-    /// that parsed the request without that thread ever waiting for the disk (it only hands the write on, e.g.
-    /// to the actors that allocate clusters); otherwise returns false, having started nothing, and the server
-    /// calls <see cref="WriteAsync"/> from a thread that may wait. The server owns <paramref name="data"/> until
-    /// <paramref name="write"/> completes, which may happen on an engine thread: the server's continuation only
-    /// sends the reply and never blocks. Must not throw. The default always says false.
-    /// </summary>
-    bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken, out ValueTask write)
-    {
-        write = default;
-        return false;
-    }
-
-    /// <summary>
     /// Starts reading <paramref name="count"/> bytes at <paramref name="offset"/> into <paramref name="buffer"/>
     /// from <paramref name="index"/> with no thread waiting for the disk, and returns true: <paramref name="completion"/>
     /// is then called exactly once (on a thread that must not be blocked: the server only sends the reply there),

@@ -64,10 +64,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Active()
     {
-        // Writes run in a plain handler: nearly all end synchronously (an allocation, a write into the page
-        // cache, a journal Tell), and ReceiveAsync's task plumbing per write is then saved; one that waits
-        // holds the mailbox until it ends (RunHeld), as ReceiveAsync would.
-        Receive<WriteOp>(m => RunHeld(Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data))));
+        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data)));
         ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
         ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length, m.Deallocate)));
         ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
@@ -91,32 +88,6 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             Become(Stopping);
             m.Parent.Tell(new ReadyToStop(m.L1Index, Self));
         });
-    }
-
-    /// <summary>
-    /// Lets <paramref name="operation"/>, started in a plain handler, finish before the next message: when it
-    /// has not ended synchronously, every message waits in the stash until it has. Its continuations run on
-    /// pool threads (not in the actor's context: no Self, Context or Sender after an await on this path),
-    /// and this actor touches no state meanwhile, so the table still has one owner at a time.
-    /// </summary>
-    private void RunHeld(Task operation)
-    {
-        if (operation.IsCompleted) return;
-        BecomeStacked(Held);
-        var self = Self;
-        // Guard never faults (it completes the request's TaskCompletionSource with the failure instead).
-        operation.ContinueWith(static (_, s) => ((IActorRef)s!).Tell(HeldOperationEnded.Instance), self,
-            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-    }
-
-    private void Held()
-    {
-        Receive<HeldOperationEnded>(_ =>
-        {
-            UnbecomeStacked();
-            Stash.UnstashAll();
-        });
-        ReceiveAny(_ => Stash.Stash());
     }
 
     private void Stopping()

@@ -5,8 +5,7 @@ namespace Qcow2Actors.Engine.Write;
 // Every request carries its own TaskCompletionSource (created with
 // RunContinuationsAsynchronously) instead of using Ask: measured here, Tell + TCS does
 // several times the round trips per second of Ask, and the caller's continuation never
-// runs on an actor's thread (except a write started with Qcow2Image.TryStartWrite, whose
-// caller promised a continuation that does not block: the table actor completes it inline).
+// runs on an actor's thread.
 
 /// <summary>
 /// Guest write of bytes that all fall inside one L2 table's range; <paramref name="Space"/> is the
@@ -58,12 +57,6 @@ internal sealed record AppendRecords(IReadOnlyList<MetadataRecord> Records, long
 
 /// <summary>Punch the data-file clusters whose discard is now durable (external data file images).</summary>
 internal sealed record PunchDataClusters;
-
-/// <summary>To a table actor from itself: the operation it was holding its mailbox for has ended.</summary>
-internal sealed record HeldOperationEnded
-{
-    public static readonly HeldOperationEnded Instance = new();
-}
 
 /// <summary>Quarantined clusters whose freeing is now durable.</summary>
 internal sealed record ReleaseQuarantine(long[] Clusters);

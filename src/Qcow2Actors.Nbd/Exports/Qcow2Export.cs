@@ -114,17 +114,6 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
         _image.TryStartRead(offset, buffer, index, count, completion);
 
     /// <inheritdoc/>
-    /// <remarks>Writes that allocate: all of such a write goes to the table actors (see <see cref="Qcow2Image.TryStartWrite"/>).</remarks>
-    public bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken, out ValueTask write)
-    {
-        write = default;
-        // A refused write is answered the ordinary way.
-        if (WriteRefusal() is not null || !_image.TryStartWrite(offset, data, fua, cancellationToken, out var started)) return false;
-        write = Guard(started);
-        return true;
-    }
-
-    /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);

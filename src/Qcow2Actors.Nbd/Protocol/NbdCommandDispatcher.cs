@@ -64,7 +64,6 @@ internal sealed class NbdCommandDispatcher(
                 break;
             default:
                 if (OnPoolThread) _ = RunInlineAsync(request, payload, charge);
-                else if (request.Type == CmdWrite && TryStartWrite(request, payload, charge)) { }
                 else ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Dispatcher.RunInlineAsync(s.Request, s.Payload, s.Charge),
                     (Dispatcher: this, Request: request, Payload: payload, Charge: charge), preferLocal: false);
                 break;
@@ -151,52 +150,6 @@ internal sealed class NbdCommandDispatcher(
             bool run;
             (error, message, run) = Check(r);
             if (run) await Begin(r, payload);
-        }
-        catch (Exception ex) when (!AbortedBy(ex))
-        {
-            (error, message) = Failure(ex);
-        }
-        catch (Exception ex)
-        {
-            ReturnPayload(payload);
-            Abandon(ex, r, charge);
-            return;
-        }
-        ReturnPayload(payload);
-        replies.Status(r, error, message, charge);
-    }
-
-    /// <summary>
-    /// Starts a well-formed WRITE on the reader loop when the export says it will not wait for the disk there
-    /// (<see cref="INbdExport.TryStartWrite"/>: an allocating write, handed to the engine's actors), saving the
-    /// hand-off to the pool; false, with nothing sent or started, leaves it to <see cref="RunInlineAsync"/> on the pool.
-    /// </summary>
-    private bool TryStartWrite(in NbdRequest r, byte[]? payload, long charge)
-    {
-        ValueTask write;
-        try
-        {
-            var (error, _, run) = Check(r);
-            if (error != NbdError.None || !run
-                || !_export.TryStartWrite((long)r.Offset, payload.AsMemory(0, (int)r.Length), r.Has(CmdFlagFua), abort, out write))
-                return false;
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            return false; // the contract says it does not throw; if it does, the ordinary path answers
-        }
-        _ = FinishStartedWriteAsync(r, payload, charge, write);
-        return true;
-    }
-
-    /// <summary>Answers a WRITE started by <see cref="TryStartWrite"/> once it completes.</summary>
-    private async Task FinishStartedWriteAsync(NbdRequest r, byte[]? payload, long charge, ValueTask write)
-    {
-        NbdError error = NbdError.None;
-        string? message = null;
-        try
-        {
-            await write;
         }
         catch (Exception ex) when (!AbortedBy(ex))
         {
