@@ -27,8 +27,11 @@ internal readonly struct WritePayload
     /// <summary>A payload of <paramref name="length"/> bytes; give it back with <see cref="Return"/>.</summary>
     public static WritePayload Rent(int length)
     {
-        var array = RequestBuffers.Rent(length);
-        return new(array, length > RequestBuffers.LargeThreshold ? AlignedStart(array, length) : 0, length);
+        if (length <= RequestBuffers.LargeThreshold) return new(RequestBuffers.Rent(length), 0, length);
+        // Asked with a page of room, so the aligned start always fits (a 1 MiB payload still takes a 1 MiB array:
+        // the pool's slack is that page).
+        var array = RequestBuffers.Rent(length + Alignment);
+        return new(array, AlignedStart(array, length), length);
     }
 
     /// <summary>The data.</summary>
