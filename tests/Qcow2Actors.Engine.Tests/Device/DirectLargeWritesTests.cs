@@ -3,24 +3,8 @@ using Qcow2Actors.Tests.Shared;
 
 namespace Qcow2Actors.Engine.Tests.Device;
 
-public sealed class DirectLargeWritesTests : IDisposable
+public sealed class DirectLargeWritesTests : DirectIoFileFixture
 {
-    private readonly Lazy<string> _dir = new(DirectIoDirectory.Create);
-
-    public void Dispose()
-    {
-        if (_dir.IsValueCreated) Directory.Delete(_dir.Value, recursive: true);
-    }
-
-    private string NewFile(int length)
-    {
-        var path = Path.Combine(_dir.Value, Guid.NewGuid().ToString("N"));
-        var bytes = new byte[length];
-        new Random(length).NextBytes(bytes);
-        File.WriteAllBytes(path, bytes);
-        return path;
-    }
-
     [DirectIoFact]
     public void Only_large_whole_sector_writes_take_the_direct_path()
     {
