@@ -161,16 +161,20 @@ public sealed class DirectFileBlockDevice : BlockDevice, IHostFileLayout
         long head = (offset & _sectorMask) != 0 ? offset & ~_sectorMask : -1;
         long tail = (end & _sectorMask) != 0 ? end & ~_sectorMask : -1;
         using var held = _locks.Enter(offset & ~_sectorMask, AlignUp(end), head, tail);
-        if (head >= 0 || tail >= 0 || !TryWriteDirect(source, offset)) WriteBounced(source, offset);
+        if (head >= 0 || tail >= 0 || !TryWriteDirect(_handle, source, offset, _memoryMask)) WriteBounced(source, offset);
     }
 
-    private unsafe bool TryWriteDirect(ReadOnlySpan<byte> source, long offset)
+    /// <summary>
+    /// Writes <paramref name="source"/> through the O_DIRECT <paramref name="handle"/> when its memory meets
+    /// <paramref name="memoryMask"/> (offset and length are the caller's to check); false, having written nothing, when not.
+    /// </summary>
+    internal static unsafe bool TryWriteDirect(SafeFileHandle handle, ReadOnlySpan<byte> source, long offset, long memoryMask)
     {
-        // The check and the transfer under one pin, as for reads.
+        // The check and the transfer under one pin: an unpinned array could move between them.
         fixed (byte* p = source)
         {
-            if (((nuint)p & (nuint)_memoryMask) != 0) return false;
-            RandomAccess.Write(_handle, source, offset);
+            if (((nuint)p & (nuint)memoryMask) != 0) return false;
+            RandomAccess.Write(handle, source, offset);
             return true;
         }
     }

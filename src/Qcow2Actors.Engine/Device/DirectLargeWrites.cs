@@ -30,7 +30,7 @@ internal sealed class DirectLargeWrites : IDisposable
 
     private readonly string _path;
     private readonly Lock _gate = new();
-    // Null until the first large write opens it; Unavailable after a refusal.
+    // Null until the first large write opens it; _unavailable after a refusal or Dispose.
     private SafeFileHandle? _handle;
     private bool _unavailable = Disabled || !OperatingSystem.IsLinux();
     private long _sectorMask;
@@ -48,7 +48,7 @@ internal sealed class DirectLargeWrites : IDisposable
         if (Volatile.Read(ref _handle) is null && !TryOpen()) return false;
         var handle = _handle!;
         if (((offset | (long)source.Length) & _sectorMask) != 0) return false;
-        if (!TryWriteAligned(handle, source, offset)) WriteBounced(handle, source, offset);
+        if (!DirectFileBlockDevice.TryWriteDirect(handle, source, offset, _memoryMask)) WriteBounced(handle, source, offset);
         return true;
     }
 
@@ -79,17 +79,6 @@ internal sealed class DirectLargeWrites : IDisposable
             {
                 handle?.Dispose();
             }
-        }
-    }
-
-    private unsafe bool TryWriteAligned(SafeFileHandle handle, ReadOnlySpan<byte> source, long offset)
-    {
-        // The check and the transfer under one pin: an unpinned array could move between them.
-        fixed (byte* p = source)
-        {
-            if (((nuint)p & (nuint)_memoryMask) != 0) return false;
-            RandomAccess.Write(handle, source, offset);
-            return true;
         }
     }
 

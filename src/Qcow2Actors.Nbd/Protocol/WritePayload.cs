@@ -31,7 +31,7 @@ internal readonly struct WritePayload
         // Asked with a page of room, so the aligned start always fits (a 1 MiB payload still takes a 1 MiB array:
         // the pool's slack is that page).
         var array = RequestBuffers.Rent(length + Alignment);
-        return new(array, AlignedStart(array, length), length);
+        return new(array, AlignedStart(array), length);
     }
 
     /// <summary>The data.</summary>
@@ -40,12 +40,10 @@ internal readonly struct WritePayload
     /// <summary>Gives the array back to the pool it came from.</summary>
     public void Return() => RequestBuffers.Return(_array);
 
-    private static int AlignedStart(byte[] array, int length)
+    private static int AlignedStart(byte[] array)
     {
-        // Large arrays are pinned: the address holds for the array's life. One too short to move (a size the pool
-        // does not keep) starts at 0 and is bounced by a direct write, as before.
+        // The large pool's arrays are pinned: the address holds for the array's life.
         int misalignment = (int)(Marshal.UnsafeAddrOfPinnedArrayElement(array, 0) & (Alignment - 1));
-        int start = misalignment == 0 ? 0 : Alignment - misalignment;
-        return start + length <= array.Length ? start : 0;
+        return misalignment == 0 ? 0 : Alignment - misalignment;
     }
 }
