@@ -16,6 +16,12 @@ namespace Qcow2Actors.Interop.Tests.Host;
 public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper output) : IClassFixture<PostgresFixture>, IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(45);
+
+    /// <summary>
+    /// A node's start: q2a runs without tiered compilation, so each node JIT-compiles the cluster stack optimized
+    /// (~4.5 s of CPU alone, 2 s with tiering), and CI runs every test assembly at once on 2 cores.
+    /// </summary>
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(120);
     private const string Tenant = "acme";
     private readonly TempDir _dir = new();
     private readonly List<ClusterNodeProcess> _nodes = [];
@@ -60,11 +66,21 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         var node = new ClusterNodeProcess(_dir.Path, $"node{_nodes.Count + 1}", data, port, seeds, connection);
         _nodes.Add(node);
         // Up once the first node has seen it up and its control API answers.
-        await Task.WhenAll(
-            (watcher ?? node).Line(l => l.Contains($"member up {node.Address}", StringComparison.Ordinal)),
-            node.Line(l => l.Contains("control API on ", StringComparison.Ordinal))).WaitAsync(Timeout);
+        try
+        {
+            await Task.WhenAll(
+                (watcher ?? node).Line(l => l.Contains($"member up {node.Address}", StringComparison.Ordinal)),
+                node.Line(l => l.Contains("control API on ", StringComparison.Ordinal))).WaitAsync(StartTimeout);
+        }
+        catch (TimeoutException)
+        {
+            // Every node's log, or a join that never completes leaves nothing to go on.
+            throw new TimeoutException($"{node.Name} not up after {StartTimeout.TotalSeconds:F0} s\n{NodeLogs()}");
+        }
         return node;
     }
+
+    private string NodeLogs() => string.Join('\n', _nodes.Select(n => $"--- {n.Name} ({n.Address}) ---\n{n.Output}"));
 
     /// <summary>Serves every image from the cluster through <paramref name="via"/>; the node each one landed on.</summary>
     private async Task<Dictionary<string, ClusterNodeProcess>> ServeAsync(ClusterNodeProcess via, string[] images)
