@@ -115,11 +115,19 @@ public sealed partial class Qcow2Image
     private async ValueTask EditBitmapsAsync(Func<BitmapSet, Task> edit, CancellationToken cancellationToken)
     {
         Writer();
-        using var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
-        Writer();
+        var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            Writer();
+        }
+        catch
+        {
+            closure.Dispose();
+            throw;
+        }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new Write.BitmapEditRequest(edit, done));
-        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(done.Task, closure, after: null, cancellationToken).ConfigureAwait(false);
     }
 
     // Read-only opens: the directory now, each bitmap's bits when first asked for.

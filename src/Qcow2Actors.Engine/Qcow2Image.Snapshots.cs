@@ -225,6 +225,37 @@ public sealed partial class Qcow2Image
         return result;
     }
 
+    /// <summary>
+    /// Waits for work handed to the image actor while <paramref name="hold"/> (the caller's admission, or its
+    /// closure of the gate) is held, then lets it go and runs <paramref name="after"/>. A cancelled wait returns
+    /// to the caller at once, but the work cannot be called back: the hold is let go (and <paramref name="after"/>
+    /// run) only when it has finished, so the gate never opens under an edit that is still running.
+    /// </summary>
+    private static async ValueTask AwaitActorAsync(Task work, IDisposable hold, Action? after, CancellationToken cancellationToken)
+    {
+        bool handedOver = false;
+        try
+        {
+            await work.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!work.IsCompleted)
+        {
+            handedOver = true;
+            _ = work.ContinueWith(static (t, state) =>
+            {
+                var (hold, after) = ((IDisposable, Action?))state!;
+                hold.Dispose();
+                if (t.IsCompletedSuccessfully) after?.Invoke();
+            }, (hold, after), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            throw;
+        }
+        finally
+        {
+            if (!handedOver) hold.Dispose();
+        }
+        after?.Invoke();
+    }
+
     /// <summary>Brings <see cref="Info"/>'s size and snapshot list up to date after a resize or snapshot edit.</summary>
     private void RefreshInfo()
     {

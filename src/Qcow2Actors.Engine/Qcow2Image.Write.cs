@@ -275,21 +275,20 @@ public sealed partial class Qcow2Image
     public async ValueTask ResizeAsync(long newSize, CancellationToken cancellationToken = default)
     {
         Writer();
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new ResizeRequest(newSize, done));
-        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-        RefreshInfo();
+        await AwaitActorAsync(done.Task, admitted, RefreshInfo, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
     public async ValueTask CheckpointAsync(CancellationToken cancellationToken = default)
     {
         Writer();
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _imageActor!.Tell(new CheckpointRequest(done));
-        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(done.Task, admitted, after: null, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Routes one operation per L2 table; the caller holds an admission (snapshot edits wait for it).</summary>

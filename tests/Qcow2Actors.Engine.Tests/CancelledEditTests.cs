@@ -1,0 +1,93 @@
+using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Device;
+using Qcow2Actors.Engine.Tests.Device;
+
+namespace Qcow2Actors.Engine.Tests;
+
+/// <summary>
+/// A caller that cancels while the image actor runs its edit gets its call back at once, but the edit cannot be
+/// called back: it keeps the request gate (a bitmap edit keeps writes out) and its effects (a resize's new size)
+/// until it has finished.
+/// </summary>
+public sealed class CancelledEditTests : HostedImageTests
+{
+    private const int KiB = 1024, MiB = 1024 * KiB;
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    private async Task<(Qcow2Image Image, WriteHold Hold)> OpenHeldAsync(string name)
+    {
+        var path = Dir.File(name);
+        var hold = new WriteHold();
+        var options = new Qcow2OpenOptions
+        {
+            ReadOnly = false,
+            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
+        };
+        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
+        var image = await Host.OpenAsync(path, options);
+        await image.WriteAsync(0, new byte[64 * KiB]);
+        await image.FlushAsync();
+        return (image, hold);
+    }
+
+    [Fact]
+    public async Task A_bitmap_edit_cancelled_at_its_device_write_keeps_writes_out_until_it_ends()
+    {
+        var (image, hold) = await OpenHeldAsync("bitmap.qcow2");
+        await using var _ = image;
+        // Released on every path: a held write would keep the image's close waiting.
+        try
+        {
+            using var cancel = new CancellationTokenSource();
+            hold.Armed = true;
+            var add = image.AddBitmapAsync("b", 65536, cancellationToken: cancel.Token).AsTask();
+            await hold.Arrived.Task.WaitAsync(Timeout);
+            cancel.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => add);
+
+            // Before the fix the cancelled call opened the gate here, under the running edit.
+            Assert.True(image.EditHoldsRequests, "the gate stays closed while the edit runs");
+            var arriving = image.WriteAsync(1 * MiB, new byte[512]).AsTask();
+            Assert.False(arriving.IsCompleted, "a write arriving during the edit waits for it");
+
+            hold.Release.TrySetResult();
+            await arriving.WaitAsync(Timeout);
+            Assert.False(image.EditHoldsRequests);
+            // The edit finished: the bitmap exists and the write that waited for it is in it.
+            var extents = new List<BitmapExtent>();
+            await foreach (var e in image.GetBitmapExtentsAsync("b", 0, image.VirtualSize)) extents.Add(e);
+            Assert.Equal([new(0, 1 * MiB, false), new(1 * MiB, 64 * KiB, true), new(1 * MiB + 64 * KiB, 3 * MiB - 64 * KiB, false)], extents);
+        }
+        finally
+        {
+            hold.Release.TrySetResult();
+        }
+    }
+
+    [Fact]
+    public async Task A_resize_cancelled_at_its_device_write_still_updates_the_image_info_when_it_ends()
+    {
+        var (image, hold) = await OpenHeldAsync("resize.qcow2");
+        await using var _ = image;
+        // Released on every path: a held write would keep the image's close waiting.
+        try
+        {
+            using var cancel = new CancellationTokenSource();
+            hold.Armed = true;
+            var resize = image.ResizeAsync(64 * MiB, cancel.Token).AsTask();
+            await hold.Arrived.Task.WaitAsync(Timeout);
+            cancel.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resize);
+            Assert.Equal(4 * MiB, image.Info.VirtualSize);
+
+            hold.Release.TrySetResult();
+            // The resize ran to the end in the image actor; the image's info follows it once it has.
+            Assert.True(SpinWait.SpinUntil(() => image.Info.VirtualSize == 64 * MiB, Timeout), $"info still says {image.Info.VirtualSize}");
+            Assert.Equal(64 * MiB, image.VirtualSize);
+        }
+        finally
+        {
+            hold.Release.TrySetResult();
+        }
+    }
+}
