@@ -22,17 +22,19 @@ namespace Qcow2Actors.Host.Cluster;
 /// </remarks>
 internal sealed class RefusedNodeDowning : ReceiveActor
 {
-    private static readonly TimeSpan ProbeTimeout = TimeSpan.FromMilliseconds(500);
-    private static readonly TimeSpan ProbePause = TimeSpan.FromMilliseconds(100);
+    internal static readonly TimeSpan ProbeTimeout = TimeSpan.FromMilliseconds(500);
+    internal static readonly TimeSpan ProbePause = TimeSpan.FromMilliseconds(100);
     private const int Probes = 2;
 
     private sealed record Probed(Address Node, bool Refused);
 
     private readonly Akka.Cluster.Cluster _cluster = Akka.Cluster.Cluster.Get(Context.System);
     private readonly HashSet<Address> _probing = [];
+    private readonly TimeProvider _time;
 
-    public RefusedNodeDowning(ILogger log)
+    public RefusedNodeDowning(ILogger log, TimeProvider time)
     {
+        _time = time;
         Receive<DisassociatedEvent>(e => Probe(e.RemoteAddress));
         Receive<AssociationErrorEvent>(e => Probe(e.RemoteAddress));
         Receive<Probed>(r =>
@@ -64,18 +66,21 @@ internal sealed class RefusedNodeDowning : ReceiveActor
             _probing.Remove(node);
             return;
         }
-        RefusesAsync(host, port).PipeTo(Self, success: refused => new Probed(node, refused), failure: _ => new Probed(node, false));
+        RefusesAsync(host, port, _time).PipeTo(Self, success: refused => new Probed(node, refused), failure: _ => new Probed(node, false));
     }
 
-    /// <summary>True when every probe's TCP connection to HOST:PORT is refused (nothing listens there).</summary>
-    internal static async Task<bool> RefusesAsync(string host, int port)
+    /// <summary>
+    /// True when every probe's TCP connection to HOST:PORT is refused (nothing listens there); the pause between
+    /// probes and each probe's timeout run on <paramref name="time"/>.
+    /// </summary>
+    internal static async Task<bool> RefusesAsync(string host, int port, TimeProvider time)
     {
         if (!IPAddress.TryParse(host, out var address)) return false;
         for (int probe = 0; probe < Probes; probe++)
         {
-            if (probe > 0) await Task.Delay(ProbePause).ConfigureAwait(false);
+            if (probe > 0) await Task.Delay(ProbePause, time).ConfigureAwait(false);
             using var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            using var timeout = new CancellationTokenSource(ProbeTimeout);
+            using var timeout = new CancellationTokenSource(ProbeTimeout, time);
             try
             {
                 await socket.ConnectAsync(new IPEndPoint(address, port), timeout.Token).ConfigureAwait(false);
@@ -95,5 +100,5 @@ internal sealed class RefusedNodeDowning : ReceiveActor
 
     protected override void PostStop() => Context.System.EventStream.Unsubscribe(Self);
 
-    public static Props Props(ILogger log) => Akka.Actor.Props.Create(() => new RefusedNodeDowning(log));
+    public static Props Props(ILogger log, TimeProvider time) => Akka.Actor.Props.Create(() => new RefusedNodeDowning(log, time));
 }
