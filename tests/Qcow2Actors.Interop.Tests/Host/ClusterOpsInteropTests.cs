@@ -19,7 +19,7 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
 
     /// <summary>
     /// A node's start: q2a runs without tiered compilation, so each node JIT-compiles the cluster stack optimized
-    /// (~4.5 s of CPU alone, 2 s with tiering), and CI runs every test assembly at once on 2 cores.
+    /// (~4.5 s of CPU alone, 2 s with tiering), while other interop test classes run beside it on CI's 2 cores.
     /// </summary>
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(120);
     private const string Tenant = "acme";
