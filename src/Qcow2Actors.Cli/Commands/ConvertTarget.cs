@@ -168,7 +168,8 @@ internal sealed class Qcow2ConvertTarget : IConvertTarget
     /// <summary>Opens an existing qcow2 image for writing (<c>-n</c>), taking its write lock, or adopting <paramref name="writeLock"/>.</summary>
     public static async Task<Qcow2ConvertTarget> OpenAsync(string path, CacheMode cache, ImageLock? writeLock, CancellationToken ct)
     {
-        if (writeLock is null && File.Exists(path) && !IsQcow2(path)) throw new CliException($"Could not open '{path}': Image is not in qcow2 format");
+        // qemu-img -n -O qcow2 opens the target as qcow2: anything else is refused by its magic.
+        if (writeLock is null && File.Exists(path) && !FormatProbe.IsQcow2(path)) throw new CliException($"Could not open '{path}': Image is not in qcow2 format");
 #pragma warning disable CA2000 // Owned by the returned target, which disposes it; the failure path below disposes it.
         var host = ImageHost.Create();
 #pragma warning restore CA2000
@@ -183,16 +184,6 @@ internal sealed class Qcow2ConvertTarget : IConvertTarget
             await host.DisposeAsync().ConfigureAwait(false);
             throw;
         }
-    }
-
-    private const uint Qcow2Magic = 0x514649FB; // "QFI\xfb"
-
-    // qemu-img -n -O qcow2 opens the target as qcow2: anything else is refused by its magic.
-    private static bool IsQcow2(string path)
-    {
-        Span<byte> magic = stackalloc byte[4];
-        using var file = File.OpenHandle(path);
-        return RandomAccess.Read(file, magic, 0) == 4 && System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Magic;
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct) => _image.WriteAsync(offset, data, false, ct);

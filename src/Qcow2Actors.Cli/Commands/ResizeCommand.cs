@@ -68,10 +68,7 @@ internal static class ResizeCommand
     private static string ProbeFormat(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
-        Span<byte> magic = stackalloc byte[4];
-        using var f = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        int n = RandomAccess.Read(f, magic, 0);
-        return Qcow2Actors.Format.Qcow2Header.HasMagic(magic[..n]) ? "qcow2" : "raw";
+        return FormatProbe.IsQcow2(path) ? "qcow2" : "raw";
     }
 
     /// <summary>

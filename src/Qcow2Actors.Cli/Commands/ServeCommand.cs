@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
@@ -238,9 +237,7 @@ internal static class ServeCommand
     {
         if (spec.Format is not null) return spec.Format == "raw";
         if (!File.Exists(spec.Path)) return false; // let the open say it is missing
-        Span<byte> magic = stackalloc byte[4];
-        using var file = File.OpenHandle(spec.Path);
-        return RandomAccess.Read(file, magic, 0) < 4 || BinaryPrimitives.ReadUInt32BigEndian(magic) != Qcow2Header.Magic;
+        return !FormatProbe.IsQcow2(spec.Path);
     }
 
     /// <summary>
