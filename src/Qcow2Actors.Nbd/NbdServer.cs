@@ -35,12 +35,8 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly LogThrottle _handshakeTimeouts;
     private readonly LogThrottle _idleTimeouts;
     private readonly LogThrottle _tenantRefusals;
-    private readonly Lock _tenantLock = new();
-    private readonly Dictionary<string, int> _tenantConnections = new(StringComparer.Ordinal);
-    // Connections still negotiating, oldest first: when there are too many the oldest goes, so a flood
-    // of idle handshakes cannot keep a client that negotiates at once from getting in.
-    private readonly Lock _negotiatingLock = new();
-    private readonly LinkedList<NbdConnection> _negotiating = new();
+    private readonly TenantConnectionCounts _tenants = new();
+    private readonly NegotiatingConnections _negotiating = new();
     private TaskCompletionSource _connectionClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Socket? _listener;
     private Task? _acceptLoop;
@@ -53,25 +49,8 @@ public sealed class NbdServer : IAsyncDisposable
     public NbdServer(NbdServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Exports.Count == 0 && !options.AllowNoExports) throw new ArgumentException("at least one export is required", nameof(options));
-        if (options.MaxBlockSize < 512) throw new ArgumentException("MaxBlockSize must be at least 512", nameof(options));
-        if (options.MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", nameof(options));
-        if (options.HandshakeTimeout < TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
-            throw new ArgumentException("HandshakeTimeout must not be negative", nameof(options));
-        if (!Enum.IsDefined(options.TlsMode)) throw new ArgumentException($"unknown TlsMode {options.TlsMode}", nameof(options));
-        if (options.TlsMode == NbdTlsMode.Off && options.Authorize is not null)
-            throw new ArgumentException("Authorize needs TLS: set TlsMode Required (no plain-text client has a certificate to authorize)", nameof(options));
-        if (options.TlsMode != NbdTlsMode.Off)
-        {
-            if (options.TlsCredentials is null) throw new ArgumentException($"TlsMode {options.TlsMode} needs TlsCredentials", nameof(options));
-            Tls = new Tls.TlsUpgrade(options.TlsCredentials);
-        }
-        if (options.IdleTimeout < TimeSpan.Zero && options.IdleTimeout != Timeout.InfiniteTimeSpan)
-            throw new ArgumentException("IdleTimeout must not be negative", nameof(options));
-        if (options.MaxNegotiatingConnections < 0) throw new ArgumentException("MaxNegotiatingConnections must not be negative", nameof(options));
-        if (options.MaxConnectionsPerTenant < 0) throw new ArgumentException("MaxConnectionsPerTenant must not be negative", nameof(options));
-        if (options.MaxInFlightRequests < 1) throw new ArgumentException("MaxInFlightRequests must be at least 1", nameof(options));
-        if (options.MaxInFlightBytes < 1) throw new ArgumentException("MaxInFlightBytes must be at least 1", nameof(options));
+        options.Validate(nameof(options));
+        if (options.TlsMode != NbdTlsMode.Off) Tls = new Tls.TlsUpgrade(options.TlsCredentials!);
         var exports = ExportSet.Empty;
         foreach (var export in options.Exports)
         {
@@ -204,24 +183,6 @@ public sealed class NbdServer : IAsyncDisposable
         if (export.Size < 0) throw new ArgumentException($"export '{export.Name}' has a negative size", parameter);
     }
 
-    /// <summary>An immutable snapshot of the served exports: insertion order and lookup by name.</summary>
-    private sealed class ExportSet(IReadOnlyList<INbdExport> inOrder, Dictionary<string, INbdExport> byName)
-    {
-        public static readonly ExportSet Empty = new([], new(StringComparer.Ordinal));
-        public IReadOnlyList<INbdExport> InOrder { get; } = inOrder;
-        public IReadOnlyDictionary<string, INbdExport> ByName { get; } = byName;
-
-        public ExportSet With(INbdExport export) =>
-            new([.. InOrder, export], new(ByName, StringComparer.Ordinal) { [export.Name] = export });
-
-        public ExportSet Without(INbdExport export)
-        {
-            var byName = new Dictionary<string, INbdExport>(ByName, StringComparer.Ordinal);
-            byName.Remove(export.Name);
-            return new([.. InOrder.Where(e => !ReferenceEquals(e, export))], byName);
-        }
-    }
-
     /// <summary>The endpoint actually bound (with the real port when 0 was asked for); null before start.</summary>
     public EndPoint? LocalEndPoint { get; private set; }
 
@@ -326,19 +287,7 @@ public sealed class NbdServer : IAsyncDisposable
             socket.Dispose();
             return;
         }
-        NbdConnection? evicted = null;
-        int negotiating;
-        lock (_negotiatingLock)
-        {
-            negotiating = _negotiating.Count;
-            if (negotiating >= MaxNegotiatingConnections && _negotiating.First is { } oldest)
-            {
-                _negotiating.RemoveFirst();
-                oldest.Value.NegotiationNode = null;
-                evicted = oldest.Value;
-            }
-        }
-        if (evicted is not null)
+        if (_negotiating.EvictOldestAtOrOver(MaxNegotiatingConnections, out int negotiating) is { } evicted)
         {
             // The oldest handshake is the likeliest to be idle or dribbling; a real client negotiates in milliseconds.
             evicted.Abort();
@@ -350,7 +299,7 @@ public sealed class NbdServer : IAsyncDisposable
         NbdMetrics.Accepted(LocalEndPoint);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6) socket.NoDelay = true;
         var connection = new NbdConnection(this, socket, _log, _stopping.Token, _abort.Token);
-        lock (_negotiatingLock) connection.NegotiationNode = _negotiating.AddLast(connection);
+        _negotiating.Add(connection);
         // Registered before it runs, so a client that leaves at once is still removed (and never
         // counts against MaxConnections for ever).
         var registered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -368,7 +317,7 @@ public sealed class NbdServer : IAsyncDisposable
         finally
         {
             EndNegotiation(connection);
-            if (connection.CountedTenant is { } tenant) LeaveTenant(tenant);
+            if (connection.CountedTenant is { } tenant) _tenants.Leave(tenant);
             _connections.TryRemove(connection, out _);
             Interlocked.Exchange(ref _connectionClosed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
@@ -393,21 +342,10 @@ public sealed class NbdServer : IAsyncDisposable
     internal Action? ReaderWaitingForBytes { get; set; }
 
     /// <summary>Connections accepted that have not yet chosen an export (or left).</summary>
-    internal int NegotiatingCount
-    {
-        get { lock (_negotiatingLock) return _negotiating.Count; }
-    }
+    internal int NegotiatingCount => _negotiating.Count;
 
     /// <summary>The connection chose an export or closed: it no longer counts against the negotiating bound.</summary>
-    internal void EndNegotiation(NbdConnection connection)
-    {
-        lock (_negotiatingLock)
-        {
-            if (connection.NegotiationNode is not { } node) return;
-            _negotiating.Remove(node);
-            connection.NegotiationNode = null;
-        }
-    }
+    internal void EndNegotiation(NbdConnection connection) => _negotiating.Remove(connection);
 
     /// <summary>
     /// Counts a connection toward <paramref name="tenant"/>'s bound, or returns the one-line reason it
@@ -416,15 +354,7 @@ public sealed class NbdServer : IAsyncDisposable
     internal string? TryEnterTenant(string tenant, string peer)
     {
         var max = Options.MaxConnectionsPerTenant;
-        lock (_tenantLock)
-        {
-            var count = _tenantConnections.GetValueOrDefault(tenant);
-            if (max == 0 || count < max)
-            {
-                _tenantConnections[tenant] = count + 1;
-                return null;
-            }
-        }
+        if (_tenants.TryEnter(tenant, max)) return null;
         NbdMetrics.Refused(LocalEndPoint, "max-connections-per-tenant");
         if (_tenantRefusals.TryEnter(out var more))
             _log.LogWarning("NBD: refused {Peer}: tenant '{Tenant}' has {Max} connections open, the most allowed (max-connections-per-tenant){More}",
@@ -432,21 +362,11 @@ public sealed class NbdServer : IAsyncDisposable
         return $"too many connections for this tenant ({max} open, the most allowed)";
     }
 
-    private void LeaveTenant(string tenant)
-    {
-        lock (_tenantLock)
-        {
-            var count = _tenantConnections.GetValueOrDefault(tenant) - 1;
-            if (count > 0) _tenantConnections[tenant] = count;
-            else _tenantConnections.Remove(tenant);
-        }
-    }
-
     /// <summary>Connections counted toward <paramref name="tenant"/>'s <see cref="NbdServerOptions.MaxConnectionsPerTenant"/>.</summary>
     public int GetTenantConnectionCount(string tenant)
     {
         ArgumentNullException.ThrowIfNull(tenant);
-        lock (_tenantLock) return _tenantConnections.GetValueOrDefault(tenant);
+        return _tenants.Count(tenant);
     }
 
     /// <summary>A transmitting client had nothing in flight for the idle timeout; its connection is being closed.</summary>

@@ -99,6 +99,26 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan IdleTimeout { get; init; }
 
+    /// <summary>Throws <see cref="ArgumentException"/> (for <paramref name="parameter"/>) naming the first setting out of range.</summary>
+    internal void Validate(string parameter)
+    {
+        if (Exports.Count == 0 && !AllowNoExports) throw new ArgumentException("at least one export is required", parameter);
+        if (MaxBlockSize < 512) throw new ArgumentException("MaxBlockSize must be at least 512", parameter);
+        if (MaxConnections < 0) throw new ArgumentException("MaxConnections must not be negative", parameter);
+        if (HandshakeTimeout < TimeSpan.Zero && HandshakeTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentException("HandshakeTimeout must not be negative", parameter);
+        if (!Enum.IsDefined(TlsMode)) throw new ArgumentException($"unknown TlsMode {TlsMode}", parameter);
+        if (TlsMode == NbdTlsMode.Off && Authorize is not null)
+            throw new ArgumentException("Authorize needs TLS: set TlsMode Required (no plain-text client has a certificate to authorize)", parameter);
+        if (TlsMode != NbdTlsMode.Off && TlsCredentials is null) throw new ArgumentException($"TlsMode {TlsMode} needs TlsCredentials", parameter);
+        if (IdleTimeout < TimeSpan.Zero && IdleTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentException("IdleTimeout must not be negative", parameter);
+        if (MaxNegotiatingConnections < 0) throw new ArgumentException("MaxNegotiatingConnections must not be negative", parameter);
+        if (MaxConnectionsPerTenant < 0) throw new ArgumentException("MaxConnectionsPerTenant must not be negative", parameter);
+        if (MaxInFlightRequests < 1) throw new ArgumentException("MaxInFlightRequests must be at least 1", parameter);
+        if (MaxInFlightBytes < 1) throw new ArgumentException("MaxInFlightBytes must be at least 1", parameter);
+    }
+
     /// <summary>The bound on negotiating connections in force for <paramref name="configured"/> (0: the default) under <paramref name="maxConnections"/>.</summary>
     internal static int EffectiveMaxNegotiating(int configured, int maxConnections) =>
         configured > 0 ? Math.Min(configured, maxConnections) : Math.Max(Math.Min(maxConnections, 16), maxConnections / 4);
