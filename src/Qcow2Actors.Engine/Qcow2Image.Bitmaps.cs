@@ -125,9 +125,7 @@ public sealed partial class Qcow2Image
             closure.Dispose();
             throw;
         }
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _imageActor!.Tell(new Write.BitmapEditRequest(edit, done));
-        await AwaitActorAsync(done.Task, closure, after: null, cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(Send(closure, done => new Write.BitmapEditRequest(edit, done)), closure, after: null, cancellationToken).ConfigureAwait(false);
     }
 
     // Read-only opens: the directory now, each bitmap's bits when first asked for.

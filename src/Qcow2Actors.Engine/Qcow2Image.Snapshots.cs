@@ -227,33 +227,50 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// Waits for work handed to the image actor while <paramref name="hold"/> (the caller's admission, or its
-    /// closure of the gate) is held, then lets it go and runs <paramref name="after"/>. A cancelled wait returns
-    /// to the caller at once, but the work cannot be called back: the hold is let go (and <paramref name="after"/>
-    /// run) only when it has finished, so the gate never opens under an edit that is still running.
+    /// closure of the gate) is held; runs <paramref name="after"/> if the work succeeded, then lets the hold go.
+    /// A cancelled wait returns to the caller at once, but the work cannot be called back: the hold is let go (and
+    /// <paramref name="after"/> run) only when it has finished, so the gate never opens under an edit still running.
+    /// If the image host stops first the actor never answers: the hold is let go then.
     /// </summary>
-    private static async ValueTask AwaitActorAsync(Task work, IDisposable hold, Action? after, CancellationToken cancellationToken)
+    private async ValueTask AwaitActorAsync(Task work, IDisposable hold, Action? after, CancellationToken cancellationToken)
     {
-        bool handedOver = false;
+        var ended = Task.WhenAny(work, _abandoned.Task);
         try
         {
-            await work.WaitAsync(cancellationToken).ConfigureAwait(false);
+            await ended.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (!work.IsCompleted)
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            handedOver = true;
-            _ = work.ContinueWith(static (t, state) =>
+            // Runs at once if the work has ended meanwhile.
+            _ = ended.ContinueWith(static (_, state) =>
             {
-                var (hold, after) = ((IDisposable, Action?))state!;
-                hold.Dispose();
-                if (t.IsCompletedSuccessfully) after?.Invoke();
-            }, (hold, after), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                var (work, hold, after) = ((Task, IDisposable, Action?))state!;
+                try
+                {
+                    if (work.IsCompletedSuccessfully) after?.Invoke();
+                }
+                finally
+                {
+                    hold.Dispose();
+                }
+            }, (work, hold, after), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             throw;
+        }
+        catch
+        {
+            hold.Dispose();
+            throw;
+        }
+        try
+        {
+            if (!work.IsCompleted) throw new ObjectDisposedException(Info.FileName, "its image host stopped during the request");
+            await work.ConfigureAwait(false);
+            after?.Invoke();
         }
         finally
         {
-            if (!handedOver) hold.Dispose();
+            hold.Dispose();
         }
-        after?.Invoke();
     }
 
     /// <summary>Brings <see cref="Info"/>'s size and snapshot list up to date after a resize or snapshot edit.</summary>

@@ -276,9 +276,7 @@ public sealed partial class Qcow2Image
     {
         Writer();
         var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _imageActor!.Tell(new ResizeRequest(newSize, done));
-        await AwaitActorAsync(done.Task, admitted, RefreshInfo, cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(Send(admitted, done => new ResizeRequest(newSize, done)), admitted, RefreshInfo, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Runs a checkpoint now: tables written in place, journal truncated, header clean.</summary>
@@ -286,9 +284,26 @@ public sealed partial class Qcow2Image
     {
         Writer();
         var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _imageActor!.Tell(new CheckpointRequest(done));
-        await AwaitActorAsync(done.Task, admitted, after: null, cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(Send(admitted, done => new CheckpointRequest(done)), admitted, after: null, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Tells the image actor the request <paramref name="make"/> builds around a new completion and returns its task;
+    /// if that fails, <paramref name="hold"/> (taken for the request) is let go before the exception leaves.
+    /// </summary>
+    private Task Send(IDisposable hold, Func<TaskCompletionSource, object> make)
+    {
+        try
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _imageActor!.Tell(make(done));
+            return done.Task;
+        }
+        catch
+        {
+            hold.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Routes one operation per L2 table; the caller holds an admission (snapshot edits wait for it).</summary>

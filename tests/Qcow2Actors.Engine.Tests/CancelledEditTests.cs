@@ -43,7 +43,7 @@ public sealed class CancelledEditTests : HostedImageTests
             var add = image.AddBitmapAsync("b", 65536, cancellationToken: cancel.Token).AsTask();
             await hold.Arrived.Task.WaitAsync(Timeout);
             cancel.Cancel();
-            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => add);
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => add.WaitAsync(Timeout));
 
             // Before the fix the cancelled call opened the gate here, under the running edit.
             Assert.True(image.EditHoldsRequests, "the gate stays closed while the edit runs");
@@ -77,12 +77,14 @@ public sealed class CancelledEditTests : HostedImageTests
             var resize = image.ResizeAsync(64 * MiB, cancel.Token).AsTask();
             await hold.Arrived.Task.WaitAsync(Timeout);
             cancel.Cancel();
-            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resize);
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resize.WaitAsync(Timeout));
             Assert.Equal(4 * MiB, image.Info.VirtualSize);
 
             hold.Release.TrySetResult();
-            // The resize ran to the end in the image actor; the image's info follows it once it has.
-            Assert.True(SpinWait.SpinUntil(() => image.Info.VirtualSize == 64 * MiB, Timeout), $"info still says {image.Info.VirtualSize}");
+            // The resize runs to the end in the image actor and its admission is let go only after the image's info
+            // follows it; a check closes the gate, so it starts only once that has happened.
+            Assert.Equal(0, (await image.CheckAsync().AsTask().WaitAsync(Timeout)).ExitCode);
+            Assert.Equal(64 * MiB, image.Info.VirtualSize);
             Assert.Equal(64 * MiB, image.VirtualSize);
         }
         finally

@@ -306,6 +306,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
                 case RouteToTable r: FailHeld(r.Message, error); break;
                 case InspectTables i: i.Reply.TrySetException(error); break;
                 case OnlineEditRequest e: e.Done.TrySetException(error); break;
+                case ResizeRequest r: r.Done.TrySetException(error); break;
+                case CheckpointRequest c: c.Done?.TrySetException(error); break;
+                case BitmapEditRequest b: b.Done.TrySetException(error); break;
             }
         });
     }
