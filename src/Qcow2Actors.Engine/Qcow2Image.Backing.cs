@@ -48,8 +48,12 @@ public sealed partial class Qcow2Image
         var ctx = Writer();
         if (ctx.Geometry.ExternalDataFile)
             throw new NotSupportedException($"'{Info.FileName}' has an external data file: emptying it is not supported");
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
-        if (VirtualSize == 0) return;
-        await PerTableAsync(0, VirtualSize, (o, l, done) => new Write.DiscardOp(o, l, done, Deallocate: true), false, null, cancellationToken).ConfigureAwait(false);
+        var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        if (VirtualSize == 0)
+        {
+            admitted.Dispose();
+            return;
+        }
+        await PerTableAsync(admitted, 0, VirtualSize, (o, l, done) => new Write.DiscardOp(o, l, done, Deallocate: true), false, null, cancellationToken).ConfigureAwait(false);
     }
 }

@@ -19,6 +19,9 @@ public sealed partial class Qcow2Image
     /// <summary>True while an online edit holds the image's requests (for tests).</summary>
     internal bool EditHoldsRequests => _gate.IsClosed;
 
+    /// <summary>Requests inside the gate now, a cancelled one whose work still runs included (for tests).</summary>
+    internal int RequestsInside => _gate.Inside;
+
     /// <summary>
     /// The internal snapshots of the image, in table order (copies: changing them changes nothing).
     /// Works on read-only images too. While a snapshot edit runs, waits for it to finish.
@@ -227,12 +230,14 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// Waits for work handed to the image actor while <paramref name="hold"/> (the caller's admission, or its
-    /// closure of the gate) is held; runs <paramref name="after"/> if the work succeeded, then lets the hold go.
+    /// closure of the gate) is held; if the work succeeded, runs <paramref name="thenAsync"/> (still under the hold, still
+    /// cancellable) and <paramref name="after"/>, then lets the hold go.
     /// A cancelled wait returns to the caller at once, but the work cannot be called back: the hold is let go (and
     /// <paramref name="after"/> run) only when it has finished, so the gate never opens under an edit still running.
     /// If the image host stops first the actor never answers: the hold is let go then.
     /// </summary>
-    private async ValueTask AwaitActorAsync(Task work, IDisposable hold, Action? after, CancellationToken cancellationToken)
+    private async ValueTask AwaitActorAsync(Task work, IDisposable hold, Action? after, CancellationToken cancellationToken,
+        Func<CancellationToken, ValueTask>? thenAsync = null)
     {
         var ended = Task.WhenAny(work, _abandoned.Task);
         try
@@ -265,6 +270,7 @@ public sealed partial class Qcow2Image
         {
             if (!work.IsCompleted) throw new ObjectDisposedException(Info.FileName, "its image host stopped during the request");
             await work.ConfigureAwait(false);
+            if (thenAsync is not null) await thenAsync(cancellationToken).ConfigureAwait(false);
             after?.Invoke();
         }
         finally

@@ -195,11 +195,20 @@ public sealed partial class Qcow2Image
     {
         var ctx = Writer();
         // Admitted before the reservation, so a snapshot edit cannot change the tables it was planned on.
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
-        CheckRange(offset, length);
-        var space = await ReserveSpaceAsync(ctx, offset, length,
-            (planner, table, from, to) => planner.NewClustersForZero(table, from, to - from, unmap), cancellationToken).ConfigureAwait(false);
-        await PerTableAsync(offset, length, (o, l, done) => new ZeroOp(o, l, unmap, done, space), fua, space, cancellationToken).ConfigureAwait(false);
+        var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        SpaceReservation? space;
+        try
+        {
+            CheckRange(offset, length);
+            space = await ReserveSpaceAsync(ctx, offset, length,
+                (planner, table, from, to) => planner.NewClustersForZero(table, from, to - from, unmap), cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            admitted.Dispose();
+            throw;
+        }
+        await PerTableAsync(admitted, offset, length, (o, l, done) => new ZeroOp(o, l, unmap, done, space), fua, space, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -209,8 +218,8 @@ public sealed partial class Qcow2Image
     public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
         Writer();
-        using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
-        await PerTableAsync(offset, length, (o, l, done) => new DiscardOp(o, l, done), false, null, cancellationToken).ConfigureAwait(false);
+        var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
+        await PerTableAsync(admitted, offset, length, (o, l, done) => new DiscardOp(o, l, done), false, null, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Writes one whole, aligned guest cluster compressed (as <c>qemu-img convert -c</c>); stored normally if it does not shrink.</summary>
@@ -306,8 +315,12 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>Routes one operation per L2 table; the caller holds an admission (snapshot edits wait for it).</summary>
-    private async ValueTask PerTableAsync(long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, SpaceReservation? space, CancellationToken cancellationToken)
+    /// <summary>
+    /// Routes one operation per L2 table under <paramref name="admitted"/> (snapshot edits wait for it), which this
+    /// owns from here on: it is let go when the operations have ended (a FUA flush after them), also when the
+    /// caller stops waiting first.
+    /// </summary>
+    private async ValueTask PerTableAsync(IDisposable admitted, long offset, long length, Func<long, long, TaskCompletionSource, object> make, bool fua, SpaceReservation? space, CancellationToken cancellationToken)
     {
         Task all;
         try
@@ -331,13 +344,13 @@ public sealed partial class Qcow2Image
         catch
         {
             space?.Dispose();
+            admitted.Dispose();
             throw;
         }
         // The reservation goes back once every table operation drawing from it has ended (a cancelled
         // caller stops waiting; the operations go on).
         if (space is not null) _ = all.ContinueWith(_ => space.Dispose(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-        await all.WaitAsync(cancellationToken).ConfigureAwait(false);
-        if (fua) await FlushAdmittedAsync(cancellationToken).ConfigureAwait(false);
+        await AwaitActorAsync(all, admitted, after: null, cancellationToken, fua ? FlushAdmittedAsync : null).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -79,6 +79,7 @@ public sealed class CancelledEditTests : HostedImageTests
             cancel.Cancel();
             await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resize.WaitAsync(Timeout));
             Assert.Equal(4 * MiB, image.Info.VirtualSize);
+            Assert.Equal(1, image.RequestsInside); // the resize still runs: its admission stays
 
             hold.Release.TrySetResult();
             // The resize runs to the end in the image actor and its admission is let go only after the image's info
@@ -86,6 +87,42 @@ public sealed class CancelledEditTests : HostedImageTests
             Assert.Equal(0, (await image.CheckAsync().AsTask().WaitAsync(Timeout)).ExitCode);
             Assert.Equal(64 * MiB, image.Info.VirtualSize);
             Assert.Equal(64 * MiB, image.VirtualSize);
+        }
+        finally
+        {
+            hold.Release.TrySetResult();
+        }
+    }
+    [Fact]
+    public async Task A_write_zeroes_cancelled_at_its_device_write_keeps_its_admission_until_it_ends()
+    {
+        var (image, hold) = await OpenHeldAsync("zeroes.qcow2");
+        await using var _ = image;
+        // Released on every path: a held write would keep the image's close waiting.
+        try
+        {
+            await image.WriteAsync(0, Enumerable.Repeat((byte)0x5A, 64 * KiB).ToArray());
+            await image.FlushAsync();
+            using var cancel = new CancellationTokenSource();
+            hold.Armed = true;
+            // Part of an allocated cluster: the table actor writes the zeros into it, and that write is held.
+            var zero = image.WriteZeroesAsync(4 * KiB, 4 * KiB, cancellationToken: cancel.Token).AsTask();
+            await hold.Arrived.Task.WaitAsync(Timeout);
+            cancel.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => zero.WaitAsync(Timeout));
+
+            // Before the fix the cancelled call left the gate here, and a snapshot edit could run beside the zeroing.
+            Assert.Equal(1, image.RequestsInside);
+
+            hold.Release.TrySetResult();
+            // A check closes the gate: it starts once the zeroing has ended and let its admission go.
+            Assert.Equal(0, (await image.CheckAsync().AsTask().WaitAsync(Timeout)).ExitCode);
+            Assert.Equal(0, image.RequestsInside);
+            var back = new byte[64 * KiB];
+            await image.ReadAsync(0, back);
+            Assert.All(back.AsSpan(0, 4 * KiB).ToArray(), b => Assert.Equal(0x5A, b));
+            Assert.All(back.AsSpan(4 * KiB, 4 * KiB).ToArray(), b => Assert.Equal(0, b));
+            Assert.All(back.AsSpan(8 * KiB).ToArray(), b => Assert.Equal(0x5A, b));
         }
         finally
         {
