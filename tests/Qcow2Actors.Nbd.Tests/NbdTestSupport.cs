@@ -204,6 +204,27 @@ internal sealed class RawNbdClient : IAsyncDisposable
         return (error, handle, data);
     }
 
+    /// <summary>
+    /// Reads the next reply, simple or a structured chunk (a server may answer requests in any order): a simple
+    /// reply comes back with Type 0 and its error as the payload's first four bytes, as an error chunk carries it.
+    /// </summary>
+    public async Task<(ushort Flags, ushort Type, ulong Handle, uint Error, byte[] Payload)> ReadAnyReplyAsync()
+    {
+        var magic = BinaryPrimitives.ReadUInt32BigEndian(await ReadAsync(4));
+        if (magic == 0x67446698u)
+        {
+            var rest = await ReadAsync(12);
+            var error = BinaryPrimitives.ReadUInt32BigEndian(rest);
+            return (0, 0, BinaryPrimitives.ReadUInt64BigEndian(rest.AsSpan(4)), error, []);
+        }
+        Assert.Equal(0x668e33efu, magic);
+        var header = await ReadAsync(16);
+        var payload = await ReadAsync((int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)));
+        ushort type = BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(2));
+        return (BinaryPrimitives.ReadUInt16BigEndian(header), type, BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(4)),
+            (type & 0x8000) != 0 ? BinaryPrimitives.ReadUInt32BigEndian(payload) : 0, payload);
+    }
+
     public async Task<(ushort Flags, ushort Type, ulong Handle, byte[] Payload)> ReadChunkAsync()
     {
         var header = await ReadAsync(20);
