@@ -1,6 +1,3 @@
-using Qcow2Actors.Engine.Create;
-using Qcow2Actors.Engine.Device;
-using Qcow2Actors.Engine.Tests.Device;
 
 namespace Qcow2Actors.Engine.Tests;
 
@@ -14,26 +11,10 @@ public sealed class CancelledEditTests : HostedImageTests
     private const int KiB = 1024, MiB = 1024 * KiB;
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    private async Task<(Qcow2Image Image, WriteHold Hold)> OpenHeldAsync(string name)
-    {
-        var path = Dir.File(name);
-        var hold = new WriteHold();
-        var options = new Qcow2OpenOptions
-        {
-            ReadOnly = false,
-            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
-        };
-        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
-        var image = await Host.OpenAsync(path, options);
-        await image.WriteAsync(0, new byte[64 * KiB]);
-        await image.FlushAsync();
-        return (image, hold);
-    }
-
     [Fact]
     public async Task A_bitmap_edit_cancelled_at_its_device_write_keeps_writes_out_until_it_ends()
     {
-        var (image, hold) = await OpenHeldAsync("bitmap.qcow2");
+        var (image, hold, _) = await OpenWithWriteHoldAsync("bitmap.qcow2", 0);
         await using var _ = image;
         // Released on every path: a held write would keep the image's close waiting.
         try
@@ -67,7 +48,7 @@ public sealed class CancelledEditTests : HostedImageTests
     [Fact]
     public async Task A_resize_cancelled_at_its_device_write_still_updates_the_image_info_when_it_ends()
     {
-        var (image, hold) = await OpenHeldAsync("resize.qcow2");
+        var (image, hold, _) = await OpenWithWriteHoldAsync("resize.qcow2", 0);
         await using var _ = image;
         // Released on every path: a held write would keep the image's close waiting.
         try
@@ -96,13 +77,11 @@ public sealed class CancelledEditTests : HostedImageTests
     [Fact]
     public async Task A_write_zeroes_cancelled_at_its_device_write_keeps_its_admission_until_it_ends()
     {
-        var (image, hold) = await OpenHeldAsync("zeroes.qcow2");
+        var (image, hold, _) = await OpenWithWriteHoldAsync("zeroes.qcow2", 0x5A);
         await using var _ = image;
         // Released on every path: a held write would keep the image's close waiting.
         try
         {
-            await image.WriteAsync(0, Enumerable.Repeat((byte)0x5A, 64 * KiB).ToArray());
-            await image.FlushAsync();
             using var cancel = new CancellationTokenSource();
             hold.Armed = true;
             // Part of an allocated cluster: the table actor writes the zeros into it, and that write is held.

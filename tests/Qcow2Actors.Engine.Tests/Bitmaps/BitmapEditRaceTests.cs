@@ -25,17 +25,8 @@ public sealed class BitmapEditRaceTests : HostedImageTests
     [Fact]
     public async Task A_clear_waits_for_the_write_in_flight_and_a_write_arriving_meanwhile_lands_in_the_cleared_bitmap()
     {
-        var path = Dir.File("clear.qcow2");
-        var hold = new WriteHold();
-        var options = new Qcow2OpenOptions
-        {
-            ReadOnly = false,
-            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
-        };
-        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
-        await using var image = await Host.OpenAsync(path, options);
-        await image.WriteAsync(0, Fill(64 * KiB, 0x01));
-        await image.FlushAsync();
+        var (opened, hold, _) = await OpenWithWriteHoldAsync("clear.qcow2", 0x01);
+        await using var image = opened;
         await image.AddBitmapAsync("b", 65536);
 
         hold.Armed = true;

@@ -267,17 +267,7 @@ public sealed class OnlineSnapshotTests : HostedImageTests
     [QemuFact]
     public async Task A_write_in_flight_lands_in_the_snapshot_and_a_read_that_arrives_meanwhile_waits_for_it()
     {
-        var path = Dir.File("inflight.qcow2");
-        var hold = new WriteHold();
-        var options = new Qcow2OpenOptions
-        {
-            ReadOnly = false,
-            DeviceFactory = (p, writable) => new HoldOneWrite(FileBlockDevice.Open(p, writable), hold),
-        };
-        await (await Host.CreateAsync(path, new Qcow2CreateOptions { Size = 4 * MiB })).DisposeAsync();
-        var image = await Host.OpenAsync(path, options);
-        await image.WriteAsync(0, Fill(64 * KiB, 0x01));
-        await image.FlushAsync();
+        var (image, hold, path) = await OpenWithWriteHoldAsync("inflight.qcow2", 0x01);
 
         hold.Armed = true;
         var inFlight = image.WriteAsync(0, Fill(4 * KiB, 0x02)).AsTask(); // an owned cluster: straight to the device
