@@ -11,7 +11,9 @@ namespace Qcow2Actors.Engine.Device;
 /// which saves two thread switches per I/O) and may throw instead of returning a faulted task: the
 /// asynchronous forms turn such a throw into a faulted task, and the synchronous forms wait for the
 /// core's result on the calling thread (free when the core completed synchronously, as it does for
-/// every device here except a retry backing off).
+/// every device here except a retry backing off). While a core runs on the caller's thread the engine counts that
+/// thread as held by a device call, so the thread pool's minimum grows ahead of calls hung on a disk
+/// (<c>ThreadPoolFloor</c>).
 /// </remarks>
 public abstract class BlockDevice : IBlockDevice
 {
@@ -40,6 +42,7 @@ public abstract class BlockDevice : IBlockDevice
     public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
         if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled<int>(cancellationToken);
+        ThreadPoolFloor.Enter();
         try
         {
             return ReadCoreAsync(buffer, offset, cancellationToken);
@@ -48,12 +51,17 @@ public abstract class BlockDevice : IBlockDevice
         {
             return ValueTask.FromException<int>(ex);
         }
+        finally
+        {
+            ThreadPoolFloor.Exit();
+        }
     }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
         if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled(cancellationToken);
+        ThreadPoolFloor.Enter();
         try
         {
             return WriteCoreAsync(buffer, offset, cancellationToken);
@@ -61,6 +69,10 @@ public abstract class BlockDevice : IBlockDevice
         catch (Exception ex)
         {
             return ValueTask.FromException(ex);
+        }
+        finally
+        {
+            ThreadPoolFloor.Exit();
         }
     }
 
@@ -86,7 +98,15 @@ public abstract class BlockDevice : IBlockDevice
         fixed (byte* p = buffer)
         {
             using var memory = new PointerMemory(p, buffer.Length);
-            return SyncCompletion.Wait(ReadCoreAsync(memory.Memory, offset, CancellationToken.None));
+            ThreadPoolFloor.Enter();
+            try
+            {
+                return SyncCompletion.Wait(ReadCoreAsync(memory.Memory, offset, CancellationToken.None));
+            }
+            finally
+            {
+                ThreadPoolFloor.Exit();
+            }
         }
     }
 
@@ -96,7 +116,15 @@ public abstract class BlockDevice : IBlockDevice
         fixed (byte* p = buffer)
         {
             using var memory = new PointerMemory(p, buffer.Length);
-            SyncCompletion.Wait(WriteCoreAsync(memory.Memory, offset, CancellationToken.None));
+            ThreadPoolFloor.Enter();
+            try
+            {
+                SyncCompletion.Wait(WriteCoreAsync(memory.Memory, offset, CancellationToken.None));
+            }
+            finally
+            {
+                ThreadPoolFloor.Exit();
+            }
         }
     }
 
