@@ -125,7 +125,9 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         var images = Enumerable.Range(1, 6).Select(i => $"disk{i}").ToArray();
         var data = CreateImages(images);
         var connection = await NewDatabaseAsync("ops_rebalance");
-        var ports = Enumerable.Range(0, 3).Select(_ => HostProcess.FreePort()).ToArray();
+        // The seeds' ports are needed up front; a joining node's is taken when it starts, so the running nodes'
+        // outgoing connections (PostgreSQL, remoting) have had no time to land on it as their local port.
+        var ports = Enumerable.Range(0, 2).Select(_ => HostProcess.FreePort()).ToArray();
         int[] seeds = [ports[0], ports[1]];
         var clock = Stopwatch.StartNew();
         var node1 = await StartNodeAsync(data, ports[0], seeds, connection);
@@ -156,7 +158,7 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
 
         // A third node joins: the coordinator moves shards to it, each image closed clean by its old owner first.
         var joined = clock.Elapsed;
-        var node3 = new ClusterNodeProcess(_dir.Path, "node3", data, ports[2], seeds, connection);
+        var node3 = new ClusterNodeProcess(_dir.Path, "node3", data, HostProcess.FreePort(), seeds, connection);
         _nodes.Add(node3);
         var up = node1.Line(l => l.Contains($"member up {node3.Address}", StringComparison.Ordinal)).ContinueWith(_ => clock.Elapsed, TaskScheduler.Default);
         var firstMove = node3.Line(l => images.Any(i => ExportAdded(l, i)));
@@ -221,12 +223,14 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         var images = Enumerable.Range(1, 3).Select(i => $"disk{i}").ToArray();
         var data = CreateImages(images);
         var connection = await NewDatabaseAsync("ops_partition");
-        var ports = Enumerable.Range(0, 3).Select(_ => HostProcess.FreePort()).ToArray();
+        // The seeds' ports are needed up front; a joining node's is taken when it starts, so the running nodes'
+        // outgoing connections (PostgreSQL, remoting) have had no time to land on it as their local port.
+        var ports = Enumerable.Range(0, 2).Select(_ => HostProcess.FreePort()).ToArray();
         int[] seeds = [ports[0], ports[1]];
         var clock = Stopwatch.StartNew();
         var node1 = await StartNodeAsync(data, ports[0], seeds, connection);
         await StartNodeAsync(data, ports[1], seeds, connection, node1);
-        await StartNodeAsync(data, ports[2], seeds, connection, node1);
+        await StartNodeAsync(data, HostProcess.FreePort(), seeds, connection, node1);
         var owners = await ServeAsync(node1, images);
         for (int i = 0; i < images.Length; i++)
             QemuIoOk("-f", "raw", "-c", $"write -P {Pattern(i, 1)} 0 1M", "-c", $"write -P {Pattern(i, 2)} 8M 3M", "-c", "flush", owners[images[i]].Uri($"{Tenant}/{images[i]}"));
