@@ -215,17 +215,22 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask<object?> EditOnlineAsync(Func<IBlockDevice, object?> edit, bool changesImage, CancellationToken cancellationToken)
     {
-        using var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
-        ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        _ctx!.ThrowIfReadOnly();
+        var closure = await _gate.CloseAsync(cancellationToken).ConfigureAwait(false);
         var done = new TaskCompletionSource<object?>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _imageActor!.Tell(new OnlineEditRequest(edit, changesImage, done));
-        // A host stopped meanwhile never answers (Abandon reported the unclean close).
-        if (await Task.WhenAny(done.Task, _abandoned.Task).ConfigureAwait(false) != done.Task)
-            throw new ObjectDisposedException(Info.FileName, "its image host stopped during the snapshot edit");
-        var result = await done.Task.ConfigureAwait(false);
-        if (changesImage) RefreshInfo();
-        return result;
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed != 0, this);
+            _ctx!.ThrowIfReadOnly();
+            _imageActor!.Tell(new OnlineEditRequest(edit, changesImage, done));
+        }
+        catch
+        {
+            closure.Dispose();
+            throw;
+        }
+        // Once sent, an edit is waited for to its end (or the host's stop): it is not given up half done.
+        await AwaitActorAsync(done.Task, closure, changesImage ? RefreshInfo : null, CancellationToken.None).ConfigureAwait(false);
+        return done.Task.Result;
     }
 
     /// <summary>
@@ -268,7 +273,7 @@ public sealed partial class Qcow2Image
         }
         try
         {
-            if (!work.IsCompleted) throw new ObjectDisposedException(Info.FileName, "its image host stopped during the request");
+            if (!work.IsCompleted) throw new ObjectDisposedException(Info.FileName, "its image host stopped during the request or edit");
             await work.ConfigureAwait(false);
             if (thenAsync is not null) await thenAsync(cancellationToken).ConfigureAwait(false);
             after?.Invoke();

@@ -69,6 +69,20 @@ internal static class ThreadPoolFloor
         if (--t_depth == 0) Interlocked.Decrement(ref s_blocked);
     }
 
+    /// <summary><see cref="Enter"/> now and <see cref="Exit"/> when the returned scope is disposed (<c>using</c>).</summary>
+    public static Held Hold()
+    {
+        Enter();
+        return default;
+    }
+
+    /// <summary>A device call's hold on its thread, from <see cref="Hold"/>.</summary>
+    public readonly ref struct Held
+    {
+        /// <summary>The call has returned.</summary>
+        public void Dispose() => Exit();
+    }
+
     private static void Grow(int blocked)
     {
         lock (Gate)

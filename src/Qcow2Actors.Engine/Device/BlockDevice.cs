@@ -42,7 +42,7 @@ public abstract class BlockDevice : IBlockDevice
     public ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
         if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled<int>(cancellationToken);
-        ThreadPoolFloor.Enter();
+        using var held = ThreadPoolFloor.Hold();
         try
         {
             return ReadCoreAsync(buffer, offset, cancellationToken);
@@ -51,17 +51,13 @@ public abstract class BlockDevice : IBlockDevice
         {
             return ValueTask.FromException<int>(ex);
         }
-        finally
-        {
-            ThreadPoolFloor.Exit();
-        }
     }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
         if (cancellationToken.IsCancellationRequested) return ValueTask.FromCanceled(cancellationToken);
-        ThreadPoolFloor.Enter();
+        using var held = ThreadPoolFloor.Hold();
         try
         {
             return WriteCoreAsync(buffer, offset, cancellationToken);
@@ -69,10 +65,6 @@ public abstract class BlockDevice : IBlockDevice
         catch (Exception ex)
         {
             return ValueTask.FromException(ex);
-        }
-        finally
-        {
-            ThreadPoolFloor.Exit();
         }
     }
 
@@ -98,15 +90,8 @@ public abstract class BlockDevice : IBlockDevice
         fixed (byte* p = buffer)
         {
             using var memory = new PointerMemory(p, buffer.Length);
-            ThreadPoolFloor.Enter();
-            try
-            {
-                return SyncCompletion.Wait(ReadCoreAsync(memory.Memory, offset, CancellationToken.None));
-            }
-            finally
-            {
-                ThreadPoolFloor.Exit();
-            }
+            using var held = ThreadPoolFloor.Hold();
+            return SyncCompletion.Wait(ReadCoreAsync(memory.Memory, offset, CancellationToken.None));
         }
     }
 
@@ -116,15 +101,8 @@ public abstract class BlockDevice : IBlockDevice
         fixed (byte* p = buffer)
         {
             using var memory = new PointerMemory(p, buffer.Length);
-            ThreadPoolFloor.Enter();
-            try
-            {
-                SyncCompletion.Wait(WriteCoreAsync(memory.Memory, offset, CancellationToken.None));
-            }
-            finally
-            {
-                ThreadPoolFloor.Exit();
-            }
+            using var held = ThreadPoolFloor.Hold();
+            SyncCompletion.Wait(WriteCoreAsync(memory.Memory, offset, CancellationToken.None));
         }
     }
 
