@@ -143,13 +143,15 @@ public sealed record ClusterSettings
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp.hostname = {{Quote(Hostname)}}
             akka.remote.dot-netty.tcp.port = {{Port.ToString(CultureInfo.InvariantCulture)}}
-            # Fail-over in about 3 s (README, cluster section: each key and why). A node that dies is seen unreachable
-            # ~1.6 s later (heartbeats every 250 ms, 1 s of silence tolerated), downed by the split-brain resolver once
+            # Fail-over of a node that stops answering in about 5.5 s (README, cluster section: each key and why; a node
+            # whose process died is downed at once by down-refused-nodes). It is seen unreachable ~3.6 s after its last
+            # heartbeat (heartbeats every 250 ms, Akka's own 3 s of silence tolerated: 1 s downed a node stalled by the
+            # JIT while it started, on a loaded 2-core machine), downed by the split-brain resolver once
             # that has held for stable-after (checked every sbr-tick-interval, not Akka's fixed 1 s), removed at the
             # next leader action once the survivors have seen it (gossip), and its shards start on the survivors after
             # down-removal-margin (the OFD lock and the owner generation, not this margin, keep its writes out).
             akka.cluster.failure-detector.heartbeat-interval = 250ms
-            akka.cluster.failure-detector.acceptable-heartbeat-pause = 1s
+            akka.cluster.failure-detector.acceptable-heartbeat-pause = 3s
             akka.cluster.failure-detector.threshold = 8.0
             akka.cluster.split-brain-resolver.stable-after = 500ms
             akka.cluster.down-removal-margin = 100ms

@@ -9,7 +9,7 @@ namespace Qcow2Actors.Host.Cluster;
 
 /// <summary>
 /// Downs a member whose process is gone, as soon as its remoting connection drops and its remoting port refuses a
-/// new TCP connection, instead of waiting for the failure detector (about 1.6 s) and the split-brain resolver's
+/// new TCP connection, instead of waiting for the failure detector (about 3.6 s) and the split-brain resolver's
 /// stable-after (<c>down-refused-nodes</c>, on by default).
 /// </summary>
 /// <remarks>

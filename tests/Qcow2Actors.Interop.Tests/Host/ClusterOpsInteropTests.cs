@@ -77,6 +77,11 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
             // Every node's log, or a join that never completes leaves nothing to go on.
             throw new TimeoutException($"{node.Name} not up after {StartTimeout.TotalSeconds:F0} s\n{NodeLogs()}");
         }
+        catch (InvalidOperationException e)
+        {
+            // A node that exited (downed by its peers) has its own log in the message; why it was downed is in theirs.
+            throw new InvalidOperationException($"{e.Message.Split('\n')[0]} while {node.Name} started\n{NodeLogs()}", e);
+        }
         return node;
     }
 
