@@ -16,8 +16,8 @@ namespace Qcow2Actors.Host.Cluster;
 /// A refused connection (a TCP reset) means no process listens on the port: a live node, even one paused by SIGSTOP
 /// or a long GC, keeps its listening socket and the kernel completes the handshake for it, so a pause is never taken
 /// for a death; a dropped packet (a partition) is a timeout, not a refusal, and is left to the failure detector and
-/// the resolver. The node downs the member only while it and the other members it reaches are a majority of the
-/// cluster, the same side keep-majority would keep, so a node cut off alone downs nobody. Safety does not rest on
+/// the resolver. The node downs the member only while it and the other members it reaches are the side keep-majority
+/// would keep (<see cref="KeepMajoritySide"/>), so a node cut off alone downs nobody. Safety does not rest on
 /// this: a node wrongly downed has its journals fenced and its OFD locks still refuse a second writer.
 /// </remarks>
 internal sealed class RefusedNodeDowning : ReceiveActor
@@ -43,11 +43,9 @@ internal sealed class RefusedNodeDowning : ReceiveActor
             if (!r.Refused) return;
             var state = _cluster.State;
             var member = state.Members.FirstOrDefault(m => m.Address == r.Node);
-            if (member is null || member.Status != MemberStatus.Up || _cluster.SelfMember.Status != MemberStatus.Up) return;
-            // Keep-majority's side: this node and the members it reaches, without the dead one, outnumber the rest.
-            var counted = state.Members.Where(m => m.Status is MemberStatus.Up or MemberStatus.Leaving or MemberStatus.Exiting or MemberStatus.WeaklyUp).ToList();
-            int reached = counted.Count(m => m.Address != r.Node && !state.Unreachable.Any(u => u.Address == m.Address));
-            if (reached * 2 <= counted.Count) return;
+            if (member is null || member.Status != MemberStatus.Up) return;
+            if (!KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), _cluster.SelfAddress, r.Node))
+                return;
             log.LogWarning("cluster: member {Address} refuses connections on its remoting port (its process is gone): downing it", r.Node);
             _cluster.Down(r.Node);
             // Quarantining its incarnation marks it terminated in the cluster's reachability at once (what Akka does

@@ -277,6 +277,9 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
                      || l.Contains("close clean", StringComparison.Ordinal) || l.Contains("EIO", StringComparison.Ordinal) || l.Contains("read-only", StringComparison.OrdinalIgnoreCase)))
             output.WriteLine($"{stale.Name}: {(line.Length > 240 ? line[..240] : line)}");
         output.WriteLine($"{stale.Name} exited with {exitCode}");
+        // Resumed, it saw both survivors unreachable and may have downed them in its own view: it is not the side
+        // keep-majority keeps, so it fenced none of their journals (their images would have turned read-only).
+        Assert.DoesNotContain("image journal(s) of downed node", stale.Output, StringComparison.Ordinal);
 
         // Its images are served again by survivors; every write flushed before the pause reads back there.
         foreach (var image in staleImages)

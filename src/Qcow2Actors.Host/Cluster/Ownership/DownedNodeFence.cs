@@ -7,7 +7,8 @@ namespace Qcow2Actors.Host.Cluster.Ownership;
 
 /// <summary>
 /// Fences a downed node's image journals at once: when the cluster downs a member (the split-brain resolver, or an
-/// operator), every survivor that sees it takes the next owner generation of each journal that member holds, so from
+/// operator), every survivor that sees it (and, <see cref="ConfirmAfter"/> later, still runs on keep-majority's side)
+/// takes the next owner generation of each journal that member holds, so from
 /// then on the downed node can commit nothing: its next flush fails with EIO and its image turns read-only, even if
 /// it is only paused (SIGSTOP, a long GC) and resumes before it learns it was downed.
 /// </summary>
@@ -27,15 +28,36 @@ internal sealed class DownedNodeFence : ReceiveActor
     private sealed record Fenced(Address Node, int Journals);
     private sealed record Failed(Address Node, int Try, string Reason);
 
-    public DownedNodeFence(string connectionString, ILogger log)
+    /// <summary>
+    /// How long after a member is downed this node confirms it still speaks for the cluster before it fences. A node
+    /// that resumed from a pause can see the others downed in its own view, in the same decision that downs itself
+    /// (Akka's resolver took <c>DownIndirectlyConnected</c>, naming itself and both survivors, and published no
+    /// <c>MemberDowned</c> of itself): it starts its shutdown within ~100 ms, so a second look finds it leaving.
+    /// </summary>
+    internal static readonly TimeSpan ConfirmAfter = TimeSpan.FromSeconds(1);
+
+    private sealed record Confirm(Address Node);
+
+    public DownedNodeFence(string connectionString, ILogger log, TimeProvider time)
     {
-        var cluster = Akka.Cluster.Cluster.Get(Context.System);
+        var system = Context.System;
+        var cluster = Akka.Cluster.Cluster.Get(system);
         var self = cluster.SelfAddress;
         Receive<ClusterEvent.MemberDowned>(e =>
         {
-            // A node that is itself leaving or downed does not speak for the cluster.
-            if (e.Member.Address == self || cluster.SelfMember.Status != MemberStatus.Up) return;
-            Fence(connectionString, e.Member.Address, self, 1);
+            if (e.Member.Address == self) return;
+            var node = e.Member.Address;
+            Task.Delay(ConfirmAfter, time).PipeTo(Self, success: () => new Confirm(node));
+        });
+        Receive<Confirm>(c =>
+        {
+            // Only keep-majority's side speaks for the cluster, and only while it runs: a node that is itself downed,
+            // leaving or shutting down, or that sees itself cut off, fences nobody (it would turn live owners'
+            // images read-only).
+            if (cluster.IsTerminated || CoordinatedShutdown.Get(system).ShutdownReason is not null) return;
+            var state = cluster.State;
+            if (!KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), self, c.Node)) return;
+            Fence(connectionString, c.Node, self, 1);
         });
         Receive<Fenced>(f =>
         {
@@ -79,6 +101,6 @@ internal sealed class DownedNodeFence : ReceiveActor
 
     protected override void PostStop() => Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
 
-    public static Props Props(string connectionString, ILogger log) =>
-        Akka.Actor.Props.Create(() => new DownedNodeFence(connectionString, log));
+    public static Props Props(string connectionString, ILogger log, TimeProvider time) =>
+        Akka.Actor.Props.Create(() => new DownedNodeFence(connectionString, log, time));
 }

@@ -25,7 +25,7 @@ internal static class OwnershipSetup
             var settings = resolver.GetService<HostSettings>();
             var region = registry.Get<ImageEntity>();
             system.ActorOf(NodeAgent.Props(resolver.GetService<HostRegistry>(), region, cluster.Shards, settings.StopTimeout + TimeSpan.FromSeconds(30), log), NodeAgent.Name);
-            system.ActorOf(DownedNodeFence.Props(cluster.ConnectionString, log), "q2a-downed-node-fence");
+            system.ActorOf(DownedNodeFence.Props(cluster.ConnectionString, log, resolver.GetService<TimeProvider>()), "q2a-downed-node-fence");
             SbrTickerSetup.Start(system, cluster.SbrTickInterval, log);
             if (cluster.DownRefusedNodes) system.ActorOf(RefusedNodeDowning.Props(log, resolver.GetService<TimeProvider>()), "q2a-refused-node-downing");
         });
