@@ -7,19 +7,20 @@ namespace Qcow2Actors.Host.Cluster;
 /// Whether a node, with the members it reaches, is the side Akka's keep-majority resolver keeps when a member goes:
 /// more than half of the members, or exactly half with the member of the lowest address. Only that side speaks for
 /// the cluster; a node cut off (or paused and resumed, seeing everyone else unreachable) downs and fences nobody.
+/// Stricter than Akka's own count: members down but not yet removed are counted, on the other side.
 /// </summary>
 internal static class KeepMajoritySide
 {
     /// <summary>
     /// True when <paramref name="self"/> is up and it and the members it reaches, without <paramref name="gone"/>, are
-    /// keep-majority's side of <paramref name="members"/>: those up, weakly up, leaving or exiting, and those down but
-    /// not yet removed (counted, never reached: a decision that downed several at once, or a member about to go,
-    /// does not shrink the whole this side must be the most of).
+    /// keep-majority's side of <paramref name="members"/>: those up or leaving (joining, weakly up and exiting ones are
+    /// left out, as Akka does), <paramref name="gone"/> whatever its status, and those down but not yet removed
+    /// (counted, never reached: a decision that downed several at once does not shrink the whole this side must be
+    /// the most of).
     /// </summary>
     public static bool Holds(IEnumerable<(Address Address, MemberStatus Status)> members, IReadOnlySet<Address> unreachable, Address self, Address gone)
     {
-        var list = members.Where(m => m.Address == gone || m.Status is MemberStatus.Up or MemberStatus.WeaklyUp or MemberStatus.Leaving
-            or MemberStatus.Exiting or MemberStatus.Down).ToList();
+        var list = members.Where(m => m.Address == gone || m.Status is MemberStatus.Up or MemberStatus.Leaving or MemberStatus.Down).ToList();
         if (!list.Any(m => m.Address == self && m.Status == MemberStatus.Up)) return false;
         var kept = list.Where(m => m.Address != gone && m.Status != MemberStatus.Down && !unreachable.Contains(m.Address)).Select(m => m.Address).ToList();
         if (kept.Count * 2 != list.Count) return kept.Count * 2 > list.Count;

@@ -279,7 +279,9 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
         output.WriteLine($"{stale.Name} exited with {exitCode}");
         // Resumed, it saw both survivors unreachable and may have downed them in its own view: it is not the side
         // keep-majority keeps, so it fenced none of their journals (their images would have turned read-only).
-        Assert.DoesNotContain("image journal(s) of downed node", stale.Output, StringComparison.Ordinal);
+        await using (var db = NpgsqlDataSource.Create(connection))
+        await using (var byStale = db.CreateCommand($"SELECT count(*) FROM {Qcow2Actors.Host.Cluster.FencedSqlJournal.GenerationTable} WHERE owner LIKE '%seen by {stale.Address}'"))
+            Assert.Equal(0L, (long)(await byStale.ExecuteScalarAsync())!);
 
         // Its images are served again by survivors; every write flushed before the pause reads back there.
         foreach (var image in staleImages)

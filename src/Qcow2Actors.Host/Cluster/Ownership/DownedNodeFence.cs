@@ -6,11 +6,12 @@ using Npgsql;
 namespace Qcow2Actors.Host.Cluster.Ownership;
 
 /// <summary>
-/// Fences a downed node's image journals at once: when the cluster downs a member (the split-brain resolver, or an
-/// operator), every survivor that sees it (and, <see cref="ConfirmAfter"/> later, still runs on keep-majority's side)
-/// takes the next owner generation of each journal that member holds, so from
-/// then on the downed node can commit nothing: its next flush fails with EIO and its image turns read-only, even if
-/// it is only paused (SIGSTOP, a long GC) and resumes before it learns it was downed.
+/// Fences a downed node's image journals about a second after it is downed: when the cluster downs a member (the
+/// split-brain resolver, or an operator), every survivor that sees it and is on keep-majority's side (when it sees the
+/// down and again <see cref="ConfirmAfter"/> later) takes the next owner generation of each journal that member holds,
+/// so from then on the downed node can commit nothing: its next flush fails with EIO and its image turns read-only,
+/// even if it is only paused (SIGSTOP, a long GC) and resumes before it learns it was downed. What it commits in the
+/// second before is in the journal the next owner replays.
 /// </summary>
 /// <remarks>
 /// Without this the generation moved only when the next owner opened the image, which the image's OFD lock holds
@@ -36,28 +37,39 @@ internal sealed class DownedNodeFence : ReceiveActor
     /// </summary>
     internal static readonly TimeSpan ConfirmAfter = TimeSpan.FromSeconds(1);
 
-    private sealed record Confirm(Address Node);
+    private sealed record Confirm(UniqueAddress Node);
 
     public DownedNodeFence(string connectionString, ILogger log, TimeProvider time)
     {
         var system = Context.System;
         var cluster = Akka.Cluster.Cluster.Get(system);
         var self = cluster.SelfAddress;
+        // Only keep-majority's side speaks for the cluster, and only while it runs: a node that is itself downed,
+        // leaving or shutting down, or that sees itself cut off, fences nobody (it would turn live owners' images
+        // read-only). Asked when the down is seen and again ConfirmAfter later: the first look still has the members
+        // a resumed node found unreachable (they may be removed by the second), the second sees its shutdown.
+        string? Declined(UniqueAddress node)
+        {
+            if (cluster.IsTerminated || CoordinatedShutdown.Get(system).ShutdownReason is not null) return "this node is shutting down";
+            var state = cluster.State;
+            // A new process at the same address (restarted within the wait) owns its journals under the same name.
+            if (state.Members.Any(m => m.Address == node.Address && m.UniqueAddress.Uid != node.Uid)) return "a new incarnation of it is a member";
+            return KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), self, node.Address)
+                ? null : "this node is not on keep-majority's side";
+        }
+        void Decline(UniqueAddress node, string why) =>
+            log.LogInformation("cluster: not fencing the journals of downed node {Address}: {Reason}", node.Address, why);
         Receive<ClusterEvent.MemberDowned>(e =>
         {
             if (e.Member.Address == self) return;
-            var node = e.Member.Address;
-            Task.Delay(ConfirmAfter, time).PipeTo(Self, success: () => new Confirm(node));
+            var node = e.Member.UniqueAddress;
+            if (Declined(node) is { } why) Decline(node, why);
+            else Task.Delay(ConfirmAfter, time).PipeTo(Self, success: () => new Confirm(node));
         });
         Receive<Confirm>(c =>
         {
-            // Only keep-majority's side speaks for the cluster, and only while it runs: a node that is itself downed,
-            // leaving or shutting down, or that sees itself cut off, fences nobody (it would turn live owners'
-            // images read-only).
-            if (cluster.IsTerminated || CoordinatedShutdown.Get(system).ShutdownReason is not null) return;
-            var state = cluster.State;
-            if (!KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), self, c.Node)) return;
-            Fence(connectionString, c.Node, self, 1);
+            if (Declined(c.Node) is { } why) Decline(c.Node, why);
+            else Fence(connectionString, c.Node.Address, self, 1);
         });
         Receive<Fenced>(f =>
         {
