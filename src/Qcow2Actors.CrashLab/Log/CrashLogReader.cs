@@ -16,25 +16,21 @@ public static class CrashLogReader
         ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path))
             throw new FileNotFoundException($"crash log {path} does not exist.", path);
-        byte[] bytes;
-        using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete))
-        {
-            bytes = new byte[stream.Length];
-            stream.ReadExactly(bytes);
-        }
-
-        return Parse(path, bytes);
+        // Mapped, not read into an array: a recording of a real workload runs to many GiB.
+        return Parse(path, MappedLogBytes.Open(path));
     }
 
     /// <summary>Decodes a log held in memory; <paramref name="name"/> names it in errors.</summary>
-    public static CrashLog Parse(string name, ReadOnlyMemory<byte> file)
+    public static CrashLog Parse(string name, ReadOnlyMemory<byte> file) => Parse(name, LogBytes.Of(file));
+
+    private static CrashLog Parse(string name, LogBytes file)
     {
-        var header = ParseHeader(name, file.Span, out var headerLength);
+        var header = ParseHeader(name, file.UpTo(0, MaxHeaderLength), out var headerLength);
         var records = new List<CrashLogRecord>();
         var begun = new HashSet<long>();
         var completed = new HashSet<long>();
         long lastId = 0;
-        var position = headerLength;
+        long position = headerLength;
         string? truncation = null;
         while (position < file.Length)
         {
@@ -61,6 +57,10 @@ public static class CrashLogReader
 
         return new CrashLog(header, records, position, truncation);
     }
+
+    private const int MaxHeaderLength = CrashLogHeaderLayout.FixedLength + 2 * CrashLogHeaderLayout.MaxStringLength + CrashLogHeaderLayout.ChecksumLength;
+
+    private const int MaxRecordLength = CrashLogRecordLayout.FixedLength + CrashLogRecordLayout.MaxDataLength + CrashLogRecordLayout.ChecksumLength;
 
     private static CrashLogHeader ParseHeader(string name, ReadOnlySpan<byte> file, out int length)
     {
@@ -90,15 +90,16 @@ public static class CrashLogReader
         return new CrashLogHeader(path, snapshot, virtualSize, started);
     }
 
-    private static string? TryReadRecord(ReadOnlyMemory<byte> file, int position, int index, out CrashLogRecord? record)
+    private static string? TryReadRecord(LogBytes file, long position, int index, out CrashLogRecord? record)
     {
         record = null;
-        var rest = file.Span[position..];
+        // At most one record's worth: the rest of a large log is not looked at (nor paged in) for this one.
+        var rest = file.UpTo(position, MaxRecordLength);
         if (rest.Length < CrashLogRecordLayout.FixedLength + CrashLogRecordLayout.ChecksumLength)
             return $"{rest.Length} bytes left, shorter than a record";
         var total = BinaryPrimitives.ReadUInt32LittleEndian(rest[CrashLogRecordLayout.RecordLengthOffset..]);
         if (total < CrashLogRecordLayout.FixedLength + CrashLogRecordLayout.ChecksumLength
-            || total > CrashLogRecordLayout.FixedLength + CrashLogRecordLayout.MaxDataLength + CrashLogRecordLayout.ChecksumLength)
+            || total > MaxRecordLength)
             return $"record length {total} is not possible";
         if (total > rest.Length)
             return $"record length {total} runs past the end of the file ({rest.Length} bytes left)";
@@ -119,7 +120,7 @@ public static class CrashLogReader
         if (kind == CrashLogRecordKind.Write ? dataLength != length : dataLength != 0)
             return $"a {kind} record carries {dataLength} data bytes for length {length}";
         record = new CrashLogRecord(index, position, kind, id, offset, length,
-            file.Slice(position + CrashLogRecordLayout.FixedLength, dataLength),
+            file.Memory(position + CrashLogRecordLayout.FixedLength, dataLength),
             (flags & CrashLogRecordLayout.FlagFua) != 0,
             (flags & CrashLogRecordLayout.FlagMayUnmap) != 0,
             (flags & CrashLogRecordLayout.FlagOk) != 0);

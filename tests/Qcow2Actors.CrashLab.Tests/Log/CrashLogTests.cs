@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
 using Qcow2Actors.CrashLab;
 
 namespace Qcow2Actors.CrashLab.Tests.Log;
@@ -46,6 +48,54 @@ public sealed class CrashLogTests : IDisposable
         Assert.Equal((CrashLogRecordKind.Trim, true), (log.Operations[3].Kind, log.Operations[3].Fua));
         Assert.Null(log.Operations[4].Ok);
         Assert.Null(log.Operations[4].CompleteIndex);
+    }
+
+    [Fact]
+    public async Task A_log_larger_than_an_array_can_hold_reads_back_whole()
+    {
+        // 34 writes of the largest record (64 MiB) make a 2.1 GiB log: more than one array holds. Their data are
+        // holes (zeros) in a sparse file, so the test writes only headers and checksums.
+        const int writes = 34;
+        const int dataLength = CrashLogRecordLayout.MaxDataLength;
+        var header = Header with { VirtualSize = (long)writes * dataLength };
+        var path = Path.Combine(_dir, "large.log");
+        await CrashLogWriter.Create(path, header).DisposeAsync();
+        var zeros = new byte[1 << 20];
+        await using (var file = new FileStream(path, FileMode.Open, FileAccess.Write))
+        {
+            long at = file.Length;
+            for (int i = 0; i < writes; i++)
+            {
+                var fixedPart = new byte[CrashLogRecordLayout.FixedLength];
+                BinaryPrimitives.WriteUInt32LittleEndian(fixedPart.AsSpan(CrashLogRecordLayout.RecordLengthOffset),
+                    CrashLogRecordLayout.FixedLength + dataLength + CrashLogRecordLayout.ChecksumLength);
+                fixedPart[CrashLogRecordLayout.KindOffset] = (byte)CrashLogRecordKind.Write;
+                BinaryPrimitives.WriteInt64LittleEndian(fixedPart.AsSpan(CrashLogRecordLayout.IdOffset), i + 1);
+                BinaryPrimitives.WriteInt64LittleEndian(fixedPart.AsSpan(CrashLogRecordLayout.OffsetOffset), (long)i * dataLength);
+                BinaryPrimitives.WriteInt64LittleEndian(fixedPart.AsSpan(CrashLogRecordLayout.LengthOffset), dataLength);
+                var hash = new XxHash64();
+                hash.Append(fixedPart);
+                for (int n = 0; n < dataLength; n += zeros.Length) hash.Append(zeros);
+                file.Position = at;
+                await file.WriteAsync(fixedPart);
+                file.Position = at + CrashLogRecordLayout.FixedLength + dataLength; // the data: a hole
+                var checksum = new byte[CrashLogRecordLayout.ChecksumLength];
+                BinaryPrimitives.WriteUInt64LittleEndian(checksum, hash.GetCurrentHashAsUInt64());
+                await file.WriteAsync(checksum);
+                at = file.Position;
+            }
+        }
+
+        var log = CrashLogReader.Read(path);
+
+        Assert.False(log.IsTruncated, log.Truncation);
+        Assert.Equal(new FileInfo(path).Length, log.ValidLength);
+        Assert.True(log.ValidLength > int.MaxValue);
+        Assert.Equal(writes, log.Operations.Count);
+        var last = log.Operations[^1];
+        Assert.Equal(((long)(writes - 1) * dataLength, dataLength), (last.Offset, last.Data.Length));
+        Assert.True(log.Records[^1].FileOffset > int.MaxValue);
+        Assert.Equal(-1, last.Data.Span.IndexOfAnyExcept((byte)0));
     }
 
     [Fact]
