@@ -20,6 +20,7 @@ internal sealed unsafe class MappedLogBytes : LogBytes
 {
     private readonly MemoryMappedViewAccessor _view;
     private readonly byte* _start;
+    private readonly bool _acquired;
 
     private MappedLogBytes(MemoryMappedViewAccessor view, long length)
     {
@@ -27,6 +28,7 @@ internal sealed unsafe class MappedLogBytes : LogBytes
         Length = length;
         byte* pointer = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+        _acquired = true;
         _start = pointer + view.PointerOffset;
     }
 
@@ -34,12 +36,25 @@ internal sealed unsafe class MappedLogBytes : LogBytes
     public static LogBytes Open(string path)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        long length = stream.Length;
-        if (length == 0) return Of(ReadOnlyMemory<byte>.Empty);
-        // A mapping outlives the file handle and the mapping object it was made through: the view alone is kept.
-        using var file = MemoryMappedFile.CreateFromFile(stream, null, length, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
-        return new MappedLogBytes(file.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read), length);
+        for (int attempt = 1; ; attempt++)
+        {
+            long length = stream.Length;
+            if (length == 0) return Of(ReadOnlyMemory<byte>.Empty);
+            try
+            {
+                // A mapping outlives the file handle and the mapping object it was made through: the view alone is kept.
+                using var file = MemoryMappedFile.CreateFromFile(stream, null, length, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
+                return new MappedLogBytes(file.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read), length);
+            }
+            catch (ArgumentOutOfRangeException) when (attempt < MapAttempts && stream.Length > length)
+            {
+                // A recorder appended between the length and the mapping (which must cover the whole file): again.
+            }
+        }
     }
+
+    /// <summary>Tries at mapping a log a recorder keeps appending to (each can lose a race with an append).</summary>
+    private const int MapAttempts = 100;
 
     public override long Length { get; }
 
@@ -59,17 +74,25 @@ internal sealed unsafe class MappedLogBytes : LogBytes
 
     ~MappedLogBytes()
     {
-        // The view's handle unmaps in its own (critical, later) finalizer once this pointer's hold is gone.
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        // The view's handle unmaps once its last hold is gone: this pointer's, and its own at its finalizer.
+        if (_acquired) _view.SafeMemoryMappedViewHandle.ReleasePointer();
     }
 
-    /// <summary>One record's data in the mapping; holds the mapping alive while the data is.</summary>
+    /// <summary>
+    /// One record's data in the mapping; holds the mapping alive while the data is. The pages are read-only: the
+    /// span is writable only because MemoryManager's is (nothing here writes to a record's data).
+    /// </summary>
     private sealed class Region(MappedLogBytes owner, long offset, int length) : MemoryManager<byte>
     {
         public override Span<byte> GetSpan() => new(owner._start + offset, length);
 
         // Mapped memory never moves: nothing to pin.
-        public override MemoryHandle Pin(int elementIndex = 0) => new(owner._start + offset + elementIndex, default, this);
+        public override MemoryHandle Pin(int elementIndex = 0)
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(elementIndex);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(elementIndex, length);
+            return new(owner._start + offset + elementIndex, default, this);
+        }
 
         public override void Unpin()
         {

@@ -96,6 +96,33 @@ public sealed class CrashLogTests : IDisposable
         Assert.Equal(((long)(writes - 1) * dataLength, dataLength), (last.Offset, last.Data.Length));
         Assert.True(log.Records[^1].FileOffset > int.MaxValue);
         Assert.Equal(-1, last.Data.Span.IndexOfAnyExcept((byte)0));
+        // The span above is the mapping's: the log (and its mapping) stays reachable until it is read.
+        GC.KeepAlive(log);
+    }
+
+    [Fact]
+    public async Task A_log_a_recorder_is_still_appending_to_reads_back_its_whole_records_so_far()
+    {
+        var path = Path.Combine(_dir, "live.log");
+        await using var writer = CrashLogWriter.Create(path, Header);
+        // A recorder appending as fast as it can (a bounded run): each read maps the file while it grows.
+        var recorder = Task.Run(() =>
+        {
+            var data = new byte[4096];
+            for (int round = 0; round < 5000; round++)
+                writer.Complete(writer.BeginWrite(round % 1000 * 4096L, data, fua: false), ok: true);
+        });
+        int reads = 0, seen = 0;
+        while (!recorder.IsCompleted || reads == 0)
+        {
+            var log = CrashLogReader.Read(path);
+            var now = log.Operations.Count;
+            Assert.True(now >= seen, $"read {reads}: {now} operations after {seen}");
+            seen = now;
+            reads++;
+        }
+        await recorder;
+        Assert.Equal(5000, CrashLogReader.Read(path).Operations.Count(o => o.Ok == true));
     }
 
     [Fact]
