@@ -93,17 +93,26 @@ public sealed class DownedNodeFenceTests(PostgresFixture pg) : IClassFixture<Pos
         return (reader.GetInt64(0), reader.GetString(1));
     }
 
-    [PostgresFact]
-    public async Task A_survivor_fences_the_downed_members_journals_once_it_has_looked_again()
+    /// <summary>
+    /// Three nodes, the fence on the first, the third's journal in <paramref name="database"/>; the first downs the
+    /// third and the fence has asked for its confirmation timer.
+    /// </summary>
+    private async Task<(ActorSystem A, Address Gone, string Connection, WatchedClock Clock, IActorRef Fence)> DownTheThirdAsync(string database)
     {
         var (a, _, c) = await ClusterAsync();
         var gone = Akka.Cluster.Cluster.Get(c).SelfAddress;
-        var connection = await GenerationsAsync("fence_survivor", gone);
+        var connection = await GenerationsAsync(database, gone);
         var clock = new WatchedClock();
-        await StartedAsync(a.ActorOf(DownedNodeFence.Props(connection, NullLogger.Instance, clock)));
-
+        var fence = await StartedAsync(a.ActorOf(DownedNodeFence.Props(connection, NullLogger.Instance, clock)));
         Akka.Cluster.Cluster.Get(a).Down(gone);
         await clock.TimerAsked.Task.WaitAsync(Timeout);
+        return (a, gone, connection, clock, fence);
+    }
+
+    [PostgresFact]
+    public async Task A_survivor_fences_the_downed_members_journals_once_it_has_looked_again()
+    {
+        var (a, gone, connection, clock, _) = await DownTheThirdAsync("fence_survivor");
         Assert.Equal((1, gone.ToString()), await JournalAsync(connection)); // nothing before the second look
         clock.Advance(DownedNodeFence.ConfirmAfter);
 
@@ -117,15 +126,8 @@ public sealed class DownedNodeFenceTests(PostgresFixture pg) : IClassFixture<Pos
     [PostgresFact]
     public async Task A_node_shutting_down_when_it_looks_again_fences_nobody()
     {
-        var (a, _, c) = await ClusterAsync();
-        var gone = Akka.Cluster.Cluster.Get(c).SelfAddress;
-        var connection = await GenerationsAsync("fence_leaving", gone);
-        var clock = new WatchedClock();
-        var fence = await StartedAsync(a.ActorOf(DownedNodeFence.Props(connection, NullLogger.Instance, clock)));
-
         // As a resumed paused node: it sees the member downed, and its own shutdown begins before the second look.
-        Akka.Cluster.Cluster.Get(a).Down(gone);
-        await clock.TimerAsked.Task.WaitAsync(Timeout);
+        var (a, gone, connection, clock, fence) = await DownTheThirdAsync("fence_leaving");
         var shutdown = CoordinatedShutdown.Get(a).Run(CoordinatedShutdown.ClusterLeavingReason.Instance);
         clock.Advance(DownedNodeFence.ConfirmAfter);
         // The fence has handled its second look once it answers after it (a stopped fence answers nothing: also none).
