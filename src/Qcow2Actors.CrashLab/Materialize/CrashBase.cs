@@ -94,6 +94,22 @@ public sealed class CrashBase : IDisposable
         return candidate < 0 || DataExtents[candidate].Offset + DataExtents[candidate].Length <= offset;
     }
 
+    /// <summary>The parts of [<paramref name="start"/>, <paramref name="end"/>) inside a data extent, in order.</summary>
+    internal IEnumerable<(long Start, long End)> DataWithin(long start, long end)
+    {
+        // First extent that ends after start (the extents are sorted and disjoint).
+        int low = 0, high = DataExtents.Count;
+        while (low < high)
+        {
+            var mid = (low + high) / 2;
+            if (DataExtents[mid].Offset + DataExtents[mid].Length <= start) low = mid + 1;
+            else high = mid;
+        }
+
+        for (var i = low; i < DataExtents.Count && DataExtents[i].Offset < end; i++)
+            yield return (Math.Max(start, DataExtents[i].Offset), Math.Min(end, DataExtents[i].Offset + DataExtents[i].Length));
+    }
+
     /// <summary>Reads base bytes at <paramref name="offset"/> (zeros past the end).</summary>
     public void Read(long offset, Span<byte> buffer)
     {

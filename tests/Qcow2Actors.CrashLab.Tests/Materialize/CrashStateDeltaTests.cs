@@ -75,12 +75,12 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
         });
         using (baseImage)
         {
-            var delta = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage);
+            var runs = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage).Runs.ToList();
 
-            Assert.Equal([512L, 8192L], delta.Runs.Select(r => r.Offset));
-            Assert.All(delta.Runs, r => Assert.Equal(512, r.Data.Length));
-            Assert.All(delta.Runs[0].Data, b => Assert.Equal(0x22, b));
-            Assert.All(delta.Runs[1].Data, b => Assert.Equal(0, b));
+            Assert.Equal([512L, 8192L], runs.Select(r => r.Offset));
+            Assert.All(runs, r => Assert.Equal(512, r.Data.Length));
+            Assert.All(runs[0].Data, b => Assert.Equal(0x22, b));
+            Assert.All(runs[1].Data, b => Assert.Equal(0, b));
         }
     }
 
@@ -98,13 +98,70 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
         });
         using (baseImage)
         {
-            var delta = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage);
+            var runs = CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage).Runs.ToList();
 
             // The base's 0x11 first 64 KiB now zero; the write before the trim gone; the one after it there.
-            Assert.Equal([0L, 300_032], delta.Runs.Select(r => r.Offset));
-            Assert.Equal(65536, delta.Runs[0].Data.Length);
-            Assert.All(delta.Runs[0].Data, b => Assert.Equal(0, b));
-            Assert.All(delta.Runs[1].Data, b => Assert.Equal(0x44, b));
+            Assert.Equal([0L, 300_032], runs.Select(r => r.Offset));
+            Assert.Equal(65536, runs[0].Data.Length);
+            Assert.All(runs[0].Data, b => Assert.Equal(0, b));
+            Assert.All(runs[1].Data, b => Assert.Equal(0x44, b));
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public async Task Random_unaligned_writes_zeroes_and_trims_give_a_delta_that_rebuilds_exactly_the_state_from_changed_sectors_only(int seed)
+    {
+        // A model disk: the base with every operation applied in order, byte by byte.
+        var random = new Random(seed);
+        var operations = Enumerable.Range(0, 60).Select(_ =>
+        {
+            var offset = (long)random.Next(1 << 20);
+            var length = random.Next(1, random.Next(2) == 0 ? 3000 : 200_000);
+            return (Kind: random.Next(4), Offset: offset, Length: (int)Math.Min(length, (1 << 20) - offset), Fill: (byte)random.Next(1, 256));
+        }).ToList();
+        var (space, baseImage) = await SetUpAsync(w =>
+        {
+            foreach (var op in operations)
+            {
+                var id = op.Kind switch
+                {
+                    0 or 1 => w.BeginWrite(op.Offset, Enumerable.Range(0, op.Length).Select(i => (byte)(op.Fill + i % 7)).ToArray(), fua: false),
+                    2 => w.BeginWriteZeroes(op.Offset, op.Length, mayUnmap: false, fua: false),
+                    _ => w.BeginTrim(op.Offset, op.Length, fua: false),
+                };
+                w.Complete(id, ok: true);
+            }
+            w.Complete(w.BeginFlush(), ok: true);
+        });
+        using (baseImage)
+        {
+            var before = new byte[1 << 20];
+            baseImage.Read(0, before);
+            var model = (byte[])before.Clone();
+            foreach (var op in operations)
+            {
+                if (op.Kind <= 1)
+                    for (var i = 0; i < op.Length; i++) model[op.Offset + i] = (byte)(op.Fill + i % 7);
+                else
+                    model.AsSpan((int)op.Offset, op.Length).Clear();
+            }
+
+            var rebuilt = (byte[])before.Clone();
+            foreach (var (offset, data) in CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage).Runs)
+            {
+                Assert.Equal(0, offset % CrashStateDelta.SectorSize);
+                Assert.Equal(0, data.Length % CrashStateDelta.SectorSize);
+                for (var at = 0; at < data.Length; at += CrashStateDelta.SectorSize)
+                    Assert.False(data.AsSpan(at, CrashStateDelta.SectorSize).SequenceEqual(before.AsSpan((int)offset + at, CrashStateDelta.SectorSize)),
+                        $"sector at {offset + at} is in the delta but equals the base");
+                data.CopyTo(rebuilt, offset);
+            }
+
+            Assert.True(model.AsSpan().SequenceEqual(rebuilt), $"seed {seed}: the delta over the base differs from the state");
         }
     }
 
