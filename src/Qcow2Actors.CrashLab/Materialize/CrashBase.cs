@@ -72,28 +72,6 @@ public sealed class CrashBase : IDisposable
         return new CrashBase(path, header.VirtualSize, extents);
     }
 
-    /// <summary>True when the base reads as zeros over the whole range (no data extent touches it).</summary>
-    public bool IsZero(long offset, long length)
-    {
-        // The extents come sorted and disjoint from the map: only the last one starting before the range's end
-        // can overlap it.
-        var end = offset + length;
-        int low = 0, high = DataExtents.Count - 1, candidate = -1;
-        while (low <= high)
-        {
-            var mid = (low + high) / 2;
-            if (DataExtents[mid].Offset < end)
-            {
-                candidate = mid;
-                low = mid + 1;
-            }
-            else
-                high = mid - 1;
-        }
-
-        return candidate < 0 || DataExtents[candidate].Offset + DataExtents[candidate].Length <= offset;
-    }
-
     /// <summary>The parts of [<paramref name="start"/>, <paramref name="end"/>) inside a data extent, in order.</summary>
     internal IEnumerable<(long Start, long End)> DataWithin(long start, long end)
     {

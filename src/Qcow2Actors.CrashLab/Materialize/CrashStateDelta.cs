@@ -1,3 +1,4 @@
+using System.Buffers;
 using Qcow2Actors.CrashLab.States;
 
 namespace Qcow2Actors.CrashLab.Materialize;
@@ -50,34 +51,42 @@ public sealed class CrashStateDelta
 
     private IEnumerable<(long Offset, byte[] Data)> EnumerateRuns()
     {
-        var before = new byte[MaxRunLength];
-        var after = new byte[MaxRunLength];
-        foreach (var (start, end) in MayDiffer())
+        var before = ArrayPool<byte>.Shared.Rent(MaxRunLength);
+        var after = ArrayPool<byte>.Shared.Rent(MaxRunLength);
+        try
         {
-            for (var block = start; block < end; block += MaxRunLength)
+            foreach (var (start, end) in MayDiffer())
             {
-                var length = (int)Math.Min(MaxRunLength, end - block);
-                _base.Read(block, before.AsSpan(0, length));
-                before.AsSpan(0, length).CopyTo(after);
-                foreach (var segment in _cover.Overlapping(block, block + length))
+                for (var block = start; block < end; block += MaxRunLength)
                 {
-                    var from = Math.Max(segment.Start, block);
-                    segment.CopyTo(from, after.AsSpan((int)(from - block), (int)(Math.Min(segment.End, block + length) - from)));
-                }
-
-                var runStart = -1;
-                for (var at = 0; at <= length; at += SectorSize)
-                {
-                    var changed = at < length && !after.AsSpan(at, SectorSize).SequenceEqual(before.AsSpan(at, SectorSize));
-                    if (changed && runStart < 0)
-                        runStart = at;
-                    else if (!changed && runStart >= 0)
+                    var length = (int)Math.Min(MaxRunLength, end - block);
+                    _base.Read(block, before.AsSpan(0, length));
+                    before.AsSpan(0, length).CopyTo(after);
+                    foreach (var segment in _cover.Overlapping(block, block + length))
                     {
-                        yield return (block + runStart, after.AsSpan(runStart, at - runStart).ToArray());
-                        runStart = -1;
+                        var from = Math.Max(segment.Start, block);
+                        segment.CopyTo(from, after.AsSpan((int)(from - block), (int)(Math.Min(segment.End, block + length) - from)));
+                    }
+
+                    var runStart = -1;
+                    for (var at = 0; at <= length; at += SectorSize)
+                    {
+                        var changed = at < length && !after.AsSpan(at, SectorSize).SequenceEqual(before.AsSpan(at, SectorSize));
+                        if (changed && runStart < 0)
+                            runStart = at;
+                        else if (!changed && runStart >= 0)
+                        {
+                            yield return (block + runStart, after.AsSpan(runStart, at - runStart).ToArray());
+                            runStart = -1;
+                        }
                     }
                 }
             }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(before);
+            ArrayPool<byte>.Shared.Return(after);
         }
     }
 

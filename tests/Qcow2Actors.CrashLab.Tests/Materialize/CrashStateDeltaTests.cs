@@ -23,13 +23,15 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
         Directory.Delete(_dir, recursive: true);
     }
 
-    // An image whose snapshot "base" holds 0x11 in its first 64 KiB, with different live data after it.
-    private async Task<string> ImageWithSnapshotAsync()
+    // An image whose snapshot "base" holds 0x11 in its first 64 KiB (and in the other extents given), with
+    // different live data after it.
+    private async Task<string> ImageWithSnapshotAsync(long size, params long[] moreBaseData)
     {
         var path = Path.Combine(_dir, "img.qcow2");
-        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = 1 << 20 }))
+        await using (var image = await _host.CreateAsync(path, new Qcow2CreateOptions { Size = size }))
         {
-            await image.WriteAsync(0, Enumerable.Repeat((byte)0x11, 65536).ToArray());
+            foreach (var at in moreBaseData.Prepend(0))
+                await image.WriteAsync(at, Enumerable.Repeat((byte)0x11, 65536).ToArray());
             await image.CreateSnapshotAsync("base");
             await image.WriteAsync(0, Enumerable.Repeat((byte)0x99, 65536).ToArray());
         }
@@ -37,11 +39,13 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
         return path;
     }
 
-    private async Task<(CrashStateSpace Space, CrashBase Base)> SetUpAsync(Action<CrashLogWriter> workload)
+    private Task<(CrashStateSpace Space, CrashBase Base)> SetUpAsync(Action<CrashLogWriter> workload) => SetUpAsync(1 << 20, workload);
+
+    private async Task<(CrashStateSpace Space, CrashBase Base)> SetUpAsync(long size, Action<CrashLogWriter> workload, params long[] moreBaseData)
     {
-        var image = await ImageWithSnapshotAsync();
+        var image = await ImageWithSnapshotAsync(size, moreBaseData);
         var logPath = Path.Combine(_dir, "rec.log");
-        await using (var writer = CrashLogWriter.Create(logPath, new CrashLogHeader(image, "base", 1 << 20, DateTimeOffset.UnixEpoch)))
+        await using (var writer = CrashLogWriter.Create(logPath, new CrashLogHeader(image, "base", size, DateTimeOffset.UnixEpoch)))
             workload(writer);
         var space = CrashStateSpace.Build(CrashLogReader.Read(logPath), 512);
         var baseImage = await CrashBase.ExtractAsync(_host, space.Log.Header, Path.Combine(_dir, "base.raw"));
@@ -113,55 +117,68 @@ public sealed class CrashStateDeltaTests : IAsyncLifetime
     [InlineData(2)]
     [InlineData(3)]
     [InlineData(4)]
-    public async Task Random_unaligned_writes_zeroes_and_trims_give_a_delta_that_rebuilds_exactly_the_state_from_changed_sectors_only(int seed)
+    public async Task Random_unaligned_writes_zeroes_and_trims_give_deltas_that_rebuild_every_state_exactly_from_changed_sectors_only(int seed)
     {
-        // A model disk: the base with every operation applied in order, byte by byte.
+        // A disk over three 1 MiB blocks (runs are cut at 1 MiB), base data in several extents, operations up to
+        // 2.5 MiB long, some running past the end; flushes now and then and writes after the last, so states
+        // before a flush drop and tear volatile writes.
+        const long size = (3 << 20) + 4608;
         var random = new Random(seed);
         var operations = Enumerable.Range(0, 60).Select(_ =>
         {
-            var offset = (long)random.Next(1 << 20);
-            var length = random.Next(1, random.Next(2) == 0 ? 3000 : 200_000);
-            return (Kind: random.Next(4), Offset: offset, Length: (int)Math.Min(length, (1 << 20) - offset), Fill: (byte)random.Next(1, 256));
+            var offset = (long)random.Next((int)size);
+            var length = random.Next(1, random.Next(3) == 0 ? 2_500_000 : 5000);
+            return (Kind: random.Next(5), Offset: offset, Length: length, Fill: (byte)random.Next(1, 256));
         }).ToList();
-        var (space, baseImage) = await SetUpAsync(w =>
+        var (space, baseImage) = await SetUpAsync(size, w =>
         {
-            foreach (var op in operations)
+            for (var i = 0; i < operations.Count; i++)
             {
+                var op = operations[i];
                 var id = op.Kind switch
                 {
-                    0 or 1 => w.BeginWrite(op.Offset, Enumerable.Range(0, op.Length).Select(i => (byte)(op.Fill + i % 7)).ToArray(), fua: false),
+                    0 or 1 => w.BeginWrite(op.Offset, Enumerable.Range(0, op.Length).Select(n => (byte)(op.Fill + n % 7)).ToArray(), fua: false),
                     2 => w.BeginWriteZeroes(op.Offset, op.Length, mayUnmap: false, fua: false),
-                    _ => w.BeginTrim(op.Offset, op.Length, fua: false),
+                    3 => w.BeginTrim(op.Offset, op.Length, fua: false),
+                    _ => w.BeginFlush(),
                 };
                 w.Complete(id, ok: true);
             }
-            w.Complete(w.BeginFlush(), ok: true);
-        });
+        }, 1 << 20, (2 << 20) + 65536, size - 65536);
         using (baseImage)
         {
-            var before = new byte[1 << 20];
+            var before = new byte[size];
             baseImage.Read(0, before);
-            var model = (byte[])before.Clone();
-            foreach (var op in operations)
+            var states = space.Points.SelectMany(p => new[] { space.Sampled(p, seed), space.Sampled(p, seed + 100) }).ToList();
+            Assert.Contains(states, s => s.Torn.Any());
+            foreach (var state in states)
             {
-                if (op.Kind <= 1)
-                    for (var i = 0; i < op.Length; i++) model[op.Offset + i] = (byte)(op.Fill + i % 7);
-                else
-                    model.AsSpan((int)op.Offset, op.Length).Clear();
-            }
+                // The state as CrashState.Applied says it is, byte by byte.
+                var model = (byte[])before.Clone();
+                foreach (var (operation, offset, length) in state.Applied())
+                {
+                    var count = (int)Math.Min(length, size - offset);
+                    if (count <= 0) continue;
+                    if (operation.Kind == CrashLogRecordKind.Write)
+                        operation.Data.Span.Slice((int)(offset - operation.Offset), count).CopyTo(model.AsSpan((int)offset));
+                    else
+                        model.AsSpan((int)offset, count).Clear();
+                }
 
-            var rebuilt = (byte[])before.Clone();
-            foreach (var (offset, data) in CrashStateDelta.Build(space.Resolve($"p{space.Points.Count - 1}x0"), baseImage).Runs)
-            {
-                Assert.Equal(0, offset % CrashStateDelta.SectorSize);
-                Assert.Equal(0, data.Length % CrashStateDelta.SectorSize);
-                for (var at = 0; at < data.Length; at += CrashStateDelta.SectorSize)
-                    Assert.False(data.AsSpan(at, CrashStateDelta.SectorSize).SequenceEqual(before.AsSpan((int)offset + at, CrashStateDelta.SectorSize)),
-                        $"sector at {offset + at} is in the delta but equals the base");
-                data.CopyTo(rebuilt, offset);
-            }
+                var rebuilt = (byte[])before.Clone();
+                foreach (var (offset, data) in CrashStateDelta.Build(state, baseImage).Runs)
+                {
+                    Assert.Equal(0, offset % CrashStateDelta.SectorSize);
+                    Assert.Equal(0, data.Length % CrashStateDelta.SectorSize);
+                    Assert.InRange(data.Length, CrashStateDelta.SectorSize, 1 << 20);
+                    for (var at = 0; at < data.Length; at += CrashStateDelta.SectorSize)
+                        Assert.False(data.AsSpan(at, CrashStateDelta.SectorSize).SequenceEqual(before.AsSpan((int)offset + at, CrashStateDelta.SectorSize)),
+                            $"{state.Id}: sector at {offset + at} is in the delta but equals the base");
+                    data.CopyTo(rebuilt, offset);
+                }
 
-            Assert.True(model.AsSpan().SequenceEqual(rebuilt), $"seed {seed}: the delta over the base differs from the state");
+                Assert.True(model.AsSpan().SequenceEqual(rebuilt), $"{state.Id}: the delta over the base differs from the state");
+            }
         }
     }
 
