@@ -230,7 +230,7 @@ public sealed partial class Qcow2Image
         }
         // Once sent, an edit is waited for to its end (or the host's stop): it is not given up half done.
         await AwaitActorAsync(done.Task, closure, changesImage ? RefreshInfo : null, CancellationToken.None).ConfigureAwait(false);
-        return done.Task.Result;
+        return await done.Task.ConfigureAwait(false); // complete by now: its result, or its own exception unwrapped
     }
 
     /// <summary>
