@@ -11,6 +11,10 @@ namespace Qcow2Actors.Host.Cluster;
 /// </summary>
 internal static class KeepMajoritySide
 {
+    /// <summary>The same question asked of the cluster's read view <paramref name="state"/> (its members and unreachable set).</summary>
+    public static bool Holds(ClusterEvent.CurrentClusterState state, Address self, Address gone) =>
+        Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), self, gone);
+
     /// <summary>
     /// True when <paramref name="self"/> is up and it and the members it reaches, without <paramref name="gone"/>, are
     /// keep-majority's side of <paramref name="members"/>: those up or leaving (joining, weakly up and exiting ones are

@@ -44,8 +44,7 @@ internal sealed class RefusedNodeDowning : ReceiveActor
             var state = _cluster.State;
             var member = state.Members.FirstOrDefault(m => m.Address == r.Node);
             if (member is null || member.Status != MemberStatus.Up) return;
-            if (!KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), _cluster.SelfAddress, r.Node))
-                return;
+            if (!KeepMajoritySide.Holds(state, _cluster.SelfAddress, r.Node)) return;
             log.LogWarning("cluster: member {Address} refuses connections on its remoting port (its process is gone): downing it", r.Node);
             _cluster.Down(r.Node);
             // Quarantining its incarnation marks it terminated in the cluster's reachability at once (what Akka does

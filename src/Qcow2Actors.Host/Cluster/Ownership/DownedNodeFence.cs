@@ -54,8 +54,7 @@ internal sealed class DownedNodeFence : ReceiveActor
             var state = cluster.State;
             // A new process at the same address (restarted within the wait) owns its journals under the same name.
             if (state.Members.Any(m => m.Address == node.Address && m.UniqueAddress.Uid != node.Uid)) return "a new incarnation of it is a member";
-            return KeepMajoritySide.Holds(state.Members.Select(m => (m.Address, m.Status)), state.Unreachable.Select(u => u.Address).ToHashSet(), self, node.Address)
-                ? null : "this node is not on keep-majority's side";
+            return KeepMajoritySide.Holds(state, self, node.Address) ? null : "this node is not on keep-majority's side";
         }
         void Decline(UniqueAddress node, string why) =>
             log.LogInformation("cluster: not fencing the journals of downed node {Address}: {Reason}", node.Address, why);
