@@ -1,0 +1,39 @@
+using Qcow2Actors.Tests.Shared;
+
+namespace Qcow2Actors.Interop.Tests;
+
+/// <summary>
+/// <c>q2a serve</c> started as a user starts it (no <c>DOTNET_ReadyToRun</c> in its environment) replaces
+/// itself once with a JIT-compiled runtime: the same pid, so whoever started it still holds and signals it.
+/// The rest of this suite sets the variable (interop.runsettings) and so starts serve without the restart.
+/// </summary>
+public sealed class ServeOptimizedRestartInteropTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [ServeFact]
+    public async Task Serve_restarts_in_place_without_precompiled_code_and_still_serves_and_stops_on_sigterm()
+    {
+        var img = _dir.File("jit.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", img, "16M").EnsureSuccess();
+        // env removes both spellings of the switch and execs dotnet in its place (same pid).
+        using (var server = await ServeProcess.StartUnderAsync(["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun"], 1, "--port", "0", img))
+        {
+            // /proc/PID/environ is what the running image was exec'd with: env gave it no switch, so a 0 there
+            // was put by q2a's own exec.
+            var environment = File.ReadAllText($"/proc/{server.Pid}/environ").Split('\0');
+            Assert.Contains("DOTNET_ReadyToRun=0", environment);
+            Assert.Contains(environment, e => e.StartsWith("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=", StringComparison.Ordinal));
+
+            QemuTools.QemuIo("-f", "raw", server.Uri, "-c", "write -P 0x5a 4k 64k", "-c", "flush").EnsureSuccess();
+            QemuTools.QemuIo("-f", "raw", "-r", server.Uri, "-c", "read -P 0x5a 4k 64k", "-c", "read -P 0 0 4k").EnsureSuccess();
+            // The restarted runtime got an empty signal mask: SIGTERM still stops it cleanly.
+            Assert.Equal(0, server.Stop("TERM"));
+            Assert.Equal("", server.StdErr);
+        }
+        QemuTools.AssertCheckClean(img);
+        QemuTools.QemuIo("-f", "qcow2", "-r", img, "-c", "read -P 0x5a 4k 64k").EnsureSuccess();
+    }
+}
