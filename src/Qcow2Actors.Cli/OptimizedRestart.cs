@@ -1,4 +1,3 @@
-using System.Collections;
 using System.Runtime.InteropServices;
 using System.Text;
 
@@ -6,8 +5,8 @@ namespace Qcow2Actors.Cli;
 
 /// <summary>
 /// Restarts <c>serve</c> in place, once, with ReadyToRun code off (<c>DOTNET_ReadyToRun=0</c>): the same
-/// process (execve keeps the PID, the open descriptors that are not close-on-exec, and ignored signals),
-/// running the same command line.
+/// process (execve keeps the pid, the open descriptors that are not close-on-exec, and ignored signals),
+/// running the same program with the same argument and environment bytes plus that one variable.
 /// </summary>
 /// <remarks>
 /// Why: q2a runs without tiered compilation (the csproj says why), so precompiled ReadyToRun code, the
@@ -26,6 +25,16 @@ internal static partial class OptimizedRestart
     /// <summary>The runtime's switch for precompiled code.</summary>
     public const string Variable = "DOTNET_ReadyToRun";
 
+    /// <summary>What <see cref="Restart"/> did, when it returns at all.</summary>
+    public enum Outcome
+    {
+        /// <summary>No restart was wanted or possible: go on serving in this process.</summary>
+        Continue,
+
+        /// <summary>SIGTERM, SIGINT or SIGHUP arrived while deciding: nothing was started, so exit.</summary>
+        StopRequested,
+    }
+
     private const string LegacyVariable = "COMPlus_ReadyToRun";
     private const int SigSetMask = 2;
     // glibc's sigset_t: 1024 bits.
@@ -39,68 +48,115 @@ internal static partial class OptimizedRestart
         OperatingSystem.IsLinux() && environment(Variable) is null && environment(LegacyVariable) is null;
 
     /// <summary>
-    /// The command line this process was started with (/proc/self/cmdline, NUL-separated), or null
-    /// when it cannot be read.
+    /// The NUL-terminated strings of a /proc/PID/cmdline or /proc/PID/environ file, as bytes (not decoded:
+    /// a name or value that is not UTF-8 must reach the new image unchanged), or null when the file is not
+    /// whole (empty, or its last string has no NUL).
     /// </summary>
-    public static IReadOnlyList<string>? CommandLine(byte[] cmdline)
+    public static IReadOnlyList<byte[]>? Strings(byte[] file)
     {
-        // Every argument ends in a NUL, so only the last one is dropped: an empty argument stays.
-        if (cmdline.Length == 0 || cmdline[^1] != 0) return null;
-        var args = Encoding.UTF8.GetString(cmdline, 0, cmdline.Length - 1).Split('\0');
-        return args[0].Length == 0 ? null : args;
+        if (file.Length == 0 || file[^1] != 0) return null;
+        var result = new List<byte[]>();
+        int start = 0;
+        for (int i = 0; i < file.Length; i++)
+        {
+            if (file[i] != 0) continue;
+            result.Add(file[start..i]);
+            start = i + 1;
+        }
+        return result;
     }
 
     /// <summary>
-    /// Replaces this process with the same command line and <see cref="Variable"/>=0 when
-    /// <see cref="Wanted"/>; returns only if it does not (not wanted, or the exec failed: then it says so
-    /// on <paramref name="error"/> and the server runs on as it is).
+    /// Replaces this process with the same program, arguments and environment plus <see cref="Variable"/>=0
+    /// when <see cref="Wanted"/>; returns only if it does not (not wanted, the process files cannot be read, a
+    /// stop signal arrived first, or the exec failed: then it says so on <paramref name="error"/> and the server
+    /// runs on as it is).
     /// </summary>
-    public static void Restart(TextWriter error)
+    public static Outcome Restart(TextWriter error)
     {
-        if (!Wanted(Environment.GetEnvironmentVariable)) return;
-        IReadOnlyList<string>? argv;
+        // Only q2a itself: a process that runs the verbs in-process (a test host) must never be replaced.
+        if (!Wanted(Environment.GetEnvironmentVariable) || System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name != "q2a")
+            return Outcome.Continue;
+        IReadOnlyList<byte[]>? argv, env;
         try
         {
-            argv = CommandLine(File.ReadAllBytes("/proc/self/cmdline"));
+            argv = Strings(File.ReadAllBytes("/proc/self/cmdline"));
+            env = Strings(File.ReadAllBytes("/proc/self/environ"));
         }
-        catch (IOException) { argv = null; }
-        catch (UnauthorizedAccessException) { argv = null; }
-        if (argv is null) return;
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            argv = env = null;
+        }
+        if (argv is not { Count: > 0 } || env is null) return Outcome.Continue;
 
-        var env = new List<string>();
-        foreach (DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add($"{e.Key}={e.Value}");
-        env.Add($"{Variable}=0");
-
+        // A stop signal from here to the exec would be handled by this runtime, then wiped by the exec: held
+        // instead, and answered by not starting at all (one in the instant between the last check and the
+        // exec is still lost).
+        int stop = 0;
+        var guards = new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP }
+            .Select(s => PosixSignalRegistration.Create(s, c =>
+            {
+                c.Cancel = true;
+                Volatile.Write(ref stop, 1);
+            }))
+            .ToList();
         var native = new List<IntPtr>();
         try
         {
-            var argvPtrs = Pointers(argv, native);
-            var envPtrs = Pointers(env, native);
+            var argvPointers = Pointers(argv, native);
+            var envPointers = Pointers([.. env, Encoding.ASCII.GetBytes($"{Variable}=0")], native);
+            // The new runtime binds its diagnostics socket at $TMPDIR/dotnet-diagnostic-PID-STARTTIME-socket, the
+            // name this one bound (exec keeps both), and does not replace an existing file: remove it, or tools
+            // such as dotnet-counters could not attach to the server. This runtime's listening socket closes on exec.
+            RemoveDiagnosticsSocket();
             // The runtime may have blocked signals on this thread; the new image would inherit the mask and
-            // never see SIGTERM. Nothing else runs between this and the exec.
+            // never see SIGTERM.
             Span<byte> empty = stackalloc byte[SigSetBytes];
             empty.Clear();
             _ = PthreadSigmask(SigSetMask, empty, IntPtr.Zero);
-            Execve("/proc/self/exe", argvPtrs, envPtrs);
+            if (Volatile.Read(ref stop) != 0) return Outcome.StopRequested;
+            // The real path, not /proc/self/exe: the kernel names the process after the file it runs
+            // (`dotnet` or `q2a` in ps and pgrep, not `exe`).
+            Execve(Environment.ProcessPath ?? "/proc/self/exe", argvPointers, envPointers);
             // Only a failed exec gets here.
             int errno = Marshal.GetLastPInvokeError();
-            error.WriteLine($"q2a serve: note: could not restart with JIT-compiled code (execve /proc/self/exe: errno {errno}); serving on precompiled code");
+            error.WriteLine($"q2a serve: note: could not restart on JIT-compiled code (execve {Environment.ProcessPath}: {Marshal.GetPInvokeErrorMessage(errno)}); serving on precompiled code");
+            return Volatile.Read(ref stop) != 0 ? Outcome.StopRequested : Outcome.Continue;
         }
         finally
         {
-            foreach (var p in native) Marshal.FreeCoTaskMem(p);
+            foreach (var p in native) Marshal.FreeHGlobal(p);
+            foreach (var g in guards) g.Dispose();
         }
     }
 
-    private static IntPtr[] Pointers(IReadOnlyList<string> strings, List<IntPtr> owned)
+    private static void RemoveDiagnosticsSocket()
+    {
+        try
+        {
+            foreach (var socket in Directory.EnumerateFiles(Path.GetTempPath(), $"dotnet-diagnostic-{Environment.ProcessId}-*-socket"))
+                File.Delete(socket);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Not ours to remove, or gone: the restarted server then runs without a diagnostics port, nothing worse.
+        }
+    }
+
+    /// <summary>A NULL-terminated array of NUL-terminated copies of <paramref name="strings"/>, in native memory listed in <paramref name="owned"/>.</summary>
+    private static IntPtr[] Pointers(IReadOnlyList<byte[]> strings, List<IntPtr> owned)
     {
         var result = new IntPtr[strings.Count + 1];
         for (int i = 0; i < strings.Count; i++)
         {
-            result[i] = Marshal.StringToCoTaskMemUTF8(strings[i]);
-            owned.Add(result[i]);
+            var bytes = strings[i];
+            var p = Marshal.AllocHGlobal(bytes.Length + 1);
+            owned.Add(p);
+            Marshal.Copy(bytes, 0, p, bytes.Length);
+            Marshal.WriteByte(p, bytes.Length, 0);
+            result[i] = p;
         }
-        return result; // NULL-terminated
+        return result;
     }
 
     [LibraryImport("libc", EntryPoint = "execve", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

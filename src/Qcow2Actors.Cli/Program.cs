@@ -20,7 +20,4 @@ if (ParseErrors.Describe(parse, args) is { } error)
     await Console.Error.WriteLineAsync(error).ConfigureAwait(false);
     return 1;
 }
-// serve restarts itself once on JIT-compiled code instead of precompiled code (OptimizedRestart says why);
-// before anything is opened, locked or bound, so the restarted process starts from the same state.
-if (parse.CommandResult.Command.Name == "serve" && parse.Action is not System.CommandLine.Help.HelpAction) OptimizedRestart.Restart(Console.Error);
 return await parse.InvokeAsync().ConfigureAwait(false);

@@ -20,24 +20,40 @@ public sealed class OptimizedRestartTests
     }
 
     [Fact]
-    public void Command_line_keeps_empty_and_non_ascii_arguments()
+    public void Strings_keep_empty_and_non_utf8_arguments_byte_for_byte()
     {
-        var raw = Encoding.UTF8.GetBytes("dotnet\0/opt/q2a.dll\0serve\0--export-name\0\0/imgs/d\u00e9j\u00e0 vu.qcow2\0");
-        Assert.Equal(["dotnet", "/opt/q2a.dll", "serve", "--export-name", "", "/imgs/d\u00e9j\u00e0 vu.qcow2"], OptimizedRestart.CommandLine(raw));
+        byte[] latin1Name = [.. "/imgs/d"u8, 0xE9, .. "j.qcow2"u8]; // 'é' in Latin-1: not UTF-8
+        byte[] raw = [.. "dotnet\0/opt/q2a.dll\0serve\0--export-name\0\0"u8, .. latin1Name, 0];
+        var strings = OptimizedRestart.Strings(raw);
+        Assert.NotNull(strings);
+        Assert.Equal(6, strings.Count);
+        Assert.Equal("serve"u8.ToArray(), strings[2]);
+        Assert.Empty(strings[4]);
+        Assert.Equal(latin1Name, strings[5]);
     }
 
     [Theory]
     [InlineData("")]
     [InlineData("dotnet\0serve")] // cut short: no final NUL
-    [InlineData("\0serve\0")] // no program
-    public void Command_line_that_cannot_be_rebuilt_exactly_is_refused(string raw) =>
-        Assert.Null(OptimizedRestart.CommandLine(Encoding.UTF8.GetBytes(raw)));
+    public void Strings_of_a_file_that_is_not_whole_are_refused(string raw) =>
+        Assert.Null(OptimizedRestart.Strings(Encoding.UTF8.GetBytes(raw)));
 
     [Fact]
-    public void Process_own_command_line_reads_back_with_this_test_host_as_program()
+    public void This_process_command_line_and_environment_read_back_from_proc()
     {
-        var args = OptimizedRestart.CommandLine(File.ReadAllBytes("/proc/self/cmdline"));
-        Assert.NotNull(args);
-        Assert.Equal(Environment.GetCommandLineArgs()[^1], args[^1]);
+        var argv = OptimizedRestart.Strings(File.ReadAllBytes("/proc/self/cmdline"));
+        Assert.NotNull(argv);
+        Assert.Equal(Environment.GetCommandLineArgs()[^1], Encoding.UTF8.GetString(argv[^1]));
+        var env = OptimizedRestart.Strings(File.ReadAllBytes("/proc/self/environ"));
+        Assert.NotNull(env);
+        var path = Environment.GetEnvironmentVariable("PATH");
+        Assert.Contains(env, e => Encoding.UTF8.GetString(e) == "PATH=" + path);
+    }
+
+    [Fact]
+    public void A_process_that_is_not_q2a_is_never_replaced()
+    {
+        // The test host runs with DOTNET_ReadyToRun unset or set; either way it must come back here.
+        Assert.Equal(OptimizedRestart.Outcome.Continue, OptimizedRestart.Restart(TextWriter.Null));
     }
 }

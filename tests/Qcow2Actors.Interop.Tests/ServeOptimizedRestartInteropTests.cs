@@ -25,7 +25,13 @@ public sealed class ServeOptimizedRestartInteropTests : IDisposable
             // was put by q2a's own exec.
             var environment = File.ReadAllText($"/proc/{server.Pid}/environ").Split('\0');
             Assert.Contains("DOTNET_ReadyToRun=0", environment);
-            Assert.Contains(environment, e => e.StartsWith("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=", StringComparison.Ordinal));
+            // Named after the program it runs (ps, pgrep), not after /proc/self/exe.
+            Assert.Equal("dotnet", File.ReadAllText($"/proc/{server.Pid}/comm").Trim());
+            // The restarted runtime bound its own diagnostics socket (same pid and start time, so the same name as
+            // the first one's): dotnet-counters and dotnet-trace can attach.
+            var diagnostics = Directory.GetFiles(Path.GetTempPath(), $"dotnet-diagnostic-{server.Pid}-*-socket");
+            var bound = File.ReadAllText("/proc/net/unix");
+            Assert.Contains(diagnostics, d => bound.Contains(d, StringComparison.Ordinal));
 
             QemuTools.QemuIo("-f", "raw", server.Uri, "-c", "write -P 0x5a 4k 64k", "-c", "flush").EnsureSuccess();
             QemuTools.QemuIo("-f", "raw", "-r", server.Uri, "-c", "read -P 0x5a 4k 64k", "-c", "read -P 0 0 4k").EnsureSuccess();
