@@ -28,6 +28,20 @@ public sealed class ClusterForwardingInteropTests(PostgresFixture pg, ITestOutpu
     /// <summary>Three nodes (the first two the seeds) up, and <paramref name="count"/> images served from the cluster; returns each image's owner.</summary>
     private async Task<(string[] Images, Dictionary<string, ClusterNodeProcess> Owners)> StartAsync(int count)
     {
+        try
+        {
+            return await StartNodesAndServeAsync(count);
+        }
+        catch (TimeoutException)
+        {
+            // What each node was doing is the only clue to a start that hangs (CI, under load): every node's log.
+            foreach (var node in _nodes) output.WriteLine($"--- {node.Name}:\n{Tail(node.Output)}");
+            throw;
+        }
+    }
+
+    private async Task<(string[] Images, Dictionary<string, ClusterNodeProcess> Owners)> StartNodesAndServeAsync(int count)
+    {
         // Each test class gets its own database; each test its own tables' rows: image names are unique per test.
         string prefix = "t" + Guid.NewGuid().ToString("N")[..6];
         _data = Directory.CreateDirectory(_dir.File("shared")).FullName;
