@@ -68,11 +68,17 @@ internal static partial class OptimizedRestart
 
     /// <summary>
     /// Replaces this process with the same program, arguments and environment plus <see cref="Variable"/>=0
-    /// when <see cref="Wanted"/>; returns only if it does not (not wanted, the process files cannot be read, a
-    /// stop signal arrived first, or the exec failed: then it says so on <paramref name="error"/> and the server
-    /// runs on as it is).
+    /// when <see cref="Wanted"/>; returns only if it does not (not wanted, the process files cannot be read,
+    /// <paramref name="stopping"/> completed first, or the exec failed: then it says so on <paramref name="error"/>
+    /// and the server runs on as it is).
     /// </summary>
-    public static Outcome Restart(TextWriter error)
+    /// <param name="error">Where a failed exec is reported.</param>
+    /// <param name="stopping">
+    /// Completed by a stop signal (serve's own handlers, registered before this call): one that came while deciding
+    /// would be wiped by the exec, so it is answered by not starting at all (one in the instant between the last
+    /// check and the exec is still lost).
+    /// </param>
+    public static Outcome Restart(TextWriter error, Task stopping)
     {
         // Only q2a itself: a process that runs the verbs in-process (a test host) must never be replaced.
         if (!Wanted(Environment.GetEnvironmentVariable) || System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name != "q2a")
@@ -89,17 +95,6 @@ internal static partial class OptimizedRestart
         }
         if (argv is not { Count: > 0 } || env is null) return Outcome.Continue;
 
-        // A stop signal from here to the exec would be handled by this runtime, then wiped by the exec: held
-        // instead, and answered by not starting at all (one in the instant between the last check and the
-        // exec is still lost).
-        int stop = 0;
-        var guards = new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP }
-            .Select(s => PosixSignalRegistration.Create(s, c =>
-            {
-                c.Cancel = true;
-                Volatile.Write(ref stop, 1);
-            }))
-            .ToList();
         var native = new List<IntPtr>();
         try
         {
@@ -114,19 +109,18 @@ internal static partial class OptimizedRestart
             Span<byte> empty = stackalloc byte[SigSetBytes];
             empty.Clear();
             _ = PthreadSigmask(SigSetMask, empty, IntPtr.Zero);
-            if (Volatile.Read(ref stop) != 0) return Outcome.StopRequested;
+            if (stopping.IsCompleted) return Outcome.StopRequested;
             // The real path, not /proc/self/exe: the kernel names the process after the file it runs
             // (`dotnet` or `q2a` in ps and pgrep, not `exe`).
             Execve(Environment.ProcessPath ?? "/proc/self/exe", argvPointers, envPointers);
             // Only a failed exec gets here.
             int errno = Marshal.GetLastPInvokeError();
             error.WriteLine($"q2a serve: note: could not restart on JIT-compiled code (execve {Environment.ProcessPath}: {Marshal.GetPInvokeErrorMessage(errno)}); serving on precompiled code");
-            return Volatile.Read(ref stop) != 0 ? Outcome.StopRequested : Outcome.Continue;
+            return stopping.IsCompleted ? Outcome.StopRequested : Outcome.Continue;
         }
         finally
         {
             foreach (var p in native) Marshal.FreeHGlobal(p);
-            foreach (var g in guards) g.Dispose();
         }
     }
 

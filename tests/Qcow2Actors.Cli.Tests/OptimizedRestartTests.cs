@@ -54,6 +54,6 @@ public sealed class OptimizedRestartTests
     public void A_process_that_is_not_q2a_is_never_replaced()
     {
         // The test host runs with DOTNET_ReadyToRun unset or set; either way it must come back here.
-        Assert.Equal(OptimizedRestart.Outcome.Continue, OptimizedRestart.Restart(TextWriter.Null));
+        Assert.Equal(OptimizedRestart.Outcome.Continue, OptimizedRestart.Restart(TextWriter.Null, new TaskCompletionSource().Task));
     }
 }

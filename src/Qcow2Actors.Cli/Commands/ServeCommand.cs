@@ -69,11 +69,11 @@ internal static class ServeCommand
                     parse.GetValue(idleTimeout), parse.GetValue(maxInFlightRequests), parse.GetValue(maxInFlightBytes)),
                 parse.GetValue(bitmap), parse.GetValue(allocationDepth), parse.GetValue(record));
             settings = ServeTls.Apply(settings, parse.GetValue(tlsCreds), parse.GetValue(tls), parse.GetValue(tlsAuthz));
+            using var signals = new ShutdownSignals();
             // The command line is valid and nothing is opened, locked or bound yet: restart once on JIT-compiled
             // code (OptimizedRestart says why); the restarted process parses the same command line again.
-            if (OptimizedRestart.Restart(Console.Error) == OptimizedRestart.Outcome.StopRequested) return 0;
+            if (OptimizedRestart.Restart(Console.Error, signals.Stopping) == OptimizedRestart.Outcome.StopRequested) return 0;
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
-            using var signals = new ShutdownSignals();
             return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
         }).GetAwaiter().GetResult());
         return command;
