@@ -12,7 +12,7 @@ namespace Qcow2Actors.Interop.Tests;
 /// <c>q2a serve</c> out of process against clients that try to take it from everyone else: a thousand
 /// connections at once, and one that pipelines reads and never reads a reply. The server's resident
 /// memory (VmRSS and its peak VmHWM, from /proc) stays under a stated bound and a client of another
-/// export keeps reading and writing correct data meanwhile.
+/// export keeps reading and writing correct data meanwhile. And clients that reset with replies owed.
 /// </summary>
 public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : IDisposable
 {
@@ -136,6 +136,38 @@ public sealed class ServeHostileClientsInteropTests(ITestOutputHelper output) : 
         Assert.Equal(0, server.Stop());
         QemuTools.AssertCheckClean(b);
         QemuTools.QemuIo("-r", "-c", "read -P 0x66 0 32M", b).EnsureSuccess();
+    }
+
+    /// <summary>
+    /// Clients that reset their connection (RST, as fio's NBD engine does when a job ends) while the server still owes
+    /// them replies: serve keeps serving, and its failed sends and receives cost it no stack trace with file and line
+    /// numbers, which would load System.Reflection.Metadata and read its PDB files for the rest of its life.
+    /// </summary>
+    [ServeFact]
+    public async Task Clients_that_reset_with_replies_owed_cost_serve_no_pdb_reader_and_it_serves_on()
+    {
+        var a = NewImage("a.qcow2", 0x44);
+        using var server = await ServeProcess.StartAsync(1, "--port", "0", a);
+        var endPoint = new IPEndPoint(IPAddress.Loopback, new Uri(server.Uri).Port);
+        for (var round = 0; round < 3; round++)
+        {
+            using var client = await ConnectAndGoAsync(endPoint, "a.qcow2");
+            // 32 reads of 1 MiB: more reply than the socket buffers hold, so sends are still owed when the reset lands.
+            var headers = new byte[32 * 28];
+            for (var i = 0; i < 32; i++) Request(0, (ulong)i, (ulong)i * MiB, MiB).CopyTo(headers, i * 28);
+            await client.SendAsync(headers, SocketFlags.None);
+            await ReceiveExactAsync(client, 16 + MiB); // the server is sending
+            client.LingerState = new LingerOption(true, 0);
+            client.Close();
+        }
+
+        QemuTools.QemuIo("-f", "raw", "-r", server.Uri, "-c", "read -P 0x44 0 4M").EnsureSuccess();
+        var loaded = File.ReadAllLines($"/proc/{server.Pid}/maps")
+            .Where(l => l.EndsWith("System.Reflection.Metadata.dll", StringComparison.Ordinal) || l.EndsWith(".pdb", StringComparison.Ordinal))
+            .Select(l => l[(l.LastIndexOf(' ') + 1)..]).Distinct().ToList();
+        Assert.True(loaded.Count == 0, "serve mapped " + string.Join(", ", loaded));
+        Assert.Equal(0, server.Stop());
+        QemuTools.AssertCheckClean(a);
     }
 
     /// <summary>VmRSS and VmHWM (the peak resident set) of a process, in bytes.</summary>

@@ -209,6 +209,7 @@ internal sealed class NbdConnection
             try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
             _socket.Dispose();
             await _receiver.Completion; // never faults: the receive loop keeps its errors for the reader
+            _sender?.Dispose(); // a send still under way met the closed socket; a later one fails and is dropped
             await _stream.DisposeAsync();
             _leave.Dispose();
         }

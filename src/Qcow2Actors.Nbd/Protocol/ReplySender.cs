@@ -11,9 +11,10 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// in one gather send, so a pipelined batch costs one system call rather than one per reply.
 /// After each send the reply's buffer goes back to the pool and its request's budget is released.
 /// On a TLS connection (<paramref name="tls"/> set) the same batches go through the TLS stream instead
-/// of the socket; a plain connection writes to the socket directly, with no stream in between.
+/// of the socket; a plain connection writes to the socket directly, with no stream in between (and a failed send
+/// is a value, <see cref="SocketCallArgs"/>: a client that resets the connection costs no stack trace).
 /// </summary>
-internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> released, Action broken, CancellationToken abort)
+internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> released, Action broken, CancellationToken abort) : IDisposable
 {
     /// <summary>Batches up to this many bytes are copied into one buffer; larger ones go out as a gather send.</summary>
     private const int CoalesceLimit = 16 * 1024;
@@ -22,6 +23,8 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private List<OutgoingReply> _queue = new();
     private List<OutgoingReply> _spare = new(); // the drainer's, swapped with _queue under the lock
     private readonly List<ArraySegment<byte>> _segments = new();
+    // The plain socket's one send at a time; a hard abort disposes the socket, which ends a send in progress.
+    private readonly SocketCallArgs _call = new();
     private bool _sending;
     private bool _corked;
     private bool _broken;
@@ -140,7 +143,9 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         _segments.Clear();
         foreach (var reply in batch) _segments.Add(new ArraySegment<byte>(reply.Buffer, 0, reply.Length));
-        long sent = await socket.SendAsync(_segments, SocketFlags.None);
+        var result = await _call.SendAsync(socket, _segments);
+        if (result.Error != SocketError.Success) throw result.Exception();
+        long sent = result.Transferred;
         if (sent == total) return;
         // A stream socket sends it all; should it ever stop short, send the rest in order.
         foreach (var reply in batch)
@@ -161,10 +166,14 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         while (memory.Length > 0)
         {
-            int n = await socket.SendAsync(memory, SocketFlags.None, abort);
-            memory = memory[n..];
+            var result = await _call.SendAsync(socket, memory);
+            if (result.Error != SocketError.Success) throw result.Exception();
+            memory = memory[result.Transferred..];
         }
     }
+
+    /// <summary>Frees the send's event args; only once no send can start (the connection has ended).</summary>
+    public void Dispose() => _call.Dispose();
 
     /// <summary>The connection cannot send any more: drop every queued reply and tell the connection.</summary>
     private void Fail()

@@ -89,15 +89,27 @@ internal sealed class SocketReceiver
     {
         var writer = _pipe.Writer;
         Exception? error = null;
+        // Once no pause can come, a plain socket's receives report a reset as a value (SocketCallArgs says why).
+        using var plain = source is null ? new SocketCallArgs() : null;
         try
         {
             while (true)
             {
                 int received;
-                if (source is null)
+                if (plain is not null && !_pausable)
+                {
+                    var result = await plain.ReceiveAsync(_socket, writer.GetMemory(MinimumReceiveSize));
+                    if (result.Error != SocketError.Success)
+                    {
+                        error = result.Exception();
+                        break;
+                    }
+                    received = result.Transferred;
+                }
+                else if (source is null)
                 {
                     var memory = writer.GetMemory(MinimumReceiveSize);
-                    received = await _socket.ReceiveAsync(memory, SocketFlags.None, _pausable ? pause : CancellationToken.None);
+                    received = await _socket.ReceiveAsync(memory, SocketFlags.None, pause);
                 }
                 else
                 {
