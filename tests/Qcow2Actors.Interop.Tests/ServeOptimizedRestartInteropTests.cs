@@ -5,6 +5,7 @@ namespace Qcow2Actors.Interop.Tests;
 /// <summary>
 /// <c>q2a serve</c> started as a user starts it (no <c>DOTNET_ReadyToRun</c> in its environment) replaces
 /// itself once with a JIT-compiled runtime: the same pid, so whoever started it still holds and signals it.
+/// The restarted server then warms its request path up on a throwaway image before it listens.
 /// The rest of this suite sets the variable (interop.runsettings) and so starts serve without the restart.
 /// </summary>
 public sealed class ServeOptimizedRestartInteropTests : IDisposable
@@ -18,8 +19,11 @@ public sealed class ServeOptimizedRestartInteropTests : IDisposable
     {
         var img = _dir.File("jit.qcow2");
         QemuTools.QemuImg("create", "-q", "-f", "qcow2", img, "16M").EnsureSuccess();
+        // A temporary directory of its own: where the warm-up's throwaway image and the diagnostics socket go.
+        var tmp = Directory.CreateDirectory(_dir.File("tmp")).FullName;
         // env removes both spellings of the switch and execs dotnet in its place (same pid).
-        using (var server = await ServeProcess.StartUnderAsync(["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun"], 1, "--port", "0", img))
+        using (var server = await ServeProcess.StartUnderAsync(
+            ["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun", "TMPDIR=" + tmp], 1, "--port", "0", img))
         {
             // /proc/PID/environ is what the running image was exec'd with: env gave it no switch, so a 0 there
             // was put by q2a's own exec.
@@ -29,9 +33,12 @@ public sealed class ServeOptimizedRestartInteropTests : IDisposable
             Assert.Equal("dotnet", File.ReadAllText($"/proc/{server.Pid}/comm").Trim());
             // The restarted runtime bound its own diagnostics socket (same pid and start time, so the same name as
             // the first one's): dotnet-counters and dotnet-trace can attach.
-            var diagnostics = Directory.GetFiles(Path.GetTempPath(), $"dotnet-diagnostic-{server.Pid}-*-socket");
+            var diagnostics = Directory.GetFiles(tmp, $"dotnet-diagnostic-{server.Pid}-*-socket");
             var bound = File.ReadAllText("/proc/net/unix");
             Assert.Contains(diagnostics, d => bound.Contains(d, StringComparison.Ordinal));
+            // The restarted server warmed up before it listened (its image read back, or stderr would say it was
+            // skipped) and removed its throwaway directory.
+            Assert.Empty(Directory.GetDirectories(tmp, $"q2a-warm-up-{server.Pid}-*"));
 
             QemuTools.QemuIo("-f", "raw", server.Uri, "-c", "write -P 0x5a 4k 64k", "-c", "flush").EnsureSuccess();
             QemuTools.QemuIo("-f", "raw", "-r", server.Uri, "-c", "read -P 0x5a 4k 64k", "-c", "read -P 0 0 4k").EnsureSuccess();

@@ -5,6 +5,7 @@ using System.Runtime.InteropServices;
 using Qcow2Actors.CrashLab;
 using Qcow2Actors.Engine;
 using Qcow2Actors.Engine.Create;
+using Qcow2Actors.Engine.Device;
 using Qcow2Actors.Format;
 using Qcow2Actors.Nbd;
 using Qcow2Actors.Nbd.Exports;
@@ -74,7 +75,8 @@ internal static class ServeCommand
             // code (OptimizedRestart says why); the restarted process parses the same command line again.
             if (OptimizedRestart.Restart(Console.Error, signals.Stopping) == OptimizedRestart.Outcome.StopRequested) return 0;
             if (IgnoredSignals.Warning("serve", IgnoredSignals.Inherited()) is { } warning) await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
-            return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping).ConfigureAwait(false);
+            return await RunAsync(settings, Console.Out, Console.Error, signals.Stopping,
+                warmUp: ServeWarmUp.Wanted(Environment.GetEnvironmentVariable)).ConfigureAwait(false);
         }).GetAwaiter().GetResult());
         return command;
     }
@@ -84,8 +86,10 @@ internal static class ServeCommand
     /// then stops the server, flushes and closes the images. Each image fault is one line on
     /// <paramref name="stderr"/> as it happens. Returns the exit code: 0 when every image was
     /// closed clean, 1 when any turned read-only, was found corrupt or failed to close.
+    /// With <paramref name="warmUp"/>, the request path is run once (<see cref="ServeWarmUp"/>) after the images are
+    /// open and before the server listens.
     /// </summary>
-    public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop)
+    public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop, bool warmUp = false)
     {
         stderr = TextWriter.Synchronized(stderr);
         var faults = new ServeFaults(stderr);
@@ -100,6 +104,7 @@ internal static class ServeCommand
         {
             foreach (var spec in settings.Exports)
                 exports.Add(await OpenAsync(host, spec, faults.For(spec.Path), settings.DeviceFactory).ConfigureAwait(false));
+            if (warmUp) await WarmUpAsync(host, settings, stderr, stop).ConfigureAwait(false);
 
             server = new NbdServer(new NbdServerOptions
             {
@@ -141,6 +146,16 @@ internal static class ServeCommand
             }
         }
         return exit;
+    }
+
+    /// <summary>Runs <see cref="ServeWarmUp"/> like the first export (its cache mode, the server's kind of socket); a stop cuts it short.</summary>
+    private static async Task WarmUpAsync(ImageHost host, ServeSettings settings, TextWriter stderr, Task stop)
+    {
+        using var cancel = new CancellationTokenSource();
+        var cache = settings.Exports.Count > 0 ? settings.Exports[0].Cache : CacheMode.Writeback;
+        Task warming = ServeWarmUp.RunAsync(host, cache, settings.EndPoint, stderr, cancel.Token);
+        if (await Task.WhenAny(warming, stop).ConfigureAwait(false) != warming) await cancel.CancelAsync().ConfigureAwait(false);
+        await warming.ConfigureAwait(false);
     }
 
     /// <summary>Flushes and closes one export; true when its image ended clean (the journal gone, the header clean).</summary>
