@@ -35,7 +35,8 @@ internal static partial class OptimizedRestart
         StopRequested,
     }
 
-    private const string LegacyVariable = "COMPlus_ReadyToRun";
+    /// <summary>The older spelling of <see cref="Variable"/>, read when that one is unset.</summary>
+    public const string LegacyVariable = "COMPlus_ReadyToRun";
     private const int SigSetMask = 2;
     // glibc's sigset_t: 1024 bits.
     private const int SigSetBytes = 128;

@@ -49,4 +49,24 @@ public sealed class ServeOptimizedRestartInteropTests : IDisposable
         QemuTools.AssertCheckClean(img);
         QemuTools.QemuIo("-f", "qcow2", "-r", img, "-c", "read -P 0x5a 4k 64k").EnsureSuccess();
     }
+
+    [ServeFact]
+    public async Task A_warm_up_that_cannot_run_is_one_stderr_line_and_the_restarted_server_serves_all_the_same()
+    {
+        var img = _dir.File("nowarm.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", img, "16M").EnsureSuccess();
+        // A temporary directory that does not exist: the warm-up cannot make its throwaway image. That it says so
+        // also shows that the restarted server does run a warm-up (the test above sees only that it left nothing).
+        var missing = _dir.File("no-such-dir");
+        using (var server = await ServeProcess.StartUnderAsync(
+            ["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun", "TMPDIR=" + missing], 1, "--port", "0", img))
+        {
+            QemuTools.QemuIo("-f", "raw", server.Uri, "-c", "write -P 0x6b 0 64k", "-c", "flush").EnsureSuccess();
+            QemuTools.QemuIo("-f", "raw", "-r", server.Uri, "-c", "read -P 0x6b 0 64k").EnsureSuccess();
+            Assert.Equal(0, server.Stop("TERM"));
+            var line = Assert.Single(server.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.StartsWith("q2a serve: start-up warm-up skipped: ", line, StringComparison.Ordinal);
+        }
+        QemuTools.AssertCheckClean(img);
+    }
 }

@@ -86,8 +86,8 @@ internal static class ServeCommand
     /// then stops the server, flushes and closes the images. Each image fault is one line on
     /// <paramref name="stderr"/> as it happens. Returns the exit code: 0 when every image was
     /// closed clean, 1 when any turned read-only, was found corrupt or failed to close.
-    /// With <paramref name="warmUp"/>, the request path is run once (<see cref="ServeWarmUp"/>) after the images are
-    /// open and before the server listens.
+    /// With <paramref name="warmUp"/>, the request path is run once first (<see cref="ServeWarmUp"/>), before the images
+    /// are opened and the server listens.
     /// </summary>
     public static async Task<int> RunAsync(ServeSettings settings, TextWriter stdout, TextWriter stderr, Task stop, bool warmUp = false)
     {
@@ -96,6 +96,12 @@ internal static class ServeCommand
         // One actor system for every image; a failure in one image's actors stops that image only.
         // Disposed last, after the finally below has closed every image.
         await using var host = ImageHost.Create(settings.FileConfig, "q2a-serve");
+        if (warmUp)
+        {
+            await WarmUpAsync(host, settings, stderr, stop).ConfigureAwait(false);
+            // Stopped while warming up: nothing of the user's was opened, and nothing listens.
+            if (stop.IsCompleted) return 0;
+        }
         var exports = new List<INbdExport>();
         using var logs = new StderrLoggerFactory(stderr, "q2a serve");
         NbdServer? server = null;
@@ -104,8 +110,6 @@ internal static class ServeCommand
         {
             foreach (var spec in settings.Exports)
                 exports.Add(await OpenAsync(host, spec, faults.For(spec.Path), settings.DeviceFactory).ConfigureAwait(false));
-            if (warmUp) await WarmUpAsync(host, settings, stderr, stop).ConfigureAwait(false);
-
             server = new NbdServer(new NbdServerOptions
             {
                 Exports = exports,
@@ -148,12 +152,12 @@ internal static class ServeCommand
         return exit;
     }
 
-    /// <summary>Runs <see cref="ServeWarmUp"/> like the first export (its cache mode, the server's kind of socket); a stop cuts it short.</summary>
+    /// <summary>Runs <see cref="ServeWarmUp"/> like the first export (its cache mode); a stop cuts it short.</summary>
     private static async Task WarmUpAsync(ImageHost host, ServeSettings settings, TextWriter stderr, Task stop)
     {
         using var cancel = new CancellationTokenSource();
         var cache = settings.Exports.Count > 0 ? settings.Exports[0].Cache : CacheMode.Writeback;
-        Task warming = ServeWarmUp.RunAsync(host, cache, settings.EndPoint, stderr, cancel.Token);
+        Task warming = ServeWarmUp.RunAsync(host, cache, stderr, cancel.Token);
         if (await Task.WhenAny(warming, stop).ConfigureAwait(false) != warming) await cancel.CancelAsync().ConfigureAwait(false);
         await warming.ConfigureAwait(false);
     }

@@ -23,8 +23,9 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private List<OutgoingReply> _queue = new();
     private List<OutgoingReply> _spare = new(); // the drainer's, swapped with _queue under the lock
     private readonly List<ArraySegment<byte>> _segments = new();
-    // The plain socket's one send at a time; a hard abort disposes the socket, which ends a send in progress.
-    private readonly SocketCallArgs _call = new();
+    // The plain socket's one send at a time (none on TLS, which writes through its stream and takes the abort token
+    // there); a hard abort disposes the socket, which ends a plain send in progress.
+    private readonly SocketCallArgs? _call = tls is null ? new SocketCallArgs() : null;
     private bool _sending;
     private bool _corked;
     private bool _broken;
@@ -93,7 +94,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
             }
             catch (Exception)
             {
-                // Socket errors, a disposed socket, the abort token: the reply stream is out of step for good.
+                // Socket errors, a disposed socket (hard abort), the abort token on TLS: the reply stream is out of step for good.
                 Fail();
                 return;
             }
@@ -143,7 +144,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         _segments.Clear();
         foreach (var reply in batch) _segments.Add(new ArraySegment<byte>(reply.Buffer, 0, reply.Length));
-        var result = await _call.SendAsync(socket, _segments);
+        var result = await _call!.SendAsync(socket, _segments);
         if (result.Error != SocketError.Success) throw result.Exception();
         long sent = result.Transferred;
         if (sent == total) return;
@@ -166,14 +167,14 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         while (memory.Length > 0)
         {
-            var result = await _call.SendAsync(socket, memory);
+            var result = await _call!.SendAsync(socket, memory);
             if (result.Error != SocketError.Success) throw result.Exception();
             memory = memory[result.Transferred..];
         }
     }
 
     /// <summary>Frees the send's event args; only once no send can start (the connection has ended).</summary>
-    public void Dispose() => _call.Dispose();
+    public void Dispose() => _call?.Dispose();
 
     /// <summary>The connection cannot send any more: drop every queued reply and tell the connection.</summary>
     private void Fail()
