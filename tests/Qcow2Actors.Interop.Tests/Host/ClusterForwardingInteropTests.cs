@@ -42,8 +42,11 @@ public sealed class ClusterForwardingInteropTests(PostgresFixture pg, ITestOutpu
 
     private async Task<(string[] Images, Dictionary<string, ClusterNodeProcess> Owners)> StartNodesAndServeAsync(int count)
     {
-        // Each test class gets its own database; each test its own tables' rows: image names are unique per test.
+        // Each test class gets its own PostgreSQL, each test its own database in it: the images a previous test served
+        // are remembered by sharding there, and with their files gone they were started again every second on every
+        // node of the next test's cluster (two CI start timeouts here).
         string prefix = "t" + Guid.NewGuid().ToString("N")[..6];
+        var connection = await PostgresDatabases.CreateAsync(pg.Server, "fwd_" + prefix);
         _data = Directory.CreateDirectory(_dir.File("shared")).FullName;
         var images = Enumerable.Range(1, count).Select(i => $"{prefix}d{i}").ToArray();
         Directory.CreateDirectory(Path.Combine(_data, "acme"));
@@ -51,7 +54,7 @@ public sealed class ClusterForwardingInteropTests(PostgresFixture pg, ITestOutpu
             QemuTools.QemuImg("create", "-f", "qcow2", "-o", "cluster_size=65536", Path.Combine(_data, "acme", image + ".qcow2"), "64M").EnsureSuccess();
         var ports = Enumerable.Range(0, 3).Select(_ => HostProcess.FreePort()).ToArray();
         for (int n = 0; n < 3; n++)
-            _nodes.Add(new ClusterNodeProcess(_dir.Path, $"node{n + 1}", _data, ports[n], [ports[0], ports[1]], pg.Server.ConnectionString));
+            _nodes.Add(new ClusterNodeProcess(_dir.Path, $"node{n + 1}", _data, ports[n], [ports[0], ports[1]], connection));
         var node1 = _nodes[0];
         var started = Stopwatch.StartNew();
         await Task.WhenAll(_nodes.Select(n => node1.Line(l => l.Contains($"member up {n.Address}", StringComparison.Ordinal)))

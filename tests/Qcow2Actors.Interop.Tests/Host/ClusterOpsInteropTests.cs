@@ -43,15 +43,6 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
             $"qemu-io {string.Join(' ', args)}: exit {r.ExitCode}\n{r.StdOut}{r.StdErr}");
     }
 
-    /// <summary>A database of its own per test: sharding's remembered images and the journals must not carry over.</summary>
-    private async Task<string> NewDatabaseAsync(string name)
-    {
-        await using (var db = NpgsqlDataSource.Create(pg.Server.ConnectionString))
-        await using (var create = db.CreateCommand($"CREATE DATABASE {name}"))
-            await create.ExecuteNonQueryAsync();
-        return pg.Server.ConnectionString.Replace("Database=postgres", $"Database={name}", StringComparison.Ordinal);
-    }
-
     private string CreateImages(IEnumerable<string> images)
     {
         var data = Directory.CreateDirectory(_dir.File("shared")).FullName;
@@ -129,7 +120,7 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
     {
         var images = Enumerable.Range(1, 6).Select(i => $"disk{i}").ToArray();
         var data = CreateImages(images);
-        var connection = await NewDatabaseAsync("ops_rebalance");
+        var connection = await PostgresDatabases.CreateAsync(pg.Server, "ops_rebalance");
         // The seeds' ports are needed up front; a joining node's is taken when it starts, so the running nodes'
         // outgoing connections (PostgreSQL, remoting) have had no time to land on it as their local port.
         var ports = Enumerable.Range(0, 2).Select(_ => HostProcess.FreePort()).ToArray();
@@ -227,7 +218,7 @@ public sealed class ClusterOpsInteropTests(PostgresFixture pg, ITestOutputHelper
     {
         var images = Enumerable.Range(1, 3).Select(i => $"disk{i}").ToArray();
         var data = CreateImages(images);
-        var connection = await NewDatabaseAsync("ops_partition");
+        var connection = await PostgresDatabases.CreateAsync(pg.Server, "ops_partition");
         // The seeds' ports are needed up front; a joining node's is taken when it starts, so the running nodes'
         // outgoing connections (PostgreSQL, remoting) have had no time to land on it as their local port.
         var ports = Enumerable.Range(0, 2).Select(_ => HostProcess.FreePort()).ToArray();

@@ -64,10 +64,7 @@ public sealed class DownedNodeFenceTests(PostgresFixture pg) : IClassFixture<Pos
     /// <summary>A database of its own with the owner-generation table: one journal owned by <paramref name="owner"/>.</summary>
     private async Task<string> GenerationsAsync(string name, Address owner)
     {
-        await using (var db = NpgsqlDataSource.Create(pg.Server.ConnectionString))
-        await using (var create = db.CreateCommand($"CREATE DATABASE {name}"))
-            await create.ExecuteNonQueryAsync();
-        var connection = pg.Server.ConnectionString.Replace("Database=postgres", $"Database={name}", StringComparison.Ordinal);
+        var connection = await PostgresDatabases.CreateAsync(pg.Server, name);
         await using var data = NpgsqlDataSource.Create(connection);
         await using var table = data.CreateCommand($"""
             CREATE TABLE {FencedSqlJournal.GenerationTable} (persistence_id varchar(255) PRIMARY KEY, generation bigint NOT NULL, owner text NOT NULL, taken_at timestamptz NOT NULL);
