@@ -31,7 +31,7 @@ public sealed class ReplySenderTests
         var broken = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var allReleased = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var abort = new CancellationTokenSource();
-        var sender = new ReplySender(socket, null,
+        using var sender = new ReplySender(socket, null,
             charge =>
             {
                 Interlocked.Add(ref released, charge);
