@@ -35,8 +35,7 @@ internal static partial class OptimizedRestart
         StopRequested,
     }
 
-    /// <summary>The older spelling of <see cref="Variable"/>, read when that one is unset.</summary>
-    public const string LegacyVariable = "COMPlus_ReadyToRun";
+    private const string LegacyVariable = "COMPlus_ReadyToRun";
     private const int SigSetMask = 2;
     // glibc's sigset_t: 1024 bits.
     private const int SigSetBytes = 128;
@@ -45,8 +44,13 @@ internal static partial class OptimizedRestart
     /// True when the process should restart itself: on Linux, with neither variable set. Split from
     /// <see cref="Restart"/> so the decision is testable without replacing the test process.
     /// </summary>
-    public static bool Wanted(Func<string, string?> environment) =>
-        OperatingSystem.IsLinux() && environment(Variable) is null && environment(LegacyVariable) is null;
+    public static bool Wanted(Func<string, string?> environment) => OperatingSystem.IsLinux() && Setting(environment) is null;
+
+    /// <summary>
+    /// The precompiled-code switch as the runtime reads it: <see cref="Variable"/>, or its older spelling
+    /// (<c>COMPlus_ReadyToRun</c>) when that is unset; null when neither is set.
+    /// </summary>
+    public static string? Setting(Func<string, string?> environment) => environment(Variable) ?? environment(LegacyVariable);
 
     /// <summary>
     /// The NUL-terminated strings of a /proc/PID/cmdline or /proc/PID/environ file, as bytes (not decoded:

@@ -42,12 +42,8 @@ internal static class ServeWarmUp
     /// <summary>Prefix of the temporary directory, with this process's id: one a killed serve left behind says whose it was.</summary>
     public static string DirectoryPrefix => $"q2a-warm-up-{Environment.ProcessId}-";
 
-    /// <summary>
-    /// True when this process compiles every method on first call: the runtime's precompiled-code switch
-    /// (<see cref="OptimizedRestart.Variable"/>, or its older spelling when that is unset) is 0.
-    /// </summary>
-    public static bool Wanted(Func<string, string?> environment) =>
-        (environment(OptimizedRestart.Variable) ?? environment(OptimizedRestart.LegacyVariable)) == "0";
+    /// <summary>True when this process compiles every method on first call: the precompiled-code switch (<see cref="OptimizedRestart.Setting"/>) is 0.</summary>
+    public static bool Wanted(Func<string, string?> environment) => OptimizedRestart.Setting(environment) == "0";
 
     /// <summary>
     /// Runs the warm-up on <paramref name="host"/> with the page-cache mode <paramref name="cache"/> (writeback where the
