@@ -176,13 +176,14 @@ public sealed class FileJournal : AsyncWriteJournal
         var payload = p.Payload;
         var serializer = _serialization.FindSerializerFor(payload);
         var manifest = Akka.Serialization.Serialization.ManifestFor(serializer, payload);
-        var data = serializer.ToBinary(payload);
+        // The pending batch's chunks go to the file as they are (no batch-sized array): ISequenceSerializer.
+        var data = serializer is ISequenceSerializer sequence ? sequence.ToSequence(payload) : new System.Buffers.ReadOnlySequence<byte>(serializer.ToBinary(payload));
         return new StoredEvent(p.SequenceNr, p.Timestamp, serializer.Identifier, manifest, p.Manifest ?? "", p.WriterGuid ?? "", data);
     }
 
     private Persistent FromStored(string persistenceId, StoredEvent e)
     {
-        var payload = _serialization.Deserialize(e.Data, e.SerializerId, e.SerializerManifest);
+        var payload = _serialization.Deserialize(e.DataArray(), e.SerializerId, e.SerializerManifest);
         return new Persistent(payload, e.SequenceNr, persistenceId, e.Manifest, isDeleted: false, sender: ActorRefs.NoSender,
             writerGuid: e.WriterGuid, timestamp: e.Timestamp);
     }

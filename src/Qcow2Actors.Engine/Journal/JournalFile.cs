@@ -205,29 +205,31 @@ internal sealed class JournalFile : IDisposable
     {
         EnsureLoaded();
         if (writes.Count == 0) return;
-        var buffer = new ArrayBufferWriter<byte>();
         var start = GoodEnd;
-        if (start == 0) buffer.Write(JournalRecords.Magic);
+        long length = start == 0 ? JournalRecords.Magic.Length : 0;
         var added = new List<RecordRef>(writes.Count);
         foreach (var events in writes)
         {
-            var at = buffer.WrittenCount;
-            JournalRecords.WriteEvents(buffer, events);
-            var payloadLength = buffer.WrittenCount - at - JournalRecords.FrameHeaderLength;
+            var payloadLength = JournalRecords.EventsPayloadLength(events);
             if (payloadLength > _maxRecordLength)
                 throw new InvalidOperationException($"journal record of {payloadLength} bytes exceeds max-record-size {_maxRecordLength}");
-            added.Add(new RecordRef(start + at, payloadLength, events[0].SequenceNr, events[^1].SequenceNr));
+            added.Add(new RecordRef(start + length, (int)payloadLength, events[0].SequenceNr, events[^1].SequenceNr));
+            length += JournalRecords.FrameHeaderLength + payloadLength;
         }
 
         _device ??= CreateDevice();
-        WriteDurably(buffer.WrittenSpan, start);
-        GoodEnd = start + buffer.WrittenCount;
+        WriteDurably(start, length, output =>
+        {
+            if (start == 0) output.Write(JournalRecords.Magic);
+            for (int i = 0; i < writes.Count; i++) JournalRecords.WriteEvents(output, writes[i], added[i].Length);
+        });
+        GoodEnd = start + length;
         DroppedBytes = 0;
         _index.AddRange(added);
         HighestSequenceNr = Math.Max(HighestSequenceNr, added[^1].Last);
         _reservedEnd = Math.Max(_reservedEnd, GoodEnd);
         _reservation?.Update(GoodEnd, _reservedEnd);
-        _reservation?.Appended(buffer.WrittenCount);
+        _reservation?.Appended(length);
     }
 
     /// <summary>Delivers stored events with from ≤ seq ≤ to, skipping deleted ones, at most <paramref name="max"/>.</summary>
@@ -347,7 +349,7 @@ internal sealed class JournalFile : IDisposable
         var mark = new ArrayBufferWriter<byte>();
         JournalRecords.WriteDeleteMark(mark, deletedTo, HighestSequenceNr);
         var start = GoodEnd;
-        WriteDurably(mark.WrittenSpan, start);
+        WriteDurably(start, mark.WrittenCount, output => output.Write(mark.WrittenSpan));
         GoodEnd = start + mark.WrittenCount;
         DeletedTo = deletedTo;
         DroppedBytes = 0;
@@ -355,8 +357,11 @@ internal sealed class JournalFile : IDisposable
         _reservation?.Update(GoodEnd, _reservedEnd);
     }
 
-    /// <summary>Writes <paramref name="bytes"/> at the append position <paramref name="start"/> of the open device and makes them durable.</summary>
-    private void WriteDurably(ReadOnlySpan<byte> bytes, long start)
+    /// <summary>
+    /// Has <paramref name="write"/> write <paramref name="length"/> bytes at the append position <paramref name="start"/>
+    /// of the open device, and makes them durable.
+    /// </summary>
+    private void WriteDurably(long start, long length, Action<IJournalOutput> write)
     {
         var device = _device!;
         // Cut a torn or corrupt tail first so that no stale bytes follow the new records (the
@@ -366,7 +371,11 @@ internal sealed class JournalFile : IDisposable
             device.SetLength(start);
             _reservedEnd = start;
         }
-        device.Write(bytes, start);
+        var output = new JournalAppendWriter(device, start, length);
+        write(output);
+        output.Complete();
+        if (output.Written != length)
+            throw new InvalidOperationException($"{Path}: an append wrote {output.Written} bytes where {length} were counted");
         try
         {
             device.Flush();

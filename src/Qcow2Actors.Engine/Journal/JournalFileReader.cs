@@ -25,7 +25,7 @@ internal static class JournalFileReader
             if (e.SerializerId != JournalBatchSerializer.Id)
                 throw new InvalidDataException(
                     $"journal '{journalPath}' holds event {e.SequenceNr} of serializer {e.SerializerId}, not the engine's batches; run 'q2a recover' with the configuration that wrote it");
-            batches.Add(JournalBatchSerializer.Decode(e.Data));
+            batches.Add(JournalBatchSerializer.Decode(e.DataArray()));
         });
         return batches;
     }

@@ -1,11 +1,15 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Qcow2Actors.Engine.Journal;
 
-/// <summary>One persisted event as the file stores it: already serialized by Akka's serialization.</summary>
+/// <summary>
+/// One persisted event as the file stores it: already serialized by Akka's serialization. <see cref="Data"/> may be
+/// several buffers (a pending journal batch's chunks, <see cref="ISequenceSerializer"/>); read back, it is one.
+/// </summary>
 internal sealed record StoredEvent(
     long SequenceNr,
     long Timestamp,
@@ -13,7 +17,27 @@ internal sealed record StoredEvent(
     string SerializerManifest,
     string Manifest,
     string WriterGuid,
-    byte[] Data);
+    ReadOnlySequence<byte> Data)
+{
+    /// <summary>An event whose data is one array.</summary>
+    public StoredEvent(long sequenceNr, long timestamp, int serializerId, string serializerManifest, string manifest, string writerGuid, byte[] data)
+        : this(sequenceNr, timestamp, serializerId, serializerManifest, manifest, writerGuid, new ReadOnlySequence<byte>(data))
+    {
+    }
+
+    /// <summary>The data as one array: the array itself when it is one whole array, else a copy.</summary>
+    public byte[] DataArray() =>
+        Data.IsSingleSegment && MemoryMarshal.TryGetArray(Data.First, out var whole) && whole.Offset == 0 && whole.Count == whole.Array!.Length
+            ? whole.Array
+            : Data.ToArray();
+}
+
+/// <summary>Where <see cref="JournalRecords.WriteEvents"/> puts a framed record's bytes, in order.</summary>
+internal interface IJournalOutput
+{
+    /// <summary>The next <paramref name="bytes"/> of the record.</summary>
+    void Write(ReadOnlySpan<byte> bytes);
+}
 
 /// <summary>
 /// The on-disk framing of a journal file (all integers little endian; the file is ours alone):
@@ -49,34 +73,69 @@ internal static class JournalRecords
         return crc.GetCurrentHashAsUInt32();
     }
 
-    /// <summary>Appends one framed events record for <paramref name="events"/> (in sequence order).</summary>
-    public static void WriteEvents(ArrayBufferWriter<byte> output, IReadOnlyList<StoredEvent> events)
+    /// <summary>Bytes of the payload of one events record for <paramref name="events"/> (frame header not included).</summary>
+    public static long EventsPayloadLength(IReadOnlyList<StoredEvent> events)
     {
-        var size = EventsHeaderLength;
+        long size = EventsHeaderLength;
         foreach (var e in events)
-            size += 8 + 8 + 4 + StrSize(e.SerializerManifest) + StrSize(e.Manifest) + StrSize(e.WriterGuid) + 4 + e.Data.Length;
-        var frame = output.GetSpan(FrameHeaderLength + size)[..(FrameHeaderLength + size)];
-        var p = frame[FrameHeaderLength..];
-        p[0] = EventsKind;
-        BinaryPrimitives.WriteInt64LittleEndian(p[1..], events[0].SequenceNr);
-        BinaryPrimitives.WriteInt64LittleEndian(p[9..], events[^1].SequenceNr);
-        BinaryPrimitives.WriteInt32LittleEndian(p[17..], events.Count);
-        var at = EventsHeaderLength;
+            size += EventHeaderLength + StrSize(e.SerializerManifest) + StrSize(e.Manifest) + StrSize(e.WriterGuid) + 4 + e.Data.Length;
+        return size;
+    }
+
+    /// <summary>
+    /// Writes one framed events record for <paramref name="events"/> (in sequence order; <paramref name="payloadLength"/>
+    /// from <see cref="EventsPayloadLength"/>) to <paramref name="output"/>. The payload is produced twice, once for
+    /// its checksum and once for the output, so the events' data goes out from the buffers it is in, never copied
+    /// into one record-sized array.
+    /// </summary>
+    public static void WriteEvents(IJournalOutput output, IReadOnlyList<StoredEvent> events, int payloadLength)
+    {
+        Span<byte> frame = stackalloc byte[FrameHeaderLength];
+        BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)payloadLength);
+        var crc = new Crc32(Crc32ParameterSet.Crc32C);
+        crc.Append(frame[..4]);
+        WritePayload(new ChecksumOutput(crc), events);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame[4..], crc.GetCurrentHashAsUInt32());
+        output.Write(frame);
+        WritePayload(output, events);
+    }
+
+    private const int EventHeaderLength = 8 + 8 + 4;
+
+    private static void WritePayload(IJournalOutput output, IReadOnlyList<StoredEvent> events)
+    {
+        Span<byte> head = stackalloc byte[EventsHeaderLength];
+        head[0] = EventsKind;
+        BinaryPrimitives.WriteInt64LittleEndian(head[1..], events[0].SequenceNr);
+        BinaryPrimitives.WriteInt64LittleEndian(head[9..], events[^1].SequenceNr);
+        BinaryPrimitives.WriteInt32LittleEndian(head[17..], events.Count);
+        output.Write(head);
+        Span<byte> field = stackalloc byte[EventHeaderLength];
         foreach (var e in events)
         {
-            BinaryPrimitives.WriteInt64LittleEndian(p[at..], e.SequenceNr);
-            BinaryPrimitives.WriteInt64LittleEndian(p[(at + 8)..], e.Timestamp);
-            BinaryPrimitives.WriteInt32LittleEndian(p[(at + 16)..], e.SerializerId);
-            at += 20;
-            at += WriteStr(p[at..], e.SerializerManifest);
-            at += WriteStr(p[at..], e.Manifest);
-            at += WriteStr(p[at..], e.WriterGuid);
-            BinaryPrimitives.WriteInt32LittleEndian(p[at..], e.Data.Length);
-            e.Data.CopyTo(p[(at + 4)..]);
-            at += 4 + e.Data.Length;
+            BinaryPrimitives.WriteInt64LittleEndian(field, e.SequenceNr);
+            BinaryPrimitives.WriteInt64LittleEndian(field[8..], e.Timestamp);
+            BinaryPrimitives.WriteInt32LittleEndian(field[16..], e.SerializerId);
+            output.Write(field);
+            WriteStr(output, e.SerializerManifest);
+            WriteStr(output, e.Manifest);
+            WriteStr(output, e.WriterGuid);
+            BinaryPrimitives.WriteInt32LittleEndian(field, checked((int)e.Data.Length));
+            output.Write(field[..4]);
+            foreach (var segment in e.Data) output.Write(segment.Span);
         }
-        Frame(frame, size);
-        output.Advance(frame.Length);
+    }
+
+    private static void WriteStr(IJournalOutput output, string s)
+    {
+        var bytes = new byte[StrSize(s)];
+        WriteStr(bytes, s);
+        output.Write(bytes);
+    }
+
+    private sealed class ChecksumOutput(Crc32 crc) : IJournalOutput
+    {
+        public void Write(ReadOnlySpan<byte> bytes) => crc.Append(bytes);
     }
 
     /// <summary>Appends one framed deletion mark.</summary>

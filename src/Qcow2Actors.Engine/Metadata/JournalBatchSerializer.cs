@@ -1,6 +1,8 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using Akka.Actor;
 using Akka.Serialization;
+using Qcow2Actors.Engine.Journal;
 
 namespace Qcow2Actors.Engine.Metadata;
 
@@ -10,7 +12,7 @@ namespace Qcow2Actors.Engine.Metadata;
 /// reflection. Bound in the engine's reference HOCON. Internal: Akka resolves it by its type name
 /// there and creates it by reflection (a public constructor on an internal type is enough).
 /// </summary>
-internal sealed class JournalBatchSerializer : Serializer
+internal sealed class JournalBatchSerializer : Serializer, ISequenceSerializer
 {
     /// <summary>Serializer id registered in HOCON; unique among Akka serializers (Akka reserves 0-100).</summary>
     public const int Id = 0x51324A01;
@@ -31,11 +33,16 @@ internal sealed class JournalBatchSerializer : Serializer
     public override bool IncludeManifest => false;
 
     /// <inheritdoc />
-    public override byte[] ToBinary(object obj)
+    public override byte[] ToBinary(object obj) => obj switch
     {
-        if (obj is not JournalBatch batch) throw new ArgumentException($"cannot serialize {obj.GetType()}", nameof(obj));
-        return Encode(batch);
-    }
+        JournalBatch batch => Encode(batch),
+        PendingJournalBatch pending => pending.ToSequence().ToArray(),
+        _ => throw new ArgumentException($"cannot serialize {obj.GetType()}", nameof(obj)),
+    };
+
+    /// <inheritdoc />
+    public ReadOnlySequence<byte> ToSequence(object obj) =>
+        obj is PendingJournalBatch pending ? pending.ToSequence() : new ReadOnlySequence<byte>(ToBinary(obj));
 
     /// <inheritdoc />
     public override object FromBinary(byte[] bytes, Type type) => Decode(bytes);
@@ -43,56 +50,70 @@ internal sealed class JournalBatchSerializer : Serializer
     /// <summary>Encodes a batch; public for tests and tools that read journals offline.</summary>
     public static byte[] Encode(JournalBatch batch)
     {
-        var size = 8;
-        foreach (var r in batch.Records) size += 1 + SizeOf(r);
+        var size = HeaderLength;
+        foreach (var r in batch.Records) size += RecordLength(r);
         var buffer = new byte[size];
-        var span = buffer.AsSpan();
-        BinaryPrimitives.WriteInt32BigEndian(span, Version);
-        BinaryPrimitives.WriteInt32BigEndian(span[4..], batch.Records.Count);
-        var pos = 8;
-        foreach (var r in batch.Records)
-        {
-            var s = span[(pos + 1)..];
-            switch (r)
-            {
-                case SetL1Entry e:
-                    span[pos] = TagL1; BinaryPrimitives.WriteInt32BigEndian(s, e.Index); BinaryPrimitives.WriteUInt64BigEndian(s[4..], e.Value);
-                    break;
-                case SetL2Entry e:
-                    span[pos] = TagL2; BinaryPrimitives.WriteInt64BigEndian(s, e.TableOffset); BinaryPrimitives.WriteInt32BigEndian(s[8..], e.Index);
-                    BinaryPrimitives.WriteUInt64BigEndian(s[12..], e.Word0); BinaryPrimitives.WriteUInt64BigEndian(s[20..], e.Word1);
-                    break;
-                case SetRefcount e:
-                    span[pos] = TagRefcount; BinaryPrimitives.WriteInt64BigEndian(s, e.Cluster); BinaryPrimitives.WriteUInt64BigEndian(s[8..], e.Value);
-                    break;
-                case SetRefcountTableEntry e:
-                    span[pos] = TagRefTable; BinaryPrimitives.WriteInt32BigEndian(s, e.Index); BinaryPrimitives.WriteUInt64BigEndian(s[4..], e.Value);
-                    break;
-                case NewTable e:
-                    span[pos] = TagNewTable; s[0] = (byte)e.Kind; BinaryPrimitives.WriteInt64BigEndian(s[1..], e.Offset); BinaryPrimitives.WriteInt64BigEndian(s[9..], e.Length);
-                    break;
-                case SetHeaderField e:
-                    span[pos] = TagHeader; s[0] = (byte)e.Field; BinaryPrimitives.WriteUInt64BigEndian(s[1..], e.Value);
-                    break;
-                case BitmapRangesSet e:
-                    span[pos] = TagBitmapRanges; BinaryPrimitives.WriteInt32BigEndian(s, e.Ranges.Count);
-                    for (int k = 0; k < e.Ranges.Count; k++)
-                    {
-                        BinaryPrimitives.WriteInt64BigEndian(s[(4 + k * RangeBytes)..], e.Ranges[k].Offset);
-                        BinaryPrimitives.WriteInt64BigEndian(s[(12 + k * RangeBytes)..], e.Ranges[k].Length);
-                    }
-                    break;
-                case BitmapTracked e:
-                    span[pos] = TagBitmapTracked; BinaryPrimitives.WriteInt64BigEndian(s, e.TableOffset);
-                    int nameBytes = System.Text.Encoding.UTF8.GetBytes(e.Name, s[10..]);
-                    BinaryPrimitives.WriteUInt16BigEndian(s[8..], (ushort)nameBytes);
-                    break;
-                default:
-                    throw new ArgumentException($"unknown record {r.GetType()}", nameof(batch));
-            }
-            pos += 1 + SizeOf(r);
-        }
+        WriteHeader(buffer, batch.Records.Count);
+        var pos = HeaderLength;
+        foreach (var r in batch.Records) pos += WriteRecord(buffer.AsSpan(pos), r);
         return buffer;
+    }
+
+    /// <summary>Bytes of the batch header (version, record count) in front of the records.</summary>
+    public const int HeaderLength = 8;
+
+    /// <summary>Writes the batch header for <paramref name="count"/> records.</summary>
+    public static void WriteHeader(Span<byte> destination, int count)
+    {
+        BinaryPrimitives.WriteInt32BigEndian(destination, Version);
+        BinaryPrimitives.WriteInt32BigEndian(destination[4..], count);
+    }
+
+    /// <summary>Bytes <paramref name="r"/> takes in a batch (its tag included).</summary>
+    public static int RecordLength(MetadataRecord r) => 1 + SizeOf(r);
+
+    /// <summary>Writes <paramref name="r"/> (tag, then fields) at the start of <paramref name="destination"/>; returns its <see cref="RecordLength"/>.</summary>
+    public static int WriteRecord(Span<byte> destination, MetadataRecord r)
+    {
+        var s = destination[1..];
+        switch (r)
+        {
+            case SetL1Entry e:
+                destination[0] = TagL1; BinaryPrimitives.WriteInt32BigEndian(s, e.Index); BinaryPrimitives.WriteUInt64BigEndian(s[4..], e.Value);
+                break;
+            case SetL2Entry e:
+                destination[0] = TagL2; BinaryPrimitives.WriteInt64BigEndian(s, e.TableOffset); BinaryPrimitives.WriteInt32BigEndian(s[8..], e.Index);
+                BinaryPrimitives.WriteUInt64BigEndian(s[12..], e.Word0); BinaryPrimitives.WriteUInt64BigEndian(s[20..], e.Word1);
+                break;
+            case SetRefcount e:
+                destination[0] = TagRefcount; BinaryPrimitives.WriteInt64BigEndian(s, e.Cluster); BinaryPrimitives.WriteUInt64BigEndian(s[8..], e.Value);
+                break;
+            case SetRefcountTableEntry e:
+                destination[0] = TagRefTable; BinaryPrimitives.WriteInt32BigEndian(s, e.Index); BinaryPrimitives.WriteUInt64BigEndian(s[4..], e.Value);
+                break;
+            case NewTable e:
+                destination[0] = TagNewTable; s[0] = (byte)e.Kind; BinaryPrimitives.WriteInt64BigEndian(s[1..], e.Offset); BinaryPrimitives.WriteInt64BigEndian(s[9..], e.Length);
+                break;
+            case SetHeaderField e:
+                destination[0] = TagHeader; s[0] = (byte)e.Field; BinaryPrimitives.WriteUInt64BigEndian(s[1..], e.Value);
+                break;
+            case BitmapRangesSet e:
+                destination[0] = TagBitmapRanges; BinaryPrimitives.WriteInt32BigEndian(s, e.Ranges.Count);
+                for (int k = 0; k < e.Ranges.Count; k++)
+                {
+                    BinaryPrimitives.WriteInt64BigEndian(s[(4 + k * RangeBytes)..], e.Ranges[k].Offset);
+                    BinaryPrimitives.WriteInt64BigEndian(s[(12 + k * RangeBytes)..], e.Ranges[k].Length);
+                }
+                break;
+            case BitmapTracked e:
+                destination[0] = TagBitmapTracked; BinaryPrimitives.WriteInt64BigEndian(s, e.TableOffset);
+                int nameBytes = System.Text.Encoding.UTF8.GetBytes(e.Name, s[10..]);
+                BinaryPrimitives.WriteUInt16BigEndian(s[8..], (ushort)nameBytes);
+                break;
+            default:
+                throw new ArgumentException($"unknown record {r.GetType()}", nameof(r));
+        }
+        return RecordLength(r);
     }
 
     /// <summary>Decodes a batch, refusing truncated or unknown input with one clear line.</summary>

@@ -6,10 +6,10 @@ namespace Qcow2Actors.Engine.Write;
 
 /// <summary>
 /// The image's write-ahead journal, an Akka.Persistence actor. Records accumulate in
-/// memory; a flush makes the data durable (fdatasync), makes sure the header's dirty and
-/// journal-pending bits are durable, then persists everything gathered as ONE message
-/// (a group commit per flush, never one event per guest write) and only then
-/// acknowledges. Flushes that arrive together share one batch. The fdatasync runs on the
+/// memory, encoded as they arrive (<see cref="PendingJournalBatch"/>); a flush makes the
+/// data durable (fdatasync), makes sure the header's dirty and journal-pending bits are
+/// durable, then persists everything gathered as ONE message (a group commit per flush,
+/// never one event per guest write) and only then acknowledges. Flushes that arrive together share one batch. The fdatasync runs on the
 /// engine's I/O threads (<see cref="BlockingIo"/>) while this actor's mailbox waits, so the
 /// batch is exactly what was appended before the sync started.
 /// </summary>
@@ -21,7 +21,7 @@ internal sealed class JournalActor : ReceivePersistentActor
     private readonly ImageContext _ctx;
     private readonly Func<bool> _markDirty;
     private readonly BlockingIo _io;
-    private List<MetadataRecord> _pending = new();
+    private PendingJournalBatch _pending = new();
     private List<long> _pendingFreed = new();
     private List<TaskCompletionSource> _pendingDurable = new();
     private List<TaskCompletionSource> _waiters = new();
@@ -42,11 +42,13 @@ internal sealed class JournalActor : ReceivePersistentActor
         SnapshotPluginId = ctx.Settings.SnapshotPluginId;
 
         Recover<JournalBatch>(b => _recovered!.Add(b));
+        // A journal plugin that keeps the event objects (instead of serializing them) replays the pending form.
+        Recover<PendingJournalBatch>(b => _recovered!.Add(b.ToBatch()));
         Recover<RecoveryCompleted>(_ => Context.Parent.Tell(new JournalRecovered(_recovered!.ToArray())));
 
         Command<AppendRecords>(m =>
         {
-            _pending.AddRange(m.Records);
+            _pending.Add(m.Records);
             _ctx.JournalSpace?.AddPending((long)m.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
             if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
             if (m.Durable is not null) _pendingDurable.Add(m.Durable);
@@ -148,13 +150,13 @@ internal sealed class JournalActor : ReceivePersistentActor
             foreach (var w in waiters) w.TrySetResult();
             return;
         }
-        var batch = new JournalBatch(_pending);
+        var batch = _pending;
         var freed = _pendingFreed;
         var durable = _pendingDurable;
-        _pending = new List<MetadataRecord>();
+        _pending = new PendingJournalBatch();
         _pendingFreed = new List<long>();
         _pendingDurable = new List<TaskCompletionSource>();
-        long promised = (long)batch.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
+        long promised = (long)batch.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
         Persist(batch, _ =>
         {
             // Written: the file's end now counts these bytes instead.

@@ -66,20 +66,23 @@ internal static class MetadataEvents
     public static void RaiseForBatch(object payload, string path)
     {
         if (!s_any) return;
-        if (payload is JournalBatch batch)
+        IEnumerable<TableKind> newTables = payload switch
         {
-            foreach (var record in batch.Records)
+            JournalBatch batch => batch.Records.OfType<NewTable>().Select(t => t.Kind),
+            PendingJournalBatch pending => pending.NewTables,
+            _ => [],
+        };
+        foreach (var kind in newTables)
+        {
+            MetadataEvent? e = kind switch
             {
-                MetadataEvent? e = record is not NewTable table ? null : table.Kind switch
-                {
-                    TableKind.L2 => MetadataEvent.L2Allocation,
-                    TableKind.RefcountBlock => MetadataEvent.RefcountBlockAllocation,
-                    TableKind.RefcountTable => MetadataEvent.RefcountTableGrowth,
-                    TableKind.L1 => MetadataEvent.L1Growth,
-                    _ => null,
-                };
-                if (e is { } named) Raise(named, path);
-            }
+                TableKind.L2 => MetadataEvent.L2Allocation,
+                TableKind.RefcountBlock => MetadataEvent.RefcountBlockAllocation,
+                TableKind.RefcountTable => MetadataEvent.RefcountTableGrowth,
+                TableKind.L1 => MetadataEvent.L1Growth,
+                _ => null,
+            };
+            if (e is { } named) Raise(named, path);
         }
         Raise(MetadataEvent.JournalAppend, path);
     }

@@ -21,6 +21,7 @@ internal sealed class ReplayActor : ReceivePersistentActor
         JournalPluginId = settings.JournalPluginId;
         SnapshotPluginId = settings.SnapshotPluginId;
         Recover<JournalBatch>(b => _batches.Add(b));
+        Recover<PendingJournalBatch>(b => _batches.Add(b.ToBatch())); // a plugin that keeps objects (JournalActor says why)
         Recover<RecoveryCompleted>(_ => Context.Parent.Tell(new JournalRecovered(_batches.ToArray())));
         Command<TruncateJournal>(m =>
         {

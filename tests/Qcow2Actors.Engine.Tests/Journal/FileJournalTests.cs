@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Hashing;
 using Akka.Actor;
 using Akka.Configuration;
@@ -222,6 +223,34 @@ public sealed class FileJournalTests : JournalBehaviourTests
         file.Append(Writes([5]));
         Assert.Equal(2, device.FlushCount);
         Assert.Equal(5, file.HighestSequenceNr);
+    }
+
+    [Fact]
+    public void An_event_held_in_chunks_is_written_as_the_bytes_of_one_array_in_writes_no_larger_than_a_chunk()
+    {
+        var pending = new Qcow2Actors.Engine.Metadata.PendingJournalBatch();
+        for (int i = 0; i < 20_000; i++)
+            pending.Add([new Qcow2Actors.Engine.Metadata.SetL2Entry(0x30000, i & 8191, 0x8000_0000_0005_0000, 0), new Qcow2Actors.Engine.Metadata.SetRefcount(i, 1)]);
+        var chunked = new StoredEvent(1, 1001, 4, "", "", "writer", pending.ToSequence());
+        var whole = chunked with { Data = new System.Buffers.ReadOnlySequence<byte>(pending.ToSequence().ToArray()) };
+
+        var chunkedDevice = new RecordingDevice(new MemoryBlockDevice());
+        using (var file = new JournalFile(Dir.File("chunked.journal"), 1 << 22, createNew: _ => chunkedDevice))
+            file.Append([[chunked], [Event(2, "after")]]);
+        var wholeDevice = new MemoryBlockDevice();
+        using (var file = new JournalFile(Dir.File("whole.journal"), 1 << 22, createNew: _ => wholeDevice))
+            file.Append([[whole], [Event(2, "after")]]);
+
+        Assert.Equal(wholeDevice.ToArray(), chunkedDevice.ToArray());
+        Assert.All(chunkedDevice.Writes, w => Assert.InRange(w.Data.Length, 1, Qcow2Actors.Engine.Metadata.PendingJournalBatch.MaxChunkBytes));
+        Assert.True(chunkedDevice.Writes.Count > 1);
+        var copy = Dir.File("reopened.journal");
+        File.WriteAllBytes(copy, chunkedDevice.ToArray());
+        using var reopened = new JournalFile(copy, 1 << 22);
+        var back = new List<StoredEvent>();
+        reopened.Replay(1, long.MaxValue, long.MaxValue, back.Add);
+        Assert.Equal(whole.Data.ToArray(), back[0].DataArray());
+        Assert.Equal("after", System.Text.Encoding.UTF8.GetString(back[1].DataArray()));
     }
 
     [Fact]

@@ -1,0 +1,60 @@
+using Qcow2Actors.Engine.Device;
+
+namespace Qcow2Actors.Engine.Journal;
+
+/// <summary>
+/// Writes one journal append to its device at increasing offsets. Small pieces (magic, frame and event headers, a
+/// small event's data) are gathered in a buffer of at most <see cref="StageBytes"/>; a piece at least that large (a
+/// pending batch's chunk) is written from where it is. So an append costs a bounded buffer, whatever its size, and a
+/// few writes more than one.
+/// </summary>
+internal sealed class JournalAppendWriter : IJournalOutput
+{
+    /// <summary>Most bytes gathered before they are written.</summary>
+    public const int StageBytes = 16 * 1024;
+
+    private readonly IBlockDevice _device;
+    private readonly byte[] _stage;
+    private long _position;
+    private int _staged;
+
+    /// <summary>A writer that starts at <paramref name="start"/> and expects about <paramref name="length"/> bytes in all.</summary>
+    public JournalAppendWriter(IBlockDevice device, long start, long length)
+    {
+        _device = device;
+        _position = start;
+        _stage = new byte[(int)Math.Clamp(length, 1, StageBytes)];
+    }
+
+    /// <summary>Bytes passed to <see cref="Write"/> so far.</summary>
+    public long Written { get; private set; }
+
+    /// <inheritdoc />
+    public void Write(ReadOnlySpan<byte> bytes)
+    {
+        Written += bytes.Length;
+        if (bytes.Length > _stage.Length - _staged)
+        {
+            WriteStage();
+            if (bytes.Length >= _stage.Length)
+            {
+                _device.Write(bytes, _position);
+                _position += bytes.Length;
+                return;
+            }
+        }
+        bytes.CopyTo(_stage.AsSpan(_staged));
+        _staged += bytes.Length;
+    }
+
+    /// <summary>Writes what is still gathered; call once after the last <see cref="Write"/>.</summary>
+    public void Complete() => WriteStage();
+
+    private void WriteStage()
+    {
+        if (_staged == 0) return;
+        _device.Write(_stage.AsSpan(0, _staged), _position);
+        _position += _staged;
+        _staged = 0;
+    }
+}
