@@ -12,8 +12,9 @@ namespace Qcow2Actors.Engine.Journal;
 /// <summary>
 /// An Akka.Persistence journal with one append-only file per persistence id (framed,
 /// CRC-32C-checked records; see the format in the engine's journal folder). Each
-/// <c>WriteMessagesAsync</c> call is one group commit: its records are written with one
-/// positional write and made durable with one fdatasync before it completes. A new file
+/// <c>WriteMessagesAsync</c> call is one group commit: its records are written at the file's end
+/// (from the buffers the events are in, a few positional writes) and made durable with one
+/// fdatasync before it completes. A new file
 /// is acknowledged only after its directory is fsynced too. Replay drops a torn or corrupt
 /// tail (everything from the first bad record on), and the next write cuts it off.
 /// Deleting messages rewrites the file atomically (temp file, rename, directory fsync).

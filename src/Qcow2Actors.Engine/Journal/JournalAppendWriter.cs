@@ -13,6 +13,9 @@ internal sealed class JournalAppendWriter : IJournalOutput
     /// <summary>Most bytes gathered before they are written.</summary>
     public const int StageBytes = 16 * 1024;
 
+    // Room for a frame header whatever the append's size, so a reserved header is never split.
+    private const int MinStageBytes = 64;
+
     private readonly IBlockDevice _device;
     private readonly byte[] _stage;
     private long _position;
@@ -23,7 +26,7 @@ internal sealed class JournalAppendWriter : IJournalOutput
     {
         _device = device;
         _position = start;
-        _stage = new byte[(int)Math.Clamp(length, 1, StageBytes)];
+        _stage = new byte[(int)Math.Clamp(length, MinStageBytes, StageBytes)];
     }
 
     /// <summary>Bytes passed to <see cref="Write"/> so far.</summary>
@@ -45,6 +48,30 @@ internal sealed class JournalAppendWriter : IJournalOutput
         }
         bytes.CopyTo(_stage.AsSpan(_staged));
         _staged += bytes.Length;
+    }
+
+    /// <summary>Writes <paramref name="length"/> zero bytes to be filled in later (<see cref="Patch"/>); returns where they are.</summary>
+    public long Reserve(int length)
+    {
+        Span<byte> zeros = stackalloc byte[length];
+        zeros.Clear();
+        Write(zeros);
+        return _position + _staged - length;
+    }
+
+    /// <summary>Overwrites bytes already written at <paramref name="at"/> (a reserved frame header), in the buffer or on the device.</summary>
+    public void Patch(long at, ReadOnlySpan<byte> bytes)
+    {
+        if (at < _position)
+        {
+            // The part already on the device is written again there.
+            int onDevice = (int)Math.Min(bytes.Length, _position - at);
+            _device.Write(bytes[..onDevice], at);
+            bytes = bytes[onDevice..];
+            at += onDevice;
+        }
+        if (bytes.IsEmpty) return;
+        bytes.CopyTo(_stage.AsSpan((int)(at - _position)));
     }
 
     /// <summary>Writes what is still gathered; call once after the last <see cref="Write"/>.</summary>

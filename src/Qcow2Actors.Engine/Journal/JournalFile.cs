@@ -361,7 +361,7 @@ internal sealed class JournalFile : IDisposable
     /// Has <paramref name="write"/> write <paramref name="length"/> bytes at the append position <paramref name="start"/>
     /// of the open device, and makes them durable.
     /// </summary>
-    private void WriteDurably(long start, long length, Action<IJournalOutput> write)
+    private void WriteDurably(long start, long length, Action<JournalAppendWriter> write)
     {
         var device = _device!;
         // Cut a torn or corrupt tail first so that no stale bytes follow the new records (the

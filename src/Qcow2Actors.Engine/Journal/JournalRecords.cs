@@ -84,20 +84,20 @@ internal static class JournalRecords
 
     /// <summary>
     /// Writes one framed events record for <paramref name="events"/> (in sequence order; <paramref name="payloadLength"/>
-    /// from <see cref="EventsPayloadLength"/>) to <paramref name="output"/>. The payload is produced twice, once for
-    /// its checksum and once for the output, so the events' data goes out from the buffers it is in, never copied
-    /// into one record-sized array.
+    /// from <see cref="EventsPayloadLength"/>) to <paramref name="output"/>. The events' data goes out from the buffers
+    /// it is in, never copied into one record-sized array; the checksum is taken over each piece as it is written, and
+    /// the frame header, which holds it, is filled in last (before the append's fdatasync).
     /// </summary>
-    public static void WriteEvents(IJournalOutput output, IReadOnlyList<StoredEvent> events, int payloadLength)
+    public static void WriteEvents(JournalAppendWriter output, IReadOnlyList<StoredEvent> events, int payloadLength)
     {
+        long frameAt = output.Reserve(FrameHeaderLength);
         Span<byte> frame = stackalloc byte[FrameHeaderLength];
         BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)payloadLength);
         var crc = new Crc32(Crc32ParameterSet.Crc32C);
         crc.Append(frame[..4]);
-        WritePayload(new ChecksumOutput(crc), events);
+        WritePayload(new ChecksummedOutput(output, crc), events);
         BinaryPrimitives.WriteUInt32LittleEndian(frame[4..], crc.GetCurrentHashAsUInt32());
-        output.Write(frame);
-        WritePayload(output, events);
+        output.Patch(frameAt, frame);
     }
 
     private const int EventHeaderLength = 8 + 8 + 4;
@@ -128,14 +128,20 @@ internal static class JournalRecords
 
     private static void WriteStr(IJournalOutput output, string s)
     {
-        var bytes = new byte[StrSize(s)];
+        int size = StrSize(s);
+        Span<byte> bytes = size <= 256 ? stackalloc byte[256] : new byte[size];
         WriteStr(bytes, s);
-        output.Write(bytes);
+        output.Write(bytes[..size]);
     }
 
-    private sealed class ChecksumOutput(Crc32 crc) : IJournalOutput
+    // Every byte written is the byte checksummed: one pass over the data, never two that could disagree.
+    private sealed class ChecksummedOutput(IJournalOutput inner, Crc32 crc) : IJournalOutput
     {
-        public void Write(ReadOnlySpan<byte> bytes) => crc.Append(bytes);
+        public void Write(ReadOnlySpan<byte> bytes)
+        {
+            crc.Append(bytes);
+            inner.Write(bytes);
+        }
     }
 
     /// <summary>Appends one framed deletion mark.</summary>

@@ -39,9 +39,11 @@ internal sealed class PendingJournalBatch
     /// <summary>The kinds of the <see cref="NewTable"/> records appended, in order (fault-injection hooks announce them).</summary>
     public IReadOnlyList<TableKind> NewTables => _newTables ?? (IReadOnlyList<TableKind>)[];
 
-    /// <summary>Encodes <paramref name="records"/> at the end of the batch.</summary>
+    /// <summary>Encodes <paramref name="records"/> at the end of the batch: all of them, or (an unknown record) none.</summary>
+    /// <exception cref="ArgumentException">A record the journal cannot encode; the batch is unchanged.</exception>
     public void Add(IReadOnlyList<MetadataRecord> records)
     {
+        foreach (var r in records) JournalBatchSerializer.RecordLength(r); // throws before anything is added
         foreach (var r in records)
         {
             int length = JournalBatchSerializer.RecordLength(r);

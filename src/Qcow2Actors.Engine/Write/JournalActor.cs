@@ -48,7 +48,17 @@ internal sealed class JournalActor : ReceivePersistentActor
 
         Command<AppendRecords>(m =>
         {
-            _pending.Add(m.Records);
+            try
+            {
+                _pending.Add(m.Records);
+            }
+            catch (ArgumentException ex)
+            {
+                // A write's metadata that cannot be journaled is lost to the next flush: fail like a journal write.
+                m.Durable?.TrySetException(ex);
+                FailInFlight($"journal record cannot be encoded: {ex.Message}", ex);
+                return;
+            }
             _ctx.JournalSpace?.AddPending((long)m.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
             if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
             if (m.Durable is not null) _pendingDurable.Add(m.Durable);

@@ -7,6 +7,9 @@ internal sealed class FaultyDevice(MemoryBlockDevice inner) : BlockDevice
 {
     public Queue<Exception> ReadFaults { get; } = new();
     public Exception? WriteFault { get; set; }
+
+    /// <summary>The first write (counting from 1, as <see cref="Writes"/> does) that <see cref="WriteFault"/> fails; 0: every write.</summary>
+    public int FailFromWrite { get; set; }
     public Exception? FlushFault { get; set; }
     public int Reads { get; private set; }
     public int Writes { get; private set; }
@@ -28,7 +31,7 @@ internal sealed class FaultyDevice(MemoryBlockDevice inner) : BlockDevice
     protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
         Writes++;
-        if (WriteFault is { } e) throw e;
+        if (WriteFault is { } e && Writes >= FailFromWrite) throw e;
         return inner.WriteAsync(buffer, offset, cancellationToken);
     }
 
@@ -40,6 +43,9 @@ internal sealed class FaultyDevice(MemoryBlockDevice inner) : BlockDevice
     }
 
     public override void SetLength(long length) => inner.SetLength(length);
+
+    /// <summary>The bytes as they are now.</summary>
+    public byte[] ToArray() => inner.ToArray();
 
     protected override void Dispose(bool disposing)
     {

@@ -253,6 +253,95 @@ public sealed class FileJournalTests : JournalBehaviourTests
         Assert.Equal("after", System.Text.Encoding.UTF8.GetString(back[1].DataArray()));
     }
 
+    private static Qcow2Actors.Engine.Metadata.PendingJournalBatch LongBatch(int writes)
+    {
+        var pending = new Qcow2Actors.Engine.Metadata.PendingJournalBatch();
+        for (int i = 0; i < writes; i++)
+            pending.Add([new Qcow2Actors.Engine.Metadata.SetL2Entry(0x30000, i & 8191, 0x8000_0000_0005_0000, 0), new Qcow2Actors.Engine.Metadata.SetRefcount(i, 1)]);
+        return pending;
+    }
+
+    [Fact]
+    public void An_append_is_laid_out_as_the_format_says()
+    {
+        var device = new MemoryBlockDevice();
+        using (var file = new JournalFile(Dir.File("layout.journal"), 1 << 20, createNew: _ => device))
+            file.Append([[new StoredEvent(7, 1234, 42, "sm", "m", "w", "data"u8.ToArray())]]);
+
+        // Built here from the format in JournalRecords' summary, independently of the writer.
+        var payload = new List<byte> { JournalRecords.EventsKind };
+        payload.AddRange(BitConverter.GetBytes(7L)); // first sequence number
+        payload.AddRange(BitConverter.GetBytes(7L)); // last
+        payload.AddRange(BitConverter.GetBytes(1)); // event count
+        payload.AddRange(BitConverter.GetBytes(7L));
+        payload.AddRange(BitConverter.GetBytes(1234L));
+        payload.AddRange(BitConverter.GetBytes(42));
+        foreach (var str in new[] { "sm", "m", "w", "data" })
+        {
+            payload.AddRange(BitConverter.GetBytes(str.Length));
+            payload.AddRange(System.Text.Encoding.UTF8.GetBytes(str));
+        }
+        var length = BitConverter.GetBytes(payload.Count);
+        var crc = new Crc32(Crc32ParameterSet.Crc32C);
+        crc.Append(length);
+        crc.Append(payload.ToArray());
+        var expected = "Q2AJRNL1"u8.ToArray().Concat(length).Concat(BitConverter.GetBytes(crc.GetCurrentHashAsUInt32())).Concat(payload).ToArray();
+
+        Assert.Equal(expected, device.ToArray());
+    }
+
+    [Fact]
+    public void A_chunked_append_that_fails_part_way_is_cut_off_by_the_next_and_never_replayed()
+    {
+        var device = new FaultyDevice(new MemoryBlockDevice());
+        var path = Dir.File("torn.journal");
+        using (var file = new JournalFile(path, 1 << 22, createNew: _ => device))
+        {
+            file.Append(Writes([1]));
+            var chunked = new StoredEvent(2, 1002, 4, "", "", "writer", LongBatch(20_000).ToSequence());
+            device.FailFromWrite = device.Writes + 3; // its first two writes land, the third fails
+            device.WriteFault = new IOException("pwrite: EIO");
+            Assert.Throws<IOException>(() => file.Append([[chunked]]));
+            Assert.Equal(1, file.HighestSequenceNr);
+            device.WriteFault = null;
+            file.Append(Writes([3]));
+        }
+        File.WriteAllBytes(path, device.ToArray());
+        Assert.Equal([1L, 3L], ReplayAll(path));
+    }
+
+    [Fact]
+    public void Every_crash_state_of_a_chunked_append_replays_the_old_records_or_all_of_the_new()
+    {
+        var initialDevice = new MemoryBlockDevice();
+        using (var file = new JournalFile(Dir.File("base.journal"), 1 << 22, createNew: _ => initialDevice))
+            file.Append(Writes([1]));
+        var initial = initialDevice.ToArray();
+        var recorded = new RecordingDevice(new MemoryBlockDevice(initial));
+        var data = LongBatch(20_000).ToSequence();
+        var path = Dir.File("crash.journal");
+        File.WriteAllBytes(path, initial);
+        using (var file = new JournalFile(path, 1 << 22, openExisting: _ => recorded))
+            file.Append([[new StoredEvent(2, 1002, 4, "", "", "writer", data)]]);
+        Assert.True(recorded.Writes.Count > 2);
+
+        int states = 0, complete = 0;
+        foreach (var state in RecordingDevice.CrashStates(initial, recorded))
+        {
+            File.WriteAllBytes(path, state);
+            using var file = new JournalFile(path, 1 << 22);
+            var events = new List<StoredEvent>();
+            file.Replay(1, long.MaxValue, long.MaxValue, events.Add);
+            states++;
+            Assert.Equal(1, events[0].SequenceNr);
+            if (events.Count == 1) continue;
+            Assert.Equal(2, events.Count);
+            Assert.Equal(data.ToArray(), events[1].DataArray());
+            complete++;
+        }
+        Assert.True(complete >= 1 && complete < states, $"{complete} of {states} crash states held the new record");
+    }
+
     [Fact]
     public void After_a_failed_fsync_the_journal_file_refuses_everything()
     {

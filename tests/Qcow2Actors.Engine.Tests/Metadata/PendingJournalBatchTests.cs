@@ -75,6 +75,23 @@ public sealed class PendingJournalBatchTests
         Assert.Equal(JournalBatchSerializer.HeaderLength + 65_536L * (29 + 17), sizes.Sum(s => (long)s));
     }
 
+    /// <summary>A record kind the journal has no encoding for.</summary>
+    private sealed record UnknownRecord : MetadataRecord;
+
+    [Fact]
+    public void A_group_with_a_record_the_journal_cannot_encode_adds_nothing()
+    {
+        var pending = new PendingJournalBatch();
+        pending.Add([new SetRefcount(1, 1)]);
+        var before = pending.ToSequence().ToArray();
+
+        Assert.Throws<ArgumentException>(() => pending.Add([new SetRefcount(2, 1), new NewTable(TableKind.L2, 0, 65536), new UnknownRecord()]));
+
+        Assert.Equal(1, pending.Count);
+        Assert.Empty(pending.NewTables);
+        Assert.Equal(before, pending.ToSequence().ToArray());
+    }
+
     [Fact]
     public void New_tables_are_listed_in_the_order_they_were_added()
     {
