@@ -53,6 +53,8 @@ internal sealed class JournalAppendWriter : IJournalOutput
     /// <summary>Writes <paramref name="length"/> zero bytes to be filled in later (<see cref="Patch"/>); returns where they are.</summary>
     public long Reserve(int length)
     {
+        // At most the smallest buffer: the reserved bytes then always land in it whole (the return value relies on it).
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MinStageBytes);
         Span<byte> zeros = stackalloc byte[length];
         zeros.Clear();
         Write(zeros);
