@@ -265,9 +265,12 @@ public sealed class NbdClient : IAsyncDisposable
         // Disposal may have begun (and NBD_CMD_DISC gone out) while this request queued on the gate: nothing may follow it.
         if (Volatile.Read(ref _disposed) != 0 || _inFlight.ClosedReason is not null)
         {
+            // The reason is read while the gate is still ours: once released, the disposal sends NBD_CMD_DISC and the
+            // server's close could replace "the client disconnected" with "the server closed the connection".
+            var reason = _inFlight.ClosedReason ?? Disconnected();
             _writeGate.Release();
             _inFlight.Remove(cookie);
-            throw _inFlight.ClosedReason ?? Disconnected();
+            throw reason;
         }
         try
         {
