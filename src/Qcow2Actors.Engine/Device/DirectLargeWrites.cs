@@ -28,6 +28,7 @@ internal sealed class DirectLargeWrites : IDisposable
 
     private static readonly bool Disabled = Environment.GetEnvironmentVariable("Q2A_DIRECT_LARGE_WRITES") == "0";
 
+    private readonly SafeFileHandle _file;
     private readonly string _path;
     private readonly Lock _gate = new();
     // Null until the first large write opens it; _unavailable after a refusal or Dispose.
@@ -36,7 +37,13 @@ internal sealed class DirectLargeWrites : IDisposable
     private long _sectorMask;
     private long _memoryMask;
 
-    public DirectLargeWrites(string path) => _path = path;
+    /// <param name="file">The device's own handle; the direct handle is a second one on the same file.</param>
+    /// <param name="path">The file's name, for messages.</param>
+    public DirectLargeWrites(SafeFileHandle file, string path)
+    {
+        _file = file;
+        _path = path;
+    }
 
     /// <summary>
     /// Writes <paramref name="source"/> at <paramref name="offset"/> with O_DIRECT and returns true, or returns
@@ -60,7 +67,8 @@ internal sealed class DirectLargeWrites : IDisposable
             SafeFileHandle? handle = null;
             try
             {
-                handle = File.OpenHandle(_path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, FileOptions.RandomAccess);
+                // The file the device has open, not whatever its path names now (HostFileCalls.Reopen says why).
+                handle = HostFileCalls.Reopen(_file, FileAccess.ReadWrite, FileOptions.RandomAccess);
                 DirectIoProbe.Enable(handle, _path);
                 var alignment = DirectIoProbe.Probe(handle, _path);
                 _sectorMask = alignment.SectorSize - 1;

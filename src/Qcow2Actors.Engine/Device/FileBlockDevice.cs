@@ -15,12 +15,24 @@ namespace Qcow2Actors.Engine.Device;
 /// threads, and the inline call saves two thread switches per I/O. A caller that must not block (the
 /// NBD server, for a read that missed the page cache) can instead start the read on the process's
 /// io_uring (<see cref="IAsyncHostRead"/>, <see cref="IoUringReadRing"/>) where the system has one.
+/// <para>Those two small-read paths go through a second handle on the same file that keeps the kernel's
+/// readahead heuristics; the device's own handle is opened with POSIX_FADV_RANDOM. Each suits its readers
+/// (measured, bench/results/readahead-2026-12-02.md): with readahead on, concurrent 1 MiB reads from the
+/// pool took twice the CPU and up to half the throughput; with it off, a small read that misses reads just
+/// its own pages, where the kernel would otherwise read ahead over a run it finds cached before the miss,
+/// so random 4 KiB reads of a cold file warmed the cache far more slowly (cold random reads over NBD:
+/// 42-53k IOPS against 53-67k, and ~30 % more CPU per read).</para>
 /// </remarks>
 public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead, IHostFileLayout
 {
     private readonly SafeFileHandle _handle;
     private readonly IoUringReadRing? _ring;
     private readonly DirectLargeWrites? _direct;
+    private readonly Lock _gate = new();
+    // The handle with readahead for the small-read paths: null until first asked for, then either its own
+    // handle or _handle (no second handle here); _closed once disposed.
+    private SafeFileHandle? _readAheadHandle;
+    private bool _closed;
 
     private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring)
     {
@@ -28,7 +40,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
         Name = path;
         IsReadOnly = readOnly;
         _ring = ring;
-        _direct = readOnly ? null : new DirectLargeWrites(path);
+        _direct = readOnly ? null : new DirectLargeWrites(handle, path);
     }
 
     /// <summary>
@@ -68,11 +80,34 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
         new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
 
     /// <inheritdoc />
-    bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) => HostFileCalls.TryReadNoWait(_handle, buffer, offset);
+    bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) =>
+        HostFileCalls.TryReadNoWait(ReadAheadHandle, buffer, offset);
 
     /// <inheritdoc />
     bool IAsyncHostRead.TryStartRead(byte[] buffer, int index, int count, long offset, IHostReadCompletion completion) =>
-        _ring is { } ring && ring.TryStartRead(_handle, Name, buffer, index, count, offset, completion);
+        _ring is { } ring && ring.TryStartRead(ReadAheadHandle, Name, buffer, index, count, offset, completion);
+
+    private SafeFileHandle ReadAheadHandle => Volatile.Read(ref _readAheadHandle) ?? OpenReadAheadHandle();
+
+    private SafeFileHandle OpenReadAheadHandle()
+    {
+        lock (_gate)
+        {
+            if (_readAheadHandle is { } open) return open;
+            if (_closed) return _handle; // disposed: the caller's read meets the closed handle and says no
+            SafeFileHandle handle;
+            try
+            {
+                handle = HostFileCalls.Reopen(_handle, FileAccess.Read, FileOptions.None);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or PlatformNotSupportedException)
+            {
+                handle = _handle; // no second handle: the small reads go without readahead, as the rest do
+            }
+            Volatile.Write(ref _readAheadHandle, handle);
+            return handle;
+        }
+    }
 
     /// <inheritdoc />
     protected override ValueTask WriteCoreAsync(ReadOnlyMemory<byte> buffer, long offset, CancellationToken cancellationToken)
@@ -117,6 +152,11 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
         base.Dispose(disposing);
         if (!disposing) return;
         _direct?.Dispose();
+        lock (_gate)
+        {
+            _closed = true;
+            if (_readAheadHandle is { } readAhead && readAhead != _handle) readAhead.Dispose();
+        }
         _handle.Dispose();
     }
 }

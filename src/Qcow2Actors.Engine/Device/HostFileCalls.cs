@@ -5,7 +5,8 @@ namespace Qcow2Actors.Engine.Device;
 
 /// <summary>
 /// The system calls the host-file devices share (<see cref="FileBlockDevice"/>,
-/// <see cref="DirectFileBlockDevice"/>): fdatasync, hole punching and space reservation.
+/// <see cref="DirectFileBlockDevice"/>): fdatasync, hole punching, space reservation, non-blocking reads and
+/// second handles on an open file.
 /// </summary>
 internal static partial class HostFileCalls
 {
@@ -49,6 +50,21 @@ internal static partial class HostFileCalls
         if (errno is Enospc or Edquot)
             throw new Qcow2NoSpaceException($"no space left on the device of {name} to reserve {length} bytes at {offset}");
         throw new IOException($"reserving {length} bytes at {offset} in {name} failed: errno {errno}", errno);
+    }
+
+    /// <summary>
+    /// A second handle on the very file <paramref name="handle"/> has open (Linux: through /proc/self/fd, so a
+    /// rename, unlink or replacement of the path since the first open cannot make it another file), with its
+    /// own open file description: its own readahead state, fadvise hints and status flags such as O_DIRECT.
+    /// Throws <see cref="PlatformNotSupportedException"/> elsewhere, and <see cref="IOException"/> or
+    /// <see cref="UnauthorizedAccessException"/> where it cannot be opened; callers then do without it.
+    /// </summary>
+    public static SafeFileHandle Reopen(SafeFileHandle handle, FileAccess access, FileOptions options)
+    {
+        // Reopening by path would follow whatever the name points to now: a replaced image would take our writes.
+        if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("reopening an open file needs /proc/self/fd");
+        var link = $"/proc/self/fd/{handle.DangerousGetHandle()}";
+        return File.OpenHandle(link, FileMode.Open, access, FileShare.ReadWrite, options);
     }
 
     /// <summary>Reads until <paramref name="buffer"/> is full or the file ends.</summary>

@@ -9,7 +9,8 @@ public sealed class DirectLargeWritesTests : DirectIoFileFixture
     public void Only_large_whole_sector_writes_take_the_direct_path()
     {
         var path = NewFile(4 << 20);
-        using var direct = new DirectLargeWrites(path);
+        using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        using var direct = new DirectLargeWrites(file, path);
         var big = new byte[DirectLargeWrites.Threshold];
         Assert.False(direct.TryWrite(big.AsSpan(0, DirectLargeWrites.Threshold - 4096), 0));
         Assert.False(direct.TryWrite(big, 100));
@@ -48,5 +49,27 @@ public sealed class DirectLargeWritesTests : DirectIoFileFixture
             Assert.Equal(model.Length, device.Length);
         }
         Assert.True(model.ToArray().AsSpan().SequenceEqual(File.ReadAllBytes(path)));
+    }
+
+    [DirectIoFact]
+    public void A_large_write_lands_in_the_file_the_device_opened_even_after_its_path_names_another()
+    {
+        var path = NewFile(2 << 20);
+        var moved = path + ".moved";
+        var original = File.ReadAllBytes(path);
+        var data = new byte[DirectLargeWrites.Threshold];
+        new Random(3).NextBytes(data);
+        using (var device = FileBlockDevice.Open(path, writable: true))
+        {
+            // The image is renamed and another file takes its name while it is open (a careless rotation, a copy put back).
+            File.Move(path, moved);
+            var stranger = new byte[2 << 20];
+            File.WriteAllBytes(path, stranger);
+            device.Write(data, 1 << 20); // large and whole sectors: the direct handle, opened only now
+            device.Flush();
+            Assert.True(File.ReadAllBytes(path).AsSpan().SequenceEqual(stranger), "the write reached the file now at the path");
+        }
+        data.CopyTo(original.AsSpan(1 << 20));
+        Assert.True(File.ReadAllBytes(moved).AsSpan().SequenceEqual(original), "the opened file lacks the write");
     }
 }
