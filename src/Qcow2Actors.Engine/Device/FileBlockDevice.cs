@@ -28,6 +28,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     private readonly SafeFileHandle _handle;
     private readonly IoUringReadRing? _ring;
     private readonly DirectLargeWrites? _direct;
+    private readonly SequentialPrefetch _prefetch = new();
     private readonly Lock _gate = new();
     // The handle with readahead for the small-read paths: null until first asked for, then either its own
     // handle or _handle (no second handle here); _closed once disposed.
@@ -76,8 +77,13 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     public override long Length => RandomAccess.GetLength(_handle);
 
     /// <inheritdoc />
-    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
-        new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
+    protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)
+    {
+        // Hinted before this read waits, so the disk has the stream's next requests queued behind it.
+        var (ahead, length) = _prefetch.OnRead(offset, buffer.Length);
+        if (length > 0) HostFileCalls.WillNeed(_handle, ahead, length);
+        return new(HostFileCalls.ReadFully(_handle, buffer.Span, offset));
+    }
 
     /// <inheritdoc />
     bool INonBlockingRead.TryReadNow(Span<byte> buffer, long offset) =>

@@ -67,6 +67,17 @@ internal static partial class HostFileCalls
         return File.OpenHandle(link, FileMode.Open, access, FileShare.ReadWrite, options);
     }
 
+    private const int PosixFadvWillNeed = 3;
+
+    /// <summary>
+    /// posix_fadvise(WILLNEED) on Linux: starts reading the range into the page cache and returns without waiting
+    /// for it. A hint: failures are ignored, and elsewhere it does nothing.
+    /// </summary>
+    public static void WillNeed(SafeFileHandle handle, long offset, long length)
+    {
+        if (OperatingSystem.IsLinux() && length > 0) _ = FAdvise((int)handle.DangerousGetHandle(), offset, length, PosixFadvWillNeed);
+    }
+
     /// <summary>Reads until <paramref name="buffer"/> is full or the file ends.</summary>
     public static int ReadFully(SafeFileHandle handle, Span<byte> buffer, long offset)
     {
@@ -114,6 +125,9 @@ internal static partial class HostFileCalls
 
     [LibraryImport("libc", EntryPoint = "preadv2", SetLastError = true)]
     private static unsafe partial nint PReadV2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+
+    [LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int FAdvise(int fd, long offset, long length, int advice);
 
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     private static partial int FdDataSync(int fd);
