@@ -100,7 +100,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
         lock (_gate)
         {
             if (_readAheadHandle is { } open) return open;
-            if (_closed) return _handle; // disposed: the caller's read meets the closed handle and says no
+            if (_closed) return _handle; // disposed: the small reads take a reference on it, fail, and say no
             SafeFileHandle handle;
             try
             {

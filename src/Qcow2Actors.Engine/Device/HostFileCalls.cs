@@ -69,13 +69,34 @@ internal static partial class HostFileCalls
 
     private const int PosixFadvWillNeed = 3;
 
+    /// <summary>Largest range one WILLNEED asks for: the kernel reads only so much per call (8 MiB on this project's
+    /// test machine, as little as the disk's largest I/O elsewhere) and drops the rest of the hint.</summary>
+    private const long WillNeedPiece = 1024 * 1024;
+
     /// <summary>
     /// posix_fadvise(WILLNEED) on Linux: starts reading the range into the page cache and returns without waiting
-    /// for it. A hint: failures are ignored, and elsewhere it does nothing.
+    /// for it. A hint: failures (a closed handle too) are ignored, and elsewhere it does nothing.
     /// </summary>
     public static void WillNeed(SafeFileHandle handle, long offset, long length)
     {
-        if (OperatingSystem.IsLinux() && length > 0) _ = FAdvise((int)handle.DangerousGetHandle(), offset, length, PosixFadvWillNeed);
+        if (!OperatingSystem.IsLinux() || length <= 0) return;
+        bool added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            int fd = (int)handle.DangerousGetHandle();
+            // In pieces, or the kernel would read only the first part of a long hint (force_page_cache_ra caps it).
+            for (long done = 0; done < length; done += WillNeedPiece)
+                _ = FAdvise(fd, offset + done, Math.Min(WillNeedPiece, length - done), PosixFadvWillNeed);
+        }
+        catch (ObjectDisposedException)
+        {
+            // closed under us: nothing to warm
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
     }
 
     /// <summary>Reads until <paramref name="buffer"/> is full or the file ends.</summary>
@@ -106,14 +127,30 @@ internal static partial class HostFileCalls
     {
         if (!s_noWaitReads || buffer.IsEmpty) return false;
         nint n;
-        fixed (byte* p = buffer)
+        int errno = 0;
+        bool added = false;
+        try
         {
-            var iov = new IoVec { Base = p, Length = (nuint)buffer.Length };
-            n = PReadV2((int)handle.DangerousGetHandle(), &iov, 1, offset, RwfNowait);
+            // A reference for the call: a handle closed concurrently must not leave its number to another file.
+            handle.DangerousAddRef(ref added);
+            fixed (byte* p = buffer)
+            {
+                var iov = new IoVec { Base = p, Length = (nuint)buffer.Length };
+                n = PReadV2((int)handle.DangerousGetHandle(), &iov, 1, offset, RwfNowait);
+            }
+            if (n < 0) errno = Marshal.GetLastPInvokeError(); // before the release, whose close could overwrite it
+        }
+        catch (ObjectDisposedException)
+        {
+            return false; // closed: the ordinary read reports it
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
         }
         if (n == buffer.Length) return true;
         // EAGAIN (would wait) and real errors alike go to the ordinary read, which waits or reports them.
-        if (n < 0 && Marshal.GetLastPInvokeError() is Eopnotsupp or Enosys or Einval) s_noWaitReads = false;
+        if (errno is Eopnotsupp or Enosys or Einval) s_noWaitReads = false;
         return false;
     }
 
