@@ -15,15 +15,6 @@ public sealed class FileBlockDeviceTests : IDisposable
 
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
 
-    private sealed class Completion : IHostReadCompletion
-    {
-        private readonly TaskCompletionSource<(int Bytes, Exception? Error)> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public Task<(int Bytes, Exception? Error)> Task => _done.Task;
-
-        public void OnHostReadCompleted(int bytesRead, Exception? error) => _done.TrySetResult((bytesRead, error));
-    }
-
     private (string Path, byte[] Bytes) NewFile(int length)
     {
         var path = _dir.File($"f{length}");
@@ -63,7 +54,7 @@ public sealed class FileBlockDeviceTests : IDisposable
         Assert.Equal(bytes.AsSpan(8192, 4096).ToArray(), now);
 
         var started = new byte[4096 + 7];
-        var done = new Completion();
+        var done = new ReadCompletion();
         Assert.True(((IAsyncHostRead)device).TryStartRead(started, 7, 4096, 512 * 1024, done));
         var (read, error) = await done.Task.WaitAsync(Bound);
         Assert.Null(error);

@@ -28,21 +28,6 @@ public sealed class IoUringReadRingTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    /// <summary>Collects one read's end.</summary>
-    private sealed class Completion : IHostReadCompletion
-    {
-        private readonly TaskCompletionSource<(int Bytes, Exception? Error)> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public int Calls;
-
-        public Task<(int Bytes, Exception? Error)> Task => _done.Task;
-
-        public void OnHostReadCompleted(int bytesRead, Exception? error)
-        {
-            Interlocked.Increment(ref Calls);
-            _done.TrySetResult((bytesRead, error));
-        }
-    }
-
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
 
     private string NewFile(int length, int seed)
@@ -65,14 +50,14 @@ public sealed class IoUringReadRingTests : IDisposable
         using var ring = NewRing();
         using var handle = File.OpenHandle(path);
         var random = new Random(2);
-        var reads = new List<(byte[] Buffer, int Index, int Count, long Offset, Completion Done)>();
+        var reads = new List<(byte[] Buffer, int Index, int Count, long Offset, ReadCompletion Done)>();
         for (int i = 0; i < 200; i++)
         {
             int count = random.Next(1, 70_000);
             long offset = random.Next(0, expected.Length - count);
             int index = random.Next(0, 33);
             var buffer = new byte[index + count + 5];
-            var done = new Completion();
+            var done = new ReadCompletion();
             Assert.True(ring.TryStartRead(handle, path, buffer, index, count, offset, done));
             reads.Add((buffer, index, count, offset, done));
         }
@@ -98,7 +83,7 @@ public sealed class IoUringReadRingTests : IDisposable
         using var handle = File.OpenHandle(path);
 
         var across = new byte[4096];
-        var acrossDone = new Completion();
+        var acrossDone = new ReadCompletion();
         Assert.True(ring.TryStartRead(handle, path, across, 0, 4096, 8192, acrossDone));
         var (bytes, error) = await acrossDone.Task.WaitAsync(Bound);
         Assert.Null(error);
@@ -106,7 +91,7 @@ public sealed class IoUringReadRingTests : IDisposable
         Assert.Equal(expected.AsSpan(8192).ToArray(), across.AsSpan(0, bytes).ToArray());
 
         var past = new byte[512];
-        var pastDone = new Completion();
+        var pastDone = new ReadCompletion();
         Assert.True(ring.TryStartRead(handle, path, past, 0, 512, 20_000, pastDone));
         Assert.Equal(0, (await pastDone.Task.WaitAsync(Bound)).Bytes);
     }
@@ -118,7 +103,7 @@ public sealed class IoUringReadRingTests : IDisposable
         using var ring = NewRing();
         // A write-only descriptor cannot be read (EBADF): a real failure, from the kernel, per read.
         using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Write);
-        var done = new Completion();
+        var done = new ReadCompletion();
         Assert.True(ring.TryStartRead(handle, path, new byte[4096], 0, 4096, 0, done));
         var (_, error) = await done.Task.WaitAsync(Bound);
         var io = Assert.IsType<IOException>(error);
@@ -132,11 +117,11 @@ public sealed class IoUringReadRingTests : IDisposable
         var expected = File.ReadAllBytes(path);
         using var ring = NewRing();
         var device = FileBlockDevice.Open(path, writable: false, ring);
-        var reads = new List<(byte[] Buffer, long Offset, Completion Done)>();
+        var reads = new List<(byte[] Buffer, long Offset, ReadCompletion Done)>();
         for (int i = 0; i < 64; i++)
         {
             var buffer = new byte[4096];
-            var done = new Completion();
+            var done = new ReadCompletion();
             Assert.True(((IAsyncHostRead)device).TryStartRead(buffer, 0, 4096, i * 16_384L, done));
             reads.Add((buffer, i * 16_384L, done));
         }
@@ -149,7 +134,7 @@ public sealed class IoUringReadRingTests : IDisposable
             Assert.Equal(expected.AsSpan((int)offset, 4096).ToArray(), buffer);
         }
         // Disposed: no new read starts, the ordinary path reports the closed device.
-        Assert.False(((IAsyncHostRead)device).TryStartRead(new byte[4096], 0, 4096, 0, new Completion()));
+        Assert.False(((IAsyncHostRead)device).TryStartRead(new byte[4096], 0, 4096, 0, new ReadCompletion()));
     }
 
     [IoUringFact]
@@ -158,10 +143,10 @@ public sealed class IoUringReadRingTests : IDisposable
         var path = NewFile(2 * 1024 * 1024, 6);
         var ring = NewRing();
         using var handle = File.OpenHandle(path);
-        var done = new List<Completion>();
+        var done = new List<ReadCompletion>();
         for (int i = 0; i < IoUringReadRing.Capacity; i++)
         {
-            var completion = new Completion();
+            var completion = new ReadCompletion();
             if (!ring.TryStartRead(handle, path, new byte[8192], 0, 8192, i * 8192L, completion)) break;
             done.Add(completion);
         }
@@ -172,7 +157,7 @@ public sealed class IoUringReadRingTests : IDisposable
             Assert.True(d.Task.IsCompleted);
             Assert.Equal(1, d.Calls);
         });
-        Assert.False(ring.TryStartRead(handle, path, new byte[8192], 0, 8192, 0, new Completion()));
+        Assert.False(ring.TryStartRead(handle, path, new byte[8192], 0, 8192, 0, new ReadCompletion()));
     }
 
     [Fact]
@@ -190,7 +175,7 @@ public sealed class IoUringReadRingTests : IDisposable
         var path = NewFile(50_000, 7);
         var expected = File.ReadAllBytes(path);
         using var device = FileBlockDevice.Open(path, writable: false, ring: null);
-        var done = new Completion();
+        var done = new ReadCompletion();
         Assert.False(((IAsyncHostRead)device).TryStartRead(new byte[4096], 0, 4096, 0, done));
         Assert.Equal(0, done.Calls);
         var buffer = new byte[5000];
