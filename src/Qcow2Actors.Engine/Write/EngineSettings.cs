@@ -32,6 +32,13 @@ public sealed record EngineSettings
     /// its own <see cref="L2CacheSize"/> and <see cref="MaxLiveTableActors"/> only.
     /// </summary>
     public long MetadataCacheBytes { get; init; } = 256L << 20;
+    /// <summary>
+    /// Most the image file is grown past the end of its allocated clusters at a time (sparse, by
+    /// truncate), so that writes filling new clusters land inside the file instead of each extending it;
+    /// 0: never. The step is an eighth of the allocated size, at least one cluster, at most this.
+    /// A clean close trims the file back to its allocated end.
+    /// </summary>
+    public long GrowAhead { get; init; } = 8L << 20;
     /// <summary>Akka.Persistence journal plugin id.</summary>
     public string JournalPluginId { get; init; } = "akka.persistence.journal.qcow2-file";
     /// <summary>Akka.Persistence snapshot plugin id (the engine takes no snapshots).</summary>
@@ -51,15 +58,16 @@ public sealed record EngineSettings
             CacheIdleTimeout = e?.GetTimeSpan("cache-idle-timeout", d.CacheIdleTimeout) ?? d.CacheIdleTimeout,
             CheckpointRecords = e?.GetInt("checkpoint-records", d.CheckpointRecords) ?? d.CheckpointRecords,
             CheckpointInterval = e?.GetTimeSpan("checkpoint-interval", d.CheckpointInterval) ?? d.CheckpointInterval,
-            MetadataCacheBytes = ReadMetadataCache(config, d.MetadataCacheBytes),
+            GrowAhead = ReadSize(config, "qcow2actors.engine.grow-ahead", d.GrowAhead, "8MiB; 0 = never grow ahead"),
+            MetadataCacheBytes = ReadSize(config, "qcow2actors.host.metadata-cache", d.MetadataCacheBytes, "256MiB; 0 = no shared budget"),
             JournalPluginId = j?.GetString("plugin-id", d.JournalPluginId) ?? d.JournalPluginId,
             SnapshotPluginId = j?.GetString("snapshot-plugin-id", d.SnapshotPluginId) ?? d.SnapshotPluginId,
         };
     }
 
-    private static long ReadMetadataCache(Config config, long fallback)
+    // A byte size at key (fallback when missing); anything else is one line naming the key and an example.
+    private static long ReadSize(Config config, string key, long fallback, string example)
     {
-        const string key = "qcow2actors.host.metadata-cache";
         if (!config.HasPath(key)) return fallback;
         long? bytes;
         try
@@ -68,10 +76,10 @@ public sealed record EngineSettings
         }
         catch (Exception ex) when (ex is FormatException or ConfigurationException or OverflowException or ArgumentException)
         {
-            throw new ConfigurationException($"{key} = '{config.GetString(key)}' is not a size (e.g. 256MiB; 0 = no shared budget)");
+            bytes = null;
         }
         if (bytes is null or < 0)
-            throw new ConfigurationException($"{key} = '{config.GetString(key)}' is not a size (e.g. 256MiB; 0 = no shared budget)");
+            throw new ConfigurationException($"{key} = '{config.GetString(key)}' is not a size (e.g. {example})");
         return bytes.Value;
     }
 }

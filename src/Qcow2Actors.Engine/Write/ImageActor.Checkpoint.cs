@@ -155,6 +155,8 @@ internal sealed partial class ImageActor
                 ctx.CheckTableWrite(ctx.Header.L1TableOffset, (long)ctx.Header.L1Size * 8, MetadataKind.L1Table);
                 RecordApplier.WriteL1(ctx.Device, ctx.Header, view.L1);
                 ctx.ChangeHeader(h => { h.RefcountTableOffset = offset; h.RefcountTableClusters = clusters; });
+                // Everything is written back: the file loses the tail the allocator grew it by.
+                if (finalClose) ctx.Allocator?.TrimGrowth();
                 ctx.Device.Flush();
                 // Tables are in place and durable: the header may point at them and say "clean" before
                 // the journal is truncated (a crash in between leaves stale records a clean header ignores).
