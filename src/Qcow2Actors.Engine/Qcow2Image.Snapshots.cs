@@ -19,6 +19,9 @@ public sealed partial class Qcow2Image
     /// <summary>True while an online edit holds the image's requests (for tests).</summary>
     internal bool EditHoldsRequests => _gate.IsClosed;
 
+    /// <summary>Completes once an online edit holds the image's requests (for tests: at once while one does).</summary>
+    internal Task EditHoldingRequests => _gate.Closed;
+
     /// <summary>Requests inside the gate now, a cancelled one whose work still runs included (for tests).</summary>
     internal int RequestsInside => _gate.Inside;
 

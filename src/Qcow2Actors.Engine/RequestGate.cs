@@ -19,12 +19,17 @@ internal sealed class RequestGate
     // Non-null while closed; completes when the door opens again.
     private TaskCompletionSource? _closed;
     private TaskCompletionSource? _drained;
+    // Completed when the door closes, replaced when it opens again: an observer waits for an edit to begin without polling.
+    private TaskCompletionSource _nextClose = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Requests inside now (for tests).</summary>
     public int Inside => Volatile.Read(ref _inside);
 
     /// <summary>True while an edit holds the door closed.</summary>
     public bool IsClosed => Volatile.Read(ref _closed) is not null;
+
+    /// <summary>Completes once the door is closed: at once while it is, else when the next closer closes it.</summary>
+    public Task Closed => Volatile.Read(ref _nextClose).Task;
 
     /// <summary>Passes the door if it is open; false (and nothing held) when it is closed.</summary>
     public bool TryEnter()
@@ -87,6 +92,7 @@ internal sealed class RequestGate
         Volatile.Write(ref _drained, drained);
         // A full fence (Interlocked) between publishing "closed" and reading the count.
         Interlocked.Exchange(ref _closed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        Volatile.Read(ref _nextClose).TrySetResult();
         var closure = new Closure(this, mine);
         if (Volatile.Read(ref _inside) == 0) return closure;
         try
@@ -103,6 +109,7 @@ internal sealed class RequestGate
 
     private void Open(TaskCompletionSource turn)
     {
+        Volatile.Write(ref _nextClose, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
         var closed = Interlocked.Exchange(ref _closed, null);
         Volatile.Write(ref _drained, null);
         closed?.TrySetResult();

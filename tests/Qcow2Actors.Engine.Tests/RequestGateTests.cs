@@ -34,6 +34,21 @@ public sealed class RequestGateTests
     }
 
     [Fact]
+    public async Task Closed_completes_when_a_closer_closes_the_door_and_waits_again_once_it_opens()
+    {
+        var gate = new RequestGate();
+        var before = gate.Closed;
+        Assert.False(before.IsCompleted);
+
+        var closure = await gate.CloseAsync(default).WaitAsync(Timeout);
+        await before.WaitAsync(Timeout);
+        Assert.True(gate.Closed.IsCompleted, "while closed, at once");
+
+        closure.Dispose();
+        Assert.False(gate.Closed.IsCompleted, "open again: the next close");
+    }
+
+    [Fact]
     public async Task Closers_take_turns()
     {
         var gate = new RequestGate();

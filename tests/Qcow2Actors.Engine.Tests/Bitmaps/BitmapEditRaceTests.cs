@@ -35,7 +35,7 @@ public sealed class BitmapEditRaceTests : HostedImageTests
         await hold.Arrived.Task.WaitAsync(Timeout);
         var clear = image.ClearBitmapAsync("b").AsTask();
         // Before the fix the clear finished here, and the held data landed after it with no bit set.
-        Assert.True(SpinWait.SpinUntil(() => image.EditHoldsRequests || clear.IsCompleted, Timeout));
+        await Task.WhenAny(image.EditHoldingRequests, clear).WaitAsync(Timeout);
         Assert.False(clear.IsCompleted, "the clear waits for the write in flight");
         var arriving = image.WriteAsync(1 * MiB, Fill(512, 0x03)).AsTask();
         Assert.False(arriving.IsCompleted, "a write arriving during the clear waits for it");

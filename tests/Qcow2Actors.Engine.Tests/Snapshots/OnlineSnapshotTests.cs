@@ -273,7 +273,7 @@ public sealed class OnlineSnapshotTests : HostedImageTests
         var inFlight = image.WriteAsync(0, Fill(4 * KiB, 0x02)).AsTask(); // an owned cluster: straight to the device
         await hold.Arrived.Task.WaitAsync(Timeout);
         var snapshot = image.CreateSnapshotAsync("s").AsTask();
-        Assert.True(SpinWait.SpinUntil(() => image.EditHoldsRequests, Timeout), "the edit closes the gate");
+        await image.EditHoldingRequests.WaitAsync(Timeout); // the edit closes the gate
         var back = new byte[4 * KiB];
         var arriving = image.ReadAsync(0, back).AsTask();
         Assert.False(snapshot.IsCompleted, "the edit waits for the write in flight");
