@@ -287,8 +287,10 @@ public sealed partial class Qcow2Image : IAsyncDisposable
             {
                 _locks?.Dispose();
                 _host?.Forget(this);
-                // Its quota charge goes back as the close returns (the image actor's stop does it too, later).
+                // Its quota charge goes back and the gauge stops reporting it as the close returns
+                // (the image actor's stop does both too, later).
                 _ctx?.Allocator?.CloseSpace();
+                _ctx?.Metrics.Untrack();
             }
         }
     }

@@ -88,7 +88,8 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
 
     protected override void PostStop()
     {
-        // Closed, failed or stopped with its host: its clusters no longer count (Qcow2Image.DisposeAsync does the same, first).
+        // Closed, failed or stopped with its host: its clusters no longer count (Qcow2Image.DisposeAsync does the same, first,
+        // and untracks the gauge too).
         _ctx?.Allocator?.CloseSpace();
         var closed = new ObjectDisposedException(_path, "the image is closed");
         foreach (var m in _held) FailHeld(m.Message, closed);
