@@ -182,6 +182,47 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     }
 
     /// <summary>
+    /// Pins guest bytes [<paramref name="offset"/>, + <paramref name="count"/>) where they lie in the host file,
+    /// for a server to send them straight from the file (<see cref="HostFileRange"/>), and returns the pin. That is
+    /// possible when the range is stored data in one run of this image's file, its table is cached, and the bytes
+    /// are in the host's page cache (the call waits for a readahead already under way, no more). Returns null
+    /// otherwise (also outside the disk, on a closed image, or where the system cannot tell what is cached): use
+    /// <see cref="ReadAsync"/>.
+    /// </summary>
+    public HostFileRange? TryPinFileRange(long offset, int count)
+    {
+        if (_disposed != 0 || _top is not Read.Qcow2Layer layer || count <= 0) return null;
+        if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return null;
+        var ctx = _ctx;
+        // A writable image's reads pass the request gate; this one holds its admission until the pin goes.
+        if (ctx is not null && !_gate.TryEnter()) return null;
+        Write.ClusterLeases.Lease? lease = null;
+        HostFileRange? pinned = null;
+        try
+        {
+            if (!layer.TryMapFileRun(offset, count, out var host, out var source)) return null;
+            if (ctx is not null && !ctx.Geometry.ExternalDataFile)
+            {
+                // Leased first, then checked against what is published now, as an in-place write does: a discard
+                // published before is seen here, one published after frees the clusters only once the lease is back.
+                lease = ctx.Leases.Acquire(host, count, ctx.Geometry.ClusterBits);
+                if (!layer.TryMapFileRun(offset, count, out var again, out _) || again != host) return null;
+            }
+            if (source!.TryPinCached(host, count) is not { } handle) return null;
+            pinned = new HostFileRange(handle, host, count, lease, ctx is null ? null : _gate);
+            return pinned;
+        }
+        finally
+        {
+            if (pinned is null)
+            {
+                lease?.Dispose();
+                if (ctx is not null) _gate.Exit();
+            }
+        }
+    }
+
+    /// <summary>
     /// Block status of [<paramref name="offset"/>, <paramref name="offset"/> + <paramref name="length"/>) as
     /// qemu-img map reports it: maximal runs, merged when depth, flags and file agree and host
     /// offsets continue each other.

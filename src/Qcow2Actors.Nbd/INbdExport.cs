@@ -105,6 +105,16 @@ public interface INbdExport
     bool TryStartRead(long offset, byte[] buffer, int index, int count, Engine.IReadCompletion completion) => false;
 
     /// <summary>
+    /// Pins [<paramref name="offset"/>, + <paramref name="length"/>) where its bytes lie in a host file's page cache
+    /// and returns the pin, so the server sends them straight from the file (<c>sendfile</c>) rather than copying
+    /// them through a buffer; null when it cannot (the server then calls <see cref="ReadAsync"/>). The server
+    /// asks only for reads larger than it answers inline, on connections without TLS, from a thread that may wait,
+    /// and disposes the pin once the bytes are out (or copied, when the client is slow to take them). Must not
+    /// throw. The default says null.
+    /// </summary>
+    Engine.HostFileRange? TryPinFileRange(long offset, int length) => null;
+
+    /// <summary>
     /// The <c>qemu:allocation-depth</c> of the range starting at <paramref name="offset"/>, as consecutive
     /// extents whose <see cref="NbdMetaExtent.Flags"/> is the depth (see <see cref="AllocationDepth"/>).
     /// Called only when <see cref="AllocationDepth"/> is true; may cover less or more than

@@ -1,4 +1,5 @@
 using System.Runtime.ExceptionServices;
+using Microsoft.Win32.SafeHandles;
 using Polly;
 using Polly.Retry;
 
@@ -65,7 +66,7 @@ public sealed record ResilientDeviceOptions
 /// <see cref="ResilientDeviceOptions.OnRetry"/> numbering are the pipeline's own): the pipeline costs
 /// about a microsecond per call, as much as a cached 4 KiB read itself.
 /// </remarks>
-public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead
+public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead, IFileRangeSource
 {
     private readonly IBlockDevice _inner;
     private readonly ResiliencePipeline _pipeline;
@@ -147,6 +148,11 @@ public sealed class ResilientBlockDevice : BlockDevice, INonBlockingRead, IAsync
     /// <remarks>Only a first attempt: a failed read is reported as it is, and the caller's ordinary read retries it.</remarks>
     bool IAsyncHostRead.TryStartRead(byte[] buffer, int index, int count, long offset, IHostReadCompletion completion) =>
         _inner is IAsyncHostRead reader && reader.TryStartRead(buffer, index, count, offset, completion);
+
+    /// <inheritdoc />
+    /// <remarks>Only cached bytes are pinned, so the send that follows reads no disk and has nothing to retry.</remarks>
+    SafeFileHandle? IFileRangeSource.TryPinCached(long offset, int count) =>
+        _inner is IFileRangeSource source ? source.TryPinCached(offset, count) : null;
 
     /// <inheritdoc />
     protected override ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken)

@@ -239,6 +239,33 @@ internal sealed class Qcow2Layer : IImageLayer
         return true;
     }
 
+    /// <summary>
+    /// Maps [<paramref name="offset"/>, + <paramref name="count"/>) through the active view to one run of stored
+    /// data in this layer's file (or external data file) and returns its host offset and the device that holds
+    /// it, when its L2 table is cached and the device's bytes are a host file's. False otherwise, having waited
+    /// for nothing (zeros, backing data, compressed clusters, several runs, damage: the ordinary read's).
+    /// </summary>
+    public bool TryMapFileRun(long offset, int count, out long hostOffset, out IFileRangeSource? source)
+    {
+        hostOffset = -1;
+        source = (_dataFile ?? _file) as IFileRangeSource;
+        if (source is null) return false;
+        var view = Views.Current;
+        try
+        {
+            long l2Offset = GuestMapper.L2Offset(view, offset);
+            if (l2Offset == 0 || !L2Tables.TryGet(l2Offset, out var l2)) return false;
+            var run = GuestMapper.MapRun(view.Geometry, l2, offset, count);
+            if (run.Kind != ExtentKind.Data || run.Length < count) return false;
+            hostOffset = run.HostOffset;
+            return true;
+        }
+        catch (Qcow2ImageCorruptException)
+        {
+            return false; // the ordinary read meets it again and reports it
+        }
+    }
+
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadDataAsync(GuestExtent run, Memory<byte> slice, CancellationToken cancellationToken)
     {

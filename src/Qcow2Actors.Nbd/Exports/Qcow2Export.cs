@@ -114,6 +114,19 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
         _image.TryStartRead(offset, buffer, index, count, completion);
 
     /// <inheritdoc/>
+    public HostFileRange? TryPinFileRange(long offset, int length)
+    {
+        try
+        {
+            return _image.TryPinFileRange(offset, length);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            return null; // the ordinary read meets it again and reports it
+        }
+    }
+
+    /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);

@@ -287,6 +287,11 @@ internal sealed partial class NbdCommandDispatcher(
             }
 
             var length = (int)r.Length;
+            if (length > InlineReadLimit && replies.SendsFiles && _export.TryPinFileRange((long)r.Offset, length) is { } pinned)
+            {
+                replies.ReadFile(pinned, r, charge); // the data goes from the page cache to the socket, never through a buffer
+                return;
+            }
             var room = replies.ReadHeaderRoom;
             buffer = RequestBuffers.Rent(room + length);
             if (length > 0)

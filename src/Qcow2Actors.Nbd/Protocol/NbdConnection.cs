@@ -254,7 +254,7 @@ internal sealed class NbdConnection
         _maxSlots = Math.Max(1, Options.MaxInFlightRequests);
         _slots = new SemaphoreSlim(_maxSlots, _maxSlots);
         _bytes = new AsyncByteGate(Math.Max(1, Options.MaxInFlightBytes));
-        _sender = new ReplySender(_socket, _tls, Release, MarkBroken, _abort);
+        _sender = new ReplySender(_socket, _tls, Release, MarkBroken, Options.TimeProvider, _abort);
         // An export with per-connection state gives this connection its own view (disposed when it ends).
         // Only such a view is the connection's to dispose: a shared export (a throttle wrapper) outlives it.
         IDisposable? view = null;

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using Qcow2Actors.Engine;
 using Qcow2Actors.Nbd.Metrics;
 using static Qcow2Actors.Nbd.Protocol.NbdProtocol;
 
@@ -58,6 +59,31 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
             BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
             sender.Send(new OutgoingReply(buffer, ReadHeaderRoom + length, charge));
         }
+    }
+
+    /// <summary>True when read data may go straight from a host file (<see cref="ReadFile"/>): a plain connection on Linux.</summary>
+    public bool SendsFiles => sender.SendsFiles;
+
+    /// <summary>
+    /// Sends a read's reply whose data is <paramref name="pinned"/> in a host file: the header from a pooled buffer,
+    /// the data from the file (the sender disposes the pin).
+    /// </summary>
+    public void ReadFile(HostFileRange pinned, in NbdRequest request, long charge)
+    {
+        metrics.Finish(request, NbdError.None, request.Length);
+        var buffer = RequestBuffers.Rent(ReadHeaderRoom);
+        if (!structured)
+        {
+            WriteSimpleHeader(buffer, NbdError.None, request.Handle);
+        }
+        else
+        {
+            WriteChunkHeader(buffer, ReplyTypeOffsetData, request.Handle, (uint)(OffsetDataPayload.DataOffset + pinned.Length));
+            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
+        }
+#pragma warning disable CA2000 // The sender owns the body from here: it disposes it after the send, or when it drops the reply.
+        sender.Send(new OutgoingReply(buffer, ReadHeaderRoom, charge, new FileReplyBody(pinned)));
+#pragma warning restore CA2000
     }
 
     /// <summary>

@@ -14,7 +14,7 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// of the socket; a plain connection writes to the socket directly, with no stream in between (and a failed send
 /// is a value, <see cref="SocketCallArgs"/>: a client that resets the connection costs no stack trace).
 /// </summary>
-internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> released, Action broken, CancellationToken abort) : IDisposable
+internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> released, Action broken, TimeProvider time, CancellationToken abort) : IDisposable
 {
     /// <summary>Batches up to this many bytes are copied into one buffer; larger ones go out as a gather send.</summary>
     private const int CoalesceLimit = 16 * 1024;
@@ -29,6 +29,28 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private bool _sending;
     private bool _corked;
     private bool _broken;
+    // A send has waited longer than PinGrace for the client to make room: file replies are copied, not queued pinned.
+    private bool _stalled;
+    // The drainer's batch with file replies, the first of them not started yet, and the one whose send waits for room.
+    private List<OutgoingReply>? _current;
+    private int _unsentFrom;
+    private FileReplyBody? _waitingBody;
+    // Orders the grace timer's copies against the drainer's return from its wait (_waiting says it still waits).
+    private readonly Lock _copyLock = new();
+    private bool _waiting;
+    private ITimer? _graceTimer;
+    private readonly byte[] _one = new byte[1];
+    private readonly TaskCompletionSource _firstStall = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes the first time a send waits for the client to make room (tests).</summary>
+    internal Task FirstStall => _firstStall.Task;
+
+    /// <summary>
+    /// Longest a pinned file reply waits for a client that does not make room on the socket; then it is copied and its
+    /// pin let go (a pin holds clusters and the image's request gate). Short waits, a client briefly descheduled, are
+    /// common and cheap to sit out; copying on each of them cost a sequential reader a sixth of the server's CPU.
+    /// </summary>
+    internal static readonly TimeSpan PinGrace = TimeSpan.FromMilliseconds(50);
 
     /// <summary>True once a send failed; later replies are dropped (their requests end with the connection).</summary>
     public bool IsBroken
@@ -39,18 +61,34 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     /// <summary>Sends <paramref name="reply"/> now, or after the replies ahead of it; never throws.</summary>
     public void Send(OutgoingReply reply)
     {
-        bool drain = false, dropped = false;
+        bool drain = false, dropped = false, copy = false;
         lock (_lock)
         {
             if (_broken) dropped = true;
-            else
+            else if (_stalled && reply.Body is not null) copy = true;
+            else Enqueue(reply, ref drain);
+        }
+        if (copy)
+        {
+            // The sender is waiting for the client to take bytes: a pin must not wait with it (FileReplyBody).
+            reply.Body!.Copy();
+            lock (_lock)
             {
-                _queue.Add(reply);
-                if (!_sending && !_corked) drain = _sending = true;
+                if (_broken) dropped = true;
+                else Enqueue(reply, ref drain);
             }
         }
         if (dropped) Finish(reply);
         else if (drain) _ = DrainAsync();
+    }
+
+    /// <summary>True when replies may carry data straight from a file (<see cref="FileReplyBody"/>): a plain socket on Linux.</summary>
+    public bool SendsFiles => tls is null && SocketSendFile.IsSupported;
+
+    private void Enqueue(OutgoingReply reply, ref bool drain)
+    {
+        _queue.Add(reply);
+        if (!_sending && !_corked) drain = _sending = true;
     }
 
     /// <summary>Holds replies back: the reader has more requests buffered and will uncork before it waits.</summary>
@@ -110,6 +148,12 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendBatchAsync(List<OutgoingReply> batch)
     {
+        foreach (var reply in batch)
+        {
+            if (reply.Body is null) continue;
+            await SendWithBodiesAsync(batch);
+            return;
+        }
         if (batch.Count == 1)
         {
             await SendAllAsync(batch[0].Buffer.AsMemory(0, batch[0].Length));
@@ -144,16 +188,141 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         _segments.Clear();
         foreach (var reply in batch) _segments.Add(new ArraySegment<byte>(reply.Buffer, 0, reply.Length));
-        var result = await _call!.SendAsync(socket, _segments);
+        await SendSegmentsAsync();
+    }
+
+    /// <summary>Sends <see cref="_segments"/> (one gather call, or a plain send for one) and clears them.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendSegmentsAsync()
+    {
+        if (_segments.Count == 1)
+        {
+            var only = _segments[0];
+            _segments.Clear();
+            await SendAllAsync(only.AsMemory());
+            return;
+        }
+        long total = 0;
+        foreach (var segment in _segments) total += segment.Count;
+        var result = await Sent(_call!.SendAsync(socket, _segments));
         if (result.Error != SocketError.Success) throw result.Exception();
         long sent = result.Transferred;
-        if (sent == total) return;
-        // A stream socket sends it all; should it ever stop short, send the rest in order.
-        foreach (var reply in batch)
+        if (sent != total)
         {
-            if (sent >= reply.Length) { sent -= reply.Length; continue; }
-            await SendAllAsync(reply.Buffer.AsMemory((int)sent, reply.Length - (int)sent));
-            sent = 0;
+            // A stream socket sends it all; should it ever stop short, send the rest in order.
+            foreach (var segment in _segments.ToArray())
+            {
+                if (sent >= segment.Count) { sent -= segment.Count; continue; }
+                await SendAllAsync(segment.AsMemory((int)sent));
+                sent = 0;
+            }
+        }
+        _segments.Clear();
+    }
+
+    /// <summary>
+    /// A batch with file replies: the buffers up to each file reply's header in one gather send, then its data
+    /// from the file; the buffers after the last one together.
+    /// </summary>
+    private async ValueTask SendWithBodiesAsync(List<OutgoingReply> batch)
+    {
+        _current = batch;
+        try
+        {
+            _segments.Clear();
+            for (int i = 0; i < batch.Count; i++)
+            {
+                var reply = batch[i];
+                _segments.Add(new ArraySegment<byte>(reply.Buffer, 0, reply.Length));
+                if (reply.Body is not { } body) continue;
+                _unsentFrom = i;
+                await SendSegmentsAsync();
+                _unsentFrom = i + 1;
+                await SendBodyAsync(body);
+            }
+            if (_segments.Count > 0) await SendSegmentsAsync();
+        }
+        finally
+        {
+            _current = null;
+        }
+    }
+
+    /// <summary>
+    /// A file reply's data: sendfile while the socket takes it. When it is full, one byte goes through the socket's own
+    /// send, which waits for room without a thread; a wait longer than <see cref="PinGrace"/> copies the rest, which then
+    /// goes the ordinary way.
+    /// </summary>
+    private async ValueTask SendBodyAsync(FileReplyBody body)
+    {
+        while (body.Sent < body.Length)
+        {
+            if (body.Pin is { } pin)
+            {
+                int n = SocketSendFile.Send(socket, pin.Handle, pin.FileOffset + body.Sent, body.Length - body.Sent);
+                if (n > 0)
+                {
+                    body.Sent += n;
+                    continue;
+                }
+                pin.CopyTo(_one, body.Sent);
+                body.Sent++; // counted before the wait: a copy made meanwhile starts after it
+                _waitingBody = body;
+                try
+                {
+                    await SendAllAsync(_one);
+                }
+                finally
+                {
+                    _waitingBody = null;
+                }
+                continue;
+            }
+            await SendAllAsync(body.CopiedRest());
+            body.Sent = body.Length;
+        }
+        body.Dispose(); // the pin goes as soon as its bytes are out, not with the batch
+    }
+
+    /// <summary>A plain send as it is when it completed at once; one that waits for room arms the grace timer first.</summary>
+    private ValueTask<SocketCallArgs.Result> Sent(ValueTask<SocketCallArgs.Result> send) => send.IsCompleted ? send : StalledAsync(send);
+
+    private async ValueTask<SocketCallArgs.Result> StalledAsync(ValueTask<SocketCallArgs.Result> send)
+    {
+        lock (_copyLock) _waiting = true;
+        var timer = _graceTimer ??= time.CreateTimer(static state => ((ReplySender)state!).GraceOver(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        timer.Change(PinGrace, Timeout.InfiniteTimeSpan);
+        _firstStall.TrySetResult();
+        try
+        {
+            return await send;
+        }
+        finally
+        {
+            timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            lock (_copyLock) _waiting = false; // after a copy under way, if any
+            lock (_lock) _stalled = false;
+        }
+    }
+
+    /// <summary>The client has not made room for <see cref="PinGrace"/>: copy every pinned reply waiting to go, and those still to come.</summary>
+    private void GraceOver()
+    {
+        lock (_copyLock)
+        {
+            if (!_waiting) return;
+            List<FileReplyBody>? pinned = null;
+            lock (_lock)
+            {
+                _stalled = true;
+                foreach (var reply in _queue)
+                    if (reply.Body?.Pin is not null) (pinned ??= new()).Add(reply.Body);
+            }
+            if (_waitingBody is { Pin: not null } waiting) (pinned ??= new()).Add(waiting);
+            if (_current is { } batch)
+                for (int i = _unsentFrom; i < batch.Count; i++)
+                    if (batch[i].Body?.Pin is not null) (pinned ??= new()).Add(batch[i].Body!);
+            if (pinned is not null) foreach (var body in pinned) body.Copy();
         }
     }
 
@@ -167,14 +336,18 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         while (memory.Length > 0)
         {
-            var result = await _call!.SendAsync(socket, memory);
+            var result = await Sent(_call!.SendAsync(socket, memory));
             if (result.Error != SocketError.Success) throw result.Exception();
             memory = memory[result.Transferred..];
         }
     }
 
     /// <summary>Frees the send's event args; only once no send can start (the connection has ended).</summary>
-    public void Dispose() => _call?.Dispose();
+    public void Dispose()
+    {
+        _call?.Dispose();
+        _graceTimer?.Dispose();
+    }
 
     /// <summary>The connection cannot send any more: drop every queued reply and tell the connection.</summary>
     private void Fail()
@@ -194,6 +367,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private void Finish(OutgoingReply reply)
     {
         RequestBuffers.Return(reply.Buffer);
+        reply.Body?.Dispose();
         released(reply.Charge);
     }
 }

@@ -37,7 +37,7 @@ public sealed class ReplySenderTests
                 Interlocked.Add(ref released, charge);
                 if (Interlocked.Increment(ref releases) >= Interlocked.Read(ref target)) allReleased.TrySetResult();
             },
-            () => { Interlocked.Increment(ref brokenCalls); broken.TrySetResult(); }, abort.Token);
+            () => { Interlocked.Increment(ref brokenCalls); broken.TrySetResult(); }, TimeProvider.System, abort.Token);
 
         // Large replies (a gather send each) and small ones (coalesced), sent until the reset reaches the sender;
         // bounded: a reset peer fails a send within a few round trips.
