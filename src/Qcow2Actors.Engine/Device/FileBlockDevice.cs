@@ -96,8 +96,9 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     /// <inheritdoc />
     /// <remarks>
     /// Counts as a read of the range for the sequential prefetch, so a stream sent from the file keeps the disk
-    /// ahead of it, then waits for the range's last byte: the hinted readahead brings pages in order, so once the
-    /// last is in, the rest usually are, which cachestat then confirms.
+    /// ahead of it. A range not all cached whose readahead was asked for waits for its last byte: the readahead
+    /// brings pages in order, so once the last is in, the rest usually are, which cachestat then confirms. One
+    /// nobody is reading in (a cold random read) is left to the ordinary read at once, which reads it in one go.
     /// </remarks>
     SafeFileHandle? IFileRangeSource.TryPinCached(long offset, int count)
     {
@@ -110,7 +111,10 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
             _handle.DangerousAddRef(ref added);
             // QEMU may leave the last cluster short: those bytes read as zeros, which a file send cannot give.
             if (offset + count > RandomAccess.GetLength(_handle)) return null;
-            if (!HostFileCalls.TouchByte(_handle, offset + count - 1) || !HostFileCalls.IsCached(_handle, offset, count)) return null;
+            if (!HostFileCalls.IsCached(_handle, offset, count)
+                && (!_prefetch.Hinted(offset + count) || !HostFileCalls.TouchByte(_handle, offset + count - 1)
+                    || !HostFileCalls.IsCached(_handle, offset, count)))
+                return null;
             added = false; // the caller's now
             return _handle;
         }

@@ -28,6 +28,16 @@ internal sealed class SequentialPrefetch
     private readonly Lock _lock = new();
     private long _streamEnd = -1; // furthest end of a read in the current stream; -1: none yet
     private long _ahead;          // end of the range already hinted
+    private long _hintedFrom = -1; // where the stream's first hint started; -1: no hint yet in this stream
+
+    /// <summary>
+    /// True when a readahead was asked for the byte before <paramref name="end"/> in the current stream: a wait for
+    /// that page then waits for bytes already on their way, not for a read of its own.
+    /// </summary>
+    public bool Hinted(long end)
+    {
+        lock (_lock) return _hintedFrom >= 0 && end > _hintedFrom && end <= _ahead;
+    }
 
     /// <summary>
     /// Notes a read of <paramref name="length"/> bytes at <paramref name="offset"/> and returns the range to read
@@ -43,6 +53,7 @@ internal sealed class SequentialPrefetch
             {
                 _streamEnd = end;
                 _ahead = end;
+                _hintedFrom = -1;
                 return (0, 0);
             }
             _streamEnd = Math.Max(_streamEnd, end);
@@ -50,6 +61,7 @@ internal sealed class SequentialPrefetch
             long to = _streamEnd + Window;
             if (to - from < Step) return (0, 0);
             _ahead = to;
+            if (_hintedFrom < 0) _hintedFrom = from;
             return (from, to - from);
         }
     }

@@ -21,6 +21,23 @@ public sealed class SequentialPrefetchTests
     }
 
     [Fact]
+    public void Only_ranges_a_hint_asked_for_count_as_hinted_and_a_jump_forgets_them()
+    {
+        var prefetch = new SequentialPrefetch();
+        prefetch.OnRead(0, MiB);
+        Assert.False(prefetch.Hinted(MiB)); // a stream's first read asks for nothing
+        prefetch.OnRead(MiB, MiB); // hints [2 MiB, 2 MiB + window)
+        Assert.True(prefetch.Hinted(3L * MiB));
+        Assert.True(prefetch.Hinted(2L * MiB + SequentialPrefetch.Window));
+        Assert.False(prefetch.Hinted(2L * MiB + SequentialPrefetch.Window + 1));
+        Assert.False(prefetch.Hinted(2L * MiB)); // the read that asked: its own bytes were not hinted
+
+        prefetch.OnRead(1024L * MiB, MiB); // a jump starts a new stream
+        Assert.False(prefetch.Hinted(3L * MiB));
+        Assert.False(prefetch.Hinted(1025L * MiB));
+    }
+
+    [Fact]
     public void Reads_of_a_stream_that_arrive_out_of_order_stay_in_it_and_the_hints_cover_it_once_without_gaps()
     {
         var prefetch = new SequentialPrefetch();
