@@ -192,7 +192,6 @@ public sealed partial class Qcow2Image : IAsyncDisposable
     public HostFileRange? TryPinFileRange(long offset, int count)
     {
         if (_disposed != 0 || _top is not Read.Qcow2Layer layer || count <= 0) return null;
-        if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return null;
         var ctx = _ctx;
         // A writable image's reads pass the request gate; this one holds its admission until the pin goes.
         if (ctx is not null && !_gate.TryEnter()) return null;
@@ -200,6 +199,8 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         HostFileRange? pinned = null;
         try
         {
+            // Inside the gate: an online snapshot apply may change the disk's size.
+            if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return null;
             if (!layer.TryMapFileRun(offset, count, out var host, out var source)) return null;
             if (ctx is not null && !ctx.Geometry.ExternalDataFile)
             {

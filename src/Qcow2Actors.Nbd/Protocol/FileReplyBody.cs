@@ -18,6 +18,9 @@ internal sealed class FileReplyBody(HostFileRange pin) : IDisposable
     /// <summary>Bytes of data the reply carries.</summary>
     public int Length { get; } = pin.Length;
 
+    /// <summary>When the sender took the reply (its TimeProvider's timestamp): how long the pin has waited.</summary>
+    public long PinnedAt { get; set; }
+
     /// <summary>Bytes already on the socket.</summary>
     public int Sent { get; set; }
 

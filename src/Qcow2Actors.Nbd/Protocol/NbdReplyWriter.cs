@@ -71,7 +71,16 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
     public void ReadFile(HostFileRange pinned, in NbdRequest request, long charge)
     {
         metrics.Finish(request, NbdError.None, request.Length);
-        var buffer = RequestBuffers.Rent(ReadHeaderRoom);
+        byte[] buffer;
+        try
+        {
+            buffer = RequestBuffers.Rent(ReadHeaderRoom);
+        }
+        catch
+        {
+            pinned.Dispose();
+            throw;
+        }
         if (!structured)
         {
             WriteSimpleHeader(buffer, NbdError.None, request.Handle);

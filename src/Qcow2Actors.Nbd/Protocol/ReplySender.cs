@@ -35,20 +35,23 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private List<OutgoingReply>? _current;
     private int _unsentFrom;
     private FileReplyBody? _waitingBody;
-    // Orders the grace timer's copies against the drainer's return from its wait (_waiting says it still waits).
+    // Orders the grace timer's copies against the drainer's return from its wait (_waiting says it still waits) and
+    // against Dispose (_disposed: no timer any more, none created).
     private readonly Lock _copyLock = new();
     private bool _waiting;
+    private bool _disposed;
     private ITimer? _graceTimer;
     private readonly byte[] _one = new byte[1];
-    private readonly TaskCompletionSource _firstStall = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    /// <summary>Completes the first time a send waits for the client to make room (tests).</summary>
-    internal Task FirstStall => _firstStall.Task;
+    /// <summary>Called each time a send starts waiting for the client to make room, after old pins were copied (tests).</summary>
+    internal Action? OnStall { get; set; }
 
     /// <summary>
-    /// Longest a pinned file reply waits for a client that does not make room on the socket; then it is copied and its
-    /// pin let go (a pin holds clusters and the image's request gate). Short waits, a client briefly descheduled, are
-    /// common and cheap to sit out; copying on each of them cost a sequential reader a sixth of the server's CPU.
+    /// How long a pinned file reply may wait on a client that does not take its bytes: a send that waits this long
+    /// for room copies every pinned reply still to go, and a reply pinned this long ago is copied at the next wait
+    /// (a slow but steady client never waits long at once). A pin holds clusters and the image's request gate, so it
+    /// must not wait on a client for long; short waits (a client briefly descheduled) are common and cheap to sit
+    /// out, and copying at each of them cost a sequential reader a sixth of the server's CPU.
     /// </summary>
     internal static readonly TimeSpan PinGrace = TimeSpan.FromMilliseconds(50);
 
@@ -61,6 +64,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     /// <summary>Sends <paramref name="reply"/> now, or after the replies ahead of it; never throws.</summary>
     public void Send(OutgoingReply reply)
     {
+        if (reply.Body is { } body) body.PinnedAt = time.GetTimestamp();
         bool drain = false, dropped = false, copy = false;
         lock (_lock)
         {
@@ -70,7 +74,8 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         }
         if (copy)
         {
-            // The sender is waiting for the client to take bytes: a pin must not wait with it (FileReplyBody).
+            // The sender is waiting for the client to take bytes: a pin must not wait with it (FileReplyBody). A copy
+            // that fails ends the connection when the drainer reaches it, as a failed send would.
             reply.Body!.Copy();
             lock (_lock)
             {
@@ -284,23 +289,36 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         body.Dispose(); // the pin goes as soon as its bytes are out, not with the batch
     }
 
-    /// <summary>A plain send as it is when it completed at once; one that waits for room arms the grace timer first.</summary>
+    /// <summary>A plain send as it is when it completed at once; one that waits for room copies old pins and arms the grace timer first.</summary>
     private ValueTask<SocketCallArgs.Result> Sent(ValueTask<SocketCallArgs.Result> send) => send.IsCompleted ? send : StalledAsync(send);
 
     private async ValueTask<SocketCallArgs.Result> StalledAsync(ValueTask<SocketCallArgs.Result> send)
     {
-        lock (_copyLock) _waiting = true;
-        var timer = _graceTimer ??= time.CreateTimer(static state => ((ReplySender)state!).GraceOver(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-        timer.Change(PinGrace, Timeout.InfiniteTimeSpan);
-        _firstStall.TrySetResult();
+        // Pins that have had their grace already go now, however short this wait turns out to be.
+        CopyPinned(time.GetTimestamp() - (long)(PinGrace.TotalSeconds * time.TimestampFrequency));
+        ITimer? timer = null;
+        lock (_copyLock)
+        {
+            if (!_disposed)
+            {
+                _waiting = true;
+                timer = _graceTimer ??= time.CreateTimer(static state => ((ReplySender)state!).GraceOver(), this,
+                    Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                timer.Change(PinGrace, Timeout.InfiniteTimeSpan);
+            }
+        }
+        OnStall?.Invoke();
         try
         {
             return await send;
         }
         finally
         {
-            timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            lock (_copyLock) _waiting = false; // after a copy under way, if any
+            lock (_copyLock)
+            {
+                _waiting = false; // after a copy under way, if any
+                if (!_disposed) timer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            }
             lock (_lock) _stalled = false;
         }
     }
@@ -310,20 +328,29 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     {
         lock (_copyLock)
         {
-            if (!_waiting) return;
-            List<FileReplyBody>? pinned = null;
-            lock (_lock)
-            {
-                _stalled = true;
-                foreach (var reply in _queue)
-                    if (reply.Body?.Pin is not null) (pinned ??= new()).Add(reply.Body);
-            }
-            if (_waitingBody is { Pin: not null } waiting) (pinned ??= new()).Add(waiting);
-            if (_current is { } batch)
-                for (int i = _unsentFrom; i < batch.Count; i++)
-                    if (batch[i].Body?.Pin is not null) (pinned ??= new()).Add(batch[i].Body!);
-            if (pinned is not null) foreach (var body in pinned) body.Copy();
+            if (!_waiting || _disposed) return;
+            lock (_lock) _stalled = true;
+            CopyPinned(long.MaxValue);
         }
+    }
+
+    /// <summary>
+    /// Copies the pinned replies still to go (queued, later in the drainer's batch, or the one whose send waits) that
+    /// were pinned at or before <paramref name="pinnedBy"/>; only while the drainer is not sending any of them.
+    /// </summary>
+    private void CopyPinned(long pinnedBy)
+    {
+        List<FileReplyBody>? pinned = null;
+        lock (_lock)
+        {
+            foreach (var reply in _queue)
+                if (reply.Body is { Pin: not null } body && body.PinnedAt <= pinnedBy) (pinned ??= new()).Add(body);
+        }
+        if (_waitingBody is { Pin: not null } waiting && waiting.PinnedAt <= pinnedBy) (pinned ??= new()).Add(waiting);
+        if (_current is { } batch)
+            for (int i = _unsentFrom; i < batch.Count; i++)
+                if (batch[i].Body is { Pin: not null } body && body.PinnedAt <= pinnedBy) (pinned ??= new()).Add(body);
+        if (pinned is not null) foreach (var body in pinned) body.Copy();
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
@@ -346,7 +373,12 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     public void Dispose()
     {
         _call?.Dispose();
-        _graceTimer?.Dispose();
+        lock (_copyLock)
+        {
+            // Under the lock: a copy the timer is making finishes first, and no timer is made or armed after this.
+            _disposed = true;
+            _graceTimer?.Dispose();
+        }
     }
 
     /// <summary>The connection cannot send any more: drop every queued reply and tell the connection.</summary>

@@ -8,7 +8,8 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// sendfile(2) from a host file to a connection's socket: the kernel moves page-cache pages to the
 /// socket without copying them through the process. .NET's <see cref="Socket.SendFile(string)"/> takes a
 /// path and sends a whole file, so the call is made directly. Never waits: the sockets are non-blocking,
-/// and a full one is reported as 0 bytes sent for the caller to wait the ordinary way.
+/// and a full one is reported as 0 bytes sent for the caller to wait the ordinary way. The file side can wait:
+/// a page evicted since it was found cached is read from the disk in the call, on the calling thread.
 /// </summary>
 internal static partial class SocketSendFile
 {

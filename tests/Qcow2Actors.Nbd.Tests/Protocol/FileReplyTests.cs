@@ -100,61 +100,128 @@ public sealed class FileReplyTests : IDisposable
         Assert.Equal(3, export.Pins);
     }
 
+    /// <summary>A reply sender over loopback with small fixed buffers, eight 1 MiB pinned replies handed to it, and a client that reads only when told.</summary>
+    private sealed class SlowClientRig : IDisposable
+    {
+        public const int Replies = 8;
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private Socket _socket = null!;
+        private int _releases;
+        private int _at;
+
+        public FakeTimeProvider Time { get; } = new();
+        public ReplySender Sender { get; private set; } = null!;
+        public Socket Client { get; private set; } = null!;
+        public List<FileReplyBody> Bodies { get; } = new();
+        public byte[] Expected { get; private set; } = [];
+        public byte[] Received { get; private set; } = [];
+        public SemaphoreSlim Stalls { get; } = new(0);
+        public TaskCompletionSource AllReleased { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public async Task StartAsync(Qcow2Image image, byte[] data)
+        {
+            _listener.Start();
+            // Small fixed buffers on both ends: eight 1 MiB replies cannot all fit while the client does not read.
+            _socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = 64 * 1024 };
+            await _socket.ConnectAsync(_listener.LocalEndpoint);
+            Client = await _listener.AcceptSocketAsync();
+            Client.ReceiveBufferSize = 64 * 1024;
+            Sender = new ReplySender(_socket, null,
+                _ => { if (Interlocked.Increment(ref _releases) == Replies) AllReleased.TrySetResult(); },
+                () => { }, Time, CancellationToken.None) { OnStall = () => Stalls.Release() };
+            var expected = new MemoryStream();
+            for (int i = 0; i < Replies; i++)
+            {
+                long offset = i % 4 * Mib;
+                var pin = image.TryPinFileRange(offset, Mib);
+                Assert.NotNull(pin);
+                var body = new FileReplyBody(pin);
+                Bodies.Add(body);
+                var header = RequestBuffers.Rent(16);
+                header.AsSpan(0, 16).Fill((byte)(0xA0 + i));
+                expected.Write(header, 0, 16);
+                expected.Write(data, (int)offset, Mib);
+                Sender.Send(new OutgoingReply(header, 16, Charge: 1, body));
+            }
+            Expected = expected.ToArray();
+            Received = new byte[Expected.Length];
+        }
+
+        /// <summary>The replies not all on the socket yet.</summary>
+        public List<FileReplyBody> Unsent() => Bodies.Where(b => b.Sent < b.Length).ToList();
+
+        /// <summary>Reads <paramref name="count"/> bytes (all that is left when null).</summary>
+        public async Task ReadAsync(int? count = null)
+        {
+            int end = count is { } n ? _at + n : Received.Length;
+            while (_at < end)
+            {
+                int got = await Client.ReceiveAsync(Received.AsMemory(_at, end - _at));
+                Assert.True(got > 0, "the sender closed the connection");
+                _at += got;
+            }
+        }
+
+        public void Dispose()
+        {
+            Sender?.Dispose();
+            _socket?.Dispose();
+            Client?.Dispose();
+            _listener.Stop();
+            _listener.Dispose();
+            Stalls.Dispose();
+        }
+    }
+
     [LinuxFact]
     public async Task A_client_that_stops_reading_holds_the_pins_for_the_grace_only_and_still_gets_every_byte()
     {
         var (image, data) = await CachedImageAsync();
         await using var _ = image;
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        // Small fixed buffers on both ends: eight 1 MiB replies cannot all fit while the client does not read.
-        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = 64 * 1024 };
-        await socket.ConnectAsync(listener.LocalEndpoint);
-        using var client = await listener.AcceptSocketAsync();
-        client.ReceiveBufferSize = 64 * 1024;
+        using var rig = new SlowClientRig();
+        await rig.StartAsync(image, data);
 
-        var time = new FakeTimeProvider();
-        int releases = 0;
-        var allReleased = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        const int Replies = 8;
-        using var sender = new ReplySender(socket, null,
-            _ => { if (Interlocked.Increment(ref releases) == Replies) allReleased.TrySetResult(); },
-            () => { }, time, CancellationToken.None);
-
-        var bodies = new List<FileReplyBody>();
-        var expected = new MemoryStream();
-        for (int i = 0; i < Replies; i++)
-        {
-            long offset = i % 4 * Mib;
-            var pin = image.TryPinFileRange(offset, Mib);
-            Assert.NotNull(pin);
-            var body = new FileReplyBody(pin);
-            bodies.Add(body);
-            var header = RequestBuffers.Rent(16);
-            header.AsSpan(0, 16).Fill((byte)(0xA0 + i));
-            expected.Write(header, 0, 16);
-            expected.Write(data, (int)offset, Mib);
-            sender.Send(new OutgoingReply(header, 16, Charge: 1, body));
-        }
-
-        await sender.FirstStall.WaitAsync(Timeout);
-        var unsent = bodies.Where(b => b.Sent < b.Length).ToList();
+        await rig.Stalls.WaitAsync(Timeout);
+        var unsent = rig.Unsent();
         Assert.NotEmpty(unsent);
         Assert.All(unsent, b => Assert.NotNull(b.Pin)); // a short wait keeps the pins: nothing copied yet
 
-        time.Advance(ReplySender.PinGrace);
+        rig.Time.Advance(ReplySender.PinGrace);
         Assert.All(unsent, b => Assert.Null(b.Pin)); // past the grace every reply still to go was copied, its pin let go
 
-        var received = new byte[expected.Length];
-        for (int at = 0; at < received.Length;)
-        {
-            int n = await client.ReceiveAsync(received.AsMemory(at));
-            Assert.True(n > 0, "the sender closed the connection");
-            at += n;
-        }
-        Assert.Equal(expected.ToArray(), received);
-        await allReleased.Task.WaitAsync(Timeout);
-        Assert.All(bodies, b => Assert.Null(b.Pin));
-        Assert.False(sender.IsBroken);
+        await rig.ReadAsync();
+        Assert.Equal(rig.Expected, rig.Received);
+        await rig.AllReleased.Task.WaitAsync(Timeout);
+        Assert.All(rig.Bodies, b => Assert.Null(b.Pin));
+        Assert.False(rig.Sender.IsBroken);
+    }
+
+    [LinuxFact]
+    public async Task A_client_that_reads_slowly_but_steadily_does_not_keep_pins_past_the_grace()
+    {
+        var (image, data) = await CachedImageAsync();
+        await using var _ = image;
+        using var rig = new SlowClientRig();
+        await rig.StartAsync(image, data);
+
+        await rig.Stalls.WaitAsync(Timeout);
+        var unsent = rig.Unsent();
+        Assert.NotEmpty(unsent);
+        // Every wait ends before the grace does: the client takes a little each time.
+        rig.Time.Advance(ReplySender.PinGrace - TimeSpan.FromMilliseconds(1));
+        await rig.ReadAsync(64 * 1024);
+        await rig.Stalls.WaitAsync(Timeout);
+        Assert.All(rig.Unsent(), b => Assert.NotNull(b.Pin)); // not yet a grace old
+
+        rig.Time.Advance(TimeSpan.FromMilliseconds(2)); // pins a grace old; no single wait lasted that long
+        while (rig.Stalls.Wait(0)) { } // waits before this point found the pins younger
+        await rig.ReadAsync(64 * 1024);
+        await rig.Stalls.WaitAsync(Timeout);
+        Assert.All(rig.Unsent(), b => Assert.Null(b.Pin)); // the next wait copied them all
+
+        await rig.ReadAsync();
+        Assert.Equal(rig.Expected, rig.Received);
+        await rig.AllReleased.Task.WaitAsync(Timeout);
+        Assert.False(rig.Sender.IsBroken);
     }
 }
