@@ -18,6 +18,7 @@ namespace Qcow2Actors.Engine.Write;
 /// </summary>
 // No ConfigureAwait(false) in this actor: continuations of ReceiveAsync handlers must
 // resume on the actor's context (Akka suspends the mailbox until the handler completes).
+// Guest writes are the exception (RunInline): they stash the mailbox themselves while they wait.
 internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 {
     private readonly ImageContext _ctx;
@@ -64,7 +65,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 
     private void Active()
     {
-        ReceiveAsync<WriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data)));
+        Receive<WriteOp>(m => RunInline(Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data))));
         ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
         ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length, m.Deallocate)));
         ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
@@ -88,6 +89,37 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             Become(Stopping);
             m.Parent.Tell(new ReadyToStop(m.L1Index, Self));
         });
+    }
+
+    /// <summary>
+    /// Lets a guest write that has already ended go without Akka's asynchronous-handler machinery (the usual case:
+    /// the table is loaded and device writes complete inline), which saves suspending the mailbox and scheduling
+    /// it again for every write. A write that waits (a table load, a call on an I/O thread) holds every other
+    /// message in the stash until it ends, so the table still runs one operation at a time; its continuations run
+    /// on the thread pool meanwhile, and touch only this actor's state and messages to other actors.
+    /// </summary>
+    private void RunInline(Task operation)
+    {
+        if (operation.IsCompleted) return; // Guard completes the request itself and never faults
+        BecomeStacked(WaitingForOperation);
+        operation.ContinueWith(static (_, self) => ((IActorRef)self!).Tell(OperationEnded.Instance), Self,
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    private void WaitingForOperation()
+    {
+        Receive<OperationEnded>(_ =>
+        {
+            UnbecomeStacked();
+            Stash.UnstashAll();
+        });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    /// <summary>A write that waited has ended (<see cref="RunInline"/>).</summary>
+    private sealed class OperationEnded
+    {
+        public static readonly OperationEnded Instance = new();
     }
 
     private void Stopping()
