@@ -123,13 +123,14 @@ public sealed class FileReplyTests : IDisposable
     }
 
     /// <summary>A reply sender over loopback with small fixed buffers, eight 1 MiB pinned replies handed to it, and a client that reads only when told.</summary>
-    private sealed class SlowClientRig : IDisposable
+    private sealed class SlowClientRig : IAsyncDisposable
     {
         public const int Replies = 8;
         private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
         private Socket _socket = null!;
         private int _releases;
         private int _at;
+        private Qcow2Image? _image;
 
         public FakeTimeProvider Time { get; } = new();
         public ReplySender Sender { get; private set; } = null!;
@@ -142,6 +143,7 @@ public sealed class FileReplyTests : IDisposable
 
         public async Task StartAsync(Qcow2Image image, byte[] data)
         {
+            _image = image;
             _listener.Start();
             // Small fixed buffers on both ends: eight 1 MiB replies cannot all fit while the client does not read.
             _socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { SendBufferSize = 64 * 1024 };
@@ -184,7 +186,7 @@ public sealed class FileReplyTests : IDisposable
             }
         }
 
-        public void Dispose()
+        public async ValueTask DisposeAsync()
         {
             Sender?.Dispose();
             _socket?.Dispose();
@@ -192,21 +194,28 @@ public sealed class FileReplyTests : IDisposable
             _listener.Stop();
             _listener.Dispose();
             Stalls.Dispose();
+            if (_image is not null) await _image.DisposeAsync();
         }
+    }
+
+    /// <summary>A rig (owning its image) whose sender has started its first wait with every reply still to go pinned.</summary>
+    private async Task<(SlowClientRig Rig, List<FileReplyBody> Unsent)> StalledRigAsync()
+    {
+        var (image, data) = await CachedImageAsync();
+        var rig = new SlowClientRig();
+        await rig.StartAsync(image, data);
+        await rig.Stalls.WaitAsync(Timeout);
+        var unsent = rig.Unsent();
+        Assert.NotEmpty(unsent);
+        Assert.All(unsent, b => Assert.NotNull(b.Pin)); // a short wait keeps the pins: nothing copied yet
+        return (rig, unsent);
     }
 
     [LinuxFact]
     public async Task A_client_that_stops_reading_holds_the_pins_for_the_grace_only_and_still_gets_every_byte()
     {
-        var (image, data) = await CachedImageAsync();
-        await using var _ = image;
-        using var rig = new SlowClientRig();
-        await rig.StartAsync(image, data);
-
-        await rig.Stalls.WaitAsync(Timeout);
-        var unsent = rig.Unsent();
-        Assert.NotEmpty(unsent);
-        Assert.All(unsent, b => Assert.NotNull(b.Pin)); // a short wait keeps the pins: nothing copied yet
+        var (rig, unsent) = await StalledRigAsync();
+        await using var _ = rig;
 
         rig.Time.Advance(ReplySender.PinGrace);
         Assert.All(unsent, b => Assert.Null(b.Pin)); // past the grace every reply still to go was copied, its pin let go
@@ -221,14 +230,8 @@ public sealed class FileReplyTests : IDisposable
     [LinuxFact]
     public async Task A_client_that_reads_slowly_but_steadily_does_not_keep_pins_past_the_grace()
     {
-        var (image, data) = await CachedImageAsync();
-        await using var _ = image;
-        using var rig = new SlowClientRig();
-        await rig.StartAsync(image, data);
-
-        await rig.Stalls.WaitAsync(Timeout);
-        var unsent = rig.Unsent();
-        Assert.NotEmpty(unsent);
+        var (rig, _) = await StalledRigAsync();
+        await using var __ = rig;
         // Every wait ends before the grace does: the client takes a little each time.
         rig.Time.Advance(ReplySender.PinGrace - TimeSpan.FromMilliseconds(1));
         await rig.ReadAsync(64 * 1024);
