@@ -220,21 +220,8 @@ internal sealed class Qcow2Layer : IImageLayer
     /// </summary>
     public bool TryStartRead(long offset, byte[] buffer, int index, int count, IHostReadCompletion completion)
     {
-        if ((_dataFile ?? _file) is not IAsyncHostRead device) return false;
-        var view = Views.Current;
-        GuestExtent run;
-        try
-        {
-            long l2Offset = GuestMapper.L2Offset(view, offset);
-            if (l2Offset == 0 || !L2Tables.TryGet(l2Offset, out var l2)) return false;
-            run = GuestMapper.MapRun(view.Geometry, l2, offset, count);
-        }
-        catch (Qcow2ImageCorruptException)
-        {
-            return false; // the ordinary read meets it again and reports it
-        }
-        if (run.Kind != ExtentKind.Data || run.Length < count) return false;
-        if (!device.TryStartRead(buffer, index, count, run.HostOffset, completion)) return false;
+        if ((_dataFile ?? _file) is not IAsyncHostRead device || !TryMapCachedRun(offset, count, out long host)) return false;
+        if (!device.TryStartRead(buffer, index, count, host, completion)) return false;
         Metrics.L2Hit();
         return true;
     }
@@ -249,7 +236,16 @@ internal sealed class Qcow2Layer : IImageLayer
     {
         hostOffset = -1;
         source = (_dataFile ?? _file) as IFileRangeSource;
-        if (source is null) return false;
+        return source is not null && TryMapCachedRun(offset, count, out hostOffset);
+    }
+
+    /// <summary>
+    /// The host offset of [<paramref name="offset"/>, + <paramref name="count"/>) when the active view maps all of it
+    /// to one run of stored data through a cached L2 table; false otherwise, having waited for nothing.
+    /// </summary>
+    private bool TryMapCachedRun(long offset, int count, out long hostOffset)
+    {
+        hostOffset = -1;
         var view = Views.Current;
         try
         {
