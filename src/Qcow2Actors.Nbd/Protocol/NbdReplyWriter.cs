@@ -37,7 +37,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         var length = (int)request.Length;
         if (!structured)
         {
-            WriteSimpleHeader(buffer, NbdError.None, request.Handle);
+            WriteDataHeader(buffer, request, length);
             sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size + length, charge));
         }
         else if (length == 0)
@@ -55,10 +55,21 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         }
         else
         {
-            WriteChunkHeader(buffer, ReplyTypeOffsetData, request.Handle, (uint)(OffsetDataPayload.DataOffset + length));
-            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
+            WriteDataHeader(buffer, request, length);
             sender.Send(new OutgoingReply(buffer, ReadHeaderRoom + length, charge));
         }
+    }
+
+    /// <summary>The <see cref="ReadHeaderRoom"/> bytes in front of a read's <paramref name="length"/> bytes of data: a simple header, or an OFFSET_DATA chunk's.</summary>
+    private void WriteDataHeader(byte[] buffer, in NbdRequest request, int length)
+    {
+        if (!structured)
+        {
+            WriteSimpleHeader(buffer, NbdError.None, request.Handle);
+            return;
+        }
+        WriteChunkHeader(buffer, ReplyTypeOffsetData, request.Handle, (uint)(OffsetDataPayload.DataOffset + length));
+        BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
     }
 
     /// <summary>True when read data may go straight from a host file (<see cref="ReadFile"/>): a plain connection on Linux.</summary>
@@ -81,15 +92,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
             pinned.Dispose();
             throw;
         }
-        if (!structured)
-        {
-            WriteSimpleHeader(buffer, NbdError.None, request.Handle);
-        }
-        else
-        {
-            WriteChunkHeader(buffer, ReplyTypeOffsetData, request.Handle, (uint)(OffsetDataPayload.DataOffset + pinned.Length));
-            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(ChunkHeader.Size + OffsetDataPayload.OffsetOffset), request.Offset);
-        }
+        WriteDataHeader(buffer, request, pinned.Length);
 #pragma warning disable CA2000 // The sender owns the body from here: it disposes it after the send, or when it drops the reply.
         sender.Send(new OutgoingReply(buffer, ReadHeaderRoom, charge, new FileReplyBody(pinned)));
 #pragma warning restore CA2000
