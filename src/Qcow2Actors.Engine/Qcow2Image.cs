@@ -211,6 +211,8 @@ public sealed partial class Qcow2Image : IAsyncDisposable
             }
             if (source!.TryPinCached(host, count) is not { } handle) return null;
             pinned = new HostFileRange(handle, host, count, lease, ctx is null ? null : _gate);
+            // Its lookup was answered by the cached table, as a read's is (counted once, for the pin that went out).
+            layer.Metrics.L2Hit();
             return pinned;
         }
         finally

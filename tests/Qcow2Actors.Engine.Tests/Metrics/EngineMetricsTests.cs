@@ -77,6 +77,30 @@ public sealed class EngineMetricsTests : HostedImageTests
         Assert.Equal(5, recorder.Sum(EngineMetrics.L2CacheHits));
     }
 
+    [LinuxFact]
+    public async Task A_read_pinned_in_the_host_file_counts_its_lookup_as_an_L2_hit()
+    {
+        var path = Dir.File("pin.qcow2");
+        ImageCreator.Create(path, new Qcow2CreateOptions { Size = 16 << 20, ClusterSize = Cluster });
+        await using (var writer = await Host.OpenAsync(path, new Qcow2OpenOptions { ReadOnly = false }))
+            await writer.WriteAsync(0, Pattern(4 * Cluster)); // one allocation: one host run
+
+        var name = UniqueName();
+        using var recorder = MetricRecorder.ForTag(EngineMetrics.MeterName, EngineMetrics.ImageTag, name);
+        await using (var image = await Qcow2Image.OpenAsync(path, new Qcow2OpenOptions { MetricsName = name }))
+        {
+            // Loads the table and brings the bytes into the page cache, which a pin needs.
+            await image.ReadAsync(0, new byte[4 * Cluster]);
+            double hits = recorder.Sum(EngineMetrics.L2CacheHits), misses = recorder.Sum(EngineMetrics.L2CacheMisses);
+            using (var pin = image.TryPinFileRange(0, 4 * Cluster)) Assert.NotNull(pin);
+            Assert.Equal(hits + 1, recorder.Sum(EngineMetrics.L2CacheHits));
+            // A range that cannot be pinned is read the ordinary way, which counts its own lookups.
+            Assert.Null(image.TryPinFileRange(8L * Cluster, Cluster));
+            Assert.Equal(hits + 1, recorder.Sum(EngineMetrics.L2CacheHits));
+            Assert.Equal(misses, recorder.Sum(EngineMetrics.L2CacheMisses));
+        }
+    }
+
     [QemuFact]
     public async Task Allocated_clusters_follow_allocation_and_discard()
     {
