@@ -394,7 +394,7 @@ internal sealed partial class L2TableActor
         Publish(newTable);
         Refcounts.Free(release);
         foreach (var c in punch) _dataPunches[c] = durable.Task;
-        var self = Self;
+        var self = _self;
         _ = durable.Task.ContinueWith(_ => self.Tell(new PunchDataClusters()), CancellationToken.None,
             TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }

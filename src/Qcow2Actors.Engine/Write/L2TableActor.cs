@@ -18,7 +18,8 @@ namespace Qcow2Actors.Engine.Write;
 /// </summary>
 // No ConfigureAwait(false) in this actor: continuations of ReceiveAsync handlers must
 // resume on the actor's context (Akka suspends the mailbox until the handler completes).
-// Guest writes are the exception (RunInline): they stash the mailbox themselves while they wait.
+// Table operations (writes, zeroes, discards, compressed writes) are the exception (RunInline): they stash the
+// mailbox themselves while they wait, and their continuations run off the actor's context (so _self, not Self).
 internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
 {
     private readonly ImageContext _ctx;
@@ -41,11 +42,14 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     private readonly Dictionary<long, Task> _dataPunches = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly BlockingIo _io;
+    // Self, for continuations that run off the actor's context (RunInline): Self itself needs the context.
+    private readonly IActorRef _self;
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
         _ctx = ctx;
         _io = ctx.Io ?? BlockingIo.For(Context.System);
+        _self = Self;
         _l1Index = l1Index;
         _g = ctx.Geometry;
         _entries = _g.L2Entries;
@@ -66,9 +70,9 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     private void Active()
     {
         Receive<WriteOp>(m => RunInline(Guard(m.Done, false, m.Space, false, () => WriteAsync(m.Offset, m.Data))));
-        ReceiveAsync<ZeroOp>(m => Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap)));
-        ReceiveAsync<DiscardOp>(m => Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length, m.Deallocate)));
-        ReceiveAsync<CompressedWriteOp>(m => Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster)));
+        Receive<ZeroOp>(m => RunInline(Guard(m.Done, m.Unmap, m.Space, false, () => ZeroAsync(m.Offset, m.Length, m.Unmap))));
+        Receive<DiscardOp>(m => RunInline(Guard(m.Done, true, null, true, () => DiscardAsync(m.Offset, m.Length, m.Deallocate))));
+        Receive<CompressedWriteOp>(m => RunInline(Guard(m.Done, false, m.Space, false, () => WriteCompressedAsync(m.Offset, m.Cluster))));
         ReceiveAsync<PunchDataClusters>(_ => _io.Run(PunchDurableDataClusters));
         Receive<PauseMutations>(m =>
         {
@@ -92,17 +96,18 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     }
 
     /// <summary>
-    /// Lets a guest write that has already ended go without Akka's asynchronous-handler machinery (the usual case:
-    /// the table is loaded and device writes complete inline), which saves suspending the mailbox and scheduling
-    /// it again for every write. A write that waits (a table load, a call on an I/O thread) holds every other
-    /// message in the stash until it ends, so the table still runs one operation at a time; its continuations run
-    /// on the thread pool meanwhile, and touch only this actor's state and messages to other actors.
+    /// Lets a table operation (a guest write, zeroes, a discard, a compressed write) that has already ended go
+    /// without Akka's asynchronous-handler machinery (the usual case: the table is loaded and device writes complete
+    /// inline), which saves suspending the mailbox and scheduling it again for every operation. One that waits (a
+    /// table load, a call on an I/O thread) holds every other message in the stash until it ends, so the table still
+    /// runs one operation at a time; its continuations run on the thread pool meanwhile, and touch only this actor's
+    /// state and messages to other actors.
     /// </summary>
     private void RunInline(Task operation)
     {
         if (operation.IsCompleted) return; // Guard completes the request itself and never faults
         BecomeStacked(WaitingForOperation);
-        operation.ContinueWith(static (_, self) => ((IActorRef)self!).Tell(OperationEnded.Instance), Self,
+        operation.ContinueWith(static (_, self) => ((IActorRef)self!).Tell(OperationEnded.Instance), _self,
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 
