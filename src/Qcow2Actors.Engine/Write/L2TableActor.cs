@@ -121,7 +121,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         ReceiveAny(_ => Stash.Stash());
     }
 
-    /// <summary>A write that waited has ended (<see cref="RunInline"/>).</summary>
+    /// <summary>A table operation that waited has ended (<see cref="RunInline"/>).</summary>
     private sealed class OperationEnded
     {
         public static readonly OperationEnded Instance = new();

@@ -294,11 +294,12 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
 
     private async ValueTask<SocketCallArgs.Result> StalledAsync(ValueTask<SocketCallArgs.Result> send)
     {
-        // Pins that have had their grace already go now, however short this wait turns out to be.
-        CopyPinned(time.GetTimestamp() - (long)(PinGrace.TotalSeconds * time.TimestampFrequency));
         ITimer? timer = null;
         lock (_copyLock)
         {
+            // Pins that have had their grace already go now, however short this wait turns out to be. Under the copy
+            // lock, as the grace timer's copies are: a late callback of an earlier wait never copies beside this one.
+            CopyPinned(time.GetTimestamp() - (long)(PinGrace.TotalSeconds * time.TimestampFrequency));
             if (!_disposed)
             {
                 _waiting = true;
