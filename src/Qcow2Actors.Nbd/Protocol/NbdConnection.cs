@@ -283,6 +283,7 @@ internal sealed class NbdConnection
         {
             _idleTimer?.Dispose();
             _sender.Uncork();
+            _sender.SendHeld();
             try
             {
                 // Let every request already read finish and reply, so a DISC, a hang-up or a graceful
@@ -334,6 +335,7 @@ internal sealed class NbdConnection
                 _log.LogInformation("NBD {Peer}: write of {Length} bytes exceeds the {Max} byte limit; answering EOVERFLOW and disconnecting",
                     _peer, request.Length, Options.MaxBlockSize);
                 await _slots.WaitAsync(_stopping);
+                _sender.Started(request);
                 dispatcher.Refuse(request, NbdError.Overflow, $"write of {request.Length} bytes exceeds the maximum block size {Options.MaxBlockSize}");
                 return;
             }
@@ -341,7 +343,9 @@ internal sealed class NbdConnection
             var slot = _slots.WaitAsync(_stopping);
             if (!slot.IsCompleted)
             {
-                _sender.Uncork(); // the slots free up only as replies leave
+                // The slots free up only as replies leave.
+                _sender.Uncork();
+                _sender.SendHeld();
                 _server.ReaderWaitingForSlot?.Invoke();
             }
             await slot;
@@ -360,6 +364,7 @@ internal sealed class NbdConnection
                     if (!gate.IsCompleted)
                     {
                         _sender.Uncork();
+                        _sender.SendHeld();
                         _server.ReaderWaitingForBytes?.Invoke();
                     }
                     await gate;
@@ -387,6 +392,7 @@ internal sealed class NbdConnection
                 throw;
             }
 
+            _sender.Started(request);
             dispatcher.Dispatch(request, payload, charge);
         }
     }

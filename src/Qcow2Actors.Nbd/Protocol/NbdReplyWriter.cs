@@ -38,12 +38,12 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         if (!structured)
         {
             WriteDataHeader(buffer, request, length);
-            sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size + length, charge));
+            sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size + length, charge), request);
         }
         else if (length == 0)
         {
             WriteChunkHeader(buffer, ReplyTypeNone, request.Handle, 0);
-            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size, charge));
+            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size, charge), request);
         }
         else if (buffer.Length >= ChunkHeader.Size + OffsetHolePayload.Length && !buffer.AsSpan(ReadHeaderRoom, length).ContainsAnyExcept((byte)0))
         {
@@ -51,12 +51,12 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
             var hole = buffer.AsSpan(ChunkHeader.Size);
             BinaryPrimitives.WriteUInt64BigEndian(hole[OffsetHolePayload.OffsetOffset..], request.Offset);
             BinaryPrimitives.WriteUInt32BigEndian(hole[OffsetHolePayload.HoleSizeOffset..], request.Length);
-            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + OffsetHolePayload.Length, charge));
+            sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + OffsetHolePayload.Length, charge), request);
         }
         else
         {
             WriteDataHeader(buffer, request, length);
-            sender.Send(new OutgoingReply(buffer, ReadHeaderRoom + length, charge));
+            sender.Send(new OutgoingReply(buffer, ReadHeaderRoom + length, charge), request);
         }
     }
 
@@ -94,7 +94,7 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         }
         WriteDataHeader(buffer, request, pinned.Length);
 #pragma warning disable CA2000 // The sender owns the body from here: it disposes it after the send, or when it drops the reply.
-        sender.Send(new OutgoingReply(buffer, ReadHeaderRoom, charge, new FileReplyBody(pinned)));
+        sender.Send(new OutgoingReply(buffer, ReadHeaderRoom, charge, new FileReplyBody(pinned)), request);
 #pragma warning restore CA2000
     }
 
@@ -107,13 +107,13 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         metrics.Finish(request, error, error == NbdError.None && request.Type == CmdWrite ? request.Length : 0);
         if (structured && (error != NbdError.None || request.Type is CmdRead or CmdBlockStatus))
         {
-            if (error == NbdError.None) Chunk(request.Handle, ReplyTypeNone, default, charge);
-            else Error(request.Handle, error, message, charge);
+            if (error == NbdError.None) Chunk(request, ReplyTypeNone, default, charge);
+            else Error(request, error, message, charge);
             return;
         }
         var buffer = RequestBuffers.Rent(SimpleReplyHeader.Size);
         WriteSimpleHeader(buffer, error, request.Handle);
-        sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size, charge));
+        sender.Send(new OutgoingReply(buffer, SimpleReplyHeader.Size, charge), request);
     }
 
     /// <summary>
@@ -144,10 +144,10 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
             next += count;
             at += ChunkHeader.Size + payloadLength;
         }
-        sender.Send(new OutgoingReply(buffer, total, charge));
+        sender.Send(new OutgoingReply(buffer, total, charge), request);
     }
 
-    private void Error(ulong handle, NbdError error, string? message, long charge)
+    private void Error(in NbdRequest request, NbdError error, string? message, long charge)
     {
         var text = Encoding.UTF8.GetBytes(message ?? "");
         var textLength = Math.Min(text.Length, MaxStringLength);
@@ -155,15 +155,15 @@ internal sealed class NbdReplyWriter(ReplySender sender, bool structured, Export
         BinaryPrimitives.WriteUInt32BigEndian(payload[ErrorPayload.ErrorOffset..], (uint)error);
         BinaryPrimitives.WriteUInt16BigEndian(payload[ErrorPayload.MessageLengthOffset..], (ushort)textLength);
         text.AsSpan(0, textLength).CopyTo(payload[ErrorPayload.MessageOffset..]);
-        Chunk(handle, ReplyTypeError, payload, charge);
+        Chunk(request, ReplyTypeError, payload, charge);
     }
 
-    private void Chunk(ulong handle, ushort type, ReadOnlySpan<byte> payload, long charge)
+    private void Chunk(in NbdRequest request, ushort type, ReadOnlySpan<byte> payload, long charge)
     {
         var buffer = RequestBuffers.Rent(ChunkHeader.Size + payload.Length);
-        WriteChunkHeader(buffer, type, handle, (uint)payload.Length);
+        WriteChunkHeader(buffer, type, request.Handle, (uint)payload.Length);
         payload.CopyTo(buffer.AsSpan(ChunkHeader.Size));
-        sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payload.Length, charge));
+        sender.Send(new OutgoingReply(buffer, ChunkHeader.Size + payload.Length, charge), request);
     }
 
     private static void WriteSimpleHeader(Span<byte> buffer, NbdError error, ulong handle)

@@ -8,7 +8,8 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// Puts whole replies on the socket, one sender at a time, in the order they were handed over.
 /// Replies made while a send is under way, or while the reader holds the cork (it has more whole
 /// requests buffered), queue up and leave together: small ones copied into one buffer, large ones
-/// in one gather send, so a pipelined batch costs one system call rather than one per reply.
+/// in one gather send, so a pipelined batch costs one system call rather than one per reply. A small reply that
+/// finds nothing to join may also wait briefly for the connection's other running requests (<see cref="ReplyHold"/>).
 /// After each send the reply's buffer goes back to the pool and its request's budget is released.
 /// On a TLS connection (<paramref name="tls"/> set) the same batches go through the TLS stream instead
 /// of the socket; a plain connection writes to the socket directly, with no stream in between (and a failed send
@@ -41,6 +42,8 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
     private bool _waiting;
     private bool _disposed;
     private ITimer? _graceTimer;
+    private readonly ReplyHold _hold = new();
+    private ITimer? _holdTimer; // made and armed under _copyLock, as the grace timer is, so Dispose ends both
     private readonly byte[] _one = new byte[1];
 
     /// <summary>Called each time a send starts waiting for the client to make room, after old pins were copied (tests).</summary>
@@ -61,16 +64,27 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
         get { lock (_lock) return _broken; }
     }
 
+    /// <summary>
+    /// The reply to <paramref name="request"/>, which the reader handed on with <see cref="Started"/>: sent now, or
+    /// after the replies ahead of it, or held for a moment while the connection's other requests finish
+    /// (<see cref="ReplyHold"/>); never throws.
+    /// </summary>
+    public void Send(OutgoingReply reply, in NbdRequest request) => Send(reply with { Counted = ReplyHold.Counts(request) });
+
+    /// <summary>The reader hands <paramref name="request"/> on to run (or to be refused); its reply comes through <see cref="Send(OutgoingReply, in NbdRequest)"/>.</summary>
+    public void Started(in NbdRequest request) => _hold.Started(request);
+
     /// <summary>Sends <paramref name="reply"/> now, or after the replies ahead of it; never throws.</summary>
     public void Send(OutgoingReply reply)
     {
         if (reply.Body is { } body) body.PinnedAt = time.GetTimestamp();
-        bool drain = false, dropped = false, copy = false;
+        bool drain = false, dropped = false, copy = false, arm = false;
         lock (_lock)
         {
+            if (reply.Counted) _hold.Ended();
             if (_broken) dropped = true;
             else if (_stalled && reply.Body is not null) copy = true;
-            else Enqueue(reply, ref drain);
+            else Enqueue(reply, ref drain, ref arm);
         }
         if (copy)
         {
@@ -80,20 +94,50 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
             lock (_lock)
             {
                 if (_broken) dropped = true;
-                else Enqueue(reply, ref drain);
+                else Enqueue(reply, ref drain, ref arm);
             }
         }
         if (dropped) Finish(reply);
         else if (drain) _ = DrainAsync();
+        else if (arm) ArmHold();
     }
 
     /// <summary>True when replies may carry data straight from a file (<see cref="FileReplyBody"/>): a plain socket on Linux.</summary>
     public bool SendsFiles => tls is null && SocketSendFile.IsSupported;
 
-    private void Enqueue(OutgoingReply reply, ref bool drain)
+    private void Enqueue(OutgoingReply reply, ref bool drain, ref bool arm)
     {
         _queue.Add(reply);
-        if (!_sending && !_corked) drain = _sending = true;
+        if (_sending || _corked) return;
+        if (_hold.MayWait(reply, _queue.Count, CoalesceLimit))
+        {
+            // The first reply held starts the bound; the ones that join it share it.
+            arm = _queue.Count == 1;
+            return;
+        }
+        drain = _sending = true;
+    }
+
+    /// <summary>Sends the replies held for company (<see cref="ReplyHold"/>): the reader is about to wait for the client, or the bound ran out.</summary>
+    public void SendHeld()
+    {
+        lock (_lock)
+        {
+            if (_sending || _corked || _queue.Count == 0) return;
+            _sending = true;
+        }
+        _ = DrainAsync();
+    }
+
+    private void ArmHold()
+    {
+        lock (_copyLock)
+        {
+            if (_disposed) return;
+            _holdTimer ??= time.CreateTimer(static state => ((ReplySender)state!).SendHeld(), this,
+                Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            _holdTimer.Change(ReplyHold.Bound, Timeout.InfiniteTimeSpan);
+        }
     }
 
     /// <summary>Holds replies back: the reader has more requests buffered and will uncork before it waits.</summary>
@@ -379,6 +423,7 @@ internal sealed class ReplySender(Socket socket, Stream? tls, Action<long> relea
             // Under the lock: a copy the timer is making finishes first, and no timer is made or armed after this.
             _disposed = true;
             _graceTimer?.Dispose();
+            _holdTimer?.Dispose();
         }
     }
 
