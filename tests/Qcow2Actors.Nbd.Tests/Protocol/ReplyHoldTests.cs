@@ -51,7 +51,11 @@ public sealed class ReplyHoldTests : IAsyncDisposable
     private int Arrived => _client.Available;
 
     /// <summary>Reads exactly <paramref name="count"/> bytes and returns the handles' fill bytes in order, one per reply.</summary>
-    private async Task<byte[]> ReceiveAsync(int count)
+    private async Task<byte[]> ReceiveAsync(int count) =>
+        (await ReceiveBytesAsync(count)).Where((_, i) => i % ReplyLength == 0).ToArray();
+
+    /// <summary>Reads exactly <paramref name="count"/> bytes.</summary>
+    private async Task<byte[]> ReceiveBytesAsync(int count)
     {
         var got = new byte[count];
         int at = 0;
@@ -62,7 +66,7 @@ public sealed class ReplyHoldTests : IAsyncDisposable
             Assert.True(n > 0, "the sender closed the connection");
             at += n;
         }
-        return got.Where((_, i) => i % ReplyLength == 0).ToArray();
+        return got;
     }
 
     [Fact]
@@ -144,10 +148,7 @@ public sealed class ReplyHoldTests : IAsyncDisposable
         Reply(small);
         Assert.Equal(0, Arrived);
         Reply(large, 64 * 1024);
-        var got = new byte[ReplyLength + 64 * 1024];
-        int at = 0;
-        using var cts = new CancellationTokenSource(Timeout);
-        while (at < got.Length) at += await _client.ReceiveAsync(got.AsMemory(at), SocketFlags.None, cts.Token);
+        var got = await ReceiveBytesAsync(ReplyLength + 64 * 1024);
         Assert.Equal((byte)small.Handle, got[0]);
         Assert.Equal((byte)large.Handle, got[ReplyLength]);
     }
