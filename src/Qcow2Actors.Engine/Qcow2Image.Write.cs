@@ -38,9 +38,47 @@ public sealed partial class Qcow2Image
     /// Writes <paramref name="data"/> at <paramref name="offset"/>. Volatile until a flush, as on
     /// a disk; with <paramref name="fua"/> the write and everything before it are durable on return.
     /// </summary>
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default) =>
+        WriteCoreAsync(null, offset, data, fua, handOff: false, cancellationToken);
+
+    /// <summary>
+    /// Starts a write that goes whole to the image's actors, so the calling thread never waits on the device: for a
+    /// caller on a thread that must not block, such as an event loop. Returns false, having started nothing, when the
+    /// write belongs on <see cref="WriteAsync"/> from a thread that may block: its first cluster is the image's own and
+    /// is overwritten in place there, or the image is read-only or closed, has a space quota (whose reservation may
+    /// read tables), or an external data file.
+    /// </summary>
+    /// <param name="offset">Guest offset of the first byte.</param>
+    /// <param name="data">The bytes; the caller keeps them unchanged until <paramref name="write"/> completes.</param>
+    /// <param name="cancellationToken">Stops waiting for admission (a snapshot edit in progress), as for <see cref="WriteAsync"/>.</param>
+    /// <param name="write">
+    /// The write, volatile until a flush as with <see cref="WriteAsync"/>. It completes on an engine thread, at the
+    /// moment the write ends and before that thread goes on: its continuation runs there, so it must be short and
+    /// must not block.
+    /// </param>
+    public bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken, out ValueTask write)
     {
-        var ctx = Writer();
+        write = default;
+        if (_ctx is not { } ctx || ctx.ReadOnlyReason is not null || _disposed != 0 || data.Length == 0
+            || ctx.Geometry.ExternalDataFile || ctx.Allocator?.Space is not null
+            || offset < 0 || offset > VirtualSize - data.Length)
+            return false;
+        var g = ctx.Geometry;
+        long firstEnd = Math.Min(offset + data.Length, ((offset >> g.ClusterBits) + 1) << g.ClusterBits);
+        if (OwnedRuns(ctx, offset, firstEnd, null) > offset) return false;
+        write = WriteCoreAsync(ctx, offset, data, fua: false, handOff: true, cancellationToken);
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="WriteAsync"/> (<paramref name="writer"/> null) and <see cref="TryStartWrite"/>. With <paramref name="handOff"/> no cluster is written
+    /// in place on this thread (the table actors write them all), and the table operations complete the caller's
+    /// continuation on their own thread instead of the pool's.
+    /// </summary>
+    private async ValueTask WriteCoreAsync(ImageContext? writer, long offset, ReadOnlyMemory<byte> data, bool fua, bool handOff, CancellationToken cancellationToken)
+    {
+        // Inside the task: a closed or read-only image fails the returned task, not the call.
+        var ctx = writer ?? Writer();
         using var admitted = await EnterAsync(cancellationToken).ConfigureAwait(false);
         CheckRange(offset, data.Length);
         // Bits first, durably: a bitmap must cover every write that may reach the disk, acknowledged or not.
@@ -63,7 +101,7 @@ public sealed partial class Qcow2Image
                     long fastEnd;
                     try
                     {
-                        fastEnd = await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                        fastEnd = handOff ? pos : await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
                     }
                     catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                     {
@@ -74,13 +112,15 @@ public sealed partial class Qcow2Image
                     }
                     if (fastEnd < tableEnd)
                     {
-                        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        // Handed off, the caller's continuation (short, by TryStartWrite's contract) runs where the table
+                        // operation ends: one thread hand-off fewer per write.
+                        var done = new TaskCompletionSource(handOff ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously);
                         _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space)));
                         (pending ??= new List<Task>()).Add(done.Task);
                     }
                     pos = tableEnd;
                 }
-                if (pending is not null) await Task.WhenAll(pending).ConfigureAwait(false);
+                if (pending is not null) await (pending.Count == 1 ? pending[0] : Task.WhenAll(pending)).ConfigureAwait(false);
             }
             finally
             {

@@ -105,6 +105,21 @@ public interface INbdExport
     bool TryStartRead(long offset, byte[] buffer, int index, int count, Engine.IReadCompletion completion) => false;
 
     /// <summary>
+    /// Starts writing <paramref name="data"/> at <paramref name="offset"/> with no thread waiting for the disk, and
+    /// returns true with the write in <paramref name="write"/>; returns false, having started nothing, when it cannot
+    /// (the server then calls <see cref="WriteAsync"/> from a thread that may wait). The server asks, for WRITEs without
+    /// FUA, on the thread that parsed the request when that thread must not block (the socket engine's, with inline
+    /// socket completions), so a write the export hands to threads of its own skips a thread hand-off. The server
+    /// keeps <paramref name="data"/> unchanged until the write completes, and only sends the reply in its continuation,
+    /// so the write may complete on a thread that must not be blocked. Must not block or throw. The default says false.
+    /// </summary>
+    bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken, out ValueTask write)
+    {
+        write = default;
+        return false;
+    }
+
+    /// <summary>
     /// Pins [<paramref name="offset"/>, + <paramref name="length"/>) where its bytes lie in a host file's page cache
     /// and returns the pin, so the server sends them straight from the file (<c>sendfile</c>) rather than copying
     /// them through a buffer; null when it cannot (the server then calls <see cref="ReadAsync"/>). The server

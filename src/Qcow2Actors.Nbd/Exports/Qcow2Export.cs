@@ -127,6 +127,28 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
     }
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// Yes for a write whose first cluster needs a new mapping (an allocating write, which the image's table actors
+    /// carry out whole); no where the image overwrites its own cluster in place on the calling thread
+    /// (<see cref="Qcow2Image.TryStartWrite"/>).
+    /// </remarks>
+    public bool TryStartWrite(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken, out ValueTask write)
+    {
+        write = default;
+        if (WriteRefusal() is not null) return false;
+        try
+        {
+            if (!_image.TryStartWrite(offset, data, cancellationToken, out var started)) return false;
+            write = Guard(started);
+            return true;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            return false; // the ordinary write meets it again and reports it
+        }
+    }
+
+    /// <inheritdoc/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);

@@ -55,6 +55,8 @@ internal sealed partial class NbdCommandDispatcher(
             case CmdBlockStatus:
                 _ = BlockStatusAsync(request, charge); // yields to the pool first
                 break;
+            case CmdWrite when !OnPoolThread && TryStartWrite(request, payload, charge):
+                break;
             default:
                 if (OnPoolThread) _ = RunInlineAsync(request, payload, charge);
                 else ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Dispatcher.RunInlineAsync(s.Request, s.Payload, s.Charge),
@@ -129,20 +131,47 @@ internal sealed partial class NbdCommandDispatcher(
     }
 
     /// <summary>
-    /// A payload-free command, run on the reader loop up to its first real wait; when the export
-    /// answers synchronously the reply goes at once and nothing is allocated for the await.
+    /// A well-formed WRITE without FUA on the socket engine's thread that the export starts without a thread waiting
+    /// for the disk (<see cref="INbdExport.TryStartWrite"/>): started here, with no hand-off to the pool, and answered
+    /// from where it completes. False, having started nothing, for anything else (a refusal is answered the ordinary way).
     /// </summary>
-    private async Task RunInlineAsync(NbdRequest r, WritePayload? payload, long charge)
+    private bool TryStartWrite(in NbdRequest r, WritePayload? payload, long charge)
     {
-        NbdError error;
-        string? message;
+        ValueTask write;
+        try
+        {
+            if (payload is not { } data || r.Has(CmdFlagFua) || Check(r) is not (NbdError.None, _, true)
+                || !_export.TryStartWrite((long)r.Offset, data.Memory, abort, out write))
+                return false;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            return false; // the contract says it does not throw; if it does, the ordinary write answers
+        }
+        _ = RunInlineAsync(r, payload, charge, write);
+        return true;
+    }
+
+    /// <summary>
+    /// A payload-free command, run on the reader loop up to its first real wait; when the export
+    /// answers synchronously the reply goes at once and nothing is allocated for the await. With
+    /// <paramref name="started"/>, the request was checked and started already (<see cref="TryStartWrite"/>).
+    /// </summary>
+    private async Task RunInlineAsync(NbdRequest r, WritePayload? payload, long charge, ValueTask? started = null)
+    {
+        NbdError error = NbdError.None;
+        string? message = null;
         try
         {
             // Inside the try: Check reads the export's live state, which may throw, and a throw
             // here must still answer the request and release its slot.
-            bool run;
-            (error, message, run) = Check(r);
-            if (run) await Begin(r, payload);
+            if (started is { } write) await write;
+            else
+            {
+                bool run;
+                (error, message, run) = Check(r);
+                if (run) await Begin(r, payload);
+            }
         }
         catch (Exception ex) when (!AbortedBy(ex))
         {
