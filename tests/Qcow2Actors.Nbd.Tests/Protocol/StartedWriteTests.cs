@@ -53,11 +53,8 @@ public sealed class StartedWriteTests
     [Fact]
     public async Task A_write_the_export_starts_is_offered_on_the_socket_thread_and_answered_only_when_it_completes()
     {
-        var inner = new MemoryExport("e", 1 << 20);
-        var export = new StartingExport(inner);
-        await using var server = await TestServers.StartTcpAsync(export);
-        await using var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        await client.GoAsync("e");
+        await using var c = await Connected.StartAsync();
+        var (inner, export, client) = (c.Inner, c.Export, c.Client);
 
         var data = TestServers.RandomBytes(4096, 7);
         await client.SendRequestAsync(0, RawNbdClient.CmdWrite, 1, (ulong)StartingExport.StartFrom, 4096, data);
@@ -70,9 +67,7 @@ public sealed class StartedWriteTests
         export.Started[0].Done.SetResult();
         var written = await client.ReadSimpleReplyAsync().WaitAsync(Bound);
         Assert.Equal((0u, 1ul), (written.Error, written.Handle));
-        var back = new byte[4096];
-        await inner.ReadAsync(StartFrom(), back, default);
-        Assert.Equal(data, back);
+        await AssertStoredAsync(inner, StartingExport.StartFrom, data);
         Assert.Empty(export.Ordinary);
         // Asked on the socket engine's thread: else this test shows nothing about the hand-off it saves.
         Assert.Equal([(StartingExport.StartFrom, false)], export.Asked);
@@ -81,19 +76,14 @@ public sealed class StartedWriteTests
     [Fact]
     public async Task A_write_the_export_declines_goes_to_WriteAsync_and_lands()
     {
-        var inner = new MemoryExport("e", 1 << 20);
-        var export = new StartingExport(inner);
-        await using var server = await TestServers.StartTcpAsync(export);
-        await using var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        await client.GoAsync("e");
+        await using var c = await Connected.StartAsync();
+        var (inner, export, client) = (c.Inner, c.Export, c.Client);
 
         var data = TestServers.RandomBytes(4096, 8);
         await client.SendRequestAsync(0, RawNbdClient.CmdWrite, 1, 4096, 4096, data);
         Assert.Equal(0u, (await client.ReadSimpleReplyAsync().WaitAsync(Bound)).Error);
 
-        var back = new byte[4096];
-        await inner.ReadAsync(4096, back, default);
-        Assert.Equal(data, back);
+        await AssertStoredAsync(inner, 4096, data);
         Assert.Equal([4096L], export.Ordinary);
         Assert.Equal([(4096L, false)], export.Asked);
         Assert.Empty(export.Started);
@@ -102,11 +92,8 @@ public sealed class StartedWriteTests
     [Fact]
     public async Task FUA_writes_and_writes_the_server_refuses_are_never_offered()
     {
-        var inner = new MemoryExport("e", 1 << 20);
-        var export = new StartingExport(inner);
-        await using var server = await TestServers.StartTcpAsync(export);
-        await using var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
-        await client.GoAsync("e");
+        await using var c = await Connected.StartAsync();
+        var (inner, export, client) = (c.Inner, c.Export, c.Client);
 
         // FUA: durable before the reply, which only the ordinary write promises.
         var data = TestServers.RandomBytes(4096, 9);
@@ -119,10 +106,37 @@ public sealed class StartedWriteTests
 
         Assert.Empty(export.Asked);
         Assert.Equal([StartingExport.StartFrom], export.Ordinary);
-        var back = new byte[4096];
-        await inner.ReadAsync(StartFrom(), back, default);
+        await AssertStoredAsync(inner, StartingExport.StartFrom, data);
+    }
+
+    private static async Task AssertStoredAsync(MemoryExport inner, long offset, byte[] data)
+    {
+        var back = new byte[data.Length];
+        await inner.ReadAsync(offset, back, default);
         Assert.Equal(data, back);
     }
 
-    private static long StartFrom() => StartingExport.StartFrom;
+    /// <summary>A server on <see cref="StartingExport"/> over a 1 MiB memory export, and a client in transmission on it.</summary>
+    private sealed class Connected(MemoryExport inner, StartingExport export, NbdServer server, RawNbdClient client) : IAsyncDisposable
+    {
+        public MemoryExport Inner => inner;
+        public StartingExport Export => export;
+        public RawNbdClient Client => client;
+
+        public static async Task<Connected> StartAsync()
+        {
+            var inner = new MemoryExport("e", 1 << 20);
+            var export = new StartingExport(inner);
+            var server = await TestServers.StartTcpAsync(export);
+            var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+            await client.GoAsync("e");
+            return new Connected(inner, export, server, client);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await client.DisposeAsync();
+            await server.DisposeAsync();
+        }
+    }
 }
