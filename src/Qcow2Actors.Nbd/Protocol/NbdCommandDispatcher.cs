@@ -153,7 +153,7 @@ internal sealed partial class NbdCommandDispatcher(
     }
 
     /// <summary>
-    /// A payload-free command, run on the reader loop up to its first real wait; when the export
+    /// A WRITE, WRITE_ZEROES, TRIM or FLUSH, run on the calling thread up to its first real wait; when the export
     /// answers synchronously the reply goes at once and nothing is allocated for the await. With
     /// <paramref name="started"/>, the request was checked and started already (<see cref="TryStartWrite"/>).
     /// </summary>
