@@ -60,8 +60,7 @@ public sealed partial class Qcow2Image
     {
         write = default;
         if (_ctx is not { } ctx || ctx.ReadOnlyReason is not null || _disposed != 0 || data.Length == 0
-            || ctx.Geometry.ExternalDataFile || ctx.Allocator?.Space is not null
-            || offset < 0 || offset > VirtualSize - data.Length)
+            || ctx.Geometry.ExternalDataFile || ctx.Allocator?.Space is not null || !InDisk(offset, data.Length))
             return false;
         var g = ctx.Geometry;
         long firstEnd = Math.Min(offset + data.Length, ((offset >> g.ClusterBits) + 1) << g.ClusterBits);

@@ -139,7 +139,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         if (_ctx is not null && !_gate.TryEnter()) return false;
         try
         {
-            return offset >= 0 && offset <= VirtualSize && buffer.Length <= VirtualSize - offset && layer.TryReadNow(offset, buffer);
+            return InDisk(offset, buffer.Length) && layer.TryReadNow(offset, buffer);
         }
         finally
         {
@@ -162,7 +162,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(buffer);
         ArgumentNullException.ThrowIfNull(completion);
         if (_disposed != 0 || _top is not Read.Qcow2Layer layer || count <= 0 || index < 0 || count > buffer.Length - index) return false;
-        if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return false;
+        if (!InDisk(offset, count)) return false;
         // A writable image's reads pass the request gate; this one holds its admission until the read ends.
         var gated = _ctx is not null;
         if (gated && !_gate.TryEnter()) return false;
@@ -200,7 +200,7 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         try
         {
             // Inside the gate: an online snapshot apply may change the disk's size.
-            if (offset < 0 || offset > VirtualSize || count > VirtualSize - offset) return null;
+            if (!InDisk(offset, count)) return null;
             if (!layer.TryMapFileRun(offset, count, out var host, out var source)) return null;
             if (ctx is not null && !ctx.Geometry.ExternalDataFile)
             {
@@ -281,6 +281,13 @@ public sealed partial class Qcow2Image : IAsyncDisposable
         && string.Equals(a.FileName, b.FileName, StringComparison.Ordinal)
         && a.Offset.HasValue == b.Offset.HasValue
         && (!a.Offset.HasValue || a.Offset.Value + a.Length == b.Offset);
+
+    /// <summary>True when [offset, offset + length) lies on the disk (for the Try* calls, which decline instead of throwing).</summary>
+    private bool InDisk(long offset, long length)
+    {
+        long size = VirtualSize;
+        return offset >= 0 && length >= 0 && offset <= size && length <= size - offset;
+    }
 
     private void CheckRange(long offset, long length)
     {
