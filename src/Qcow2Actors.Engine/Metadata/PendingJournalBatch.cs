@@ -15,7 +15,7 @@ namespace Qcow2Actors.Engine.Metadata;
 /// costs the ~3 MiB of chunks, which the file journal writes as they are (<see cref="JournalBatchSerializer.ToSequence"/>).
 /// Chunks grow from <see cref="FirstChunkBytes"/> to <see cref="MaxChunkBytes"/>: a flush of a few records allocates
 /// a small array, a long batch mostly large ones, which the GC allocates in place and never copies. A record never
-/// spans two chunks. Not thread-safe: the journal actor alone appends; once persisted, the batch is never changed.
+/// spans two chunks. Not thread-safe: appends run under the journal inbox's lock; once taken for a flush, the batch is never changed.
 /// </remarks>
 internal sealed class PendingJournalBatch
 {

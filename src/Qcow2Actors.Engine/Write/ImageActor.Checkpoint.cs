@@ -83,7 +83,7 @@ internal sealed partial class ImageActor
                 l1Size = (int)required;
             }
             records.Add(new Metadata.SetHeaderField(Metadata.HeaderField.Size, (ulong)newSize));
-            ctx.Journal.Tell(new AppendRecords(records));
+            ctx.JournalRecords.Append(records);
             if (release.Length > 0) ctx.Refcounts.Tell(new AdjustRefcounts(release, -1, null));
             ctx.PublishView(new ImageView(g, newSize, l1));
             ctx.Bitmaps?.Resize(newSize);

@@ -31,6 +31,7 @@ internal sealed class ImageContext
         Settings = settings;
         Geometry = layer.Views.Current.Geometry;
         Metadata = new MetadataMap(Geometry.ClusterBits);
+        JournalRecords = new JournalInbox(this);
     }
 
     /// <summary>
@@ -112,6 +113,9 @@ internal sealed class ImageContext
 
     public IActorRef Refcounts { get; set; } = ActorRefs.Nobody;
     public IActorRef Journal { get; set; } = ActorRefs.Nobody;
+
+    /// <summary>The records waiting for the next flush (<see cref="JournalInbox"/>); <see cref="Journal"/> takes them.</summary>
+    public JournalInbox JournalRecords { get; }
 
     /// <summary>Where writes wait for their bitmap granules to be journaled (<see cref="BitmapJournalActor"/>).</summary>
     public IActorRef BitmapJournal { get; set; } = ActorRefs.Nobody;

@@ -6,12 +6,13 @@ namespace Qcow2Actors.Engine.Write;
 
 /// <summary>
 /// The image's write-ahead journal, an Akka.Persistence actor. Records accumulate in
-/// memory, encoded as they arrive (<see cref="PendingJournalBatch"/>); a flush makes the
+/// memory, encoded as they arrive, in the image's <see cref="JournalInbox"/>; a flush makes the
 /// data durable (fdatasync), makes sure the header's dirty and journal-pending bits are
 /// durable, then persists everything gathered as ONE message (a group commit per flush,
 /// never one event per guest write) and only then acknowledges. Flushes that arrive together share one batch. The fdatasync runs on the
-/// engine's I/O threads (<see cref="BlockingIo"/>) while this actor's mailbox waits, so the
-/// batch is exactly what was appended before the sync started.
+/// engine's I/O threads (<see cref="BlockingIo"/>) while this actor's mailbox waits; the batch is
+/// taken from the inbox just before the sync starts, so it holds exactly what was appended before it
+/// (records that arrive during the sync wait for the next flush).
 /// </summary>
 // No ConfigureAwait(false): Persist after the await needs the actor's context.
 internal sealed class JournalActor : ReceivePersistentActor
@@ -21,15 +22,10 @@ internal sealed class JournalActor : ReceivePersistentActor
     private readonly ImageContext _ctx;
     private readonly Func<bool> _markDirty;
     private readonly BlockingIo _io;
-    private PendingJournalBatch _pending = new();
-    private List<long> _pendingFreed = new();
-    private List<TaskCompletionSource> _pendingDurable = new();
     private List<TaskCompletionSource> _waiters = new();
     private readonly List<JournalBatch>? _recovered = new();
     private bool _flushScheduled;
     private bool _markerDurable;
-    private long _recordsSinceCheckpoint;
-    private bool _checkpointRequested;
     private TaskCompletionSource? _truncating;
 
     public JournalActor(ImageContext ctx, string persistenceId, Func<bool> markDirty)
@@ -46,29 +42,8 @@ internal sealed class JournalActor : ReceivePersistentActor
         Recover<PendingJournalBatch>(b => _recovered!.Add(b.ToBatch()));
         Recover<RecoveryCompleted>(_ => Context.Parent.Tell(new JournalRecovered(_recovered!.ToArray())));
 
-        Command<AppendRecords>(m =>
-        {
-            try
-            {
-                _pending.Add(m.Records);
-            }
-            catch (ArgumentException ex)
-            {
-                // A write's metadata that cannot be journaled is lost to the next flush: fail like a journal write.
-                m.Durable?.TrySetException(ex);
-                FailInFlight($"journal record cannot be encoded: {ex.Message}", ex);
-                return;
-            }
-            _ctx.JournalSpace?.AddPending((long)m.Records.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
-            if (m.Freed is not null) _pendingFreed.AddRange(m.Freed);
-            if (m.Durable is not null) _pendingDurable.Add(m.Durable);
-            _recordsSinceCheckpoint += m.Records.Count;
-            if (!_checkpointRequested && _recordsSinceCheckpoint >= _ctx.Settings.CheckpointRecords)
-            {
-                _checkpointRequested = true;
-                Context.Parent.Tell(new CheckpointRequest(null));
-            }
-        });
+        Command<JournalInbox.RecordsRejected>(m => FailInFlight($"journal record cannot be encoded: {m.Error.Message}", m.Error));
+        Command<JournalInbox.CheckpointDue>(_ => Context.Parent.Tell(new CheckpointRequest(null)));
         Command<FlushRequest>(m =>
         {
             _waiters.Add(m.Done);
@@ -86,7 +61,7 @@ internal sealed class JournalActor : ReceivePersistentActor
                 m.Done.TrySetException(new IOException($"'{_ctx.Path}' is read-only: {reason}"));
                 return;
             }
-            _recordsSinceCheckpoint += m.Records.Count;
+            _ctx.JournalRecords.CountPersisted(m.Records.Count);
             _bitmapInFlight.Add(m.Done);
             Persist(new JournalBatch(m.Records), _ =>
             {
@@ -96,8 +71,7 @@ internal sealed class JournalActor : ReceivePersistentActor
         });
         Command<TruncateJournal>(m =>
         {
-            _recordsSinceCheckpoint = _pending.Count;
-            _checkpointRequested = false;
+            _ctx.JournalRecords.CheckpointTaken();
             if (LastSequenceNr == 0) { m.Done.TrySetResult(); return; }
             _truncating = m.Done;
             DeleteMessages(LastSequenceNr);
@@ -113,11 +87,11 @@ internal sealed class JournalActor : ReceivePersistentActor
     public override string PersistenceId { get; }
 
     /// <summary>Records not yet persisted (for tests and the close path).</summary>
-    public int PendingCount => _pending.Count;
+    public int PendingCount => _ctx.JournalRecords.Count;
 
     private async Task FlushAsync()
     {
-        if (!_markerDurable && _pending.Count > 0 && !_ctx.BitsOnDisk)
+        if (!_markerDurable && _ctx.JournalRecords.Count > 0 && !_ctx.BitsOnDisk)
         {
             // Every time the header is about to say "records pending", the journal must already
             // hold a message (file and directory entry durable): then a pending header with an
@@ -135,10 +109,13 @@ internal sealed class JournalActor : ReceivePersistentActor
         _flushScheduled = false;
         var waiters = _waiters;
         _waiters = new List<TaskCompletionSource>();
+        // Taken before the sync: records appended while it runs may describe data it does not cover.
+        JournalInbox.Taken? taken = null;
         try
         {
             _ctx.ThrowIfReadOnly();
-            bool records = _pending.Count > 0;
+            taken = _ctx.JournalRecords.Take();
+            bool records = taken is not null;
             await _io.Run(() =>
             {
                 // The bits go to disk with the same fdatasync as the data, before the first batch.
@@ -153,19 +130,15 @@ internal sealed class JournalActor : ReceivePersistentActor
             _ctx.Fail($"flush failed: {ex.Message}");
             var error = new IOException($"'{_ctx.Path}': flush failed, the image is now read-only: {ex.Message}", ex);
             foreach (var w in waiters) w.TrySetException(error);
+            foreach (var d in taken?.Durable ?? []) d.TrySetException(error);
             return;
         }
-        if (_pending.Count == 0)
+        if (taken is null)
         {
             foreach (var w in waiters) w.TrySetResult();
             return;
         }
-        var batch = _pending;
-        var freed = _pendingFreed;
-        var durable = _pendingDurable;
-        _pending = new PendingJournalBatch();
-        _pendingFreed = new List<long>();
-        _pendingDurable = new List<TaskCompletionSource>();
+        var (batch, freed, durable) = taken;
         long promised = (long)batch.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
         Persist(batch, _ =>
         {

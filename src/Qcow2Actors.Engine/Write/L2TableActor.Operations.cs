@@ -154,7 +154,7 @@ internal sealed partial class L2TableActor
         if (newTable && _words is not null) records.Add(new SetL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw));
         // Records first, then readers (and the owned-cluster fast path) may see the new entries: a write
         // that completes through a newly visible mapping is then always covered by the next flush.
-        if (records.Count > 0) _ctx.Journal.Tell(new AppendRecords(records));
+        if (records.Count > 0) _ctx.JournalRecords.Append(records);
         Publish(newTable);
         // Releases go out after the records that drop the references (same thread, same journal: ordered).
         Refcounts.Free(release);
@@ -390,7 +390,7 @@ internal sealed partial class L2TableActor
         if (records.Count == 0) return;
         if (newTable && _words is not null) records.Add(new SetL1Entry(_l1Index, L1Entry.Create(_tableOffset, copied: true).Raw));
         var durable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _ctx.Journal.Tell(new AppendRecords(records, Durable: durable));
+        _ctx.JournalRecords.Append(records, durable: durable);
         Publish(newTable);
         Refcounts.Free(release);
         foreach (var c in punch) _dataPunches[c] = durable.Task;

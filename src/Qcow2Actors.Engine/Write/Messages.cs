@@ -49,12 +49,6 @@ internal sealed record GetRefcounts(long[] Clusters, TaskCompletionSource<ulong[
 /// <summary>Write dirty refcount blocks and the table in place; replies with the table's location.</summary>
 internal sealed record WriteBackRefcounts(TaskCompletionSource<(long Offset, int Clusters)> Reply);
 
-/// <summary>
-/// Records to persist with the next flush; <paramref name="Freed"/> are clusters to release once they are durable;
-/// <paramref name="Durable"/>, if given, completes when the batch holding these records is durable.
-/// </summary>
-internal sealed record AppendRecords(IReadOnlyList<MetadataRecord> Records, long[]? Freed = null, TaskCompletionSource? Durable = null);
-
 /// <summary>Punch the data-file clusters whose discard is now durable (external data file images).</summary>
 internal sealed record PunchDataClusters;
 

@@ -301,6 +301,6 @@ internal sealed class RefcountAllocator
 
     private void Publish(List<MetadataRecord> records, long[]? freed)
     {
-        if (records.Count > 0 || freed is not null) _ctx.Journal.Tell(new AppendRecords(records, freed));
+        if (records.Count > 0 || freed is not null) _ctx.JournalRecords.Append(records, freed);
     }
 }

@@ -4,7 +4,7 @@ using Qcow2Actors.Engine.Write;
 
 namespace Qcow2Actors.Engine.Tests.Write;
 
-/// <summary>The journal actor encodes a write's records when they arrive; one it cannot encode fails the image like a journal write.</summary>
+/// <summary>A write's records are encoded as they are appended; one the journal cannot encode fails the image like a journal write.</summary>
 public sealed class JournalActorEncodingTests : HostedImageTests
 {
     /// <summary>A record kind the journal has no encoding for.</summary>
@@ -18,7 +18,7 @@ public sealed class JournalActorEncodingTests : HostedImageTests
         await image.WriteAsync(0, new byte[4096]);
 
         var durable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        image.WriteContext!.Journal.Tell(new AppendRecords([new SetRefcount(1, 1), new UnknownRecord()], Durable: durable), Akka.Actor.ActorRefs.NoSender);
+        image.WriteContext!.JournalRecords.Append([new SetRefcount(1, 1), new UnknownRecord()], durable: durable);
 
         var error = await Assert.ThrowsAsync<ArgumentException>(() => durable.Task.WaitAsync(TimeSpan.FromSeconds(15)));
         Assert.Contains("UnknownRecord", error.Message);

@@ -18,40 +18,6 @@ public sealed class SlowDiskIsolationTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    /// <summary>Stalls every flush (fdatasync) of the devices it wraps while it is closed; the test opens it.</summary>
-    private sealed class FlushGate
-    {
-        private readonly ManualResetEventSlim _open = new(true);
-        private readonly TaskCompletionSource _entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        /// <summary>Completes when a flush first waits at the closed gate.</summary>
-        public Task Entered => _entered.Task;
-
-        public bool IsClosed => !_open.IsSet;
-
-        public void Close() => _open.Reset();
-
-        public void Open() => _open.Set();
-
-        public void Pass()
-        {
-            if (_open.IsSet) return;
-            _entered.TrySetResult();
-            // Bounded only so that a broken engine cannot hang the test run; the test opens the gate.
-            _open.Wait(TimeSpan.FromMinutes(1));
-        }
-    }
-
-    private sealed class StallingFlushDevice(IBlockDevice inner, FlushGate gate) : DelegatingDevice(inner)
-    {
-        // Blocks the calling thread, as a stalled fdatasync does.
-        protected override ValueTask FlushCoreAsync(CancellationToken cancellationToken)
-        {
-            gate.Pass();
-            return Inner.FlushAsync(cancellationToken);
-        }
-    }
-
     private static byte[] Bytes(int length, int seed)
     {
         var data = new byte[length];
