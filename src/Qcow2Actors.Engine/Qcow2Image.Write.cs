@@ -114,7 +114,7 @@ public sealed partial class Qcow2Image
                         // Handed off, the caller's continuation (short, by TryStartWrite's contract) runs where the table
                         // operation ends: one thread hand-off fewer per write.
                         var done = new TaskCompletionSource(handOff ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously);
-                        _imageActor!.Tell(new RouteToTable((int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space)));
+                        RouteToTable(ctx, (int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space));
                         (pending ??= new List<Task>()).Add(done.Task);
                     }
                     pos = tableEnd;
@@ -276,7 +276,7 @@ public sealed partial class Qcow2Image
             cluster = padded;
         }
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _imageActor!.Tell(new RouteToTable((int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done)));
+        RouteToTable(ctx, (int)ctx.Geometry.L1Index(offset), new CompressedWriteOp(offset, cluster, done));
         try
         {
             await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -374,7 +374,7 @@ public sealed partial class Qcow2Image
             {
                 long tableEnd = Math.Min(end, ((pos >> g.L2CoverageBits) + 1) << g.L2CoverageBits);
                 var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                _imageActor!.Tell(new RouteToTable((int)g.L1Index(pos), make(pos, tableEnd - pos, done)));
+                RouteToTable(ctx, (int)g.L1Index(pos), make(pos, tableEnd - pos, done));
                 tasks.Add(done.Task);
                 pos = tableEnd;
             }
@@ -426,6 +426,13 @@ public sealed partial class Qcow2Image
         var refusal = account.Quota.Refusal(ctx.Path, clusters * g.ClusterSize);
         ctx.Report(Qcow2ImageFaultKind.NoSpace, refusal.Message);
         throw refusal;
+    }
+
+    /// <summary>Sends a table operation straight to its live table actor when the image actor left a route open, else through the image actor.</summary>
+    private void RouteToTable(ImageContext ctx, int index, object operation)
+    {
+        if (ctx.Routes.TryTell(index, operation)) ctx.Layer.L2Tables.Account?.Touch();
+        else _imageActor!.Tell(new RouteToTable(index, operation));
     }
 
     private ImageContext Writer()

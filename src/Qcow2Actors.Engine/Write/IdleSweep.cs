@@ -33,6 +33,12 @@ internal sealed class IdleSweep(TimeProvider time, TimeSpan tableIdleTimeout, Ti
     /// <summary>A request was routed to the table of L1 entry <paramref name="index"/>.</summary>
     public void Used(int index) => _lastUseAt[index] = time.GetTimestamp();
 
+    /// <summary>A caller sent to the table of <paramref name="index"/> directly at <paramref name="at"/> (a timestamp of the clock).</summary>
+    public void UsedAt(int index, long at)
+    {
+        if (!_lastUseAt.TryGetValue(index, out var last) || at > last) _lastUseAt[index] = at;
+    }
+
     /// <summary>The table actor of <paramref name="index"/> is gone.</summary>
     public void Forget(int index) => _lastUseAt.Remove(index);
 

@@ -15,6 +15,8 @@ internal sealed partial class ImageActor
         try
         {
             ctx.ThrowIfReadOnly();
+            // Before the pause: a direct send that reached a paused table would be stranded in its stash when the edit stops it.
+            ctx.Routes.CloseAll();
             paused = await PauseTablesAsync();
             // Forced (as at close): tables and refcounts in place, header clean, journal truncated.
             await CheckpointAsync(closing: true, paused);

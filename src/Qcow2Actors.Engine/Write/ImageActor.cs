@@ -190,6 +190,12 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         Receive<RouteToTable>(Route);
         Receive<Sweep>(_ => SweepIdle());
+        Receive<TablesOverCache>(_ =>
+        {
+            if (_checkpointQueued) return;
+            _checkpointQueued = true;
+            Self.Tell(new CheckpointRequest(null));
+        });
         Receive<ShedTables>(_ =>
         {
             _budget!.ShedDone();
@@ -213,7 +219,10 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         Receive<StayAlive>(m =>
         {
             if (_passivating.Remove(m.L1Index, out var held) && _tables.TryGetValue(m.L1Index, out var child))
+            {
                 foreach (var msg in held) child.Tell(msg);
+                _ctx!.Routes.Open(m.L1Index, child);
+            }
             AnswerInspectors();
         });
         Receive<Terminated>(t =>
@@ -221,7 +230,11 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
             _budget?.ReleaseActor(_actorBytes);
-            if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef)) _tables.Remove(index);
+            if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef))
+            {
+                _tables.Remove(index);
+                _ctx!.Routes.Close(index);
+            }
             _lastUse.Remove(index);
             _idle.Forget(index);
             if (_passivating.Remove(index, out var held))
@@ -283,7 +296,9 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         {
             try
             {
-                if (_ctx!.ReadOnlyReason is null) await CheckpointAsync(closing: true, finalClose: true);
+                // No direct send may reach a table after the final write-back.
+                _ctx!.Routes.CloseAll();
+                if (_ctx.ReadOnlyReason is null) await CheckpointAsync(closing: true, finalClose: true);
                 m.Done.TrySetResult();
             }
             catch (Exception ex)
@@ -344,6 +359,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         // A read-only image keeps its dirty tables for recovery: others must not wait for it.
         if (_ctx!.ReadOnlyReason is not null) _budget?.MarkStuck();
+        HarvestRoutes();
         int excess = _tables.Count - Read.MetadataCacheBudget.FloorTables;
         if (excess > 0)
         {
@@ -392,6 +408,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         _lastUse[m.L1Index] = ++_tick;
         _idle.Used(m.L1Index);
         child.Tell(m.Message);
+        _ctx!.Routes.Open(m.L1Index, child);
         // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
         if (!_checkpointQueued && _ctx!.Layer.L2Tables.PinnedCount > _settings.L2CacheSize)
         {
@@ -400,8 +417,20 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         }
     }
 
+    /// <summary>Counts the sends callers made on the tables' routes since the last look as routed here: least recently used order, idle times, activity.</summary>
+    private void HarvestRoutes()
+    {
+        foreach (var (index, at) in _ctx!.Routes.Harvest())
+        {
+            if (!_lastUse.ContainsKey(index)) continue;
+            _lastUse[index] = ++_tick;
+            _idle.UsedAt(index, at);
+        }
+    }
+
     private void PassivateOldest()
     {
+        HarvestRoutes();
         // Ask the least recently used table actors to stop if clean; messages for them wait here meanwhile.
         foreach (var (index, _) in _lastUse.Where(kv => !_passivating.ContainsKey(kv.Key)).OrderBy(kv => kv.Value).Take(Math.Max(1, _settings.MaxLiveTableActors / 8)).ToList())
             AskToStop(index);
@@ -412,6 +441,8 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         if (_passivating.ContainsKey(index) || !_tables.TryGetValue(index, out var child)) return;
         _passivating[index] = new List<object>();
+        // Messages sent on the route are in the table's mailbox ahead of StopIfClean; later ones come here and wait.
+        _ctx!.Routes.Close(index);
         child.Tell(new StopIfClean(index, Self));
     }
 
@@ -431,6 +462,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     private void SweepIdle()
     {
         long now = _idle.Now;
+        HarvestRoutes();
         // A dirty table answers StayAlive (its only copy is in memory until the checkpoint) and is asked again later.
         foreach (var index in _idle.IdleTables(now)) AskToStop(index);
         // Requests routed here and lookups in the read cache (readers and the in-place fast path) are the image's activity.

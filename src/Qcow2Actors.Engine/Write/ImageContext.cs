@@ -32,6 +32,7 @@ internal sealed class ImageContext
         Geometry = layer.Views.Current.Geometry;
         Metadata = new MetadataMap(Geometry.ClusterBits);
         JournalRecords = new JournalInbox(this);
+        Routes = new TableRoutes(settings.TimeProvider);
     }
 
     /// <summary>
@@ -116,6 +117,9 @@ internal sealed class ImageContext
 
     /// <summary>The records waiting for the next flush (<see cref="JournalInbox"/>); <see cref="Journal"/> takes them.</summary>
     public JournalInbox JournalRecords { get; }
+
+    /// <summary>The live table actors callers may send table operations to directly (<see cref="TableRoutes"/>); the image actor opens and closes them.</summary>
+    public TableRoutes Routes { get; }
 
     /// <summary>Where writes wait for their bitmap granules to be journaled (<see cref="BitmapJournalActor"/>).</summary>
     public IActorRef BitmapJournal { get; set; } = ActorRefs.Nobody;

@@ -118,6 +118,8 @@ internal sealed partial class L2TableActor
         {
             cache.Pin(_tableOffset);
             _pinnedOffset = _tableOffset;
+            // Writes reach this actor without the image actor seeing them (TableRoutes): it learns here that dirty tables outgrew the cache.
+            if (cache.PinnedCount > _ctx.Settings.L2CacheSize) _parent.Tell(TablesOverCache.Instance);
         }
         if (_g.ExtendedL2)
         {

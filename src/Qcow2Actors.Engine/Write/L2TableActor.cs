@@ -44,12 +44,14 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
     private readonly BlockingIo _io;
     // Self, for continuations that run off the actor's context (RunInline): Self itself needs the context.
     private readonly IActorRef _self;
+    private readonly IActorRef _parent;
 
     public L2TableActor(ImageContext ctx, int l1Index)
     {
         _ctx = ctx;
         _io = ctx.Io ?? BlockingIo.For(Context.System);
         _self = Self;
+        _parent = Context.Parent;
         _l1Index = l1Index;
         _g = ctx.Geometry;
         _entries = _g.L2Entries;

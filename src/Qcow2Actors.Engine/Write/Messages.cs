@@ -79,6 +79,12 @@ internal sealed record StopIfClean(int L1Index, Akka.Actor.IActorRef Parent);
 /// <summary>The table actor was dirty and keeps running; held messages may go to it.</summary>
 internal sealed record StayAlive(int L1Index);
 
+/// <summary>A table actor pinned a table and the image's dirty tables now exceed its L2 cache size: a checkpoint is due.</summary>
+internal sealed class TablesOverCache
+{
+    public static readonly TablesOverCache Instance = new();
+}
+
 /// <summary>Grow the virtual disk to <paramref name="NewSize"/> bytes (growing the L1 table if needed).</summary>
 internal sealed record ResizeRequest(long NewSize, TaskCompletionSource Done);
 

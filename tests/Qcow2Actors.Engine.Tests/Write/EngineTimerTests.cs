@@ -117,6 +117,39 @@ public sealed class EngineTimerTests : IDisposable
         Assert.True(model.AsSpan().SequenceEqual(back), "read-back differs after passivation");
     }
 
+    [Fact]
+    public async Task A_table_written_without_the_image_actor_stays_live_while_used_and_stops_once_idle()
+    {
+        var time = new FakeTimeProvider();
+        var path = _dir.File("idle-direct.qcow2");
+        await using var host = ImageHost.Create("""
+            qcow2actors.engine.table-idle-timeout = 10s
+            qcow2actors.engine.cache-idle-timeout = 0s
+            qcow2actors.engine.checkpoint-interval = 0s
+            """, timeProvider: time);
+        var model = new byte[4 << 20];
+        await using var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 });
+        async Task Write(int cluster, int seed)
+        {
+            var data = Bytes(4096, seed);
+            data.CopyTo(model, cluster * 4096);
+            await image.WriteAsync(cluster * 4096, data);
+            await image.CheckpointAsync(); // clean: only use keeps the table actor alive
+        }
+
+        await Write(0, 1); // through the image actor, which starts the table actor and opens its route
+        Assert.Equal(1, (await Advance(time, host, image, TimeSpan.FromSeconds(9), TimeSpan.FromSeconds(3))).LiveTableActors);
+        await Write(7, 2); // a new cluster of the same table: sent on the route, the image actor never sees it
+        // Sweeps at 10 s and 15 s: idle 1 s and 6 s since that write (10 s and 15 s since the first).
+        Assert.Equal(1, (await Advance(time, host, image, TimeSpan.FromSeconds(9), TimeSpan.FromSeconds(3))).LiveTableActors);
+        Assert.Equal(0, (await Advance(time, host, image, TimeSpan.FromSeconds(6), TimeSpan.FromSeconds(3))).LiveTableActors);
+
+        await Write(9, 3); // its route closed with it: through the image actor again, to a new table actor
+        var back = new byte[model.Length];
+        await image.ReadAsync(0, back);
+        Assert.True(model.AsSpan().SequenceEqual(back), "read-back differs");
+    }
+
     [QemuFact]
     public async Task An_idle_image_gives_its_cached_tables_back_and_reads_them_again()
     {
