@@ -50,6 +50,13 @@ public sealed class EngineTimerTests : IDisposable
         return data;
     }
 
+    /// <summary>A host on <paramref name="time"/> whose clean table actors stop after 10 s idle (sweeps every 5 s), nothing else timed.</summary>
+    private static ImageHost TableIdleHost(FakeTimeProvider time) => ImageHost.Create("""
+        qcow2actors.engine.table-idle-timeout = 10s
+        qcow2actors.engine.cache-idle-timeout = 0s
+        qcow2actors.engine.checkpoint-interval = 0s
+        """, timeProvider: time);
+
     private static bool DirtyOnDisk(string path) => (ImageFileBytes.ReadU64(path, IncompatibleFeaturesOffset) & 1) != 0;
 
     [Fact]
@@ -82,11 +89,7 @@ public sealed class EngineTimerTests : IDisposable
     {
         var time = new FakeTimeProvider();
         var path = _dir.File("idle-tables.qcow2");
-        await using var host = ImageHost.Create("""
-            qcow2actors.engine.table-idle-timeout = 10s
-            qcow2actors.engine.cache-idle-timeout = 0s
-            qcow2actors.engine.checkpoint-interval = 0s
-            """, timeProvider: time);
+        await using var host = TableIdleHost(time);
         // 4 KiB clusters: one L2 table covers 2 MiB.
         var model = new byte[16 << 20];
         await using var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 });
@@ -122,11 +125,7 @@ public sealed class EngineTimerTests : IDisposable
     {
         var time = new FakeTimeProvider();
         var path = _dir.File("idle-direct.qcow2");
-        await using var host = ImageHost.Create("""
-            qcow2actors.engine.table-idle-timeout = 10s
-            qcow2actors.engine.cache-idle-timeout = 0s
-            qcow2actors.engine.checkpoint-interval = 0s
-            """, timeProvider: time);
+        await using var host = TableIdleHost(time);
         var model = new byte[4 << 20];
         await using var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 });
         async Task Write(int cluster, int seed)
