@@ -431,7 +431,8 @@ public sealed partial class Qcow2Image
     /// <summary>Sends a table operation straight to its live table actor when the image actor left a route open, else through the image actor.</summary>
     private void RouteToTable(ImageContext ctx, int index, object operation)
     {
-        if (ctx.Routes.TryTell(index, operation)) ctx.Layer.L2Tables.Account?.Touch();
+        // Once closing, through the image actor: it fails what comes after its close instead of a stopping table dropping it.
+        if (Volatile.Read(ref _disposed) == 0 && ctx.Routes.TryTell(index, operation)) ctx.Layer.L2Tables.Account?.Touch();
         else _imageActor!.Tell(new RouteToTable(index, operation));
     }
 

@@ -54,6 +54,8 @@ internal sealed partial class ImageActor
         try
         {
             var records = new List<Metadata.MetadataRecord>();
+            // Read again now that the tables are paused: until then, writes sent on their routes may have published new L1 entries.
+            view = ctx.Layer.Views.Current;
             var l1 = view.CopyL1();
             long l1Offset = ctx.Header.L1TableOffset;
             int l1Size = ctx.Header.L1Size;

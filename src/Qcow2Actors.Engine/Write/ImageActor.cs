@@ -214,11 +214,13 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             // must not send it Pause/WriteBack (a stopped actor never answers). It is clean, so it
             // has nothing to write back; messages for its table stay held until Terminated.
             _tables.Remove(m.L1Index);
+            _ctx!.Routes.Close(m.L1Index, child);
             Context.Stop(child);
         });
         Receive<StayAlive>(m =>
         {
-            if (_passivating.Remove(m.L1Index, out var held) && _tables.TryGetValue(m.L1Index, out var child))
+            // Only the live actor's answer counts: an older actor of the same table may answer late.
+            if (_tables.TryGetValue(m.L1Index, out var child) && child.Equals(m.Table) && _passivating.Remove(m.L1Index, out var held))
             {
                 foreach (var msg in held) child.Tell(msg);
                 _ctx!.Routes.Open(m.L1Index, child);
@@ -230,15 +232,17 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
             if (t.ActorRef.Equals(_ctx!.Journal)) _ctx.Fail("the journal stopped after a failed write");
             if (!_tableIndex.Remove(t.ActorRef, out var index)) return;
             _budget?.ReleaseActor(_actorBytes);
-            if (_tables.TryGetValue(index, out var live) && live.Equals(t.ActorRef))
+            _ctx!.Routes.Close(index, t.ActorRef);
+            // A newer actor of the table (started after an online edit stopped this one) keeps its bookkeeping and its held requests.
+            bool newer = _tables.TryGetValue(index, out var live) && !live.Equals(t.ActorRef);
+            if (!newer)
             {
                 _tables.Remove(index);
-                _ctx!.Routes.Close(index);
+                _lastUse.Remove(index);
+                _idle.Forget(index);
+                if (_passivating.Remove(index, out var held))
+                    foreach (var msg in held) Route(new RouteToTable(index, msg));
             }
-            _lastUse.Remove(index);
-            _idle.Forget(index);
-            if (_passivating.Remove(index, out var held))
-                foreach (var msg in held) Route(new RouteToTable(index, msg));
             // One actor fewer may be all a held request was waiting for (its image's floor).
             if (_held.Count > 0) RouteHeld();
             AnswerInspectors();

@@ -89,33 +89,44 @@ internal sealed class JournalActor : ReceivePersistentActor
     /// <summary>Records not yet persisted (for tests and the close path).</summary>
     public int PendingCount => _ctx.JournalRecords.Count;
 
+    // Taken by a flush that had to persist the empty marker first; the flush that resumes it persists these too.
+    private JournalInbox.Taken? _carried;
+
     private async Task FlushAsync()
     {
-        if (!_markerDurable && _ctx.JournalRecords.Count > 0 && !_ctx.BitsOnDisk)
+        if (_ctx.ReadOnlyReason is null && !_markerDurable && !_ctx.BitsOnDisk && _carried is null)
         {
-            // Every time the header is about to say "records pending", the journal must already
-            // hold a message (file and directory entry durable): then a pending header with an
-            // empty journal can only mean a lost journal. An empty batch serves; the flush runs
-            // again once it is durable.
-            Persist(new JournalBatch([]), _ =>
+            // Decided on what is taken, not on a count read earlier: appends do not wait for this actor.
+            _carried = _ctx.JournalRecords.Take();
+            if (_carried is not null)
             {
-                _markerDurable = true;
-                // Goes on as a message of its own: a persist callback cannot await the fsync.
-                Self.Tell(new DoFlush());
-            });
-            return;
+                // Every time the header is about to say "records pending", the journal must already
+                // hold a message (file and directory entry durable): then a pending header with an
+                // empty journal can only mean a lost journal. An empty batch serves; the flush runs
+                // again once it is durable.
+                Persist(new JournalBatch([]), _ =>
+                {
+                    _markerDurable = true;
+                    // Goes on as a message of its own: a persist callback cannot await the fsync.
+                    Self.Tell(new DoFlush());
+                });
+                return;
+            }
         }
         _markerDurable = false;
         _flushScheduled = false;
         var waiters = _waiters;
         _waiters = new List<TaskCompletionSource>();
-        // Taken before the sync: records appended while it runs may describe data it does not cover.
-        JournalInbox.Taken? taken = null;
+        // Taken before the sync: records appended while it runs may describe data it does not cover. A batch carried
+        // over the marker goes first; what was appended since joins as a second batch of the same flush.
+        var taken = new List<JournalInbox.Taken>(2);
+        if (_carried is not null) taken.Add(_carried);
+        _carried = null;
         try
         {
             _ctx.ThrowIfReadOnly();
-            taken = _ctx.JournalRecords.Take();
-            bool records = taken is not null;
+            if (_ctx.JournalRecords.Take() is { } more) taken.Add(more);
+            bool records = taken.Count > 0;
             await _io.Run(() =>
             {
                 // The bits go to disk with the same fdatasync as the data, before the first batch.
@@ -130,25 +141,24 @@ internal sealed class JournalActor : ReceivePersistentActor
             _ctx.Fail($"flush failed: {ex.Message}");
             var error = new IOException($"'{_ctx.Path}': flush failed, the image is now read-only: {ex.Message}", ex);
             foreach (var w in waiters) w.TrySetException(error);
-            foreach (var d in taken?.Durable ?? []) d.TrySetException(error);
+            foreach (var d in taken.SelectMany(t => t.Durable)) d.TrySetException(error);
             return;
         }
-        if (taken is null)
+        if (taken.Count == 0)
         {
             foreach (var w in waiters) w.TrySetResult();
             return;
         }
-        var (batch, freed, durable) = taken;
-        long promised = (long)batch.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound;
-        Persist(batch, _ =>
+        PersistAll(taken.Select(t => t.Batch), persisted =>
         {
+            var (batch, freed, durable) = taken.First(t => ReferenceEquals(t.Batch, persisted));
             // Written: the file's end now counts these bytes instead.
-            _ctx.JournalSpace?.AddPending(-promised);
+            _ctx.JournalSpace?.AddPending(-(long)batch.Count * Qcow2Actors.Engine.Journal.JournalReservation.RecordBound);
             // Before the waiters: a checkpoint that resumes on this flush then finds the punches and
             // releases queued ahead of its write-backs, so they finish before the devices close.
             if (freed.Count > 0) _ctx.Refcounts.Tell(new ReleaseQuarantine([.. freed]));
             foreach (var d in durable) d.TrySetResult();
-            foreach (var w in waiters) w.TrySetResult();
+            if (ReferenceEquals(batch, taken[^1].Batch)) foreach (var w in waiters) w.TrySetResult();
         });
         _inFlight = waiters;
     }

@@ -87,7 +87,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         {
             if (_dirty)
             {
-                m.Parent.Tell(new StayAlive(m.L1Index));
+                m.Parent.Tell(new StayAlive(m.L1Index, Self));
                 return;
             }
             // The parent stops us (it may be mid-checkpoint now and still send us Pause and
@@ -144,7 +144,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
             Become(Active);
             Stash.UnstashAll();
         });
-        Receive<StopIfClean>(m => m.Parent.Tell(new StayAlive(m.L1Index)));
+        Receive<StopIfClean>(m => m.Parent.Tell(new StayAlive(m.L1Index, Self)));
         ReceiveAny(_ => Stash.Stash());
     }
 

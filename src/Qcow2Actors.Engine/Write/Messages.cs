@@ -77,7 +77,7 @@ internal sealed record RouteToTable(int L1Index, object Message);
 internal sealed record StopIfClean(int L1Index, Akka.Actor.IActorRef Parent);
 
 /// <summary>The table actor was dirty and keeps running; held messages may go to it.</summary>
-internal sealed record StayAlive(int L1Index);
+internal sealed record StayAlive(int L1Index, Akka.Actor.IActorRef Table);
 
 /// <summary>A table actor pinned a table and the image's dirty tables now exceed its L2 cache size: a checkpoint is due.</summary>
 internal sealed class TablesOverCache

@@ -65,7 +65,11 @@ internal sealed class TableRoutes(TimeProvider time)
     public void Open(int index, IActorRef table)
     {
         var routes = _routes;
-        if (index < routes.Length && routes[index] is { } open && open.Table.Equals(table) && open.Senders != Closed) return;
+        if (index < routes.Length && routes[index] is { } open)
+        {
+            if (open.Table.Equals(table) && open.Senders != Closed) return;
+            Close(index); // another actor's route: its senders leave first
+        }
         if (index >= routes.Length)
         {
             var grown = new Route?[Math.Max(index + 1, routes.Length * 2)];
@@ -91,7 +95,14 @@ internal sealed class TableRoutes(TimeProvider time)
         while (Interlocked.CompareExchange(ref route.Senders, Closed, 0) is not (0 or Closed)) spin.SpinOnce();
     }
 
-    /// <summary>Closes every open route (image actor only), as <see cref="Close"/> does each.</summary>
+    /// <summary>Closes the route of <paramref name="index"/> as <see cref="Close(int)"/> does, only if it leads to <paramref name="table"/>.</summary>
+    public void Close(int index, IActorRef table)
+    {
+        var routes = _routes;
+        if (index < routes.Length && routes[index] is { } route && route.Table.Equals(table)) Close(index);
+    }
+
+    /// <summary>Closes every open route (image actor only), as <see cref="Close(int)"/> does each.</summary>
     public void CloseAll()
     {
         for (int i = 0; i < _routes.Length; i++) Close(i);

@@ -58,6 +58,23 @@ public sealed class TableRoutesTests : TestKit
         Assert.True(received > 1000);
     }
 
+    [Fact]
+    public void A_route_closes_for_its_own_actor_only_and_a_newer_actor_replaces_it()
+    {
+        var routes = new TableRoutes(new FakeTimeProvider());
+        var old = CreateTestProbe();
+        var newer = CreateTestProbe();
+        routes.Open(4, old.Ref);
+        routes.Open(4, newer.Ref);
+        routes.Close(4, old.Ref); // the old actor's late Terminated: the newer route stays
+        Assert.True(routes.TryTell(4, "to the newer"));
+        newer.ExpectMsg("to the newer", Timeout);
+        old.ExpectNoMsg(TimeSpan.Zero);
+
+        routes.Close(4, newer.Ref);
+        Assert.False(routes.TryTell(4, "closed"));
+    }
+
     /// <summary>A table whose mailbox takes each message only when the test lets it: a caller stays inside its send until then.</summary>
     private sealed class SlowMailbox(Akka.Actor.ActorPath path) : Akka.Actor.MinimalActorRef
     {
