@@ -190,6 +190,7 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
     {
         Receive<RouteToTable>(Route);
         Receive<Sweep>(_ => SweepIdle());
+        // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
         Receive<TablesOverCache>(_ =>
         {
             if (_checkpointQueued) return;
@@ -413,12 +414,8 @@ internal sealed partial class ImageActor : ReceiveActor, IWithUnboundedStash
         _idle.Used(m.L1Index);
         child.Tell(m.Message);
         _ctx!.Routes.Open(m.L1Index, child);
-        // Dirty tables are pinned in memory until a checkpoint: bound them by the cache size.
-        if (!_checkpointQueued && _ctx!.Layer.L2Tables.PinnedCount > _settings.L2CacheSize)
-        {
-            _checkpointQueued = true;
-            Self.Tell(new CheckpointRequest(null));
-        }
+        // Dirty tables are pinned in memory until a checkpoint, bounded by the cache size: the table actor that pins one
+        // past it asks for the checkpoint (TablesOverCache), whichever way its requests came.
     }
 
     /// <summary>Counts the sends callers made on the tables' routes since the last look as routed here: least recently used order, idle times, activity.</summary>
