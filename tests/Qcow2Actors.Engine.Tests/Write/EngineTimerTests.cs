@@ -149,6 +149,37 @@ public sealed class EngineTimerTests : IDisposable
         Assert.True(model.AsSpan().SequenceEqual(back), "read-back differs");
     }
 
+    [Fact]
+    public async Task Dirty_tables_past_the_l2_cache_size_are_checkpointed_without_a_timer_or_budget()
+    {
+        var time = new FakeTimeProvider();
+        var path = _dir.File("over-cache.qcow2");
+        // No interval, no record threshold in reach, no host budget: only the cache size can ask for the checkpoint.
+        await using var host = ImageHost.Create("""
+            qcow2actors.engine.checkpoint-interval = 0s
+            qcow2actors.engine.l2-cache-size = 4
+            qcow2actors.host.metadata-cache = 0
+            """, timeProvider: time);
+        // 4 KiB clusters: one L2 table covers 2 MiB; 8 tables, each made dirty by one allocating write.
+        var model = new byte[16 << 20];
+        await using var image = await host.CreateAsync(path, new Qcow2CreateOptions { Size = model.Length, ClusterSize = 4096 });
+        for (int t = 0; t < 8; t++)
+        {
+            var data = Bytes(4096, t);
+            data.CopyTo(model, t * (2 << 20));
+            await image.WriteAsync(t * (2 << 20), data);
+        }
+
+        // Each table actor pins its table before its write completes; the one past 4 has asked for the checkpoint by then.
+        // The image actor queues that checkpoint behind the first Inspect; the second is answered after it ran.
+        await Inspect(host, image);
+        var counts = await Inspect(host, image);
+        Assert.True(counts.PinnedTables <= 4, $"{counts.PinnedTables} dirty tables stayed pinned past an L2 cache of 4");
+        var back = new byte[model.Length];
+        await image.ReadAsync(0, back);
+        Assert.True(model.AsSpan().SequenceEqual(back), "read-back differs after the checkpoint");
+    }
+
     [QemuFact]
     public async Task An_idle_image_gives_its_cached_tables_back_and_reads_them_again()
     {
