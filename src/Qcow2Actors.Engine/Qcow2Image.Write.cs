@@ -39,7 +39,7 @@ public sealed partial class Qcow2Image
     /// a disk; with <paramref name="fua"/> the write and everything before it are durable on return.
     /// </summary>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default) =>
-        WriteCoreAsync(null, offset, data, fua, handOff: false, cancellationToken);
+        WriteCoreAsync(null, offset, data, fua, WriteMode.Pool, cancellationToken);
 
     /// <summary>
     /// Starts a write that goes whole to the image's actors, so the calling thread never waits on the device: for a
@@ -65,16 +65,53 @@ public sealed partial class Qcow2Image
         var g = ctx.Geometry;
         long firstEnd = Math.Min(offset + data.Length, ((offset >> g.ClusterBits) + 1) << g.ClusterBits);
         if (OwnedRuns(ctx, offset, firstEnd, null) > offset) return false;
-        write = WriteCoreAsync(ctx, offset, data, fua: false, handOff: true, cancellationToken);
+        write = WriteCoreAsync(ctx, offset, data, fua: false, WriteMode.HandOff, cancellationToken);
         return true;
     }
 
     /// <summary>
-    /// <see cref="WriteAsync"/> (<paramref name="writer"/> null) and <see cref="TryStartWrite"/>. With <paramref name="handOff"/> no cluster is written
-    /// in place on this thread (the table actors write them all), and the table operations complete the caller's
-    /// continuation on their own thread instead of the pool's.
+    /// <see cref="WriteAsync"/> for a caller whose thread may wait on the device and that wants the write done on it:
+    /// clusters the image owns are overwritten in place here, and when the table actor a write needs has nothing else
+    /// queued, it runs that write here too instead of on a pool thread. The returned task then is complete on return;
+    /// when it is not (the actor was busy, or the write waits for admission), it completes on an engine thread, at the
+    /// moment the write ends: its continuation runs there, so it must be short and must not block.
     /// </summary>
-    private async ValueTask WriteCoreAsync(ImageContext? writer, long offset, ReadOnlyMemory<byte> data, bool fua, bool handOff, CancellationToken cancellationToken)
+    /// <param name="offset">Guest offset of the first byte.</param>
+    /// <param name="data">The bytes; the caller keeps them unchanged until the write completes.</param>
+    /// <param name="cancellationToken">Stops waiting for admission, as for <see cref="WriteAsync"/>.</param>
+    /// <remarks>For a thread of the caller's own (an NBD connection's) or a pool thread; not for an event loop or an actor.</remarks>
+    public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
+    {
+        bool opened = InlineDispatch.Open();
+        try
+        {
+            return WriteCoreAsync(null, offset, data, fua: false, WriteMode.Inline, cancellationToken);
+        }
+        finally
+        {
+            // The table actor the write was sent to runs here, after the route it went through was left.
+            if (opened) InlineDispatch.Close();
+        }
+    }
+
+    /// <summary>Where a write's pieces run, and where the caller's continuation runs.</summary>
+    private enum WriteMode
+    {
+        /// <summary>Owned clusters in place on the caller's thread; the continuation on the pool (WriteAsync).</summary>
+        Pool,
+
+        /// <summary>Nothing on the caller's thread; the continuation where the table operation ends (TryStartWrite).</summary>
+        HandOff,
+
+        /// <summary>Owned clusters in place, table operations too when their actor is idle; the continuation where they end (WriteInlineAsync).</summary>
+        Inline,
+    }
+
+    /// <summary>
+    /// <see cref="WriteAsync"/> (<paramref name="writer"/> null), <see cref="TryStartWrite"/> and <see cref="WriteInlineAsync"/>;
+    /// <paramref name="mode"/> says which (<see cref="WriteMode"/>).
+    /// </summary>
+    private async ValueTask WriteCoreAsync(ImageContext? writer, long offset, ReadOnlyMemory<byte> data, bool fua, WriteMode mode, CancellationToken cancellationToken)
     {
         // Inside the task: a closed or read-only image fails the returned task, not the call.
         var ctx = writer ?? Writer();
@@ -100,7 +137,7 @@ public sealed partial class Qcow2Image
                     long fastEnd;
                     try
                     {
-                        fastEnd = handOff ? pos : await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
+                        fastEnd = mode == WriteMode.HandOff ? pos : await WriteOwnedAsync(ctx, pos, data.Slice((int)(pos - offset), (int)(tableEnd - pos)), cancellationToken).ConfigureAwait(false);
                     }
                     catch (IOException ex) when (ex is not Qcow2NoSpaceException && Qcow2NoSpaceException.IsNoSpace(ex))
                     {
@@ -111,10 +148,12 @@ public sealed partial class Qcow2Image
                     }
                     if (fastEnd < tableEnd)
                     {
-                        // Handed off, the caller's continuation (short, by TryStartWrite's contract) runs where the table
+                        // Handed off or inline, the caller's continuation (short, by contract) runs where the table
                         // operation ends: one thread hand-off fewer per write.
-                        var done = new TaskCompletionSource(handOff ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously);
+                        var done = new TaskCompletionSource(mode == WriteMode.Pool ? TaskCreationOptions.RunContinuationsAsynchronously : TaskCreationOptions.None);
                         RouteToTable(ctx, (int)g.L1Index(fastEnd), new WriteOp(fastEnd, data.Slice((int)(fastEnd - offset), (int)(tableEnd - fastEnd)), done, space));
+                        // Inline, an idle table actor runs here and now, before this write goes on to its next table.
+                        if (mode == WriteMode.Inline) InlineDispatch.RunDeferred();
                         (pending ??= new List<Task>()).Add(done.Task);
                     }
                     pos = tableEnd;

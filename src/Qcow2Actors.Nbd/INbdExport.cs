@@ -50,6 +50,15 @@ public interface INbdExport
     ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken);
 
     /// <summary>
+    /// <see cref="WriteAsync"/> without FUA, asked on a thread that may wait on the disk (the connection's own receive
+    /// thread, or a pool thread): the export may do the whole write there rather than hand it to threads of its own.
+    /// A task not complete on return must complete at the moment the write ends: the server only sends the reply in its
+    /// continuation. The default is <see cref="WriteAsync"/>.
+    /// </summary>
+    ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        WriteAsync(offset, data, fua: false, cancellationToken);
+
+    /// <summary>
     /// Makes the range read as zeroes. <paramref name="mayUnmap"/> is false when the client sent
     /// NO_HOLE (the range must stay provisioned). With <paramref name="fastZero"/>, throw
     /// <see cref="NbdException"/> with <see cref="NbdError.NotSupported"/> at once, without

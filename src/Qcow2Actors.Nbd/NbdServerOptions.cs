@@ -99,6 +99,16 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan IdleTimeout { get; init; }
 
+    /// <summary>
+    /// True (the default): on Linux, a connection without TLS receives on a thread of its own, which also parses its
+    /// requests and runs its writes, zeroes, trims and flushes (the export may do a whole write there,
+    /// <see cref="INbdExport.WriteInlineAsync"/>), so a request crosses no thread hand-off; a write stuck on a disk
+    /// holds up only that connection. False: every connection receives through .NET's socket engine, whose threads all
+    /// connections share, and writes go to the thread pool unless the export starts them without blocking
+    /// (<see cref="INbdExport.TryStartWrite"/>). A TLS connection (<see cref="TlsMode"/> not Off) always does the latter.
+    /// </summary>
+    public bool ReceiveThreads { get; init; } = true;
+
     /// <summary>Throws <see cref="ArgumentException"/> (for <paramref name="parameter"/>) naming the first setting out of range.</summary>
     internal void Validate(string parameter)
     {

@@ -18,9 +18,12 @@ public sealed class NbdFactAttribute : FactAttribute
 internal static class TestServers
 {
     /// <summary>A started server on an ephemeral loopback port.</summary>
-    public static async Task<NbdServer> StartTcpAsync(params INbdExport[] exports)
+    public static Task<NbdServer> StartTcpAsync(params INbdExport[] exports) => StartTcpAsync(receiveThreads: true, exports);
+
+    /// <summary>A started server on an ephemeral loopback port; <paramref name="receiveThreads"/> as <see cref="NbdServerOptions.ReceiveThreads"/>.</summary>
+    public static async Task<NbdServer> StartTcpAsync(bool receiveThreads, params INbdExport[] exports)
     {
-        var server = new NbdServer(NbdServerOptions.Tcp(exports, port: 0));
+        var server = new NbdServer(NbdServerOptions.Tcp(exports, port: 0) with { ReceiveThreads = receiveThreads });
         await server.StartAsync();
         return server;
     }

@@ -61,6 +61,53 @@ public sealed class Qcow2ExportIsolationTests(ITestOutputHelper output) : IAsync
         await b.DisposeAsync();
     }
 
+    // A's tables were written before (their actors are live and idle): each victim's first write then runs on the
+    // victim's own receive thread and hangs there, with the victim's other writes still unread behind it.
+    [Fact]
+    public async Task A_hung_disk_under_writes_run_on_their_connections_threads_leaves_the_other_images_latency_alone()
+    {
+        var (a, b, device) = await OpenPairAsync();
+        for (ulong t = 0; t < BlockedWrites; t++) await a.WriteAsync((long)t * 2 * MiB + 4096, new byte[4096], false, default);
+        await using var server = await TestServers.StartTcpAsync(a, b);
+        await using var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+        await client.GoAsync("b");
+        await MeasureAsync(client, 200);
+        var baseline = await MeasureAsync(client, 400);
+
+        device.Stall();
+        try
+        {
+            var stuck = new List<RawNbdClient>();
+            for (int c = 0; c < 2; c++)
+            {
+                var victim = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
+                await victim.GoAsync("a");
+                for (ulong i = 0; i < 32; i++) await victim.SendRequestAsync(0, RawNbdClient.CmdWrite, i, ((ulong)c * 32 + i) * 2 * MiB, 4096, new byte[4096]);
+                stuck.Add(victim);
+            }
+            await WaitForAsync(() => device.BlockedCalls >= 2, "a write of each of A's clients to reach its hung disk");
+
+            var stalled = await MeasureAsync(client, 400);
+            output.WriteLine($"B p50/p99: baseline {baseline.P50:F2}/{baseline.P99:F2} ms, A hung {stalled.P50:F2}/{stalled.P99:F2} ms; A calls blocked: {device.BlockedCalls}");
+            Assert.True(stalled.P99 < Math.Max(50, 3 * baseline.P99),
+                $"B's p99 went from {baseline.P99:F2} ms to {stalled.P99:F2} ms while A's disk hung ({device.BlockedCalls} calls blocked)");
+
+            device.Resume();
+            foreach (var victim in stuck)
+            {
+                for (int i = 0; i < 32; i++) Assert.Equal(0u, (await victim.ReadSimpleReplyAsync().WaitAsync(TimeSpan.FromSeconds(30))).Error);
+                await victim.DisposeAsync();
+            }
+        }
+        finally
+        {
+            device.Resume();
+        }
+        await server.StopAsync();
+        await a.DisposeAsync();
+        await b.DisposeAsync();
+    }
+
     private async Task WhileAHangsAsync(NbdServer server, RawNbdClient client, HangingDevice device, (double P50, double P99) baseline)
     {
         var stuck = new List<RawNbdClient>();

@@ -67,7 +67,7 @@ internal sealed partial class L2TableActor : ReceiveActor, IWithUnboundedStash
         if (_tableOffset != 0) _ctx.Layer.L2Tables.Adopt(_tableOffset);
     }
 
-    public static Props Props(ImageContext ctx, int l1Index) => Akka.Actor.Props.Create(() => new L2TableActor(ctx, l1Index));
+    public static Props Props(ImageContext ctx, int l1Index) => Akka.Actor.Props.Create(() => new L2TableActor(ctx, l1Index)).WithDispatcher(TableDispatcher.ConfigPath);
 
     private void Active()
     {

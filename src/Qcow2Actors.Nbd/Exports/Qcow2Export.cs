@@ -149,12 +149,20 @@ public sealed partial class Qcow2Export : INbdExport, IAsyncDisposable
     }
 
     /// <inheritdoc/>
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
+        Write(offset, data, fua, inline: false, cancellationToken);
+
+    /// <inheritdoc/>
+    /// <remarks>The table actor the write needs runs it on this thread when it has nothing else queued (<see cref="Qcow2Image.WriteInlineAsync"/>).</remarks>
+    public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        Write(offset, data, fua: false, inline: true, cancellationToken);
+
+    private ValueTask Write(long offset, ReadOnlyMemory<byte> data, bool fua, bool inline, CancellationToken cancellationToken)
     {
         if (WriteRefusal() is { } refused) return ValueTask.FromException(refused);
         try
         {
-            return Guard(_image.WriteAsync(offset, data, fua, cancellationToken));
+            return Guard(inline ? _image.WriteInlineAsync(offset, data, cancellationToken) : _image.WriteAsync(offset, data, fua, cancellationToken));
         }
         catch (Exception ex) when (Translate(ex) is { } mapped)
         {

@@ -39,10 +39,12 @@ internal sealed partial class NbdCommandDispatcher(
         // Metrics: the request is in flight from here until its reply is framed (NbdReplyWriter) or it is abandoned.
         request = request with { Started = replies.Metrics.Start() };
         // Reads and block status leave the reader loop: they may block on the disk (a page-cache miss),
-        // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes start on it
-        // when it is a pool thread: they either complete at once (an owned cluster written into the page
-        // cache) or hand off to the engine's actors and complete later, so running them here saves a thread
-        // switch per request. On the socket engine's thread they go to the pool (OnPoolThread says why).
+        // and the requests behind them must keep flowing. Writes, zeroes, trims and flushes run on it
+        // where it may wait on the disk (MayBlock: the connection's receive thread or a pool thread): they
+        // complete at once (written into the page cache, on this thread) or hand off to the engine's actors
+        // and complete later, so running them here saves a thread switch per request. On the socket engine's
+        // thread (shared by every connection) only writes the export starts without blocking run there
+        // (TryStartWrite); the rest go to the pool (OnPoolThread says why).
         switch (request.Type)
         {
             case CmdRead:
@@ -55,10 +57,10 @@ internal sealed partial class NbdCommandDispatcher(
             case CmdBlockStatus:
                 _ = BlockStatusAsync(request, charge); // yields to the pool first
                 break;
-            case CmdWrite when !OnPoolThread && TryStartWrite(request, payload, charge):
+            case CmdWrite when !MayBlock && TryStartWrite(request, payload, charge):
                 break;
             default:
-                if (OnPoolThread) _ = RunInlineAsync(request, payload, charge);
+                if (MayBlock) _ = RunInlineAsync(request, payload, charge);
                 else ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Dispatcher.RunInlineAsync(s.Request, s.Payload, s.Charge),
                     (Dispatcher: this, Request: request, Payload: payload, Charge: charge), preferLocal: false);
                 break;
@@ -74,6 +76,13 @@ internal sealed partial class NbdCommandDispatcher(
     /// goes to the pool, so one stalled image does not stall every other connection.
     /// </summary>
     private static bool OnPoolThread => Thread.CurrentThread.IsThreadPoolThread;
+
+    /// <summary>
+    /// True when the reader loop runs where it may wait on the disk: a pool thread, or the connection's own receive
+    /// thread (<see cref="SocketReceiver"/>), where a stuck write holds up only this connection. Writes, zeroes, trims
+    /// and flushes then run here, writes through <see cref="INbdExport.WriteInlineAsync"/> (no thread hand-off at all).
+    /// </summary>
+    private static bool MayBlock => OnPoolThread || SocketReceiver.OnReceiveThread;
 
     /// <summary>Answers <paramref name="request"/> with <paramref name="error"/> without running it (a WRITE too large to read); never throws.</summary>
     public void Refuse(NbdRequest request, NbdError error, string message)
@@ -123,7 +132,8 @@ internal sealed partial class NbdCommandDispatcher(
         var fua = r.Has(CmdFlagFua);
         return r.Type switch
         {
-            CmdWrite => _export.WriteAsync(offset, payload!.Value.Memory, fua, abort),
+            // Begin runs where the reader may wait on the disk (MayBlock): the export may do the write right here.
+            CmdWrite => fua ? _export.WriteAsync(offset, payload!.Value.Memory, fua, abort) : _export.WriteInlineAsync(offset, payload!.Value.Memory, abort),
             CmdFlush => _export.FlushAsync(abort),
             CmdTrim => _export.TrimAsync(offset, r.Length, fua, abort),
             _ => _export.WriteZeroesAsync(offset, r.Length, mayUnmap: !r.Has(CmdFlagNoHole), fastZero: r.Has(CmdFlagFastZero), fua, abort),

@@ -65,7 +65,7 @@ internal sealed class NbdConnection
         _abort = abort;
         _peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } p ? p : "unix-client";
         _stream = new NetworkStream(socket, ownsSocket: false);
-        _receiver = new SocketReceiver(socket);
+        _receiver = new SocketReceiver(socket, server.Options.ReceiveThreads && OperatingSystem.IsLinux());
         _reader = _receiver.Reader;
     }
 

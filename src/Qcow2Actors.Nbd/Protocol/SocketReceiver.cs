@@ -12,16 +12,31 @@ namespace Qcow2Actors.Nbd.Protocol;
 /// After NBD_OPT_STARTTLS the loop is paused (<see cref="PauseAsync"/>) and restarted on the TLS
 /// stream (<see cref="Start(Stream)"/>): the same pipe then carries the decrypted bytes, so the
 /// readers never notice, and a plain connection keeps receiving straight from the socket.
+/// A connection that can never turn to TLS may instead receive on a thread of its own (<c>receiveThread</c>): the
+/// thread waits in poll() for its socket alone, and the reader, running inline on it, may then wait on the disk,
+/// holding up no other connection (<see cref="OnReceiveThread"/>).
 /// </summary>
-internal sealed class SocketReceiver
+internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
 {
+    /// <summary>
+    /// Longest a receive thread waits in poll() before it looks at its socket again: a socket closed without a shutdown
+    /// (a hard abort) may not wake a poll under way, so this bounds how long the thread can outlive its connection.
+    /// </summary>
+    private const int PollMicroseconds = 5_000_000;
+
+    [ThreadStatic]
+    private static bool t_onReceiveThread;
+
+    /// <summary>True on a connection's own receive thread, where the reader may wait on the disk.</summary>
+    public static bool OnReceiveThread => t_onReceiveThread;
+
     /// <summary>Smallest buffer handed to a receive (as the stream reader before it): a pipelined batch of small requests in one call.</summary>
     private const int MinimumReceiveSize = 64 * 1024;
 
     /// <summary>Buffer asked of the pipe per TLS read: a TLS record's plaintext is at most 16 KiB, so a read never fills more.</summary>
     private const int TlsRecordSize = 16 * 1024;
 
-    private readonly Socket _socket;
+    private readonly Socket _socket = socket;
     private readonly Pipe _pipe = new(new PipeOptions(
         pauseWriterThreshold: 512 * 1024,
         resumeWriterThreshold: 256 * 1024,
@@ -33,8 +48,6 @@ internal sealed class SocketReceiver
     private CancellationTokenSource? _pause;
     private volatile bool _pausable;
 
-    public SocketReceiver(Socket socket) => _socket = socket;
-
     /// <summary>What the peer sent; completes when it closes (with the error when the socket failed).</summary>
     public PipeReader Reader => _pipe.Reader;
 
@@ -44,6 +57,18 @@ internal sealed class SocketReceiver
     /// </summary>
     public void Start(bool pausable)
     {
+        if (receiveThread && !pausable)
+        {
+            var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _loop = ended.Task;
+            var thread = new Thread(() =>
+            {
+                ReceiveOnThread();
+                ended.SetResult();
+            }) { IsBackground = true, Name = "q2a-nbd-recv" };
+            thread.UnsafeStart();
+            return;
+        }
         _pausable = pausable;
         _pause = pausable ? new CancellationTokenSource() : null;
         _loop = ReceiveAsync(null, _pause?.Token ?? CancellationToken.None);
@@ -84,6 +109,57 @@ internal sealed class SocketReceiver
 
     /// <summary>Ends when the peer closed, the socket failed, or the reader completed.</summary>
     public Task Completion => _loop;
+
+    /// <summary>
+    /// The receive loop of a connection's own thread: non-blocking receives, poll() between them. The socket is made
+    /// non-blocking for .NET too, so a receive with nothing to read answers WouldBlock at once rather than waiting
+    /// through the socket engine (whose thread would then be woken for this socket's every packet).
+    /// </summary>
+    private void ReceiveOnThread()
+    {
+        t_onReceiveThread = true;
+        var writer = _pipe.Writer;
+        Exception? error = null;
+        try
+        {
+            _socket.Blocking = false;
+            while (true)
+            {
+                var memory = writer.GetMemory(MinimumReceiveSize);
+                int received = _socket.Receive(memory.Span, SocketFlags.None, out var status);
+                if (status == SocketError.WouldBlock)
+                {
+                    _socket.Poll(PollMicroseconds, SelectMode.SelectRead);
+                    continue;
+                }
+                if (status != SocketError.Success)
+                {
+                    error = new SocketException((int)status);
+                    break;
+                }
+                if (received == 0) break;
+                writer.Advance(received);
+                // The reader runs inline in the flush; a full pipe (the reader's slots are taken) holds this thread,
+                // and with it the socket, until the reader takes bytes again. A cancelled flush (an abort) has
+                // committed the bytes: the next receive meets the closed socket.
+                var flush = writer.FlushAsync(CancellationToken.None);
+                var flushed = flush.IsCompleted ? flush.Result : flush.AsTask().GetAwaiter().GetResult();
+                if (flushed.IsCompleted) break;
+            }
+        }
+        catch (Exception ex)
+        {
+            error = ex; // the reader sees it on its next read, as from the asynchronous loop
+        }
+        try
+        {
+            writer.Complete(error);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ObjectDisposedException)
+        {
+            // Completed already: nothing is left to tell the reader, and a throw here would end the process.
+        }
+    }
 
     private async Task ReceiveAsync(Stream? source, CancellationToken pause)
     {

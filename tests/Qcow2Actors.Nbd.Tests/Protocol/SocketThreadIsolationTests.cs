@@ -4,22 +4,26 @@ namespace Qcow2Actors.Nbd.Tests.Protocol;
 
 /// <summary>
 /// q2a runs with inline socket completions (Program.cs sets DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1), so a
-/// connection's reader loop runs on the socket engine's thread, shared by every connection. These tests run the
-/// same way (inline-socket-completions.runsettings sets it for the test host) and show that an export stuck in the
-/// kernel on a write does not hold up the other connections.
+/// connection's reader loop runs on the socket engine's thread, shared by every connection, unless the connection has a
+/// receive thread of its own (NbdServerOptions.ReceiveThreads, the default). These tests run the same way
+/// (inline-socket-completions.runsettings sets it for the test host) and show that an export stuck in the kernel on a
+/// write does not hold up the other connections, either way.
 /// </summary>
 public class SocketThreadIsolationTests
 {
     private const int MiB = 1 << 20;
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
-    [Fact]
-    public async Task A_write_stuck_in_one_export_does_not_hold_up_the_other_connections()
+    // With receive threads the stuck write holds its connection's own thread; without, it went to the pool.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_write_stuck_in_one_export_does_not_hold_up_the_other_connections(bool receiveThreads)
     {
         using var release = new ManualResetEventSlim();
         var stuck = new StuckWriteExport(new MemoryExport("stuck", MiB), release);
         var free = new LoopThreadExport(new MemoryExport("free", MiB));
-        await using var server = await TestServers.StartTcpAsync(stuck, free);
+        await using var server = await TestServers.StartTcpAsync(receiveThreads, stuck, free);
         try
         {
             await using var blocked = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);

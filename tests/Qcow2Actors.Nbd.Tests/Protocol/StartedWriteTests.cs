@@ -3,7 +3,7 @@ using Qcow2Actors.Nbd.Exports;
 namespace Qcow2Actors.Nbd.Tests.Protocol;
 
 /// <summary>
-/// On the socket engine's thread (inline socket completions, as q2a runs and as these tests run), the server offers
+/// On the socket engine's thread (inline socket completions, as these tests run, and a server without receive threads), the server offers
 /// a well-formed WRITE without FUA to <see cref="INbdExport.TryStartWrite"/> and, when the export starts it, answers
 /// from where it completes; anything the export declines or the server refuses goes the ordinary way.
 /// </summary>
@@ -127,7 +127,8 @@ public sealed class StartedWriteTests
         {
             var inner = new MemoryExport("e", 1 << 20);
             var export = new StartingExport(inner);
-            var server = await TestServers.StartTcpAsync(export);
+            // Receive threads off: TryStartWrite is asked only where the reader must not block (the socket engine's thread).
+            var server = await TestServers.StartTcpAsync(receiveThreads: false, export);
             var client = await RawNbdClient.ConnectAsync(server.LocalEndPoint!);
             await client.GoAsync("e");
             return new Connected(inner, export, server, client);
