@@ -103,6 +103,19 @@ public sealed class ThrottledExport : INbdExport, IDisposable
     }
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// A write admitted at once goes on to the inner export's <see cref="INbdExport.WriteInlineAsync"/> on this thread;
+    /// one that waited for its share goes on as <see cref="WriteAsync"/> does, from wherever the wait ended.
+    /// </remarks>
+    public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        var admitted = Admit(ThrottleDirection.Write, data.Length, cancellationToken);
+        return admitted.IsCompletedSuccessfully
+            ? _inner.WriteInlineAsync(offset, data, cancellationToken)
+            : WriteAfter(admitted, offset, data, fua: false, cancellationToken);
+    }
+
+    /// <inheritdoc/>
     /// <remarks>Charged as a write of <paramref name="length"/> bytes, as QEMU's throttle filter charges zero writes.</remarks>
     public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken)
     {

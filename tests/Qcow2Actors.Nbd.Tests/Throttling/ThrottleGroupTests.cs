@@ -27,6 +27,44 @@ public sealed class ThrottleGroupTests
         Assert.True(Math.Abs(actual - expected) <= expected / 100, $"{what}: {actual}, expected {expected} ± 1%");
 
     [Fact]
+    public async Task A_write_admitted_at_once_reaches_the_inner_exports_inline_write_and_a_delayed_one_its_ordinary_write()
+    {
+        var time = new FakeTimeProvider();
+        using var group = new ThrottleGroup("g", new ThrottleLimits { Iops = 1 }, time);
+        var inner = new InlineNotingExport(new MemoryExport("a", MiB));
+        using var export = new ThrottledExport(inner, group);
+        INbdExport throttled = export;
+
+        Assert.True(AtOnce(throttled.WriteInlineAsync(0, new byte[512], default)));
+        Assert.Equal((1, 0), (inner.Inline, inner.Ordinary));
+
+        var delayed = throttled.WriteInlineAsync(512, new byte[512], default).AsTask(); // over the rate: waits for its share
+        Assert.False(delayed.IsCompleted);
+        time.Advance(Second);
+        await delayed.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal((1, 1), (inner.Inline, inner.Ordinary));
+    }
+
+    /// <summary>Counts the writes that reached <see cref="INbdExport.WriteInlineAsync"/> and <see cref="INbdExport.WriteAsync"/>.</summary>
+    private sealed class InlineNotingExport(INbdExport inner) : DelegatingExport(inner), INbdExport
+    {
+        public int Inline;
+        public int Ordinary;
+
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref Ordinary);
+            return base.WriteAsync(offset, data, fua, cancellationToken);
+        }
+
+        public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref Inline);
+            return base.WriteAsync(offset, data, fua: false, cancellationToken);
+        }
+    }
+
+    [Fact]
     public async Task An_iops_limit_holds_the_rate_within_one_percent_over_simulated_seconds()
     {
         var time = new FakeTimeProvider();
