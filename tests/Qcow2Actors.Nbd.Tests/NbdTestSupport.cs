@@ -317,6 +317,19 @@ internal abstract class DelegatingExport(INbdExport inner) : INbdExport
         inner.GetBlockStatusAsync(offset, length, cancellationToken);
 }
 
+/// <summary>Blocks the calling thread in WriteAsync until released (at most 30 s), as a pwrite stuck in the kernel does.</summary>
+internal sealed class StuckWriteExport(INbdExport inner, ManualResetEventSlim release) : DelegatingExport(inner)
+{
+    public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    {
+        Entered.TrySetResult();
+        release.Wait(TimeSpan.FromSeconds(30), CancellationToken.None);
+        return base.WriteAsync(offset, data, fua, cancellationToken);
+    }
+}
+
 /// <summary>Wraps an export to delay or fail chosen requests.</summary>
 internal sealed class ScriptedExport(INbdExport inner) : INbdExport
 {

@@ -72,7 +72,7 @@ public sealed class ReceiveThreadTests
     public async Task A_hard_stop_ends_while_a_receive_thread_is_stuck_in_a_write()
     {
         using var release = new ManualResetEventSlim();
-        var export = new StuckExport(new MemoryExport("e", 1 << 20), release);
+        var export = new StuckWriteExport(new MemoryExport("e", 1 << 20), release);
         var server = await TestServers.StartTcpAsync(receiveThreads: true, export);
         try
         {
@@ -97,19 +97,6 @@ public sealed class ReceiveThreadTests
     {
         await client.SendRequestAsync(0, RawNbdClient.CmdWrite, handle, handle * 4096, 4096, TestServers.RandomBytes(4096, (int)handle)).WaitAsync(Bound);
         Assert.Equal(0u, (await client.ReadSimpleReplyAsync().WaitAsync(Bound)).Error);
-    }
-
-    /// <summary>Blocks the calling thread in a write until released, as a pwrite to a hung disk does.</summary>
-    private sealed class StuckExport(INbdExport inner, ManualResetEventSlim release) : DelegatingExport(inner)
-    {
-        public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
-        {
-            Entered.TrySetResult();
-            release.Wait(TimeSpan.FromSeconds(30), CancellationToken.None);
-            return base.WriteAsync(offset, data, fua, cancellationToken);
-        }
     }
 
     /// <summary>Notes the thread each <see cref="INbdExport.WriteInlineAsync"/> was called on.</summary>

@@ -53,19 +53,6 @@ public class SocketThreadIsolationTests
         }
     }
 
-    /// <summary>Blocks the calling thread in WriteAsync until released, as a pwrite stuck in the kernel does.</summary>
-    private sealed class StuckWriteExport(INbdExport inner, ManualResetEventSlim release) : DelegatingExport(inner)
-    {
-        public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
-        {
-            Entered.TrySetResult();
-            release.Wait(TimeSpan.FromSeconds(30), CancellationToken.None);
-            return base.WriteAsync(offset, data, fua, cancellationToken);
-        }
-    }
-
     /// <summary>Notes whether the server asked TryReadNow (called on the reader loop) from a thread outside the pool.</summary>
     private sealed class LoopThreadExport(INbdExport inner) : DelegatingExport(inner), INbdExport
     {
