@@ -9,6 +9,9 @@ namespace Qcow2Actors.Engine;
 // is already ours (refcount 1, not compressed, not zero), after a lock-free lookup in the
 // published views; everything that changes metadata crosses to the image's actors with
 // Tell + TaskCompletionSource.
+// Over 450 lines because the three ways a write enters (WriteAsync, TryStartWrite, WriteInlineAsync) share one core,
+// and zero, discard and compressed writes share its admission, quota and routing: split apart, the rule of where each
+// piece of a write runs would be spread over several files.
 public sealed partial class Qcow2Image
 {
     private readonly ImageContext? _ctx;

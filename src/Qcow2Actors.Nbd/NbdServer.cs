@@ -20,6 +20,8 @@ namespace Qcow2Actors.Nbd;
 /// exports belong to the caller, who flushes and closes them after the stop.
 /// The set of exports can change while the server runs (<see cref="AddExport"/>, <see cref="RemoveExportAsync"/>);
 /// NBD_OPT_LIST and the handshake always see the current set.
+/// Over 450 lines because accepting, the connection limits, run-time export changes and the stop all work on the one
+/// registry of connections this class owns.
 /// </remarks>
 public sealed class NbdServer : IAsyncDisposable
 {
