@@ -19,8 +19,9 @@ namespace Qcow2Actors.Nbd.Protocol;
 internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
 {
     /// <summary>
-    /// Longest a receive thread waits in poll() before it looks at its socket again: a socket closed without a shutdown
-    /// (a hard abort) may not wake a poll under way, so this bounds how long the thread can outlive its connection.
+    /// Longest a receive thread waits in poll() before it looks at its socket again. Closing the socket wakes a poll
+    /// under way (an idle connection's thread ends within milliseconds of a stop, ReceiveThreadTests); this only bounds
+    /// how long the thread could outlive its connection if a close ever did not.
     /// </summary>
     private const int PollMicroseconds = 5_000_000;
 
