@@ -10,13 +10,14 @@ namespace Qcow2Actors.Engine.Write;
 /// <remarks>
 /// Why: an allocating write from an NBD connection crossed one thread hand-off (reader → pool thread running the
 /// table actor), and on two cores that hand-off (a futex wake, the pool's idle spin, two threads sharing caches)
-/// cost about as much as the write itself: allocwrite went from ~46k to ~68k IOPS and from ~29 to ~16 µs of server
+/// cost about as much as the write itself: allocwrite went from ~48k to ~71k IOPS and from ~28 to ~15 µs of server
 /// CPU per write without it (bench/results/allocwrite-inline-dispatch-2026-12-02.md).
 /// The actor model is kept: the mailbox is run only after Akka scheduled it (the mailbox's own claim makes the run
 /// exclusive), by <see cref="TableDispatcher"/>, which defers it to this scope instead of the pool. The run happens
 /// once the caller has left whatever it held while sending (a route's sender count: <see cref="RunDeferred"/> right
-/// after the send returned, or when the scope closes), so nobody waits on the write but the caller. Only one mailbox is deferred per scope; a second goes to the pool, and
-/// sends made while a deferred mailbox runs go to the pool too (no nesting).
+/// after the send returned, or when the scope closes), so nobody waits on the write but the caller. Only one mailbox
+/// is deferred at a time; a second goes to the pool, and sends made while a deferred mailbox runs go to the pool too
+/// (no nesting).
 /// </remarks>
 internal static class InlineDispatch
 {
@@ -38,13 +39,17 @@ internal static class InlineDispatch
         return true;
     }
 
-    /// <summary>Closes the scope <see cref="Open"/> opened and runs the mailbox deferred to it, if any, here.</summary>
+    /// <summary>Runs the mailbox deferred to the scope <see cref="Open"/> opened, if any, here, and closes the scope.</summary>
     public static void Close()
     {
-        var deferred = t_deferred;
-        t_deferred = null;
-        t_open = false;
-        deferred?.Run();
+        try
+        {
+            RunDeferred();
+        }
+        finally
+        {
+            t_open = false;
+        }
     }
 
     /// <summary>

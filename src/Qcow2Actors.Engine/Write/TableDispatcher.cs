@@ -5,7 +5,7 @@ namespace Qcow2Actors.Engine.Write;
 
 /// <summary>
 /// The table actors' dispatcher (<c>qcow2actors.table-dispatcher</c>): Akka's thread-pool dispatcher, except that a
-/// mailbox scheduled inside an <see cref="InlineDispatch"/> scope runs on the scope's thread when it closes.
+/// mailbox scheduled inside an <see cref="InlineDispatch"/> scope runs on the scope's thread, once the send has returned.
 /// </summary>
 internal sealed class TableDispatcher(MessageDispatcherConfigurator configurator, string id, int throughput, long? throughputDeadline,
     ExecutorServiceFactory executor, TimeSpan shutdownTimeout)
