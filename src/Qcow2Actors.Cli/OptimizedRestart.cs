@@ -4,21 +4,25 @@ using System.Text;
 namespace Qcow2Actors.Cli;
 
 /// <summary>
-/// Restarts <c>serve</c> in place, once, with ReadyToRun code off (<c>DOTNET_ReadyToRun=0</c>): the same
-/// process (execve keeps the pid, the open descriptors that are not close-on-exec, and ignored signals),
-/// running the same program with the same argument and environment bytes plus that one variable.
+/// Restarts <c>serve</c> in place, once, with ReadyToRun code and tiered compilation off
+/// (<c>DOTNET_ReadyToRun=0</c>, <c>DOTNET_TieredCompilation=0</c>): the same process (execve keeps the pid,
+/// the open descriptors that are not close-on-exec, and ignored signals), running the same program with the
+/// same argument and environment bytes plus those variables.
 /// </summary>
 /// <remarks>
-/// Why: q2a runs without tiered compilation (the csproj says why), so precompiled ReadyToRun code, the
-/// framework's and ours, is never replaced by the JIT's optimized code. That suits the short verbs
-/// (<c>info</c> starts in ~50 ms on it), not a server: every request runs through the framework's
-/// precompiled async, collection and generic-dictionary code. Fully JIT-compiled, allocating 4 KiB writes
-/// took 26-29 us of server CPU instead of 32-37 (3 alternating pairs, fresh servers) and peak RSS fell from
-/// 93-96 to 85-86 MiB (fewer pages of precompiled images touched). The price is start-up: ~1.9 s to the
-/// first NBD answer instead of ~0.75 s (bench/results/serve-jit-2026-12-01.md).
-/// The variable is read only when the runtime starts, and only from the environment (it has no
-/// runtimeconfig knob), hence the exec. A <c>DOTNET_ReadyToRun</c> (or <c>COMPlus_ReadyToRun</c>) already in
-/// the environment is left to decide, so <c>DOTNET_ReadyToRun=1 q2a serve ...</c> keeps the fast start.
+/// Why: the short verbs want precompiled code with tiering (the csproj says why), a server wants neither.
+/// Every request runs through the framework's precompiled async, collection and generic-dictionary code;
+/// fully JIT-compiled, allocating 4 KiB writes took 26-29 us of server CPU instead of 32-37 (3 alternating
+/// pairs, fresh servers) and peak RSS fell from 93-96 to 85-86 MiB (fewer pages of precompiled images
+/// touched); without tiers each method is compiled optimized once, not quick-JIT first and again on the
+/// background tier-up thread (27 % of a fresh serve's CPU samples in a 1 GiB seqwrite; 850-879 instead of 1,211-1,328 us CPU per 1 MiB
+/// write, bench/results/seqwrite-profile-2026-12-01.md). The price is
+/// start-up: ~1.9 s to the first NBD answer instead of ~0.75 s (bench/results/serve-jit-2026-12-01.md).
+/// Both variables are read only when the runtime starts, and only from the environment (ReadyToRun has no
+/// runtimeconfig knob, and the environment is what overrides q2a's runtimeconfig), hence the exec.
+/// A <c>DOTNET_ReadyToRun</c> (or <c>COMPlus_ReadyToRun</c>) already in the environment is left to decide,
+/// so <c>DOTNET_ReadyToRun=1 q2a serve ...</c> keeps the fast start; a tiered-compilation setting already
+/// there is kept as it is.
 /// </remarks>
 internal static partial class OptimizedRestart
 {
@@ -35,7 +39,11 @@ internal static partial class OptimizedRestart
         StopRequested,
     }
 
+    /// <summary>The runtime's switch for tiered compilation, which the restart also turns off.</summary>
+    public const string TieringVariable = "DOTNET_TieredCompilation";
+
     private const string LegacyVariable = "COMPlus_ReadyToRun";
+    private const string LegacyTieringVariable = "COMPlus_TieredCompilation";
     private const int SigSetMask = 2;
     // glibc's sigset_t: 1024 bits.
     private const int SigSetBytes = 128;
@@ -51,6 +59,15 @@ internal static partial class OptimizedRestart
     /// (<c>COMPlus_ReadyToRun</c>) when that is unset; null when neither is set.
     /// </summary>
     public static string? Setting(Func<string, string?> environment) => environment(Variable) ?? environment(LegacyVariable);
+
+    /// <summary>
+    /// The variables the restart adds: <see cref="Variable"/>=0, and <see cref="TieringVariable"/>=0 unless
+    /// tiered compilation is already set (either spelling), which the restarted runtime then obeys.
+    /// </summary>
+    public static IReadOnlyList<string> Additions(Func<string, string?> environment) =>
+        environment(TieringVariable) is null && environment(LegacyTieringVariable) is null
+            ? [$"{Variable}=0", $"{TieringVariable}=0"]
+            : [$"{Variable}=0"];
 
     /// <summary>
     /// The NUL-terminated strings of a /proc/PID/cmdline or /proc/PID/environ file, as bytes (not decoded:
@@ -72,7 +89,7 @@ internal static partial class OptimizedRestart
     }
 
     /// <summary>
-    /// Replaces this process with the same program, arguments and environment plus <see cref="Variable"/>=0
+    /// Replaces this process with the same program, arguments and environment plus <see cref="Additions"/>
     /// when <see cref="Wanted"/>; returns only if it does not (not wanted, the process files cannot be read,
     /// <paramref name="stopping"/> completed first, or the exec failed: then it says so on <paramref name="error"/>
     /// and the server runs on as it is).
@@ -104,7 +121,7 @@ internal static partial class OptimizedRestart
         try
         {
             var argvPointers = Pointers(argv, native);
-            var envPointers = Pointers([.. env, Encoding.ASCII.GetBytes($"{Variable}=0")], native);
+            var envPointers = Pointers([.. env, .. Additions(Environment.GetEnvironmentVariable).Select(Encoding.ASCII.GetBytes)], native);
             // The new runtime binds its diagnostics socket at $TMPDIR/dotnet-diagnostic-PID-STARTTIME-socket, the
             // name this one bound (exec keeps both), and does not replace an existing file: remove it, or tools
             // such as dotnet-counters could not attach to the server. This runtime's listening socket closes on exec.

@@ -20,4 +20,4 @@ if (ParseErrors.Describe(parse, args) is { } error)
     await Console.Error.WriteLineAsync(error).ConfigureAwait(false);
     return 1;
 }
-return await parse.InvokeAsync().ConfigureAwait(false);
+return await parse.InvokeAsync(Verbs.Invocation(args)).ConfigureAwait(false);

@@ -57,6 +57,15 @@ internal static class Verbs
         return root;
     }
 
+    /// <summary>
+    /// How to invoke the verb <paramref name="args"/> name. <c>info</c> only reads and prints, and what it holds (read
+    /// locks) ends with the process, so SIGINT and SIGTERM keep the runtime's default (exit) instead of
+    /// System.CommandLine's cancellation, whose signal handlers start the runtime's signal thread: ~2 ms of its
+    /// start-up (bench/results/info-startup-2026-12-03.md). Every other verb gets the cancellation token.
+    /// </summary>
+    public static InvocationConfiguration Invocation(IReadOnlyList<string> args) =>
+        args.Count > 0 && args[0] == "info" ? new() { ProcessTerminationTimeout = null } : new();
+
     // What RootCommand's help and version options answer to.
     private static readonly string[] HelpTokens = ["-h", "/h", "--help", "-?", "/?", "--version"];
 

@@ -43,13 +43,20 @@ public static class PendingJournal
     /// </summary>
     /// <exception cref="IOException">The image is pending and its journal is missing (the message names
     /// <c>q2a recover --rebuild</c>), or recovery would refuse it.</exception>
-    public static IBlockDevice OpenRecovered(string path)
+    public static IBlockDevice OpenRecovered(string path) => OpenRecovered(path, out _);
+
+    /// <summary>
+    /// <see cref="OpenRecovered(string)"/>, also telling whether the header had the journal-pending bit when
+    /// first read (one open of the file for both, where <see cref="IsPending(string)"/> would be a second).
+    /// </summary>
+    internal static IBlockDevice OpenRecovered(string path, out bool pending)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
         IBlockDevice file = FileBlockDevice.Open(path, writable: false);
         try
         {
-            return Overlay(file, path, null, rebuildWithoutJournal: false);
+            pending = IsPending(file);
+            return pending ? Overlay(file, path, null, rebuildWithoutJournal: false) : file;
         }
         catch
         {

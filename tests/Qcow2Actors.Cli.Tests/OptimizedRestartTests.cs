@@ -20,6 +20,14 @@ public sealed class OptimizedRestartTests
     }
 
     [Fact]
+    public void The_restart_turns_precompiled_code_and_tiering_off_but_keeps_a_tiering_setting_already_made()
+    {
+        Assert.Equal(["DOTNET_ReadyToRun=0", "DOTNET_TieredCompilation=0"], OptimizedRestart.Additions(Env()));
+        Assert.Equal(["DOTNET_ReadyToRun=0"], OptimizedRestart.Additions(Env(("DOTNET_TieredCompilation", "1"))));
+        Assert.Equal(["DOTNET_ReadyToRun=0"], OptimizedRestart.Additions(Env(("COMPlus_TieredCompilation", "1"))));
+    }
+
+    [Fact]
     public void Strings_keep_empty_and_non_utf8_arguments_byte_for_byte()
     {
         byte[] latin1Name = [.. "/imgs/d"u8, 0xE9, .. "j.qcow2"u8]; // 'é' in Latin-1: not UTF-8

@@ -23,12 +23,14 @@ public sealed class ServeOptimizedRestartInteropTests : IDisposable
         var tmp = Directory.CreateDirectory(_dir.File("tmp")).FullName;
         // env removes both spellings of the switch and execs dotnet in its place (same pid).
         using (var server = await ServeProcess.StartUnderAsync(
-            ["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun", "TMPDIR=" + tmp], 1, "--port", "0", img))
+            ["env", "-u", "DOTNET_ReadyToRun", "-u", "COMPlus_ReadyToRun", "-u", "DOTNET_TieredCompilation", "-u", "COMPlus_TieredCompilation",
+                "TMPDIR=" + tmp], 1, "--port", "0", img))
         {
             // /proc/PID/environ is what the running image was exec'd with: env gave it no switch, so a 0 there
             // was put by q2a's own exec.
             var environment = File.ReadAllText($"/proc/{server.Pid}/environ").Split('\0');
             Assert.Contains("DOTNET_ReadyToRun=0", environment);
+            Assert.Contains("DOTNET_TieredCompilation=0", environment);
             // Named after the program it runs (ps, pgrep), not after /proc/self/exe.
             Assert.Equal("dotnet", File.ReadAllText($"/proc/{server.Pid}/comm").Trim());
             // The restarted runtime bound its own diagnostics socket (same pid and start time, so the same name as

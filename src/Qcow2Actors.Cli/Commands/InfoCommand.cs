@@ -52,11 +52,11 @@ internal static class InfoCommand
                 var text = parse.GetValue(chain)
                     ? Formats.JsonList(infos.Select(i => i.ToQemuJson()))
                     : infos[0].ToQemuJson().ToJson();
-                Console.Out.Write(text + "\n");
+                StandardOutput.Write(text + "\n");
             }
             else
             {
-                Console.Out.Write(string.Join("\n", infos.Select(Human)));
+                StandardOutput.Write(string.Join("\n", infos.Select(Human)));
             }
             return 0;
         }));

@@ -26,7 +26,10 @@ namespace Qcow2Actors.Engine.Device;
 public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostRead, IFileRangeSource, IHostFileLayout
 {
     private readonly SafeFileHandle _handle;
+    // The ring for asynchronous reads: a chosen one, or (_sharedRing) the process's, looked up only when a read
+    // is started, so short-lived opens (info, check, create) never start the ring's thread.
     private readonly IoUringReadRing? _ring;
+    private readonly bool _sharedRing;
     private readonly DirectLargeWrites? _direct;
     private readonly SequentialPrefetch _prefetch = new();
     private readonly Lock _gate = new();
@@ -35,12 +38,13 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     private SafeFileHandle? _readAheadHandle;
     private bool _closed;
 
-    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring)
+    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring, bool sharedRing = false)
     {
         _handle = handle;
         Name = path;
         IsReadOnly = readOnly;
         _ring = ring;
+        _sharedRing = sharedRing;
         _direct = readOnly ? null : new DirectLargeWrites(handle, path);
     }
 
@@ -49,14 +53,16 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     /// lock (<see cref="ImageLock"/> does that, once per open image) and shares everything, so .NET's
     /// flock (a shared one for any sharing mode) never makes two of our handles fight.
     /// </summary>
-    public static FileBlockDevice Open(string path, bool writable) => Open(path, writable, IoUringReadRing.Shared);
+    public static FileBlockDevice Open(string path, bool writable) => Open(path, writable, ring: null, sharedRing: true);
 
     /// <summary><see cref="Open(string, bool)"/> with a chosen ring for asynchronous reads (null: none, every read is a pread).</summary>
-    internal static FileBlockDevice Open(string path, bool writable, IoUringReadRing? ring)
+    internal static FileBlockDevice Open(string path, bool writable, IoUringReadRing? ring) => Open(path, writable, ring, sharedRing: false);
+
+    private static FileBlockDevice Open(string path, bool writable, IoUringReadRing? ring, bool sharedRing)
     {
         var access = writable ? FileAccess.ReadWrite : FileAccess.Read;
         var handle = File.OpenHandle(path, FileMode.Open, access, FileShare.ReadWrite, FileOptions.RandomAccess);
-        return new FileBlockDevice(handle, path, !writable, ring);
+        return new FileBlockDevice(handle, path, !writable, ring, sharedRing);
     }
 
     /// <summary>Creates a new file (failing if it exists unless <paramref name="overwrite"/>), opened read-write.</summary>
@@ -64,7 +70,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     {
         var handle = File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite,
             FileShare.ReadWrite, FileOptions.RandomAccess);
-        return new FileBlockDevice(handle, path, false, IoUringReadRing.Shared);
+        return new FileBlockDevice(handle, path, false, ring: null, sharedRing: true);
     }
 
     /// <inheritdoc />
@@ -91,7 +97,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
 
     /// <inheritdoc />
     bool IAsyncHostRead.TryStartRead(byte[] buffer, int index, int count, long offset, IHostReadCompletion completion) =>
-        _ring is { } ring && ring.TryStartRead(ReadAheadHandle, Name, buffer, index, count, offset, completion);
+        (_sharedRing ? IoUringReadRing.Shared : _ring) is { } ring && ring.TryStartRead(ReadAheadHandle, Name, buffer, index, count, offset, completion);
 
     /// <inheritdoc />
     /// <remarks>

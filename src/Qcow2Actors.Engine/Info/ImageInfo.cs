@@ -74,8 +74,7 @@ public sealed record ImageInfo
             if (!seen.Add(Path.GetFullPath(current)))
                 throw new InvalidOperationException($"Backing file '{current}' creates an infinite loop");
             locks.Acquire(current, mode);
-            bool pending = PendingJournal.IsPending(current);
-            using var device = PendingJournal.OpenRecovered(current);
+            using var device = PendingJournal.OpenRecovered(current, out bool pending);
             var info = Read(device, current) with { JournalPending = pending };
             chain.Add(info);
             if (!backingChain) break;
