@@ -47,9 +47,7 @@ internal static class Verbs
     /// </summary>
     public static Command Root(IReadOnlyList<string> args)
     {
-        var only = args.Count > 0 && !args.Any(a => HelpTokens.Contains(a))
-            ? Array.Find(Table, v => v.Name == args[0]).Create
-            : null;
+        var only = args.Count > 0 && !args.Any(a => HelpTokens.Contains(a)) ? Factory(args[0]) : null;
         Command root = only is null
             ? new RootCommand("q2a: qemu-img style tools and an NBD server on the Qcow2Actors qcow2 engine")
             : new Command("q2a");
@@ -65,6 +63,14 @@ internal static class Verbs
     /// </summary>
     public static InvocationConfiguration Invocation(IReadOnlyList<string> args) =>
         args.Count > 0 && args[0] == "info" ? new() { ProcessTerminationTimeout = null } : new();
+
+    // A loop, not Array.Find: Find over this tuple type is a generic instance the JIT compiled on every run.
+    private static Func<IEnumerable<Command>>? Factory(string name)
+    {
+        foreach (var (verb, create) in Table)
+            if (verb == name) return create;
+        return null;
+    }
 
     // What RootCommand's help and version options answer to.
     private static readonly string[] HelpTokens = ["-h", "/h", "--help", "-?", "/?", "--version"];

@@ -69,7 +69,10 @@ public sealed class ImageHeaderBlock
         }
 
         var block = new ImageHeaderBlock(header);
-        var seen = new List<uint>();
+        // Extension types in file order, in a plain array: List<uint> has no precompiled code, and the JIT compiled
+        // eight of its methods on every `q2a info` (bench/results/info-startup-2026-12-03.md).
+        var seen = new uint[8];
+        int seenCount = 0;
         int end = header.BackingFileOffset != 0 ? (int)header.BackingFileOffset : clusterSize;
         int off = header.HeaderLength;
         while (off < end)
@@ -88,9 +91,15 @@ public sealed class ImageHeaderBlock
             if (len > (uint)(end - dataAt))
                 throw new Qcow2FormatException(Qcow2Rule.ExtensionTooLarge, "header extension length", off + HeaderExtension.LengthOffset,
                     $"extension 0x{type:X8} of {len} bytes overruns the extension area ending at {end}", len);
-            if (seen.Contains(type))
+            if (Contains(seen, seenCount, type))
                 throw new Qcow2FormatException(Qcow2Rule.ExtensionDuplicate, "header extension type", off, $"extension 0x{type:X8} appears more than once", type);
-            seen.Add(type);
+            if (seenCount == seen.Length)
+            {
+                var grown = new uint[seen.Length * 2];
+                Array.Copy(seen, grown, seenCount);
+                seen = grown;
+            }
+            seen[seenCount++] = type;
             var data = c.Slice(dataAt, (int)len);
             switch (type)
             {
@@ -126,7 +135,9 @@ public sealed class ImageHeaderBlock
             // The padding may run past the area end; the loop then stops, as in QEMU.
             off = dataAt + (((int)len + 7) & ~7);
         }
-        block.FileOrder = seen;
+        var order = new uint[seenCount];
+        Array.Copy(seen, order, seenCount);
+        block.FileOrder = order;
 
         header.CheckIncompatibleFeatures(supported, block.FeatureNames);
         header.ValidateLayout(profile);
@@ -286,5 +297,12 @@ public sealed class ImageHeaderBlock
         BinaryPrimitives.WriteUInt32BigEndian(c[(off + HeaderExtension.LengthOffset)..], (uint)data.Length);
         data.CopyTo(c[(off + HeaderExtension.PrefixSize)..]);
         return off + HeaderExtension.StoredSizeOf(data.Length);
+    }
+
+    private static bool Contains(uint[] values, int count, uint value)
+    {
+        for (int i = 0; i < count; i++)
+            if (values[i] == value) return true;
+        return false;
     }
 }

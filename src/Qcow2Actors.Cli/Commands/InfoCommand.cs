@@ -67,9 +67,11 @@ internal static class InfoCommand
     private static string Human(ImageInfo i)
     {
         var sb = new StringBuilder();
-        sb.Append(CultureInfo.InvariantCulture, $"image: {i.Filename}\nfile format: qcow2\nvirtual size: {Formats.SizeToString(i.VirtualSize)} ({i.VirtualSize} bytes)\n");
+        // Appends, not interpolation: a long in an interpolated append is a generic instance the JIT compiles on each run.
+        sb.Append("image: ").Append(i.Filename).Append("\nfile format: qcow2\nvirtual size: ").Append(Formats.SizeToString(i.VirtualSize))
+            .Append(" (").Append(i.VirtualSize.ToString(CultureInfo.InvariantCulture)).Append(" bytes)\n");
         var disk = i.ActualSizeAvailable ? Formats.SizeToString(i.ActualSize) : "unavailable";
-        sb.Append(CultureInfo.InvariantCulture, $"disk size: {disk}\ncluster_size: {i.ClusterSize}\n");
+        sb.Append("disk size: ").Append(disk).Append("\ncluster_size: ").Append(i.ClusterSize.ToString(CultureInfo.InvariantCulture)).Append('\n');
         if (i.DirtyFlag) sb.Append("cleanly shut down: no\n");
         if (i.BackingFilename is not null)
         {
@@ -119,21 +121,6 @@ internal static class Formats
         return "[\n" + string.Join(",\n", parts) + "\n]";
     }
 
-    /// <summary>QEMU's size_to_str: three significant digits, binary units, switching up at 1000.</summary>
-    public static string SizeToString(long value)
-    {
-        string[] suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-        var scaled = value / (1000.0 / 1024.0);
-        var exponent = scaled == 0 ? 0 : (int)Math.Floor(Math.Log2(scaled)) + 1;
-        var i = Math.Max(0, (exponent - 1) / 10);
-        var shown = value / (double)(1L << (i * 10));
-        return $"{G3(shown)} {suffixes[i]}B";
-    }
-
-    // C's "%0.3g": three significant digits, trailing zeros dropped.
-    private static string G3(double v)
-    {
-        var s = v.ToString("G3", CultureInfo.InvariantCulture);
-        return s.Contains('E', StringComparison.Ordinal) ? v.ToString("0", CultureInfo.InvariantCulture) : s;
-    }
+    /// <summary>QEMU's size_to_str (<see cref="QemuSizeText"/>).</summary>
+    public static string SizeToString(long value) => QemuSizeText.Format(value);
 }
