@@ -64,6 +64,10 @@ public sealed class Qcow2OpenOptions
     internal Device.IBlockDevice OpenDevice(string path, bool writable)
     {
         if (DeviceFactory?.Invoke(path, writable) is { } device) return device;
+        // An image opened through the engine (served, converted, compared): the process's read ring is made now, not by
+        // the first read that misses the page cache, which would wait for its setup. Only a bare device open
+        // (info, check) leaves it unmade.
+        if (Cache == Device.CacheMode.Writeback) _ = Device.IoUringReadRing.Shared;
         return Device.ResilientBlockDevice.OpenFile(path, writable, Cache);
     }
 
