@@ -15,9 +15,9 @@ namespace Qcow2Actors.Cli;
 /// fully JIT-compiled, allocating 4 KiB writes took 26-29 us of server CPU instead of 32-37 (3 alternating
 /// pairs, fresh servers) and peak RSS fell from 93-96 to 85-86 MiB (fewer pages of precompiled images
 /// touched); without tiers each method is compiled optimized once, not quick-JIT first and again on the
-/// background tier-up thread (27 % of a fresh serve's CPU samples in a 1 GiB seqwrite; 850-879 instead of 1,211-1,328 us CPU per 1 MiB
-/// write, bench/results/seqwrite-profile-2026-12-01.md). The price is
-/// start-up: ~1.9 s to the first NBD answer instead of ~0.75 s (bench/results/serve-jit-2026-12-01.md).
+/// background tier-up thread (27 % of a fresh serve's CPU samples in a 1 GiB seqwrite; 850-879 instead of
+/// 1,211-1,328 us CPU per 1 MiB write, bench/results/seqwrite-profile-2026-12-01.md). The price is start-up:
+/// ~1.9 s to the first NBD answer instead of ~0.75 s (bench/results/serve-jit-2026-12-01.md).
 /// Both variables are read only when the runtime starts, and only from the environment (ReadyToRun has no
 /// runtimeconfig knob, and the environment is what overrides q2a's runtimeconfig), hence the exec.
 /// A <c>DOTNET_ReadyToRun</c> (or <c>COMPlus_ReadyToRun</c>) already in the environment is left to decide,
