@@ -28,7 +28,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     private readonly SafeFileHandle _handle;
     // The ring for asynchronous reads: a chosen one, or (_sharedRing) the process's, looked up only when a read
     // is started, so short-lived opens (info, check, create) never start the ring's thread (an image opened through
-    // Qcow2ImageOptions makes it at open).
+    // Qcow2OpenOptions.OpenDevice makes it at open).
     private readonly IoUringReadRing? _ring;
     private readonly bool _sharedRing;
     private readonly DirectLargeWrites? _direct;
