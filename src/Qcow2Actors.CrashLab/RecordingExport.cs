@@ -141,7 +141,18 @@ public sealed class RecordingExport : INbdExport, IAsyncDisposable
         _inner.ReadAsync(offset, buffer, cancellationToken);
 
     /// <inheritdoc/>
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
+        WriteCoreAsync(offset, data, fua, inline: false, cancellationToken);
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Recorded as a write without FUA is; the inner export's <see cref="INbdExport.WriteInlineAsync"/> then runs it
+    /// on the calling thread where it can, so a recorded server keeps the inline write path.
+    /// </remarks>
+    public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        WriteCoreAsync(offset, data, fua: false, inline: true, cancellationToken);
+
+    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool fua, bool inline, CancellationToken cancellationToken)
     {
         long id;
         try
@@ -154,7 +165,8 @@ public sealed class RecordingExport : INbdExport, IAsyncDisposable
         }
         try
         {
-            await _inner.WriteAsync(offset, data, fua, cancellationToken).ConfigureAwait(false);
+            if (inline) await _inner.WriteInlineAsync(offset, data, cancellationToken).ConfigureAwait(false);
+            else await _inner.WriteAsync(offset, data, fua, cancellationToken).ConfigureAwait(false);
         }
         catch
         {

@@ -66,6 +66,25 @@ public sealed class RecordingExportTests : IDisposable
     }
 
     [Fact]
+    public async Task An_inline_write_reaches_the_inner_exports_inline_path_and_is_logged_as_a_plain_write()
+    {
+        var (export, inner, log) = Start();
+        var seenAtIssue = new List<string>();
+        inner.OnIssue = what => seenAtIssue.Add(Operations(log)[^1]);
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+
+        await export.WriteInlineAsync(8192, data, CancellationToken.None);
+        await export.DisposeAsync();
+
+        Assert.Equal(["issue inline write 8192+4096", "finished inline write 8192+4096"], inner.Events);
+        Assert.Equal(["write 8192+4096 open"], seenAtIssue);
+        Assert.Equal(["write 8192+4096 ok"], CrashLogTestReader.Read(log).Operations);
+        var written = new byte[4096];
+        inner.Memory.Read(8192, written);
+        Assert.Equal(data, written);
+    }
+
+    [Fact]
     public async Task A_flush_or_fua_reply_waits_for_the_log_to_be_durable_and_a_plain_write_does_not_flush_it()
     {
         ScriptedExport inner = new();

@@ -44,6 +44,9 @@ internal sealed class ScriptedExport(long size = 1 << 20) : INbdExport
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken) =>
         Run($"write {offset}+{data.Length}", () => _memory.WriteAsync(offset, data, fua, cancellationToken));
 
+    public ValueTask WriteInlineAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        Run($"inline write {offset}+{data.Length}", () => _memory.WriteAsync(offset, data, fua: false, cancellationToken));
+
     public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, bool fastZero, bool fua, CancellationToken cancellationToken) =>
         Run($"zero {offset}+{length}", () => _memory.WriteZeroesAsync(offset, length, mayUnmap, fastZero, fua, cancellationToken));
 
