@@ -2,12 +2,12 @@
 # What `q2a serve --record` costs: fio's nbd engine writes 4k at random (QD16), once through a plain
 # `q2a serve` and once through `q2a serve --record LOG`, alternating, each on a fresh 1 GiB qcow2 image;
 # then the same with a FLUSH every 32 writes (each flush also fdatasyncs the log).
-# Usage: flock /tmp/q2a-cpu.lock bench/record-overhead.sh [SECONDS] [ROUNDS]   (needs a Release build, fio, qemu-img)
+# Usage: [Q2A_DLL=.../q2a.dll] flock /tmp/q2a-cpu.lock bench/record-overhead.sh [SECONDS] [ROUNDS]   (needs a Release build, fio, qemu-img)
 set -euo pipefail
 secs=${1:-8}
 rounds=${2:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
-q2a="$root/src/Qcow2Actors.Cli/bin/Release/net10.0/q2a.dll"
+q2a="${Q2A_DLL:-$root/src/Qcow2Actors.Cli/bin/Release/net10.0/q2a.dll}"  # Q2A_DLL: another build to compare
 work=$(mktemp -d /tmp/q2a-record-bench.XXXXXX)
 pid=
 trap '[ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; rm -rf "$work"' EXIT
