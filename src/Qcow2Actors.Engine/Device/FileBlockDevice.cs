@@ -39,7 +39,7 @@ public sealed class FileBlockDevice : BlockDevice, INonBlockingRead, IAsyncHostR
     private SafeFileHandle? _readAheadHandle;
     private bool _closed;
 
-    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring, bool sharedRing = false)
+    private FileBlockDevice(SafeFileHandle handle, string path, bool readOnly, IoUringReadRing? ring, bool sharedRing)
     {
         _handle = handle;
         Name = path;
