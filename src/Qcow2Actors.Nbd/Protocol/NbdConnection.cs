@@ -167,9 +167,10 @@ internal sealed class NbdConnection
     }
 
     /// <summary>Serves the client until it leaves, misbehaves, or the server stops; never throws.</summary>
-    public async Task RunAsync()
+    public Task RunAsync() => _receiver.Run(pausable: Options.TlsMode != NbdTlsMode.Off, ServeAsync);
+
+    private async Task ServeAsync()
     {
-        _receiver.Start(pausable: Options.TlsMode != NbdTlsMode.Off);
         try
         {
             var session = await new NbdHandshake(_server, this, _reader, _log, _peer, AdmitTenant).RunAsync(_stopping);

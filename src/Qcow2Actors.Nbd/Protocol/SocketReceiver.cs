@@ -60,19 +60,49 @@ internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
     {
         if (receiveThread && !pausable)
         {
-            var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _loop = ended.Task;
-            var thread = new Thread(() =>
-            {
-                ReceiveOnThread();
-                ended.SetResult();
-            }) { IsBackground = true, Name = "q2a-nbd-recv" };
-            thread.UnsafeStart();
+            StartThread(null);
             return;
         }
         _pausable = pausable;
         _pause = pausable ? new CancellationTokenSource() : null;
         _loop = ReceiveAsync(null, _pause?.Token ?? CancellationToken.None);
+    }
+
+    /// <summary>
+    /// Starts receiving (as <see cref="Start(bool)"/>) and the connection's <paramref name="reader"/>; the task is the
+    /// reader's. With a receive thread the reader starts on that thread, before its first receive: every later wait of
+    /// the reader on the pipe then resumes there (the thread is the pipe's only writer, so the reader never finds bytes
+    /// it did not wait for while on another thread), and the connection's writes run on it from the first request on.
+    /// Started elsewhere, the reader could stay on a pool thread for as long as each reply raced the next request in.
+    /// </summary>
+    public Task Run(bool pausable, Func<Task> reader)
+    {
+        if (receiveThread && !pausable) return StartThread(reader);
+        Start(pausable);
+        return reader();
+    }
+
+    private Task StartThread(Func<Task>? reader)
+    {
+        var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new TaskCompletionSource<Task>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _loop = ended.Task;
+        var thread = new Thread(() =>
+        {
+            t_onReceiveThread = true;
+            try
+            {
+                started.SetResult(reader is null ? Task.CompletedTask : reader());
+            }
+            catch (Exception ex)
+            {
+                started.SetException(ex); // the reader's caller sees it, as if the reader had thrown from its task
+            }
+            ReceiveOnThread();
+            ended.SetResult();
+        }) { IsBackground = true, Name = "q2a-nbd-recv" };
+        thread.UnsafeStart();
+        return started.Task.Unwrap();
     }
 
     /// <summary>Negotiation is over: later receives go without the pause token.</summary>
@@ -118,7 +148,6 @@ internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
     /// </summary>
     private void ReceiveOnThread()
     {
-        t_onReceiveThread = true;
         var writer = _pipe.Writer;
         Exception? error = null;
         try
