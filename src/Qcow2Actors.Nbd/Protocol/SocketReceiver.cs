@@ -53,26 +53,23 @@ internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
     public PipeReader Reader => _pipe.Reader;
 
     /// <summary>
-    /// Starts receiving from the socket; <paramref name="pausable"/> when STARTTLS may come (each receive then
-    /// carries the pause token until <see cref="EndPausable"/>, a registration a plain listener never pays for).
+    /// Starts the asynchronous receive loop (never a receive thread: <see cref="Run"/> picks that); <paramref name="pausable"/>
+    /// when STARTTLS may come (each receive then carries the pause token until <see cref="EndPausable"/>, a registration
+    /// a plain listener never pays for).
     /// </summary>
     public void Start(bool pausable)
     {
-        if (receiveThread && !pausable)
-        {
-            StartThread(null);
-            return;
-        }
         _pausable = pausable;
         _pause = pausable ? new CancellationTokenSource() : null;
         _loop = ReceiveAsync(null, _pause?.Token ?? CancellationToken.None);
     }
 
     /// <summary>
-    /// Starts receiving (as <see cref="Start(bool)"/>) and the connection's <paramref name="reader"/>; the task is the
-    /// reader's. With a receive thread the reader starts on that thread, before its first receive: every later wait of
-    /// the reader on the pipe then resumes there (the thread is the pipe's only writer, so the reader never finds bytes
-    /// it did not wait for while on another thread), and the connection's writes run on it from the first request on.
+    /// Starts receiving and the connection's <paramref name="reader"/>; the task is the reader's. With a receive thread
+    /// (a connection that can never turn to TLS) the reader starts on that thread, before its first receive: every
+    /// later wait of the reader on the pipe then resumes there (the thread is the pipe's only writer, so the reader
+    /// never finds bytes it did not wait for while on another thread), and the connection's writes run on it from the
+    /// first request on.
     /// Started elsewhere, the reader could stay on a pool thread for as long as each reply raced the next request in.
     /// </summary>
     public Task Run(bool pausable, Func<Task> reader)
@@ -82,7 +79,7 @@ internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
         return reader();
     }
 
-    private Task StartThread(Func<Task>? reader)
+    private Task StartThread(Func<Task> reader)
     {
         var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var started = new TaskCompletionSource<Task>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -92,7 +89,7 @@ internal sealed class SocketReceiver(Socket socket, bool receiveThread = false)
             t_onReceiveThread = true;
             try
             {
-                started.SetResult(reader is null ? Task.CompletedTask : reader());
+                started.SetResult(reader());
             }
             catch (Exception ex)
             {
